@@ -1,0 +1,603 @@
+//! The engine: opens RocksDB, rebuilds every queue's index, and serves queue operations.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use prost::Message as _;
+use rand::RngCore;
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, DB};
+use tokio_util::sync::CancellationToken;
+
+use crate::commit::{Cf, Committer, Op};
+use crate::error::{Error, Result};
+use crate::keys::{self, message_key, queue_key, seq_floor_key};
+use crate::metrics;
+use crate::queue::{MessageMeta, Phase, Queue, QueueCounts};
+use crate::receipt::{Receipt, ReceiptSigner};
+use crate::records::{MessageRecord, QueueRecord, StateRecord};
+use crate::{now_ms, NewMessage, QueueConfig, QueueId, ReceivedMessage, SentMessage};
+
+/// How often retention is enforced and queue depth gauges refreshed.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub path: PathBuf,
+}
+
+impl EngineOptions {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        EngineOptions { path: path.into() }
+    }
+}
+
+/// A handle to the queue engine; clones share it.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<DB>,
+    committer: Committer,
+    signer: ReceiptSigner,
+    queues: RwLock<HashMap<QueueId, Arc<Queue>>>,
+    shutdown: CancellationToken,
+}
+
+impl Engine {
+    /// Opens (or creates) the engine at `options.path` and rebuilds every queue's index. Must be
+    /// called inside a tokio runtime: it starts the retention sweeper.
+    pub fn open(options: EngineOptions) -> Result<Self> {
+        let db = Arc::new(open_db(&options.path)?);
+        let signer = ReceiptSigner::new(load_or_create_receipt_key(&db)?);
+        let queues = rebuild(&db)?;
+        let committer = Committer::start(db.clone())
+            .map_err(|err| Error::Corrupt(format!("cannot start commit thread: {err}")))?;
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                db,
+                committer,
+                signer,
+                queues: RwLock::new(queues),
+                shutdown: CancellationToken::new(),
+            }),
+        };
+        engine.spawn_sweeper();
+        Ok(engine)
+    }
+
+    /// Stops background work and flushes pending writes. Later calls fail with `Closed`.
+    pub fn close(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.committer.close();
+        for queue in self.inner.queues.read().values() {
+            queue.visible_notify.notify_waiters();
+        }
+    }
+
+    fn queue(&self, id: QueueId) -> Result<Arc<Queue>> {
+        self.inner
+            .queues
+            .read()
+            .get(&id)
+            .cloned()
+            .ok_or(Error::QueueNotFound(id))
+    }
+
+    /// Creates the queue, or updates its config if it exists.
+    pub async fn create_queue(&self, id: QueueId, config: QueueConfig) -> Result<()> {
+        let record = QueueRecord {
+            name: config.name.clone(),
+            retention_ms: config.retention.as_millis() as u64,
+        };
+        self.inner
+            .committer
+            .commit(
+                vec![Op::Put(Cf::Queues, queue_key(id).to_vec(), record.encode_to_vec())],
+                true,
+            )
+            .await?;
+        let existing = self.inner.queues.read().get(&id).cloned();
+        match existing {
+            Some(queue) => queue.state.lock().config = config,
+            None => {
+                self.inner
+                    .queues
+                    .write()
+                    .entry(id)
+                    .or_insert_with(|| Arc::new(Queue::new(config, 1)));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn update_queue(&self, id: QueueId, config: QueueConfig) -> Result<()> {
+        self.queue(id)?;
+        self.create_queue(id, config).await
+    }
+
+    /// Deletes the queue and every message in it.
+    pub async fn delete_queue(&self, id: QueueId) -> Result<()> {
+        let Some(queue) = self.inner.queues.write().remove(&id) else {
+            return Ok(());
+        };
+        let name = {
+            let mut state = queue.state.lock();
+            state.deleted = true;
+            state.clear();
+            state.config.name.clone()
+        };
+        queue.visible_notify.notify_waiters();
+        for phase in ["visible", "in_flight", "delayed"] {
+            let _ = metrics::QUEUE_MESSAGES.remove_label_values(&[&name, phase]);
+        }
+        let mut ops = purge_ops(id);
+        ops.push(Op::Delete(Cf::Queues, queue_key(id).to_vec()));
+        ops.push(Op::Delete(Cf::Meta, seq_floor_key(id).to_vec()));
+        self.inner.committer.commit(ops, true).await
+    }
+
+    /// Deletes every message of the queue, in flight or not.
+    pub async fn purge_queue(&self, id: QueueId) -> Result<u64> {
+        let queue = self.queue(id)?;
+        let (removed, floor) = {
+            let mut state = queue.state.lock();
+            (state.clear() as u64, state.next_seq)
+        };
+        let mut ops = purge_ops(id);
+        ops.push(seq_floor_op(id, floor));
+        self.inner.committer.commit(ops, true).await?;
+        Ok(removed)
+    }
+
+    pub fn counts(&self, id: QueueId) -> Result<QueueCounts> {
+        let queue = self.queue(id)?;
+        let mut state = queue.state.lock();
+        state.promote_due(now_ms());
+        Ok(state.counts())
+    }
+
+    /// Stores the messages durably (fsync'd) and returns once they are; then they become
+    /// visible (or delayed). All are stored or none is.
+    pub async fn send(&self, id: QueueId, messages: Vec<NewMessage>) -> Result<Vec<SentMessage>> {
+        let queue = self.queue(id)?;
+        let now = now_ms();
+        let first_seq = {
+            let mut state = queue.state.lock();
+            let first = state.next_seq;
+            state.next_seq += messages.len() as u64;
+            first
+        };
+        let mut ops = Vec::with_capacity(messages.len() * 2);
+        let mut sent = Vec::with_capacity(messages.len());
+        let mut metas = Vec::with_capacity(messages.len());
+        for (seq, message) in (first_seq..).zip(messages) {
+            let message_id = uuid::Uuid::new_v4().to_string();
+            let state = StateRecord {
+                sent_ms: now,
+                visible_at_ms: now + message.delay.as_millis() as u64,
+                receive_count: 0,
+                first_receive_ms: 0,
+            };
+            let record = MessageRecord {
+                message_id: message_id.clone(),
+                body: message.body,
+                attributes: message.attributes,
+                group_id: message.group_id,
+            };
+            let key = message_key(id, seq).to_vec();
+            ops.push(Op::Put(Cf::Messages, key.clone(), record.encode_to_vec()));
+            ops.push(Op::Put(Cf::State, key, state.encode_to_vec()));
+            sent.push(SentMessage {
+                message_id,
+                sequence: seq,
+            });
+            metas.push((seq, meta_of(&state)));
+        }
+        self.inner.committer.commit(ops, true).await?;
+
+        let mut any_visible = false;
+        {
+            let mut state = queue.state.lock();
+            if state.deleted {
+                return Err(Error::QueueNotFound(id));
+            }
+            let now = now_ms();
+            for (seq, meta) in metas {
+                any_visible |= meta.visible_at_ms <= now;
+                state.insert(seq, meta, now);
+            }
+        }
+        if any_visible {
+            queue.visible_notify.notify_waiters();
+        }
+        Ok(sent)
+    }
+
+    /// Receives up to `max` messages and hides them for `visibility`. With a non-zero `wait`,
+    /// waits until at least one message is visible or `wait` has passed.
+    pub async fn receive(
+        &self,
+        id: QueueId,
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
+    ) -> Result<Vec<ReceivedMessage>> {
+        let queue = self.queue(id)?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before looking, so a send between the look and the wait still wakes us.
+            let notified = queue.visible_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+
+            let (taken, next_due) = {
+                let mut state = queue.state.lock();
+                if state.deleted {
+                    return Err(Error::QueueNotFound(id));
+                }
+                let now = now_ms();
+                state.promote_due(now);
+                (state.take_visible(max, visibility, now), state.next_due_ms())
+            };
+            if !taken.is_empty() {
+                return self.deliver(id, &queue, taken).await;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline || self.inner.shutdown.is_cancelled() {
+                return Ok(Vec::new());
+            }
+            let mut wake_at = deadline;
+            if let Some(due) = next_due {
+                let until_due = Duration::from_millis(due.saturating_sub(now_ms()));
+                wake_at = wake_at.min(now + until_due);
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(wake_at) => {}
+                _ = self.inner.shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// Reads the payloads of messages just put in flight and records their new delivery state.
+    async fn deliver(
+        &self,
+        id: QueueId,
+        queue: &Queue,
+        taken: Vec<(u64, MessageMeta)>,
+    ) -> Result<Vec<ReceivedMessage>> {
+        let db = self.inner.db.clone();
+        let keys: Vec<[u8; 16]> = taken.iter().map(|(seq, _)| message_key(id, *seq)).collect();
+        let payloads = tokio::task::spawn_blocking(move || {
+            let cf = db.cf_handle(keys::CF_MESSAGES).expect("created at open");
+            db.multi_get_cf(keys.iter().map(|k| (cf, k.as_slice())))
+        })
+        .await
+        .map_err(|err| Error::Corrupt(format!("read task failed: {err}")))?;
+
+        let mut ops = Vec::with_capacity(taken.len());
+        let mut delivered = Vec::with_capacity(taken.len());
+        for ((seq, meta), payload) in taken.into_iter().zip(payloads) {
+            let Some(bytes) = payload? else {
+                // Deleted while we were reading (purge, queue delete): not a delivery.
+                queue.state.lock().remove(seq);
+                continue;
+            };
+            let record = MessageRecord::decode(bytes.as_slice())
+                .map_err(|err| Error::Corrupt(format!("message {id}/{seq}: {err}")))?;
+            ops.push(Op::Put(
+                Cf::State,
+                message_key(id, seq).to_vec(),
+                state_of(&meta).encode_to_vec(),
+            ));
+            delivered.push(ReceivedMessage {
+                message_id: record.message_id,
+                receipt_handle: self.inner.signer.encode(Receipt {
+                    queue: id,
+                    seq,
+                    receive_count: meta.receive_count,
+                }),
+                body: record.body,
+                attributes: record.attributes,
+                sent_timestamp_ms: meta.sent_ms,
+                receive_count: meta.receive_count,
+                first_receive_timestamp_ms: meta.first_receive_ms,
+                group_id: record.group_id,
+                sequence: seq,
+            });
+        }
+        // Delivery state need not be fsync'd: losing it only makes a message visible early and
+        // its receive count approximate, which at-least-once delivery allows.
+        self.inner.committer.commit(ops, false).await?;
+        Ok(delivered)
+    }
+
+    /// Checks a receipt handle against the queue's current state.
+    fn check_receipt(&self, id: QueueId, handle: &str) -> Result<Receipt> {
+        let receipt = self.inner.signer.decode(handle)?;
+        if receipt.queue != id {
+            return Err(Error::ReceiptForOtherQueue);
+        }
+        Ok(receipt)
+    }
+
+    /// Deletes the message a receipt handle names. Deleting an already deleted message succeeds;
+    /// a handle from an earlier delivery is refused as stale and changes nothing.
+    pub async fn delete(&self, id: QueueId, handles: &[&str]) -> Result<Vec<Result<()>>> {
+        let queue = self.queue(id)?;
+        let mut results = Vec::with_capacity(handles.len());
+        let mut ops = Vec::new();
+        {
+            let mut state = queue.state.lock();
+            for handle in handles {
+                let result = self.check_receipt(id, handle).and_then(|receipt| {
+                    match state.messages.get(&receipt.seq) {
+                        None => Ok(None),
+                        Some(meta) if meta.receive_count != receipt.receive_count => {
+                            Err(Error::StaleReceipt)
+                        }
+                        Some(_) => {
+                            state.remove(receipt.seq);
+                            Ok(Some(receipt.seq))
+                        }
+                    }
+                });
+                results.push(result.map(|removed| {
+                    if let Some(seq) = removed {
+                        let key = message_key(id, seq).to_vec();
+                        ops.push(Op::Delete(Cf::Messages, key.clone()));
+                        ops.push(Op::Delete(Cf::State, key));
+                    }
+                }));
+            }
+            if !ops.is_empty() {
+                ops.push(seq_floor_op(id, state.next_seq));
+            }
+        }
+        self.inner.committer.commit(ops, true).await?;
+        Ok(results)
+    }
+
+    /// Makes an in-flight message visible again after `visibility` from now.
+    pub async fn change_visibility(
+        &self,
+        id: QueueId,
+        changes: &[(&str, Duration)],
+    ) -> Result<Vec<Result<()>>> {
+        let queue = self.queue(id)?;
+        let mut results = Vec::with_capacity(changes.len());
+        let mut ops = Vec::new();
+        let mut any_visible = false;
+        {
+            let mut state = queue.state.lock();
+            let now = now_ms();
+            state.promote_due(now);
+            for (handle, visibility) in changes {
+                let result = self.check_receipt(id, handle).and_then(|receipt| {
+                    let meta = state
+                        .messages
+                        .get(&receipt.seq)
+                        .ok_or(Error::MessageGone)?;
+                    if meta.receive_count != receipt.receive_count {
+                        return Err(Error::StaleReceipt);
+                    }
+                    if meta.phase != Phase::InFlight {
+                        return Err(Error::NotInFlight);
+                    }
+                    state.set_visibility(receipt.seq, *visibility, now);
+                    Ok(receipt.seq)
+                });
+                results.push(result.map(|seq| {
+                    any_visible |= visibility.is_zero();
+                    let meta = state.messages[&seq];
+                    ops.push(Op::Put(
+                        Cf::State,
+                        message_key(id, seq).to_vec(),
+                        state_of(&meta).encode_to_vec(),
+                    ));
+                }));
+            }
+        }
+        self.inner.committer.commit(ops, false).await?;
+        if any_visible {
+            queue.visible_notify.notify_waiters();
+        }
+        Ok(results)
+    }
+
+    fn spawn_sweeper(&self) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = engine.inner.shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if let Err(err) = engine.sweep().await {
+                    tracing::warn!(error = %err, "retention sweep failed");
+                }
+            }
+        });
+    }
+
+    /// Deletes expired messages and refreshes the depth gauges.
+    async fn sweep(&self) -> Result<()> {
+        let queues: Vec<(QueueId, Arc<Queue>)> = self
+            .inner
+            .queues
+            .read()
+            .iter()
+            .map(|(id, q)| (*id, q.clone()))
+            .collect();
+        let now = now_ms();
+        let mut ops = Vec::new();
+        for (id, queue) in queues {
+            let (expired, counts, name, next_seq) = {
+                let mut state = queue.state.lock();
+                state.promote_due(now);
+                let expired = state.take_expired(now);
+                (expired, state.counts(), state.config.name.clone(), state.next_seq)
+            };
+            for (phase, value) in [
+                ("visible", counts.visible),
+                ("in_flight", counts.in_flight),
+                ("delayed", counts.delayed),
+            ] {
+                metrics::QUEUE_MESSAGES
+                    .with_label_values(&[&name, phase])
+                    .set(value as i64);
+            }
+            if !expired.is_empty() {
+                tracing::debug!(queue = %name, expired = expired.len(), "retention expired messages");
+                metrics::MESSAGES_EXPIRED.inc_by(expired.len() as u64);
+                ops.push(seq_floor_op(id, next_seq));
+            }
+            for seq in expired {
+                let key = message_key(id, seq).to_vec();
+                ops.push(Op::Delete(Cf::Messages, key.clone()));
+                ops.push(Op::Delete(Cf::State, key));
+            }
+        }
+        // Losing an expiry on a crash only means it is redone after restart.
+        self.inner.committer.commit(ops, false).await
+    }
+}
+
+fn meta_of(state: &StateRecord) -> MessageMeta {
+    MessageMeta {
+        sent_ms: state.sent_ms,
+        visible_at_ms: state.visible_at_ms,
+        receive_count: state.receive_count,
+        first_receive_ms: state.first_receive_ms,
+        phase: Phase::Visible,
+    }
+}
+
+fn state_of(meta: &MessageMeta) -> StateRecord {
+    StateRecord {
+        sent_ms: meta.sent_ms,
+        visible_at_ms: meta.visible_at_ms,
+        receive_count: meta.receive_count,
+        first_receive_ms: meta.first_receive_ms,
+    }
+}
+
+fn purge_ops(id: QueueId) -> Vec<Op> {
+    let from = message_key(id, 0).to_vec();
+    let to = message_key(id + 1, 0).to_vec();
+    vec![
+        Op::DeleteRange(Cf::Messages, from.clone(), to.clone()),
+        Op::DeleteRange(Cf::State, from, to),
+    ]
+}
+
+fn seq_floor_op(id: QueueId, next_seq: u64) -> Op {
+    Op::Merge(
+        Cf::Meta,
+        seq_floor_key(id).to_vec(),
+        next_seq.to_be_bytes().to_vec(),
+    )
+}
+
+fn open_db(path: &Path) -> Result<DB> {
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    options.create_missing_column_families(true);
+    options.increase_parallelism(2);
+    let mut meta = Options::default();
+    meta.set_merge_operator_associative("max_u64", keys::max_merge);
+    let cfs = vec![
+        ColumnFamilyDescriptor::new(keys::CF_QUEUES, Options::default()),
+        ColumnFamilyDescriptor::new(keys::CF_MESSAGES, Options::default()),
+        ColumnFamilyDescriptor::new(keys::CF_STATE, Options::default()),
+        ColumnFamilyDescriptor::new(keys::CF_META, meta),
+    ];
+    Ok(DB::open_cf_descriptors(&options, path, cfs)?)
+}
+
+fn load_or_create_receipt_key(db: &DB) -> Result<[u8; 32]> {
+    let cf = db.cf_handle(keys::CF_META).expect("created at open");
+    if let Some(existing) = db.get_cf(cf, keys::RECEIPT_KEY)? {
+        return existing
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::Corrupt("receipt key has the wrong length".into()));
+    }
+    let mut key = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    let mut options = rocksdb::WriteOptions::default();
+    options.set_sync(true);
+    db.put_cf_opt(cf, keys::RECEIPT_KEY, key, &options)?;
+    Ok(key)
+}
+
+/// Rebuilds every queue's in-memory index from the state records. Records of queues that no
+/// longer exist (a delete interrupted by a crash) are removed.
+fn rebuild(db: &DB) -> Result<HashMap<QueueId, Arc<Queue>>> {
+    let now = now_ms();
+    let meta_cf = db.cf_handle(keys::CF_META).expect("created at open");
+    let mut queues = HashMap::new();
+    for item in db.iterator_cf(
+        db.cf_handle(keys::CF_QUEUES).expect("created at open"),
+        IteratorMode::Start,
+    ) {
+        let (key, value) = item?;
+        let id = u64::from_be_bytes(
+            key.as_ref()
+                .try_into()
+                .map_err(|_| Error::Corrupt("queue key".into()))?,
+        );
+        let record = QueueRecord::decode(value.as_ref())
+            .map_err(|err| Error::Corrupt(format!("queue {id}: {err}")))?;
+        let floor = db
+            .get_cf(meta_cf, seq_floor_key(id))?
+            .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(1)
+            .max(1);
+        let config = QueueConfig {
+            name: record.name,
+            retention: Duration::from_millis(record.retention_ms),
+        };
+        queues.insert(id, Arc::new(Queue::new(config, floor)));
+    }
+
+    let mut orphans: Vec<QueueId> = Vec::new();
+    let mut messages = 0u64;
+    for item in db.iterator_cf(
+        db.cf_handle(keys::CF_STATE).expect("created at open"),
+        IteratorMode::Start,
+    ) {
+        let (key, value) = item?;
+        let (id, seq) =
+            keys::parse_message_key(&key).ok_or_else(|| Error::Corrupt("state key".into()))?;
+        let Some(queue) = queues.get(&id) else {
+            if orphans.last() != Some(&id) {
+                orphans.push(id);
+            }
+            continue;
+        };
+        let record = StateRecord::decode(value.as_ref())
+            .map_err(|err| Error::Corrupt(format!("state {id}/{seq}: {err}")))?;
+        let mut state = queue.state.lock();
+        state.next_seq = state.next_seq.max(seq + 1);
+        state.insert(seq, meta_of(&record), now);
+        messages += 1;
+    }
+    for id in orphans {
+        tracing::info!(queue_id = id, "removing records of a deleted queue");
+        let from = message_key(id, 0);
+        let to = message_key(id + 1, 0);
+        for cf in [keys::CF_MESSAGES, keys::CF_STATE] {
+            db.delete_range_cf(db.cf_handle(cf).expect("created at open"), from, to)?;
+        }
+    }
+    tracing::info!(queues = queues.len(), messages, "queue engine rebuilt its index");
+    Ok(queues)
+}

@@ -1,0 +1,44 @@
+use crate::QueueId;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("queue {0} not found in the engine")]
+    QueueNotFound(QueueId),
+    /// The handle was not issued by this engine, was altered, or is garbled.
+    #[error("receipt handle is not valid: {0}")]
+    InvalidReceipt(&'static str),
+    #[error("receipt handle belongs to another queue")]
+    ReceiptForOtherQueue,
+    /// The message was delivered again after this handle was issued.
+    #[error("receipt handle is stale: the message was received again since")]
+    StaleReceipt,
+    #[error("the message is no longer in the queue")]
+    MessageGone,
+    #[error("the message is not in flight")]
+    NotInFlight,
+    #[error("storage error: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the engine is shutting down")]
+    Closed,
+}
+
+impl From<Error> for sluice_common::Error {
+    fn from(err: Error) -> Self {
+        use sluice_common::Error as E;
+        match err {
+            Error::QueueNotFound(_) => E::not_found("queue"),
+            Error::InvalidReceipt(_) | Error::ReceiptForOtherQueue => {
+                E::invalid("receipt_handle", err.to_string())
+            }
+            Error::StaleReceipt | Error::NotInFlight => E::FailedPrecondition(err.to_string()),
+            Error::MessageGone => E::not_found("message (deleted or expired)"),
+            Error::Closed => E::Unavailable(err.to_string()),
+            Error::Db(_) | Error::Corrupt(_) => E::Internal(err.to_string()),
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Key encodings. Big-endian so RocksDB's byte order is (queue, sequence) order.
+
+use crate::QueueId;
+
+pub(crate) const CF_QUEUES: &str = "queues";
+pub(crate) const CF_MESSAGES: &str = "messages";
+pub(crate) const CF_STATE: &str = "state";
+pub(crate) const CF_META: &str = "meta";
+
+pub(crate) const RECEIPT_KEY: &[u8] = b"receipt-key";
+
+pub(crate) fn queue_key(queue: QueueId) -> [u8; 8] {
+    queue.to_be_bytes()
+}
+
+pub(crate) fn message_key(queue: QueueId, seq: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&queue.to_be_bytes());
+    key[8..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+pub(crate) fn parse_message_key(key: &[u8]) -> Option<(QueueId, u64)> {
+    let queue = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
+    let seq = u64::from_be_bytes(key.get(8..16)?.try_into().ok()?);
+    Some((queue, seq))
+}
+
+/// Key of the queue's sequence floor: a value no lower than every sequence number the queue
+/// has ever handed out, kept with a max-merge so sequence numbers are never reused.
+pub(crate) fn seq_floor_key(queue: QueueId) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..4].copy_from_slice(b"seq/");
+    key[4..].copy_from_slice(&queue.to_be_bytes());
+    key
+}
+
+/// The max-merge for sequence floors: every operand is a big-endian u64.
+pub(crate) fn max_merge(
+    _key: &[u8],
+    existing: Option<&[u8]>,
+    operands: &rocksdb::MergeOperands,
+) -> Option<Vec<u8>> {
+    let decode = |v: &[u8]| v.try_into().map(u64::from_be_bytes).unwrap_or(0);
+    let mut max = existing.map(decode).unwrap_or(0);
+    for op in operands {
+        max = max.max(decode(op));
+    }
+    Some(max.to_be_bytes().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_keys_sort_by_queue_then_sequence() {
+        assert!(message_key(1, u64::MAX) < message_key(2, 0));
+        assert!(message_key(2, 255) < message_key(2, 256));
+        assert_eq!(parse_message_key(&message_key(7, 42)), Some((7, 42)));
+        assert_eq!(parse_message_key(b"short"), None);
+    }
+}

@@ -1,0 +1,50 @@
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge_vec,
+    Histogram, IntCounter, IntCounterVec, IntGaugeVec,
+};
+
+pub(crate) static COMMIT_BATCH_REQUESTS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "sluice_storage_commit_batch_requests",
+        "Write requests that shared one RocksDB write (and fsync) in the group commit",
+        vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]
+    )
+    .expect("metric registers once")
+});
+
+pub(crate) static COMMIT_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "sluice_storage_commit_duration_seconds",
+        "Time of one group-commit RocksDB write, fsync included when any request needs it",
+        prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets")
+    )
+    .expect("metric registers once")
+});
+
+pub(crate) static COMMITS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "sluice_storage_commits_total",
+        "Group-commit RocksDB writes, by whether they were fsync'd",
+        &["sync"]
+    )
+    .expect("metric registers once")
+});
+
+pub(crate) static MESSAGES_EXPIRED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "sluice_storage_messages_expired_total",
+        "Messages deleted because they outlived their queue's retention period"
+    )
+    .expect("metric registers once")
+});
+
+pub(crate) static QUEUE_MESSAGES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "sluice_queue_messages",
+        "Approximate messages per queue by state (visible, in_flight, delayed)",
+        &["queue", "state"]
+    )
+    .expect("metric registers once")
+});

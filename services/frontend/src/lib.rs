@@ -1,0 +1,15 @@
+//! The public `sluice.v1.QueueService`: validates every request against the limits of DESIGN
+//! section 3, resolves queue names through the metadata store, and hands the work to a
+//! `QueueBackend` — the in-process engine in standalone, a backend cluster over the network later.
+
+mod backend;
+mod catalog;
+mod metrics;
+mod server;
+mod service;
+pub mod validate;
+
+pub use backend::QueueBackend;
+pub use catalog::Catalog;
+pub use server::{serve, ServerHandle};
+pub use service::QueueServiceImpl;

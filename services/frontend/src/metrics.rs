@@ -1,0 +1,60 @@
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, HistogramVec, IntCounterVec,
+};
+
+pub(crate) static RPC_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "sluice_rpc_requests_total",
+        "QueueService requests by method and gRPC code",
+        &["method", "code"]
+    )
+    .expect("metric registers once")
+});
+
+pub(crate) static RPC_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "sluice_rpc_duration_seconds",
+        "QueueService request latency by method (long polls included)",
+        &["method"],
+        prometheus::exponential_buckets(0.0001, 2.0, 20).expect("valid buckets")
+    )
+    .expect("metric registers once")
+});
+
+pub(crate) static MESSAGES_SENT: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "sluice_messages_sent_total",
+        "Messages stored durably",
+        &["queue"]
+    )
+    .expect("metric registers once")
+});
+
+pub(crate) static MESSAGES_RECEIVED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "sluice_messages_received_total",
+        "Message deliveries",
+        &["queue"]
+    )
+    .expect("metric registers once")
+});
+
+pub(crate) static MESSAGES_DELETED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "sluice_messages_deleted_total",
+        "Messages deleted by receipt handle",
+        &["queue"]
+    )
+    .expect("metric registers once")
+});
+
+pub(crate) static EMPTY_RECEIVES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "sluice_empty_receives_total",
+        "Receives that returned no message",
+        &["queue"]
+    )
+    .expect("metric registers once")
+});

@@ -1,0 +1,684 @@
+//! The `QueueService` implementation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use md5::{Digest, Md5};
+use sluice_common::error::code_name;
+use sluice_common::{Error, Result};
+use sluice_proto::v1 as pb;
+use sluice_proto::v1::queue_service_server::QueueService;
+use sluice_storage::{AttributeValue, NewMessage, QueueConfig, QueueCounts};
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::backend::QueueBackend;
+use crate::catalog::{Catalog, QueueRecord, Stored};
+use crate::metrics;
+use crate::validate::{self, EffectiveAttributes};
+
+/// How often a create or attribute change retries when another writer changed the record first.
+const CAS_ATTEMPTS: usize = 5;
+
+#[derive(Clone)]
+pub struct QueueServiceImpl {
+    catalog: Catalog,
+    backend: Arc<dyn QueueBackend>,
+}
+
+/// Runs one RPC inside a span, counts it by gRPC code and times it.
+async fn observed<T>(
+    method: &'static str,
+    queue: &str,
+    work: impl Future<Output = Result<T>>,
+) -> Result<Response<T>, Status> {
+    let started = Instant::now();
+    let span = tracing::info_span!("rpc", method, queue = %queue);
+    let result = work.instrument(span.clone()).await;
+    metrics::RPC_DURATION
+        .with_label_values(&[method])
+        .observe(started.elapsed().as_secs_f64());
+    let code = match &result {
+        Ok(_) => tonic::Code::Ok,
+        Err(err) => err.code(),
+    };
+    metrics::RPC_REQUESTS
+        .with_label_values(&[method, code_name(code)])
+        .inc();
+    match result {
+        Ok(value) => Ok(Response::new(value)),
+        Err(err) => {
+            if matches!(err, Error::Internal(_)) {
+                span.in_scope(|| tracing::error!(error = %err, "request failed"));
+            } else {
+                span.in_scope(|| tracing::debug!(error = %err, "request refused"));
+            }
+            Err(err.into())
+        }
+    }
+}
+
+fn md5_hex(body: &[u8]) -> String {
+    format!("{:x}", Md5::digest(body))
+}
+
+fn batch_error(id: String, err: &Error) -> pb::BatchResultError {
+    pb::BatchResultError {
+        id,
+        code: err.code_name().to_owned(),
+        message: err.to_string(),
+    }
+}
+
+fn engine_config(record: &QueueRecord) -> QueueConfig {
+    QueueConfig {
+        name: record.name.clone(),
+        retention: Duration::from_secs(record.attributes.message_retention_seconds.into()),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn to_proto_queue(record: &QueueRecord, counts: QueueCounts) -> pb::Queue {
+    pb::Queue {
+        name: record.name.clone(),
+        attributes: Some(record.attributes.to_proto()),
+        counts: Some(pb::QueueCounts {
+            visible: counts.visible,
+            in_flight: counts.in_flight,
+            delayed: counts.delayed,
+        }),
+        created_at_ms: record.created_at_ms,
+        tags: record.tags.clone(),
+    }
+}
+
+/// The fields of a send, whether it came alone or in a batch.
+struct SendFields<'a> {
+    body: &'a [u8],
+    attributes: &'a HashMap<String, pb::MessageAttributeValue>,
+    delay_seconds: Option<u32>,
+    deduplication_id: &'a str,
+    group_id: &'a str,
+}
+
+impl QueueServiceImpl {
+    pub fn new(catalog: Catalog, backend: Arc<dyn QueueBackend>) -> Self {
+        QueueServiceImpl { catalog, backend }
+    }
+
+    async fn queue(&self, field: &str, name: &str) -> Result<QueueRecord> {
+        validate::queue_name(field, name)?;
+        Ok(self.catalog.require(name).await?.record)
+    }
+
+    /// Checks one message against the queue's limits and turns it into what the engine stores.
+    fn message(&self, queue: &QueueRecord, fields: SendFields<'_>) -> Result<NewMessage> {
+        let limit = queue.attributes.max_message_bytes as usize;
+        if fields.body.is_empty() {
+            return Err(Error::invalid("body", "must not be empty"));
+        }
+        let attributes_size = validate::message_attributes(fields.attributes)?;
+        let size = fields.body.len() + attributes_size;
+        if size > limit {
+            return Err(Error::invalid(
+                "body",
+                format!(
+                    "message is {size} bytes (body {} + attributes {attributes_size}), the queue's max_message_bytes is {limit}",
+                    fields.body.len()
+                ),
+            ));
+        }
+        let delay = match fields.delay_seconds {
+            Some(secs) => validate::delay("delay_seconds", secs)?,
+            None => Duration::from_secs(queue.attributes.delay_seconds.into()),
+        };
+        if !fields.deduplication_id.is_empty() && !queue.attributes.fifo {
+            return Err(Error::invalid(
+                "deduplication_id",
+                "applies to FIFO queues only",
+            ));
+        }
+        validate::group_id(fields.group_id)?;
+        Ok(NewMessage {
+            body: bytes::Bytes::copy_from_slice(fields.body),
+            attributes: fields
+                .attributes
+                .iter()
+                .map(|(name, v)| {
+                    (
+                        name.clone(),
+                        AttributeValue {
+                            data_type: v.data_type.clone(),
+                            string_value: v.string_value.clone(),
+                            binary_value: v.binary_value.clone().into(),
+                        },
+                    )
+                })
+                .collect::<BTreeMap<_, _>>(),
+            delay,
+            group_id: fields.group_id.to_owned(),
+        })
+    }
+
+    async fn create_queue(&self, req: pb::CreateQueueRequest) -> Result<pb::CreateQueueResponse> {
+        validate::queue_name("name", &req.name)?;
+        validate::tags(&req.tags)?;
+        let attributes = EffectiveAttributes::default().apply(
+            &req.name,
+            &req.attributes.unwrap_or_default(),
+            true,
+        )?;
+        for _ in 0..CAS_ATTEMPTS {
+            if let Some(existing) = self.catalog.get(&req.name).await? {
+                if existing.record.attributes != attributes {
+                    return Err(Error::AlreadyExists {
+                        what: format!("queue {:?} with different attributes", req.name),
+                    });
+                }
+                let counts = self.backend.counts(existing.record.id).await?;
+                return Ok(pb::CreateQueueResponse {
+                    queue: Some(to_proto_queue(&existing.record, counts)),
+                });
+            }
+            let record = QueueRecord {
+                id: self.catalog.allocate_id().await?,
+                name: req.name.clone(),
+                attributes: attributes.clone(),
+                tags: req.tags.clone(),
+                created_at_ms: now_ms(),
+            };
+            // The engine's queue first: a record in the catalog always has storage behind it.
+            self.backend
+                .create_queue(record.id, engine_config(&record))
+                .await?;
+            if self.catalog.create(&record).await? {
+                tracing::info!(queue = %record.name, id = record.id, "queue created");
+                return Ok(pb::CreateQueueResponse {
+                    queue: Some(to_proto_queue(&record, QueueCounts::default())),
+                });
+            }
+            // Another request created the name first; drop ours and answer as for an existing one.
+            self.backend.delete_queue(record.id).await?;
+        }
+        Err(Error::Unavailable(format!(
+            "queue {:?} is being changed concurrently, retry",
+            req.name
+        )))
+    }
+
+    async fn get_queue(&self, req: pb::GetQueueRequest) -> Result<pb::GetQueueResponse> {
+        let record = self.queue("name", &req.name).await?;
+        let counts = self.backend.counts(record.id).await?;
+        Ok(pb::GetQueueResponse {
+            queue: Some(to_proto_queue(&record, counts)),
+        })
+    }
+
+    async fn list_queues(&self, req: pb::ListQueuesRequest) -> Result<pb::ListQueuesResponse> {
+        let page_size = validate::page_size(req.page_size)?;
+        if !req.prefix.is_empty() {
+            // A prefix is a partial name: check its characters only.
+            if req.prefix.len() > validate::MAX_QUEUE_NAME_LEN
+                || !req
+                    .prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            {
+                return Err(Error::invalid(
+                    "prefix",
+                    "must be at most 80 characters of A-Z, a-z, 0-9, '_', '-' and '.'",
+                ));
+            }
+        }
+        if !req.page_token.is_empty() {
+            validate::queue_name("page_token", &req.page_token)?;
+        }
+        // One more than a page tells whether another page follows.
+        let mut names = self
+            .catalog
+            .list(&req.prefix, &req.page_token, page_size + 1)
+            .await?;
+        let next_page_token = if names.len() > page_size {
+            names.truncate(page_size);
+            names.last().cloned().unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(pb::ListQueuesResponse {
+            names,
+            next_page_token,
+        })
+    }
+
+    async fn delete_queue(&self, req: pb::DeleteQueueRequest) -> Result<pb::DeleteQueueResponse> {
+        validate::queue_name("name", &req.name)?;
+        for _ in 0..CAS_ATTEMPTS {
+            let Stored { record, revision } = self.catalog.require(&req.name).await?;
+            if self.catalog.delete(&record.name, revision).await? {
+                self.backend.delete_queue(record.id).await?;
+                tracing::info!(queue = %record.name, id = record.id, "queue deleted");
+                return Ok(pb::DeleteQueueResponse {});
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "queue {:?} is being changed concurrently, retry",
+            req.name
+        )))
+    }
+
+    async fn set_queue_attributes(
+        &self,
+        req: pb::SetQueueAttributesRequest,
+    ) -> Result<pb::SetQueueAttributesResponse> {
+        validate::queue_name("name", &req.name)?;
+        let update = req.attributes.unwrap_or_default();
+        for _ in 0..CAS_ATTEMPTS {
+            let Stored {
+                mut record,
+                revision,
+            } = self.catalog.require(&req.name).await?;
+            record.attributes = record.attributes.apply(&record.name, &update, false)?;
+            if self.catalog.update(&record, revision).await? {
+                self.backend
+                    .create_queue(record.id, engine_config(&record))
+                    .await?;
+                tracing::info!(queue = %record.name, "queue attributes changed");
+                let counts = self.backend.counts(record.id).await?;
+                return Ok(pb::SetQueueAttributesResponse {
+                    queue: Some(to_proto_queue(&record, counts)),
+                });
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "queue {:?} is being changed concurrently, retry",
+            req.name
+        )))
+    }
+
+    async fn purge_queue(&self, req: pb::PurgeQueueRequest) -> Result<pb::PurgeQueueResponse> {
+        let record = self.queue("name", &req.name).await?;
+        let removed = self.backend.purge_queue(record.id).await?;
+        tracing::info!(queue = %record.name, removed, "queue purged");
+        Ok(pb::PurgeQueueResponse {})
+    }
+
+    async fn send_message(&self, req: pb::SendMessageRequest) -> Result<pb::SendMessageResponse> {
+        let queue = self.queue("queue", &req.queue).await?;
+        let message = self.message(
+            &queue,
+            SendFields {
+                body: &req.body,
+                attributes: &req.attributes,
+                delay_seconds: req.delay_seconds,
+                deduplication_id: &req.deduplication_id,
+                group_id: &req.group_id,
+            },
+        )?;
+        let mut sent = self.backend.send(queue.id, vec![message]).await?;
+        let sent = sent
+            .pop()
+            .ok_or_else(|| Error::Internal("engine stored no message".into()))?;
+        metrics::MESSAGES_SENT.with_label_values(&[&queue.name]).inc();
+        Ok(pb::SendMessageResponse {
+            message_id: sent.message_id,
+            md5_of_body: md5_hex(&req.body),
+            sequence_number: sent.sequence.to_string(),
+        })
+    }
+
+    async fn send_message_batch(
+        &self,
+        req: pb::SendMessageBatchRequest,
+    ) -> Result<pb::SendMessageBatchResponse> {
+        let queue = self.queue("queue", &req.queue).await?;
+        validate::batch_size("entries", req.entries.len())?;
+        validate::batch_ids("entries.id", req.entries.iter().map(|e| e.id.as_str()))?;
+        let mut failed = Vec::new();
+        let mut accepted = Vec::new();
+        let mut messages = Vec::new();
+        for entry in &req.entries {
+            let fields = SendFields {
+                body: &entry.body,
+                attributes: &entry.attributes,
+                delay_seconds: entry.delay_seconds,
+                deduplication_id: &entry.deduplication_id,
+                group_id: &entry.group_id,
+            };
+            match self.message(&queue, fields) {
+                Ok(message) => {
+                    accepted.push(entry);
+                    messages.push(message);
+                }
+                Err(err) => failed.push(batch_error(entry.id.clone(), &err)),
+            }
+        }
+        let mut successful = Vec::with_capacity(accepted.len());
+        if !messages.is_empty() {
+            match self.backend.send(queue.id, messages).await {
+                Ok(sent) => {
+                    metrics::MESSAGES_SENT
+                        .with_label_values(&[&queue.name])
+                        .inc_by(sent.len() as u64);
+                    for (entry, sent) in accepted.into_iter().zip(sent) {
+                        successful.push(pb::SendMessageBatchResultEntry {
+                            id: entry.id.clone(),
+                            message_id: sent.message_id,
+                            md5_of_body: md5_hex(&entry.body),
+                            sequence_number: sent.sequence.to_string(),
+                        });
+                    }
+                }
+                Err(err) => {
+                    // Nothing of the batch was stored: every entry fails with the same cause.
+                    failed.extend(accepted.into_iter().map(|e| batch_error(e.id.clone(), &err)));
+                }
+            }
+        }
+        Ok(pb::SendMessageBatchResponse { successful, failed })
+    }
+
+    async fn receive_message(
+        &self,
+        req: pb::ReceiveMessageRequest,
+    ) -> Result<pb::ReceiveMessageResponse> {
+        let queue = self.queue("queue", &req.queue).await?;
+        let max = validate::max_messages(req.max_messages)?;
+        let wait = validate::wait_time(
+            "wait_time_seconds",
+            req.wait_time_seconds
+                .unwrap_or(queue.attributes.receive_wait_time_seconds),
+        )?;
+        let visibility = validate::visibility_timeout(
+            "visibility_timeout_seconds",
+            req.visibility_timeout_seconds
+                .unwrap_or(queue.attributes.visibility_timeout_seconds),
+        )?;
+        let received = self
+            .backend
+            .receive(queue.id, max, visibility, wait)
+            .await?;
+        if received.is_empty() {
+            metrics::EMPTY_RECEIVES.with_label_values(&[&queue.name]).inc();
+        } else {
+            metrics::MESSAGES_RECEIVED
+                .with_label_values(&[&queue.name])
+                .inc_by(received.len() as u64);
+        }
+        let messages = received
+            .into_iter()
+            .map(|m| pb::Message {
+                md5_of_body: md5_hex(&m.body),
+                message_id: m.message_id,
+                receipt_handle: m.receipt_handle,
+                body: m.body.to_vec(),
+                attributes: m
+                    .attributes
+                    .into_iter()
+                    .map(|(name, v)| {
+                        (
+                            name,
+                            pb::MessageAttributeValue {
+                                data_type: v.data_type,
+                                string_value: v.string_value,
+                                binary_value: v.binary_value.to_vec(),
+                            },
+                        )
+                    })
+                    .collect(),
+                sent_timestamp_ms: m.sent_timestamp_ms,
+                approximate_receive_count: m.receive_count,
+                approximate_first_receive_timestamp_ms: m.first_receive_timestamp_ms,
+                group_id: m.group_id,
+                sequence_number: m.sequence.to_string(),
+            })
+            .collect();
+        Ok(pb::ReceiveMessageResponse { messages })
+    }
+
+    fn receipt(field: &str, handle: &str) -> Result<()> {
+        if handle.is_empty() {
+            return Err(Error::invalid(field, "must not be empty"));
+        }
+        Ok(())
+    }
+
+    async fn delete_message(
+        &self,
+        req: pb::DeleteMessageRequest,
+    ) -> Result<pb::DeleteMessageResponse> {
+        let queue = self.queue("queue", &req.queue).await?;
+        Self::receipt("receipt_handle", &req.receipt_handle)?;
+        let mut results = self
+            .backend
+            .delete(queue.id, vec![req.receipt_handle])
+            .await?;
+        results
+            .pop()
+            .ok_or_else(|| Error::Internal("engine returned no result".into()))??;
+        metrics::MESSAGES_DELETED.with_label_values(&[&queue.name]).inc();
+        Ok(pb::DeleteMessageResponse {})
+    }
+
+    async fn delete_message_batch(
+        &self,
+        req: pb::DeleteMessageBatchRequest,
+    ) -> Result<pb::DeleteMessageBatchResponse> {
+        let queue = self.queue("queue", &req.queue).await?;
+        validate::batch_size("entries", req.entries.len())?;
+        validate::batch_ids("entries.id", req.entries.iter().map(|e| e.id.as_str()))?;
+        let mut failed = Vec::new();
+        let mut ids = Vec::new();
+        let mut handles = Vec::new();
+        for entry in req.entries {
+            match Self::receipt("receipt_handle", &entry.receipt_handle) {
+                Ok(()) => {
+                    ids.push(entry.id);
+                    handles.push(entry.receipt_handle);
+                }
+                Err(err) => failed.push(batch_error(entry.id, &err)),
+            }
+        }
+        let results = self.backend.delete(queue.id, handles).await?;
+        let mut successful = Vec::new();
+        for (id, result) in ids.into_iter().zip(results) {
+            match result {
+                Ok(()) => successful.push(id),
+                Err(err) => failed.push(batch_error(id, &err)),
+            }
+        }
+        metrics::MESSAGES_DELETED
+            .with_label_values(&[&queue.name])
+            .inc_by(successful.len() as u64);
+        Ok(pb::DeleteMessageBatchResponse { successful, failed })
+    }
+
+    async fn change_message_visibility(
+        &self,
+        req: pb::ChangeMessageVisibilityRequest,
+    ) -> Result<pb::ChangeMessageVisibilityResponse> {
+        let queue = self.queue("queue", &req.queue).await?;
+        Self::receipt("receipt_handle", &req.receipt_handle)?;
+        let visibility =
+            validate::visibility_timeout("visibility_timeout_seconds", req.visibility_timeout_seconds)?;
+        let mut results = self
+            .backend
+            .change_visibility(queue.id, vec![(req.receipt_handle, visibility)])
+            .await?;
+        results
+            .pop()
+            .ok_or_else(|| Error::Internal("engine returned no result".into()))??;
+        Ok(pb::ChangeMessageVisibilityResponse {})
+    }
+
+    async fn change_message_visibility_batch(
+        &self,
+        req: pb::ChangeMessageVisibilityBatchRequest,
+    ) -> Result<pb::ChangeMessageVisibilityBatchResponse> {
+        let queue = self.queue("queue", &req.queue).await?;
+        validate::batch_size("entries", req.entries.len())?;
+        validate::batch_ids("entries.id", req.entries.iter().map(|e| e.id.as_str()))?;
+        let mut failed = Vec::new();
+        let mut ids = Vec::new();
+        let mut changes = Vec::new();
+        for entry in req.entries {
+            let checked = Self::receipt("receipt_handle", &entry.receipt_handle).and_then(|()| {
+                validate::visibility_timeout(
+                    "visibility_timeout_seconds",
+                    entry.visibility_timeout_seconds,
+                )
+            });
+            match checked {
+                Ok(visibility) => {
+                    ids.push(entry.id);
+                    changes.push((entry.receipt_handle, visibility));
+                }
+                Err(err) => failed.push(batch_error(entry.id, &err)),
+            }
+        }
+        let results = self.backend.change_visibility(queue.id, changes).await?;
+        let mut successful = Vec::new();
+        for (id, result) in ids.into_iter().zip(results) {
+            match result {
+                Ok(()) => successful.push(id),
+                Err(err) => failed.push(batch_error(id, &err)),
+            }
+        }
+        Ok(pb::ChangeMessageVisibilityBatchResponse { successful, failed })
+    }
+}
+
+#[tonic::async_trait]
+impl QueueService for QueueServiceImpl {
+    async fn create_queue(
+        &self,
+        request: Request<pb::CreateQueueRequest>,
+    ) -> Result<Response<pb::CreateQueueResponse>, Status> {
+        let req = request.into_inner();
+        let name = req.name.clone();
+        observed("CreateQueue", &name, self.create_queue(req)).await
+    }
+
+    async fn get_queue(
+        &self,
+        request: Request<pb::GetQueueRequest>,
+    ) -> Result<Response<pb::GetQueueResponse>, Status> {
+        let req = request.into_inner();
+        let name = req.name.clone();
+        observed("GetQueue", &name, self.get_queue(req)).await
+    }
+
+    async fn list_queues(
+        &self,
+        request: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        observed("ListQueues", "", self.list_queues(request.into_inner())).await
+    }
+
+    async fn delete_queue(
+        &self,
+        request: Request<pb::DeleteQueueRequest>,
+    ) -> Result<Response<pb::DeleteQueueResponse>, Status> {
+        let req = request.into_inner();
+        let name = req.name.clone();
+        observed("DeleteQueue", &name, self.delete_queue(req)).await
+    }
+
+    async fn set_queue_attributes(
+        &self,
+        request: Request<pb::SetQueueAttributesRequest>,
+    ) -> Result<Response<pb::SetQueueAttributesResponse>, Status> {
+        let req = request.into_inner();
+        let name = req.name.clone();
+        observed("SetQueueAttributes", &name, self.set_queue_attributes(req)).await
+    }
+
+    async fn purge_queue(
+        &self,
+        request: Request<pb::PurgeQueueRequest>,
+    ) -> Result<Response<pb::PurgeQueueResponse>, Status> {
+        let req = request.into_inner();
+        let name = req.name.clone();
+        observed("PurgeQueue", &name, self.purge_queue(req)).await
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        let req = request.into_inner();
+        let name = req.queue.clone();
+        observed("SendMessage", &name, self.send_message(req)).await
+    }
+
+    async fn send_message_batch(
+        &self,
+        request: Request<pb::SendMessageBatchRequest>,
+    ) -> Result<Response<pb::SendMessageBatchResponse>, Status> {
+        let req = request.into_inner();
+        let name = req.queue.clone();
+        observed("SendMessageBatch", &name, self.send_message_batch(req)).await
+    }
+
+    async fn receive_message(
+        &self,
+        request: Request<pb::ReceiveMessageRequest>,
+    ) -> Result<Response<pb::ReceiveMessageResponse>, Status> {
+        let req = request.into_inner();
+        let name = req.queue.clone();
+        observed("ReceiveMessage", &name, self.receive_message(req)).await
+    }
+
+    async fn delete_message(
+        &self,
+        request: Request<pb::DeleteMessageRequest>,
+    ) -> Result<Response<pb::DeleteMessageResponse>, Status> {
+        let req = request.into_inner();
+        let name = req.queue.clone();
+        observed("DeleteMessage", &name, self.delete_message(req)).await
+    }
+
+    async fn delete_message_batch(
+        &self,
+        request: Request<pb::DeleteMessageBatchRequest>,
+    ) -> Result<Response<pb::DeleteMessageBatchResponse>, Status> {
+        let req = request.into_inner();
+        let name = req.queue.clone();
+        observed("DeleteMessageBatch", &name, self.delete_message_batch(req)).await
+    }
+
+    async fn change_message_visibility(
+        &self,
+        request: Request<pb::ChangeMessageVisibilityRequest>,
+    ) -> Result<Response<pb::ChangeMessageVisibilityResponse>, Status> {
+        let req = request.into_inner();
+        let name = req.queue.clone();
+        observed(
+            "ChangeMessageVisibility",
+            &name,
+            self.change_message_visibility(req),
+        )
+        .await
+    }
+
+    async fn change_message_visibility_batch(
+        &self,
+        request: Request<pb::ChangeMessageVisibilityBatchRequest>,
+    ) -> Result<Response<pb::ChangeMessageVisibilityBatchResponse>, Status> {
+        let req = request.into_inner();
+        let name = req.queue.clone();
+        observed(
+            "ChangeMessageVisibilityBatch",
+            &name,
+            self.change_message_visibility_batch(req),
+        )
+        .await
+    }
+}
