@@ -1,1 +1,166 @@
-fn main() {}
+//! The `sluice` command: runs the standalone server and talks to any Sluice endpoint.
+
+mod client;
+mod standalone;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use sluice_common::telemetry::{init_logging, LogFormat};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::ClientCommand;
+use crate::standalone::StandaloneOpts;
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "Sluice: a durable SQS-style message queue")]
+struct Cli {
+    /// The Sluice gRPC endpoint of the client commands.
+    #[arg(long, global = true, env = "SLUICE_ENDPOINT", default_value = "http://127.0.0.1:7070")]
+    endpoint: String,
+    /// Print results as JSON, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run frontend, queue engine and metadata store in one process.
+    Standalone(StandaloneArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// Precedence: flags over `SLUICE_*` environment variables over the config file over defaults.
+#[derive(clap::Args)]
+struct StandaloneArgs {
+    /// TOML file with data_dir, grpc_addr and admin_addr.
+    #[arg(long, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where messages and metadata are stored [default: ./sluice-data; env: SLUICE_DATA_DIR]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address of the gRPC API [default: 127.0.0.1:7070; env: SLUICE_GRPC_ADDR]
+    #[arg(long)]
+    grpc_addr: Option<SocketAddr>,
+    /// Address of /metrics, /healthz and /readyz [default: 127.0.0.1:7071; env: SLUICE_ADMIN_ADDR]
+    #[arg(long)]
+    admin_addr: Option<SocketAddr>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "SLUICE_LOG_JSON")]
+    log_json: bool,
+}
+
+impl StandaloneArgs {
+    fn options(&self) -> anyhow::Result<StandaloneOpts> {
+        let mut figment = Figment::from(Serialized::defaults(StandaloneOpts::default()));
+        if let Some(path) = &self.config {
+            if !path.exists() {
+                anyhow::bail!("config file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("SLUICE_").only(&[
+            "data_dir",
+            "grpc_addr",
+            "admin_addr",
+        ]));
+        if let Some(v) = &self.data_dir {
+            figment = figment.merge(("data_dir", v));
+        }
+        if let Some(v) = &self.grpc_addr {
+            figment = figment.merge(("grpc_addr", v));
+        }
+        if let Some(v) = &self.admin_addr {
+            figment = figment.merge(("admin_addr", v));
+        }
+        figment
+            .extract()
+            .map_err(|err| anyhow::anyhow!("bad configuration: {err}"))
+    }
+}
+
+async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
+    init_logging(if args.log_json {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    });
+    let opts = args.options()?;
+    let shutdown = CancellationToken::new();
+    sluice_common::shutdown::cancel_on_signal(shutdown.clone());
+    let server = standalone::start(&opts, shutdown).await?;
+    // A machine-readable line on stdout: scripts and tests wait for it to know the ports.
+    println!(
+        "sluice standalone ready: grpc={} admin={} data_dir={}",
+        server.grpc_addr,
+        server.admin_addr,
+        opts.data_dir.display()
+    );
+    server.wait().await
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Standalone(args) => run_standalone(args).await,
+        Command::Client(command) => client::run(cli.endpoint, cli.json, command).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_env_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sluice.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/from/file\"\ngrpc_addr = \"127.0.0.1:9000\"\nadmin_addr = \"127.0.0.1:9001\"\n",
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SLUICE_GRPC_ADDR", "127.0.0.1:9100");
+            let args = StandaloneArgs {
+                config: Some(file.clone()),
+                data_dir: None,
+                grpc_addr: None,
+                admin_addr: Some("127.0.0.1:9201".parse().unwrap()),
+                log_json: false,
+            };
+            let opts = args.options().unwrap();
+            assert_eq!(opts.data_dir, PathBuf::from("/from/file"));
+            assert_eq!(opts.grpc_addr, "127.0.0.1:9100".parse().unwrap());
+            assert_eq!(opts.admin_addr, "127.0.0.1:9201".parse().unwrap());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn defaults_without_file_or_env() {
+        let args = StandaloneArgs {
+            config: None,
+            data_dir: None,
+            grpc_addr: None,
+            admin_addr: None,
+            log_json: false,
+        };
+        assert_eq!(args.options().unwrap(), StandaloneOpts::default());
+    }
+}

@@ -1,0 +1,497 @@
+//! The client commands: queue administration, send, receive and delete against any endpoint.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+use sluice_proto::v1 as pb;
+use sluice_proto::v1::queue_service_client::QueueServiceClient;
+use tonic::transport::Channel;
+
+#[derive(Subcommand)]
+pub enum ClientCommand {
+    /// Create, inspect, change, purge and delete queues.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Send one message.
+    Send(SendArgs),
+    /// Receive messages (optionally long polling), and optionally delete them.
+    Receive(ReceiveArgs),
+    /// Delete a received message by its receipt handle.
+    Delete {
+        queue: String,
+        receipt_handle: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum QueueCommand {
+    /// Create a queue (idempotent when the attributes are the same).
+    Create {
+        name: String,
+        #[command(flatten)]
+        attributes: AttributeArgs,
+        /// A tag, KEY=VALUE; repeatable.
+        #[arg(long = "tag", value_parser = parse_tag)]
+        tags: Vec<(String, String)>,
+    },
+    /// Show a queue's attributes and approximate counts.
+    Get { name: String },
+    /// List queue names.
+    List {
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Names per request.
+        #[arg(long, default_value_t = 100)]
+        page_size: u32,
+    },
+    /// Change the given attributes of a queue.
+    Set {
+        name: String,
+        #[command(flatten)]
+        attributes: AttributeArgs,
+    },
+    /// Delete every message in a queue.
+    Purge { name: String },
+    /// Delete a queue and its messages.
+    Delete { name: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ReplicationArg {
+    Sync,
+    Async,
+}
+
+#[derive(Args)]
+pub struct AttributeArgs {
+    /// Default visibility timeout of a receive, seconds (0 to 43200).
+    #[arg(long)]
+    visibility_timeout: Option<u32>,
+    /// How long a message is kept, seconds (60 to 1209600).
+    #[arg(long)]
+    retention: Option<u32>,
+    /// Default delay of a new message, seconds (0 to 900).
+    #[arg(long)]
+    delay: Option<u32>,
+    /// Largest message, body plus attributes, bytes (1024 to 1048576).
+    #[arg(long)]
+    max_message_bytes: Option<u32>,
+    /// Default long-poll wait of a receive, seconds (0 to 20).
+    #[arg(long)]
+    receive_wait: Option<u32>,
+    /// Replication mode in a backend cluster.
+    #[arg(long, value_enum)]
+    replication: Option<ReplicationArg>,
+}
+
+impl AttributeArgs {
+    fn to_proto(&self) -> pb::QueueAttributes {
+        pb::QueueAttributes {
+            visibility_timeout_seconds: self.visibility_timeout,
+            message_retention_seconds: self.retention,
+            delay_seconds: self.delay,
+            max_message_bytes: self.max_message_bytes,
+            receive_wait_time_seconds: self.receive_wait,
+            replication: match self.replication {
+                None => pb::Replication::Unspecified,
+                Some(ReplicationArg::Sync) => pb::Replication::Sync,
+                Some(ReplicationArg::Async) => pb::Replication::Async,
+            } as i32,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct SendArgs {
+    queue: String,
+    /// The body; `-` or nothing reads it from standard input.
+    body: Option<String>,
+    /// Seconds before the message becomes visible (0 to 900).
+    #[arg(long)]
+    delay: Option<u32>,
+    /// A message attribute, NAME=TYPE:VALUE, TYPE String, Number or Binary (value in hex);
+    /// repeatable.
+    #[arg(long = "attr", value_parser = parse_attribute)]
+    attributes: Vec<(String, pb::MessageAttributeValue)>,
+    /// Message group id.
+    #[arg(long)]
+    group: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ReceiveArgs {
+    queue: String,
+    /// Long-poll up to this many seconds for a message (0 to 20).
+    #[arg(long)]
+    wait: Option<u32>,
+    /// Messages at most (1 to 10).
+    #[arg(long, default_value_t = 1)]
+    max: u32,
+    /// Hide the received messages for this many seconds instead of the queue's default.
+    #[arg(long)]
+    visibility_timeout: Option<u32>,
+    /// Delete each message after printing it.
+    #[arg(long)]
+    delete: bool,
+}
+
+fn parse_tag(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("tag {raw:?} is not KEY=VALUE"))
+}
+
+fn parse_attribute(raw: &str) -> Result<(String, pb::MessageAttributeValue), String> {
+    let (name, rest) = raw
+        .split_once('=')
+        .ok_or_else(|| format!("attribute {raw:?} is not NAME=TYPE:VALUE"))?;
+    let (data_type, value) = rest
+        .split_once(':')
+        .ok_or_else(|| format!("attribute {raw:?} is not NAME=TYPE:VALUE"))?;
+    let mut attribute = pb::MessageAttributeValue {
+        data_type: data_type.to_owned(),
+        ..Default::default()
+    };
+    if data_type.starts_with("Binary") {
+        // Binary values are given as hex so any bytes fit on a command line.
+        attribute.binary_value = decode_hex(value)
+            .ok_or_else(|| format!("Binary value of {name:?} must be hex digits"))?;
+    } else {
+        attribute.string_value = value.to_owned();
+    }
+    Ok((name.to_owned(), attribute))
+}
+
+fn decode_hex(raw: &str) -> Option<Vec<u8>> {
+    if raw.len() % 2 != 0 {
+        return None;
+    }
+    (0..raw.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(raw.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Turns a gRPC failure into an error that says what went wrong in the user's terms.
+fn failed(endpoint: &str, status: tonic::Status) -> anyhow::Error {
+    if status.code() == tonic::Code::Unavailable {
+        return anyhow!("cannot reach Sluice at {endpoint}: {}", status.message());
+    }
+    anyhow!(
+        "{}: {}",
+        sluice_common::error::code_name(status.code()),
+        status.message()
+    )
+}
+
+fn print_queue(json_out: bool, queue: &pb::Queue) {
+    let attrs = queue.attributes.clone().unwrap_or_default();
+    let counts = queue.counts.unwrap_or_default();
+    let replication = pb::Replication::try_from(attrs.replication)
+        .map(|r| r.as_str_name().trim_start_matches("REPLICATION_").to_lowercase())
+        .unwrap_or_default();
+    if json_out {
+        let value = json!({
+            "name": queue.name,
+            "created_at_ms": queue.created_at_ms,
+            "attributes": {
+                "visibility_timeout_seconds": attrs.visibility_timeout_seconds,
+                "message_retention_seconds": attrs.message_retention_seconds,
+                "delay_seconds": attrs.delay_seconds,
+                "max_message_bytes": attrs.max_message_bytes,
+                "receive_wait_time_seconds": attrs.receive_wait_time_seconds,
+                "fifo": attrs.fifo,
+                "replication": replication,
+            },
+            "counts": {
+                "visible": counts.visible,
+                "in_flight": counts.in_flight,
+                "delayed": counts.delayed,
+            },
+            "tags": queue.tags,
+        });
+        println!("{value}");
+        return;
+    }
+    println!("queue               {}", queue.name);
+    println!(
+        "messages            {} visible, {} in flight, {} delayed",
+        counts.visible, counts.in_flight, counts.delayed
+    );
+    let secs = |v: Option<u32>| v.map(|s| format!("{s} s")).unwrap_or_default();
+    println!("visibility timeout  {}", secs(attrs.visibility_timeout_seconds));
+    println!("retention           {}", secs(attrs.message_retention_seconds));
+    println!("delay               {}", secs(attrs.delay_seconds));
+    println!("receive wait        {}", secs(attrs.receive_wait_time_seconds));
+    println!(
+        "max message bytes   {}",
+        attrs.max_message_bytes.unwrap_or_default()
+    );
+    println!("replication         {replication}");
+    let mut tags: Vec<_> = queue.tags.iter().collect();
+    tags.sort();
+    for (k, v) in tags {
+        println!("tag                 {k}={v}");
+    }
+}
+
+fn message_json(m: &pb::Message) -> serde_json::Value {
+    let attributes: HashMap<&str, serde_json::Value> = m
+        .attributes
+        .iter()
+        .map(|(name, v)| {
+            let value = if v.data_type.starts_with("Binary") {
+                json!({"data_type": v.data_type, "binary_value_hex": hex(&v.binary_value)})
+            } else {
+                json!({"data_type": v.data_type, "string_value": v.string_value})
+            };
+            (name.as_str(), value)
+        })
+        .collect();
+    json!({
+        "message_id": m.message_id,
+        "receipt_handle": m.receipt_handle,
+        "body": String::from_utf8_lossy(&m.body),
+        "md5_of_body": m.md5_of_body,
+        "attributes": attributes,
+        "sent_timestamp_ms": m.sent_timestamp_ms,
+        "approximate_receive_count": m.approximate_receive_count,
+        "approximate_first_receive_timestamp_ms": m.approximate_first_receive_timestamp_ms,
+        "group_id": m.group_id,
+        "sequence_number": m.sequence_number,
+    })
+}
+
+pub async fn run(endpoint: String, json_out: bool, command: ClientCommand) -> anyhow::Result<()> {
+    let channel = Channel::from_shared(endpoint.clone())
+        .with_context(|| format!("endpoint {endpoint:?} is not a URL like http://127.0.0.1:7070"))?
+        .connect()
+        .await
+        .map_err(|err| anyhow!("cannot reach Sluice at {endpoint}: {err}"))?;
+    let mut client = QueueServiceClient::new(channel)
+        .max_decoding_message_size(16 * 1024 * 1024)
+        .max_encoding_message_size(16 * 1024 * 1024);
+    let err = |status| failed(&endpoint, status);
+    match command {
+        ClientCommand::Queue(command) => match command {
+            QueueCommand::Create {
+                name,
+                attributes,
+                tags,
+            } => {
+                let queue = client
+                    .create_queue(pb::CreateQueueRequest {
+                        name,
+                        attributes: Some(attributes.to_proto()),
+                        tags: tags.into_iter().collect(),
+                    })
+                    .await
+                    .map_err(err)?
+                    .into_inner()
+                    .queue
+                    .unwrap_or_default();
+                print_queue(json_out, &queue);
+            }
+            QueueCommand::Get { name } => {
+                let queue = client
+                    .get_queue(pb::GetQueueRequest { name })
+                    .await
+                    .map_err(err)?
+                    .into_inner()
+                    .queue
+                    .unwrap_or_default();
+                print_queue(json_out, &queue);
+            }
+            QueueCommand::List { prefix, page_size } => {
+                let mut names = Vec::new();
+                let mut page_token = String::new();
+                loop {
+                    let page = client
+                        .list_queues(pb::ListQueuesRequest {
+                            prefix: prefix.clone(),
+                            page_size,
+                            page_token,
+                        })
+                        .await
+                        .map_err(err)?
+                        .into_inner();
+                    names.extend(page.names);
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = page.next_page_token;
+                }
+                if json_out {
+                    println!("{}", json!({ "names": names }));
+                } else {
+                    for name in names {
+                        println!("{name}");
+                    }
+                }
+            }
+            QueueCommand::Set { name, attributes } => {
+                let queue = client
+                    .set_queue_attributes(pb::SetQueueAttributesRequest {
+                        name,
+                        attributes: Some(attributes.to_proto()),
+                    })
+                    .await
+                    .map_err(err)?
+                    .into_inner()
+                    .queue
+                    .unwrap_or_default();
+                print_queue(json_out, &queue);
+            }
+            QueueCommand::Purge { name } => {
+                client
+                    .purge_queue(pb::PurgeQueueRequest { name: name.clone() })
+                    .await
+                    .map_err(err)?;
+                if json_out {
+                    println!("{}", json!({ "purged": name }));
+                } else {
+                    println!("purged {name}");
+                }
+            }
+            QueueCommand::Delete { name } => {
+                client
+                    .delete_queue(pb::DeleteQueueRequest { name: name.clone() })
+                    .await
+                    .map_err(err)?;
+                if json_out {
+                    println!("{}", json!({ "deleted": name }));
+                } else {
+                    println!("deleted {name}");
+                }
+            }
+        },
+        ClientCommand::Send(send) => {
+            let body = match send.body.as_deref() {
+                None | Some("-") => {
+                    let mut buf = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut buf)
+                        .context("cannot read the body from standard input")?;
+                    buf
+                }
+                Some(text) => text.as_bytes().to_vec(),
+            };
+            let sent = client
+                .send_message(pb::SendMessageRequest {
+                    queue: send.queue,
+                    body,
+                    attributes: send.attributes.into_iter().collect(),
+                    delay_seconds: send.delay,
+                    deduplication_id: String::new(),
+                    group_id: send.group.unwrap_or_default(),
+                })
+                .await
+                .map_err(err)?
+                .into_inner();
+            if json_out {
+                println!(
+                    "{}",
+                    json!({
+                        "message_id": sent.message_id,
+                        "md5_of_body": sent.md5_of_body,
+                        "sequence_number": sent.sequence_number,
+                    })
+                );
+            } else {
+                println!("{}", sent.message_id);
+            }
+        }
+        ClientCommand::Receive(receive) => {
+            let messages = client
+                .receive_message(pb::ReceiveMessageRequest {
+                    queue: receive.queue.clone(),
+                    max_messages: receive.max,
+                    wait_time_seconds: receive.wait,
+                    visibility_timeout_seconds: receive.visibility_timeout,
+                })
+                .await
+                .map_err(err)?
+                .into_inner()
+                .messages;
+            for m in &messages {
+                if json_out {
+                    println!("{}", message_json(m));
+                } else {
+                    println!(
+                        "{}  received {}x  {}",
+                        m.message_id,
+                        m.approximate_receive_count,
+                        String::from_utf8_lossy(&m.body)
+                    );
+                    let mut names: Vec<_> = m.attributes.keys().collect();
+                    names.sort();
+                    for name in names {
+                        let v = &m.attributes[name];
+                        let shown = if v.data_type.starts_with("Binary") {
+                            hex(&v.binary_value)
+                        } else {
+                            v.string_value.clone()
+                        };
+                        println!("  {name} ({}) = {shown}", v.data_type);
+                    }
+                    if !receive.delete {
+                        println!("  receipt: {}", m.receipt_handle);
+                    }
+                }
+                if receive.delete {
+                    client
+                        .delete_message(pb::DeleteMessageRequest {
+                            queue: receive.queue.clone(),
+                            receipt_handle: m.receipt_handle.clone(),
+                        })
+                        .await
+                        .map_err(err)?;
+                }
+            }
+            if messages.is_empty() && !json_out {
+                eprintln!("no message");
+            }
+        }
+        ClientCommand::Delete {
+            queue,
+            receipt_handle,
+        } => {
+            client
+                .delete_message(pb::DeleteMessageRequest {
+                    queue,
+                    receipt_handle,
+                })
+                .await
+                .map_err(err)?;
+            if json_out {
+                println!("{}", json!({ "deleted": true }));
+            } else {
+                println!("deleted");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attribute_flags() {
+        let (name, v) = parse_attribute("color=String:blue").unwrap();
+        assert_eq!((name.as_str(), v.string_value.as_str()), ("color", "blue"));
+        let (_, v) = parse_attribute("blob=Binary:00ff").unwrap();
+        assert_eq!(v.binary_value, vec![0, 255]);
+        assert!(parse_attribute("blob=Binary:0g").is_err());
+        assert!(parse_attribute("novalue").is_err());
+    }
+}

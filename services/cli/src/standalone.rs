@@ -1,0 +1,88 @@
+//! `sluice standalone`: the frontend, the queue engine and the embedded metadata store in one
+//! process (DESIGN section 9). Same API and storage as the distributed deployment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use sluice_common::admin::{self, Readiness};
+use sluice_frontend::{Catalog, QueueServiceImpl};
+use sluice_metastore::EmbeddedStore;
+use sluice_storage::{Engine, EngineOptions};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StandaloneOpts {
+    pub data_dir: PathBuf,
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+}
+
+impl Default for StandaloneOpts {
+    fn default() -> Self {
+        StandaloneOpts {
+            data_dir: PathBuf::from("./sluice-data"),
+            grpc_addr: ([127, 0, 0, 1], 7070).into(),
+            admin_addr: ([127, 0, 0, 1], 7071).into(),
+        }
+    }
+}
+
+/// A running standalone server.
+pub struct Standalone {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    engine: Engine,
+    readiness: Readiness,
+    grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    admin: tokio::task::JoinHandle<()>,
+    admin_shutdown: CancellationToken,
+}
+
+/// Opens the data directory and starts serving; returns once both ports are bound and the
+/// server is ready.
+pub async fn start(opts: &StandaloneOpts, shutdown: CancellationToken) -> anyhow::Result<Standalone> {
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
+    let engine = Engine::open(EngineOptions::new(opts.data_dir.join("queues")))
+        .with_context(|| format!("cannot open the queue engine in {}", opts.data_dir.display()))?;
+    let meta = EmbeddedStore::open(&opts.data_dir.join("meta")).with_context(|| {
+        format!("cannot open the metadata store in {}", opts.data_dir.display())
+    })?;
+    let service = QueueServiceImpl::new(Catalog::new(Arc::new(meta)), Arc::new(engine.clone()));
+
+    let readiness = Readiness::default();
+    // The admin port outlives the gRPC server so /metrics and /readyz answer while it drains.
+    let admin_shutdown = CancellationToken::new();
+    let (admin_addr, admin) =
+        admin::serve(opts.admin_addr, readiness.clone(), admin_shutdown.clone()).await?;
+    let grpc = sluice_frontend::serve(opts.grpc_addr, service, shutdown).await?;
+    readiness.set(true);
+    tracing::info!(grpc = %grpc.local_addr, admin = %admin_addr, data_dir = %opts.data_dir.display(), "sluice standalone ready");
+    Ok(Standalone {
+        grpc_addr: grpc.local_addr,
+        admin_addr,
+        engine,
+        readiness,
+        grpc: grpc.task,
+        admin,
+        admin_shutdown,
+    })
+}
+
+impl Standalone {
+    /// Waits for the shutdown token, then drains: the gRPC server finishes in-flight requests,
+    /// the engine flushes its writes, and the admin port closes last.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let served = self.grpc.await;
+        self.readiness.set(false);
+        self.engine.close();
+        self.admin_shutdown.cancel();
+        let _ = self.admin.await;
+        tracing::info!("sluice standalone stopped");
+        served
+            .context("gRPC server task failed")?
+            .context("gRPC server failed")
+    }
+}
