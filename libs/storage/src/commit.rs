@@ -95,6 +95,13 @@ impl Committer {
     }
 }
 
+impl Drop for Committer {
+    /// Joins the writer so RocksDB is closed by the time the engine is gone.
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 fn writer_loop(db: &DB, rx: mpsc::Receiver<Request>) {
     while let Ok(first) = rx.recv() {
         let mut requests = vec![first];

@@ -46,6 +46,7 @@ struct Inner {
     signer: ReceiptSigner,
     queues: RwLock<HashMap<QueueId, Arc<Queue>>>,
     shutdown: CancellationToken,
+    sweeper: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Engine {
@@ -64,15 +65,21 @@ impl Engine {
                 signer,
                 queues: RwLock::new(queues),
                 shutdown: CancellationToken::new(),
+                sweeper: parking_lot::Mutex::new(None),
             }),
         };
         engine.spawn_sweeper();
         Ok(engine)
     }
 
-    /// Stops background work and flushes pending writes. Later calls fail with `Closed`.
-    pub fn close(&self) {
+    /// Stops background work and flushes pending writes. Later calls fail with `Closed`; once
+    /// every handle is dropped, the data directory can be opened again.
+    pub async fn close(&self) {
         self.inner.shutdown.cancel();
+        let sweeper = self.inner.sweeper.lock().take();
+        if let Some(sweeper) = sweeper {
+            let _ = sweeper.await;
+        }
         self.inner.committer.close();
         for queue in self.inner.queues.read().values() {
             queue.visible_notify.notify_waiters();
@@ -410,21 +417,26 @@ impl Engine {
         Ok(results)
     }
 
+    /// Holds the engine weakly, so dropping the last handle closes RocksDB without waiting for
+    /// the sweeper to notice.
     fn spawn_sweeper(&self) {
-        let engine = self.clone();
-        tokio::spawn(async move {
+        let weak = Arc::downgrade(&self.inner);
+        let shutdown = self.inner.shutdown.clone();
+        let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = engine.inner.shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                if let Err(err) = engine.sweep().await {
+                let Some(inner) = weak.upgrade() else { return };
+                if let Err(err) = (Engine { inner }).sweep().await {
                     tracing::warn!(error = %err, "retention sweep failed");
                 }
             }
         });
+        *self.inner.sweeper.lock() = Some(task);
     }
 
     /// Deletes expired messages and refreshes the depth gauges.

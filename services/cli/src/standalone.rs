@@ -77,7 +77,7 @@ impl Standalone {
     pub async fn wait(self) -> anyhow::Result<()> {
         let served = self.grpc.await;
         self.readiness.set(false);
-        self.engine.close();
+        self.engine.close().await;
         self.admin_shutdown.cancel();
         let _ = self.admin.await;
         tracing::info!("sluice standalone stopped");
