@@ -1,1 +1,193 @@
+//! The test harness: runs the real `sluice` binary as a child process on free ports, talks to
+//! it over gRPC and HTTP, and kills it with SIGKILL or stops it with SIGTERM. A server is killed
+//! when its handle drops, so a failing test leaves no process behind.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use sluice_proto::v1::queue_service_client::QueueServiceClient;
+use tonic::transport::Channel;
+
+/// The `sluice` binary: `SLUICE_BIN`, or the one cargo built next to this test executable.
+pub fn sluice_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("SLUICE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/sluice
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("sluice"))
+        .expect("test executable lives in target/<profile>/deps");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build --workspace --bins`",
+        bin.display()
+    );
+    bin
+}
+
+/// A `sluice standalone` process.
+pub struct StandaloneProcess {
+    child: Child,
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+impl StandaloneProcess {
+    /// Starts the server on free ports and waits until it says it is ready.
+    pub fn start(data_dir: &Path) -> anyhow::Result<Self> {
+        let mut child = Command::new(sluice_bin())
+            .args([
+                "standalone",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--admin-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start sluice standalone")?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = loop {
+            match lines.next() {
+                Some(Ok(line)) if line.starts_with("sluice standalone ready:") => break line,
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => bail!("reading server output: {err}"),
+                None => {
+                    let status = child.wait()?;
+                    bail!("sluice standalone exited before it was ready: {status}");
+                }
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let field = |name: &str| -> anyhow::Result<SocketAddr> {
+            let value = ready
+                .split_whitespace()
+                .find_map(|part| part.strip_prefix(&format!("{name}=")))
+                .ok_or_else(|| anyhow!("no {name}= in {ready:?}"))?;
+            Ok(value.parse()?)
+        };
+        Ok(StandaloneProcess {
+            grpc_addr: field("grpc")?,
+            admin_addr: field("admin")?,
+            child,
+            data_dir: data_dir.to_owned(),
+        })
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    pub async fn client(&self) -> anyhow::Result<QueueServiceClient<Channel>> {
+        Ok(QueueServiceClient::connect(self.endpoint()).await?)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the process to exit on its own. Waits asynchronously, so this
+    /// test's own gRPC connections keep being served and can close when the server says so.
+    pub async fn terminate(mut self) -> anyhow::Result<ExitStatus> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// GET on the admin port; returns the status code and body.
+    pub fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        http_get(self.admin_addr, path)
+    }
+
+    /// The value of a metric sample without labels, e.g. `sluice_storage_waiting_receives`.
+    pub fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let (_, body) = self.admin_get("/metrics")?;
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .ok_or_else(|| anyhow!("metric {name} not exported"))?
+            .trim()
+            .parse()
+            .context("metric value")
+    }
+
+    /// Runs the `sluice` CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(sluice_bin())
+            .args(args)
+            .env("SLUICE_ENDPOINT", self.endpoint())
+            .output()
+            .expect("sluice CLI runs")
+    }
+}
+
+impl Drop for StandaloneProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 GET, enough for the admin endpoints.
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("malformed HTTP response"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .ok_or_else(|| anyhow!("no status"))?
+        .parse()?;
+    Ok((status, body.to_owned()))
+}
+
+/// Polls `check` until it returns true, failing after `limit`.
+pub async fn wait_for(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

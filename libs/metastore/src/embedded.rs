@@ -193,14 +193,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
 
-        let rev = store.create("queues/a", b"1".to_vec()).await.unwrap().unwrap();
+        let rev = store
+            .create("queues/a", b"1".to_vec())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(store.create("queues/a", b"2".to_vec()).await.unwrap(), None);
-        store.create("queues/b", b"x".to_vec()).await.unwrap().unwrap();
-        store.create("other/c", b"x".to_vec()).await.unwrap().unwrap();
+        store
+            .create("queues/b", b"x".to_vec())
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .create("other/c", b"x".to_vec())
+            .await
+            .unwrap()
+            .unwrap();
 
-        let new_rev = store.update("queues/a", b"3".to_vec(), rev).await.unwrap().unwrap();
+        let new_rev = store
+            .update("queues/a", b"3".to_vec(), rev)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(new_rev > rev);
-        assert_eq!(store.update("queues/a", b"4".to_vec(), rev).await.unwrap(), None);
+        assert_eq!(
+            store.update("queues/a", b"4".to_vec(), rev).await.unwrap(),
+            None
+        );
         assert_eq!(store.get("queues/a").await.unwrap().unwrap().value, b"3");
 
         let all = store.list("queues/", "", 10).await.unwrap();

@@ -53,6 +53,7 @@ impl Engine {
     /// Opens (or creates) the engine at `options.path` and rebuilds every queue's index. Must be
     /// called inside a tokio runtime: it starts the retention sweeper.
     pub fn open(options: EngineOptions) -> Result<Self> {
+        metrics::register();
         let db = Arc::new(open_db(&options.path)?);
         let signer = ReceiptSigner::new(load_or_create_receipt_key(&db)?);
         let queues = rebuild(&db)?;
@@ -104,7 +105,11 @@ impl Engine {
         self.inner
             .committer
             .commit(
-                vec![Op::Put(Cf::Queues, queue_key(id).to_vec(), record.encode_to_vec())],
+                vec![Op::Put(
+                    Cf::Queues,
+                    queue_key(id).to_vec(),
+                    record.encode_to_vec(),
+                )],
                 true,
             )
             .await?;
@@ -249,7 +254,10 @@ impl Engine {
                 }
                 let now = now_ms();
                 state.promote_due(now);
-                (state.take_visible(max, visibility, now), state.next_due_ms())
+                (
+                    state.take_visible(max, visibility, now),
+                    state.next_due_ms(),
+                )
             };
             if !taken.is_empty() {
                 return self.deliver(id, &queue, taken).await;
@@ -263,6 +271,7 @@ impl Engine {
                 let until_due = Duration::from_millis(due.saturating_sub(now_ms()));
                 wake_at = wake_at.min(now + until_due);
             }
+            let _waiting = WaitingGuard::new();
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep_until(wake_at) => {}
@@ -386,10 +395,7 @@ impl Engine {
             state.promote_due(now);
             for (handle, visibility) in changes {
                 let result = self.check_receipt(id, handle).and_then(|receipt| {
-                    let meta = state
-                        .messages
-                        .get(&receipt.seq)
-                        .ok_or(Error::MessageGone)?;
+                    let meta = state.messages.get(&receipt.seq).ok_or(Error::MessageGone)?;
                     if meta.receive_count != receipt.receive_count {
                         return Err(Error::StaleReceipt);
                     }
@@ -455,7 +461,12 @@ impl Engine {
                 let mut state = queue.state.lock();
                 state.promote_due(now);
                 let expired = state.take_expired(now);
-                (expired, state.counts(), state.config.name.clone(), state.next_seq)
+                (
+                    expired,
+                    state.counts(),
+                    state.config.name.clone(),
+                    state.next_seq,
+                )
             };
             for (phase, value) in [
                 ("visible", counts.visible),
@@ -479,6 +490,22 @@ impl Engine {
         }
         // Losing an expiry on a crash only means it is redone after restart.
         self.inner.committer.commit(ops, false).await
+    }
+}
+
+/// Counts a waiting receive for as long as it waits, even if its caller gives up.
+struct WaitingGuard;
+
+impl WaitingGuard {
+    fn new() -> Self {
+        metrics::WAITING_RECEIVES.inc();
+        WaitingGuard
+    }
+}
+
+impl Drop for WaitingGuard {
+    fn drop(&mut self) {
+        metrics::WAITING_RECEIVES.dec();
     }
 }
 
@@ -610,6 +637,10 @@ fn rebuild(db: &DB) -> Result<HashMap<QueueId, Arc<Queue>>> {
             db.delete_range_cf(db.cf_handle(cf).expect("created at open"), from, to)?;
         }
     }
-    tracing::info!(queues = queues.len(), messages, "queue engine rebuilt its index");
+    tracing::info!(
+        queues = queues.len(),
+        messages,
+        "queue engine rebuilt its index"
+    );
     Ok(queues)
 }

@@ -1,8 +1,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge_vec,
-    Histogram, IntCounter, IntCounterVec, IntGaugeVec,
+    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 pub(crate) static COMMIT_BATCH_REQUESTS: LazyLock<Histogram> = LazyLock::new(|| {
@@ -48,3 +48,21 @@ pub(crate) static QUEUE_MESSAGES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+pub(crate) static WAITING_RECEIVES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "sluice_storage_waiting_receives",
+        "Long-polling receives waiting for a message"
+    )
+    .expect("metric registers once")
+});
+
+/// Registers every metric up front, so each is exported (at zero) before its first event.
+pub(crate) fn register() {
+    LazyLock::force(&COMMIT_BATCH_REQUESTS);
+    LazyLock::force(&COMMIT_DURATION);
+    LazyLock::force(&COMMITS);
+    LazyLock::force(&MESSAGES_EXPIRED);
+    LazyLock::force(&QUEUE_MESSAGES);
+    LazyLock::force(&WAITING_RECEIVES);
+}

@@ -275,18 +275,42 @@ mod tests {
         let mut q = state();
         q.insert(1, fresh(0, 0), 0);
         q.insert(2, fresh(0, 500), 0);
-        assert_eq!(q.counts(), QueueCounts { visible: 1, in_flight: 0, delayed: 1 });
+        assert_eq!(
+            q.counts(),
+            QueueCounts {
+                visible: 1,
+                in_flight: 0,
+                delayed: 1
+            }
+        );
 
         let taken = q.take_visible(10, Duration::from_secs(1), 0);
         assert_eq!(taken.len(), 1);
         assert_eq!(taken[0].1.receive_count, 1);
-        assert_eq!(q.counts(), QueueCounts { visible: 0, in_flight: 1, delayed: 1 });
+        assert_eq!(
+            q.counts(),
+            QueueCounts {
+                visible: 0,
+                in_flight: 1,
+                delayed: 1
+            }
+        );
         assert_eq!(q.next_due_ms(), Some(500));
 
         q.promote_due(1000);
-        assert_eq!(q.counts(), QueueCounts { visible: 2, in_flight: 0, delayed: 0 });
+        assert_eq!(
+            q.counts(),
+            QueueCounts {
+                visible: 2,
+                in_flight: 0,
+                delayed: 0
+            }
+        );
         let again = q.take_visible(10, Duration::from_secs(1), 1000);
-        assert_eq!(again.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            again.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
         assert_eq!(again[0].1.receive_count, 2);
     }
 
@@ -306,6 +330,13 @@ mod tests {
         q.insert(2, fresh(10, 100_000), 0);
         q.insert(3, fresh(50_000, 0), 0);
         assert_eq!(q.take_expired(60_010), vec![1, 2]);
-        assert_eq!(q.counts(), QueueCounts { visible: 1, in_flight: 0, delayed: 0 });
+        assert_eq!(
+            q.counts(),
+            QueueCounts {
+                visible: 1,
+                in_flight: 0,
+                delayed: 0
+            }
+        );
     }
 }

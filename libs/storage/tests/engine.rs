@@ -30,10 +30,7 @@ fn msg(body: &str) -> NewMessage {
 }
 
 fn delayed(body: &str, delay: Duration) -> NewMessage {
-    NewMessage {
-        delay,
-        ..msg(body)
-    }
+    NewMessage { delay, ..msg(body) }
 }
 
 /// Polls `check` until it holds; for state that background work changes.
@@ -73,7 +70,10 @@ async fn expired_visibility_redelivers_with_receive_count_two() {
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].message_id, sent[0].message_id);
     assert_eq!(second[0].receive_count, 2);
-    assert_eq!(second[0].first_receive_timestamp_ms, first[0].first_receive_timestamp_ms);
+    assert_eq!(
+        second[0].first_receive_timestamp_ms,
+        first[0].first_receive_timestamp_ms
+    );
     assert_eq!(second[0].body, first[0].body);
     assert_ne!(second[0].receipt_handle, first[0].receipt_handle);
 }
@@ -195,7 +195,10 @@ async fn delayed_messages_stay_hidden_until_due() {
     let engine = engine_with_queue(&dir).await;
     let started = Instant::now();
     engine
-        .send(Q, vec![delayed("late", Duration::from_millis(500)), msg("now")])
+        .send(
+            Q,
+            vec![delayed("late", Duration::from_millis(500)), msg("now")],
+        )
         .await
         .unwrap();
     assert_eq!(

@@ -196,7 +196,11 @@ fn print_queue(json_out: bool, queue: &pb::Queue) {
     let attrs = queue.attributes.clone().unwrap_or_default();
     let counts = queue.counts.unwrap_or_default();
     let replication = pb::Replication::try_from(attrs.replication)
-        .map(|r| r.as_str_name().trim_start_matches("REPLICATION_").to_lowercase())
+        .map(|r| {
+            r.as_str_name()
+                .trim_start_matches("REPLICATION_")
+                .to_lowercase()
+        })
         .unwrap_or_default();
     if json_out {
         let value = json!({
@@ -227,10 +231,19 @@ fn print_queue(json_out: bool, queue: &pb::Queue) {
         counts.visible, counts.in_flight, counts.delayed
     );
     let secs = |v: Option<u32>| v.map(|s| format!("{s} s")).unwrap_or_default();
-    println!("visibility timeout  {}", secs(attrs.visibility_timeout_seconds));
-    println!("retention           {}", secs(attrs.message_retention_seconds));
+    println!(
+        "visibility timeout  {}",
+        secs(attrs.visibility_timeout_seconds)
+    );
+    println!(
+        "retention           {}",
+        secs(attrs.message_retention_seconds)
+    );
     println!("delay               {}", secs(attrs.delay_seconds));
-    println!("receive wait        {}", secs(attrs.receive_wait_time_seconds));
+    println!(
+        "receive wait        {}",
+        secs(attrs.receive_wait_time_seconds)
+    );
     println!(
         "max message bytes   {}",
         attrs.max_message_bytes.unwrap_or_default()

@@ -17,10 +17,19 @@ use crate::client::ClientCommand;
 use crate::standalone::StandaloneOpts;
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "Sluice: a durable SQS-style message queue")]
+#[command(
+    name = "sluice",
+    version,
+    about = "Sluice: a durable SQS-style message queue"
+)]
 struct Cli {
     /// The Sluice gRPC endpoint of the client commands.
-    #[arg(long, global = true, env = "SLUICE_ENDPOINT", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_ENDPOINT",
+        default_value = "http://127.0.0.1:7070"
+    )]
     endpoint: String,
     /// Print results as JSON, for scripts.
     #[arg(long, global = true)]
@@ -66,11 +75,8 @@ impl StandaloneArgs {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("SLUICE_").only(&[
-            "data_dir",
-            "grpc_addr",
-            "admin_addr",
-        ]));
+        figment =
+            figment.merge(Env::prefixed("SLUICE_").only(&["data_dir", "grpc_addr", "admin_addr"]));
         if let Some(v) = &self.data_dir {
             figment = figment.merge(("data_dir", v));
         }

@@ -12,6 +12,9 @@ use sluice_metastore::EmbeddedStore;
 use sluice_storage::{Engine, EngineOptions};
 use tokio_util::sync::CancellationToken;
 
+/// How long in-flight requests get to finish after SIGTERM; a long poll lasts at most 20 s.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(25);
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StandaloneOpts {
     pub data_dir: PathBuf,
@@ -38,17 +41,29 @@ pub struct Standalone {
     grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     admin: tokio::task::JoinHandle<()>,
     admin_shutdown: CancellationToken,
+    shutdown: CancellationToken,
 }
 
 /// Opens the data directory and starts serving; returns once both ports are bound and the
 /// server is ready.
-pub async fn start(opts: &StandaloneOpts, shutdown: CancellationToken) -> anyhow::Result<Standalone> {
+pub async fn start(
+    opts: &StandaloneOpts,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Standalone> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
-    let engine = Engine::open(EngineOptions::new(opts.data_dir.join("queues")))
-        .with_context(|| format!("cannot open the queue engine in {}", opts.data_dir.display()))?;
+    let engine =
+        Engine::open(EngineOptions::new(opts.data_dir.join("queues"))).with_context(|| {
+            format!(
+                "cannot open the queue engine in {}",
+                opts.data_dir.display()
+            )
+        })?;
     let meta = EmbeddedStore::open(&opts.data_dir.join("meta")).with_context(|| {
-        format!("cannot open the metadata store in {}", opts.data_dir.display())
+        format!(
+            "cannot open the metadata store in {}",
+            opts.data_dir.display()
+        )
     })?;
     let service = QueueServiceImpl::new(Catalog::new(Arc::new(meta)), Arc::new(engine.clone()));
 
@@ -57,7 +72,7 @@ pub async fn start(opts: &StandaloneOpts, shutdown: CancellationToken) -> anyhow
     let admin_shutdown = CancellationToken::new();
     let (admin_addr, admin) =
         admin::serve(opts.admin_addr, readiness.clone(), admin_shutdown.clone()).await?;
-    let grpc = sluice_frontend::serve(opts.grpc_addr, service, shutdown).await?;
+    let grpc = sluice_frontend::serve(opts.grpc_addr, service, shutdown.clone()).await?;
     readiness.set(true);
     tracing::info!(grpc = %grpc.local_addr, admin = %admin_addr, data_dir = %opts.data_dir.display(), "sluice standalone ready");
     Ok(Standalone {
@@ -68,14 +83,28 @@ pub async fn start(opts: &StandaloneOpts, shutdown: CancellationToken) -> anyhow
         grpc: grpc.task,
         admin,
         admin_shutdown,
+        shutdown,
     })
 }
 
 impl Standalone {
     /// Waits for the shutdown token, then drains: the gRPC server finishes in-flight requests,
     /// the engine flushes its writes, and the admin port closes last.
-    pub async fn wait(self) -> anyhow::Result<()> {
-        let served = self.grpc.await;
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let served = tokio::select! {
+            served = &mut self.grpc => served,
+            _ = self.shutdown.cancelled() => {
+                // Clients that keep idle connections open would hold the drain forever.
+                match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.grpc).await {
+                    Ok(served) => served,
+                    Err(_) => {
+                        tracing::warn!(timeout = ?DRAIN_TIMEOUT, "connections still open after the drain timeout, closing them");
+                        self.grpc.abort();
+                        Ok(Ok(()))
+                    }
+                }
+            }
+        };
         self.readiness.set(false);
         self.engine.close().await;
         self.admin_shutdown.cancel();

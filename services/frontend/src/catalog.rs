@@ -74,7 +74,11 @@ impl Catalog {
     /// Stores a new record; `false` if the name is taken.
     pub async fn create(&self, record: &QueueRecord) -> Result<bool> {
         let value = serde_json::to_vec(record).map_err(|e| Error::Internal(e.to_string()))?;
-        Ok(self.store.create(&key(&record.name), value).await?.is_some())
+        Ok(self
+            .store
+            .create(&key(&record.name), value)
+            .await?
+            .is_some())
     }
 
     /// Replaces the record if it is still at `revision`; `false` if it changed meanwhile.

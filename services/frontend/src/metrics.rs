@@ -1,8 +1,6 @@
 use std::sync::LazyLock;
 
-use prometheus::{
-    register_histogram_vec, register_int_counter_vec, HistogramVec, IntCounterVec,
-};
+use prometheus::{register_histogram_vec, register_int_counter_vec, HistogramVec, IntCounterVec};
 
 pub(crate) static RPC_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -58,3 +56,13 @@ pub(crate) static EMPTY_RECEIVES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+/// Registers every metric up front, so each is exported before its first event.
+pub(crate) fn register() {
+    LazyLock::force(&RPC_REQUESTS);
+    LazyLock::force(&RPC_DURATION);
+    LazyLock::force(&MESSAGES_SENT);
+    LazyLock::force(&MESSAGES_RECEIVED);
+    LazyLock::force(&MESSAGES_DELETED);
+    LazyLock::force(&EMPTY_RECEIVES);
+}

@@ -26,7 +26,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<ServerHandle> {
     let listener = TcpListener::bind(addr).await.map_err(|err| {
-        std::io::Error::new(err.kind(), format!("cannot bind gRPC address {addr}: {err}"))
+        std::io::Error::new(
+            err.kind(),
+            format!("cannot bind gRPC address {addr}: {err}"),
+        )
     })?;
     let local_addr = listener.local_addr()?;
 

@@ -111,6 +111,7 @@ struct SendFields<'a> {
 
 impl QueueServiceImpl {
     pub fn new(catalog: Catalog, backend: Arc<dyn QueueBackend>) -> Self {
+        metrics::register();
         QueueServiceImpl { catalog, backend }
     }
 
@@ -326,7 +327,9 @@ impl QueueServiceImpl {
         let sent = sent
             .pop()
             .ok_or_else(|| Error::Internal("engine stored no message".into()))?;
-        metrics::MESSAGES_SENT.with_label_values(&[&queue.name]).inc();
+        metrics::MESSAGES_SENT
+            .with_label_values(&[&queue.name])
+            .inc();
         Ok(pb::SendMessageResponse {
             message_id: sent.message_id,
             md5_of_body: md5_hex(&req.body),
@@ -378,7 +381,11 @@ impl QueueServiceImpl {
                 }
                 Err(err) => {
                     // Nothing of the batch was stored: every entry fails with the same cause.
-                    failed.extend(accepted.into_iter().map(|e| batch_error(e.id.clone(), &err)));
+                    failed.extend(
+                        accepted
+                            .into_iter()
+                            .map(|e| batch_error(e.id.clone(), &err)),
+                    );
                 }
             }
         }
@@ -406,7 +413,9 @@ impl QueueServiceImpl {
             .receive(queue.id, max, visibility, wait)
             .await?;
         if received.is_empty() {
-            metrics::EMPTY_RECEIVES.with_label_values(&[&queue.name]).inc();
+            metrics::EMPTY_RECEIVES
+                .with_label_values(&[&queue.name])
+                .inc();
         } else {
             metrics::MESSAGES_RECEIVED
                 .with_label_values(&[&queue.name])
@@ -463,7 +472,9 @@ impl QueueServiceImpl {
         results
             .pop()
             .ok_or_else(|| Error::Internal("engine returned no result".into()))??;
-        metrics::MESSAGES_DELETED.with_label_values(&[&queue.name]).inc();
+        metrics::MESSAGES_DELETED
+            .with_label_values(&[&queue.name])
+            .inc();
         Ok(pb::DeleteMessageResponse {})
     }
 
@@ -506,8 +517,10 @@ impl QueueServiceImpl {
     ) -> Result<pb::ChangeMessageVisibilityResponse> {
         let queue = self.queue("queue", &req.queue).await?;
         Self::receipt("receipt_handle", &req.receipt_handle)?;
-        let visibility =
-            validate::visibility_timeout("visibility_timeout_seconds", req.visibility_timeout_seconds)?;
+        let visibility = validate::visibility_timeout(
+            "visibility_timeout_seconds",
+            req.visibility_timeout_seconds,
+        )?;
         let mut results = self
             .backend
             .change_visibility(queue.id, vec![(req.receipt_handle, visibility)])

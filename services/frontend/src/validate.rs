@@ -340,26 +340,24 @@ pub fn message_attributes(
                     ));
                 }
             }
-            _ => {
-                return Err(Error::invalid(
-                    field,
-                    format!(
-                        "data_type {:?} must be String, Number or Binary, optionally with a .suffix",
-                        value.data_type
-                    ),
-                ))
-            }
+            _ => return Err(Error::invalid(
+                field,
+                format!(
+                    "data_type {:?} must be String, Number or Binary, optionally with a .suffix",
+                    value.data_type
+                ),
+            )),
         }
-        size += name.len() + value.data_type.len() + value.string_value.len()
+        size += name.len()
+            + value.data_type.len()
+            + value.string_value.len()
             + value.binary_value.len();
     }
     Ok(size)
 }
 
 pub fn group_id(value: &str) -> Result<()> {
-    if value.len() > MAX_GROUP_ID_LEN
-        || !value.chars().all(|c| c.is_ascii_graphic())
-    {
+    if value.len() > MAX_GROUP_ID_LEN || !value.chars().all(|c| c.is_ascii_graphic()) {
         return Err(Error::invalid(
             "group_id",
             format!("must be at most {MAX_GROUP_ID_LEN} printable ASCII characters"),

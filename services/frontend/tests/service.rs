@@ -25,7 +25,11 @@ async fn fixture() -> Fixture {
 }
 
 impl Fixture {
-    async fn create(&self, name: &str, attributes: pb::QueueAttributes) -> Result<pb::Queue, tonic::Status> {
+    async fn create(
+        &self,
+        name: &str,
+        attributes: pb::QueueAttributes,
+    ) -> Result<pb::Queue, tonic::Status> {
         self.service
             .create_queue(Request::new(pb::CreateQueueRequest {
                 name: name.into(),
@@ -36,7 +40,10 @@ impl Fixture {
             .map(|r| r.into_inner().queue.unwrap())
     }
 
-    async fn send(&self, req: pb::SendMessageRequest) -> Result<pb::SendMessageResponse, tonic::Status> {
+    async fn send(
+        &self,
+        req: pb::SendMessageRequest,
+    ) -> Result<pb::SendMessageResponse, tonic::Status> {
         self.service
             .send_message(Request::new(req))
             .await
@@ -130,16 +137,79 @@ async fn queue_limits_are_enforced_and_nothing_is_created() {
         ("a b", Default::default(), "name"),
         (&long_name, Default::default(), "name"),
         ("", Default::default(), "name"),
-        ("q", pb::QueueAttributes { visibility_timeout_seconds: Some(43_201), ..Default::default() }, "visibility_timeout_seconds"),
-        ("q", pb::QueueAttributes { message_retention_seconds: Some(59), ..Default::default() }, "message_retention_seconds"),
-        ("q", pb::QueueAttributes { message_retention_seconds: Some(1_209_601), ..Default::default() }, "message_retention_seconds"),
-        ("q", pb::QueueAttributes { delay_seconds: Some(901), ..Default::default() }, "delay_seconds"),
-        ("q", pb::QueueAttributes { max_message_bytes: Some(1_048_577), ..Default::default() }, "max_message_bytes"),
-        ("q", pb::QueueAttributes { max_message_bytes: Some(1023), ..Default::default() }, "max_message_bytes"),
-        ("q", pb::QueueAttributes { receive_wait_time_seconds: Some(21), ..Default::default() }, "receive_wait_time_seconds"),
-        ("q", pb::QueueAttributes { fifo: true, ..Default::default() }, "fifo"),
+        (
+            "q",
+            pb::QueueAttributes {
+                visibility_timeout_seconds: Some(43_201),
+                ..Default::default()
+            },
+            "visibility_timeout_seconds",
+        ),
+        (
+            "q",
+            pb::QueueAttributes {
+                message_retention_seconds: Some(59),
+                ..Default::default()
+            },
+            "message_retention_seconds",
+        ),
+        (
+            "q",
+            pb::QueueAttributes {
+                message_retention_seconds: Some(1_209_601),
+                ..Default::default()
+            },
+            "message_retention_seconds",
+        ),
+        (
+            "q",
+            pb::QueueAttributes {
+                delay_seconds: Some(901),
+                ..Default::default()
+            },
+            "delay_seconds",
+        ),
+        (
+            "q",
+            pb::QueueAttributes {
+                max_message_bytes: Some(1_048_577),
+                ..Default::default()
+            },
+            "max_message_bytes",
+        ),
+        (
+            "q",
+            pb::QueueAttributes {
+                max_message_bytes: Some(1023),
+                ..Default::default()
+            },
+            "max_message_bytes",
+        ),
+        (
+            "q",
+            pb::QueueAttributes {
+                receive_wait_time_seconds: Some(21),
+                ..Default::default()
+            },
+            "receive_wait_time_seconds",
+        ),
+        (
+            "q",
+            pb::QueueAttributes {
+                fifo: true,
+                ..Default::default()
+            },
+            "fifo",
+        ),
         ("q.fifo", pb::QueueAttributes::default(), "fifo"),
-        ("q", pb::QueueAttributes { replication: 7, ..Default::default() }, "replication"),
+        (
+            "q",
+            pb::QueueAttributes {
+                replication: 7,
+                ..Default::default()
+            },
+            "replication",
+        ),
     ];
     for (name, attrs, field) in cases {
         assert_invalid(f.create(name, attrs).await, field);
@@ -150,7 +220,11 @@ async fn queue_limits_are_enforced_and_nothing_is_created() {
         .await
         .unwrap()
         .into_inner();
-    assert!(listed.names.is_empty(), "refused creates stored {:?}", listed.names);
+    assert!(
+        listed.names.is_empty(),
+        "refused creates stored {:?}",
+        listed.names
+    );
 }
 
 #[tokio::test]
@@ -166,7 +240,10 @@ async fn message_limits_are_enforced_and_nothing_is_stored() {
     .await
     .unwrap();
     assert_invalid(f.send(body("q", b"")).await, "body");
-    assert_invalid(f.send(body("q", &[7u8; 1025])).await, "max_message_bytes is 1024");
+    assert_invalid(
+        f.send(body("q", &[7u8; 1025])).await,
+        "max_message_bytes is 1024",
+    );
     let mut big_attr = body("q", &[7u8; 1000]);
     big_attr.attributes.insert(
         "pad".into(),
@@ -268,7 +345,10 @@ async fn batch_with_one_bad_entry_fails_alone() {
     assert_eq!(resp.failed[0].id, "bad");
     assert_eq!(resp.failed[0].code, "INVALID_ARGUMENT");
     assert!(resp.failed[0].message.contains("body"));
-    assert_eq!(resp.successful[0].md5_of_body, "f97c5d29941bfb1b2fdab0874906ab82");
+    assert_eq!(
+        resp.successful[0].md5_of_body,
+        "f97c5d29941bfb1b2fdab0874906ab82"
+    );
     assert_eq!(f.total("q").await, 2);
 
     // Whole-batch limits refuse the request and store nothing.
@@ -337,10 +417,11 @@ async fn receipts_stale_forged_and_garbled_get_their_codes() {
     assert_eq!(second[0].md5_of_body, sent.md5_of_body);
 
     let delete = |handle: String| {
-        f.service.delete_message(Request::new(pb::DeleteMessageRequest {
-            queue: "q".into(),
-            receipt_handle: handle,
-        }))
+        f.service
+            .delete_message(Request::new(pb::DeleteMessageRequest {
+                queue: "q".into(),
+                receipt_handle: handle,
+            }))
     };
     let stale = delete(first[0].receipt_handle.clone()).await.unwrap_err();
     assert_eq!(stale.code(), Code::FailedPrecondition);
@@ -349,10 +430,18 @@ async fn receipts_stale_forged_and_garbled_get_their_codes() {
     let mut forged = second[0].receipt_handle.clone().into_bytes();
     let last = forged.len() - 1;
     forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
-    let forged = delete(String::from_utf8(forged).unwrap()).await.unwrap_err();
+    let forged = delete(String::from_utf8(forged).unwrap())
+        .await
+        .unwrap_err();
     assert_eq!(forged.code(), Code::InvalidArgument);
-    assert_eq!(delete("!!".into()).await.unwrap_err().code(), Code::InvalidArgument);
-    assert_eq!(delete(String::new()).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(
+        delete("!!".into()).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        delete(String::new()).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
     assert_eq!(f.counts("q").await.in_flight, 1);
 
     let change = f
@@ -454,7 +543,10 @@ async fn list_pages_purge_and_delete() {
     };
     let first = page("a", "").await.unwrap().into_inner();
     assert_eq!(first.names, ["a1", "a2"]);
-    let second = page("a", &first.next_page_token).await.unwrap().into_inner();
+    let second = page("a", &first.next_page_token)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(second.names, ["a3"]);
     assert!(second.next_page_token.is_empty());
 

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what building and testing Sluice needs on Debian, only where it is missing:
+# protoc (the gRPC code generator) and libclang (RocksDB's bindings are generated with it).
+set -euo pipefail
+
+missing=()
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 \
+    && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+    missing+=(libclang-dev)
+fi
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
+
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}" >&2
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo is missing: install a current Rust toolchain with rustup (https://rustup.rs)" >&2
+    exit 1
+fi

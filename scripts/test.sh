@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs the whole test suite the way CI does: formatting, lints, then every unit and
+# integration test (the integration tests start real `sluice` processes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+
+# Build outside the clone so repeated runs reuse the (slow) RocksDB build.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
+
+cargo fmt --all -- --check
+# One feature set for every step (--workspace --all-targets), so RocksDB is built once.
+cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo build --locked --workspace --all-targets
+cargo test --locked --workspace

@@ -1,0 +1,282 @@
+//! `sluice standalone` as a real process: durability across SIGKILL, long polling, graceful
+//! shutdown, the admin port and the CLI.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sluice_proto::v1 as pb;
+use sluice_tests::{wait_for, StandaloneProcess};
+
+async fn create_queue(server: &StandaloneProcess, name: &str) {
+    server
+        .client()
+        .await
+        .unwrap()
+        .create_queue(pb::CreateQueueRequest {
+            name: name.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// Receives and deletes until the queue is empty; returns the bodies seen.
+async fn drain(server: &StandaloneProcess, queue: &str) -> Vec<String> {
+    let mut client = server.client().await.unwrap();
+    let mut bodies = Vec::new();
+    loop {
+        let got = client
+            .receive_message(pb::ReceiveMessageRequest {
+                queue: queue.into(),
+                max_messages: 10,
+                wait_time_seconds: Some(0),
+                visibility_timeout_seconds: Some(300),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .messages;
+        if got.is_empty() {
+            let counts = client
+                .get_queue(pb::GetQueueRequest { name: queue.into() })
+                .await
+                .unwrap()
+                .into_inner()
+                .queue
+                .unwrap()
+                .counts
+                .unwrap();
+            // Nothing visible and nothing left that could become visible.
+            assert_eq!(counts.visible + counts.delayed, 0);
+            return bodies;
+        }
+        let entries = got
+            .iter()
+            .enumerate()
+            .map(|(i, m)| pb::DeleteMessageBatchEntry {
+                id: i.to_string(),
+                receipt_handle: m.receipt_handle.clone(),
+            })
+            .collect();
+        bodies.extend(
+            got.iter()
+                .map(|m| String::from_utf8(m.body.clone()).unwrap()),
+        );
+        let deleted = client
+            .delete_message_batch(pb::DeleteMessageBatchRequest {
+                queue: queue.into(),
+                entries,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(deleted.failed.is_empty(), "{:?}", deleted.failed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = StandaloneProcess::start(dir.path()).unwrap();
+    create_queue(&server, "durable").await;
+
+    // Eight producers send batches of 10 without pause; the server is killed as soon as 1,000
+    // messages are acknowledged, while more sends are in flight.
+    let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut producers = Vec::new();
+    for producer in 0..8 {
+        let mut client = server.client().await.unwrap();
+        let acked = acked.clone();
+        producers.push(tokio::spawn(async move {
+            for batch in 0.. {
+                let entries = (0..10)
+                    .map(|i| pb::SendMessageBatchEntry {
+                        id: i.to_string(),
+                        body: format!("p{producer}-b{batch}-m{i}").into_bytes(),
+                        ..Default::default()
+                    })
+                    .collect::<Vec<_>>();
+                let bodies: Vec<_> = entries
+                    .iter()
+                    .map(|e| String::from_utf8(e.body.clone()).unwrap())
+                    .collect();
+                let Ok(resp) = client
+                    .send_message_batch(pb::SendMessageBatchRequest {
+                        queue: "durable".into(),
+                        entries,
+                    })
+                    .await
+                else {
+                    return; // The server is gone.
+                };
+                let resp = resp.into_inner();
+                assert!(resp.failed.is_empty(), "{:?}", resp.failed);
+                let mut acked = acked.lock().unwrap();
+                for ok in resp.successful {
+                    acked.insert(bodies[ok.id.parse::<usize>().unwrap()].clone());
+                }
+            }
+        }));
+    }
+    wait_for(
+        "1,000 acknowledged messages",
+        Duration::from_secs(120),
+        || Ok(acked.lock().unwrap().len() >= 1000),
+    )
+    .await
+    .unwrap();
+    server.kill9().unwrap();
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 1000);
+
+    let server = StandaloneProcess::start(dir.path()).unwrap();
+    let received: HashSet<String> = drain(&server, "durable").await.into_iter().collect();
+    let lost: Vec<_> = acked.difference(&received).collect();
+    println!(
+        "acknowledged {}, received after restart {}, lost {}",
+        acked.len(),
+        received.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "lost acknowledged messages: {lost:?}");
+}
+
+#[tokio::test]
+async fn long_poll_returns_soon_after_a_send() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = StandaloneProcess::start(dir.path()).unwrap();
+    create_queue(&server, "poll").await;
+
+    let mut receiver = server.client().await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let got = receiver
+            .receive_message(pb::ReceiveMessageRequest {
+                queue: "poll".into(),
+                max_messages: 1,
+                wait_time_seconds: Some(5),
+                visibility_timeout_seconds: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .messages;
+        (got, Instant::now())
+    });
+    wait_for("the receive to be waiting", Duration::from_secs(10), || {
+        Ok(server.metric("sluice_storage_waiting_receives")? >= 1.0)
+    })
+    .await
+    .unwrap();
+
+    let sent_at = Instant::now();
+    server
+        .client()
+        .await
+        .unwrap()
+        .send_message(pb::SendMessageRequest {
+            queue: "poll".into(),
+            body: b"wake up".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (got, returned_at) = waiting.await.unwrap();
+    let latency = returned_at.saturating_duration_since(sent_at);
+    println!("long poll returned {latency:?} after the send began");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, b"wake up");
+    // Woken by the send, not by the 5 s wait running out.
+    assert!(latency < Duration::from_secs(3), "took {latency:?}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_keeps_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = StandaloneProcess::start(dir.path()).unwrap();
+    assert_eq!(server.admin_get("/healthz").unwrap().0, 200);
+    assert_eq!(server.admin_get("/readyz").unwrap().0, 200);
+    create_queue(&server, "graceful").await;
+    let mut client = server.client().await.unwrap();
+    for i in 0..5 {
+        client
+            .send_message(pb::SendMessageRequest {
+                queue: "graceful".into(),
+                body: format!("m{i}").into_bytes(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let (_, metrics) = server.admin_get("/metrics").unwrap();
+    for name in [
+        "sluice_messages_sent_total{queue=\"graceful\"} 5",
+        "sluice_rpc_duration_seconds_bucket{method=\"SendMessage\"",
+        "sluice_rpc_requests_total{code=\"OK\",method=\"CreateQueue\"} 1",
+        "sluice_storage_commit_batch_requests_bucket",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}");
+    }
+    let status = server.terminate().await.unwrap();
+    assert!(status.success(), "exit status {status}");
+
+    let server = StandaloneProcess::start(dir.path()).unwrap();
+    let mut bodies = drain(&server, "graceful").await;
+    bodies.sort();
+    assert_eq!(bodies, ["m0", "m1", "m2", "m3", "m4"]);
+}
+
+#[tokio::test]
+async fn cli_tour() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = StandaloneProcess::start(dir.path()).unwrap();
+    let ok = |args: &[&str]| {
+        let out = server.cli(args);
+        assert!(
+            out.status.success(),
+            "sluice {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    ok(&[
+        "queue",
+        "create",
+        "tour",
+        "--visibility-timeout",
+        "60",
+        "--tag",
+        "team=pay",
+    ]);
+    assert_eq!(ok(&["queue", "list"]).trim(), "tour");
+    let id = ok(&["send", "tour", "hello", "--attr", "kind=String:greeting"]);
+    assert_eq!(id.trim().len(), 36, "a message id: {id:?}");
+
+    let received = ok(&["receive", "tour", "--json", "--delete"]);
+    let message: serde_json::Value = serde_json::from_str(&received).unwrap();
+    assert_eq!(message["body"], "hello");
+    assert_eq!(message["attributes"]["kind"]["string_value"], "greeting");
+    assert_eq!(message["approximate_receive_count"], 1);
+
+    let queue: serde_json::Value =
+        serde_json::from_str(&ok(&["queue", "get", "tour", "--json"])).unwrap();
+    assert_eq!(queue["counts"]["visible"], 0);
+    assert_eq!(queue["counts"]["in_flight"], 0, "--delete deleted it");
+    assert_eq!(queue["attributes"]["visibility_timeout_seconds"], 60);
+    assert_eq!(queue["tags"]["team"], "pay");
+
+    let bad = server.cli(&["queue", "create", "tour", "--retention", "5"]);
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("INVALID_ARGUMENT") && stderr.contains("message_retention_seconds"),
+        "{stderr}"
+    );
+    let missing = server.cli(&["send", "nope", "x"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("NOT_FOUND"));
+    ok(&["queue", "delete", "tour"]);
+    assert_eq!(ok(&["queue", "list"]).trim(), "");
+}
