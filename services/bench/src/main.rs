@@ -45,7 +45,7 @@ enum Command {
 struct RunArgs {
     #[arg(long, env = "SLUICE_ENDPOINT", default_value = "http://127.0.0.1:7070")]
     endpoint: String,
-    /// Queue to use; created if missing and purged before the run.
+    /// Queue to use; created if missing and purged before the run unless --keep.
     #[arg(long, default_value = "bench")]
     queue: String,
     #[arg(long, default_value_t = 1)]
@@ -61,6 +61,10 @@ struct RunArgs {
     /// Seconds to run.
     #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// Keep what is in the queue instead of purging it first, e.g. to consume a backlog that
+    /// an earlier run with --consumers 0 left.
+    #[arg(long)]
+    keep: bool,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -197,12 +201,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             status.message()
         );
     }
-    admin
-        .purge_queue(pb::PurgeQueueRequest {
-            name: args.queue.clone(),
-        })
-        .await
-        .context("cannot purge the bench queue")?;
+    if !args.keep {
+        admin
+            .purge_queue(pb::PurgeQueueRequest {
+                name: args.queue.clone(),
+            })
+            .await
+            .context("cannot purge the bench queue")?;
+    }
 
     let counters = Arc::new(Counters::default());
     let stop = Arc::new(AtomicBool::new(false));

@@ -167,7 +167,7 @@ fn parse_attribute(raw: &str) -> Result<(String, pb::MessageAttributeValue), Str
 }
 
 fn decode_hex(raw: &str) -> Option<Vec<u8>> {
-    if raw.len() % 2 != 0 {
+    if !raw.len().is_multiple_of(2) {
         return None;
     }
     (0..raw.len())
@@ -253,6 +253,15 @@ fn print_queue(json_out: bool, queue: &pb::Queue) {
     tags.sort();
     for (k, v) in tags {
         println!("tag                 {k}={v}");
+    }
+}
+
+/// Reports a finished action on a queue, e.g. `purged orders`.
+fn print_done(json_out: bool, action: &str, name: &str) {
+    if json_out {
+        println!("{}", json!({ action: name }));
+    } else {
+        println!("{action} {name}");
     }
 }
 
@@ -368,22 +377,14 @@ pub async fn run(endpoint: String, json_out: bool, command: ClientCommand) -> an
                     .purge_queue(pb::PurgeQueueRequest { name: name.clone() })
                     .await
                     .map_err(err)?;
-                if json_out {
-                    println!("{}", json!({ "purged": name }));
-                } else {
-                    println!("purged {name}");
-                }
+                print_done(json_out, "purged", &name);
             }
             QueueCommand::Delete { name } => {
                 client
                     .delete_queue(pb::DeleteQueueRequest { name: name.clone() })
                     .await
                     .map_err(err)?;
-                if json_out {
-                    println!("{}", json!({ "deleted": name }));
-                } else {
-                    println!("deleted {name}");
-                }
+                print_done(json_out, "deleted", &name);
             }
         },
         ClientCommand::Send(send) => {

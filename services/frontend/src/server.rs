@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 
 use sluice_proto::v1::queue_service_server::QueueServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::service::QueueServiceImpl;
@@ -45,12 +44,15 @@ pub async fn serve(
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
 
+    // Without TCP_NODELAY small responses wait for the peer's delayed ACK (~40 ms each).
+    let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
+        .map_err(|err| std::io::Error::other(format!("gRPC listener: {err}")))?;
     let task = tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
             .add_service(queue_service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.cancelled().await;
                 health
                     .set_not_serving::<QueueServiceServer<QueueServiceImpl>>()

@@ -72,6 +72,23 @@ fn batch_error(id: String, err: &Error) -> pb::BatchResultError {
     }
 }
 
+/// Pairs entry ids with the backend's per-entry results: the ids that succeeded are returned,
+/// the failures appended to `failed`.
+fn split_results(
+    ids: Vec<String>,
+    results: Vec<Result<()>>,
+    failed: &mut Vec<pb::BatchResultError>,
+) -> Vec<String> {
+    let mut successful = Vec::new();
+    for (id, result) in ids.into_iter().zip(results) {
+        match result {
+            Ok(()) => successful.push(id),
+            Err(err) => failed.push(batch_error(id, &err)),
+        }
+    }
+    successful
+}
+
 fn engine_config(record: &QueueRecord) -> QueueConfig {
     QueueConfig {
         name: record.name.clone(),
@@ -498,13 +515,7 @@ impl QueueServiceImpl {
             }
         }
         let results = self.backend.delete(queue.id, handles).await?;
-        let mut successful = Vec::new();
-        for (id, result) in ids.into_iter().zip(results) {
-            match result {
-                Ok(()) => successful.push(id),
-                Err(err) => failed.push(batch_error(id, &err)),
-            }
-        }
+        let successful = split_results(ids, results, &mut failed);
         metrics::MESSAGES_DELETED
             .with_label_values(&[&queue.name])
             .inc_by(successful.len() as u64);
@@ -557,13 +568,7 @@ impl QueueServiceImpl {
             }
         }
         let results = self.backend.change_visibility(queue.id, changes).await?;
-        let mut successful = Vec::new();
-        for (id, result) in ids.into_iter().zip(results) {
-            match result {
-                Ok(()) => successful.push(id),
-                Err(err) => failed.push(batch_error(id, &err)),
-            }
-        }
+        let successful = split_results(ids, results, &mut failed);
         Ok(pb::ChangeMessageVisibilityBatchResponse { successful, failed })
     }
 }

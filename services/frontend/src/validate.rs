@@ -340,13 +340,15 @@ pub fn message_attributes(
                     ));
                 }
             }
-            _ => return Err(Error::invalid(
-                field,
-                format!(
+            _ => {
+                return Err(Error::invalid(
+                    field,
+                    format!(
                     "data_type {:?} must be String, Number or Binary, optionally with a .suffix",
                     value.data_type
                 ),
-            )),
+                ))
+            }
         }
         size += name.len()
             + value.data_type.len()
