@@ -127,11 +127,6 @@ impl Engine {
         Ok(())
     }
 
-    pub async fn update_queue(&self, id: QueueId, config: QueueConfig) -> Result<()> {
-        self.queue(id)?;
-        self.create_queue(id, config).await
-    }
-
     /// Deletes the queue and every message in it.
     pub async fn delete_queue(&self, id: QueueId) -> Result<()> {
         let Some(queue) = self.inner.queues.write().remove(&id) else {
