@@ -43,7 +43,17 @@ pub struct StandaloneProcess {
 impl StandaloneProcess {
     /// Starts the server on free ports and waits until it says it is ready.
     pub fn start(data_dir: &Path) -> anyhow::Result<Self> {
-        let mut child = Command::new(sluice_bin())
+        Self::start_with(data_dir, |_| {})
+    }
+
+    /// Like [`start`](Self::start), with `configure` adding flags, environment or redirections
+    /// to the command first.
+    pub fn start_with(
+        data_dir: &Path,
+        configure: impl FnOnce(&mut Command),
+    ) -> anyhow::Result<Self> {
+        let mut command = Command::new(sluice_bin());
+        command
             .args([
                 "standalone",
                 "--grpc-addr",
@@ -56,9 +66,9 @@ impl StandaloneProcess {
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("cannot start sluice standalone")?;
+            .stderr(Stdio::inherit());
+        configure(&mut command);
+        let mut child = command.spawn().context("cannot start sluice standalone")?;
         let stdout = child.stdout.take().expect("piped");
         let mut lines = BufReader::new(stdout).lines();
         let ready = loop {

@@ -1,7 +1,8 @@
 //! `sluice-bench`: load against a Sluice endpoint, and the disk's plain fsync rate to compare.
 //!
 //! `run` drives N producers and M consumers on one queue for a fixed time and reports the send
-//! and receive rates and send latency percentiles. `fsync` measures how many append+fdatasync
+//! and receive rates and send latency percentiles. `drain` compares the consumer rate over a
+//! small backlog with the rate over a large one. `fsync` measures how many append+fdatasync
 //! cycles the disk manages a second: without group commit, that would cap durable sends.
 
 use std::io::Write;
@@ -28,6 +29,9 @@ struct Cli {
 enum Command {
     /// Producers and consumers on one queue.
     Run(RunArgs),
+    /// Consumer rate over a small backlog and over a large one: receive cost must not grow
+    /// with the backlog.
+    Drain(DrainArgs),
     /// Append+fdatasync cycles per second on a file in DIR.
     Fsync {
         #[arg(long, default_value = ".")]
@@ -70,6 +74,30 @@ struct RunArgs {
     json: bool,
 }
 
+#[derive(clap::Args, Clone)]
+struct DrainArgs {
+    #[arg(long, env = "SLUICE_ENDPOINT", default_value = "http://127.0.0.1:7070")]
+    endpoint: String,
+    #[arg(long, default_value = "bench-drain")]
+    queue: String,
+    /// Messages received and deleted in each measured drain.
+    #[arg(long, default_value_t = 50_000)]
+    measure: u64,
+    /// The large backlog the second drain starts from.
+    #[arg(long, default_value_t = 1_000_000)]
+    backlog: u64,
+    /// Producers that fill the queue (batches of 10) before each drain.
+    #[arg(long, default_value_t = 16)]
+    producers: usize,
+    #[arg(long, default_value_t = 4)]
+    consumers: usize,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    #[arg(long)]
+    json: bool,
+}
+
 async fn connect(endpoint: &str) -> anyhow::Result<QueueServiceClient<Channel>> {
     let channel = Channel::from_shared(endpoint.to_owned())?
         .connect()
@@ -86,27 +114,34 @@ struct Counters {
     receive_errors: AtomicU64,
 }
 
-async fn producer(
-    args: RunArgs,
+/// What every producer and consumer of a phase shares.
+#[derive(Clone)]
+struct Load {
+    endpoint: String,
+    queue: String,
+    size: usize,
+    batch: usize,
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
-) -> anyhow::Result<Histogram<u64>> {
-    let mut client = connect(&args.endpoint).await?;
+}
+
+async fn producer(load: Load) -> anyhow::Result<Histogram<u64>> {
+    let mut client = connect(&load.endpoint).await?;
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let body = vec![b'x'; args.size];
-    while !stop.load(Ordering::Relaxed) {
+    let body = vec![b'x'; load.size];
+    while !load.stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        let result = if args.batch <= 1 {
+        let result = if load.batch <= 1 {
             client
                 .send_message(pb::SendMessageRequest {
-                    queue: args.queue.clone(),
+                    queue: load.queue.clone(),
                     body: body.clone(),
                     ..Default::default()
                 })
                 .await
                 .map(|_| 1)
         } else {
-            let entries = (0..args.batch)
+            let entries = (0..load.batch)
                 .map(|i| pb::SendMessageBatchEntry {
                     id: i.to_string(),
                     body: body.clone(),
@@ -115,7 +150,7 @@ async fn producer(
                 .collect();
             client
                 .send_message_batch(pb::SendMessageBatchRequest {
-                    queue: args.queue.clone(),
+                    queue: load.queue.clone(),
                     entries,
                 })
                 .await
@@ -124,26 +159,22 @@ async fn producer(
         match result {
             Ok(n) => {
                 latency.saturating_record(started.elapsed().as_micros() as u64);
-                counters.sent.fetch_add(n, Ordering::Relaxed);
+                load.counters.sent.fetch_add(n, Ordering::Relaxed);
             }
             Err(_) => {
-                counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                load.counters.send_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
     Ok(latency)
 }
 
-async fn consumer(
-    args: RunArgs,
-    counters: Arc<Counters>,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<()> {
-    let mut client = connect(&args.endpoint).await?;
-    while !stop.load(Ordering::Relaxed) {
+async fn consumer(load: Load) -> anyhow::Result<()> {
+    let mut client = connect(&load.endpoint).await?;
+    while !load.stop.load(Ordering::Relaxed) {
         let got = client
             .receive_message(pb::ReceiveMessageRequest {
-                queue: args.queue.clone(),
+                queue: load.queue.clone(),
                 max_messages: 10,
                 wait_time_seconds: Some(1),
                 visibility_timeout_seconds: Some(60),
@@ -152,7 +183,7 @@ async fn consumer(
         let messages = match got {
             Ok(r) => r.into_inner().messages,
             Err(_) => {
-                counters.receive_errors.fetch_add(1, Ordering::Relaxed);
+                load.counters.receive_errors.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
         };
@@ -169,126 +200,286 @@ async fn consumer(
             .collect();
         if client
             .delete_message_batch(pb::DeleteMessageBatchRequest {
-                queue: args.queue.clone(),
+                queue: load.queue.clone(),
                 entries,
             })
             .await
             .is_err()
         {
-            counters.receive_errors.fetch_add(1, Ordering::Relaxed);
+            load.counters.receive_errors.fetch_add(1, Ordering::Relaxed);
         }
-        counters
+        load.counters
             .received
             .fetch_add(messages.len() as u64, Ordering::Relaxed);
     }
     Ok(())
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
-    anyhow::ensure!((1..=10).contains(&args.batch), "--batch must be 1 to 10");
-    let mut admin = connect(&args.endpoint).await?;
+/// What one phase of load measured.
+struct PhaseResult {
+    seconds: f64,
+    sent: u64,
+    received: u64,
+    send_errors: u64,
+    receive_errors: u64,
+    send_latency: Histogram<u64>,
+}
+
+impl PhaseResult {
+    fn sent_per_second(&self) -> f64 {
+        self.sent as f64 / self.seconds
+    }
+
+    fn received_per_second(&self) -> f64 {
+        self.received as f64 / self.seconds
+    }
+
+    fn latency_ms(&self, quantile: f64) -> f64 {
+        self.send_latency.value_at_quantile(quantile) as f64 / 1000.0
+    }
+}
+
+/// Runs `producers` and `consumers` until `done(elapsed, counters)` holds, printing the rates
+/// of every second on stderr when `progress` is set.
+async fn phase(
+    endpoint: &str,
+    queue: &str,
+    size: usize,
+    batch: usize,
+    (producers, consumers): (usize, usize),
+    progress: bool,
+    done: impl Fn(Duration, &Counters) -> bool,
+) -> anyhow::Result<PhaseResult> {
+    let load = Load {
+        endpoint: endpoint.to_owned(),
+        queue: queue.to_owned(),
+        size,
+        batch,
+        counters: Arc::new(Counters::default()),
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let producer_tasks: Vec<_> = (0..producers)
+        .map(|_| tokio::spawn(producer(load.clone())))
+        .collect();
+    let consumer_tasks: Vec<_> = (0..consumers)
+        .map(|_| tokio::spawn(consumer(load.clone())))
+        .collect();
+    let counters = &load.counters;
+    let started = Instant::now();
+    let mut last = (0, 0);
+    let mut next_report = Duration::from_secs(1);
+    while !done(started.elapsed(), counters) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if progress && started.elapsed() >= next_report {
+            let now = (
+                counters.sent.load(Ordering::Relaxed),
+                counters.received.load(Ordering::Relaxed),
+            );
+            eprintln!(
+                "{:>4}s  sent {:>8}/s  received {:>8}/s",
+                next_report.as_secs(),
+                now.0 - last.0,
+                now.1 - last.1
+            );
+            last = now;
+            next_report += Duration::from_secs(1);
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let sent = counters.sent.load(Ordering::Relaxed);
+    let received = counters.received.load(Ordering::Relaxed);
+    load.stop.store(true, Ordering::Relaxed);
+
+    let mut send_latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for p in producer_tasks {
+        send_latency.add(p.await??)?;
+    }
+    for c in consumer_tasks {
+        c.await??;
+    }
+    Ok(PhaseResult {
+        seconds,
+        sent,
+        received,
+        send_errors: counters.send_errors.load(Ordering::Relaxed),
+        receive_errors: counters.receive_errors.load(Ordering::Relaxed),
+        send_latency,
+    })
+}
+
+/// Creates the queue if it is missing; empties it unless `keep`.
+async fn prepare_queue(endpoint: &str, queue: &str, keep: bool) -> anyhow::Result<()> {
+    let mut admin = connect(endpoint).await?;
     let created = admin
         .create_queue(pb::CreateQueueRequest {
-            name: args.queue.clone(),
+            name: queue.to_owned(),
             ..Default::default()
         })
         .await;
     if let Err(status) = created {
         anyhow::ensure!(
             status.code() == tonic::Code::AlreadyExists,
-            "cannot create queue {}: {}",
-            args.queue,
+            "cannot create queue {queue}: {}",
             status.message()
         );
     }
-    if !args.keep {
+    if !keep {
         admin
             .purge_queue(pb::PurgeQueueRequest {
-                name: args.queue.clone(),
+                name: queue.to_owned(),
             })
             .await
             .context("cannot purge the bench queue")?;
     }
+    Ok(())
+}
 
-    let counters = Arc::new(Counters::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let producers: Vec<_> = (0..args.producers)
-        .map(|_| tokio::spawn(producer(args.clone(), counters.clone(), stop.clone())))
-        .collect();
-    let consumers: Vec<_> = (0..args.consumers)
-        .map(|_| tokio::spawn(consumer(args.clone(), counters.clone(), stop.clone())))
-        .collect();
-    let started = Instant::now();
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=10).contains(&args.batch), "--batch must be 1 to 10");
+    prepare_queue(&args.endpoint, &args.queue, args.keep).await?;
     let duration = Duration::from_secs(args.duration);
-    let mut last = (0, 0);
-    while started.elapsed() < duration {
-        tokio::time::sleep(Duration::from_secs(1).min(duration.saturating_sub(started.elapsed())))
-            .await;
-        let now = (
-            counters.sent.load(Ordering::Relaxed),
-            counters.received.load(Ordering::Relaxed),
-        );
-        if !args.json {
-            eprintln!(
-                "{:>4.0}s  sent {:>8}/s  received {:>8}/s",
-                started.elapsed().as_secs_f64(),
-                now.0 - last.0,
-                now.1 - last.1
-            );
-        }
-        last = now;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let sent = counters.sent.load(Ordering::Relaxed);
-    let received = counters.received.load(Ordering::Relaxed);
-    stop.store(true, Ordering::Relaxed);
-
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    for p in producers {
-        latency.add(p.await??)?;
-    }
-    for c in consumers {
-        c.await??;
-    }
-    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
+    let result = phase(
+        &args.endpoint,
+        &args.queue,
+        args.size,
+        args.batch,
+        (args.producers, args.consumers),
+        !args.json,
+        |elapsed, _| elapsed >= duration,
+    )
+    .await?;
     let report = serde_json::json!({
         "producers": args.producers,
         "consumers": args.consumers,
         "message_bytes": args.size,
         "batch": args.batch,
-        "seconds": elapsed,
-        "sent": sent,
-        "received": received,
-        "sent_per_second": sent as f64 / elapsed,
-        "received_per_second": received as f64 / elapsed,
-        "send_requests": latency.len(),
-        "send_errors": counters.send_errors.load(Ordering::Relaxed),
-        "receive_errors": counters.receive_errors.load(Ordering::Relaxed),
-        "send_latency_ms": { "p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": latency.max() as f64 / 1000.0 },
+        "seconds": result.seconds,
+        "sent": result.sent,
+        "received": result.received,
+        "sent_per_second": result.sent_per_second(),
+        "received_per_second": result.received_per_second(),
+        "send_requests": result.send_latency.len(),
+        "send_errors": result.send_errors,
+        "receive_errors": result.receive_errors,
+        "send_latency_ms": {
+            "p50": result.latency_ms(0.5),
+            "p99": result.latency_ms(0.99),
+            "p999": result.latency_ms(0.999),
+            "max": result.send_latency.max() as f64 / 1000.0,
+        },
     });
     if args.json {
         println!("{report}");
     } else {
         println!(
             "producers {} consumers {} size {} B batch {} for {:.1} s",
-            args.producers, args.consumers, args.size, args.batch, elapsed
+            args.producers, args.consumers, args.size, args.batch, result.seconds
         );
         println!(
-            "sent      {:>10.0} msgs/s ({sent} messages, {} errors)",
-            sent as f64 / elapsed,
-            counters.send_errors.load(Ordering::Relaxed)
+            "sent      {:>10.0} msgs/s ({} messages, {} errors)",
+            result.sent_per_second(),
+            result.sent,
+            result.send_errors
         );
         println!(
-            "received  {:>10.0} msgs/s ({received} messages, {} errors)",
-            received as f64 / elapsed,
-            counters.receive_errors.load(Ordering::Relaxed)
+            "received  {:>10.0} msgs/s ({} messages, {} errors)",
+            result.received_per_second(),
+            result.received,
+            result.receive_errors
         );
         println!(
             "send latency per request  p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms",
-            ms(0.5),
-            ms(0.99),
-            ms(0.999),
-            latency.max() as f64 / 1000.0
+            result.latency_ms(0.5),
+            result.latency_ms(0.99),
+            result.latency_ms(0.999),
+            result.send_latency.max() as f64 / 1000.0
+        );
+    }
+    Ok(())
+}
+
+/// Fills an empty queue with `backlog` messages, then times consumers over the first
+/// `args.measure` of them. Returns (fill msgs/s, drain msgs/s).
+async fn drain_once(args: &DrainArgs, backlog: u64) -> anyhow::Result<(f64, f64)> {
+    prepare_queue(&args.endpoint, &args.queue, false).await?;
+    let (endpoint, queue, size) = (&args.endpoint, &args.queue, args.size);
+    let fill = phase(
+        endpoint,
+        queue,
+        size,
+        10,
+        (args.producers, 0),
+        false,
+        |_, c| c.sent.load(Ordering::Relaxed) >= backlog,
+    )
+    .await?;
+    anyhow::ensure!(
+        fill.send_errors == 0,
+        "{} sends failed while filling",
+        fill.send_errors
+    );
+    let measure = args.measure;
+    let drain = phase(
+        endpoint,
+        queue,
+        size,
+        10,
+        (0, args.consumers),
+        false,
+        |_, c| c.received.load(Ordering::Relaxed) >= measure,
+    )
+    .await?;
+    anyhow::ensure!(
+        drain.receive_errors == 0,
+        "{} receives or deletes failed while draining",
+        drain.receive_errors
+    );
+    if !args.json {
+        eprintln!(
+            "backlog {:>9}: filled at {:>8.0} msgs/s, drained {} at {:>8.0} msgs/s",
+            fill.sent,
+            fill.sent_per_second(),
+            drain.received,
+            drain.received_per_second()
+        );
+    }
+    Ok((fill.sent_per_second(), drain.received_per_second()))
+}
+
+async fn drain(args: DrainArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.backlog >= args.measure && args.measure > 0,
+        "--backlog ({}) must be at least --measure ({}), which must be positive",
+        args.backlog,
+        args.measure
+    );
+    let (_, small) = drain_once(&args, args.measure).await?;
+    let (fill, large) = drain_once(&args, args.backlog).await?;
+    // Leave no million-message queue behind.
+    prepare_queue(&args.endpoint, &args.queue, false).await?;
+    let report = serde_json::json!({
+        "consumers": args.consumers,
+        "message_bytes": args.size,
+        "measured_messages": args.measure,
+        "small_backlog": args.measure,
+        "large_backlog": args.backlog,
+        "fill_per_second": fill,
+        "drain_small_backlog_per_second": small,
+        "drain_large_backlog_per_second": large,
+        "large_over_small": large / small,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!(
+            "{} consumers draining {} messages: {:.0} msgs/s over a backlog of {}, {:.0} msgs/s over {} ({:.0}%)",
+            args.consumers,
+            args.measure,
+            small,
+            args.measure,
+            large,
+            args.backlog,
+            100.0 * large / small
         );
     }
     Ok(())
@@ -324,6 +515,7 @@ fn fsync_rate(dir: PathBuf, duration: u64, size: usize) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(args).await,
+        Command::Drain(args) => drain(args).await,
         Command::Fsync {
             dir,
             duration,

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
-use sluice_common::telemetry::{init_logging, LogFormat};
+use sluice_common::telemetry::{self, LogFormat, TelemetryConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::ClientCommand;
@@ -49,7 +49,7 @@ enum Command {
 /// Precedence: flags over `SLUICE_*` environment variables over the config file over defaults.
 #[derive(clap::Args)]
 struct StandaloneArgs {
-    /// TOML file with data_dir, grpc_addr and admin_addr.
+    /// TOML file with data_dir, grpc_addr, admin_addr and otlp_endpoint.
     #[arg(long, env = "SLUICE_CONFIG")]
     config: Option<PathBuf>,
     /// Where messages and metadata are stored [default: ./sluice-data; env: SLUICE_DATA_DIR]
@@ -61,6 +61,10 @@ struct StandaloneArgs {
     /// Address of /metrics, /healthz and /readyz [default: 127.0.0.1:7071; env: SLUICE_ADMIN_ADDR]
     #[arg(long)]
     admin_addr: Option<SocketAddr>,
+    /// OTLP/gRPC collector that receives traces, e.g. http://127.0.0.1:4317 [default: none;
+    /// env: SLUICE_OTLP_ENDPOINT]
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SLUICE_LOG_JSON")]
     log_json: bool,
@@ -75,8 +79,12 @@ impl StandaloneArgs {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment =
-            figment.merge(Env::prefixed("SLUICE_").only(&["data_dir", "grpc_addr", "admin_addr"]));
+        figment = figment.merge(Env::prefixed("SLUICE_").only(&[
+            "data_dir",
+            "grpc_addr",
+            "admin_addr",
+            "otlp_endpoint",
+        ]));
         if let Some(v) = &self.data_dir {
             figment = figment.merge(("data_dir", v));
         }
@@ -86,6 +94,9 @@ impl StandaloneArgs {
         if let Some(v) = &self.admin_addr {
             figment = figment.merge(("admin_addr", v));
         }
+        if let Some(v) = &self.otlp_endpoint {
+            figment = figment.merge(("otlp_endpoint", v));
+        }
         figment
             .extract()
             .map_err(|err| anyhow::anyhow!("bad configuration: {err}"))
@@ -93,12 +104,16 @@ impl StandaloneArgs {
 }
 
 async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
-    init_logging(if args.log_json {
-        LogFormat::Json
-    } else {
-        LogFormat::Text
-    });
     let opts = args.options()?;
+    let telemetry = telemetry::init(TelemetryConfig {
+        service_name: "sluice-standalone",
+        log_format: if args.log_json {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        },
+        otlp_endpoint: opts.otlp_endpoint.clone(),
+    })?;
     let shutdown = CancellationToken::new();
     sluice_common::shutdown::cancel_on_signal(shutdown.clone());
     let server = standalone::start(&opts, shutdown).await?;
@@ -109,7 +124,9 @@ async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         server.admin_addr,
         opts.data_dir.display()
     );
-    server.wait().await
+    let result = server.wait().await;
+    telemetry.shutdown();
+    result
 }
 
 #[tokio::main]
@@ -145,17 +162,20 @@ mod tests {
         .unwrap();
         figment::Jail::expect_with(|jail| {
             jail.set_env("SLUICE_GRPC_ADDR", "127.0.0.1:9100");
+            jail.set_env("SLUICE_OTLP_ENDPOINT", "http://127.0.0.1:4317");
             let args = StandaloneArgs {
                 config: Some(file.clone()),
                 data_dir: None,
                 grpc_addr: None,
                 admin_addr: Some("127.0.0.1:9201".parse().unwrap()),
+                otlp_endpoint: None,
                 log_json: false,
             };
             let opts = args.options().unwrap();
             assert_eq!(opts.data_dir, PathBuf::from("/from/file"));
             assert_eq!(opts.grpc_addr, "127.0.0.1:9100".parse().unwrap());
             assert_eq!(opts.admin_addr, "127.0.0.1:9201".parse().unwrap());
+            assert_eq!(opts.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4317"));
             Ok(())
         });
     }
@@ -167,6 +187,7 @@ mod tests {
             data_dir: None,
             grpc_addr: None,
             admin_addr: None,
+            otlp_endpoint: None,
             log_json: false,
         };
         assert_eq!(args.options().unwrap(), StandaloneOpts::default());

@@ -20,6 +20,9 @@ pub struct StandaloneOpts {
     pub data_dir: PathBuf,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Where traces go over OTLP/gRPC; none exports nothing.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for StandaloneOpts {
@@ -28,6 +31,7 @@ impl Default for StandaloneOpts {
             data_dir: PathBuf::from("./sluice-data"),
             grpc_addr: ([127, 0, 0, 1], 7070).into(),
             admin_addr: ([127, 0, 0, 1], 7071).into(),
+            otlp_endpoint: None,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
 use sluice_common::error::code_name;
+use sluice_common::telemetry;
 use sluice_common::{Error, Result};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::queue_service_server::QueueService;
@@ -28,15 +29,69 @@ pub struct QueueServiceImpl {
     backend: Arc<dyn QueueBackend>,
 }
 
-/// Runs one RPC inside a span, counts it by gRPC code and times it.
-async fn observed<T>(
+/// The queue a request names, for the RPC span.
+trait QueueName {
+    fn queue_name(&self) -> &str;
+}
+
+macro_rules! queue_name {
+    ($($request:ident => $field:ident),* $(,)?) => {
+        $(impl QueueName for pb::$request {
+            fn queue_name(&self) -> &str {
+                &self.$field
+            }
+        })*
+    };
+}
+
+queue_name! {
+    CreateQueueRequest => name,
+    GetQueueRequest => name,
+    DeleteQueueRequest => name,
+    SetQueueAttributesRequest => name,
+    PurgeQueueRequest => name,
+    SendMessageRequest => queue,
+    SendMessageBatchRequest => queue,
+    ReceiveMessageRequest => queue,
+    DeleteMessageRequest => queue,
+    DeleteMessageBatchRequest => queue,
+    ChangeMessageVisibilityRequest => queue,
+    ChangeMessageVisibilityBatchRequest => queue,
+}
+
+/// Listing names no queue.
+impl QueueName for pb::ListQueuesRequest {
+    fn queue_name(&self) -> &str {
+        ""
+    }
+}
+
+/// Runs one RPC inside a span that continues the caller's trace, counts it by gRPC code and
+/// times it.
+async fn observed<R, T, Fut>(
     method: &'static str,
-    queue: &str,
-    work: impl Future<Output = Result<T>>,
-) -> Result<Response<T>, Status> {
+    request: Request<R>,
+    work: impl FnOnce(R) -> Fut,
+) -> Result<Response<T>, Status>
+where
+    R: QueueName,
+    Fut: Future<Output = Result<T>>,
+{
     let started = Instant::now();
-    let span = tracing::info_span!("rpc", method, queue = %queue);
-    let result = work.instrument(span.clone()).await;
+    let (metadata, _, request) = request.into_parts();
+    // The `otel.*` fields name the exported span after OpenTelemetry's RPC conventions.
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = %format_args!("sluice.v1.QueueService/{method}"),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.grpc.status_code = tracing::field::Empty,
+        method,
+        queue = request.queue_name(),
+        trace_id = tracing::field::Empty
+    );
+    telemetry::attach_trace(&span, &metadata);
+    let result = work(request).instrument(span.clone()).await;
     metrics::RPC_DURATION
         .with_label_values(&[method])
         .observe(started.elapsed().as_secs_f64());
@@ -47,6 +102,7 @@ async fn observed<T>(
     metrics::RPC_REQUESTS
         .with_label_values(&[method, code_name(code)])
         .inc();
+    span.record("rpc.grpc.status_code", code as i32);
     match result {
         Ok(value) => Ok(Response::new(value)),
         Err(err) => {
@@ -579,110 +635,95 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::CreateQueueRequest>,
     ) -> Result<Response<pb::CreateQueueResponse>, Status> {
-        let req = request.into_inner();
-        let name = req.name.clone();
-        observed("CreateQueue", &name, self.create_queue(req)).await
+        observed("CreateQueue", request, |req| self.create_queue(req)).await
     }
 
     async fn get_queue(
         &self,
         request: Request<pb::GetQueueRequest>,
     ) -> Result<Response<pb::GetQueueResponse>, Status> {
-        let req = request.into_inner();
-        let name = req.name.clone();
-        observed("GetQueue", &name, self.get_queue(req)).await
+        observed("GetQueue", request, |req| self.get_queue(req)).await
     }
 
     async fn list_queues(
         &self,
         request: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
-        observed("ListQueues", "", self.list_queues(request.into_inner())).await
+        observed("ListQueues", request, |req| self.list_queues(req)).await
     }
 
     async fn delete_queue(
         &self,
         request: Request<pb::DeleteQueueRequest>,
     ) -> Result<Response<pb::DeleteQueueResponse>, Status> {
-        let req = request.into_inner();
-        let name = req.name.clone();
-        observed("DeleteQueue", &name, self.delete_queue(req)).await
+        observed("DeleteQueue", request, |req| self.delete_queue(req)).await
     }
 
     async fn set_queue_attributes(
         &self,
         request: Request<pb::SetQueueAttributesRequest>,
     ) -> Result<Response<pb::SetQueueAttributesResponse>, Status> {
-        let req = request.into_inner();
-        let name = req.name.clone();
-        observed("SetQueueAttributes", &name, self.set_queue_attributes(req)).await
+        observed("SetQueueAttributes", request, |req| {
+            self.set_queue_attributes(req)
+        })
+        .await
     }
 
     async fn purge_queue(
         &self,
         request: Request<pb::PurgeQueueRequest>,
     ) -> Result<Response<pb::PurgeQueueResponse>, Status> {
-        let req = request.into_inner();
-        let name = req.name.clone();
-        observed("PurgeQueue", &name, self.purge_queue(req)).await
+        observed("PurgeQueue", request, |req| self.purge_queue(req)).await
     }
 
     async fn send_message(
         &self,
         request: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
-        let req = request.into_inner();
-        let name = req.queue.clone();
-        observed("SendMessage", &name, self.send_message(req)).await
+        observed("SendMessage", request, |req| self.send_message(req)).await
     }
 
     async fn send_message_batch(
         &self,
         request: Request<pb::SendMessageBatchRequest>,
     ) -> Result<Response<pb::SendMessageBatchResponse>, Status> {
-        let req = request.into_inner();
-        let name = req.queue.clone();
-        observed("SendMessageBatch", &name, self.send_message_batch(req)).await
+        observed("SendMessageBatch", request, |req| {
+            self.send_message_batch(req)
+        })
+        .await
     }
 
     async fn receive_message(
         &self,
         request: Request<pb::ReceiveMessageRequest>,
     ) -> Result<Response<pb::ReceiveMessageResponse>, Status> {
-        let req = request.into_inner();
-        let name = req.queue.clone();
-        observed("ReceiveMessage", &name, self.receive_message(req)).await
+        observed("ReceiveMessage", request, |req| self.receive_message(req)).await
     }
 
     async fn delete_message(
         &self,
         request: Request<pb::DeleteMessageRequest>,
     ) -> Result<Response<pb::DeleteMessageResponse>, Status> {
-        let req = request.into_inner();
-        let name = req.queue.clone();
-        observed("DeleteMessage", &name, self.delete_message(req)).await
+        observed("DeleteMessage", request, |req| self.delete_message(req)).await
     }
 
     async fn delete_message_batch(
         &self,
         request: Request<pb::DeleteMessageBatchRequest>,
     ) -> Result<Response<pb::DeleteMessageBatchResponse>, Status> {
-        let req = request.into_inner();
-        let name = req.queue.clone();
-        observed("DeleteMessageBatch", &name, self.delete_message_batch(req)).await
+        observed("DeleteMessageBatch", request, |req| {
+            self.delete_message_batch(req)
+        })
+        .await
     }
 
     async fn change_message_visibility(
         &self,
         request: Request<pb::ChangeMessageVisibilityRequest>,
     ) -> Result<Response<pb::ChangeMessageVisibilityResponse>, Status> {
-        let req = request.into_inner();
-        let name = req.queue.clone();
-        observed(
-            "ChangeMessageVisibility",
-            &name,
-            self.change_message_visibility(req),
-        )
+        observed("ChangeMessageVisibility", request, |req| {
+            self.change_message_visibility(req)
+        })
         .await
     }
 
@@ -690,13 +731,9 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::ChangeMessageVisibilityBatchRequest>,
     ) -> Result<Response<pb::ChangeMessageVisibilityBatchResponse>, Status> {
-        let req = request.into_inner();
-        let name = req.queue.clone();
-        observed(
-            "ChangeMessageVisibilityBatch",
-            &name,
-            self.change_message_visibility_batch(req),
-        )
+        observed("ChangeMessageVisibilityBatch", request, |req| {
+            self.change_message_visibility_batch(req)
+        })
         .await
     }
 }

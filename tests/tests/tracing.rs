@@ -1,0 +1,195 @@
+//! Traces leave `sluice standalone` over OTLP, continue a caller's W3C trace context, and the
+//! request's log lines carry the trace id. The collector is a real OTLP/gRPC server on loopback.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use sluice_proto::v1 as pb;
+use sluice_tests::{wait_for, StandaloneProcess};
+use tonic::{Request, Response, Status};
+
+/// An exported span with the resource it came from.
+#[derive(Clone)]
+struct Exported {
+    service_name: String,
+    span: Span,
+}
+
+impl Exported {
+    fn attribute(&self, key: &str) -> Option<String> {
+        self.span
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                Value::StringValue(s) => Some(s.clone()),
+                _ => None,
+            })
+    }
+}
+
+#[derive(Default, Clone)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Exported>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for resource_spans in request.into_inner().resource_spans {
+            let service_name = resource_spans
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                    Value::StringValue(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for scope in resource_spans.scope_spans {
+                for span in scope.spans {
+                    spans.push(Exported {
+                        service_name: service_name.clone(),
+                        span,
+                    });
+                }
+            }
+        }
+        Ok(Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+async fn start_collector() -> (std::net::SocketAddr, Collector) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let collector = Collector::default();
+    let service = TraceServiceServer::new(collector.clone());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    (addr, collector)
+}
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
+
+#[tokio::test]
+async fn spans_reach_the_collector_and_logs_carry_the_trace_id() {
+    let (collector_addr, collector) = start_collector().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let server = StandaloneProcess::start_with(&dir.path().join("data"), |command| {
+        command
+            .arg("--log-json")
+            .env("SLUICE_OTLP_ENDPOINT", format!("http://{collector_addr}"))
+            // Refused requests log at debug; export quickly instead of every 5 s.
+            .env("RUST_LOG", "warn,sluice_frontend=debug")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .stderr(log);
+    })
+    .unwrap();
+    let mut client = server.client().await.unwrap();
+
+    // A caller that is itself traced: the server's span joins its trace.
+    let mut request = Request::new(pb::GetQueueRequest {
+        name: "no-such-queue".into(),
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01")
+            .parse()
+            .unwrap(),
+    );
+    let status = client.get_queue(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+
+    // A caller without trace context gets a trace of its own.
+    client
+        .create_queue(pb::CreateQueueRequest {
+            name: "traced".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let find = |method: &str| -> Option<Exported> {
+        collector
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|e| e.attribute("method").as_deref() == Some(method))
+            .cloned()
+    };
+    wait_for(
+        "both RPC spans at the collector",
+        Duration::from_secs(20),
+        || Ok(find("GetQueue").is_some() && find("CreateQueue").is_some()),
+    )
+    .await
+    .unwrap();
+
+    let joined = find("GetQueue").unwrap();
+    assert_eq!(joined.service_name, "sluice-standalone");
+    assert_eq!(joined.span.name, "sluice.v1.QueueService/GetQueue");
+    assert_eq!(joined.span.kind, SpanKind::Server as i32);
+    assert_eq!(int_attribute(&joined, "rpc.grpc.status_code"), Some(5));
+    assert_eq!(hex(&joined.span.trace_id), TRACE_ID);
+    assert_eq!(hex(&joined.span.parent_span_id), PARENT_SPAN_ID);
+    assert_eq!(joined.attribute("queue").as_deref(), Some("no-such-queue"));
+    assert_eq!(joined.attribute("trace_id").as_deref(), Some(TRACE_ID));
+
+    let own = find("CreateQueue").unwrap();
+    assert_ne!(hex(&own.span.trace_id), TRACE_ID);
+    assert!(
+        own.span.parent_span_id.is_empty(),
+        "a root span has no parent"
+    );
+    assert_eq!(own.attribute("trace_id"), Some(hex(&own.span.trace_id)));
+
+    server.terminate().await.unwrap();
+    // The refused request's log line names the caller's trace.
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    let refused = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| line["fields"]["message"] == "request refused")
+        .unwrap_or_else(|| panic!("no 'request refused' line in:\n{logs}"));
+    assert_eq!(refused["span"]["trace_id"], TRACE_ID, "{refused}");
+    assert_eq!(refused["span"]["method"], "GetQueue", "{refused}");
+}
+
+fn int_attribute(exported: &Exported, key: &str) -> Option<i64> {
+    exported
+        .span
+        .attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            Value::IntValue(v) => Some(*v),
+            _ => None,
+        })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
