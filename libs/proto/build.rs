@@ -4,6 +4,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     let protos = ["../../proto/sluice/v1/queue.proto"];
     tonic_build::configure()
+        // Bodies arrive as slices of the HTTP/2 receive buffer instead of fresh copies.
+        .bytes(["."])
         .file_descriptor_set_path(out_dir.join("sluice_descriptor.bin"))
         .compile_protos(&protos, &["../../proto"])?;
     for proto in protos {

@@ -61,7 +61,7 @@ async fn drain(server: &StandaloneProcess, queue: &str) -> Vec<String> {
             .collect();
         bodies.extend(
             got.iter()
-                .map(|m| String::from_utf8(m.body.clone()).unwrap()),
+                .map(|m| String::from_utf8(m.body.to_vec()).unwrap()),
         );
         let deleted = client
             .delete_message_batch(pb::DeleteMessageBatchRequest {
@@ -93,13 +93,13 @@ async fn sigkill_loses_no_acknowledged_message() {
                 let entries = (0..10)
                     .map(|i| pb::SendMessageBatchEntry {
                         id: i.to_string(),
-                        body: format!("p{producer}-b{batch}-m{i}").into_bytes(),
+                        body: format!("p{producer}-b{batch}-m{i}").into(),
                         ..Default::default()
                     })
                     .collect::<Vec<_>>();
                 let bodies: Vec<_> = entries
                     .iter()
-                    .map(|e| String::from_utf8(e.body.clone()).unwrap())
+                    .map(|e| String::from_utf8(e.body.to_vec()).unwrap())
                     .collect();
                 let Ok(resp) = client
                     .send_message_batch(pb::SendMessageBatchRequest {
@@ -179,7 +179,7 @@ async fn long_poll_returns_soon_after_a_send() {
         .unwrap()
         .send_message(pb::SendMessageRequest {
             queue: "poll".into(),
-            body: b"wake up".to_vec(),
+            body: "wake up".into(),
             ..Default::default()
         })
         .await
@@ -188,7 +188,7 @@ async fn long_poll_returns_soon_after_a_send() {
     let latency = returned_at.saturating_duration_since(sent_at);
     println!("long poll returned {latency:?} after the send began");
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].body, b"wake up");
+    assert_eq!(got[0].body, "wake up");
     // Woken by the send, not by the 5 s wait running out.
     assert!(latency < Duration::from_secs(3), "took {latency:?}");
 }
@@ -205,7 +205,7 @@ async fn sigterm_drains_and_keeps_messages() {
         client
             .send_message(pb::SendMessageRequest {
                 queue: "graceful".into(),
-                body: format!("m{i}").into_bytes(),
+                body: format!("m{i}").into(),
                 ..Default::default()
             })
             .await

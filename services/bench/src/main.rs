@@ -18,6 +18,11 @@ use sluice_proto::v1 as pb;
 use sluice_proto::v1::queue_service_client::QueueServiceClient;
 use tonic::transport::Channel;
 
+// The same allocator as the server, so the load generator takes as little of a shared machine's
+// CPU as it can.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "sluice-bench", version, about = "Load generator for Sluice")]
 struct Cli {
@@ -128,7 +133,7 @@ struct Load {
 async fn producer(load: Load) -> anyhow::Result<Histogram<u64>> {
     let mut client = connect(&load.endpoint).await?;
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let body = vec![b'x'; load.size];
+    let body = bytes::Bytes::from(vec![b'x'; load.size]);
     while !load.stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         let result = if load.batch <= 1 {

@@ -159,7 +159,8 @@ fn parse_attribute(raw: &str) -> Result<(String, pb::MessageAttributeValue), Str
     if data_type.starts_with("Binary") {
         // Binary values are given as hex so any bytes fit on a command line.
         attribute.binary_value = decode_hex(value)
-            .ok_or_else(|| format!("Binary value of {name:?} must be hex digits"))?;
+            .ok_or_else(|| format!("Binary value of {name:?} must be hex digits"))?
+            .into();
     } else {
         attribute.string_value = value.to_owned();
     }
@@ -401,7 +402,7 @@ pub async fn run(endpoint: String, json_out: bool, command: ClientCommand) -> an
             let sent = client
                 .send_message(pb::SendMessageRequest {
                     queue: send.queue,
-                    body,
+                    body: body.into(),
                     attributes: send.attributes.into_iter().collect(),
                     delay_seconds: send.delay,
                     deduplication_id: String::new(),

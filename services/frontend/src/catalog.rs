@@ -2,6 +2,7 @@
 //! them with the store's own tools.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use sluice_common::{Error, Result};
@@ -30,10 +31,20 @@ pub struct Stored {
     pub revision: u64,
 }
 
+/// Queue records cached by name, so a send or receive does not read and parse its queue's record
+/// from the store every time. Every write goes through this catalog and drops the entry; in
+/// standalone the catalog is the store's only writer, so the cache never serves a stale record.
 #[derive(Clone)]
 pub struct Catalog {
     store: Arc<dyn MetaStore>,
+    cache: moka::sync::Cache<String, Stored>,
+    /// Bumped by every write, so a read that raced with a write does not leave the record it read
+    /// before the write in the cache.
+    writes: Arc<AtomicU64>,
 }
+
+/// Queue records kept in memory at most; each is a few hundred bytes.
+const CACHED_RECORDS: u64 = 100_000;
 
 fn key(name: &str) -> String {
     format!("{QUEUE_PREFIX}{name}")
@@ -46,18 +57,39 @@ fn decode(key: &str, raw: &[u8]) -> Result<QueueRecord> {
 
 impl Catalog {
     pub fn new(store: Arc<dyn MetaStore>) -> Self {
-        Catalog { store }
+        Catalog {
+            store,
+            cache: moka::sync::Cache::new(CACHED_RECORDS),
+            writes: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     pub async fn get(&self, name: &str) -> Result<Option<Stored>> {
-        let key = key(name);
-        match self.store.get(&key).await? {
-            None => Ok(None),
-            Some(v) => Ok(Some(Stored {
-                record: decode(&key, &v.value)?,
-                revision: v.revision,
-            })),
+        if let Some(hit) = self.cache.get(name) {
+            return Ok(Some(hit));
         }
+        let before = self.writes.load(Ordering::SeqCst);
+        let key = key(name);
+        let Some(v) = self.store.get(&key).await? else {
+            return Ok(None);
+        };
+        let stored = Stored {
+            record: decode(&key, &v.value)?,
+            revision: v.revision,
+        };
+        self.cache.insert(name.to_owned(), stored.clone());
+        // A write that landed since the read may have dropped the entry before we put ours in;
+        // drop it again. (A write after this check drops it itself.)
+        if self.writes.load(Ordering::SeqCst) != before {
+            self.cache.invalidate(name);
+        }
+        Ok(Some(stored))
+    }
+
+    /// Called after every write to the store: counts it, then drops the cached record.
+    fn written(&self, name: &str) {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.cache.invalidate(name);
     }
 
     /// The queue's record, or NOT_FOUND naming it.
@@ -74,25 +106,26 @@ impl Catalog {
     /// Stores a new record; `false` if the name is taken.
     pub async fn create(&self, record: &QueueRecord) -> Result<bool> {
         let value = serde_json::to_vec(record).map_err(|e| Error::Internal(e.to_string()))?;
-        Ok(self
-            .store
-            .create(&key(&record.name), value)
-            .await?
-            .is_some())
+        let created = self.store.create(&key(&record.name), value).await?;
+        self.written(&record.name);
+        Ok(created.is_some())
     }
 
     /// Replaces the record if it is still at `revision`; `false` if it changed meanwhile.
     pub async fn update(&self, record: &QueueRecord, revision: u64) -> Result<bool> {
         let value = serde_json::to_vec(record).map_err(|e| Error::Internal(e.to_string()))?;
-        Ok(self
+        let updated = self
             .store
             .update(&key(&record.name), value, revision)
-            .await?
-            .is_some())
+            .await?;
+        self.written(&record.name);
+        Ok(updated.is_some())
     }
 
     pub async fn delete(&self, name: &str, revision: u64) -> Result<bool> {
-        Ok(self.store.delete(&key(name), revision).await?)
+        let deleted = self.store.delete(&key(name), revision).await?;
+        self.written(name);
+        Ok(deleted)
     }
 
     /// Names starting with `prefix`, after `start_after`, at most `limit`.

@@ -175,7 +175,7 @@ fn to_proto_queue(record: &QueueRecord, counts: QueueCounts) -> pb::Queue {
 
 /// The fields of a send, whether it came alone or in a batch.
 struct SendFields<'a> {
-    body: &'a [u8],
+    body: &'a bytes::Bytes,
     attributes: &'a HashMap<String, pb::MessageAttributeValue>,
     delay_seconds: Option<u32>,
     deduplication_id: &'a str,
@@ -222,7 +222,7 @@ impl QueueServiceImpl {
         }
         validate::group_id(fields.group_id)?;
         Ok(NewMessage {
-            body: bytes::Bytes::copy_from_slice(fields.body),
+            body: fields.body.clone(),
             attributes: fields
                 .attributes
                 .iter()
@@ -232,7 +232,7 @@ impl QueueServiceImpl {
                         AttributeValue {
                             data_type: v.data_type.clone(),
                             string_value: v.string_value.clone(),
-                            binary_value: v.binary_value.clone().into(),
+                            binary_value: v.binary_value.clone(),
                         },
                     )
                 })
@@ -500,7 +500,7 @@ impl QueueServiceImpl {
                 md5_of_body: md5_hex(&m.body),
                 message_id: m.message_id,
                 receipt_handle: m.receipt_handle,
-                body: m.body.to_vec(),
+                body: m.body,
                 attributes: m
                     .attributes
                     .into_iter()
@@ -510,7 +510,7 @@ impl QueueServiceImpl {
                             pb::MessageAttributeValue {
                                 data_type: v.data_type,
                                 string_value: v.string_value,
-                                binary_value: v.binary_value.to_vec(),
+                                binary_value: v.binary_value,
                             },
                         )
                     })

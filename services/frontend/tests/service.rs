@@ -85,7 +85,7 @@ impl Fixture {
 fn body(queue: &str, body: &[u8]) -> pb::SendMessageRequest {
     pb::SendMessageRequest {
         queue: queue.into(),
-        body: body.to_vec(),
+        body: bytes::Bytes::copy_from_slice(body),
         ..Default::default()
     }
 }
@@ -327,7 +327,7 @@ async fn batch_with_one_bad_entry_fails_alone() {
     f.create("q", Default::default()).await.unwrap();
     let entry = |id: &str, body: &[u8]| pb::SendMessageBatchEntry {
         id: id.into(),
-        body: body.to_vec(),
+        body: bytes::Bytes::copy_from_slice(body),
         ..Default::default()
     };
     let resp = f
@@ -476,7 +476,7 @@ async fn attributes_round_trip_and_set_changes_only_given_fields() {
         "blob".into(),
         pb::MessageAttributeValue {
             data_type: "Binary".into(),
-            binary_value: vec![0, 1, 2],
+            binary_value: vec![0, 1, 2].into(),
             ..Default::default()
         },
     );
