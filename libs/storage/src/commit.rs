@@ -12,7 +12,7 @@ use rocksdb::{WriteBatch, WriteOptions, DB};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::keys::{CF_MESSAGES, CF_META, CF_QUEUES, CF_STATE};
+use crate::keys::{CF_DEDUP, CF_MESSAGES, CF_META, CF_QUEUES, CF_STATE};
 use crate::metrics;
 
 /// Most requests folded into one write; bounds the latency of the first one in a burst.
@@ -24,6 +24,7 @@ pub(crate) enum Cf {
     Messages,
     State,
     Meta,
+    Dedup,
 }
 
 impl Cf {
@@ -33,6 +34,7 @@ impl Cf {
             Cf::Messages => CF_MESSAGES,
             Cf::State => CF_STATE,
             Cf::Meta => CF_META,
+            Cf::Dedup => CF_DEDUP,
         }
     }
 }
@@ -74,14 +76,19 @@ impl Committer {
         if ops.is_empty() {
             return Ok(());
         }
+        self.submit(ops, sync)?.wait().await
+    }
+
+    /// Queues `ops` now, without waiting. Writes are applied in the order they are submitted,
+    /// so once a later submission is done every earlier one is too; an empty submission is a
+    /// barrier that waits for everything before it.
+    pub(crate) fn submit(&self, ops: Vec<Op>, sync: bool) -> Result<Pending> {
         let (done, wait) = oneshot::channel();
-        {
-            let tx = self.tx.lock();
-            let tx = tx.as_ref().ok_or(Error::Closed)?;
-            tx.send(Request { ops, sync, done })
-                .map_err(|_| Error::Closed)?;
-        }
-        wait.await.map_err(|_| Error::Closed)?.map_err(Error::Db)
+        let tx = self.tx.lock();
+        let tx = tx.as_ref().ok_or(Error::Closed)?;
+        tx.send(Request { ops, sync, done })
+            .map_err(|_| Error::Closed)?;
+        Ok(Pending(wait))
     }
 
     /// Lets the writer finish what is queued, then stops it.
@@ -92,6 +99,15 @@ impl Committer {
                 tracing::error!("commit thread panicked");
             }
         }
+    }
+}
+
+/// A submitted write.
+pub(crate) struct Pending(oneshot::Receiver<Result<(), rocksdb::Error>>);
+
+impl Pending {
+    pub(crate) async fn wait(self) -> Result<()> {
+        self.0.await.map_err(|_| Error::Closed)?.map_err(Error::Db)
     }
 }
 
@@ -142,6 +158,10 @@ fn write(db: &DB, requests: &[Request], sync: bool) -> Result<(), rocksdb::Error
             Op::DeleteRange(c, from, to) => batch.delete_range_cf(cf(c), from, to),
             Op::Merge(c, k, v) => batch.merge_cf(cf(c), k, v),
         }
+    }
+    if batch.is_empty() {
+        // Only barriers: everything before them is already written.
+        return Ok(());
     }
     let mut options = WriteOptions::default();
     options.set_sync(sync);

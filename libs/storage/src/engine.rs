@@ -10,43 +10,58 @@ use prost::Message as _;
 use rand::RngCore;
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, DB};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::commit::{Cf, Committer, Op};
 use crate::error::{Error, Result};
-use crate::keys::{self, message_key, queue_key, seq_floor_key};
+use crate::keys::{self, dedup_key, message_key, queue_key, seq_floor_key};
 use crate::metrics;
-use crate::queue::{MessageMeta, Phase, Queue, QueueCounts};
+use crate::moves::RunningTask;
+use crate::queue::{Dedup, MessageMeta, Phase, Queue, QueueCounts, Taken};
 use crate::receipt::{Receipt, ReceiptSigner};
-use crate::records::{MessageRecord, QueueRecord, StateRecord};
-use crate::{now_ms, NewMessage, QueueConfig, QueueId, ReceivedMessage, SentMessage};
+use crate::records::{DedupRecord, MessageRecord, QueueRecord, StateRecord};
+use crate::{now_ms, DeadLetter, NewMessage, QueueConfig, QueueId, ReceivedMessage, SentMessage};
 
 /// How often retention is enforced and queue depth gauges refreshed.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a deduplication id is remembered by default, as in SQS.
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(5 * 60);
+
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     pub path: PathBuf,
+    /// How long a send's deduplication id is remembered.
+    pub dedup_window: Duration,
 }
 
 impl EngineOptions {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        EngineOptions { path: path.into() }
+        EngineOptions {
+            path: path.into(),
+            dedup_window: DEFAULT_DEDUP_WINDOW,
+        }
     }
 }
 
 /// A handle to the queue engine; clones share it.
 #[derive(Clone)]
 pub struct Engine {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    db: Arc<DB>,
-    committer: Committer,
+pub(crate) struct Inner {
+    pub(crate) db: Arc<DB>,
+    pub(crate) committer: Committer,
     signer: ReceiptSigner,
     queues: RwLock<HashMap<QueueId, Arc<Queue>>>,
-    shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     sweeper: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    dedup_window: Duration,
+    /// Running message move tasks by id: their source queue and how to cancel them.
+    pub(crate) tasks: parking_lot::Mutex<HashMap<String, RunningTask>>,
+    /// The move task workers, so closing waits for them.
+    pub(crate) workers: TaskTracker,
 }
 
 impl Engine {
@@ -67,9 +82,13 @@ impl Engine {
                 queues: RwLock::new(queues),
                 shutdown: CancellationToken::new(),
                 sweeper: parking_lot::Mutex::new(None),
+                dedup_window: options.dedup_window,
+                tasks: parking_lot::Mutex::new(HashMap::new()),
+                workers: TaskTracker::new(),
             }),
         };
         engine.spawn_sweeper();
+        engine.resume_move_tasks()?;
         Ok(engine)
     }
 
@@ -81,13 +100,15 @@ impl Engine {
         if let Some(sweeper) = sweeper {
             let _ = sweeper.await;
         }
+        self.inner.workers.close();
+        self.inner.workers.wait().await;
         self.inner.committer.close();
         for queue in self.inner.queues.read().values() {
             queue.visible_notify.notify_waiters();
         }
     }
 
-    fn queue(&self, id: QueueId) -> Result<Arc<Queue>> {
+    pub(crate) fn queue(&self, id: QueueId) -> Result<Arc<Queue>> {
         self.inner
             .queues
             .read()
@@ -98,10 +119,7 @@ impl Engine {
 
     /// Creates the queue, or updates its config if it exists.
     pub async fn create_queue(&self, id: QueueId, config: QueueConfig) -> Result<()> {
-        let record = QueueRecord {
-            name: config.name.clone(),
-            retention_ms: config.retention.as_millis() as u64,
-        };
+        let record = queue_record(&config);
         self.inner
             .committer
             .commit(
@@ -115,7 +133,12 @@ impl Engine {
             .await?;
         let existing = self.inner.queues.read().get(&id).cloned();
         match existing {
-            Some(queue) => queue.state.lock().config = config,
+            Some(queue) => {
+                let mut state = queue.state.lock();
+                // The kind of queue is fixed at creation: its index is built for it.
+                let fifo = state.config.fifo;
+                state.config = QueueConfig { fifo, ..config };
+            }
             None => {
                 self.inner
                     .queues
@@ -142,9 +165,19 @@ impl Engine {
         for phase in ["visible", "in_flight", "delayed"] {
             let _ = metrics::QUEUE_MESSAGES.remove_label_values(&[&name, phase]);
         }
+        self.cancel_tasks_of(id);
         let mut ops = purge_ops(id);
         ops.push(Op::Delete(Cf::Queues, queue_key(id).to_vec()));
         ops.push(Op::Delete(Cf::Meta, seq_floor_key(id).to_vec()));
+        let prefix = keys::task_prefix(id);
+        let mut end = prefix.clone();
+        end.push(0xff);
+        ops.push(Op::DeleteRange(Cf::Meta, prefix, end));
+        ops.push(Op::DeleteRange(
+            Cf::Dedup,
+            queue_key(id).to_vec(),
+            queue_key(id + 1).to_vec(),
+        ));
         self.inner.committer.commit(ops, true).await
     }
 
@@ -169,47 +202,128 @@ impl Engine {
     }
 
     /// Stores the messages durably (fsync'd) and returns once they are; then they become
-    /// visible (or delayed). All are stored or none is.
+    /// visible (or delayed). All are stored or none is. A message whose deduplication id was
+    /// seen within the window stores nothing and gets the first send's answer, once that send is
+    /// durable.
     pub async fn send(&self, id: QueueId, messages: Vec<NewMessage>) -> Result<Vec<SentMessage>> {
         let queue = self.queue(id)?;
         let now = now_ms();
-        let first_seq = {
+        let dedup_expires = now + self.inner.dedup_window.as_millis() as u64;
+        // Encoded before taking the queue's lock: copying the body is the expensive part.
+        let prepared: Vec<(String, Vec<u8>, NewMessage)> = messages
+            .into_iter()
+            .map(|mut message| {
+                let message_id = uuid::Uuid::new_v4().to_string();
+                let record = MessageRecord {
+                    message_id: message_id.clone(),
+                    body: std::mem::take(&mut message.body),
+                    attributes: std::mem::take(&mut message.attributes),
+                    group_id: message.group_id.clone(),
+                    source_queue: 0,
+                    source_queue_name: String::new(),
+                };
+                (message_id, record.encode_to_vec(), message)
+            })
+            .collect();
+
+        let mut sent = Vec::with_capacity(prepared.len());
+        let mut metas = Vec::with_capacity(prepared.len());
+        let mut remembered = Vec::new();
+        let pending = {
             let mut state = queue.state.lock();
-            let first = state.next_seq;
-            state.next_seq += messages.len() as u64;
-            first
+            if state.deleted {
+                return Err(Error::QueueNotFound(id));
+            }
+            let mut ops = Vec::with_capacity(prepared.len() * 2);
+            for (message_id, encoded, message) in prepared {
+                if !message.deduplication_id.is_empty() {
+                    if let Some(first) = state.dedup_lookup(&message.deduplication_id, now) {
+                        sent.push(SentMessage {
+                            message_id: first.message_id.clone(),
+                            sequence: first.seq,
+                            duplicate: true,
+                        });
+                        continue;
+                    }
+                }
+                let seq = state.next_seq;
+                state.next_seq += 1;
+                let group = state.group(&message.group_id);
+                if let Some(group) = &group {
+                    // Claims the message's place in its group now, so a later send of the group
+                    // that commits first cannot overtake it.
+                    state.reserve(seq, group);
+                }
+                let record = StateRecord {
+                    sent_ms: now,
+                    visible_at_ms: now + message.delay.as_millis() as u64,
+                    receive_count: 0,
+                    first_receive_ms: 0,
+                    group_id: if group.is_some() {
+                        message.group_id
+                    } else {
+                        String::new()
+                    },
+                };
+                let key = message_key(id, seq).to_vec();
+                ops.push(Op::Put(Cf::Messages, key.clone(), encoded));
+                ops.push(Op::Put(Cf::State, key, record.encode_to_vec()));
+                if !message.deduplication_id.is_empty() {
+                    let dedup = DedupRecord {
+                        message_id: message_id.clone(),
+                        sequence: seq,
+                        expires_ms: dedup_expires,
+                    };
+                    ops.push(Op::Put(
+                        Cf::Dedup,
+                        dedup_key(id, &message.deduplication_id),
+                        dedup.encode_to_vec(),
+                    ));
+                    state.dedup_insert(
+                        message.deduplication_id.clone(),
+                        Dedup {
+                            message_id: message_id.clone(),
+                            seq,
+                            expires_ms: dedup_expires,
+                        },
+                    );
+                    remembered.push((message.deduplication_id, seq));
+                }
+                metas.push((seq, meta_of(&record, group)));
+                sent.push(SentMessage {
+                    message_id,
+                    sequence: seq,
+                    duplicate: false,
+                });
+            }
+            // Submitted under the lock, so a duplicate sent after this is acknowledged only once
+            // this write is done. Only duplicates: an empty write that waits for the originals.
+            let sync = !ops.is_empty();
+            self.inner.committer.submit(ops, sync)
         };
-        let mut ops = Vec::with_capacity(messages.len() * 2);
-        let mut sent = Vec::with_capacity(messages.len());
-        let mut metas = Vec::with_capacity(messages.len());
-        for (seq, message) in (first_seq..).zip(messages) {
-            let message_id = uuid::Uuid::new_v4().to_string();
-            let state = StateRecord {
-                sent_ms: now,
-                visible_at_ms: now + message.delay.as_millis() as u64,
-                receive_count: 0,
-                first_receive_ms: 0,
-            };
-            let record = MessageRecord {
-                message_id: message_id.clone(),
-                body: message.body,
-                attributes: message.attributes,
-                group_id: message.group_id,
-            };
-            let key = message_key(id, seq).to_vec();
-            ops.push(Op::Put(Cf::Messages, key.clone(), record.encode_to_vec()));
-            ops.push(Op::Put(Cf::State, key, state.encode_to_vec()));
-            sent.push(SentMessage {
-                message_id,
-                sequence: seq,
-            });
-            metas.push((seq, meta_of(&state)));
+        let result = match pending {
+            Ok(pending) => pending.wait().await,
+            Err(err) => Err(err),
+        };
+        let duplicates = sent.iter().filter(|s| s.duplicate).count();
+        if duplicates > 0 {
+            metrics::DUPLICATE_SENDS.inc_by(duplicates as u64);
         }
-        self.inner.committer.commit(ops, true).await?;
 
         let mut any_visible = false;
         {
             let mut state = queue.state.lock();
+            if let Err(err) = result {
+                for (dedup_id, seq) in &remembered {
+                    state.dedup_forget(dedup_id, *seq);
+                }
+                for (seq, meta) in &metas {
+                    if let Some(group) = &meta.group {
+                        state.unreserve(*seq, group);
+                    }
+                }
+                return Err(err);
+            }
             if state.deleted {
                 return Err(Error::QueueNotFound(id));
             }
@@ -237,6 +351,7 @@ impl Engine {
         let queue = self.queue(id)?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
+            let dead_letter = self.dead_letter_of(&queue);
             // Registered before looking, so a send between the look and the wait still wakes us.
             let notified = queue.visible_notify.notified();
             tokio::pin!(notified);
@@ -250,12 +365,27 @@ impl Engine {
                 let now = now_ms();
                 state.promote_due(now);
                 (
-                    state.take_visible(max, visibility, now),
+                    state.take_visible(
+                        max,
+                        visibility,
+                        now,
+                        dead_letter.map(|d| d.max_receive_count),
+                    ),
                     state.next_due_ms(),
                 )
             };
-            if !taken.is_empty() {
-                return self.deliver(id, &queue, taken).await;
+            let Taken { deliver, dead } = taken;
+            let moved = !dead.is_empty();
+            if let (Some(dead_letter), true) = (dead_letter, moved) {
+                self.move_to_dead_letter(id, &queue, dead_letter, dead)
+                    .await;
+            }
+            if !deliver.is_empty() {
+                return self.deliver(id, &queue, deliver).await;
+            }
+            if moved {
+                // Moving made room: look again before waiting.
+                continue;
             }
             let now = tokio::time::Instant::now();
             if now >= deadline || self.inner.shutdown.is_cancelled() {
@@ -275,13 +405,13 @@ impl Engine {
         }
     }
 
-    /// Reads the payloads of messages just put in flight and records their new delivery state.
-    async fn deliver(
+    /// Reads the stored records of messages taken from a queue's state; `None` for one deleted
+    /// meanwhile.
+    pub(crate) async fn read_records(
         &self,
         id: QueueId,
-        queue: &Queue,
-        taken: Vec<(u64, MessageMeta)>,
-    ) -> Result<Vec<ReceivedMessage>> {
+        taken: &[(u64, MessageMeta)],
+    ) -> Result<Vec<Option<MessageRecord>>> {
         let db = self.inner.db.clone();
         let keys: Vec<[u8; 16]> = taken.iter().map(|(seq, _)| message_key(id, *seq)).collect();
         let payloads = tokio::task::spawn_blocking(move || {
@@ -290,17 +420,36 @@ impl Engine {
         })
         .await
         .map_err(|err| Error::Corrupt(format!("read task failed: {err}")))?;
+        payloads
+            .into_iter()
+            .zip(taken)
+            .map(|(payload, (seq, _))| {
+                payload?
+                    .map(|bytes| {
+                        MessageRecord::decode(bytes.as_slice())
+                            .map_err(|err| Error::Corrupt(format!("message {id}/{seq}: {err}")))
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
 
+    /// Reads the payloads of messages just put in flight and records their new delivery state.
+    async fn deliver(
+        &self,
+        id: QueueId,
+        queue: &Queue,
+        taken: Vec<(u64, MessageMeta)>,
+    ) -> Result<Vec<ReceivedMessage>> {
+        let records = self.read_records(id, &taken).await?;
         let mut ops = Vec::with_capacity(taken.len());
         let mut delivered = Vec::with_capacity(taken.len());
-        for ((seq, meta), payload) in taken.into_iter().zip(payloads) {
-            let Some(bytes) = payload? else {
+        for ((seq, meta), record) in taken.into_iter().zip(records) {
+            let Some(record) = record else {
                 // Deleted while we were reading (purge, queue delete): not a delivery.
                 queue.state.lock().remove(seq);
                 continue;
             };
-            let record = MessageRecord::decode(bytes.as_slice())
-                .map_err(|err| Error::Corrupt(format!("message {id}/{seq}: {err}")))?;
             ops.push(Op::Put(
                 Cf::State,
                 message_key(id, seq).to_vec(),
@@ -320,6 +469,7 @@ impl Engine {
                 first_receive_timestamp_ms: meta.first_receive_ms,
                 group_id: record.group_id,
                 sequence: seq,
+                dead_letter_source: record.source_queue_name,
             });
         }
         // Delivery state need not be fsync'd: losing it only makes a message visible early and
@@ -402,11 +552,11 @@ impl Engine {
                 });
                 results.push(result.map(|seq| {
                     any_visible |= visibility.is_zero();
-                    let meta = state.messages[&seq];
+                    let meta = &state.messages[&seq];
                     ops.push(Op::Put(
                         Cf::State,
                         message_key(id, seq).to_vec(),
-                        state_of(&meta).encode_to_vec(),
+                        state_of(meta).encode_to_vec(),
                     ));
                 }));
             }
@@ -455,9 +605,18 @@ impl Engine {
             let (expired, counts, name, next_seq) = {
                 let mut state = queue.state.lock();
                 state.promote_due(now);
-                let expired = state.take_expired(now);
+                let forgotten = state.take_expired_dedup(now);
+                if !forgotten.is_empty() {
+                    // Submitted under the lock: a send that reuses an id after this must write
+                    // its record after this delete, not before.
+                    let deletes = forgotten
+                        .iter()
+                        .map(|dedup_id| Op::Delete(Cf::Dedup, dedup_key(id, dedup_id)))
+                        .collect();
+                    drop(self.inner.committer.submit(deletes, false)?);
+                }
                 (
-                    expired,
+                    state.take_expired(now),
                     state.counts(),
                     state.config.name.clone(),
                     state.next_seq,
@@ -504,26 +663,50 @@ impl Drop for WaitingGuard {
     }
 }
 
-fn meta_of(state: &StateRecord) -> MessageMeta {
+pub(crate) fn meta_of(state: &StateRecord, group: Option<Arc<str>>) -> MessageMeta {
     MessageMeta {
         sent_ms: state.sent_ms,
         visible_at_ms: state.visible_at_ms,
         receive_count: state.receive_count,
         first_receive_ms: state.first_receive_ms,
         phase: Phase::Visible,
+        group,
     }
 }
 
-fn state_of(meta: &MessageMeta) -> StateRecord {
+pub(crate) fn state_of(meta: &MessageMeta) -> StateRecord {
     StateRecord {
         sent_ms: meta.sent_ms,
         visible_at_ms: meta.visible_at_ms,
         receive_count: meta.receive_count,
         first_receive_ms: meta.first_receive_ms,
+        group_id: meta.group.as_deref().unwrap_or_default().to_owned(),
     }
 }
 
-fn purge_ops(id: QueueId) -> Vec<Op> {
+fn queue_record(config: &QueueConfig) -> QueueRecord {
+    QueueRecord {
+        name: config.name.clone(),
+        retention_ms: config.retention.as_millis() as u64,
+        fifo: config.fifo,
+        dead_letter_queue: config.dead_letter.map(|d| d.queue).unwrap_or(0),
+        max_receive_count: config.dead_letter.map(|d| d.max_receive_count).unwrap_or(0),
+    }
+}
+
+fn queue_config(record: QueueRecord) -> QueueConfig {
+    QueueConfig {
+        name: record.name,
+        retention: Duration::from_millis(record.retention_ms),
+        fifo: record.fifo,
+        dead_letter: (record.dead_letter_queue != 0).then_some(DeadLetter {
+            queue: record.dead_letter_queue,
+            max_receive_count: record.max_receive_count,
+        }),
+    }
+}
+
+pub(crate) fn purge_ops(id: QueueId) -> Vec<Op> {
     let from = message_key(id, 0).to_vec();
     let to = message_key(id + 1, 0).to_vec();
     vec![
@@ -532,7 +715,7 @@ fn purge_ops(id: QueueId) -> Vec<Op> {
     ]
 }
 
-fn seq_floor_op(id: QueueId, next_seq: u64) -> Op {
+pub(crate) fn seq_floor_op(id: QueueId, next_seq: u64) -> Op {
     Op::Merge(
         Cf::Meta,
         seq_floor_key(id).to_vec(),
@@ -555,6 +738,7 @@ fn open_db(path: &Path) -> Result<DB> {
         ColumnFamilyDescriptor::new(keys::CF_MESSAGES, Options::default()),
         ColumnFamilyDescriptor::new(keys::CF_STATE, Options::default()),
         ColumnFamilyDescriptor::new(keys::CF_META, meta),
+        ColumnFamilyDescriptor::new(keys::CF_DEDUP, Options::default()),
     ];
     Ok(DB::open_cf_descriptors(&options, path, cfs)?)
 }
@@ -598,11 +782,7 @@ fn rebuild(db: &DB) -> Result<HashMap<QueueId, Arc<Queue>>> {
             .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(1)
             .max(1);
-        let config = QueueConfig {
-            name: record.name,
-            retention: Duration::from_millis(record.retention_ms),
-        };
-        queues.insert(id, Arc::new(Queue::new(config, floor)));
+        queues.insert(id, Arc::new(Queue::new(queue_config(record), floor)));
     }
 
     let mut orphans: Vec<QueueId> = Vec::new();
@@ -624,9 +804,11 @@ fn rebuild(db: &DB) -> Result<HashMap<QueueId, Arc<Queue>>> {
             .map_err(|err| Error::Corrupt(format!("state {id}/{seq}: {err}")))?;
         let mut state = queue.state.lock();
         state.next_seq = state.next_seq.max(seq + 1);
-        state.insert(seq, meta_of(&record), now);
+        let group = state.group(&record.group_id);
+        state.insert(seq, meta_of(&record, group), now);
         messages += 1;
     }
+    let remembered = rebuild_dedup(db, &queues, now)?;
     for id in orphans {
         tracing::info!(queue_id = id, "removing records of a deleted queue");
         let from = message_key(id, 0);
@@ -638,7 +820,47 @@ fn rebuild(db: &DB) -> Result<HashMap<QueueId, Arc<Queue>>> {
     tracing::info!(
         queues = queues.len(),
         messages,
+        deduplication_ids = remembered,
         "queue engine rebuilt its index"
     );
     Ok(queues)
+}
+
+/// Loads the deduplication ids still within their window; forgets the rest and those of
+/// deleted queues. Returns how many it kept.
+fn rebuild_dedup(db: &DB, queues: &HashMap<QueueId, Arc<Queue>>, now: u64) -> Result<usize> {
+    let cf = db.cf_handle(keys::CF_DEDUP).expect("created at open");
+    let mut live: Vec<(u64, QueueId, String, Dedup)> = Vec::new();
+    let mut stale = Vec::new();
+    for item in db.iterator_cf(cf, IteratorMode::Start) {
+        let (key, value) = item?;
+        let (id, dedup_id) =
+            keys::parse_dedup_key(&key).ok_or_else(|| Error::Corrupt("dedup key".into()))?;
+        let record = DedupRecord::decode(value.as_ref())
+            .map_err(|err| Error::Corrupt(format!("dedup {id}/{dedup_id}: {err}")))?;
+        if record.expires_ms <= now || !queues.contains_key(&id) {
+            stale.push(key);
+            continue;
+        }
+        live.push((
+            record.expires_ms,
+            id,
+            dedup_id,
+            Dedup {
+                message_id: record.message_id,
+                seq: record.sequence,
+                expires_ms: record.expires_ms,
+            },
+        ));
+    }
+    for key in stale {
+        db.delete_cf(cf, key)?;
+    }
+    // Inserted in expiry order, which is the order each queue forgets them in.
+    live.sort_by_key(|(expires, ..)| *expires);
+    let kept = live.len();
+    for (_, id, dedup_id, entry) in live {
+        queues[&id].state.lock().dedup_insert(dedup_id, entry);
+    }
+    Ok(kept)
 }

@@ -25,6 +25,14 @@ pub enum Error {
     Corrupt(String),
     #[error("the engine is shutting down")]
     Closed,
+    /// A move that cannot happen as asked; says why.
+    #[error("{0}")]
+    MoveFailed(String),
+    #[error("move task {0:?} not found")]
+    TaskNotFound(String),
+    /// Starting a second move task on a queue, or cancelling one that has ended.
+    #[error("{0}")]
+    TaskConflict(String),
 }
 
 impl From<Error> for sluice_common::Error {
@@ -37,6 +45,8 @@ impl From<Error> for sluice_common::Error {
             }
             Error::StaleReceipt | Error::NotInFlight => E::FailedPrecondition(err.to_string()),
             Error::MessageGone => E::not_found("message (deleted or expired)"),
+            Error::TaskNotFound(id) => E::not_found(format!("move task {id:?}")),
+            Error::TaskConflict(_) | Error::MoveFailed(_) => E::FailedPrecondition(err.to_string()),
             Error::Closed => E::Unavailable(err.to_string()),
             Error::Db(_) | Error::Corrupt(_) => E::Internal(err.to_string()),
         }

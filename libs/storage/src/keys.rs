@@ -6,6 +6,7 @@ pub(crate) const CF_QUEUES: &str = "queues";
 pub(crate) const CF_MESSAGES: &str = "messages";
 pub(crate) const CF_STATE: &str = "state";
 pub(crate) const CF_META: &str = "meta";
+pub(crate) const CF_DEDUP: &str = "dedup";
 
 pub(crate) const RECEIPT_KEY: &[u8] = b"receipt-key";
 
@@ -24,6 +25,35 @@ pub(crate) fn parse_message_key(key: &[u8]) -> Option<(QueueId, u64)> {
     let queue = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
     let seq = u64::from_be_bytes(key.get(8..16)?.try_into().ok()?);
     Some((queue, seq))
+}
+
+/// Key of a deduplication id: the queue, then the id's bytes.
+pub(crate) fn dedup_key(queue: QueueId, dedup_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + dedup_id.len());
+    key.extend_from_slice(&queue.to_be_bytes());
+    key.extend_from_slice(dedup_id.as_bytes());
+    key
+}
+
+pub(crate) fn parse_dedup_key(key: &[u8]) -> Option<(QueueId, String)> {
+    let queue = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
+    let id = std::str::from_utf8(key.get(8..)?).ok()?;
+    Some((queue, id.to_owned()))
+}
+
+/// Key of a message move task: `task/`, the source queue, then the task id, so a queue's tasks
+/// list with one prefix scan.
+pub(crate) fn task_key(queue: QueueId, task: &str) -> Vec<u8> {
+    let mut key = task_prefix(queue);
+    key.extend_from_slice(task.as_bytes());
+    key
+}
+
+pub(crate) fn task_prefix(queue: QueueId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(13 + 36);
+    key.extend_from_slice(b"task/");
+    key.extend_from_slice(&queue.to_be_bytes());
+    key
 }
 
 /// Key of the queue's sequence floor: a value no lower than every sequence number the queue
@@ -59,5 +89,14 @@ mod tests {
         assert!(message_key(2, 255) < message_key(2, 256));
         assert_eq!(parse_message_key(&message_key(7, 42)), Some((7, 42)));
         assert_eq!(parse_message_key(b"short"), None);
+    }
+
+    #[test]
+    fn dedup_keys_round_trip() {
+        assert_eq!(
+            parse_dedup_key(&dedup_key(9, "order-17")),
+            Some((9, "order-17".into()))
+        );
+        assert_eq!(parse_dedup_key(b"short"), None);
     }
 }

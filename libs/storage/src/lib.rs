@@ -5,17 +5,22 @@
 //! from the state records at start-up, so a receive costs the same whatever the backlog.
 //! Every acknowledged write goes through one writer thread that batches concurrent requests into
 //! a single fsync'd RocksDB write (group commit).
+//!
+//! On top of that: FIFO queues (one message of a group in flight at a time, in send order),
+//! deduplication ids remembered for a window, dead-letter moves after too many receives, and
+//! tasks that move messages out of a dead-letter queue again.
 
 mod commit;
 mod engine;
 mod error;
 mod keys;
 mod metrics;
+mod moves;
 mod queue;
 mod receipt;
 mod records;
 
-pub use engine::{Engine, EngineOptions};
+pub use engine::{Engine, EngineOptions, DEFAULT_DEDUP_WINDOW};
 pub use error::{Error, Result};
 pub use queue::QueueCounts;
 pub use records::AttributeValue;
@@ -36,6 +41,54 @@ pub struct QueueConfig {
     pub name: String,
     /// Messages older than this are deleted.
     pub retention: Duration,
+    /// Delivers one message of a group at a time, in send order. Fixed when the queue is created.
+    pub fifo: bool,
+    pub dead_letter: Option<DeadLetter>,
+}
+
+impl QueueConfig {
+    /// A standard queue without a dead-letter queue.
+    pub fn standard(name: impl Into<String>, retention: Duration) -> Self {
+        QueueConfig {
+            name: name.into(),
+            retention,
+            fifo: false,
+            dead_letter: None,
+        }
+    }
+}
+
+/// Where messages go that were received too often.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub queue: QueueId,
+    /// A message received this many times moves on its next receive instead of being delivered.
+    pub max_receive_count: u32,
+}
+
+/// The state of a message move task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum MoveTaskStatus {
+    Running = 1,
+    Completed = 2,
+    Cancelled = 3,
+    Failed = 4,
+}
+
+/// A task moving messages out of a (dead-letter) queue, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoveTask {
+    pub id: String,
+    /// `None`: each message back to the queue it came from.
+    pub destination: Option<QueueId>,
+    pub destination_name: String,
+    pub max_per_second: Option<u32>,
+    pub status: MoveTaskStatus,
+    pub moved: u64,
+    pub total: u64,
+    pub failure: String,
+    pub started_ms: u64,
 }
 
 /// A message to store.
@@ -46,6 +99,9 @@ pub struct NewMessage {
     /// Not visible to receives until this has passed.
     pub delay: Duration,
     pub group_id: String,
+    /// Non-empty: a send with an id already seen within the engine's window stores nothing and
+    /// returns the first send's answer.
+    pub deduplication_id: String,
 }
 
 /// The engine's answer to a stored message.
@@ -54,6 +110,9 @@ pub struct SentMessage {
     pub message_id: String,
     /// Increases with every message the queue stores, across restarts.
     pub sequence: u64,
+    /// The deduplication id was seen within the window: nothing new was stored, and the id and
+    /// sequence are the first send's.
+    pub duplicate: bool,
 }
 
 /// One delivery of a message.
@@ -68,6 +127,8 @@ pub struct ReceivedMessage {
     pub first_receive_timestamp_ms: u64,
     pub group_id: String,
     pub sequence: u64,
+    /// For a message in a dead-letter queue: the name of the queue it was moved from.
+    pub dead_letter_source: String,
 }
 
 /// Milliseconds since the Unix epoch.

@@ -57,6 +57,38 @@ pub(crate) static WAITING_RECEIVES: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub(crate) static DEAD_LETTER_MOVES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "sluice_storage_dead_letter_moves_total",
+        "Messages moved to a dead-letter queue after reaching their queue's max receive count"
+    )
+    .expect("metric registers once")
+});
+
+pub(crate) static TASK_MOVES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "sluice_storage_task_moves_total",
+        "Messages moved out of a queue by message move tasks (dead-letter redrive)"
+    )
+    .expect("metric registers once")
+});
+
+pub(crate) static DUPLICATE_SENDS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "sluice_storage_duplicate_sends_total",
+        "Sends whose deduplication id was seen within the window, so nothing was stored"
+    )
+    .expect("metric registers once")
+});
+
+pub(crate) static MOVE_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "sluice_storage_move_failures_total",
+        "Dead-letter or task moves that failed; their messages stay in the source queue"
+    )
+    .expect("metric registers once")
+});
+
 /// Registers every metric up front, so each is exported (at zero) before its first event.
 pub(crate) fn register() {
     LazyLock::force(&COMMIT_BATCH_REQUESTS);
@@ -65,4 +97,8 @@ pub(crate) fn register() {
     LazyLock::force(&MESSAGES_EXPIRED);
     LazyLock::force(&QUEUE_MESSAGES);
     LazyLock::force(&WAITING_RECEIVES);
+    LazyLock::force(&DEAD_LETTER_MOVES);
+    LazyLock::force(&TASK_MOVES);
+    LazyLock::force(&DUPLICATE_SENDS);
+    LazyLock::force(&MOVE_FAILURES);
 }

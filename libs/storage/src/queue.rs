@@ -2,30 +2,45 @@
 //! for the ones that become visible later (delayed, or in flight until their visibility timeout).
 //! Receives pop from the visible set and due timers are promoted in order, so no operation scans
 //! the backlog.
+//!
+//! In a FIFO queue only the first undeleted message of each group may be delivered: the visible
+//! set holds group heads only, and the next message of a group joins it when the head is deleted
+//! or moved. So while a group's head is in flight, nothing else of that group is handed out.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use crate::QueueConfig;
 
+/// How long a message being moved to another queue is hidden. The move normally takes one commit;
+/// if it fails, the message becomes receivable again after this.
+pub(crate) const MOVE_GUARD: Duration = Duration::from_secs(60);
+
+/// Most messages one receive moves to the dead-letter queue, so a queue full of poison messages
+/// does not turn one receive into an unbounded write.
+const MAX_DEAD_PER_RECEIVE: usize = 100;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     Visible,
     /// Not yet received; waiting for its delay to pass.
     Delayed,
-    /// Received; waiting for its visibility timeout.
+    /// Received (or being moved); waiting for its visibility timeout.
     InFlight,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct MessageMeta {
     pub sent_ms: u64,
     pub visible_at_ms: u64,
     pub receive_count: u32,
     pub first_receive_ms: u64,
     pub phase: Phase,
+    /// FIFO queues only: the message's group.
+    pub group: Option<Arc<str>>,
 }
 
 /// Approximate number of messages in each state.
@@ -36,15 +51,38 @@ pub struct QueueCounts {
     pub delayed: u64,
 }
 
+/// What the first send with a deduplication id stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Dedup {
+    pub message_id: String,
+    pub seq: u64,
+    pub expires_ms: u64,
+}
+
+/// What a receive took from the visible set.
+#[derive(Debug, Default)]
+pub(crate) struct Taken {
+    /// Now in flight, to be delivered.
+    pub deliver: Vec<(u64, MessageMeta)>,
+    /// Received too often: hidden under the move guard, to be moved to the dead-letter queue.
+    pub dead: Vec<(u64, MessageMeta)>,
+}
+
 pub(crate) struct QueueState {
     pub config: QueueConfig,
     pub next_seq: u64,
     pub messages: BTreeMap<u64, MessageMeta>,
+    /// Messages a receive may take now (in a FIFO queue, group heads only).
     visible: BTreeSet<u64>,
     /// (due time in ms, sequence) for every delayed or in-flight message.
     timers: BTreeSet<(u64, u64)>,
     in_flight: u64,
     delayed: u64,
+    /// FIFO queues only: each group's messages in send order.
+    groups: HashMap<Arc<str>, BTreeSet<u64>>,
+    dedup: HashMap<String, Dedup>,
+    /// Deduplication ids in the order they expire.
+    dedup_expiry: VecDeque<(u64, String)>,
     /// Set when the queue is deleted, so waiters and late writers notice.
     pub deleted: bool,
 }
@@ -67,6 +105,9 @@ impl Queue {
                 timers: BTreeSet::new(),
                 in_flight: 0,
                 delayed: 0,
+                groups: HashMap::new(),
+                dedup: HashMap::new(),
+                dedup_expiry: VecDeque::new(),
                 deleted: false,
             }),
             visible_notify: Notify::new(),
@@ -75,6 +116,28 @@ impl Queue {
 }
 
 impl QueueState {
+    /// Interns a group name, so the messages of one group share one allocation.
+    pub(crate) fn group(&self, group_id: &str) -> Option<Arc<str>> {
+        if !self.config.fifo {
+            return None;
+        }
+        Some(
+            self.groups
+                .get_key_value(group_id)
+                .map(|(g, _)| g.clone())
+                .unwrap_or_else(|| Arc::from(group_id)),
+        )
+    }
+
+    /// Whether a receive may take the message when it is visible: always in a standard queue,
+    /// only as its group's head in a FIFO queue.
+    fn deliverable(&self, seq: u64, group: Option<&Arc<str>>) -> bool {
+        match group {
+            None => true,
+            Some(g) => self.groups.get(g).and_then(|s| s.first()) == Some(&seq),
+        }
+    }
+
     /// Adds a message in the phase its `visible_at_ms` and receive count imply at `now_ms`.
     pub(crate) fn insert(&mut self, seq: u64, mut meta: MessageMeta, now_ms: u64) {
         meta.phase = if meta.visible_at_ms <= now_ms {
@@ -84,24 +147,30 @@ impl QueueState {
         } else {
             Phase::InFlight
         };
-        self.place(seq, meta.phase, meta.visible_at_ms);
-        if let Some(old) = self.messages.insert(seq, meta) {
-            self.unplace(seq, old.phase, old.visible_at_ms);
+        if self.messages.contains_key(&seq) {
+            self.remove(seq);
         }
+        if let Some(group) = &meta.group {
+            self.groups.entry(group.clone()).or_default().insert(seq);
+        }
+        self.place(seq, &meta);
+        self.messages.insert(seq, meta);
     }
 
-    fn place(&mut self, seq: u64, phase: Phase, visible_at_ms: u64) {
-        match phase {
+    fn place(&mut self, seq: u64, meta: &MessageMeta) {
+        match meta.phase {
             Phase::Visible => {
-                self.visible.insert(seq);
+                if self.deliverable(seq, meta.group.as_ref()) {
+                    self.visible.insert(seq);
+                }
             }
             Phase::Delayed => {
                 self.delayed += 1;
-                self.timers.insert((visible_at_ms, seq));
+                self.timers.insert((meta.visible_at_ms, seq));
             }
             Phase::InFlight => {
                 self.in_flight += 1;
-                self.timers.insert((visible_at_ms, seq));
+                self.timers.insert((meta.visible_at_ms, seq));
             }
         }
     }
@@ -125,7 +194,43 @@ impl QueueState {
     pub(crate) fn remove(&mut self, seq: u64) -> Option<MessageMeta> {
         let meta = self.messages.remove(&seq)?;
         self.unplace(seq, meta.phase, meta.visible_at_ms);
+        if let Some(group) = &meta.group {
+            self.leave_group(seq, group);
+        }
         Some(meta)
+    }
+
+    /// Takes a FIFO message's place in its group's order before its send is durable, so a later
+    /// message of the group cannot be delivered first. `insert` completes it; `unreserve` gives
+    /// it up if the send fails.
+    pub(crate) fn reserve(&mut self, seq: u64, group: &Arc<str>) {
+        self.groups.entry(group.clone()).or_default().insert(seq);
+    }
+
+    pub(crate) fn unreserve(&mut self, seq: u64, group: &Arc<str>) {
+        if !self.messages.contains_key(&seq) {
+            self.leave_group(seq, group);
+        }
+    }
+
+    fn leave_group(&mut self, seq: u64, group: &Arc<str>) {
+        let Some(seqs) = self.groups.get_mut(group) else {
+            return;
+        };
+        let was_head = seqs.first() == Some(&seq);
+        seqs.remove(&seq);
+        match seqs.first().copied() {
+            None => {
+                self.groups.remove(group);
+            }
+            // The group's next message may go out now.
+            Some(next) if was_head => {
+                if self.messages.get(&next).map(|m| m.phase) == Some(Phase::Visible) {
+                    self.visible.insert(next);
+                }
+            }
+            Some(_) => {}
+        }
     }
 
     pub(crate) fn clear(&mut self) -> usize {
@@ -133,6 +238,7 @@ impl QueueState {
         self.messages.clear();
         self.visible.clear();
         self.timers.clear();
+        self.groups.clear();
         self.in_flight = 0;
         self.delayed = 0;
         n
@@ -145,13 +251,17 @@ impl QueueState {
                 break;
             }
             self.timers.pop_first();
-            if let Some(meta) = self.messages.get_mut(&seq) {
-                match meta.phase {
-                    Phase::Delayed => self.delayed -= 1,
-                    Phase::InFlight => self.in_flight -= 1,
-                    Phase::Visible => {}
-                }
-                meta.phase = Phase::Visible;
+            let Some(meta) = self.messages.get_mut(&seq) else {
+                continue;
+            };
+            match meta.phase {
+                Phase::Delayed => self.delayed -= 1,
+                Phase::InFlight => self.in_flight -= 1,
+                Phase::Visible => {}
+            }
+            meta.phase = Phase::Visible;
+            let group = meta.group.clone();
+            if self.deliverable(seq, group.as_ref()) {
                 self.visible.insert(seq);
             }
         }
@@ -162,67 +272,113 @@ impl QueueState {
         self.timers.first().map(|&(due, _)| due)
     }
 
+    /// Hides a message that was just taken from the visible set until `visible_at_ms`.
+    fn hide(&mut self, seq: u64, visible_at_ms: u64) -> Option<MessageMeta> {
+        let meta = self.messages.get_mut(&seq)?;
+        meta.visible_at_ms = visible_at_ms;
+        meta.phase = Phase::InFlight;
+        self.in_flight += 1;
+        self.timers.insert((visible_at_ms, seq));
+        Some(meta.clone())
+    }
+
     /// Takes up to `max` visible messages, oldest first, and puts them in flight for
-    /// `visibility`. Returns each with its new state.
+    /// `visibility`. With `max_receives`, a message already received that often is not delivered
+    /// but hidden under the move guard and returned in `dead`, for the caller to move.
     pub(crate) fn take_visible(
         &mut self,
         max: usize,
         visibility: Duration,
         now_ms: u64,
-    ) -> Vec<(u64, MessageMeta)> {
-        let mut taken = Vec::with_capacity(max);
-        while taken.len() < max {
+        max_receives: Option<u32>,
+    ) -> Taken {
+        let mut taken = Taken::default();
+        while taken.deliver.len() < max && taken.dead.len() < MAX_DEAD_PER_RECEIVE {
             let Some(seq) = self.visible.pop_first() else {
                 break;
             };
             let Some(meta) = self.messages.get_mut(&seq) else {
                 continue;
             };
+            if max_receives.is_some_and(|limit| meta.receive_count >= limit) {
+                let guard = now_ms + MOVE_GUARD.as_millis() as u64;
+                if let Some(meta) = self.hide(seq, guard) {
+                    taken.dead.push((seq, meta));
+                }
+                continue;
+            }
             meta.receive_count += 1;
             if meta.first_receive_ms == 0 {
                 meta.first_receive_ms = now_ms;
             }
             meta.visible_at_ms = now_ms + visibility.as_millis() as u64;
-            taken.push((seq, *meta));
+            taken.deliver.push((seq, meta.clone()));
         }
         // Placed after the loop so a zero timeout cannot hand the same message out twice in one
         // receive.
-        for (seq, meta) in &mut taken {
+        for (seq, meta) in &mut taken.deliver {
             if visibility.is_zero() {
                 self.visible.insert(*seq);
-            } else {
-                meta.phase = Phase::InFlight;
-                self.in_flight += 1;
-                self.timers.insert((meta.visible_at_ms, *seq));
-            }
-            if let Some(stored) = self.messages.get_mut(seq) {
-                stored.phase = meta.phase;
+            } else if let Some(hidden) = self.hide(*seq, meta.visible_at_ms) {
+                *meta = hidden;
             }
         }
         taken
     }
 
+    /// Hides up to `max` visible messages with sequence at most `last_seq`, oldest first, under
+    /// the move guard, for a move task to move.
+    pub(crate) fn take_for_move(
+        &mut self,
+        max: usize,
+        last_seq: u64,
+        now_ms: u64,
+    ) -> Vec<(u64, MessageMeta)> {
+        let guard = now_ms + MOVE_GUARD.as_millis() as u64;
+        let mut taken = Vec::new();
+        while taken.len() < max {
+            match self.visible.first().copied() {
+                Some(seq) if seq <= last_seq => {
+                    self.visible.pop_first();
+                    if let Some(meta) = self.hide(seq, guard) {
+                        taken.push((seq, meta));
+                    }
+                }
+                _ => break,
+            }
+        }
+        taken
+    }
+
+    /// Whether any message with sequence at most `last_seq` is left.
+    pub(crate) fn has_up_to(&self, last_seq: u64) -> bool {
+        self.messages.range(..=last_seq).next().is_some()
+    }
+
     /// Moves an in-flight message's visibility to `now + visibility`; zero makes it visible now.
     pub(crate) fn set_visibility(&mut self, seq: u64, visibility: Duration, now_ms: u64) {
-        let Some(meta) = self.messages.get(&seq).copied() else {
+        let Some(meta) = self.messages.get(&seq) else {
             return;
         };
-        self.unplace(seq, meta.phase, meta.visible_at_ms);
-        let visible_at_ms = now_ms + visibility.as_millis() as u64;
-        let phase = if visibility.is_zero() {
+        let (phase, old_visible_at) = (meta.phase, meta.visible_at_ms);
+        self.unplace(seq, phase, old_visible_at);
+        let stored = self.messages.get_mut(&seq).expect("checked above");
+        stored.visible_at_ms = now_ms + visibility.as_millis() as u64;
+        stored.phase = if visibility.is_zero() {
             Phase::Visible
         } else {
             Phase::InFlight
         };
-        self.place(seq, phase, visible_at_ms);
-        let stored = self.messages.get_mut(&seq).expect("checked above");
-        stored.phase = phase;
-        stored.visible_at_ms = visible_at_ms;
+        let meta = stored.clone();
+        self.place(seq, &meta);
     }
 
     pub(crate) fn counts(&self) -> QueueCounts {
+        // In a FIFO queue visible messages behind an in-flight head are not in the visible set,
+        // but a receive will get them later, so they count as visible.
+        let len = self.messages.len() as u64;
         QueueCounts {
-            visible: self.visible.len() as u64,
+            visible: len - self.in_flight - self.delayed,
             in_flight: self.in_flight,
             delayed: self.delayed,
         }
@@ -242,22 +398,54 @@ impl QueueState {
         }
         expired
     }
+
+    /// The first send's answer for a deduplication id still within its window.
+    pub(crate) fn dedup_lookup(&self, id: &str, now_ms: u64) -> Option<&Dedup> {
+        self.dedup.get(id).filter(|d| d.expires_ms > now_ms)
+    }
+
+    pub(crate) fn dedup_insert(&mut self, id: String, entry: Dedup) {
+        self.dedup_expiry.push_back((entry.expires_ms, id.clone()));
+        self.dedup.insert(id, entry);
+    }
+
+    /// Forgets an id whose send failed, so a retry is not taken for a duplicate.
+    pub(crate) fn dedup_forget(&mut self, id: &str, seq: u64) {
+        if self.dedup.get(id).is_some_and(|d| d.seq == seq) {
+            self.dedup.remove(id);
+        }
+    }
+
+    /// Removes and returns the deduplication ids whose window has passed.
+    pub(crate) fn take_expired_dedup(&mut self, now_ms: u64) -> Vec<String> {
+        let mut expired = Vec::new();
+        while let Some((expires, _)) = self.dedup_expiry.front() {
+            if *expires > now_ms {
+                break;
+            }
+            let (expires, id) = self.dedup_expiry.pop_front().expect("checked above");
+            // A forgotten id may have been sent again since, with a later expiry.
+            if self.dedup.get(&id).is_some_and(|d| d.expires_ms == expires) {
+                self.dedup.remove(&id);
+                expired.push(id);
+            }
+        }
+        expired
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn state_of(fifo: bool) -> QueueState {
+        let mut config = QueueConfig::standard("q", Duration::from_secs(60));
+        config.fifo = fifo;
+        Queue::new(config, 1).state.into_inner()
+    }
+
     fn state() -> QueueState {
-        Queue::new(
-            QueueConfig {
-                name: "q".into(),
-                retention: Duration::from_secs(60),
-            },
-            1,
-        )
-        .state
-        .into_inner()
+        state_of(false)
     }
 
     fn fresh(sent_ms: u64, visible_at_ms: u64) -> MessageMeta {
@@ -267,7 +455,19 @@ mod tests {
             receive_count: 0,
             first_receive_ms: 0,
             phase: Phase::Visible,
+            group: None,
         }
+    }
+
+    fn in_group(q: &QueueState, group: &str) -> MessageMeta {
+        MessageMeta {
+            group: q.group(group),
+            ..fresh(0, 0)
+        }
+    }
+
+    fn seqs(taken: &[(u64, MessageMeta)]) -> Vec<u64> {
+        taken.iter().map(|(s, _)| *s).collect()
     }
 
     #[test]
@@ -284,7 +484,7 @@ mod tests {
             }
         );
 
-        let taken = q.take_visible(10, Duration::from_secs(1), 0);
+        let taken = q.take_visible(10, Duration::from_secs(1), 0, None).deliver;
         assert_eq!(taken.len(), 1);
         assert_eq!(taken[0].1.receive_count, 1);
         assert_eq!(
@@ -306,11 +506,10 @@ mod tests {
                 delayed: 0
             }
         );
-        let again = q.take_visible(10, Duration::from_secs(1), 1000);
-        assert_eq!(
-            again.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-            vec![1, 2]
-        );
+        let again = q
+            .take_visible(10, Duration::from_secs(1), 1000, None)
+            .deliver;
+        assert_eq!(seqs(&again), vec![1, 2]);
         assert_eq!(again[0].1.receive_count, 2);
     }
 
@@ -318,9 +517,14 @@ mod tests {
     fn zero_visibility_keeps_message_visible_but_not_twice_per_receive() {
         let mut q = state();
         q.insert(1, fresh(0, 0), 0);
-        assert_eq!(q.take_visible(10, Duration::ZERO, 0).len(), 1);
+        assert_eq!(q.take_visible(10, Duration::ZERO, 0, None).deliver.len(), 1);
         assert_eq!(q.counts().visible, 1);
-        assert_eq!(q.take_visible(10, Duration::ZERO, 0)[0].1.receive_count, 2);
+        assert_eq!(
+            q.take_visible(10, Duration::ZERO, 0, None).deliver[0]
+                .1
+                .receive_count,
+            2
+        );
     }
 
     #[test]
@@ -338,5 +542,117 @@ mod tests {
                 delayed: 0
             }
         );
+    }
+
+    #[test]
+    fn messages_over_the_receive_limit_are_held_for_the_dead_letter_queue() {
+        let mut q = state();
+        q.insert(1, fresh(0, 0), 0);
+        q.insert(2, fresh(0, 0), 0);
+        for now in [0, 1000] {
+            q.promote_due(now);
+            let taken = q.take_visible(1, Duration::from_millis(500), now, Some(2));
+            assert_eq!(seqs(&taken.deliver), vec![1]);
+        }
+        // Message 1 has been received twice: the third receive moves it and delivers message 2.
+        q.promote_due(2000);
+        let taken = q.take_visible(1, Duration::from_millis(500), 2000, Some(2));
+        assert_eq!(seqs(&taken.dead), vec![1]);
+        assert_eq!(taken.dead[0].1.receive_count, 2, "a move is not a receive");
+        assert_eq!(seqs(&taken.deliver), vec![2]);
+        assert_eq!(q.counts().in_flight, 2, "held under the move guard");
+        q.remove(1);
+        assert_eq!(q.counts().in_flight, 1);
+    }
+
+    #[test]
+    fn fifo_delivers_one_message_per_group_in_send_order() {
+        let mut q = state_of(true);
+        for (seq, group) in [(1, "a"), (2, "a"), (3, "b"), (4, "a"), (5, "b")] {
+            let meta = in_group(&q, group);
+            q.insert(seq, meta, 0);
+        }
+        assert_eq!(q.counts().visible, 5);
+        let visibility = Duration::from_secs(1);
+        let first = q.take_visible(10, visibility, 0, None).deliver;
+        assert_eq!(seqs(&first), vec![1, 3], "one head per group");
+        assert!(q.take_visible(10, visibility, 0, None).deliver.is_empty());
+
+        // Deleting a's head releases a's next message only.
+        q.remove(1);
+        assert_eq!(
+            seqs(&q.take_visible(10, visibility, 0, None).deliver),
+            vec![2]
+        );
+
+        // b's head times out: it comes back before b's next message.
+        q.promote_due(1000);
+        let again = q.take_visible(10, visibility, 1000, None).deliver;
+        assert_eq!(seqs(&again), vec![2, 3]);
+        assert_eq!(again[1].1.receive_count, 2);
+        q.remove(3);
+        q.remove(2);
+        assert_eq!(
+            seqs(&q.take_visible(10, visibility, 1000, None).deliver),
+            vec![4, 5]
+        );
+    }
+
+    #[test]
+    fn fifo_head_moved_to_the_dead_letter_queue_unblocks_its_group() {
+        let mut q = state_of(true);
+        for seq in 1..=2 {
+            let meta = in_group(&q, "g");
+            q.insert(seq, meta, 0);
+        }
+        assert_eq!(
+            seqs(&q.take_visible(10, Duration::ZERO, 0, Some(1)).deliver),
+            vec![1]
+        );
+        let taken = q.take_visible(10, Duration::ZERO, 0, Some(1));
+        assert_eq!(seqs(&taken.dead), vec![1]);
+        assert!(
+            taken.deliver.is_empty(),
+            "the group waits until the move is done"
+        );
+        q.remove(1);
+        assert_eq!(
+            seqs(&q.take_visible(10, Duration::ZERO, 0, Some(1)).deliver),
+            vec![2]
+        );
+    }
+
+    #[test]
+    fn move_tasks_take_visible_messages_up_to_their_last_sequence() {
+        let mut q = state();
+        for seq in 1..=4 {
+            q.insert(seq, fresh(0, 0), 0);
+        }
+        q.take_visible(1, Duration::from_secs(1), 0, None);
+        assert_eq!(seqs(&q.take_for_move(10, 3, 0)), vec![2, 3]);
+        assert!(q.take_for_move(10, 3, 0).is_empty());
+        assert!(q.has_up_to(3));
+        for seq in 1..=3 {
+            q.remove(seq);
+        }
+        assert!(!q.has_up_to(3));
+    }
+
+    #[test]
+    fn dedup_ids_expire_in_order() {
+        let mut q = state();
+        let entry = |seq, expires_ms| Dedup {
+            message_id: format!("m{seq}"),
+            seq,
+            expires_ms,
+        };
+        q.dedup_insert("a".into(), entry(1, 100));
+        q.dedup_insert("b".into(), entry(2, 200));
+        assert_eq!(q.dedup_lookup("a", 50).map(|d| d.seq), Some(1));
+        assert_eq!(q.dedup_lookup("a", 100), None, "expired at its deadline");
+        assert_eq!(q.take_expired_dedup(150), vec!["a".to_string()]);
+        q.dedup_forget("b", 2);
+        assert_eq!(q.dedup_lookup("b", 150), None);
+        assert!(q.take_expired_dedup(300).is_empty());
     }
 }

@@ -22,6 +22,13 @@ pub(crate) struct QueueRecord {
     pub name: String,
     #[prost(uint64, tag = "2")]
     pub retention_ms: u64,
+    #[prost(bool, tag = "3")]
+    pub fifo: bool,
+    /// 0 when the queue has no dead-letter queue.
+    #[prost(uint64, tag = "4")]
+    pub dead_letter_queue: u64,
+    #[prost(uint32, tag = "5")]
+    pub max_receive_count: u32,
 }
 
 /// The immutable part of a message, written once at send.
@@ -35,11 +42,16 @@ pub(crate) struct MessageRecord {
     pub attributes: BTreeMap<String, AttributeValue>,
     #[prost(string, tag = "4")]
     pub group_id: String,
+    /// Set on a message moved to a dead-letter queue: the queue it came from.
+    #[prost(uint64, tag = "5")]
+    pub source_queue: u64,
+    #[prost(string, tag = "6")]
+    pub source_queue_name: String,
 }
 
 /// The small, mutable part of a message: rewritten on every receive and visibility change, and
 /// all that start-up reads to rebuild the in-memory index.
-#[derive(Clone, Copy, PartialEq, prost::Message)]
+#[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct StateRecord {
     #[prost(uint64, tag = "1")]
     pub sent_ms: u64,
@@ -49,4 +61,48 @@ pub(crate) struct StateRecord {
     pub receive_count: u32,
     #[prost(uint64, tag = "4")]
     pub first_receive_ms: u64,
+    /// FIFO queues only: start-up needs it to rebuild each group's order.
+    #[prost(string, tag = "5")]
+    pub group_id: String,
+}
+
+/// A deduplication id seen within the window, and what its first send stored.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct DedupRecord {
+    #[prost(string, tag = "1")]
+    pub message_id: String,
+    #[prost(uint64, tag = "2")]
+    pub sequence: u64,
+    #[prost(uint64, tag = "3")]
+    pub expires_ms: u64,
+}
+
+/// A task moving messages out of a dead-letter queue. Its progress is written in the same batch
+/// as each move, so after a crash it resumes exactly where the last durable move left it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct MoveTaskRecord {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    /// 0: each message back to the queue it came from.
+    #[prost(uint64, tag = "2")]
+    pub destination: u64,
+    #[prost(string, tag = "3")]
+    pub destination_name: String,
+    /// 0: as fast as the engine goes.
+    #[prost(uint32, tag = "4")]
+    pub max_per_second: u32,
+    #[prost(enumeration = "crate::MoveTaskStatus", tag = "5")]
+    pub status: i32,
+    #[prost(uint64, tag = "6")]
+    pub moved: u64,
+    /// Messages to move when the task started.
+    #[prost(uint64, tag = "7")]
+    pub total: u64,
+    /// Messages sent to the source after the task started (higher sequences) stay.
+    #[prost(uint64, tag = "8")]
+    pub last_sequence: u64,
+    #[prost(string, tag = "9")]
+    pub failure: String,
+    #[prost(uint64, tag = "10")]
+    pub started_ms: u64,
 }

@@ -7,10 +7,7 @@ use sluice_storage::{Engine, EngineOptions, Error, NewMessage, QueueConfig, Queu
 const Q: u64 = 1;
 
 fn config(retention: Duration) -> QueueConfig {
-    QueueConfig {
-        name: "q".into(),
-        retention,
-    }
+    QueueConfig::standard("q", retention)
 }
 
 async fn engine_with_queue(dir: &tempfile::TempDir) -> Engine {

@@ -1,12 +1,13 @@
 //! What the frontend needs from the tier that stores messages. Standalone implements it with the
 //! engine in the same process; the network client to backend clusters implements it the same way.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sluice_common::{Error, Result};
 use sluice_storage::{
-    Engine, NewMessage, QueueConfig, QueueCounts, QueueId, ReceivedMessage, SentMessage,
+    Engine, MoveTask, NewMessage, QueueConfig, QueueCounts, QueueId, ReceivedMessage, SentMessage,
 };
 
 #[async_trait]
@@ -33,6 +34,18 @@ pub trait QueueBackend: Send + Sync + 'static {
         id: QueueId,
         changes: Vec<(String, Duration)>,
     ) -> Result<Vec<Result<()>>>;
+    /// Starts moving the messages now in `source` to `destination` (`None`: back to the queues
+    /// they were dead-lettered from); returns the task's id.
+    async fn start_move_task(
+        &self,
+        source: QueueId,
+        destination: Option<QueueId>,
+        max_per_second: Option<NonZeroU32>,
+    ) -> Result<String>;
+    /// The source's running task and its last ended ones, newest first.
+    async fn list_move_tasks(&self, source: QueueId) -> Result<Vec<MoveTask>>;
+    /// Stops a running task and returns it as it ended.
+    async fn cancel_move_task(&self, source: QueueId, task: String) -> Result<MoveTask>;
 }
 
 fn per_entry(results: Vec<sluice_storage::Result<()>>) -> Vec<Result<()>> {
@@ -89,5 +102,22 @@ impl QueueBackend for Engine {
         Ok(per_entry(
             Engine::change_visibility(self, id, &changes).await?,
         ))
+    }
+
+    async fn start_move_task(
+        &self,
+        source: QueueId,
+        destination: Option<QueueId>,
+        max_per_second: Option<NonZeroU32>,
+    ) -> Result<String> {
+        Ok(Engine::start_move_task(self, source, destination, max_per_second).await?)
+    }
+
+    async fn list_move_tasks(&self, source: QueueId) -> Result<Vec<MoveTask>> {
+        Ok(Engine::list_move_tasks(self, source)?)
+    }
+
+    async fn cancel_move_task(&self, source: QueueId, task: String) -> Result<MoveTask> {
+        Ok(Engine::cancel_move_task(self, source, &task).await?)
     }
 }

@@ -4,6 +4,7 @@
 
 mod backend;
 mod catalog;
+mod digest;
 mod metrics;
 mod server;
 mod service;

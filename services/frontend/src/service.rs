@@ -5,18 +5,20 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use md5::{Digest, Md5};
 use sluice_common::error::code_name;
 use sluice_common::telemetry;
 use sluice_common::{Error, Result};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::queue_service_server::QueueService;
-use sluice_storage::{AttributeValue, NewMessage, QueueConfig, QueueCounts};
+use sluice_storage::{
+    AttributeValue, DeadLetter, MoveTask, MoveTaskStatus, NewMessage, QueueConfig, QueueCounts,
+};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::backend::QueueBackend;
 use crate::catalog::{Catalog, QueueRecord, Stored};
+use crate::digest;
 use crate::metrics;
 use crate::validate::{self, EffectiveAttributes};
 
@@ -57,6 +59,17 @@ queue_name! {
     DeleteMessageBatchRequest => queue,
     ChangeMessageVisibilityRequest => queue,
     ChangeMessageVisibilityBatchRequest => queue,
+    StartMessageMoveTaskRequest => source,
+    ListMessageMoveTasksRequest => source,
+}
+
+/// A task handle starts with its source queue's name.
+impl QueueName for pb::CancelMessageMoveTaskRequest {
+    fn queue_name(&self) -> &str {
+        self.task_handle
+            .split_once('/')
+            .map_or("", |(queue, _)| queue)
+    }
 }
 
 /// Listing names no queue.
@@ -116,10 +129,6 @@ where
     }
 }
 
-fn md5_hex(body: &[u8]) -> String {
-    format!("{:x}", Md5::digest(body))
-}
-
 fn batch_error(id: String, err: &Error) -> pb::BatchResultError {
     pb::BatchResultError {
         id,
@@ -145,10 +154,36 @@ fn split_results(
     successful
 }
 
-fn engine_config(record: &QueueRecord) -> QueueConfig {
-    QueueConfig {
-        name: record.name.clone(),
-        retention: Duration::from_secs(record.attributes.message_retention_seconds.into()),
+/// What a move task's handle says: `<source queue>/<task id>`, so any frontend can route it.
+fn task_handle(source: &str, task: &str) -> String {
+    format!("{source}/{task}")
+}
+
+fn to_proto_task(source: &str, task: MoveTask) -> pb::MessageMoveTask {
+    let status = match task.status {
+        MoveTaskStatus::Running => pb::MessageMoveTaskStatus::Running,
+        MoveTaskStatus::Completed => pb::MessageMoveTaskStatus::Completed,
+        MoveTaskStatus::Cancelled => pb::MessageMoveTaskStatus::Cancelled,
+        MoveTaskStatus::Failed => pb::MessageMoveTaskStatus::Failed,
+    };
+    pb::MessageMoveTask {
+        task_handle: task_handle(source, &task.id),
+        status: status as i32,
+        source: source.to_owned(),
+        destination: task.destination_name,
+        max_messages_per_second: task.max_per_second,
+        moved: task.moved,
+        total: task.total,
+        failure_reason: task.failure,
+        started_at_ms: task.started_ms,
+    }
+}
+
+fn kind(fifo: bool) -> &'static str {
+    if fifo {
+        "FIFO"
+    } else {
+        "standard"
     }
 }
 
@@ -193,6 +228,54 @@ impl QueueServiceImpl {
         Ok(self.catalog.require(name).await?.record)
     }
 
+    /// What the engine needs of a queue, with the dead-letter queue resolved to its id. Checks
+    /// that the dead-letter queue exists (NOT_FOUND) and is of the queue's kind.
+    async fn engine_config(
+        &self,
+        name: &str,
+        attributes: &EffectiveAttributes,
+    ) -> Result<QueueConfig> {
+        let dead_letter = match &attributes.redrive_policy {
+            None => None,
+            Some(policy) => {
+                let field = "attributes.redrive_policy.dead_letter_queue";
+                let dlq = self
+                    .catalog
+                    .get(&policy.dead_letter_queue)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::not_found(format!(
+                            "dead-letter queue {:?} ({field})",
+                            policy.dead_letter_queue
+                        ))
+                    })?
+                    .record;
+                if dlq.attributes.fifo != attributes.fifo {
+                    return Err(Error::invalid(
+                        field,
+                        format!(
+                            "{:?} is a {} queue; the dead-letter queue of a {} queue must be {} too",
+                            dlq.name,
+                            kind(dlq.attributes.fifo),
+                            kind(attributes.fifo),
+                            kind(attributes.fifo),
+                        ),
+                    ));
+                }
+                Some(DeadLetter {
+                    queue: dlq.id,
+                    max_receive_count: policy.max_receive_count,
+                })
+            }
+        };
+        Ok(QueueConfig {
+            name: name.to_owned(),
+            retention: Duration::from_secs(attributes.message_retention_seconds.into()),
+            fifo: attributes.fifo,
+            dead_letter,
+        })
+    }
+
     /// Checks one message against the queue's limits and turns it into what the engine stores.
     fn message(&self, queue: &QueueRecord, fields: SendFields<'_>) -> Result<NewMessage> {
         let limit = queue.attributes.max_message_bytes as usize;
@@ -210,17 +293,33 @@ impl QueueServiceImpl {
                 ),
             ));
         }
-        let delay = match fields.delay_seconds {
-            Some(secs) => validate::delay("delay_seconds", secs)?,
-            None => Duration::from_secs(queue.attributes.delay_seconds.into()),
-        };
-        if !fields.deduplication_id.is_empty() && !queue.attributes.fifo {
+        let fifo = queue.attributes.fifo;
+        let delay =
+            match fields.delay_seconds {
+                Some(_) if fifo => return Err(Error::invalid(
+                    "delay_seconds",
+                    "FIFO queues take no per-message delay; set the queue's delay_seconds instead",
+                )),
+                Some(secs) => validate::delay("delay_seconds", secs)?,
+                None => Duration::from_secs(queue.attributes.delay_seconds.into()),
+            };
+        validate::group_id(fields.group_id)?;
+        if fifo && fields.group_id.is_empty() {
+            return Err(Error::invalid("group_id", "required on FIFO queues"));
+        }
+        validate::deduplication_id(fields.deduplication_id)?;
+        let deduplication_id = if !fields.deduplication_id.is_empty() {
+            fields.deduplication_id.to_owned()
+        } else if fifo && queue.attributes.content_based_deduplication {
+            digest::content_deduplication_id(fields.body)
+        } else if fifo {
             return Err(Error::invalid(
                 "deduplication_id",
-                "applies to FIFO queues only",
+                "required on a FIFO queue without content_based_deduplication",
             ));
-        }
-        validate::group_id(fields.group_id)?;
+        } else {
+            String::new()
+        };
         Ok(NewMessage {
             body: fields.body.clone(),
             attributes: fields
@@ -239,6 +338,7 @@ impl QueueServiceImpl {
                 .collect::<BTreeMap<_, _>>(),
             delay,
             group_id: fields.group_id.to_owned(),
+            deduplication_id,
         })
     }
 
@@ -250,6 +350,7 @@ impl QueueServiceImpl {
             &req.attributes.unwrap_or_default(),
             true,
         )?;
+        let config = self.engine_config(&req.name, &attributes).await?;
         for _ in 0..CAS_ATTEMPTS {
             if let Some(existing) = self.catalog.get(&req.name).await? {
                 if existing.record.attributes != attributes {
@@ -270,9 +371,7 @@ impl QueueServiceImpl {
                 created_at_ms: now_ms(),
             };
             // The engine's queue first: a record in the catalog always has storage behind it.
-            self.backend
-                .create_queue(record.id, engine_config(&record))
-                .await?;
+            self.backend.create_queue(record.id, config.clone()).await?;
             if self.catalog.create(&record).await? {
                 tracing::info!(queue = %record.name, id = record.id, "queue created");
                 return Ok(pb::CreateQueueResponse {
@@ -360,10 +459,9 @@ impl QueueServiceImpl {
                 revision,
             } = self.catalog.require(&req.name).await?;
             record.attributes = record.attributes.apply(&record.name, &update, false)?;
+            let config = self.engine_config(&record.name, &record.attributes).await?;
             if self.catalog.update(&record, revision).await? {
-                self.backend
-                    .create_queue(record.id, engine_config(&record))
-                    .await?;
+                self.backend.create_queue(record.id, config).await?;
                 tracing::info!(queue = %record.name, "queue attributes changed");
                 let counts = self.backend.counts(record.id).await?;
                 return Ok(pb::SetQueueAttributesResponse {
@@ -405,8 +503,9 @@ impl QueueServiceImpl {
             .inc();
         Ok(pb::SendMessageResponse {
             message_id: sent.message_id,
-            md5_of_body: md5_hex(&req.body),
+            md5_of_body: digest::md5_of_body(&req.body),
             sequence_number: sent.sequence.to_string(),
+            md5_of_message_attributes: digest::md5_of_attributes(&req.attributes),
         })
     }
 
@@ -447,8 +546,9 @@ impl QueueServiceImpl {
                         successful.push(pb::SendMessageBatchResultEntry {
                             id: entry.id.clone(),
                             message_id: sent.message_id,
-                            md5_of_body: md5_hex(&entry.body),
+                            md5_of_body: digest::md5_of_body(&entry.body),
                             sequence_number: sent.sequence.to_string(),
+                            md5_of_message_attributes: digest::md5_of_attributes(&entry.attributes),
                         });
                     }
                 }
@@ -496,12 +596,8 @@ impl QueueServiceImpl {
         }
         let messages = received
             .into_iter()
-            .map(|m| pb::Message {
-                md5_of_body: md5_hex(&m.body),
-                message_id: m.message_id,
-                receipt_handle: m.receipt_handle,
-                body: m.body,
-                attributes: m
+            .map(|m| {
+                let attributes: HashMap<String, pb::MessageAttributeValue> = m
                     .attributes
                     .into_iter()
                     .map(|(name, v)| {
@@ -514,12 +610,21 @@ impl QueueServiceImpl {
                             },
                         )
                     })
-                    .collect(),
-                sent_timestamp_ms: m.sent_timestamp_ms,
-                approximate_receive_count: m.receive_count,
-                approximate_first_receive_timestamp_ms: m.first_receive_timestamp_ms,
-                group_id: m.group_id,
-                sequence_number: m.sequence.to_string(),
+                    .collect();
+                pb::Message {
+                    md5_of_body: digest::md5_of_body(&m.body),
+                    md5_of_message_attributes: digest::md5_of_attributes(&attributes),
+                    message_id: m.message_id,
+                    receipt_handle: m.receipt_handle,
+                    body: m.body,
+                    attributes,
+                    sent_timestamp_ms: m.sent_timestamp_ms,
+                    approximate_receive_count: m.receive_count,
+                    approximate_first_receive_timestamp_ms: m.first_receive_timestamp_ms,
+                    group_id: m.group_id,
+                    sequence_number: m.sequence.to_string(),
+                    dead_letter_source_queue: m.dead_letter_source,
+                }
             })
             .collect();
         Ok(pb::ReceiveMessageResponse { messages })
@@ -629,8 +734,112 @@ impl QueueServiceImpl {
     }
 }
 
+impl QueueServiceImpl {
+    async fn start_message_move_task(
+        &self,
+        req: pb::StartMessageMoveTaskRequest,
+    ) -> Result<pb::StartMessageMoveTaskResponse> {
+        let source = self.queue("source", &req.source).await?;
+        let rate = validate::move_rate(req.max_messages_per_second)?;
+        let destination = if req.destination.is_empty() {
+            None
+        } else {
+            let destination = self.queue("destination", &req.destination).await?;
+            if destination.id == source.id {
+                return Err(Error::invalid(
+                    "destination",
+                    "is the source queue; leave it empty to return messages to their sources",
+                ));
+            }
+            if destination.attributes.fifo != source.attributes.fifo {
+                return Err(Error::invalid(
+                    "destination",
+                    format!(
+                        "{:?} is a {} queue and the source is a {} queue",
+                        destination.name,
+                        kind(destination.attributes.fifo),
+                        kind(source.attributes.fifo)
+                    ),
+                ));
+            }
+            Some(destination.id)
+        };
+        let task = self
+            .backend
+            .start_move_task(source.id, destination, rate)
+            .await?;
+        tracing::info!(queue = %source.name, destination = %req.destination, task = %task, "message move task started");
+        Ok(pb::StartMessageMoveTaskResponse {
+            task_handle: task_handle(&source.name, &task),
+        })
+    }
+
+    async fn list_message_move_tasks(
+        &self,
+        req: pb::ListMessageMoveTasksRequest,
+    ) -> Result<pb::ListMessageMoveTasksResponse> {
+        let source = self.queue("source", &req.source).await?;
+        let tasks = self.backend.list_move_tasks(source.id).await?;
+        Ok(pb::ListMessageMoveTasksResponse {
+            tasks: tasks
+                .into_iter()
+                .map(|task| to_proto_task(&source.name, task))
+                .collect(),
+        })
+    }
+
+    async fn cancel_message_move_task(
+        &self,
+        req: pb::CancelMessageMoveTaskRequest,
+    ) -> Result<pb::CancelMessageMoveTaskResponse> {
+        let Some((source, task)) = req.task_handle.split_once('/') else {
+            return Err(Error::invalid(
+                "task_handle",
+                "is not a handle StartMessageMoveTask returned (<queue>/<task id>)",
+            ));
+        };
+        let source = self.queue("task_handle", source).await?;
+        let task = self
+            .backend
+            .cancel_move_task(source.id, task.to_owned())
+            .await?;
+        tracing::info!(queue = %source.name, task = %task.id, moved = task.moved, "message move task cancelled");
+        Ok(pb::CancelMessageMoveTaskResponse { moved: task.moved })
+    }
+}
+
 #[tonic::async_trait]
 impl QueueService for QueueServiceImpl {
+    async fn start_message_move_task(
+        &self,
+        request: Request<pb::StartMessageMoveTaskRequest>,
+    ) -> Result<Response<pb::StartMessageMoveTaskResponse>, Status> {
+        observed("StartMessageMoveTask", request, |req| {
+            self.start_message_move_task(req)
+        })
+        .await
+    }
+
+    async fn list_message_move_tasks(
+        &self,
+        request: Request<pb::ListMessageMoveTasksRequest>,
+    ) -> Result<Response<pb::ListMessageMoveTasksResponse>, Status> {
+        observed("ListMessageMoveTasks", request, |req| {
+            self.list_message_move_tasks(req)
+        })
+        .await
+    }
+
+    async fn cancel_message_move_task(
+        &self,
+        request: Request<pb::CancelMessageMoveTaskRequest>,
+    ) -> Result<Response<pb::CancelMessageMoveTaskResponse>, Status> {
+        observed("CancelMessageMoveTask", request, |req| {
+            self.cancel_message_move_task(req)
+        })
+        .await
+    }
+
     async fn create_queue(
         &self,
         request: Request<pb::CreateQueueRequest>,

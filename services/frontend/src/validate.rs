@@ -24,6 +24,10 @@ pub const MAX_MESSAGE_ATTRIBUTES: usize = 10;
 pub const MAX_ATTRIBUTE_NAME_LEN: usize = 256;
 pub const MAX_BATCH_ENTRY_ID_LEN: usize = 80;
 pub const MAX_GROUP_ID_LEN: usize = 128;
+pub const MAX_DEDUPLICATION_ID_LEN: usize = 128;
+pub const MIN_MAX_RECEIVE_COUNT: u32 = 1;
+pub const MAX_MAX_RECEIVE_COUNT: u32 = 1000;
+pub const MAX_MOVE_RATE: u32 = 1000;
 pub const MAX_TAGS: usize = 50;
 pub const MAX_TAG_KEY_LEN: usize = 128;
 pub const MAX_TAG_VALUE_LEN: usize = 256;
@@ -104,6 +108,16 @@ pub struct EffectiveAttributes {
     pub content_based_deduplication: bool,
     /// `pb::Replication` as its number.
     pub replication: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive_policy: Option<RedrivePolicy>,
+}
+
+/// Where a queue's messages go after too many receives.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RedrivePolicy {
+    /// The dead-letter queue's name.
+    pub dead_letter_queue: String,
+    pub max_receive_count: u32,
 }
 
 impl Default for EffectiveAttributes {
@@ -117,6 +131,7 @@ impl Default for EffectiveAttributes {
             fifo: false,
             content_based_deduplication: false,
             replication: pb::Replication::Sync as i32,
+            redrive_policy: None,
         }
     }
 }
@@ -200,15 +215,8 @@ impl EffectiveAttributes {
             }
             next.content_based_deduplication = true;
         }
-        if update.redrive_policy.is_some() {
-            return Err(Error::Unimplemented(
-                "redrive_policy: dead-letter queues are not available in this release".into(),
-            ));
-        }
-        if next.fifo {
-            return Err(Error::Unimplemented(
-                "fifo: FIFO queues are not available in this release".into(),
-            ));
+        if let Some(policy) = &update.redrive_policy {
+            next.redrive_policy = redrive_policy(name, policy)?;
         }
         Ok(next)
     }
@@ -220,12 +228,46 @@ impl EffectiveAttributes {
             delay_seconds: Some(self.delay_seconds),
             max_message_bytes: Some(self.max_message_bytes),
             receive_wait_time_seconds: Some(self.receive_wait_time_seconds),
-            redrive_policy: None,
+            redrive_policy: self
+                .redrive_policy
+                .as_ref()
+                .map(|policy| pb::RedrivePolicy {
+                    dead_letter_queue: policy.dead_letter_queue.clone(),
+                    max_receive_count: policy.max_receive_count,
+                }),
             fifo: self.fifo,
             content_based_deduplication: self.content_based_deduplication,
             replication: self.replication,
         }
     }
+}
+
+/// Checks a redrive policy's own fields; an empty dead-letter queue removes the policy. Whether
+/// the dead-letter queue exists and is of the right kind is for the caller, who can look it up.
+fn redrive_policy(name: &str, policy: &pb::RedrivePolicy) -> Result<Option<RedrivePolicy>> {
+    if policy.dead_letter_queue.is_empty() {
+        return Ok(None);
+    }
+    queue_name(
+        "attributes.redrive_policy.dead_letter_queue",
+        &policy.dead_letter_queue,
+    )?;
+    if policy.dead_letter_queue == name {
+        return Err(Error::invalid(
+            "attributes.redrive_policy.dead_letter_queue",
+            "a queue cannot be its own dead-letter queue",
+        ));
+    }
+    let max_receive_count = in_range(
+        "attributes.redrive_policy.max_receive_count",
+        policy.max_receive_count,
+        MIN_MAX_RECEIVE_COUNT,
+        MAX_MAX_RECEIVE_COUNT,
+    )?;
+    Ok(Some(RedrivePolicy {
+        dead_letter_queue: policy.dead_letter_queue.clone(),
+        max_receive_count,
+    }))
 }
 
 pub fn tags(tags: &std::collections::HashMap<String, String>) -> Result<()> {
@@ -358,14 +400,35 @@ pub fn message_attributes(
     Ok(size)
 }
 
-pub fn group_id(value: &str) -> Result<()> {
-    if value.len() > MAX_GROUP_ID_LEN || !value.chars().all(|c| c.is_ascii_graphic()) {
+/// Checks an id a client chooses: a group or deduplication id. Empty means none was given.
+fn client_id(field: &str, value: &str, max: usize) -> Result<()> {
+    if value.len() > max || !value.chars().all(|c| c.is_ascii_graphic()) {
         return Err(Error::invalid(
-            "group_id",
-            format!("must be at most {MAX_GROUP_ID_LEN} printable ASCII characters"),
+            field,
+            format!(
+                "must be 1 to {max} printable ASCII characters, got {} characters",
+                value.chars().count()
+            ),
         ));
     }
     Ok(())
+}
+
+pub fn group_id(value: &str) -> Result<()> {
+    client_id("group_id", value, MAX_GROUP_ID_LEN)
+}
+
+pub fn deduplication_id(value: &str) -> Result<()> {
+    client_id("deduplication_id", value, MAX_DEDUPLICATION_ID_LEN)
+}
+
+pub fn move_rate(value: Option<u32>) -> Result<Option<std::num::NonZeroU32>> {
+    value
+        .map(|rate| {
+            in_range("max_messages_per_second", rate, 1, MAX_MOVE_RATE)
+                .map(|r| std::num::NonZeroU32::new(r).expect("at least 1"))
+        })
+        .transpose()
 }
 
 #[cfg(test)]
@@ -412,5 +475,64 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(fifo_mismatch.code(), tonic::Code::InvalidArgument);
+    }
+
+    fn policy(queue: &str, max_receive_count: u32) -> pb::QueueAttributes {
+        pb::QueueAttributes {
+            redrive_policy: Some(pb::RedrivePolicy {
+                dead_letter_queue: queue.into(),
+                max_receive_count,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn redrive_policy_limits() {
+        let base = EffectiveAttributes::default();
+        for (attributes, message) in [
+            (
+                policy("dlq", 0),
+                "invalid attributes.redrive_policy.max_receive_count: 0 is outside 1 to 1000",
+            ),
+            (
+                policy("dlq", 1001),
+                "invalid attributes.redrive_policy.max_receive_count: 1001 is outside 1 to 1000",
+            ),
+            (
+                policy("q", 5),
+                "invalid attributes.redrive_policy.dead_letter_queue: a queue cannot be its own dead-letter queue",
+            ),
+        ] {
+            let err = base.apply("q", &attributes, true).unwrap_err();
+            assert_eq!(err.to_string(), message);
+        }
+        let with = base.apply("q", &policy("dlq", 1000), true).unwrap();
+        assert_eq!(
+            with.redrive_policy,
+            Some(RedrivePolicy {
+                dead_letter_queue: "dlq".into(),
+                max_receive_count: 1000
+            })
+        );
+        let without = with.apply("q", &policy("", 0), false).unwrap();
+        assert_eq!(without.redrive_policy, None);
+    }
+
+    #[test]
+    fn client_chosen_ids() {
+        assert!(deduplication_id(&"x".repeat(128)).is_ok());
+        for bad in ["x".repeat(129), "has space".into(), "caf\u{e9}".into()] {
+            let err = deduplication_id(&bad).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            assert!(
+                err.to_string().starts_with("invalid deduplication_id:"),
+                "{err}"
+            );
+        }
+        assert!(group_id("orders/eu-1").is_ok());
+        assert!(move_rate(Some(0)).is_err());
+        assert!(move_rate(Some(1001)).is_err());
+        assert_eq!(move_rate(None).unwrap(), None);
     }
 }

@@ -286,7 +286,15 @@ async fn message_limits_are_enforced_and_nothing_is_stored() {
     assert_invalid(f.send(reserved).await, "attributes");
     assert_invalid(
         f.send(pb::SendMessageRequest {
-            deduplication_id: "d".into(),
+            deduplication_id: "d".repeat(129),
+            ..body("q", b"x")
+        })
+        .await,
+        "deduplication_id",
+    );
+    assert_invalid(
+        f.send(pb::SendMessageRequest {
+            deduplication_id: "tab\there".into(),
             ..body("q", b"x")
         })
         .await,

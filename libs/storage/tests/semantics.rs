@@ -1,0 +1,471 @@
+//! Dead-letter queues, move tasks, FIFO groups and deduplication, each on a real RocksDB
+//! directory.
+
+use std::collections::{BTreeMap, HashSet};
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use sluice_storage::{
+    AttributeValue, DeadLetter, Engine, EngineOptions, Error, MoveTask, MoveTaskStatus, NewMessage,
+    QueueConfig, ReceivedMessage,
+};
+
+const SOURCE: u64 = 1;
+const DLQ: u64 = 2;
+const OTHER: u64 = 3;
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn msg(body: &str) -> NewMessage {
+    NewMessage {
+        body: body.as_bytes().to_vec().into(),
+        ..Default::default()
+    }
+}
+
+fn grouped(body: &str, group: &str) -> NewMessage {
+    NewMessage {
+        group_id: group.into(),
+        ..msg(body)
+    }
+}
+
+fn deduplicated(body: &str, dedup_id: &str) -> NewMessage {
+    NewMessage {
+        deduplication_id: dedup_id.into(),
+        ..msg(body)
+    }
+}
+
+fn queue(name: &str, fifo: bool, dead_letter: Option<DeadLetter>) -> QueueConfig {
+    QueueConfig {
+        fifo,
+        dead_letter,
+        ..QueueConfig::standard(name, HOUR)
+    }
+}
+
+/// A source queue whose messages move to the DLQ after `max` receives, plus a third queue.
+async fn with_dead_letter(dir: &tempfile::TempDir, max: u32, fifo: bool) -> Engine {
+    let engine = Engine::open(EngineOptions::new(dir.path())).unwrap();
+    let suffix = if fifo { ".fifo" } else { "" };
+    engine
+        .create_queue(DLQ, queue(&format!("dlq{suffix}"), fifo, None))
+        .await
+        .unwrap();
+    engine
+        .create_queue(OTHER, queue(&format!("other{suffix}"), fifo, None))
+        .await
+        .unwrap();
+    let dead_letter = DeadLetter {
+        queue: DLQ,
+        max_receive_count: max,
+    };
+    engine
+        .create_queue(
+            SOURCE,
+            queue(&format!("source{suffix}"), fifo, Some(dead_letter)),
+        )
+        .await
+        .unwrap();
+    engine
+}
+
+async fn receive_now(
+    engine: &Engine,
+    id: u64,
+    max: usize,
+    visibility: Duration,
+) -> Vec<ReceivedMessage> {
+    engine
+        .receive(id, max, visibility, Duration::ZERO)
+        .await
+        .unwrap()
+}
+
+/// Receives and deletes everything visible in the queue.
+async fn drain(engine: &Engine, id: u64) -> Vec<ReceivedMessage> {
+    let mut all = Vec::new();
+    loop {
+        let got = receive_now(engine, id, 10, HOUR).await;
+        if got.is_empty() {
+            return all;
+        }
+        let handles: Vec<&str> = got.iter().map(|m| m.receipt_handle.as_str()).collect();
+        for result in engine.delete(id, &handles).await.unwrap() {
+            result.unwrap();
+        }
+        all.extend(got);
+    }
+}
+
+/// Polls the source's task list until `check` holds for the newest task.
+async fn task_until(
+    engine: &Engine,
+    source: u64,
+    what: &str,
+    check: impl Fn(&MoveTask) -> bool,
+) -> MoveTask {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let tasks = engine.list_move_tasks(source).unwrap();
+        if let Some(task) = tasks.first().filter(|t| check(t)) {
+            return task.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {tasks:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn poison_message_moves_after_exactly_max_receives_with_attributes_and_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = with_dead_letter(&dir, 3, false).await;
+    let attributes = BTreeMap::from([(
+        "kind".to_owned(),
+        AttributeValue {
+            data_type: "String.kind".into(),
+            string_value: "poison".into(),
+            binary_value: Default::default(),
+        },
+    )]);
+    let poison = NewMessage {
+        attributes: attributes.clone(),
+        ..msg("poison")
+    };
+    let sent = engine.send(SOURCE, vec![poison]).await.unwrap();
+
+    for count in 1..=3 {
+        // A zero visibility timeout makes it visible again at once, as a failing consumer would.
+        let got = receive_now(&engine, SOURCE, 10, Duration::ZERO).await;
+        assert_eq!(got.len(), 1, "receive {count}");
+        assert_eq!(got[0].receive_count, count);
+    }
+    assert!(receive_now(&engine, SOURCE, 10, Duration::ZERO)
+        .await
+        .is_empty());
+    let source_counts = engine.counts(SOURCE).unwrap();
+    assert_eq!(source_counts.visible + source_counts.in_flight, 0);
+
+    // Zero visibility leaves it visible, so it can be received again after the restart below.
+    let dead = receive_now(&engine, DLQ, 10, Duration::ZERO).await;
+    assert_eq!(dead.len(), 1);
+    let dead = &dead[0];
+    assert_eq!(dead.message_id, sent[0].message_id);
+    assert_eq!(dead.body.as_ref(), b"poison");
+    assert_eq!(dead.attributes, attributes);
+    assert_eq!(dead.dead_letter_source, "source");
+    assert_eq!(
+        dead.receive_count, 1,
+        "the count starts again in the dead-letter queue"
+    );
+
+    // The move is durable: after a restart the message is in the DLQ and not in the source.
+    engine.close().await;
+    drop(engine);
+    let engine = Engine::open(EngineOptions::new(dir.path())).unwrap();
+    assert!(receive_now(&engine, SOURCE, 10, HOUR).await.is_empty());
+    let back = engine
+        .receive(DLQ, 10, HOUR, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].message_id, sent[0].message_id);
+    assert_eq!(back[0].sent_timestamp_ms, dead.sent_timestamp_ms);
+}
+
+#[tokio::test]
+async fn healthy_messages_are_delivered_alongside_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = with_dead_letter(&dir, 1, false).await;
+    engine.send(SOURCE, vec![msg("bad")]).await.unwrap();
+    receive_now(&engine, SOURCE, 10, Duration::ZERO).await;
+    engine.send(SOURCE, vec![msg("good")]).await.unwrap();
+    // One receive moves the poison message and still returns the good one.
+    let got = receive_now(&engine, SOURCE, 10, HOUR).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body.as_ref(), b"good");
+    assert_eq!(drain(&engine, DLQ).await.len(), 1);
+}
+
+async fn dead_letter_three(engine: &Engine) -> HashSet<String> {
+    engine
+        .send(SOURCE, vec![msg("a"), msg("b"), msg("c")])
+        .await
+        .unwrap();
+    receive_now(engine, SOURCE, 10, Duration::ZERO).await;
+    assert!(receive_now(engine, SOURCE, 10, HOUR).await.is_empty());
+    let counts = engine.counts(DLQ).unwrap();
+    assert_eq!(counts.visible, 3);
+    ["a", "b", "c"].iter().map(|s| s.to_string()).collect()
+}
+
+fn bodies(messages: &[ReceivedMessage]) -> HashSet<String> {
+    messages
+        .iter()
+        .map(|m| String::from_utf8(m.body.to_vec()).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn move_task_returns_messages_to_their_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = with_dead_letter(&dir, 1, false).await;
+    let expected = dead_letter_three(&engine).await;
+
+    let id = engine.start_move_task(DLQ, None, None).await.unwrap();
+    let task = task_until(&engine, DLQ, "the task to complete", |t| {
+        t.status == MoveTaskStatus::Completed
+    })
+    .await;
+    assert_eq!(task.id, id);
+    assert_eq!((task.moved, task.total), (3, 3));
+    assert_eq!(task.destination, None);
+
+    let back = drain(&engine, SOURCE).await;
+    assert_eq!(bodies(&back), expected);
+    assert!(back.iter().all(|m| m.dead_letter_source.is_empty()));
+    assert!(back.iter().all(|m| m.receive_count == 1));
+    assert!(drain(&engine, DLQ).await.is_empty());
+}
+
+#[tokio::test]
+async fn move_task_to_a_named_queue_and_one_task_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = with_dead_letter(&dir, 1, false).await;
+    let expected = dead_letter_three(&engine).await;
+
+    engine
+        .start_move_task(DLQ, Some(OTHER), NonZeroU32::new(1))
+        .await
+        .unwrap();
+    let second = engine.start_move_task(DLQ, None, None).await.unwrap_err();
+    assert!(matches!(second, Error::TaskConflict(_)), "{second}");
+    let itself = engine
+        .start_move_task(DLQ, Some(DLQ), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(itself, Error::MoveFailed(_)), "{itself}");
+    task_until(&engine, DLQ, "the task to complete", |t| {
+        t.status == MoveTaskStatus::Completed
+    })
+    .await;
+    assert_eq!(bodies(&drain(&engine, OTHER).await), expected);
+    assert!(drain(&engine, SOURCE).await.is_empty());
+}
+
+#[tokio::test]
+async fn cancelled_task_keeps_what_it_moved_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = with_dead_letter(&dir, 1, false).await;
+    let expected = dead_letter_three(&engine).await;
+
+    let id = engine
+        .start_move_task(DLQ, Some(OTHER), NonZeroU32::new(1))
+        .await
+        .unwrap();
+    task_until(&engine, DLQ, "a first move", |t| t.moved >= 1).await;
+    let cancelled = engine.cancel_move_task(DLQ, &id).await.unwrap();
+    assert_eq!(cancelled.status, MoveTaskStatus::Cancelled);
+    assert!(
+        cancelled.moved < 3,
+        "rate 1/s cannot have moved all: {cancelled:?}"
+    );
+    let again = engine.cancel_move_task(DLQ, &id).await.unwrap_err();
+    assert!(matches!(again, Error::TaskConflict(_)), "{again}");
+    let unknown = engine.cancel_move_task(DLQ, "nope").await.unwrap_err();
+    assert!(matches!(unknown, Error::TaskNotFound(_)), "{unknown}");
+
+    let moved = drain(&engine, OTHER).await;
+    let left = drain(&engine, DLQ).await;
+    assert_eq!(moved.len() as u64, cancelled.moved);
+    let mut all = bodies(&moved);
+    all.extend(bodies(&left));
+    assert_eq!(all, expected);
+    assert_eq!(moved.len() + left.len(), 3);
+}
+
+#[tokio::test]
+async fn task_resumes_after_restart_without_loss_or_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = with_dead_letter(&dir, 1, false).await;
+    let expected = dead_letter_three(&engine).await;
+    engine
+        .start_move_task(DLQ, None, NonZeroU32::new(1))
+        .await
+        .unwrap();
+    task_until(&engine, DLQ, "a first move", |t| t.moved >= 1).await;
+    engine.close().await;
+    drop(engine);
+
+    let engine = Engine::open(EngineOptions::new(dir.path())).unwrap();
+    let task = task_until(&engine, DLQ, "the resumed task to complete", |t| {
+        t.status == MoveTaskStatus::Completed
+    })
+    .await;
+    assert_eq!(task.moved, 3);
+    let back = drain(&engine, SOURCE).await;
+    assert_eq!(back.len(), 3);
+    assert_eq!(bodies(&back), expected);
+    assert!(drain(&engine, DLQ).await.is_empty());
+}
+
+#[tokio::test]
+async fn task_fails_on_messages_that_have_no_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = with_dead_letter(&dir, 1, false).await;
+    // Sent straight to the DLQ: there is no queue to return it to.
+    engine.send(DLQ, vec![msg("orphan")]).await.unwrap();
+    engine.start_move_task(DLQ, None, None).await.unwrap();
+    let task = task_until(&engine, DLQ, "the task to fail", |t| {
+        t.status == MoveTaskStatus::Failed
+    })
+    .await;
+    assert!(task.failure.contains("no source"), "{}", task.failure);
+    assert_eq!(task.moved, 0);
+    assert_eq!(
+        bodies(&drain(&engine, DLQ).await),
+        HashSet::from(["orphan".to_owned()])
+    );
+}
+
+#[tokio::test]
+async fn fifo_delivers_a_group_in_order_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = with_dead_letter(&dir, 5, true).await;
+    engine
+        .send(
+            SOURCE,
+            vec![grouped("a1", "a"), grouped("b1", "b"), grouped("a2", "a")],
+        )
+        .await
+        .unwrap();
+    engine.send(SOURCE, vec![grouped("a3", "a")]).await.unwrap();
+
+    // Only the head of each group is handed out.
+    let first = receive_now(&engine, SOURCE, 10, HOUR).await;
+    assert_eq!(bodies(&first), HashSet::from(["a1".into(), "b1".into()]));
+    assert!(receive_now(&engine, SOURCE, 10, HOUR).await.is_empty());
+    let counts = engine.counts(SOURCE).unwrap();
+    assert_eq!((counts.visible, counts.in_flight), (2, 2));
+
+    // Deleting a1 releases a2, and only a2.
+    let a1 = first.iter().find(|m| m.body.as_ref() == b"a1").unwrap();
+    engine.delete(SOURCE, &[&a1.receipt_handle]).await.unwrap();
+    let next = receive_now(&engine, SOURCE, 10, HOUR).await;
+    assert_eq!(bodies(&next), HashSet::from(["a2".into()]));
+    assert!(next[0].sequence > a1.sequence);
+    assert_eq!(next[0].group_id, "a");
+
+    // A group survives a restart in order, with its in-flight head still blocking it.
+    engine.close().await;
+    drop(engine);
+    let engine = Engine::open(EngineOptions::new(dir.path())).unwrap();
+    assert!(receive_now(&engine, SOURCE, 10, HOUR).await.is_empty());
+    engine
+        .change_visibility(SOURCE, &[(&next[0].receipt_handle, Duration::ZERO)])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .unwrap();
+    let again = receive_now(&engine, SOURCE, 10, HOUR).await;
+    assert_eq!(bodies(&again), HashSet::from(["a2".into()]));
+}
+
+#[tokio::test]
+async fn fifo_dead_letter_move_unblocks_the_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = with_dead_letter(&dir, 1, true).await;
+    engine
+        .send(SOURCE, vec![grouped("a1", "a"), grouped("a2", "a")])
+        .await
+        .unwrap();
+    let first = receive_now(&engine, SOURCE, 10, Duration::ZERO).await;
+    assert_eq!(bodies(&first), HashSet::from(["a1".into()]));
+    // a1 was received once, its limit: the next receive moves it and hands out a2.
+    let next = receive_now(&engine, SOURCE, 10, HOUR).await;
+    assert_eq!(bodies(&next), HashSet::from(["a2".into()]));
+    let dead = drain(&engine, DLQ).await;
+    assert_eq!(bodies(&dead), HashSet::from(["a1".into()]));
+    assert_eq!(dead[0].group_id, "a");
+}
+
+#[tokio::test]
+async fn deduplication_returns_the_first_send_within_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = EngineOptions {
+        dedup_window: Duration::from_millis(500),
+        ..EngineOptions::new(dir.path())
+    };
+    let engine = Engine::open(options).unwrap();
+    engine
+        .create_queue(SOURCE, QueueConfig::standard("q", HOUR))
+        .await
+        .unwrap();
+
+    let first = engine
+        .send(
+            SOURCE,
+            vec![deduplicated("x", "id-1"), deduplicated("x again", "id-1")],
+        )
+        .await
+        .unwrap();
+    assert!(!first[0].duplicate);
+    assert!(
+        first[1].duplicate,
+        "the same id twice in one batch is one message"
+    );
+    assert_eq!(first[1].message_id, first[0].message_id);
+    let retry = engine
+        .send(SOURCE, vec![deduplicated("x", "id-1")])
+        .await
+        .unwrap();
+    assert!(retry[0].duplicate);
+    assert_eq!(retry[0].message_id, first[0].message_id);
+    assert_eq!(retry[0].sequence, first[0].sequence);
+    assert_eq!(drain(&engine, SOURCE).await.len(), 1);
+
+    // Once the window has passed the id is new again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let fresh = loop {
+        let sent = engine
+            .send(SOURCE, vec![deduplicated("x", "id-1")])
+            .await
+            .unwrap();
+        if !sent[0].duplicate {
+            break sent;
+        }
+        assert!(Instant::now() < deadline, "the id was never forgotten");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(fresh[0].message_id, first[0].message_id);
+    assert_eq!(drain(&engine, SOURCE).await.len(), 1);
+}
+
+#[tokio::test]
+async fn deduplication_ids_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(EngineOptions::new(dir.path())).unwrap();
+    engine
+        .create_queue(SOURCE, QueueConfig::standard("q", HOUR))
+        .await
+        .unwrap();
+    let first = engine
+        .send(SOURCE, vec![deduplicated("x", "order-7")])
+        .await
+        .unwrap();
+    engine.close().await;
+    drop(engine);
+
+    let engine = Engine::open(EngineOptions::new(dir.path())).unwrap();
+    let retry = engine
+        .send(SOURCE, vec![deduplicated("x", "order-7")])
+        .await
+        .unwrap();
+    assert!(retry[0].duplicate);
+    assert_eq!(retry[0].message_id, first[0].message_id);
+    assert_eq!(drain(&engine, SOURCE).await.len(), 1);
+}
