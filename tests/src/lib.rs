@@ -157,6 +157,17 @@ impl StandaloneProcess {
             .output()
             .expect("sluice CLI runs")
     }
+
+    /// Runs the CLI, panics with its error output if it fails, and returns its standard output.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "sluice {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("CLI output is UTF-8")
+    }
 }
 
 impl Drop for StandaloneProcess {

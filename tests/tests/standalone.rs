@@ -233,15 +233,7 @@ async fn sigterm_drains_and_keeps_messages() {
 async fn cli_tour() {
     let dir = tempfile::tempdir().unwrap();
     let server = StandaloneProcess::start(dir.path()).unwrap();
-    let ok = |args: &[&str]| {
-        let out = server.cli(args);
-        assert!(
-            out.status.success(),
-            "sluice {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let ok = |args: &[&str]| server.cli_ok(args);
     ok(&[
         "queue",
         "create",

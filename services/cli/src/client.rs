@@ -24,6 +24,31 @@ pub enum ClientCommand {
         queue: String,
         receipt_handle: String,
     },
+    /// Move messages out of a dead-letter queue: redrive tasks.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Subcommand)]
+pub enum DlqCommand {
+    /// Start moving every message now in SOURCE back to the queue it came from, or to --to.
+    Redrive {
+        /// The queue to move messages out of, normally a dead-letter queue.
+        source: String,
+        /// Move every message to this queue instead of each one's source queue.
+        #[arg(long)]
+        to: Option<String>,
+        /// Messages per second at most (1 to 1000) [default: as fast as the server goes].
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Wait until the task ends, printing its progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show the running and the last ended redrive tasks of SOURCE.
+    Tasks { source: String },
+    /// Stop a running redrive task; the messages it moved stay moved.
+    Cancel { task_handle: String },
 }
 
 #[derive(Subcommand)]
@@ -85,6 +110,19 @@ pub struct AttributeArgs {
     /// Replication mode in a backend cluster.
     #[arg(long, value_enum)]
     replication: Option<ReplicationArg>,
+    /// A FIFO queue: its name must end in `.fifo`; fixed at creation.
+    #[arg(long)]
+    fifo: bool,
+    /// FIFO only: sends without a deduplication id are deduplicated by the SHA-256 of the body.
+    #[arg(long)]
+    content_dedup: bool,
+    /// Dead-letter queue: a message received --max-receives times moves there; an empty name
+    /// removes the policy.
+    #[arg(long, requires = "max_receives")]
+    dlq: Option<String>,
+    /// Receives before a message moves to the dead-letter queue (1 to 1000).
+    #[arg(long, requires = "dlq")]
+    max_receives: Option<u32>,
 }
 
 impl AttributeArgs {
@@ -100,7 +138,12 @@ impl AttributeArgs {
                 Some(ReplicationArg::Sync) => pb::Replication::Sync,
                 Some(ReplicationArg::Async) => pb::Replication::Async,
             } as i32,
-            ..Default::default()
+            fifo: self.fifo,
+            content_based_deduplication: self.content_dedup,
+            redrive_policy: self.dlq.as_ref().map(|dlq| pb::RedrivePolicy {
+                dead_letter_queue: dlq.clone(),
+                max_receive_count: self.max_receives.unwrap_or_default(),
+            }),
         }
     }
 }
@@ -117,9 +160,13 @@ pub struct SendArgs {
     /// repeatable.
     #[arg(long = "attr", value_parser = parse_attribute)]
     attributes: Vec<(String, pb::MessageAttributeValue)>,
-    /// Message group id.
+    /// Message group id; required on a FIFO queue.
     #[arg(long)]
     group: Option<String>,
+    /// Deduplication id: another send with the same id within the deduplication window stores
+    /// nothing and returns the first message's id.
+    #[arg(long)]
+    dedup_id: Option<String>,
 }
 
 #[derive(Args)]
@@ -214,6 +261,11 @@ fn print_queue(json_out: bool, queue: &pb::Queue) {
                 "max_message_bytes": attrs.max_message_bytes,
                 "receive_wait_time_seconds": attrs.receive_wait_time_seconds,
                 "fifo": attrs.fifo,
+                "content_based_deduplication": attrs.content_based_deduplication,
+                "redrive_policy": attrs.redrive_policy.as_ref().map(|p| json!({
+                    "dead_letter_queue": p.dead_letter_queue,
+                    "max_receive_count": p.max_receive_count,
+                })),
                 "replication": replication,
             },
             "counts": {
@@ -250,6 +302,20 @@ fn print_queue(json_out: bool, queue: &pb::Queue) {
         attrs.max_message_bytes.unwrap_or_default()
     );
     println!("replication         {replication}");
+    if attrs.fifo {
+        let dedup = if attrs.content_based_deduplication {
+            "content-based deduplication"
+        } else {
+            "deduplication by id"
+        };
+        println!("fifo                yes, {dedup}");
+    }
+    if let Some(policy) = &attrs.redrive_policy {
+        println!(
+            "dead-letter queue   {} after {} receives",
+            policy.dead_letter_queue, policy.max_receive_count
+        );
+    }
     let mut tags: Vec<_> = queue.tags.iter().collect();
     tags.sort();
     for (k, v) in tags {
@@ -284,13 +350,62 @@ fn message_json(m: &pb::Message) -> serde_json::Value {
         "receipt_handle": m.receipt_handle,
         "body": String::from_utf8_lossy(&m.body),
         "md5_of_body": m.md5_of_body,
+        "md5_of_message_attributes": m.md5_of_message_attributes,
         "attributes": attributes,
         "sent_timestamp_ms": m.sent_timestamp_ms,
         "approximate_receive_count": m.approximate_receive_count,
         "approximate_first_receive_timestamp_ms": m.approximate_first_receive_timestamp_ms,
         "group_id": m.group_id,
         "sequence_number": m.sequence_number,
+        "dead_letter_source_queue": m.dead_letter_source_queue,
     })
+}
+
+fn task_status(task: &pb::MessageMoveTask) -> String {
+    task.status()
+        .as_str_name()
+        .trim_start_matches("MESSAGE_MOVE_TASK_STATUS_")
+        .to_lowercase()
+}
+
+fn print_task(json_out: bool, task: &pb::MessageMoveTask) {
+    let destination = if task.destination.is_empty() {
+        "each message's source queue"
+    } else {
+        task.destination.as_str()
+    };
+    if json_out {
+        println!(
+            "{}",
+            json!({
+                "task_handle": task.task_handle,
+                "status": task_status(task),
+                "source": task.source,
+                "destination": task.destination,
+                "max_messages_per_second": task.max_messages_per_second,
+                "moved": task.moved,
+                "total": task.total,
+                "failure_reason": task.failure_reason,
+                "started_at_ms": task.started_at_ms,
+            })
+        );
+        return;
+    }
+    let rate = task
+        .max_messages_per_second
+        .map(|r| format!(", at most {r}/s"))
+        .unwrap_or_default();
+    println!(
+        "{}  {}  moved {} of {} from {} to {destination}{rate}",
+        task.task_handle,
+        task_status(task),
+        task.moved,
+        task.total,
+        task.source
+    );
+    if !task.failure_reason.is_empty() {
+        println!("  failed: {}", task.failure_reason);
+    }
 }
 
 pub async fn run(endpoint: String, json_out: bool, command: ClientCommand) -> anyhow::Result<()> {
@@ -405,7 +520,7 @@ pub async fn run(endpoint: String, json_out: bool, command: ClientCommand) -> an
                     body: body.into(),
                     attributes: send.attributes.into_iter().collect(),
                     delay_seconds: send.delay,
-                    deduplication_id: String::new(),
+                    deduplication_id: send.dedup_id.unwrap_or_default(),
                     group_id: send.group.unwrap_or_default(),
                 })
                 .await
@@ -417,6 +532,7 @@ pub async fn run(endpoint: String, json_out: bool, command: ClientCommand) -> an
                     json!({
                         "message_id": sent.message_id,
                         "md5_of_body": sent.md5_of_body,
+                        "md5_of_message_attributes": sent.md5_of_message_attributes,
                         "sequence_number": sent.sequence_number,
                     })
                 );
@@ -446,6 +562,12 @@ pub async fn run(endpoint: String, json_out: bool, command: ClientCommand) -> an
                         m.approximate_receive_count,
                         String::from_utf8_lossy(&m.body)
                     );
+                    if !m.group_id.is_empty() {
+                        println!("  group {}, sequence {}", m.group_id, m.sequence_number);
+                    }
+                    if !m.dead_letter_source_queue.is_empty() {
+                        println!("  dead-lettered from {}", m.dead_letter_source_queue);
+                    }
                     let mut names: Vec<_> = m.attributes.keys().collect();
                     names.sort();
                     for name in names {
@@ -492,6 +614,90 @@ pub async fn run(endpoint: String, json_out: bool, command: ClientCommand) -> an
                 println!("deleted");
             }
         }
+        ClientCommand::Dlq(command) => match command {
+            DlqCommand::Redrive {
+                source,
+                to,
+                rate,
+                wait,
+            } => {
+                let handle = client
+                    .start_message_move_task(pb::StartMessageMoveTaskRequest {
+                        source: source.clone(),
+                        destination: to.unwrap_or_default(),
+                        max_messages_per_second: rate,
+                    })
+                    .await
+                    .map_err(err)?
+                    .into_inner()
+                    .task_handle;
+                if !wait {
+                    if json_out {
+                        println!("{}", json!({ "task_handle": handle }));
+                    } else {
+                        println!("{handle}");
+                    }
+                    return Ok(());
+                }
+                let mut last_moved = None;
+                loop {
+                    let tasks = client
+                        .list_message_move_tasks(pb::ListMessageMoveTasksRequest {
+                            source: source.clone(),
+                        })
+                        .await
+                        .map_err(err)?
+                        .into_inner()
+                        .tasks;
+                    let task = tasks
+                        .into_iter()
+                        .find(|t| t.task_handle == handle)
+                        .ok_or_else(|| anyhow!("task {handle} is no longer listed"))?;
+                    let running = task.status() == pb::MessageMoveTaskStatus::Running;
+                    if !running || (!json_out && last_moved != Some(task.moved)) {
+                        print_task(json_out, &task);
+                        last_moved = Some(task.moved);
+                    }
+                    if !running {
+                        if task.status() == pb::MessageMoveTaskStatus::Failed {
+                            anyhow::bail!("task {handle} failed: {}", task.failure_reason);
+                        }
+                        break;
+                    }
+                    // Polled: the API has no stream of task progress.
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+            DlqCommand::Tasks { source } => {
+                let tasks = client
+                    .list_message_move_tasks(pb::ListMessageMoveTasksRequest { source })
+                    .await
+                    .map_err(err)?
+                    .into_inner()
+                    .tasks;
+                for task in &tasks {
+                    print_task(json_out, task);
+                }
+                if tasks.is_empty() && !json_out {
+                    eprintln!("no task");
+                }
+            }
+            DlqCommand::Cancel { task_handle } => {
+                let moved = client
+                    .cancel_message_move_task(pb::CancelMessageMoveTaskRequest {
+                        task_handle: task_handle.clone(),
+                    })
+                    .await
+                    .map_err(err)?
+                    .into_inner()
+                    .moved;
+                if json_out {
+                    println!("{}", json!({ "task_handle": task_handle, "moved": moved }));
+                } else {
+                    println!("cancelled {task_handle} after {moved} moved");
+                }
+            }
+        },
     }
     Ok(())
 }

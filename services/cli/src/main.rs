@@ -54,7 +54,7 @@ enum Command {
 /// Precedence: flags over `SLUICE_*` environment variables over the config file over defaults.
 #[derive(clap::Args)]
 struct StandaloneArgs {
-    /// TOML file with data_dir, grpc_addr, admin_addr and otlp_endpoint.
+    /// TOML file with data_dir, grpc_addr, admin_addr, otlp_endpoint and dedup_window_seconds.
     #[arg(long, env = "SLUICE_CONFIG")]
     config: Option<PathBuf>,
     /// Where messages and metadata are stored [default: ./sluice-data; env: SLUICE_DATA_DIR]
@@ -70,6 +70,10 @@ struct StandaloneArgs {
     /// env: SLUICE_OTLP_ENDPOINT]
     #[arg(long)]
     otlp_endpoint: Option<String>,
+    /// How long a send's deduplication id is remembered, seconds [default: 300;
+    /// env: SLUICE_DEDUP_WINDOW_SECONDS]
+    #[arg(long)]
+    dedup_window_seconds: Option<u64>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SLUICE_LOG_JSON")]
     log_json: bool,
@@ -89,6 +93,7 @@ impl StandaloneArgs {
             "grpc_addr",
             "admin_addr",
             "otlp_endpoint",
+            "dedup_window_seconds",
         ]));
         if let Some(v) = &self.data_dir {
             figment = figment.merge(("data_dir", v));
@@ -101,6 +106,9 @@ impl StandaloneArgs {
         }
         if let Some(v) = &self.otlp_endpoint {
             figment = figment.merge(("otlp_endpoint", v));
+        }
+        if let Some(v) = self.dedup_window_seconds {
+            figment = figment.merge(("dedup_window_seconds", v));
         }
         figment
             .extract()
@@ -168,12 +176,14 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("SLUICE_GRPC_ADDR", "127.0.0.1:9100");
             jail.set_env("SLUICE_OTLP_ENDPOINT", "http://127.0.0.1:4317");
+            jail.set_env("SLUICE_DEDUP_WINDOW_SECONDS", "2");
             let args = StandaloneArgs {
                 config: Some(file.clone()),
                 data_dir: None,
                 grpc_addr: None,
                 admin_addr: Some("127.0.0.1:9201".parse().unwrap()),
                 otlp_endpoint: None,
+                dedup_window_seconds: None,
                 log_json: false,
             };
             let opts = args.options().unwrap();
@@ -181,6 +191,7 @@ mod tests {
             assert_eq!(opts.grpc_addr, "127.0.0.1:9100".parse().unwrap());
             assert_eq!(opts.admin_addr, "127.0.0.1:9201".parse().unwrap());
             assert_eq!(opts.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4317"));
+            assert_eq!(opts.dedup_window_seconds, 2);
             Ok(())
         });
     }
@@ -193,6 +204,7 @@ mod tests {
             grpc_addr: None,
             admin_addr: None,
             otlp_endpoint: None,
+            dedup_window_seconds: None,
             log_json: false,
         };
         assert_eq!(args.options().unwrap(), StandaloneOpts::default());

@@ -23,6 +23,14 @@ pub struct StandaloneOpts {
     /// Where traces go over OTLP/gRPC; none exports nothing.
     #[serde(default)]
     pub otlp_endpoint: Option<String>,
+    /// How long a deduplication id is remembered, seconds. SQS fixes it at 5 minutes; tests
+    /// shorten it to see a send accepted again after the window.
+    #[serde(default = "default_dedup_window")]
+    pub dedup_window_seconds: u64,
+}
+
+fn default_dedup_window() -> u64 {
+    sluice_storage::DEFAULT_DEDUP_WINDOW.as_secs()
 }
 
 impl Default for StandaloneOpts {
@@ -32,6 +40,7 @@ impl Default for StandaloneOpts {
             grpc_addr: ([127, 0, 0, 1], 7070).into(),
             admin_addr: ([127, 0, 0, 1], 7071).into(),
             otlp_endpoint: None,
+            dedup_window_seconds: default_dedup_window(),
         }
     }
 }
@@ -56,13 +65,19 @@ pub async fn start(
 ) -> anyhow::Result<Standalone> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
-    let engine =
-        Engine::open(EngineOptions::new(opts.data_dir.join("queues"))).with_context(|| {
-            format!(
-                "cannot open the queue engine in {}",
-                opts.data_dir.display()
-            )
-        })?;
+    if opts.dedup_window_seconds == 0 {
+        anyhow::bail!("dedup_window_seconds must be at least 1");
+    }
+    let engine = Engine::open(EngineOptions {
+        dedup_window: std::time::Duration::from_secs(opts.dedup_window_seconds),
+        ..EngineOptions::new(opts.data_dir.join("queues"))
+    })
+    .with_context(|| {
+        format!(
+            "cannot open the queue engine in {}",
+            opts.data_dir.display()
+        )
+    })?;
     let meta = EmbeddedStore::open(&opts.data_dir.join("meta")).with_context(|| {
         format!(
             "cannot open the metadata store in {}",

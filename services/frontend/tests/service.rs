@@ -581,3 +581,193 @@ async fn list_pages_purge_and_delete() {
     f.create("a2", Default::default()).await.unwrap();
     assert_eq!(f.total("a2").await, 0);
 }
+
+fn assert_code(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, names: &str) {
+    let status = result.expect_err("request must be refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(
+        status.message().contains(names),
+        "message {:?} should name {names}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn fifo_dead_letter_and_move_task_limits_store_nothing() {
+    let f = fixture().await;
+    let fifo = pb::QueueAttributes {
+        fifo: true,
+        ..Default::default()
+    };
+    f.create("jobs.fifo", fifo.clone()).await.unwrap();
+    f.create("plain", Default::default()).await.unwrap();
+
+    // FIFO sends: group and deduplication are required, no per-message delay, ids checked.
+    let fifo_send = |group: &str, dedup: &str| pb::SendMessageRequest {
+        group_id: group.into(),
+        deduplication_id: dedup.into(),
+        ..body("jobs.fifo", b"x")
+    };
+    assert_invalid(f.send(fifo_send("", "d1")).await, "group_id");
+    assert_invalid(f.send(fifo_send("g", "")).await, "deduplication_id");
+    assert_invalid(f.send(fifo_send("g\u{7f}", "d1")).await, "group_id");
+    assert_invalid(f.send(fifo_send(&"g".repeat(129), "d1")).await, "group_id");
+    assert_invalid(
+        f.send(pb::SendMessageRequest {
+            delay_seconds: Some(5),
+            ..fifo_send("g", "d1")
+        })
+        .await,
+        "delay_seconds",
+    );
+    assert_eq!(f.total("jobs.fifo").await, 0);
+    // The same rules fail one batch entry alone.
+    let batch = f
+        .service
+        .send_message_batch(Request::new(pb::SendMessageBatchRequest {
+            queue: "jobs.fifo".into(),
+            entries: vec![
+                pb::SendMessageBatchEntry {
+                    id: "ok".into(),
+                    body: bytes::Bytes::from_static(b"x"),
+                    group_id: "g".into(),
+                    deduplication_id: "d1".into(),
+                    ..Default::default()
+                },
+                pb::SendMessageBatchEntry {
+                    id: "no-group".into(),
+                    body: bytes::Bytes::from_static(b"y"),
+                    deduplication_id: "d2".into(),
+                    ..Default::default()
+                },
+            ],
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(batch.successful.len(), 1);
+    assert_eq!(batch.failed.len(), 1);
+    assert_eq!(batch.failed[0].id, "no-group");
+    assert!(batch.failed[0].message.contains("group_id"));
+    assert_eq!(f.total("jobs.fifo").await, 1);
+
+    // Queue attributes of the new features.
+    let with_dlq = |dlq: &str, count: u32| pb::QueueAttributes {
+        redrive_policy: Some(pb::RedrivePolicy {
+            dead_letter_queue: dlq.into(),
+            max_receive_count: count,
+        }),
+        ..Default::default()
+    };
+    assert_code(
+        f.create("orders", with_dlq("missing", 3)).await,
+        Code::NotFound,
+        "missing",
+    );
+    assert_invalid(
+        f.create("orders", with_dlq("jobs.fifo", 3)).await,
+        "dead_letter_queue",
+    );
+    assert_invalid(
+        f.create("orders", with_dlq("plain", 0)).await,
+        "max_receive_count",
+    );
+    assert_invalid(
+        f.create("orders", with_dlq("plain", 1001)).await,
+        "max_receive_count",
+    );
+    assert_invalid(
+        f.create("orders", with_dlq("orders", 3)).await,
+        "dead_letter_queue",
+    );
+    assert_invalid(
+        f.create(
+            "orders",
+            pb::QueueAttributes {
+                content_based_deduplication: true,
+                ..Default::default()
+            },
+        )
+        .await,
+        "content_based_deduplication",
+    );
+    assert_invalid(f.create("orders", fifo.clone()).await, "fifo");
+    assert_code(
+        f.service
+            .get_queue(Request::new(pb::GetQueueRequest {
+                name: "orders".into(),
+            }))
+            .await,
+        Code::NotFound,
+        "orders",
+    );
+    let set = |attributes| {
+        f.service
+            .set_queue_attributes(Request::new(pb::SetQueueAttributesRequest {
+                name: "plain".into(),
+                attributes: Some(attributes),
+            }))
+    };
+    assert_code(set(with_dlq("missing", 3)).await, Code::NotFound, "missing");
+    assert_invalid(set(fifo.clone()).await, "fifo");
+    let plain = f
+        .service
+        .get_queue(Request::new(pb::GetQueueRequest {
+            name: "plain".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .queue
+        .unwrap();
+    let attributes = plain.attributes.unwrap();
+    assert_eq!(
+        attributes.redrive_policy, None,
+        "a refused set changed nothing"
+    );
+    assert!(!attributes.fifo);
+
+    // Move tasks.
+    let start = |source: &str, destination: &str, rate: Option<u32>| {
+        f.service
+            .start_message_move_task(Request::new(pb::StartMessageMoveTaskRequest {
+                source: source.into(),
+                destination: destination.into(),
+                max_messages_per_second: rate,
+            }))
+    };
+    assert_invalid(start("plain", "", Some(0)).await, "max_messages_per_second");
+    assert_invalid(
+        start("plain", "", Some(1001)).await,
+        "max_messages_per_second",
+    );
+    assert_code(start("missing", "", None).await, Code::NotFound, "missing");
+    assert_code(
+        start("plain", "missing", None).await,
+        Code::NotFound,
+        "missing",
+    );
+    assert_invalid(start("plain", "plain", None).await, "destination");
+    assert_invalid(start("plain", "jobs.fifo", None).await, "destination");
+    let listed = f
+        .service
+        .list_message_move_tasks(Request::new(pb::ListMessageMoveTasksRequest {
+            source: "plain".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.tasks.is_empty(), "refused starts created {listed:?}");
+    let cancel = |handle: &str| {
+        f.service
+            .cancel_message_move_task(Request::new(pb::CancelMessageMoveTaskRequest {
+                task_handle: handle.into(),
+            }))
+    };
+    assert_invalid(cancel("garbage").await, "task_handle");
+    assert_code(
+        cancel("plain/3f0e4b7c-1f43-4d55-9d7a-2d9a6c1c5e11").await,
+        Code::NotFound,
+        "3f0e4b7c",
+    );
+}
