@@ -70,6 +70,10 @@ struct RunArgs {
     /// Seconds to run.
     #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// Use a FIFO queue (its name must end in `.fifo`) with this many message groups; sends
+    /// spread over the groups in turn, each with a unique deduplication id.
+    #[arg(long)]
+    groups: Option<usize>,
     /// Keep what is in the queue instead of purging it first, e.g. to consume a backlog that
     /// an earlier run with --consumers 0 left.
     #[arg(long)]
@@ -119,43 +123,72 @@ struct Counters {
     receive_errors: AtomicU64,
 }
 
-/// What every producer and consumer of a phase shares.
+/// What the producers send, and where.
 #[derive(Clone)]
-struct Load {
+struct Workload {
     endpoint: String,
     queue: String,
     size: usize,
     batch: usize,
+    /// FIFO message groups; 0 for a standard queue.
+    groups: usize,
+}
+
+/// What every producer and consumer of a phase shares.
+#[derive(Clone)]
+struct Load {
+    work: Workload,
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
 }
 
-async fn producer(load: Load) -> anyhow::Result<Histogram<u64>> {
-    let mut client = connect(&load.endpoint).await?;
+/// The group and deduplication id of a producer's `n`th message; empty on a standard queue.
+fn fifo_fields(work: &Workload, producer: usize, n: u64) -> (String, String) {
+    if work.groups == 0 {
+        return (String::new(), String::new());
+    }
+    let group = format!("g{}", (n as usize + producer) % work.groups);
+    (group, format!("p{producer}-{n}"))
+}
+
+async fn producer(load: Load, index: usize) -> anyhow::Result<Histogram<u64>> {
+    let work = &load.work;
+    let mut client = connect(&work.endpoint).await?;
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let body = bytes::Bytes::from(vec![b'x'; load.size]);
+    let body = bytes::Bytes::from(vec![b'x'; work.size]);
+    let mut n = 0u64;
     while !load.stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        let result = if load.batch <= 1 {
+        let result = if work.batch <= 1 {
+            let (group_id, deduplication_id) = fifo_fields(work, index, n);
+            n += 1;
             client
                 .send_message(pb::SendMessageRequest {
-                    queue: load.queue.clone(),
+                    queue: work.queue.clone(),
                     body: body.clone(),
+                    group_id,
+                    deduplication_id,
                     ..Default::default()
                 })
                 .await
                 .map(|_| 1)
         } else {
-            let entries = (0..load.batch)
-                .map(|i| pb::SendMessageBatchEntry {
-                    id: i.to_string(),
-                    body: body.clone(),
-                    ..Default::default()
+            let entries = (0..work.batch)
+                .map(|i| {
+                    let (group_id, deduplication_id) = fifo_fields(work, index, n + i as u64);
+                    pb::SendMessageBatchEntry {
+                        id: i.to_string(),
+                        body: body.clone(),
+                        group_id,
+                        deduplication_id,
+                        ..Default::default()
+                    }
                 })
                 .collect();
+            n += work.batch as u64;
             client
                 .send_message_batch(pb::SendMessageBatchRequest {
-                    queue: load.queue.clone(),
+                    queue: work.queue.clone(),
                     entries,
                 })
                 .await
@@ -175,11 +208,11 @@ async fn producer(load: Load) -> anyhow::Result<Histogram<u64>> {
 }
 
 async fn consumer(load: Load) -> anyhow::Result<()> {
-    let mut client = connect(&load.endpoint).await?;
+    let mut client = connect(&load.work.endpoint).await?;
     while !load.stop.load(Ordering::Relaxed) {
         let got = client
             .receive_message(pb::ReceiveMessageRequest {
-                queue: load.queue.clone(),
+                queue: load.work.queue.clone(),
                 max_messages: 10,
                 wait_time_seconds: Some(1),
                 visibility_timeout_seconds: Some(60),
@@ -205,7 +238,7 @@ async fn consumer(load: Load) -> anyhow::Result<()> {
             .collect();
         if client
             .delete_message_batch(pb::DeleteMessageBatchRequest {
-                queue: load.queue.clone(),
+                queue: load.work.queue.clone(),
                 entries,
             })
             .await
@@ -247,24 +280,18 @@ impl PhaseResult {
 /// Runs `producers` and `consumers` until `done(elapsed, counters)` holds, printing the rates
 /// of every second on stderr when `progress` is set.
 async fn phase(
-    endpoint: &str,
-    queue: &str,
-    size: usize,
-    batch: usize,
+    work: &Workload,
     (producers, consumers): (usize, usize),
     progress: bool,
     done: impl Fn(Duration, &Counters) -> bool,
 ) -> anyhow::Result<PhaseResult> {
     let load = Load {
-        endpoint: endpoint.to_owned(),
-        queue: queue.to_owned(),
-        size,
-        batch,
+        work: work.clone(),
         counters: Arc::new(Counters::default()),
         stop: Arc::new(AtomicBool::new(false)),
     };
     let producer_tasks: Vec<_> = (0..producers)
-        .map(|_| tokio::spawn(producer(load.clone())))
+        .map(|index| tokio::spawn(producer(load.clone(), index)))
         .collect();
     let consumer_tasks: Vec<_> = (0..consumers)
         .map(|_| tokio::spawn(consumer(load.clone())))
@@ -312,12 +339,17 @@ async fn phase(
     })
 }
 
-/// Creates the queue if it is missing; empties it unless `keep`.
+/// Creates the queue if it is missing (FIFO when its name ends in `.fifo`); empties it unless
+/// `keep`.
 async fn prepare_queue(endpoint: &str, queue: &str, keep: bool) -> anyhow::Result<()> {
     let mut admin = connect(endpoint).await?;
     let created = admin
         .create_queue(pb::CreateQueueRequest {
             name: queue.to_owned(),
+            attributes: Some(pb::QueueAttributes {
+                fifo: queue.ends_with(".fifo"),
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .await;
@@ -341,13 +373,23 @@ async fn prepare_queue(endpoint: &str, queue: &str, keep: bool) -> anyhow::Resul
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     anyhow::ensure!((1..=10).contains(&args.batch), "--batch must be 1 to 10");
+    let groups = args.groups.unwrap_or(0);
+    anyhow::ensure!(args.groups != Some(0), "--groups must be at least 1");
+    anyhow::ensure!(
+        (groups > 0) == args.queue.ends_with(".fifo"),
+        "--groups goes with a FIFO queue, whose name ends in .fifo (e.g. --queue bench.fifo)"
+    );
     prepare_queue(&args.endpoint, &args.queue, args.keep).await?;
     let duration = Duration::from_secs(args.duration);
+    let work = Workload {
+        endpoint: args.endpoint.clone(),
+        queue: args.queue.clone(),
+        size: args.size,
+        batch: args.batch,
+        groups,
+    };
     let result = phase(
-        &args.endpoint,
-        &args.queue,
-        args.size,
-        args.batch,
+        &work,
         (args.producers, args.consumers),
         !args.json,
         |elapsed, _| elapsed >= duration,
@@ -358,6 +400,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "consumers": args.consumers,
         "message_bytes": args.size,
         "batch": args.batch,
+        "groups": groups,
         "seconds": result.seconds,
         "sent": result.sent,
         "received": result.received,
@@ -380,6 +423,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "producers {} consumers {} size {} B batch {} for {:.1} s",
             args.producers, args.consumers, args.size, args.batch, result.seconds
         );
+        if groups > 0 {
+            println!("FIFO queue {} with {groups} message groups", args.queue);
+        }
         println!(
             "sent      {:>10.0} msgs/s ({} messages, {} errors)",
             result.sent_per_second(),
@@ -407,16 +453,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// `args.measure` of them. Returns (fill msgs/s, drain msgs/s).
 async fn drain_once(args: &DrainArgs, backlog: u64) -> anyhow::Result<(f64, f64)> {
     prepare_queue(&args.endpoint, &args.queue, false).await?;
-    let (endpoint, queue, size) = (&args.endpoint, &args.queue, args.size);
-    let fill = phase(
-        endpoint,
-        queue,
-        size,
-        10,
-        (args.producers, 0),
-        false,
-        |_, c| c.sent.load(Ordering::Relaxed) >= backlog,
-    )
+    let work = Workload {
+        endpoint: args.endpoint.clone(),
+        queue: args.queue.clone(),
+        size: args.size,
+        batch: 10,
+        groups: 0,
+    };
+    let fill = phase(&work, (args.producers, 0), false, |_, c| {
+        c.sent.load(Ordering::Relaxed) >= backlog
+    })
     .await?;
     anyhow::ensure!(
         fill.send_errors == 0,
@@ -424,15 +470,9 @@ async fn drain_once(args: &DrainArgs, backlog: u64) -> anyhow::Result<(f64, f64)
         fill.send_errors
     );
     let measure = args.measure;
-    let drain = phase(
-        endpoint,
-        queue,
-        size,
-        10,
-        (0, args.consumers),
-        false,
-        |_, c| c.received.load(Ordering::Relaxed) >= measure,
-    )
+    let drain = phase(&work, (0, args.consumers), false, |_, c| {
+        c.received.load(Ordering::Relaxed) >= measure
+    })
     .await?;
     anyhow::ensure!(
         drain.receive_errors == 0,
@@ -457,6 +497,10 @@ async fn drain(args: DrainArgs) -> anyhow::Result<()> {
         "--backlog ({}) must be at least --measure ({}), which must be positive",
         args.backlog,
         args.measure
+    );
+    anyhow::ensure!(
+        !args.queue.ends_with(".fifo"),
+        "drain measures a standard queue; --queue must not end in .fifo"
     );
     let (_, small) = drain_once(&args, args.measure).await?;
     let (fill, large) = drain_once(&args, args.backlog).await?;
