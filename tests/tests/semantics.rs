@@ -200,6 +200,12 @@ async fn poison_message_is_dead_lettered_after_max_receives_and_redriven_back() 
     assert_eq!(back[0].dead_letter_source_queue, "");
     let tasks = server.cli_ok(&["dlq", "tasks", "jobs-dead"]);
     assert!(tasks.contains("completed  moved 1 of 1"), "{tasks}");
+
+    // An empty dead-letter queue name removes the policy.
+    server.cli_ok(&["queue", "set", "jobs", "--dlq", ""]);
+    let queue: serde_json::Value =
+        serde_json::from_str(&server.cli_ok(&["queue", "get", "jobs", "--json"])).unwrap();
+    assert!(queue["attributes"]["redrive_policy"].is_null(), "{queue}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -117,8 +117,8 @@ pub struct AttributeArgs {
     #[arg(long)]
     content_dedup: bool,
     /// Dead-letter queue: a message received --max-receives times moves there; an empty name
-    /// removes the policy.
-    #[arg(long, requires = "max_receives")]
+    /// removes the policy (the server refuses a non-empty one without --max-receives).
+    #[arg(long)]
     dlq: Option<String>,
     /// Receives before a message moves to the dead-letter queue (1 to 1000).
     #[arg(long, requires = "dlq")]
