@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Sluice needs on Debian, only where it is missing:
-# protoc (the gRPC code generator) and libclang (RocksDB's bindings are generated with it).
+# protoc (the gRPC code generator), libclang (RocksDB's bindings are generated with it) and
+# etcd (the metadata store of the distributed deployment; the tests start their own).
 set -euo pipefail
 
 missing=()
@@ -13,6 +14,7 @@ if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so*
     missing+=(libclang-dev)
 fi
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}" >&2

@@ -177,6 +177,104 @@ impl Drop for StandaloneProcess {
     }
 }
 
+/// A free TCP port on loopback. The port is released before it is returned, so another process
+/// may take it first; starting a server on it is retried by the callers that can.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The `etcd` binary: `SLUICE_ETCD_BIN`, or `etcd` on the PATH (Debian's `etcd-server`).
+pub fn etcd_bin() -> PathBuf {
+    std::env::var_os("SLUICE_ETCD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("etcd"))
+}
+
+/// A single-member etcd on free loopback ports with its data in a temporary directory, killed
+/// when dropped.
+pub struct EtcdProcess {
+    child: Child,
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdProcess {
+    /// Starts etcd and waits until it answers `/health`.
+    pub fn start() -> anyhow::Result<Self> {
+        let mut last_error = None;
+        // A port picked as free can be taken before etcd binds it; try a few times.
+        for _ in 0..3 {
+            match Self::try_start() {
+                Ok(etcd) => return Ok(etcd),
+                Err(err) => last_error = Some(err),
+            }
+        }
+        Err(last_error.expect("at least one attempt"))
+    }
+
+    fn try_start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let client = format!("http://127.0.0.1:{}", free_port()?);
+        let peer = format!("http://127.0.0.1:{}", free_port()?);
+        let mut child = Command::new(etcd_bin())
+            .arg("--name=sluice-test")
+            .arg(format!("--data-dir={}", dir.path().join("etcd").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=sluice-test={peer}"))
+            .args(["--logger=zap", "--log-outputs=stderr", "--log-level=error"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot start {} (install Debian's etcd-server)",
+                    etcd_bin().display()
+                )
+            })?;
+        let addr: SocketAddr = client.trim_start_matches("http://").parse()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!("etcd exited before it was ready: {status}");
+            }
+            if matches!(http_get(addr, "/health"), Ok((200, body)) if body.contains("true")) {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("etcd did not become healthy on {client}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(EtcdProcess {
+            child,
+            endpoint: client,
+            _dir: dir,
+        })
+    }
+
+    /// SIGKILL.
+    pub fn kill9(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A minimal HTTP/1.0 GET, enough for the admin endpoints.
 pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;

@@ -1,11 +1,15 @@
 //! The metadata store: the source of truth for queues and, later, cluster membership. Services
 //! talk to the `MetaStore` trait; standalone uses the embedded RocksDB implementation in its data
-//! directory, the distributed deployment an etcd one. The trait is the small subset of etcd's
+//! directory, the distributed deployment etcd (`EtcdStore`). The trait is the small subset of etcd's
 //! model the services need: versioned keys, prefix listing and compare-and-swap.
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 mod embedded;
+mod etcd;
 
 pub use embedded::EmbeddedStore;
+pub use etcd::EtcdStore;
 
 use async_trait::async_trait;
 
@@ -62,4 +66,13 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// Atomically increments the counter under `key` and returns the new value (first is 1).
     async fn next_id(&self, key: &str) -> Result<u64>;
+}
+
+/// Decodes a counter written by `next_id`: 8 bytes, big-endian.
+pub(crate) fn counter_value(key: &str, value: &[u8]) -> Result<u64> {
+    let bytes: [u8; 8] = value.try_into().map_err(|_| Error::Corrupt {
+        key: key.to_owned(),
+        reason: "counter is not 8 bytes".into(),
+    })?;
+    Ok(u64::from_be_bytes(bytes))
 }

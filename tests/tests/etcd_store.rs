@@ -1,0 +1,68 @@
+//! The etcd metadata store against a real etcd (Debian's `etcd-server`) started on free ports.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use sluice_metastore::{EtcdStore, MetaStore};
+use sluice_tests::EtcdProcess;
+
+#[tokio::test]
+async fn follows_the_store_contract() {
+    let etcd = EtcdProcess::start().unwrap();
+    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint), "/sluice/")
+        .await
+        .unwrap();
+    sluice_metastore::conformance::check(&store).await;
+
+    // Another root on the same etcd sees none of it.
+    let other = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint), "/other/")
+        .await
+        .unwrap();
+    assert!(other.list("", "", 100).await.unwrap().is_empty());
+    assert_eq!(other.next_id("ids/queue").await.unwrap(), 1);
+    assert_eq!(store.next_id("ids/queue").await.unwrap(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_and_counters_have_one_winner_each() {
+    let etcd = EtcdProcess::start().unwrap();
+    let store = Arc::new(
+        EtcdStore::connect(std::slice::from_ref(&etcd.endpoint), "/sluice/")
+            .await
+            .unwrap(),
+    );
+    let mut tasks = Vec::new();
+    for i in 0..16u8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let created = store.create("queues/q", vec![i]).await.unwrap();
+            let id = store.next_id("ids/queue").await.unwrap();
+            (created.is_some(), id)
+        }));
+    }
+    let mut winners = 0;
+    let mut ids = HashSet::new();
+    for task in tasks {
+        let (won, id) = task.await.unwrap();
+        winners += usize::from(won);
+        assert!(ids.insert(id), "id {id} handed out twice");
+    }
+    assert_eq!(winners, 1, "exactly one create of the same name succeeds");
+    assert_eq!(ids, (1..=16).collect());
+}
+
+#[tokio::test]
+async fn an_unreachable_etcd_is_unavailable() {
+    let etcd = EtcdProcess::start().unwrap();
+    let endpoint = etcd.endpoint.clone();
+    let store = EtcdStore::connect(std::slice::from_ref(&endpoint), "/sluice/")
+        .await
+        .unwrap();
+    etcd.kill9().unwrap();
+    let err = store.get("queues/q").await.unwrap_err();
+    let status: sluice_common::Error = err.into();
+    assert!(
+        matches!(status, sluice_common::Error::Unavailable(_)),
+        "{status:?}"
+    );
+}
