@@ -2,7 +2,10 @@
 // always matches the .proto files; the descriptor set feeds gRPC server reflection.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    let protos = ["../../proto/sluice/v1/queue.proto"];
+    let protos = [
+        "../../proto/sluice/v1/queue.proto",
+        "../../proto/sluice/v1/backend.proto",
+    ];
     tonic_build::configure()
         // Bodies arrive as slices of the HTTP/2 receive buffer instead of fresh copies.
         .bytes(["."])

@@ -14,15 +14,24 @@ use tonic::transport::Channel;
 
 /// The `sluice` binary: `SLUICE_BIN`, or the one cargo built next to this test executable.
 pub fn sluice_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("SLUICE_BIN") {
+    built_bin("SLUICE_BIN", "sluice")
+}
+
+/// The `sluice-backend` binary: `SLUICE_BACKEND_BIN`, or the one cargo built.
+pub fn backend_bin() -> PathBuf {
+    built_bin("SLUICE_BACKEND_BIN", "sluice-backend")
+}
+
+fn built_bin(env: &str, name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env) {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/sluice
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
     let bin = exe
         .parent()
         .and_then(Path::parent)
-        .map(|dir| dir.join("sluice"))
+        .map(|dir| dir.join(name))
         .expect("test executable lives in target/<profile>/deps");
     assert!(
         bin.exists(),
@@ -32,16 +41,35 @@ pub fn sluice_bin() -> PathBuf {
     bin
 }
 
+/// A server command on free ports with its data in `data_dir`, quiet logs and no stdin; callers
+/// may change any of it before it starts.
+fn server_command(bin: PathBuf, args: &[&str], data_dir: &Path) -> Command {
+    let mut command = Command::new(bin);
+    command
+        .args(args)
+        .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    command
+}
+
 /// A `sluice standalone` process.
-pub struct StandaloneProcess {
+pub type StandaloneProcess = ServerProcess;
+
+/// A Sluice server process (`sluice standalone`, `sluice-backend`) on free ports, killed when
+/// dropped.
+pub struct ServerProcess {
     child: Child,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub data_dir: PathBuf,
 }
 
-impl StandaloneProcess {
-    /// Starts the server on free ports and waits until it says it is ready.
+impl ServerProcess {
+    /// Starts `sluice standalone` on free ports and waits until it says it is ready.
     pub fn start(data_dir: &Path) -> anyhow::Result<Self> {
         Self::start_with(data_dir, |_| {})
     }
@@ -52,33 +80,44 @@ impl StandaloneProcess {
         data_dir: &Path,
         configure: impl FnOnce(&mut Command),
     ) -> anyhow::Result<Self> {
-        let mut command = Command::new(sluice_bin());
-        command
-            .args([
-                "standalone",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--admin-addr",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        let mut command = server_command(sluice_bin(), &["standalone"], data_dir);
         configure(&mut command);
-        let mut child = command.spawn().context("cannot start sluice standalone")?;
+        Self::spawn(command, data_dir, "sluice standalone ready:")
+    }
+
+    /// Starts node `node` of backend cluster `cluster`, registered in the etcd at `etcd`.
+    pub fn start_backend(
+        data_dir: &Path,
+        etcd: &str,
+        cluster: &str,
+        node: &str,
+    ) -> anyhow::Result<Self> {
+        let args = ["--etcd", etcd, "--cluster", cluster, "--node-id", node];
+        let command = server_command(backend_bin(), &args, data_dir);
+        Self::spawn(command, data_dir, "sluice-backend ready:")
+    }
+
+    /// Runs `command` and waits for the line that starts with `ready`, which carries
+    /// `grpc=ADDR admin=ADDR`.
+    fn spawn(mut command: Command, data_dir: &Path, ready: &str) -> anyhow::Result<Self> {
+        // The ready line is read from stdout, whatever the caller did with the command.
+        command.stdout(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start {:?}", command.get_program()))?;
         let stdout = child.stdout.take().expect("piped");
         let mut lines = BufReader::new(stdout).lines();
         let ready = loop {
             match lines.next() {
-                Some(Ok(line)) if line.starts_with("sluice standalone ready:") => break line,
+                Some(Ok(line)) if line.starts_with(ready) => break line,
                 Some(Ok(_)) => continue,
                 Some(Err(err)) => bail!("reading server output: {err}"),
                 None => {
                     let status = child.wait()?;
-                    bail!("sluice standalone exited before it was ready: {status}");
+                    bail!(
+                        "{:?} exited before it was ready: {status}",
+                        command.get_program()
+                    );
                 }
             }
         };
@@ -91,7 +130,7 @@ impl StandaloneProcess {
                 .ok_or_else(|| anyhow!("no {name}= in {ready:?}"))?;
             Ok(value.parse()?)
         };
-        Ok(StandaloneProcess {
+        Ok(ServerProcess {
             grpc_addr: field("grpc")?,
             admin_addr: field("admin")?,
             child,
@@ -170,7 +209,7 @@ impl StandaloneProcess {
     }
 }
 
-impl Drop for StandaloneProcess {
+impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

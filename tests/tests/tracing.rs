@@ -102,7 +102,7 @@ async fn spans_reach_the_collector_and_logs_carry_the_trace_id() {
             .arg("--log-json")
             .env("SLUICE_OTLP_ENDPOINT", format!("http://{collector_addr}"))
             // Refused requests log at debug; export quickly instead of every 5 s.
-            .env("RUST_LOG", "warn,sluice_frontend=debug")
+            .env("RUST_LOG", "warn,sluice_rpc=debug")
             .env("OTEL_BSP_SCHEDULE_DELAY", "100")
             .stderr(log);
     })

@@ -5,7 +5,7 @@ use tonic::{Code, Status};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The request is malformed or outside a limit; `field` names what to fix.
@@ -90,9 +90,70 @@ impl From<Error> for Status {
     }
 }
 
+/// Turns a status from another Sluice tier back into the error it was made from, so a frontend
+/// passes a backend's answer on with the same code and message.
+impl From<Status> for Error {
+    fn from(status: Status) -> Self {
+        let message = status.message();
+        let strip = |suffix: &str| message.strip_suffix(suffix).unwrap_or(message).to_owned();
+        match status.code() {
+            Code::InvalidArgument => match message
+                .strip_prefix("invalid ")
+                .and_then(|rest| rest.split_once(": "))
+            {
+                Some((field, reason)) => Error::invalid(field, reason),
+                None => Error::invalid("request", message),
+            },
+            Code::NotFound => Error::NotFound {
+                what: strip(" not found"),
+            },
+            Code::AlreadyExists => Error::AlreadyExists {
+                what: strip(" already exists"),
+            },
+            Code::FailedPrecondition => Error::FailedPrecondition(message.to_owned()),
+            Code::ResourceExhausted => Error::ResourceExhausted(message.to_owned()),
+            Code::Unavailable => Error::Unavailable(message.to_owned()),
+            Code::DeadlineExceeded | Code::Cancelled => {
+                Error::Unavailable(format!("{}: {message}", code_name(status.code())))
+            }
+            Code::Unimplemented => Error::Unimplemented(message.to_owned()),
+            Code::Internal => Error::Internal(
+                message
+                    .strip_prefix("internal error: ")
+                    .unwrap_or(message)
+                    .to_owned(),
+            ),
+            code => Error::Internal(format!("{}: {message}", code_name(code))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_comes_back_as_the_error_it_was_made_from() {
+        for err in [
+            Error::invalid("receipt_handle", "garbled: bad base64"),
+            Error::not_found("queue \"orders\""),
+            Error::AlreadyExists {
+                what: "queue \"orders\"".into(),
+            },
+            Error::FailedPrecondition("stale receipt".into()),
+            Error::ResourceExhausted("slow down".into()),
+            Error::Unavailable("closed".into()),
+            Error::Unimplemented("no".into()),
+            Error::Internal("disk on fire".into()),
+        ] {
+            let status = Status::from(err.clone());
+            let back = Error::from(status.clone());
+            assert_eq!(back, err);
+            assert_eq!(Status::from(back).message(), status.message());
+        }
+        let timeout = Error::from(Status::deadline_exceeded("backend took too long"));
+        assert_eq!(timeout.code(), Code::Unavailable);
+    }
 
     #[test]
     fn invalid_argument_names_the_field() {

@@ -6,7 +6,7 @@
 //! endpoint configured the spans are exported over OTLP/gRPC in batches. A caller's W3C
 //! `traceparent` header is honoured, so a request keeps one trace id across tiers.
 
-use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::WithExportConfig;
@@ -116,4 +116,25 @@ pub fn attach_trace(span: &tracing::Span, metadata: &tonic::metadata::MetadataMa
     if trace_id != opentelemetry::trace::TraceId::INVALID {
         span.record("trace_id", tracing::field::display(trace_id));
     }
+}
+
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        // W3C trace context keys and values are plain ASCII; anything else is skipped.
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            value.parse(),
+        ) {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+/// Puts the current span's trace context into an outgoing request's `traceparent`, so the next
+/// tier's span joins the same trace.
+pub fn inject_trace(metadata: &mut tonic::metadata::MetadataMap) {
+    let context = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&context, &mut MetadataInjector(metadata));
 }

@@ -8,10 +8,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
-use sluice_common::telemetry::{self, LogFormat, TelemetryConfig};
-use tokio_util::sync::CancellationToken;
 
 use crate::client::ClientCommand;
 use crate::standalone::StandaloneOpts;
@@ -51,12 +47,22 @@ enum Command {
     Client(ClientCommand),
 }
 
-/// Precedence: flags over `SLUICE_*` environment variables over the config file over defaults.
+/// Settings come from flags, over `SLUICE_<SETTING>` environment variables, over the config
+/// file, over the defaults shown.
 #[derive(clap::Args)]
 struct StandaloneArgs {
     /// TOML file with data_dir, grpc_addr, admin_addr, otlp_endpoint and dedup_window_seconds.
     #[arg(long, env = "SLUICE_CONFIG")]
     config: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "SLUICE_LOG_JSON")]
+    log_json: bool,
+    #[command(flatten)]
+    flags: StandaloneFlags,
+}
+
+#[derive(clap::Args, serde::Serialize, Default)]
+struct StandaloneFlags {
     /// Where messages and metadata are stored [default: ./sluice-data; env: SLUICE_DATA_DIR]
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -74,72 +80,38 @@ struct StandaloneArgs {
     /// env: SLUICE_DEDUP_WINDOW_SECONDS]
     #[arg(long)]
     dedup_window_seconds: Option<u64>,
-    /// Log as JSON lines instead of text.
-    #[arg(long, env = "SLUICE_LOG_JSON")]
-    log_json: bool,
 }
 
 impl StandaloneArgs {
     fn options(&self) -> anyhow::Result<StandaloneOpts> {
-        let mut figment = Figment::from(Serialized::defaults(StandaloneOpts::default()));
-        if let Some(path) = &self.config {
-            if !path.exists() {
-                anyhow::bail!("config file {} does not exist", path.display());
-            }
-            figment = figment.merge(Toml::file(path));
-        }
-        figment = figment.merge(Env::prefixed("SLUICE_").only(&[
-            "data_dir",
-            "grpc_addr",
-            "admin_addr",
-            "otlp_endpoint",
-            "dedup_window_seconds",
-        ]));
-        if let Some(v) = &self.data_dir {
-            figment = figment.merge(("data_dir", v));
-        }
-        if let Some(v) = &self.grpc_addr {
-            figment = figment.merge(("grpc_addr", v));
-        }
-        if let Some(v) = &self.admin_addr {
-            figment = figment.merge(("admin_addr", v));
-        }
-        if let Some(v) = &self.otlp_endpoint {
-            figment = figment.merge(("otlp_endpoint", v));
-        }
-        if let Some(v) = self.dedup_window_seconds {
-            figment = figment.merge(("dedup_window_seconds", v));
-        }
-        figment
-            .extract()
-            .map_err(|err| anyhow::anyhow!("bad configuration: {err}"))
+        sluice_common::config::load(
+            &StandaloneOpts::default(),
+            self.config.as_deref(),
+            &self.flags,
+        )
     }
 }
 
 async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     let opts = args.options()?;
-    let telemetry = telemetry::init(TelemetryConfig {
-        service_name: "sluice-standalone",
-        log_format: if args.log_json {
-            LogFormat::Json
-        } else {
-            LogFormat::Text
+    let otlp = opts.otlp_endpoint.clone();
+    sluice_common::service::run(
+        "sluice-standalone",
+        args.log_json,
+        otlp,
+        |shutdown| async move {
+            let server = standalone::start(&opts, shutdown).await?;
+            // A machine-readable line on stdout: scripts and tests wait for it to know the ports.
+            println!(
+                "sluice standalone ready: grpc={} admin={} data_dir={}",
+                server.grpc_addr,
+                server.admin_addr,
+                opts.data_dir.display()
+            );
+            server.wait().await
         },
-        otlp_endpoint: opts.otlp_endpoint.clone(),
-    })?;
-    let shutdown = CancellationToken::new();
-    sluice_common::shutdown::cancel_on_signal(shutdown.clone());
-    let server = standalone::start(&opts, shutdown).await?;
-    // A machine-readable line on stdout: scripts and tests wait for it to know the ports.
-    println!(
-        "sluice standalone ready: grpc={} admin={} data_dir={}",
-        server.grpc_addr,
-        server.admin_addr,
-        opts.data_dir.display()
-    );
-    let result = server.wait().await;
-    telemetry.shutdown();
-    result
+    )
+    .await
 }
 
 #[tokio::main]
@@ -179,12 +151,11 @@ mod tests {
             jail.set_env("SLUICE_DEDUP_WINDOW_SECONDS", "2");
             let args = StandaloneArgs {
                 config: Some(file.clone()),
-                data_dir: None,
-                grpc_addr: None,
-                admin_addr: Some("127.0.0.1:9201".parse().unwrap()),
-                otlp_endpoint: None,
-                dedup_window_seconds: None,
                 log_json: false,
+                flags: StandaloneFlags {
+                    admin_addr: Some("127.0.0.1:9201".parse().unwrap()),
+                    ..Default::default()
+                },
             };
             let opts = args.options().unwrap();
             assert_eq!(opts.data_dir, PathBuf::from("/from/file"));
@@ -197,16 +168,17 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn defaults_without_file_or_env() {
-        let args = StandaloneArgs {
-            config: None,
-            data_dir: None,
-            grpc_addr: None,
-            admin_addr: None,
-            otlp_endpoint: None,
-            dedup_window_seconds: None,
-            log_json: false,
-        };
-        assert_eq!(args.options().unwrap(), StandaloneOpts::default());
+        // Inside a Jail, so no other test's environment variables are set meanwhile.
+        figment::Jail::expect_with(|_| {
+            let args = StandaloneArgs {
+                config: None,
+                log_json: false,
+                flags: StandaloneFlags::default(),
+            };
+            assert_eq!(args.options().unwrap(), StandaloneOpts::default());
+            Ok(())
+        });
     }
 }

@@ -1,8 +1,7 @@
 //! The public `sluice.v1.QueueService`: validates every request against the limits of DESIGN
 //! section 3, resolves queue names through the metadata store, and hands the work to a
-//! `QueueBackend` — the in-process engine in standalone, a backend cluster over the network later.
+//! `QueueBackend`: the in-process engine in standalone, a backend node over the network otherwise.
 
-mod backend;
 mod catalog;
 mod digest;
 mod metrics;
@@ -10,7 +9,7 @@ mod server;
 mod service;
 pub mod validate;
 
-pub use backend::QueueBackend;
 pub use catalog::Catalog;
 pub use server::{serve, ServerHandle};
 pub use service::QueueServiceImpl;
+pub use sluice_backend::QueueBackend;

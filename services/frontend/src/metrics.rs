@@ -1,8 +1,14 @@
 use std::sync::LazyLock;
 
 use prometheus::{register_histogram_vec, register_int_counter_vec, HistogramVec, IntCounterVec};
+use sluice_common::rpc::RpcMetrics;
 
-pub(crate) static RPC_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+pub(crate) static RPC: LazyLock<RpcMetrics> = LazyLock::new(|| RpcMetrics {
+    requests: &RPC_REQUESTS,
+    duration: &RPC_DURATION,
+});
+
+static RPC_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "sluice_rpc_requests_total",
         "QueueService requests by method and gRPC code",
@@ -11,7 +17,7 @@ pub(crate) static RPC_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub(crate) static RPC_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+static RPC_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "sluice_rpc_duration_seconds",
         "QueueService request latency by method (long polls included)",

@@ -38,6 +38,8 @@ pub async fn serve(
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
+        // The descriptor set holds the internal APIs too; the public port shows only its own.
+        .with_service_name("sluice.v1.QueueService")
         .build_v1()
         .map_err(|err| std::io::Error::other(format!("reflection: {err}")))?;
     let queue_service = QueueServiceServer::new(service)

@@ -3,10 +3,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use sluice_common::error::code_name;
-use sluice_common::telemetry;
+use sluice_backend::QueueBackend;
+use sluice_common::rpc;
 use sluice_common::{Error, Result};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::queue_service_server::QueueService;
@@ -14,9 +14,7 @@ use sluice_storage::{
     AttributeValue, DeadLetter, MoveTask, MoveTaskStatus, NewMessage, QueueConfig, QueueCounts,
 };
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
-use crate::backend::QueueBackend;
 use crate::catalog::{Catalog, QueueRecord, Stored};
 use crate::digest;
 use crate::metrics;
@@ -90,43 +88,17 @@ where
     R: QueueName,
     Fut: Future<Output = Result<T>>,
 {
-    let started = Instant::now();
     let (metadata, _, request) = request.into_parts();
-    // The `otel.*` fields name the exported span after OpenTelemetry's RPC conventions.
-    let span = tracing::info_span!(
-        "rpc",
-        otel.name = %format_args!("sluice.v1.QueueService/{method}"),
-        otel.kind = "server",
-        rpc.system = "grpc",
-        rpc.grpc.status_code = tracing::field::Empty,
+    let queue = request.queue_name().to_owned();
+    rpc::observe(
+        "sluice.v1.QueueService",
         method,
-        queue = request.queue_name(),
-        trace_id = tracing::field::Empty
-    );
-    telemetry::attach_trace(&span, &metadata);
-    let result = work(request).instrument(span.clone()).await;
-    metrics::RPC_DURATION
-        .with_label_values(&[method])
-        .observe(started.elapsed().as_secs_f64());
-    let code = match &result {
-        Ok(_) => tonic::Code::Ok,
-        Err(err) => err.code(),
-    };
-    metrics::RPC_REQUESTS
-        .with_label_values(&[method, code_name(code)])
-        .inc();
-    span.record("rpc.grpc.status_code", code as i32);
-    match result {
-        Ok(value) => Ok(Response::new(value)),
-        Err(err) => {
-            if matches!(err, Error::Internal(_)) {
-                span.in_scope(|| tracing::error!(error = %err, "request failed"));
-            } else {
-                span.in_scope(|| tracing::debug!(error = %err, "request refused"));
-            }
-            Err(err.into())
-        }
-    }
+        &queue,
+        &metadata,
+        &metrics::RPC,
+        work(request),
+    )
+    .await
 }
 
 fn batch_error(id: String, err: &Error) -> pb::BatchResultError {

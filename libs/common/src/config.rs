@@ -1,0 +1,112 @@
+//! How every Sluice binary reads its settings (DESIGN section 10): built-in defaults, then a TOML
+//! file, then `SLUICE_*` environment variables, then command-line flags, each overriding the one
+//! before.
+
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Loads settings of type `T`. Every top-level field of `defaults` can come from the file
+/// (same name), from `SLUICE_<NAME>` in upper case, or from `flags`: a serializable struct whose
+/// `None` fields and empty lists mean "not given".
+pub fn load<T: Serialize + DeserializeOwned>(
+    defaults: &T,
+    file: Option<&Path>,
+    flags: &impl Serialize,
+) -> anyhow::Result<T> {
+    let mut figment = Figment::from(Serialized::defaults(defaults));
+    if let Some(path) = file {
+        anyhow::ensure!(
+            path.exists(),
+            "config file {} does not exist",
+            path.display()
+        );
+        figment = figment.merge(Toml::file(path));
+    }
+    let keys: Vec<String> = match serde_json::to_value(defaults)? {
+        serde_json::Value::Object(fields) => fields.keys().cloned().collect(),
+        _ => anyhow::bail!("settings must be a struct"),
+    };
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    figment = figment.merge(Env::prefixed("SLUICE_").only(&keys));
+    if let serde_json::Value::Object(given) = serde_json::to_value(flags)? {
+        for (key, value) in given {
+            let unset = value.is_null() || value.as_array().is_some_and(Vec::is_empty);
+            if !unset {
+                figment = figment.merge((key, value));
+            }
+        }
+    }
+    figment
+        .extract()
+        .map_err(|err| anyhow::anyhow!("bad configuration: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, serde::Deserialize)]
+    struct Settings {
+        name: String,
+        port: u16,
+        peers: Vec<String>,
+        extra: Option<String>,
+    }
+
+    #[derive(Serialize)]
+    struct Flags {
+        port: Option<u16>,
+        peers: Vec<String>,
+        extra: Option<String>,
+    }
+
+    #[test]
+    // figment's Jail fixes the closure's error type; its size is not ours to choose.
+    #[allow(clippy::result_large_err)]
+    fn flags_override_env_override_file_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "s.toml",
+                "name = \"file\"\nport = 1\npeers = [\"from-file\"]\n",
+            )?;
+            jail.set_env("SLUICE_PORT", "2");
+            let defaults = Settings {
+                name: "default".into(),
+                port: 0,
+                peers: Vec::new(),
+                extra: Some("default".into()),
+            };
+            let none = Flags {
+                port: None,
+                peers: Vec::new(),
+                extra: None,
+            };
+            let loaded = load(&defaults, Some(Path::new("s.toml")), &none).unwrap();
+            assert_eq!(loaded.name, "file");
+            assert_eq!(loaded.port, 2, "env over file");
+            assert_eq!(
+                loaded.peers,
+                ["from-file"],
+                "an empty flag list is not given"
+            );
+            assert_eq!(loaded.extra.as_deref(), Some("default"));
+
+            let given = Flags {
+                port: Some(3),
+                peers: vec!["flag".into()],
+                extra: Some("flag".into()),
+            };
+            let loaded = load(&defaults, Some(Path::new("s.toml")), &given).unwrap();
+            assert_eq!(
+                (loaded.port, loaded.peers, loaded.extra.as_deref()),
+                (3, vec!["flag".to_owned()], Some("flag"))
+            );
+            assert!(load(&defaults, Some(Path::new("missing.toml")), &none).is_err());
+            Ok(())
+        });
+    }
+}

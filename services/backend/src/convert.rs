@@ -1,0 +1,263 @@
+//! Between the engine's types and the internal API's messages, both ways: the server decodes
+//! what the client encodes with the same functions, so the two cannot drift apart.
+
+use std::time::Duration;
+
+use sluice_common::{Error, Result};
+use sluice_proto::v1 as pb;
+use sluice_storage::{
+    AttributeValue, DeadLetter, MoveTask, MoveTaskStatus, NewMessage, QueueConfig, QueueCounts,
+    ReceivedMessage, SentMessage,
+};
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
+pub fn config_to_pb(config: &QueueConfig) -> pb::EngineQueueConfig {
+    pb::EngineQueueConfig {
+        name: config.name.clone(),
+        retention_seconds: config.retention.as_secs(),
+        fifo: config.fifo,
+        dead_letter_queue_id: config.dead_letter.map_or(0, |d| d.queue),
+        max_receive_count: config.dead_letter.map_or(0, |d| d.max_receive_count),
+    }
+}
+
+pub fn config_from_pb(config: pb::EngineQueueConfig) -> QueueConfig {
+    QueueConfig {
+        name: config.name,
+        retention: Duration::from_secs(config.retention_seconds),
+        fifo: config.fifo,
+        dead_letter: (config.dead_letter_queue_id != 0).then_some(DeadLetter {
+            queue: config.dead_letter_queue_id,
+            max_receive_count: config.max_receive_count,
+        }),
+    }
+}
+
+pub fn counts_to_pb(counts: QueueCounts) -> pb::QueueCounts {
+    pb::QueueCounts {
+        visible: counts.visible,
+        in_flight: counts.in_flight,
+        delayed: counts.delayed,
+    }
+}
+
+pub fn counts_from_pb(counts: pb::QueueCounts) -> QueueCounts {
+    QueueCounts {
+        visible: counts.visible,
+        in_flight: counts.in_flight,
+        delayed: counts.delayed,
+    }
+}
+
+fn attribute_to_pb(value: AttributeValue) -> pb::MessageAttributeValue {
+    pb::MessageAttributeValue {
+        data_type: value.data_type,
+        string_value: value.string_value,
+        binary_value: value.binary_value,
+    }
+}
+
+fn attribute_from_pb(value: pb::MessageAttributeValue) -> AttributeValue {
+    AttributeValue {
+        data_type: value.data_type,
+        string_value: value.string_value,
+        binary_value: value.binary_value,
+    }
+}
+
+pub fn new_message_to_pb(message: NewMessage) -> pb::NewMessage {
+    pb::NewMessage {
+        body: message.body,
+        attributes: message
+            .attributes
+            .into_iter()
+            .map(|(k, v)| (k, attribute_to_pb(v)))
+            .collect(),
+        delay_ms: millis(message.delay),
+        group_id: message.group_id,
+        deduplication_id: message.deduplication_id,
+    }
+}
+
+pub fn new_message_from_pb(message: pb::NewMessage) -> NewMessage {
+    NewMessage {
+        body: message.body,
+        attributes: message
+            .attributes
+            .into_iter()
+            .map(|(k, v)| (k, attribute_from_pb(v)))
+            .collect(),
+        delay: Duration::from_millis(message.delay_ms),
+        group_id: message.group_id,
+        deduplication_id: message.deduplication_id,
+    }
+}
+
+pub fn sent_to_pb(sent: SentMessage) -> pb::SentMessage {
+    pb::SentMessage {
+        message_id: sent.message_id,
+        sequence: sent.sequence,
+        duplicate: sent.duplicate,
+    }
+}
+
+pub fn sent_from_pb(sent: pb::SentMessage) -> SentMessage {
+    SentMessage {
+        message_id: sent.message_id,
+        sequence: sent.sequence,
+        duplicate: sent.duplicate,
+    }
+}
+
+pub fn received_to_pb(m: ReceivedMessage) -> pb::ReceivedMessage {
+    pb::ReceivedMessage {
+        message_id: m.message_id,
+        receipt_handle: m.receipt_handle,
+        body: m.body,
+        attributes: m
+            .attributes
+            .into_iter()
+            .map(|(k, v)| (k, attribute_to_pb(v)))
+            .collect(),
+        sent_timestamp_ms: m.sent_timestamp_ms,
+        receive_count: m.receive_count,
+        first_receive_timestamp_ms: m.first_receive_timestamp_ms,
+        group_id: m.group_id,
+        sequence: m.sequence,
+        dead_letter_source: m.dead_letter_source,
+    }
+}
+
+pub fn received_from_pb(m: pb::ReceivedMessage) -> ReceivedMessage {
+    ReceivedMessage {
+        message_id: m.message_id,
+        receipt_handle: m.receipt_handle,
+        body: m.body,
+        attributes: m
+            .attributes
+            .into_iter()
+            .map(|(k, v)| (k, attribute_from_pb(v)))
+            .collect(),
+        sent_timestamp_ms: m.sent_timestamp_ms,
+        receive_count: m.receive_count,
+        first_receive_timestamp_ms: m.first_receive_timestamp_ms,
+        group_id: m.group_id,
+        sequence: m.sequence,
+        dead_letter_source: m.dead_letter_source,
+    }
+}
+
+pub fn entry_to_pb(result: Result<()>) -> pb::EntryResult {
+    match result {
+        Ok(()) => pb::EntryResult {
+            code: tonic::Code::Ok as i32,
+            message: String::new(),
+        },
+        Err(err) => {
+            let status = tonic::Status::from(err);
+            pb::EntryResult {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+            }
+        }
+    }
+}
+
+pub fn entry_from_pb(result: pb::EntryResult) -> Result<()> {
+    match tonic::Code::from_i32(result.code) {
+        tonic::Code::Ok => Ok(()),
+        code => Err(Error::from(tonic::Status::new(code, result.message))),
+    }
+}
+
+fn status_to_pb(status: MoveTaskStatus) -> pb::MessageMoveTaskStatus {
+    match status {
+        MoveTaskStatus::Running => pb::MessageMoveTaskStatus::Running,
+        MoveTaskStatus::Completed => pb::MessageMoveTaskStatus::Completed,
+        MoveTaskStatus::Cancelled => pb::MessageMoveTaskStatus::Cancelled,
+        MoveTaskStatus::Failed => pb::MessageMoveTaskStatus::Failed,
+    }
+}
+
+fn status_from_pb(status: pb::MessageMoveTaskStatus) -> Result<MoveTaskStatus> {
+    Ok(match status {
+        pb::MessageMoveTaskStatus::Running => MoveTaskStatus::Running,
+        pb::MessageMoveTaskStatus::Completed => MoveTaskStatus::Completed,
+        pb::MessageMoveTaskStatus::Cancelled => MoveTaskStatus::Cancelled,
+        pb::MessageMoveTaskStatus::Failed => MoveTaskStatus::Failed,
+        pb::MessageMoveTaskStatus::Unspecified => {
+            return Err(Error::Internal(
+                "a backend sent a move task without a status".into(),
+            ))
+        }
+    })
+}
+
+pub fn task_to_pb(task: MoveTask) -> pb::MoveTask {
+    pb::MoveTask {
+        id: task.id,
+        destination_queue_id: task.destination.unwrap_or(0),
+        destination_name: task.destination_name,
+        max_messages_per_second: task.max_per_second,
+        status: status_to_pb(task.status) as i32,
+        moved: task.moved,
+        total: task.total,
+        failure_reason: task.failure,
+        started_at_ms: task.started_ms,
+    }
+}
+
+pub fn task_from_pb(task: pb::MoveTask) -> Result<MoveTask> {
+    Ok(MoveTask {
+        status: status_from_pb(task.status())?,
+        id: task.id,
+        destination: (task.destination_queue_id != 0).then_some(task.destination_queue_id),
+        destination_name: task.destination_name,
+        max_per_second: task.max_messages_per_second,
+        moved: task.moved,
+        total: task.total,
+        failure: task.failure_reason,
+        started_ms: task.started_at_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let config = QueueConfig {
+            name: "orders.fifo".into(),
+            retention: Duration::from_secs(3600),
+            fifo: true,
+            dead_letter: Some(DeadLetter {
+                queue: 7,
+                max_receive_count: 3,
+            }),
+        };
+        assert_eq!(config_from_pb(config_to_pb(&config)), config);
+        let standard = QueueConfig::standard("q", Duration::from_secs(60));
+        assert_eq!(config_from_pb(config_to_pb(&standard)), standard);
+
+        let task = MoveTask {
+            id: "t".into(),
+            destination: None,
+            destination_name: String::new(),
+            max_per_second: Some(5),
+            status: MoveTaskStatus::Failed,
+            moved: 3,
+            total: 9,
+            failure: "gone".into(),
+            started_ms: 42,
+        };
+        assert_eq!(task_from_pb(task_to_pb(task.clone())).unwrap(), task);
+
+        let err = Error::FailedPrecondition("stale receipt".into());
+        assert_eq!(entry_from_pb(entry_to_pb(Err(err.clone()))), Err(err));
+        assert_eq!(entry_from_pb(entry_to_pb(Ok(()))), Ok(()));
+    }
+}

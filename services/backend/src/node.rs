@@ -1,0 +1,283 @@
+//! A running backend node: the engine on its data directory, `BackendService` on the gRPC port,
+//! the admin port, and its membership key in etcd, held by a lease that lapses if the node dies.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sluice_common::admin::{self, Readiness};
+use sluice_proto::v1::backend_service_server::BackendServiceServer;
+use sluice_storage::{Engine, EngineOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::service::BackendServiceImpl;
+
+/// Room for a batch of ten 1 MiB messages plus their framing.
+const MAX_GRPC_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// How long in-flight requests get to finish after SIGTERM; a long poll lasts at most 20 s.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
+/// A dead node's key disappears from etcd this long after its last keep-alive.
+const LEASE_TTL_SECONDS: i64 = 5;
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeOpts {
+    pub data_dir: PathBuf,
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// The cluster this node belongs to, e.g. `a`.
+    pub cluster: String,
+    /// This node's name within its cluster, e.g. `a1`.
+    pub node_id: String,
+    /// etcd client URLs; empty runs the node without registering it anywhere.
+    #[serde(default)]
+    pub etcd_endpoints: Vec<String>,
+    /// The root prefix of Sluice's keys in etcd.
+    #[serde(default = "default_etcd_root")]
+    pub etcd_root: String,
+    /// The URL other tiers reach this node's gRPC port at; default: `http://` + the bound
+    /// address.
+    #[serde(default)]
+    pub advertise_url: Option<String>,
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    #[serde(default = "default_dedup_window")]
+    pub dedup_window_seconds: u64,
+}
+
+fn default_etcd_root() -> String {
+    "/sluice/".into()
+}
+
+fn default_dedup_window() -> u64 {
+    sluice_storage::DEFAULT_DEDUP_WINDOW.as_secs()
+}
+
+impl Default for NodeOpts {
+    fn default() -> Self {
+        NodeOpts {
+            data_dir: PathBuf::from("./sluice-backend-data"),
+            grpc_addr: ([127, 0, 0, 1], 7080).into(),
+            admin_addr: ([127, 0, 0, 1], 7081).into(),
+            cluster: "a".into(),
+            node_id: "a1".into(),
+            etcd_endpoints: Vec::new(),
+            etcd_root: default_etcd_root(),
+            advertise_url: None,
+            otlp_endpoint: None,
+            dedup_window_seconds: default_dedup_window(),
+        }
+    }
+}
+
+/// The etcd key that says a node is alive and where it listens.
+pub fn node_key(root: &str, cluster: &str, node: &str) -> String {
+    format!("{root}clusters/{cluster}/nodes/{node}")
+}
+
+/// The value under [`node_key`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeRecord {
+    pub cluster: String,
+    pub node: String,
+    /// Where `BackendService` answers, e.g. `http://127.0.0.1:7080`.
+    pub url: String,
+}
+
+pub struct Node {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    engine: Engine,
+    readiness: Readiness,
+    grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    admin: tokio::task::JoinHandle<()>,
+    admin_shutdown: CancellationToken,
+    membership: Option<Membership>,
+    shutdown: CancellationToken,
+}
+
+/// The node's key in etcd and the task that keeps its lease alive.
+struct Membership {
+    client: etcd_client::Client,
+    lease: i64,
+    keep_alive: tokio::task::JoinHandle<()>,
+}
+
+/// Opens the engine, starts serving, and registers the node; returns once it is ready.
+pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Result<Node> {
+    anyhow::ensure!(
+        opts.dedup_window_seconds > 0,
+        "dedup_window_seconds must be at least 1"
+    );
+    anyhow::ensure!(
+        !opts.cluster.is_empty() && !opts.node_id.is_empty(),
+        "cluster and node_id must be set"
+    );
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
+    let engine = Engine::open(EngineOptions {
+        dedup_window: Duration::from_secs(opts.dedup_window_seconds),
+        ..EngineOptions::new(opts.data_dir.join("queues"))
+    })
+    .with_context(|| {
+        format!(
+            "cannot open the queue engine in {}",
+            opts.data_dir.display()
+        )
+    })?;
+
+    let readiness = Readiness::default();
+    let admin_shutdown = CancellationToken::new();
+    let (admin_addr, admin) =
+        admin::serve(opts.admin_addr, readiness.clone(), admin_shutdown.clone()).await?;
+
+    let listener = tokio::net::TcpListener::bind(opts.grpc_addr)
+        .await
+        .with_context(|| format!("cannot bind gRPC address {}", opts.grpc_addr))?;
+    let grpc_addr = listener.local_addr()?;
+    let service = BackendServiceServer::new(BackendServiceImpl::new(Arc::new(engine.clone())))
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let (mut health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<BackendServiceServer<BackendServiceImpl>>()
+        .await;
+    // Without TCP_NODELAY small responses wait for the peer's delayed ACK (~40 ms each).
+    let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
+        .map_err(|err| anyhow::anyhow!("gRPC listener: {err}"))?;
+    let stop = shutdown.clone();
+    let grpc = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async move {
+                stop.cancelled().await;
+                health
+                    .set_not_serving::<BackendServiceServer<BackendServiceImpl>>()
+                    .await;
+            })
+            .await
+    });
+
+    let url = opts
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{grpc_addr}"));
+    let membership = if opts.etcd_endpoints.is_empty() {
+        None
+    } else {
+        let record = NodeRecord {
+            cluster: opts.cluster.clone(),
+            node: opts.node_id.clone(),
+            url,
+        };
+        Some(register(opts, &record).await?)
+    };
+    readiness.set(true);
+    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, cluster = %opts.cluster, node = %opts.node_id, "backend node ready");
+    Ok(Node {
+        grpc_addr,
+        admin_addr,
+        engine,
+        readiness,
+        grpc,
+        admin,
+        admin_shutdown,
+        membership,
+        shutdown,
+    })
+}
+
+/// Puts the node's key under a lease and keeps the lease alive until the node stops.
+async fn register(opts: &NodeOpts, record: &NodeRecord) -> anyhow::Result<Membership> {
+    let mut client = etcd_client::Client::connect(&opts.etcd_endpoints, None)
+        .await
+        .with_context(|| format!("cannot connect to etcd at {:?}", opts.etcd_endpoints))?;
+    let lease = client
+        .lease_grant(LEASE_TTL_SECONDS, None)
+        .await
+        .context("cannot grant the node's etcd lease")?
+        .id();
+    let key = node_key(&opts.etcd_root, &record.cluster, &record.node);
+    client
+        .put(
+            key.clone(),
+            serde_json::to_vec(record)?,
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .with_context(|| format!("cannot register the node under {key}"))?;
+    let mut keeper = client.clone();
+    let keep_alive = tokio::spawn(async move {
+        // Renew at a third of the TTL, so one lost renewal does not expire the key.
+        let period = Duration::from_secs((LEASE_TTL_SECONDS / 3).max(1) as u64);
+        loop {
+            match keeper.lease_keep_alive(lease).await {
+                Ok((mut renewer, mut responses)) => loop {
+                    if let Err(err) = renewer.keep_alive().await {
+                        tracing::warn!(error = %err, "etcd lease renewal failed");
+                        break;
+                    }
+                    match responses.message().await {
+                        Ok(Some(r)) if r.ttl() > 0 => {}
+                        Ok(_) => {
+                            tracing::error!(lease, "the node's etcd lease expired");
+                            return;
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "etcd lease renewal failed");
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(period).await;
+                },
+                Err(err) => tracing::warn!(error = %err, "cannot renew the node's etcd lease"),
+            }
+            tokio::time::sleep(period).await;
+        }
+    });
+    tracing::info!(key = %key, lease, "registered in etcd");
+    Ok(Membership {
+        client,
+        lease,
+        keep_alive,
+    })
+}
+
+impl Node {
+    /// Waits for the shutdown token, then drains: the node leaves its cluster first (so no new
+    /// work is routed to it), the gRPC server finishes in-flight requests, the engine flushes,
+    /// and the admin port closes last.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let served = tokio::select! {
+            served = &mut self.grpc => Some(served),
+            _ = self.shutdown.cancelled() => None,
+        };
+        self.readiness.set(false);
+        if let Some(mut membership) = self.membership.take() {
+            membership.keep_alive.abort();
+            if let Err(err) = membership.client.lease_revoke(membership.lease).await {
+                tracing::warn!(error = %err, "cannot revoke the node's etcd lease; it expires on its own");
+            }
+        }
+        let served = match served {
+            Some(served) => served,
+            None => match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.grpc).await {
+                Ok(served) => served,
+                Err(_) => {
+                    tracing::warn!(timeout = ?DRAIN_TIMEOUT, "connections still open after the drain timeout, closing them");
+                    self.grpc.abort();
+                    Ok(Ok(()))
+                }
+            },
+        };
+        self.engine.close().await;
+        self.admin_shutdown.cancel();
+        let _ = self.admin.await;
+        tracing::info!("backend node stopped");
+        served
+            .context("gRPC server task failed")?
+            .context("gRPC server failed")
+    }
+}

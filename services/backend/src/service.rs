@@ -1,0 +1,271 @@
+//! The `BackendService` server: each RPC decodes its request, calls the queue engine, and
+//! encodes the answer. Validation happened at the frontend; the engine still refuses what it
+//! cannot do (unknown queue, stale receipt) with the codes the frontend passes on.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_common::{rpc, Result};
+use sluice_proto::v1 as pb;
+use sluice_proto::v1::backend_service_server::BackendService;
+use tonic::{Request, Response, Status};
+
+use crate::api::QueueBackend;
+use crate::convert;
+use crate::metrics;
+
+#[derive(Clone)]
+pub struct BackendServiceImpl {
+    backend: Arc<dyn QueueBackend>,
+}
+
+impl BackendServiceImpl {
+    pub fn new(backend: Arc<dyn QueueBackend>) -> Self {
+        BackendServiceImpl { backend }
+    }
+}
+
+/// Runs one RPC about queue `queue_id` under the shared span and metrics.
+async fn observed<R, T, Fut>(
+    method: &'static str,
+    request: Request<R>,
+    queue_id: impl FnOnce(&R) -> u64,
+    work: impl FnOnce(R) -> Fut,
+) -> Result<Response<T>, Status>
+where
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let (metadata, _, request) = request.into_parts();
+    let queue = queue_id(&request).to_string();
+    rpc::observe(
+        "sluice.v1.BackendService",
+        method,
+        &queue,
+        &metadata,
+        &metrics::RPC,
+        work(request),
+    )
+    .await
+}
+
+fn results(results: Vec<Result<()>>) -> pb::EntryResults {
+    pb::EntryResults {
+        results: results.into_iter().map(convert::entry_to_pb).collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl BackendService for BackendServiceImpl {
+    async fn put_queue(
+        &self,
+        request: Request<pb::PutQueueRequest>,
+    ) -> Result<Response<pb::PutQueueResponse>, Status> {
+        observed(
+            "PutQueue",
+            request,
+            |r| r.queue_id,
+            |r| async move {
+                let config = convert::config_from_pb(r.config.unwrap_or_default());
+                self.backend.create_queue(r.queue_id, config).await?;
+                Ok(pb::PutQueueResponse {})
+            },
+        )
+        .await
+    }
+
+    async fn drop_queue(
+        &self,
+        request: Request<pb::DropQueueRequest>,
+    ) -> Result<Response<pb::DropQueueResponse>, Status> {
+        observed(
+            "DropQueue",
+            request,
+            |r| r.queue_id,
+            |r| async move {
+                self.backend.delete_queue(r.queue_id).await?;
+                Ok(pb::DropQueueResponse {})
+            },
+        )
+        .await
+    }
+
+    async fn purge(
+        &self,
+        request: Request<pb::PurgeRequest>,
+    ) -> Result<Response<pb::PurgeResponse>, Status> {
+        observed(
+            "Purge",
+            request,
+            |r| r.queue_id,
+            |r| async move {
+                let purged = self.backend.purge_queue(r.queue_id).await?;
+                Ok(pb::PurgeResponse { purged })
+            },
+        )
+        .await
+    }
+
+    async fn counts(
+        &self,
+        request: Request<pb::CountsRequest>,
+    ) -> Result<Response<pb::QueueCounts>, Status> {
+        observed(
+            "Counts",
+            request,
+            |r| r.queue_id,
+            |r| async move {
+                Ok(convert::counts_to_pb(
+                    self.backend.counts(r.queue_id).await?,
+                ))
+            },
+        )
+        .await
+    }
+
+    async fn send(
+        &self,
+        request: Request<pb::SendRequest>,
+    ) -> Result<Response<pb::SendResponse>, Status> {
+        observed(
+            "Send",
+            request,
+            |r| r.queue_id,
+            |r| async move {
+                let messages = r
+                    .messages
+                    .into_iter()
+                    .map(convert::new_message_from_pb)
+                    .collect();
+                let sent = self.backend.send(r.queue_id, messages).await?;
+                Ok(pb::SendResponse {
+                    messages: sent.into_iter().map(convert::sent_to_pb).collect(),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn receive(
+        &self,
+        request: Request<pb::ReceiveRequest>,
+    ) -> Result<Response<pb::ReceiveResponse>, Status> {
+        observed(
+            "Receive",
+            request,
+            |r| r.queue_id,
+            |r| async move {
+                let messages = self
+                    .backend
+                    .receive(
+                        r.queue_id,
+                        r.max_messages as usize,
+                        Duration::from_millis(r.visibility_ms),
+                        Duration::from_millis(r.wait_ms),
+                    )
+                    .await?;
+                Ok(pb::ReceiveResponse {
+                    messages: messages.into_iter().map(convert::received_to_pb).collect(),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::EntryResults>, Status> {
+        observed(
+            "Delete",
+            request,
+            |r| r.queue_id,
+            |r| async move {
+                Ok(results(
+                    self.backend.delete(r.queue_id, r.receipt_handles).await?,
+                ))
+            },
+        )
+        .await
+    }
+
+    async fn change_visibility(
+        &self,
+        request: Request<pb::ChangeVisibilityRequest>,
+    ) -> Result<Response<pb::EntryResults>, Status> {
+        observed(
+            "ChangeVisibility",
+            request,
+            |r| r.queue_id,
+            |r| async move {
+                let changes = r
+                    .changes
+                    .into_iter()
+                    .map(|c| (c.receipt_handle, Duration::from_millis(c.visibility_ms)))
+                    .collect();
+                Ok(results(
+                    self.backend.change_visibility(r.queue_id, changes).await?,
+                ))
+            },
+        )
+        .await
+    }
+
+    async fn start_move_task(
+        &self,
+        request: Request<pb::StartMoveTaskRequest>,
+    ) -> Result<Response<pb::StartMoveTaskResponse>, Status> {
+        observed(
+            "StartMoveTask",
+            request,
+            |r| r.source_queue_id,
+            |r| async move {
+                let destination = (r.destination_queue_id != 0).then_some(r.destination_queue_id);
+                let rate = r.max_messages_per_second.and_then(NonZeroU32::new);
+                let task_id = self
+                    .backend
+                    .start_move_task(r.source_queue_id, destination, rate)
+                    .await?;
+                Ok(pb::StartMoveTaskResponse { task_id })
+            },
+        )
+        .await
+    }
+
+    async fn list_move_tasks(
+        &self,
+        request: Request<pb::ListMoveTasksRequest>,
+    ) -> Result<Response<pb::ListMoveTasksResponse>, Status> {
+        observed(
+            "ListMoveTasks",
+            request,
+            |r| r.source_queue_id,
+            |r| async move {
+                let tasks = self.backend.list_move_tasks(r.source_queue_id).await?;
+                Ok(pb::ListMoveTasksResponse {
+                    tasks: tasks.into_iter().map(convert::task_to_pb).collect(),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn cancel_move_task(
+        &self,
+        request: Request<pb::CancelMoveTaskRequest>,
+    ) -> Result<Response<pb::MoveTask>, Status> {
+        observed(
+            "CancelMoveTask",
+            request,
+            |r| r.source_queue_id,
+            |r| async move {
+                let task = self
+                    .backend
+                    .cancel_move_task(r.source_queue_id, r.task_id)
+                    .await?;
+                Ok(convert::task_to_pb(task))
+            },
+        )
+        .await
+    }
+}
