@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_backend::node::{node_key, NodeRecord};
 use sluice_backend::{ClientOptions, QueueBackend, RemoteBackend};
+use sluice_common::cluster::{node_key, NodeRecord};
 use sluice_common::Error;
 use sluice_frontend::{Catalog, QueueServiceImpl};
 use sluice_metastore::EmbeddedStore;

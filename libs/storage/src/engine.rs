@@ -194,6 +194,30 @@ impl Engine {
         Ok(removed)
     }
 
+    /// Bytes the engine holds: live SST files plus memtables, summed over column families. What
+    /// a backend node reports as its storage load.
+    pub fn stored_bytes(&self) -> u64 {
+        let db = &self.inner.db;
+        keys::ALL_CFS
+            .iter()
+            .filter_map(|name| db.cf_handle(name))
+            .map(|cf| {
+                [
+                    "rocksdb.live-sst-files-size",
+                    "rocksdb.cur-size-all-mem-tables",
+                ]
+                .iter()
+                .filter_map(|property| db.property_int_value_cf(&cf, *property).ok().flatten())
+                .sum::<u64>()
+            })
+            .sum()
+    }
+
+    /// The directory the engine stores its data in.
+    pub fn path(&self) -> &std::path::Path {
+        self.inner.db.path()
+    }
+
     pub fn counts(&self, id: QueueId) -> Result<QueueCounts> {
         let queue = self.queue(id)?;
         let mut state = queue.state.lock();

@@ -7,6 +7,7 @@ pub(crate) const CF_MESSAGES: &str = "messages";
 pub(crate) const CF_STATE: &str = "state";
 pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_DEDUP: &str = "dedup";
+pub(crate) const ALL_CFS: [&str; 5] = [CF_QUEUES, CF_MESSAGES, CF_STATE, CF_META, CF_DEDUP];
 
 pub(crate) const RECEIPT_KEY: &[u8] = b"receipt-key";
 

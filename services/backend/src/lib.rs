@@ -11,4 +11,4 @@ mod service;
 
 pub use api::QueueBackend;
 pub use client::{ClientOptions, RemoteBackend};
-pub use service::BackendServiceImpl;
+pub use service::{BackendServiceImpl, Traffic};

@@ -58,6 +58,9 @@ struct Flags {
     /// Seconds a deduplication id is remembered [default: 300]
     #[arg(long)]
     dedup_window_seconds: Option<u64>,
+    /// Milliseconds between load reports to etcd [default: 2000]
+    #[arg(long)]
+    load_report_interval_ms: Option<u64>,
 }
 
 impl Args {

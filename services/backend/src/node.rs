@@ -3,16 +3,18 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use sluice_common::admin::{self, Readiness};
+use sluice_common::cluster::{self, LoadReport, NodeRecord};
 use sluice_proto::v1::backend_service_server::BackendServiceServer;
 use sluice_storage::{Engine, EngineOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::service::BackendServiceImpl;
+use crate::service::{BackendServiceImpl, Traffic};
 
 /// Room for a batch of ten 1 MiB messages plus their framing.
 const MAX_GRPC_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -44,10 +46,17 @@ pub struct NodeOpts {
     pub otlp_endpoint: Option<String>,
     #[serde(default = "default_dedup_window")]
     pub dedup_window_seconds: u64,
+    /// How often the node writes its load report to etcd, milliseconds.
+    #[serde(default = "default_load_report_interval")]
+    pub load_report_interval_ms: u64,
+}
+
+fn default_load_report_interval() -> u64 {
+    2000
 }
 
 fn default_etcd_root() -> String {
-    "/sluice/".into()
+    cluster::DEFAULT_ETCD_ROOT.into()
 }
 
 fn default_dedup_window() -> u64 {
@@ -67,22 +76,9 @@ impl Default for NodeOpts {
             advertise_url: None,
             otlp_endpoint: None,
             dedup_window_seconds: default_dedup_window(),
+            load_report_interval_ms: default_load_report_interval(),
         }
     }
-}
-
-/// The etcd key that says a node is alive and where it listens.
-pub fn node_key(root: &str, cluster: &str, node: &str) -> String {
-    format!("{root}clusters/{cluster}/nodes/{node}")
-}
-
-/// The value under [`node_key`].
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct NodeRecord {
-    pub cluster: String,
-    pub node: String,
-    /// Where `BackendService` answers, e.g. `http://127.0.0.1:7080`.
-    pub url: String,
 }
 
 pub struct Node {
@@ -97,11 +93,12 @@ pub struct Node {
     shutdown: CancellationToken,
 }
 
-/// The node's key in etcd and the task that keeps its lease alive.
+/// The node's keys in etcd and the tasks that keep its lease alive and report its load.
 struct Membership {
     client: etcd_client::Client,
     lease: i64,
     keep_alive: tokio::task::JoinHandle<()>,
+    reporter: tokio::task::JoinHandle<()>,
 }
 
 /// Opens the engine, starts serving, and registers the node; returns once it is ready.
@@ -136,7 +133,9 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
         .await
         .with_context(|| format!("cannot bind gRPC address {}", opts.grpc_addr))?;
     let grpc_addr = listener.local_addr()?;
-    let service = BackendServiceServer::new(BackendServiceImpl::new(Arc::new(engine.clone())))
+    let service = BackendServiceImpl::new(Arc::new(engine.clone()));
+    let traffic = service.traffic();
+    let service = BackendServiceServer::new(service)
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let (mut health, health_service) = tonic_health::server::health_reporter();
@@ -172,7 +171,7 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
             node: opts.node_id.clone(),
             url,
         };
-        Some(register(opts, &record).await?)
+        Some(register(opts, &record, engine.clone(), traffic).await?)
     };
     readiness.set(true);
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, cluster = %opts.cluster, node = %opts.node_id, "backend node ready");
@@ -189,8 +188,14 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
     })
 }
 
-/// Puts the node's key under a lease and keeps the lease alive until the node stops.
-async fn register(opts: &NodeOpts, record: &NodeRecord) -> anyhow::Result<Membership> {
+/// Puts the node's key under a lease, keeps the lease alive and reports the node's load until
+/// the node stops.
+async fn register(
+    opts: &NodeOpts,
+    record: &NodeRecord,
+    engine: Engine,
+    traffic: Arc<Traffic>,
+) -> anyhow::Result<Membership> {
     let mut client = etcd_client::Client::connect(&opts.etcd_endpoints, None)
         .await
         .with_context(|| format!("cannot connect to etcd at {:?}", opts.etcd_endpoints))?;
@@ -199,7 +204,7 @@ async fn register(opts: &NodeOpts, record: &NodeRecord) -> anyhow::Result<Member
         .await
         .context("cannot grant the node's etcd lease")?
         .id();
-    let key = node_key(&opts.etcd_root, &record.cluster, &record.node);
+    let key = cluster::node_key(&opts.etcd_root, &record.cluster, &record.node);
     client
         .put(
             key.clone(),
@@ -237,12 +242,68 @@ async fn register(opts: &NodeOpts, record: &NodeRecord) -> anyhow::Result<Member
             tokio::time::sleep(period).await;
         }
     });
+    let reporter = tokio::spawn(report_load(
+        client.clone(),
+        lease,
+        cluster::load_key(&opts.etcd_root, &record.cluster, &record.node),
+        engine,
+        traffic,
+        Duration::from_millis(opts.load_report_interval_ms.max(1)),
+    ));
     tracing::info!(key = %key, lease, "registered in etcd");
     Ok(Membership {
         client,
         lease,
         keep_alive,
+        reporter,
     })
+}
+
+/// Writes the node's load under `key` every `period`: message rates since the last report,
+/// bytes stored and the free space of the data directory's file system.
+async fn report_load(
+    mut client: etcd_client::Client,
+    lease: i64,
+    key: String,
+    engine: Engine,
+    traffic: Arc<Traffic>,
+    period: Duration,
+) {
+    let mut last = (0, 0, std::time::Instant::now());
+    loop {
+        let now = std::time::Instant::now();
+        let messages_in = traffic.messages_in.load(Ordering::Relaxed);
+        let messages_out = traffic.messages_out.load(Ordering::Relaxed);
+        let seconds = now.duration_since(last.2).as_secs_f64().max(1e-3);
+        let report = LoadReport {
+            messages_in_per_second: (messages_in - last.0) as f64 / seconds,
+            messages_out_per_second: (messages_out - last.1) as f64 / seconds,
+            bytes_stored: engine.stored_bytes(),
+            disk_free_bytes: disk_free(engine.path()),
+            reported_at_ms: sluice_common::now_ms(),
+        };
+        last = (messages_in, messages_out, now);
+        let value = serde_json::to_vec(&report).expect("a load report serializes");
+        let options = etcd_client::PutOptions::new().with_lease(lease);
+        if let Err(err) = client.put(key.clone(), value, Some(options)).await {
+            tracing::warn!(error = %err, "cannot write the load report");
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
+/// Bytes an unprivileged writer can still use on the file system that holds `path`; 0 when it
+/// cannot be read, which makes the cluster look full rather than empty.
+fn disk_free(path: &std::path::Path) -> u64 {
+    match nix::sys::statvfs::statvfs(path) {
+        Ok(stats) => stats
+            .blocks_available()
+            .saturating_mul(stats.fragment_size()),
+        Err(err) => {
+            tracing::warn!(error = %err, path = %path.display(), "cannot read free disk space");
+            0
+        }
+    }
 }
 
 impl Node {
@@ -257,6 +318,7 @@ impl Node {
         self.readiness.set(false);
         if let Some(mut membership) = self.membership.take() {
             membership.keep_alive.abort();
+            membership.reporter.abort();
             if let Err(err) = membership.client.lease_revoke(membership.lease).await {
                 tracing::warn!(error = %err, "cannot revoke the node's etcd lease; it expires on its own");
             }

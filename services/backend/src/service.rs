@@ -3,6 +3,7 @@
 //! cannot do (unknown queue, stale receipt) with the codes the frontend passes on.
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,11 +19,28 @@ use crate::metrics;
 #[derive(Clone)]
 pub struct BackendServiceImpl {
     backend: Arc<dyn QueueBackend>,
+    traffic: Arc<Traffic>,
+}
+
+/// Messages that went through this node, for its load reports.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Messages stored (duplicates excluded).
+    pub messages_in: AtomicU64,
+    /// Message deliveries.
+    pub messages_out: AtomicU64,
 }
 
 impl BackendServiceImpl {
     pub fn new(backend: Arc<dyn QueueBackend>) -> Self {
-        BackendServiceImpl { backend }
+        BackendServiceImpl {
+            backend,
+            traffic: Arc::default(),
+        }
+    }
+
+    pub fn traffic(&self) -> Arc<Traffic> {
+        self.traffic.clone()
     }
 }
 
@@ -138,6 +156,10 @@ impl BackendService for BackendServiceImpl {
                     .map(convert::new_message_from_pb)
                     .collect();
                 let sent = self.backend.send(r.queue_id, messages).await?;
+                let stored = sent.iter().filter(|m| !m.duplicate).count() as u64;
+                self.traffic
+                    .messages_in
+                    .fetch_add(stored, Ordering::Relaxed);
                 Ok(pb::SendResponse {
                     messages: sent.into_iter().map(convert::sent_to_pb).collect(),
                 })
