@@ -22,6 +22,11 @@ pub fn backend_bin() -> PathBuf {
     built_bin("SLUICE_BACKEND_BIN", "sluice-backend")
 }
 
+/// The `sluice-manager` binary: `SLUICE_MANAGER_BIN`, or the one cargo built.
+pub fn manager_bin() -> PathBuf {
+    built_bin("SLUICE_MANAGER_BIN", "sluice-manager")
+}
+
 fn built_bin(env: &str, name: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(env) {
         return PathBuf::from(path);
@@ -41,15 +46,17 @@ fn built_bin(env: &str, name: &str) -> PathBuf {
     bin
 }
 
-/// A server command on free ports with its data in `data_dir`, quiet logs and no stdin; callers
+/// A server command on free ports with its data in `data_dir` (if it keeps any), quiet logs and no stdin; callers
 /// may change any of it before it starts.
-fn server_command(bin: PathBuf, args: &[&str], data_dir: &Path) -> Command {
+fn server_command(bin: PathBuf, args: &[&str], data_dir: Option<&Path>) -> Command {
     let mut command = Command::new(bin);
     command
         .args(args)
-        .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(data_dir)
+        .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"]);
+    if let Some(dir) = data_dir {
+        command.arg("--data-dir").arg(dir);
+    }
+    command
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stderr(Stdio::inherit());
@@ -80,7 +87,7 @@ impl ServerProcess {
         data_dir: &Path,
         configure: impl FnOnce(&mut Command),
     ) -> anyhow::Result<Self> {
-        let mut command = server_command(sluice_bin(), &["standalone"], data_dir);
+        let mut command = server_command(sluice_bin(), &["standalone"], Some(data_dir));
         configure(&mut command);
         Self::spawn(command, data_dir, "sluice standalone ready:")
     }
@@ -92,9 +99,27 @@ impl ServerProcess {
         cluster: &str,
         node: &str,
     ) -> anyhow::Result<Self> {
-        let args = ["--etcd", etcd, "--cluster", cluster, "--node-id", node];
-        let command = server_command(backend_bin(), &args, data_dir);
+        // Frequent load reports, so the managers see a node's load soon after it changes.
+        let args = [
+            "--etcd",
+            etcd,
+            "--cluster",
+            cluster,
+            "--node-id",
+            node,
+            "--load-report-interval-ms",
+            "200",
+        ];
+        let command = server_command(backend_bin(), &args, Some(data_dir));
         Self::spawn(command, data_dir, "sluice-backend ready:")
+    }
+
+    /// Starts a `sluice-manager` on the etcd at `etcd`, with `extra` flags.
+    pub fn start_manager(etcd: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut args = vec!["--etcd", etcd];
+        args.extend_from_slice(extra);
+        let command = server_command(manager_bin(), &args, None);
+        Self::spawn(command, Path::new(""), "sluice-manager ready:")
     }
 
     /// Runs `command` and waits for the line that starts with `ready`, which carries

@@ -90,6 +90,13 @@ impl From<Error> for Status {
     }
 }
 
+/// Whether a status was made on this side by a failed connection rather than sent by the peer:
+/// tonic reports those as UNKNOWN with the transport error as the status's source. Callers
+/// treat them as UNAVAILABLE.
+pub fn is_transport_failure(status: &Status) -> bool {
+    status.code() == Code::Unknown && std::error::Error::source(status).is_some()
+}
+
 /// Turns a status from another Sluice tier back into the error it was made from, so a frontend
 /// passes a backend's answer on with the same code and message.
 impl From<Status> for Error {

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod grpc;
 pub mod rpc;
 pub mod service;
 pub mod shutdown;

@@ -7,6 +7,7 @@
 pub mod conformance;
 mod embedded;
 mod etcd;
+pub mod lease;
 
 pub use embedded::EmbeddedStore;
 pub use etcd::EtcdStore;

@@ -120,7 +120,7 @@ impl RemoteBackend {
 /// away mid-call: UNAVAILABLE, as retry logic and callers expect. Anything else is the node's
 /// own answer.
 fn from_status(status: tonic::Status) -> Error {
-    if status.code() == tonic::Code::Unknown && std::error::Error::source(&status).is_some() {
+    if sluice_common::error::is_transport_failure(&status) {
         return Error::Unavailable(format!("backend unreachable: {}", status.message()));
     }
     Error::from(status)

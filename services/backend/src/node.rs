@@ -10,14 +10,14 @@ use std::time::Duration;
 use anyhow::Context;
 use sluice_common::admin::{self, Readiness};
 use sluice_common::cluster::{self, LoadReport, NodeRecord};
+use sluice_common::grpc::{self, MAX_MESSAGE_BYTES};
 use sluice_proto::v1::backend_service_server::BackendServiceServer;
 use sluice_storage::{Engine, EngineOptions};
 use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 
 use crate::service::{BackendServiceImpl, Traffic};
 
-/// Room for a batch of ten 1 MiB messages plus their framing.
-const MAX_GRPC_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// How long in-flight requests get to finish after SIGTERM; a long poll lasts at most 20 s.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
 /// A dead node's key disappears from etcd this long after its last keep-alive.
@@ -129,35 +129,19 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
     let (admin_addr, admin) =
         admin::serve(opts.admin_addr, readiness.clone(), admin_shutdown.clone()).await?;
 
-    let listener = tokio::net::TcpListener::bind(opts.grpc_addr)
-        .await
-        .with_context(|| format!("cannot bind gRPC address {}", opts.grpc_addr))?;
-    let grpc_addr = listener.local_addr()?;
     let service = BackendServiceImpl::new(Arc::new(engine.clone()));
     let traffic = service.traffic();
     let service = BackendServiceServer::new(service)
-        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
-    let (mut health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<BackendServiceServer<BackendServiceImpl>>()
-        .await;
-    // Without TCP_NODELAY small responses wait for the peer's delayed ACK (~40 ms each).
-    let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
-        .map_err(|err| anyhow::anyhow!("gRPC listener: {err}"))?;
-    let stop = shutdown.clone();
-    let grpc = tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, async move {
-                stop.cancelled().await;
-                health
-                    .set_not_serving::<BackendServiceServer<BackendServiceImpl>>()
-                    .await;
-            })
-            .await
-    });
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let grpc = grpc::serve(
+        opts.grpc_addr,
+        "sluice.v1.BackendService",
+        Routes::new(service),
+        shutdown.clone(),
+    )
+    .await?;
+    let (grpc_addr, grpc) = (grpc.local_addr, grpc.task);
 
     let url = opts
         .advertise_url
@@ -213,35 +197,11 @@ async fn register(
         )
         .await
         .with_context(|| format!("cannot register the node under {key}"))?;
-    let mut keeper = client.clone();
-    let keep_alive = tokio::spawn(async move {
-        // Renew at a third of the TTL, so one lost renewal does not expire the key.
-        let period = Duration::from_secs((LEASE_TTL_SECONDS / 3).max(1) as u64);
-        loop {
-            match keeper.lease_keep_alive(lease).await {
-                Ok((mut renewer, mut responses)) => loop {
-                    if let Err(err) = renewer.keep_alive().await {
-                        tracing::warn!(error = %err, "etcd lease renewal failed");
-                        break;
-                    }
-                    match responses.message().await {
-                        Ok(Some(r)) if r.ttl() > 0 => {}
-                        Ok(_) => {
-                            tracing::error!(lease, "the node's etcd lease expired");
-                            return;
-                        }
-                        Err(err) => {
-                            tracing::warn!(error = %err, "etcd lease renewal failed");
-                            break;
-                        }
-                    }
-                    tokio::time::sleep(period).await;
-                },
-                Err(err) => tracing::warn!(error = %err, "cannot renew the node's etcd lease"),
-            }
-            tokio::time::sleep(period).await;
-        }
-    });
+    let keep_alive = tokio::spawn(sluice_metastore::lease::keep_alive(
+        client.clone(),
+        lease,
+        Duration::from_secs(LEASE_TTL_SECONDS as u64),
+    ));
     let reporter = tokio::spawn(report_load(
         client.clone(),
         lease,

@@ -7,6 +7,7 @@ use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 use sluice_proto::v1 as pb;
+use sluice_proto::v1::manager_service_client::ManagerServiceClient;
 use sluice_proto::v1::queue_service_client::QueueServiceClient;
 use tonic::transport::Channel;
 
@@ -27,6 +28,16 @@ pub enum ClientCommand {
     /// Move messages out of a dead-letter queue: redrive tasks.
     #[command(subcommand)]
     Dlq(DlqCommand),
+}
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Each backend cluster's live nodes, load, queue count, and whether it takes new queues.
+    Clusters {
+        /// Any manager's gRPC URL.
+        #[arg(long, env = "SLUICE_MANAGER", default_value = "http://127.0.0.1:7090")]
+        manager: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -406,6 +417,83 @@ fn print_task(json_out: bool, task: &pb::MessageMoveTask) {
     if !task.failure_reason.is_empty() {
         println!("  failed: {}", task.failure_reason);
     }
+}
+
+fn print_clusters(json_out: bool, listed: &pb::ListClustersResponse) {
+    if json_out {
+        let clusters: Vec<_> = listed
+            .clusters
+            .iter()
+            .map(|c| {
+                let load = c.load.unwrap_or_default();
+                json!({
+                    "name": c.name,
+                    "nodes": c.nodes.iter().map(|n| json!({"node": n.node, "url": n.url})).collect::<Vec<_>>(),
+                    "messages_in_per_second": load.messages_in_per_second,
+                    "messages_out_per_second": load.messages_out_per_second,
+                    "bytes_stored": load.bytes_stored,
+                    "disk_free_bytes": load.disk_free_bytes,
+                    "queue_count": c.queue_count,
+                    "accepting": c.accepting,
+                    "reason": c.reason,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({ "leader": listed.leader, "clusters": clusters })
+        );
+        return;
+    }
+    let leader = if listed.leader.is_empty() {
+        "none"
+    } else {
+        listed.leader.as_str()
+    };
+    println!("leader manager: {leader}");
+    println!(
+        "{:<12} {:>5} {:>10} {:>10} {:>14} {:>16} {:>7}  new queues",
+        "cluster", "nodes", "in msg/s", "out msg/s", "bytes stored", "disk free", "queues"
+    );
+    for c in &listed.clusters {
+        let load = c.load.unwrap_or_default();
+        let accepting = if c.accepting {
+            "yes".to_owned()
+        } else {
+            format!("no: {}", c.reason)
+        };
+        println!(
+            "{:<12} {:>5} {:>10.0} {:>10.0} {:>14} {:>16} {:>7}  {accepting}",
+            c.name,
+            c.nodes.len(),
+            load.messages_in_per_second,
+            load.messages_out_per_second,
+            load.bytes_stored,
+            load.disk_free_bytes,
+            c.queue_count
+        );
+        for n in &c.nodes {
+            println!("  {} {}", n.node, n.url);
+        }
+    }
+}
+
+/// Runs an admin command; these talk to the managers, not to the queue endpoint.
+pub async fn run_admin(json_out: bool, command: AdminCommand) -> anyhow::Result<()> {
+    match command {
+        AdminCommand::Clusters { manager } => {
+            let mut client = ManagerServiceClient::connect(manager.clone())
+                .await
+                .map_err(|err| anyhow!("cannot reach the manager at {manager}: {err}"))?;
+            let listed = client
+                .list_clusters(pb::ListClustersRequest {})
+                .await
+                .map_err(|status| failed(&manager, status))?
+                .into_inner();
+            print_clusters(json_out, &listed);
+        }
+    }
+    Ok(())
 }
 
 pub async fn run(endpoint: String, json_out: bool, command: ClientCommand) -> anyhow::Result<()> {

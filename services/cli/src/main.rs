@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::client::ClientCommand;
+use crate::client::{AdminCommand, ClientCommand};
 use crate::standalone::StandaloneOpts;
 
 // glibc's allocator spent a tenth of the server's CPU under load (arena locks, consolidation);
@@ -43,6 +43,9 @@ struct Cli {
 enum Command {
     /// Run frontend, queue engine and metadata store in one process.
     Standalone(StandaloneArgs),
+    /// Operate the distributed deployment.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -119,6 +122,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Standalone(args) => run_standalone(args).await,
+        Command::Admin(command) => client::run_admin(cli.json, command).await,
         Command::Client(command) => client::run(cli.endpoint, cli.json, command).await,
     };
     match result {

@@ -10,6 +10,6 @@ mod service;
 pub mod validate;
 
 pub use catalog::Catalog;
-pub use server::{serve, ServerHandle};
+pub use server::serve;
 pub use service::QueueServiceImpl;
 pub use sluice_backend::QueueBackend;

@@ -1,0 +1,123 @@
+//! The typed client of the managers, for the tiers that place queues. It finds the leader
+//! through etcd, follows it across failovers, and owns timeouts, retries and error mapping.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use parking_lot::Mutex;
+use sluice_common::{cluster, Error, Result};
+use sluice_proto::v1 as pb;
+use sluice_proto::v1::manager_service_client::ManagerServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::election;
+
+#[derive(Debug, Clone)]
+pub struct ManagerClientOptions {
+    pub request_timeout: Duration,
+    /// How long a placement keeps trying while no manager leads (a failover takes about the
+    /// leader lease's TTL).
+    pub failover_timeout: Duration,
+}
+
+impl Default for ManagerClientOptions {
+    fn default() -> Self {
+        ManagerClientOptions {
+            request_timeout: Duration::from_secs(5),
+            failover_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct ManagerClient {
+    etcd: etcd_client::Client,
+    election: String,
+    options: ManagerClientOptions,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl ManagerClient {
+    /// A client that finds the managers through the etcd at `endpoints`, under `root`.
+    pub async fn connect(
+        endpoints: &[String],
+        root: &str,
+        options: ManagerClientOptions,
+    ) -> Result<Self> {
+        let etcd = etcd_client::Client::connect(endpoints, None)
+            .await
+            .map_err(|err| Error::Unavailable(format!("cannot connect to etcd: {err}")))?;
+        Ok(ManagerClient {
+            etcd,
+            election: cluster::manager_election(root),
+            options,
+            channels: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn channel(&self, url: &str) -> Result<Channel> {
+        if let Some(channel) = self.channels.lock().get(url) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(url.to_owned())
+            .map_err(|err| Error::Internal(format!("leader URL {url:?}: {err}")))?
+            .connect_timeout(self.options.request_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        self.channels.lock().insert(url.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    /// The leader's client; UNAVAILABLE while no manager leads.
+    async fn leader(&self) -> Result<ManagerServiceClient<Channel>> {
+        let url = election::leader_url(&self.etcd, &self.election)
+            .await
+            .map_err(|err| Error::Unavailable(format!("etcd: {err}")))?
+            .ok_or_else(|| Error::Unavailable("no manager leads right now".into()))?;
+        Ok(ManagerServiceClient::new(self.channel(&url)?))
+    }
+
+    /// The cluster for queue `queue_id` (the same answer every time for one id). Follows the
+    /// leadership while it moves, for up to the failover timeout.
+    pub async fn place(&self, queue_id: u64, queue: &str) -> Result<String> {
+        let attempt = || async {
+            let mut client = self.leader().await?;
+            let mut request = tonic::Request::new(pb::PlaceQueueRequest {
+                queue_id,
+                queue: queue.to_owned(),
+            });
+            request.set_timeout(self.options.request_timeout);
+            sluice_common::telemetry::inject_trace(request.metadata_mut());
+            client
+                .place_queue(request)
+                .await
+                .map(|r| r.into_inner().cluster)
+                .map_err(from_status)
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(1))
+            .without_max_times()
+            .with_total_delay(Some(self.options.failover_timeout));
+        attempt
+            .retry(backoff)
+            .when(|err| matches!(err, Error::Unavailable(_)))
+            .notify(
+                |err, pause| tracing::debug!(error = %err, ?pause, "placement failed, retrying"),
+            )
+            .await
+    }
+}
+
+/// A transport failure (tonic's UNKNOWN with a source) or a manager that is no longer the
+/// leader both mean: find the leader again.
+fn from_status(status: tonic::Status) -> Error {
+    let unreachable = sluice_common::error::is_transport_failure(&status);
+    let deposed = status.code() == tonic::Code::FailedPrecondition
+        && status.message().starts_with("not the leader");
+    if unreachable || deposed {
+        return Error::Unavailable(format!("manager: {}", status.message()));
+    }
+    Error::from(status)
+}

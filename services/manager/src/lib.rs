@@ -1,0 +1,14 @@
+//! The manager (DESIGN section 7): runs outside the backend clusters, elects one leader through
+//! etcd, and places every new queue on the least-utilized healthy cluster under its high-water
+//! marks. Any manager shows the clusters' state.
+
+mod client;
+mod election;
+mod metrics;
+pub mod policy;
+mod server;
+mod service;
+mod view;
+
+pub use client::{ManagerClient, ManagerClientOptions};
+pub use server::{start, Manager, ManagerOpts};

@@ -1,0 +1,152 @@
+//! A running manager: `ManagerService` on the gRPC port, the admin port, and its campaign for
+//! the leadership.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sluice_common::admin::{self, Readiness};
+use sluice_common::cluster;
+use sluice_common::grpc;
+use sluice_proto::v1::manager_service_server::ManagerServiceServer;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+use crate::election::{self, Leadership};
+use crate::policy::Limits;
+use crate::service::ManagerServiceImpl;
+
+/// How long in-flight requests get to finish after SIGTERM.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ManagerOpts {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// etcd client URLs; required.
+    pub etcd_endpoints: Vec<String>,
+    #[serde(default = "default_etcd_root")]
+    pub etcd_root: String,
+    /// The URL other tiers reach this manager at [default: http:// + the bound gRPC address].
+    #[serde(default)]
+    pub advertise_url: Option<String>,
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// High-water marks; a cluster past one takes no new queues.
+    #[serde(flatten)]
+    pub limits: Limits,
+}
+
+fn default_etcd_root() -> String {
+    cluster::DEFAULT_ETCD_ROOT.into()
+}
+
+impl Default for ManagerOpts {
+    fn default() -> Self {
+        ManagerOpts {
+            grpc_addr: ([127, 0, 0, 1], 7090).into(),
+            admin_addr: ([127, 0, 0, 1], 7091).into(),
+            etcd_endpoints: Vec::new(),
+            etcd_root: default_etcd_root(),
+            advertise_url: None,
+            otlp_endpoint: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+pub struct Manager {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    readiness: Readiness,
+    grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    campaign: tokio::task::JoinHandle<()>,
+    admin: tokio::task::JoinHandle<()>,
+    admin_shutdown: CancellationToken,
+    shutdown: CancellationToken,
+}
+
+/// Starts serving and campaigning; returns once the manager answers requests (it may not lead
+/// yet).
+pub async fn start(opts: &ManagerOpts, shutdown: CancellationToken) -> anyhow::Result<Manager> {
+    anyhow::ensure!(
+        !opts.etcd_endpoints.is_empty(),
+        "etcd_endpoints must name at least one etcd"
+    );
+    let client = etcd_client::Client::connect(&opts.etcd_endpoints, None)
+        .await
+        .with_context(|| format!("cannot connect to etcd at {:?}", opts.etcd_endpoints))?;
+
+    let readiness = Readiness::default();
+    let admin_shutdown = CancellationToken::new();
+    let (admin_addr, admin) =
+        admin::serve(opts.admin_addr, readiness.clone(), admin_shutdown.clone()).await?;
+
+    let leadership = Leadership::default();
+    let service = ManagerServiceServer::new(ManagerServiceImpl {
+        client: client.clone(),
+        root: opts.etcd_root.clone(),
+        leadership: leadership.clone(),
+        limits: opts.limits.clone(),
+    });
+    let grpc = grpc::serve(
+        opts.grpc_addr,
+        "sluice.v1.ManagerService",
+        Routes::new(service),
+        shutdown.clone(),
+    )
+    .await?;
+    let (grpc_addr, grpc) = (grpc.local_addr, grpc.task);
+    let url = opts
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{grpc_addr}"));
+    let campaign = tokio::spawn(election::run(
+        client,
+        cluster::manager_election(&opts.etcd_root),
+        url,
+        leadership,
+        shutdown.clone(),
+    ));
+    readiness.set(true);
+    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "manager ready");
+    Ok(Manager {
+        grpc_addr,
+        admin_addr,
+        readiness,
+        grpc,
+        campaign,
+        admin,
+        admin_shutdown,
+        shutdown,
+    })
+}
+
+impl Manager {
+    /// Waits for the shutdown token, then hands the leadership over (the campaign revokes its
+    /// lease), drains the gRPC server, and closes the admin port last.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let served = tokio::select! {
+            served = &mut self.grpc => Some(served),
+            _ = self.shutdown.cancelled() => None,
+        };
+        self.readiness.set(false);
+        let _ = (&mut self.campaign).await;
+        let served = match served {
+            Some(served) => served,
+            None => match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.grpc).await {
+                Ok(served) => served,
+                Err(_) => {
+                    self.grpc.abort();
+                    Ok(Ok(()))
+                }
+            },
+        };
+        self.admin_shutdown.cancel();
+        let _ = self.admin.await;
+        tracing::info!("manager stopped");
+        served
+            .context("gRPC server task failed")?
+            .context("gRPC server failed")
+    }
+}

@@ -1,0 +1,190 @@
+//! `ManagerService`: placement by the leader, the clusters' state from any manager.
+
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+use sluice_common::cluster::{self, Placement};
+use sluice_common::{rpc, Error, Result};
+use sluice_proto::v1 as pb;
+use sluice_proto::v1::manager_service_server::ManagerService;
+use tonic::{Request, Response, Status};
+
+use crate::election::{self, Leadership};
+use crate::policy::{self, ClusterState, Limits};
+use crate::{metrics, view};
+
+#[derive(Clone)]
+pub struct ManagerServiceImpl {
+    pub(crate) client: Client,
+    pub(crate) root: String,
+    pub(crate) leadership: Leadership,
+    pub(crate) limits: Limits,
+}
+
+fn etcd(err: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!("etcd: {err}"))
+}
+
+impl ManagerServiceImpl {
+    async fn existing(&self, key: &str) -> Result<Option<Placement>> {
+        let got = self.client.kv_client().get(key, None).await.map_err(etcd)?;
+        got.kvs()
+            .first()
+            .map(|kv| {
+                serde_json::from_slice(kv.value())
+                    .map_err(|err| Error::Internal(format!("placement {key} is corrupt: {err}")))
+            })
+            .transpose()
+    }
+
+    async fn place(&self, req: pb::PlaceQueueRequest) -> Result<pb::PlaceQueueResponse> {
+        if req.queue_id == 0 {
+            return Err(Error::invalid("queue_id", "must not be 0"));
+        }
+        let Some(fence) = self.leadership.fence() else {
+            let election = cluster::manager_election(&self.root);
+            let leader = election::leader_url(&self.client, &election)
+                .await
+                .map_err(etcd)?;
+            return Err(Error::FailedPrecondition(match leader {
+                Some(url) => format!("not the leader; the leader is at {url}"),
+                None => "not the leader, and no manager leads right now".into(),
+            }));
+        };
+        let key = cluster::placement_key(&self.root, req.queue_id);
+        if let Some(placed) = self.existing(&key).await? {
+            return Ok(pb::PlaceQueueResponse {
+                cluster: placed.cluster,
+            });
+        }
+        let clusters = view::read_clusters(&self.client, &self.root)
+            .await
+            .map_err(etcd)?;
+        let chosen = policy::choose(&clusters, &self.limits).ok_or_else(|| {
+            Error::ResourceExhausted(format!(
+                "no backend cluster takes new queues: {}",
+                describe_refusals(&clusters, &self.limits)
+            ))
+        })?;
+        let placement = Placement {
+            queue: req.queue.clone(),
+            cluster: chosen.name.clone(),
+            placed_at_ms: sluice_common::now_ms(),
+        };
+        let value = serde_json::to_vec(&placement).expect("a placement serializes");
+        let txn = Txn::new()
+            .when([
+                fence,
+                Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::put(key.clone(), value, None)]);
+        let written = self.client.kv_client().txn(txn).await.map_err(etcd)?;
+        if written.succeeded() {
+            metrics::PLACEMENTS.with_label_values(&[&chosen.name]).inc();
+            tracing::info!(queue = %req.queue, queue_id = req.queue_id, cluster = %chosen.name, "queue placed");
+            return Ok(pb::PlaceQueueResponse {
+                cluster: chosen.name.clone(),
+            });
+        }
+        // Either another placement of this queue won, or this manager is no longer the leader.
+        match self.existing(&key).await? {
+            Some(placed) => Ok(pb::PlaceQueueResponse {
+                cluster: placed.cluster,
+            }),
+            None => Err(Error::Unavailable(
+                "lost the manager leadership while placing; retry".into(),
+            )),
+        }
+    }
+
+    async fn list(&self) -> Result<pb::ListClustersResponse> {
+        let clusters = view::read_clusters(&self.client, &self.root)
+            .await
+            .map_err(etcd)?;
+        let leader = election::leader_url(&self.client, &cluster::manager_election(&self.root))
+            .await
+            .map_err(etcd)?;
+        Ok(pb::ListClustersResponse {
+            clusters: clusters
+                .iter()
+                .map(|c| cluster_info(c, &self.limits))
+                .collect(),
+            leader: leader.unwrap_or_default(),
+        })
+    }
+}
+
+fn describe_refusals(clusters: &[ClusterState], limits: &Limits) -> String {
+    if clusters.is_empty() {
+        return "none is registered".into();
+    }
+    clusters
+        .iter()
+        .map(|c| {
+            format!(
+                "{}: {}",
+                c.name,
+                policy::refusal(c, limits).unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn cluster_info(c: &ClusterState, limits: &Limits) -> pb::ClusterInfo {
+    let refusal = policy::refusal(c, limits);
+    pb::ClusterInfo {
+        name: c.name.clone(),
+        nodes: c
+            .nodes
+            .iter()
+            .map(|n| pb::ClusterNode {
+                node: n.node.clone(),
+                url: n.url.clone(),
+            })
+            .collect(),
+        load: Some(pb::ClusterLoad {
+            messages_in_per_second: c.load.messages_in_per_second,
+            messages_out_per_second: c.load.messages_out_per_second,
+            bytes_stored: c.load.bytes_stored,
+            disk_free_bytes: c.load.disk_free_bytes,
+        }),
+        queue_count: c.queue_count,
+        accepting: refusal.is_none(),
+        reason: refusal.unwrap_or_default(),
+    }
+}
+
+#[tonic::async_trait]
+impl ManagerService for ManagerServiceImpl {
+    async fn place_queue(
+        &self,
+        request: Request<pb::PlaceQueueRequest>,
+    ) -> Result<Response<pb::PlaceQueueResponse>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        let queue = req.queue.clone();
+        rpc::observe(
+            "sluice.v1.ManagerService",
+            "PlaceQueue",
+            &queue,
+            &metadata,
+            &metrics::RPC,
+            self.place(req),
+        )
+        .await
+    }
+
+    async fn list_clusters(
+        &self,
+        request: Request<pb::ListClustersRequest>,
+    ) -> Result<Response<pb::ListClustersResponse>, Status> {
+        let (metadata, _, _) = request.into_parts();
+        rpc::observe(
+            "sluice.v1.ManagerService",
+            "ListClusters",
+            "",
+            &metadata,
+            &metrics::RPC,
+            self.list(),
+        )
+        .await
+    }
+}
