@@ -1,7 +1,9 @@
 //! Serving gRPC the same way in every service: TCP_NODELAY, the standard health service, and a
 //! graceful stop that reports NOT_SERVING, stops accepting and lets in-flight requests finish.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -51,4 +53,38 @@ pub async fn serve(
         result
     });
     Ok(GrpcServer { local_addr, task })
+}
+
+impl GrpcServer {
+    /// Serves until `shutdown` is cancelled (or the server fails on its own), runs `leave`
+    /// (what the service does before its in-flight requests finish, such as leaving its
+    /// cluster), then gives those requests `drain` to finish, closing the connections that are
+    /// still open after it. Returns how the server ended.
+    pub async fn run_until(
+        mut self,
+        shutdown: &CancellationToken,
+        drain: Duration,
+        leave: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let served = tokio::select! {
+            served = &mut self.task => Some(served),
+            _ = shutdown.cancelled() => None,
+        };
+        leave.await;
+        let served = match served {
+            Some(served) => served,
+            // Clients that keep idle connections open would hold the drain forever.
+            None => match tokio::time::timeout(drain, &mut self.task).await {
+                Ok(served) => served,
+                Err(_) => {
+                    tracing::warn!(timeout = ?drain, "connections still open after the drain timeout, closing them");
+                    self.task.abort();
+                    Ok(Ok(()))
+                }
+            },
+        };
+        served
+            .context("gRPC server task failed")?
+            .context("gRPC server failed")
+    }
 }

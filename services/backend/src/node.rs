@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sluice_common::admin::{self, Readiness};
 use sluice_common::cluster::{self, LoadReport, NodeRecord};
-use sluice_common::grpc::{self, MAX_MESSAGE_BYTES};
+use sluice_common::grpc::{self, GrpcServer, MAX_MESSAGE_BYTES};
 use sluice_proto::v1::backend_service_server::BackendServiceServer;
 use sluice_storage::{Engine, EngineOptions};
 use tokio_util::sync::CancellationToken;
@@ -86,7 +86,7 @@ pub struct Node {
     pub admin_addr: SocketAddr,
     engine: Engine,
     readiness: Readiness,
-    grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    grpc: GrpcServer,
     admin: tokio::task::JoinHandle<()>,
     admin_shutdown: CancellationToken,
     membership: Option<Membership>,
@@ -141,7 +141,7 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
         shutdown.clone(),
     )
     .await?;
-    let (grpc_addr, grpc) = (grpc.local_addr, grpc.task);
+    let grpc_addr = grpc.local_addr;
 
     let url = opts
         .advertise_url
@@ -271,35 +271,26 @@ impl Node {
     /// work is routed to it), the gRPC server finishes in-flight requests, the engine flushes,
     /// and the admin port closes last.
     pub async fn wait(mut self) -> anyhow::Result<()> {
-        let served = tokio::select! {
-            served = &mut self.grpc => Some(served),
-            _ = self.shutdown.cancelled() => None,
-        };
-        self.readiness.set(false);
-        if let Some(mut membership) = self.membership.take() {
-            membership.keep_alive.abort();
-            membership.reporter.abort();
-            if let Err(err) = membership.client.lease_revoke(membership.lease).await {
-                tracing::warn!(error = %err, "cannot revoke the node's etcd lease; it expires on its own");
-            }
-        }
-        let served = match served {
-            Some(served) => served,
-            None => match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.grpc).await {
-                Ok(served) => served,
-                Err(_) => {
-                    tracing::warn!(timeout = ?DRAIN_TIMEOUT, "connections still open after the drain timeout, closing them");
-                    self.grpc.abort();
-                    Ok(Ok(()))
+        let readiness = self.readiness.clone();
+        let membership = self.membership.take();
+        let leave = async move {
+            readiness.set(false);
+            if let Some(mut membership) = membership {
+                membership.keep_alive.abort();
+                membership.reporter.abort();
+                if let Err(err) = membership.client.lease_revoke(membership.lease).await {
+                    tracing::warn!(error = %err, "cannot revoke the node's etcd lease; it expires on its own");
                 }
-            },
+            }
         };
+        let served = self
+            .grpc
+            .run_until(&self.shutdown, DRAIN_TIMEOUT, leave)
+            .await;
         self.engine.close().await;
         self.admin_shutdown.cancel();
         let _ = self.admin.await;
         tracing::info!("backend node stopped");
         served
-            .context("gRPC server task failed")?
-            .context("gRPC server failed")
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use sluice_common::admin::{self, Readiness};
+use sluice_common::grpc::GrpcServer;
 use sluice_frontend::{Catalog, QueueServiceImpl};
 use sluice_metastore::EmbeddedStore;
 use sluice_storage::{Engine, EngineOptions};
@@ -51,7 +52,7 @@ pub struct Standalone {
     pub admin_addr: SocketAddr,
     engine: Engine,
     readiness: Readiness,
-    grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    grpc: GrpcServer,
     admin: tokio::task::JoinHandle<()>,
     admin_shutdown: CancellationToken,
     shutdown: CancellationToken,
@@ -99,7 +100,7 @@ pub async fn start(
         admin_addr,
         engine,
         readiness,
-        grpc: grpc.task,
+        grpc,
         admin,
         admin_shutdown,
         shutdown,
@@ -109,28 +110,17 @@ pub async fn start(
 impl Standalone {
     /// Waits for the shutdown token, then drains: the gRPC server finishes in-flight requests,
     /// the engine flushes its writes, and the admin port closes last.
-    pub async fn wait(mut self) -> anyhow::Result<()> {
-        let served = tokio::select! {
-            served = &mut self.grpc => served,
-            _ = self.shutdown.cancelled() => {
-                // Clients that keep idle connections open would hold the drain forever.
-                match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.grpc).await {
-                    Ok(served) => served,
-                    Err(_) => {
-                        tracing::warn!(timeout = ?DRAIN_TIMEOUT, "connections still open after the drain timeout, closing them");
-                        self.grpc.abort();
-                        Ok(Ok(()))
-                    }
-                }
-            }
-        };
-        self.readiness.set(false);
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let readiness = self.readiness.clone();
+        let leave = async move { readiness.set(false) };
+        let served = self
+            .grpc
+            .run_until(&self.shutdown, DRAIN_TIMEOUT, leave)
+            .await;
         self.engine.close().await;
         self.admin_shutdown.cancel();
         let _ = self.admin.await;
         tracing::info!("sluice standalone stopped");
         served
-            .context("gRPC server task failed")?
-            .context("gRPC server failed")
     }
 }

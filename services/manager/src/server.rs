@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sluice_common::admin::{self, Readiness};
 use sluice_common::cluster;
-use sluice_common::grpc;
+use sluice_common::grpc::{self, GrpcServer};
 use sluice_proto::v1::manager_service_server::ManagerServiceServer;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -59,7 +59,7 @@ pub struct Manager {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     readiness: Readiness,
-    grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    grpc: GrpcServer,
     campaign: tokio::task::JoinHandle<()>,
     admin: tokio::task::JoinHandle<()>,
     admin_shutdown: CancellationToken,
@@ -96,7 +96,7 @@ pub async fn start(opts: &ManagerOpts, shutdown: CancellationToken) -> anyhow::R
         shutdown.clone(),
     )
     .await?;
-    let (grpc_addr, grpc) = (grpc.local_addr, grpc.task);
+    let grpc_addr = grpc.local_addr;
     let url = opts
         .advertise_url
         .clone()
@@ -125,28 +125,20 @@ pub async fn start(opts: &ManagerOpts, shutdown: CancellationToken) -> anyhow::R
 impl Manager {
     /// Waits for the shutdown token, then hands the leadership over (the campaign revokes its
     /// lease), drains the gRPC server, and closes the admin port last.
-    pub async fn wait(mut self) -> anyhow::Result<()> {
-        let served = tokio::select! {
-            served = &mut self.grpc => Some(served),
-            _ = self.shutdown.cancelled() => None,
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let readiness = self.readiness.clone();
+        let campaign = self.campaign;
+        let leave = async move {
+            readiness.set(false);
+            let _ = campaign.await;
         };
-        self.readiness.set(false);
-        let _ = (&mut self.campaign).await;
-        let served = match served {
-            Some(served) => served,
-            None => match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.grpc).await {
-                Ok(served) => served,
-                Err(_) => {
-                    self.grpc.abort();
-                    Ok(Ok(()))
-                }
-            },
-        };
+        let served = self
+            .grpc
+            .run_until(&self.shutdown, DRAIN_TIMEOUT, leave)
+            .await;
         self.admin_shutdown.cancel();
         let _ = self.admin.await;
         tracing::info!("manager stopped");
         served
-            .context("gRPC server task failed")?
-            .context("gRPC server failed")
     }
 }
