@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "../../proto/sluice/v1/queue.proto",
         "../../proto/sluice/v1/backend.proto",
         "../../proto/sluice/v1/manager.proto",
+        "../../proto/sluice/v1/metadata.proto",
     ];
     tonic_build::configure()
         // Bodies arrive as slices of the HTTP/2 receive buffer instead of fresh copies.

@@ -22,6 +22,11 @@ pub fn backend_bin() -> PathBuf {
     built_bin("SLUICE_BACKEND_BIN", "sluice-backend")
 }
 
+/// The `sluice-metadata` binary: `SLUICE_METADATA_BIN`, or the one cargo built.
+pub fn metadata_bin() -> PathBuf {
+    built_bin("SLUICE_METADATA_BIN", "sluice-metadata")
+}
+
 /// The `sluice-manager` binary: `SLUICE_MANAGER_BIN`, or the one cargo built.
 pub fn manager_bin() -> PathBuf {
     built_bin("SLUICE_MANAGER_BIN", "sluice-manager")
@@ -112,6 +117,12 @@ impl ServerProcess {
         ];
         let command = server_command(backend_bin(), &args, Some(data_dir));
         Self::spawn(command, data_dir, "sluice-backend ready:")
+    }
+
+    /// Starts metadata node `node` on the etcd at `etcd`.
+    pub fn start_metadata(etcd: &str, node: &str) -> anyhow::Result<Self> {
+        let command = server_command(metadata_bin(), &["--etcd", etcd, "--node-id", node], None);
+        Self::spawn(command, Path::new(""), "sluice-metadata ready:")
     }
 
     /// Starts a `sluice-manager` on the etcd at `etcd`, with `extra` flags.

@@ -45,6 +45,64 @@ pub fn load<T: Serialize + DeserializeOwned>(
         .map_err(|err| anyhow::anyhow!("bad configuration: {err}"))
 }
 
+/// The flags every distributed service takes. Each is optional; unset ones keep the file's,
+/// the environment's or the service's default.
+#[derive(clap::Args, Serialize, Debug, Default)]
+pub struct ServiceFlags {
+    /// Address of the service's gRPC API
+    #[arg(long)]
+    pub grpc_addr: Option<std::net::SocketAddr>,
+    /// Address of /metrics, /healthz and /readyz
+    #[arg(long)]
+    pub admin_addr: Option<std::net::SocketAddr>,
+    /// etcd client URL; repeatable
+    #[arg(long = "etcd")]
+    pub etcd_endpoints: Vec<String>,
+    /// Root prefix of Sluice's keys in etcd [default: /sluice/]
+    #[arg(long)]
+    pub etcd_root: Option<String>,
+    /// URL the other tiers reach this process at [default: http:// + the bound gRPC address]
+    #[arg(long)]
+    pub advertise_url: Option<String>,
+    /// OTLP/gRPC trace collector, e.g. http://127.0.0.1:4317 [default: none]
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
+}
+
+/// The command line of a distributed service: a config file, JSON logs, the shared flags and
+/// the service's own flags `F`.
+#[derive(clap::Args, Debug)]
+pub struct ServiceArgs<F: clap::Args> {
+    /// TOML file with any of the settings (snake_case names).
+    #[arg(long, env = "SLUICE_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "SLUICE_LOG_JSON")]
+    pub log_json: bool,
+    #[command(flatten)]
+    pub common: ServiceFlags,
+    #[command(flatten)]
+    pub own: F,
+}
+
+impl<F: clap::Args + Serialize> ServiceArgs<F> {
+    /// The settings: `defaults`, then the file, the environment and the flags over them.
+    pub fn load<T: Serialize + DeserializeOwned>(&self, defaults: &T) -> anyhow::Result<T> {
+        #[derive(Serialize)]
+        struct Both<'a, F> {
+            #[serde(flatten)]
+            common: &'a ServiceFlags,
+            #[serde(flatten)]
+            own: &'a F,
+        }
+        let flags = Both {
+            common: &self.common,
+            own: &self.own,
+        };
+        load(defaults, self.config.as_deref(), &flags)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,50 +1,25 @@
 //! `sluice-manager`: one manager instance; run two or more, one leads.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use sluice_common::config::ServiceArgs;
 use sluice_manager::ManagerOpts;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Settings come from flags, over `SLUICE_<SETTING>` environment variables, over the config
-/// file, over the defaults shown.
+/// file, over the defaults.
 #[derive(Parser)]
 #[command(name = "sluice-manager", version, about = "A Sluice manager")]
-struct Args {
-    /// TOML file with any of the settings below (snake_case names).
-    #[arg(long, env = "SLUICE_CONFIG")]
-    config: Option<PathBuf>,
-    /// Log as JSON lines instead of text.
-    #[arg(long, env = "SLUICE_LOG_JSON")]
-    log_json: bool,
+struct Cli {
     #[command(flatten)]
-    flags: Flags,
+    args: ServiceArgs<Flags>,
 }
 
 #[derive(clap::Args, serde::Serialize)]
 struct Flags {
-    /// Address of ManagerService [default: 127.0.0.1:7090]
-    #[arg(long)]
-    grpc_addr: Option<SocketAddr>,
-    /// Address of /metrics, /healthz and /readyz [default: 127.0.0.1:7091]
-    #[arg(long)]
-    admin_addr: Option<SocketAddr>,
-    /// etcd client URL; repeatable; required
-    #[arg(long = "etcd")]
-    etcd_endpoints: Vec<String>,
-    /// Root prefix of Sluice's keys in etcd [default: /sluice/]
-    #[arg(long)]
-    etcd_root: Option<String>,
-    /// URL other tiers reach this manager at [default: http:// + the bound gRPC address]
-    #[arg(long)]
-    advertise_url: Option<String>,
-    /// OTLP/gRPC trace collector [default: none]
-    #[arg(long)]
-    otlp_endpoint: Option<String>,
     /// High-water mark: a cluster storing more bytes takes no new queues [default: none]
     #[arg(long)]
     max_bytes_stored: Option<u64>,
@@ -57,9 +32,8 @@ struct Flags {
     min_disk_free_bytes: Option<u64>,
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let opts: ManagerOpts =
-        sluice_common::config::load(&ManagerOpts::default(), args.config.as_deref(), &args.flags)?;
+async fn run(args: ServiceArgs<Flags>) -> anyhow::Result<()> {
+    let opts = args.load(&ManagerOpts::default())?;
     let otlp = opts.otlp_endpoint.clone();
     sluice_common::service::run(
         "sluice-manager",
@@ -80,7 +54,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(Args::parse()).await {
+    match run(Cli::parse().args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

@@ -1,0 +1,291 @@
+//! A running metadata node: `MetadataService`, its membership key under a lease, the watch that
+//! keeps the ring, and the watch that keeps the cache.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use etcd_client::{Event, EventType, KeyValue};
+use sluice_common::admin::{self, Readiness};
+use sluice_common::cluster;
+use sluice_common::grpc::{self, GrpcServer};
+use sluice_manager::{ManagerClient, ManagerClientOptions};
+use sluice_metastore::EtcdStore;
+use sluice_proto::v1::metadata_service_server::MetadataServiceServer;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+use crate::cache::RecordCache;
+use crate::metrics;
+use crate::ring::Ring;
+use crate::service::{MetadataServiceImpl, CACHED_PREFIX};
+use crate::watch::{self, Follower};
+
+/// A dead node leaves the ring this long after its last renewal.
+const LEASE_TTL: Duration = Duration::from_secs(5);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MetadataOpts {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// This node's name on the ring; unique among metadata nodes.
+    pub node_id: String,
+    /// etcd client URLs; required.
+    pub etcd_endpoints: Vec<String>,
+    #[serde(default = "default_etcd_root")]
+    pub etcd_root: String,
+    #[serde(default)]
+    pub advertise_url: Option<String>,
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// Queue records each node keeps cached.
+    #[serde(default = "default_cache_capacity")]
+    pub cache_capacity: u64,
+}
+
+fn default_etcd_root() -> String {
+    cluster::DEFAULT_ETCD_ROOT.into()
+}
+
+fn default_cache_capacity() -> u64 {
+    100_000
+}
+
+impl Default for MetadataOpts {
+    fn default() -> Self {
+        MetadataOpts {
+            grpc_addr: ([127, 0, 0, 1], 7060).into(),
+            admin_addr: ([127, 0, 0, 1], 7061).into(),
+            node_id: "m1".into(),
+            etcd_endpoints: Vec::new(),
+            etcd_root: default_etcd_root(),
+            advertise_url: None,
+            otlp_endpoint: None,
+            cache_capacity: default_cache_capacity(),
+        }
+    }
+}
+
+/// The etcd key that puts a metadata node on the ring.
+pub fn member_key(root: &str, node: &str) -> String {
+    format!("{root}metadata/nodes/{node}")
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Member {
+    node: String,
+    url: String,
+}
+
+/// Keeps the ring equal to the live members in etcd.
+struct Membership {
+    ring: Arc<Ring>,
+    members: BTreeMap<String, String>,
+    prefix: String,
+}
+
+impl Membership {
+    fn apply(&self) {
+        self.ring.set_members(self.members.clone());
+        metrics::RING_MEMBERS.set(self.members.len() as i64);
+        tracing::info!(members = ?self.members.keys().collect::<Vec<_>>(), "metadata ring changed");
+    }
+
+    fn member(kv: &KeyValue) -> Option<Member> {
+        serde_json::from_slice(kv.value()).ok()
+    }
+}
+
+impl Follower for Membership {
+    fn snapshot(&mut self, kvs: &[KeyValue]) {
+        self.members = kvs
+            .iter()
+            .filter_map(Self::member)
+            .map(|m| (m.node, m.url))
+            .collect();
+        self.apply();
+    }
+
+    fn event(&mut self, event: &Event) {
+        let Some(kv) = event.kv() else { return };
+        match event.event_type() {
+            EventType::Put => {
+                if let Some(m) = Self::member(kv) {
+                    self.members.insert(m.node, m.url);
+                }
+            }
+            EventType::Delete => {
+                if let Some(node) = kv.key_str().ok().and_then(|k| k.strip_prefix(&self.prefix)) {
+                    self.members.remove(node);
+                }
+            }
+        }
+        self.apply();
+    }
+}
+
+pub struct MetadataNode {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    readiness: Readiness,
+    grpc: GrpcServer,
+    client: etcd_client::Client,
+    lease: i64,
+    background: Vec<tokio::task::JoinHandle<()>>,
+    admin: tokio::task::JoinHandle<()>,
+    admin_shutdown: CancellationToken,
+    shutdown: CancellationToken,
+}
+
+/// Starts serving, joins the ring, and returns once the node has seen the ring with itself on it.
+pub async fn start(
+    opts: &MetadataOpts,
+    shutdown: CancellationToken,
+) -> anyhow::Result<MetadataNode> {
+    anyhow::ensure!(
+        !opts.etcd_endpoints.is_empty(),
+        "etcd_endpoints must name at least one etcd"
+    );
+    anyhow::ensure!(!opts.node_id.is_empty(), "node_id must be set");
+    metrics::register();
+    let store = EtcdStore::connect(&opts.etcd_endpoints, &opts.etcd_root).await?;
+    let client = store.client().clone();
+    let manager = ManagerClient::connect(
+        &opts.etcd_endpoints,
+        &opts.etcd_root,
+        ManagerClientOptions::default(),
+    )
+    .await?;
+
+    let readiness = Readiness::default();
+    let admin_shutdown = CancellationToken::new();
+    let (admin_addr, admin) =
+        admin::serve(opts.admin_addr, readiness.clone(), admin_shutdown.clone()).await?;
+
+    let ring = Arc::new(Ring::default());
+    let cache = RecordCache::new(opts.cache_capacity, &opts.etcd_root);
+    let service = MetadataServiceImpl {
+        node_id: opts.node_id.clone(),
+        store,
+        ring: ring.clone(),
+        cache: cache.clone(),
+        manager: Arc::new(manager),
+        peers: Arc::default(),
+    };
+    let grpc = grpc::serve(
+        opts.grpc_addr,
+        "sluice.v1.MetadataService",
+        Routes::new(MetadataServiceServer::new(service)),
+        shutdown.clone(),
+    )
+    .await?;
+    let grpc_addr = grpc.local_addr;
+    let url = opts
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{grpc_addr}"));
+
+    let watches = CancellationToken::new();
+    let members_prefix = member_key(&opts.etcd_root, "");
+    let mut background = vec![
+        tokio::spawn(watch::follow(
+            client.clone(),
+            members_prefix.clone(),
+            Membership {
+                ring: ring.clone(),
+                members: BTreeMap::new(),
+                prefix: members_prefix,
+            },
+            watches.clone(),
+        )),
+        tokio::spawn(watch::follow(
+            client.clone(),
+            format!("{}{CACHED_PREFIX}", opts.etcd_root),
+            cache,
+            watches.clone(),
+        )),
+    ];
+    // The watches stop with the node.
+    let stop_watches = shutdown.clone();
+    background.push(tokio::spawn(async move {
+        stop_watches.cancelled().await;
+        watches.cancel();
+    }));
+
+    let mut registrar = client.clone();
+    let lease = registrar
+        .lease_grant(LEASE_TTL.as_secs() as i64, None)
+        .await
+        .context("cannot grant the node's etcd lease")?
+        .id();
+    let member = Member {
+        node: opts.node_id.clone(),
+        url,
+    };
+    registrar
+        .put(
+            member_key(&opts.etcd_root, &opts.node_id),
+            serde_json::to_vec(&member)?,
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .context("cannot join the metadata ring")?;
+    background.push(tokio::spawn(sluice_metastore::lease::keep_alive(
+        client.clone(),
+        lease,
+        LEASE_TTL,
+    )));
+    // Ready once this node sees itself on the ring, so it routes like its peers from the start.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ring.owner_url(&opts.node_id).is_none() {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "this node never appeared on the ring"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    readiness.set(true);
+    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, node = %opts.node_id, "metadata node ready");
+    Ok(MetadataNode {
+        grpc_addr,
+        admin_addr,
+        readiness,
+        grpc,
+        client,
+        lease,
+        background,
+        admin,
+        admin_shutdown,
+        shutdown,
+    })
+}
+
+impl MetadataNode {
+    /// Waits for the shutdown token, leaves the ring (revoking the lease, so peers stop routing
+    /// here at once), drains, and closes the admin port last.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let readiness = self.readiness.clone();
+        let mut client = self.client.clone();
+        let (lease, background) = (self.lease, self.background);
+        let leave = async move {
+            readiness.set(false);
+            if let Err(err) = client.lease_revoke(lease).await {
+                tracing::warn!(error = %err, "cannot revoke the node's etcd lease; it expires on its own");
+            }
+            for task in background {
+                task.abort();
+            }
+        };
+        let served = self
+            .grpc
+            .run_until(&self.shutdown, DRAIN_TIMEOUT, leave)
+            .await;
+        self.admin_shutdown.cancel();
+        let _ = self.admin.await;
+        tracing::info!("metadata node stopped");
+        served
+    }
+}

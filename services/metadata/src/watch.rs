@@ -1,0 +1,75 @@
+//! Following a prefix of etcd: a snapshot, then every change after it. When the watch breaks
+//! (etcd restarted, or compacted the revision the watch needs), a fresh snapshot is taken and
+//! the watch resumes from its revision, so a follower never silently misses a change.
+
+use std::time::Duration;
+
+use etcd_client::{Client, Event, GetOptions, KeyValue, WatchOptions};
+use tokio_util::sync::CancellationToken;
+
+/// What a follower does with what it sees.
+pub trait Follower: Send + 'static {
+    /// Everything under the prefix now; replaces whatever was known.
+    fn snapshot(&mut self, kvs: &[KeyValue]);
+    fn event(&mut self, event: &Event);
+}
+
+/// Follows `prefix` until `shutdown`.
+pub async fn follow(
+    client: Client,
+    prefix: String,
+    mut follower: impl Follower,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        if let Err(err) = follow_once(&client, &prefix, &mut follower, &shutdown).await {
+            tracing::warn!(prefix = %prefix, error = %err, "etcd watch broke; taking a new snapshot");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+async fn follow_once(
+    client: &Client,
+    prefix: &str,
+    follower: &mut impl Follower,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let snapshot = client
+        .kv_client()
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await?;
+    let revision = snapshot
+        .header()
+        .map(|h| h.revision())
+        .ok_or_else(|| anyhow::anyhow!("snapshot without a revision"))?;
+    follower.snapshot(snapshot.kvs());
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1);
+    let (_watcher, mut stream) = client.watch_client().watch(prefix, Some(options)).await?;
+    loop {
+        let message = tokio::select! {
+            message = stream.message() => message?,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let Some(response) = message else {
+            anyhow::bail!("the watch stream ended");
+        };
+        if response.compact_revision() > 0 {
+            anyhow::bail!(
+                "etcd compacted past the watch (revision {})",
+                response.compact_revision()
+            );
+        }
+        if response.canceled() {
+            anyhow::bail!("etcd cancelled the watch");
+        }
+        for event in response.events() {
+            follower.event(event);
+        }
+    }
+}

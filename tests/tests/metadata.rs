@@ -1,0 +1,125 @@
+//! The metadata ring as real processes over a real etcd: the store contract through any node,
+//! owners caching what they own and keeping it true with the watch, and the loss of a node.
+
+use std::time::{Duration, Instant};
+
+use sluice_metadata::MetadataClient;
+use sluice_metastore::{EtcdStore, MetaStore};
+use sluice_tests::{EtcdProcess, ServerProcess};
+
+fn url(node: &ServerProcess) -> String {
+    format!("http://{}", node.grpc_addr)
+}
+
+fn total(nodes: &[&ServerProcess], metric: &str) -> f64 {
+    nodes.iter().map(|n| n.metric(metric).unwrap()).sum()
+}
+
+/// Waits until every node sees `members` members on the ring.
+async fn wait_for_ring(nodes: &[&ServerProcess], members: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !nodes
+        .iter()
+        .all(|n| n.metric("sluice_metadata_ring_members").unwrap() == members)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the ring never settled at {members}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn any_node_serves_the_store_contract_and_owners_cache_what_they_own() {
+    let etcd = EtcdProcess::start().unwrap();
+    let nodes: Vec<ServerProcess> = ["m1", "m2", "m3"]
+        .iter()
+        .map(|id| ServerProcess::start_metadata(&etcd.endpoint, id).unwrap())
+        .collect();
+    let all: Vec<&ServerProcess> = nodes.iter().collect();
+    wait_for_ring(&all, 3.0).await;
+
+    // Every request through one node: the keys it does not own are forwarded.
+    let through_one = MetadataClient::new(&[url(&nodes[0])]).unwrap();
+    sluice_metastore::conformance::check(&through_one).await;
+    assert!(total(&all, "sluice_metadata_forwards_total") > 0.0);
+
+    // Repeated reads are served from the owner's cache.
+    let everywhere = MetadataClient::new(&nodes.iter().map(url).collect::<Vec<_>>()).unwrap();
+    let hits = total(&all, "sluice_metadata_cache_hits_total");
+    for _ in 0..6 {
+        let b = everywhere.get("queues/b").await.unwrap().unwrap();
+        assert_eq!(b.value, b"x");
+    }
+    assert!(total(&all, "sluice_metadata_cache_hits_total") >= hits + 5.0);
+
+    // A change made behind the tier's back (straight to etcd) reaches the cache by the watch.
+    let direct = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint), "/sluice/")
+        .await
+        .unwrap();
+    let current = direct.get("queues/b").await.unwrap().unwrap();
+    direct
+        .update("queues/b", b"changed".to_vec(), current.revision)
+        .await
+        .unwrap()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while everywhere.get("queues/b").await.unwrap().unwrap().value != b"changed" {
+        assert!(Instant::now() < deadline, "the cache kept the old record");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_keep_succeeding_when_a_metadata_node_is_killed() {
+    let etcd = EtcdProcess::start().unwrap();
+    let mut nodes: Vec<Option<ServerProcess>> = ["m1", "m2", "m3"]
+        .iter()
+        .map(|id| Some(ServerProcess::start_metadata(&etcd.endpoint, id).unwrap()))
+        .collect();
+    let urls: Vec<String> = nodes.iter().map(|n| url(n.as_ref().unwrap())).collect();
+    wait_for_ring(&nodes.iter().flatten().collect::<Vec<_>>(), 3.0).await;
+    let client = MetadataClient::new(&urls).unwrap();
+    let keys: Vec<String> = (0..30).map(|i| format!("queues/k{i}")).collect();
+    for key in &keys {
+        client
+            .create(key, key.as_bytes().to_vec())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    nodes[1].take().unwrap().kill9().unwrap();
+    let killed = Instant::now();
+    // At once, before the ring has settled: the client skips the dead node, and the living
+    // ones serve its keys from etcd.
+    for key in &keys {
+        let got = client.get(key).await.unwrap().unwrap();
+        assert_eq!(got.value, key.as_bytes());
+    }
+    let survivors: Vec<&ServerProcess> = nodes.iter().flatten().collect();
+    wait_for_ring(&survivors, 2.0).await;
+    println!(
+        "the ring settled {:?} after SIGKILL of a metadata node",
+        killed.elapsed()
+    );
+    // Settled: the dead node's keys have new owners, and nothing needs the fallback any more.
+    let fallbacks = total(&survivors, "sluice_metadata_forward_fallbacks_total");
+    for key in &keys {
+        let current = client.get(key).await.unwrap().unwrap();
+        let written = client
+            .update(key, b"after".to_vec(), current.revision)
+            .await
+            .unwrap();
+        assert!(written.is_some(), "{key}");
+    }
+    assert_eq!(
+        total(&survivors, "sluice_metadata_forward_fallbacks_total"),
+        fallbacks
+    );
+    let after = MetadataClient::new(&urls[..1]).unwrap();
+    for key in &keys {
+        assert_eq!(after.get(key).await.unwrap().unwrap().value, b"after");
+    }
+}
