@@ -8,11 +8,16 @@ missing=()
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 # bindgen loads libclang.so or libclang-N.so; libclang-cpp (pulled in by other packages)
 # does not count, so match those names exactly.
-if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* \
-        /usr/lib/x86_64-linux-gnu/libclang.so* /usr/lib/x86_64-linux-gnu/libclang-[0-9]*.so* \
-        >/dev/null 2>&1; then
-    missing+=(libclang-dev)
-fi
+libclang_found=false
+for candidate in /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* \
+        /usr/lib/x86_64-linux-gnu/libclang.so* /usr/lib/x86_64-linux-gnu/libclang-[0-9]*.so*; do
+    # A pattern that matches nothing stays as written and does not exist.
+    if [ -e "$candidate" ]; then
+        libclang_found=true
+        break
+    fi
+done
+$libclang_found || missing+=(libclang-dev)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 

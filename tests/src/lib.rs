@@ -22,6 +22,11 @@ pub fn backend_bin() -> PathBuf {
     built_bin("SLUICE_BACKEND_BIN", "sluice-backend")
 }
 
+/// The `sluice-frontend` binary: `SLUICE_FRONTEND_BIN`, or the one cargo built.
+pub fn frontend_bin() -> PathBuf {
+    built_bin("SLUICE_FRONTEND_BIN", "sluice-frontend")
+}
+
 /// The `sluice-metadata` binary: `SLUICE_METADATA_BIN`, or the one cargo built.
 pub fn metadata_bin() -> PathBuf {
     built_bin("SLUICE_METADATA_BIN", "sluice-metadata")
@@ -117,6 +122,34 @@ impl ServerProcess {
         ];
         let command = server_command(backend_bin(), &args, Some(data_dir));
         Self::spawn(command, data_dir, "sluice-backend ready:")
+    }
+
+    /// Starts a `sluice-frontend` over the metadata nodes at `metadata` (gRPC URLs), with
+    /// records cached for `cache_ttl_ms`.
+    pub fn start_frontend(metadata: &[String], cache_ttl_ms: u64) -> anyhow::Result<Self> {
+        let ttl = cache_ttl_ms.to_string();
+        let mut args = vec!["--metadata-cache-ttl-ms", ttl.as_str()];
+        for url in metadata {
+            args.extend(["--metadata", url.as_str()]);
+        }
+        let command = server_command(frontend_bin(), &args, None);
+        Self::spawn(command, Path::new(""), "sluice-frontend ready:")
+    }
+
+    /// The sum of a metric's samples over all their labels, 0 if it has none yet.
+    pub fn metric_sum(&self, name: &str) -> anyhow::Result<f64> {
+        let (_, body) = self.admin_get("/metrics")?;
+        let mut sum = 0.0;
+        for line in body.lines() {
+            let Some(rest) = line.strip_prefix(name) else {
+                continue;
+            };
+            if rest.starts_with('{') || rest.starts_with(' ') {
+                let value = rest.rsplit(' ').next().unwrap_or_default();
+                sum += value.parse::<f64>().context("metric value")?;
+            }
+        }
+        Ok(sum)
     }
 
     /// Starts metadata node `node` on the etcd at `etcd`.

@@ -76,15 +76,15 @@ async fn queues_spread_by_utilization_and_a_standby_takes_over_from_a_killed_lea
     let client = placement_client(&etcd).await;
     let mut per_cluster: HashMap<String, usize> = HashMap::new();
     for id in 1..=20u64 {
-        let cluster = client.place(id, &format!("q{id}")).await.unwrap();
+        let cluster = client.place(id, &format!("q{id}"), None).await.unwrap();
         *per_cluster.entry(cluster).or_default() += 1;
     }
     // Idle clusters: the one with fewer queues wins each time.
     assert_eq!(per_cluster.get("a"), Some(&10), "{per_cluster:?}");
     assert_eq!(per_cluster.get("b"), Some(&10), "{per_cluster:?}");
-    let again = client.place(1, "q1").await.unwrap();
+    let again = client.place(1, "q1", None).await.unwrap();
     assert_eq!(
-        client.place(1, "q1").await.unwrap(),
+        client.place(1, "q1", None).await.unwrap(),
         again,
         "placement is stable"
     );
@@ -120,7 +120,7 @@ async fn queues_spread_by_utilization_and_a_standby_takes_over_from_a_killed_lea
         .expect("the leader is one of ours");
     managers[leader].take().unwrap().kill9().unwrap();
     let killed = Instant::now();
-    let cluster = client.place(21, "q21").await.unwrap();
+    let cluster = client.place(21, "q21", None).await.unwrap();
     let took = killed.elapsed();
     println!("placements succeeded again {took:?} after SIGKILL of the leader manager");
     assert!(cluster == "a" || cluster == "b");
@@ -142,6 +142,7 @@ async fn queues_spread_by_utilization_and_a_standby_takes_over_from_a_killed_lea
         .place_queue(pb::PlaceQueueRequest {
             queue_id: 99,
             queue: "q99".into(),
+            colocate_with: 0,
         })
         .await
         .unwrap_err();
@@ -190,6 +191,9 @@ async fn a_cluster_over_its_high_water_mark_gets_no_new_queues() {
 
     let client = placement_client(&etcd).await;
     for id in 1..=10u64 {
-        assert_eq!(client.place(id, &format!("q{id}")).await.unwrap(), "b");
+        assert_eq!(
+            client.place(id, &format!("q{id}"), None).await.unwrap(),
+            "b"
+        );
     }
 }

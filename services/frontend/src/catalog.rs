@@ -56,10 +56,25 @@ fn decode(key: &str, raw: &[u8]) -> Result<QueueRecord> {
 }
 
 impl Catalog {
+    /// A catalog that is its store's only writer (standalone): cached records never go stale.
     pub fn new(store: Arc<dyn MetaStore>) -> Self {
+        Self::build(store, moka::sync::Cache::new(CACHED_RECORDS))
+    }
+
+    /// A catalog beside other writers (other frontends): a cached record is trusted for `ttl` at
+    /// most, which bounds how long a change made elsewhere takes to be seen here.
+    pub fn with_ttl(store: Arc<dyn MetaStore>, ttl: std::time::Duration) -> Self {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(CACHED_RECORDS)
+            .time_to_live(ttl)
+            .build();
+        Self::build(store, cache)
+    }
+
+    fn build(store: Arc<dyn MetaStore>, cache: moka::sync::Cache<String, Stored>) -> Self {
         Catalog {
             store,
-            cache: moka::sync::Cache::new(CACHED_RECORDS),
+            cache,
             writes: Arc::new(AtomicU64::new(0)),
         }
     }

@@ -5,11 +5,14 @@
 mod catalog;
 mod digest;
 mod metrics;
+pub mod node;
+mod routed;
 mod server;
 mod service;
 pub mod validate;
 
 pub use catalog::Catalog;
+pub use routed::RoutedBackend;
 pub use server::serve;
 pub use service::QueueServiceImpl;
 pub use sluice_backend::QueueBackend;

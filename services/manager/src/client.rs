@@ -77,14 +77,21 @@ impl ManagerClient {
         Ok(ManagerServiceClient::new(self.channel(&url)?))
     }
 
-    /// The cluster for queue `queue_id` (the same answer every time for one id). Follows the
-    /// leadership while it moves, for up to the failover timeout.
-    pub async fn place(&self, queue_id: u64, queue: &str) -> Result<String> {
+    /// The cluster for queue `queue_id` (the same answer every time for one id): the cluster of
+    /// queue `colocate_with` if set, else the least-utilized one. Follows the leadership while
+    /// it moves, for up to the failover timeout.
+    pub async fn place(
+        &self,
+        queue_id: u64,
+        queue: &str,
+        colocate_with: Option<u64>,
+    ) -> Result<String> {
         let attempt = || async {
             let mut client = self.leader().await?;
             let mut request = tonic::Request::new(pb::PlaceQueueRequest {
                 queue_id,
                 queue: queue.to_owned(),
+                colocate_with: colocate_with.unwrap_or(0),
             });
             request.set_timeout(self.options.request_timeout);
             sluice_common::telemetry::inject_trace(request.metadata_mut());

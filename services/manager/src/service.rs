@@ -55,18 +55,31 @@ impl ManagerServiceImpl {
                 cluster: placed.cluster,
             });
         }
-        let clusters = view::read_clusters(&self.client, &self.root)
-            .await
-            .map_err(etcd)?;
-        let chosen = policy::choose(&clusters, &self.limits).ok_or_else(|| {
-            Error::ResourceExhausted(format!(
-                "no backend cluster takes new queues: {}",
-                describe_refusals(&clusters, &self.limits)
-            ))
-        })?;
+        let cluster = if req.colocate_with != 0 {
+            let partner = cluster::placement_key(&self.root, req.colocate_with);
+            self.existing(&partner)
+                .await?
+                .ok_or_else(|| {
+                    Error::not_found(format!("placement of queue id {}", req.colocate_with))
+                })?
+                .cluster
+        } else {
+            let clusters = view::read_clusters(&self.client, &self.root)
+                .await
+                .map_err(etcd)?;
+            policy::choose(&clusters, &self.limits)
+                .ok_or_else(|| {
+                    Error::ResourceExhausted(format!(
+                        "no backend cluster takes new queues: {}",
+                        describe_refusals(&clusters, &self.limits)
+                    ))
+                })?
+                .name
+                .clone()
+        };
         let placement = Placement {
             queue: req.queue.clone(),
-            cluster: chosen.name.clone(),
+            cluster: cluster.clone(),
             placed_at_ms: sluice_common::now_ms(),
         };
         let value = serde_json::to_vec(&placement).expect("a placement serializes");
@@ -78,11 +91,9 @@ impl ManagerServiceImpl {
             .and_then([TxnOp::put(key.clone(), value, None)]);
         let written = self.client.kv_client().txn(txn).await.map_err(etcd)?;
         if written.succeeded() {
-            metrics::PLACEMENTS.with_label_values(&[&chosen.name]).inc();
-            tracing::info!(queue = %req.queue, queue_id = req.queue_id, cluster = %chosen.name, "queue placed");
-            return Ok(pb::PlaceQueueResponse {
-                cluster: chosen.name.clone(),
-            });
+            metrics::PLACEMENTS.with_label_values(&[&cluster]).inc();
+            tracing::info!(queue = %req.queue, queue_id = req.queue_id, cluster = %cluster, "queue placed");
+            return Ok(pb::PlaceQueueResponse { cluster });
         }
         // Either another placement of this queue won, or this manager is no longer the leader.
         match self.existing(&key).await? {

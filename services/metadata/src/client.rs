@@ -92,11 +92,18 @@ impl MetadataClient {
             .await
     }
 
-    /// The backend cluster for a new queue (the same answer for the same id).
-    pub async fn place(&self, queue_id: u64, queue: &str) -> sluice_common::Result<String> {
+    /// The backend cluster for a new queue (the same answer for the same id); with
+    /// `colocate_with`, the cluster of that queue.
+    pub async fn place(
+        &self,
+        queue_id: u64,
+        queue: &str,
+        colocate_with: Option<u64>,
+    ) -> sluice_common::Result<String> {
         let request = pb::PlaceQueueRequest {
             queue_id,
             queue: queue.to_owned(),
+            colocate_with: colocate_with.unwrap_or(0),
         };
         let response = self
             .call(request, |mut c, r| async move { c.place_queue(r).await })

@@ -323,7 +323,11 @@ impl MetadataServiceImpl {
     }
 
     async fn place(&self, req: pb::PlaceQueueRequest) -> Result<pb::PlaceQueueResponse> {
-        let cluster = self.manager.place(req.queue_id, &req.queue).await?;
+        let colocate = (req.colocate_with != 0).then_some(req.colocate_with);
+        let cluster = self
+            .manager
+            .place(req.queue_id, &req.queue, colocate)
+            .await?;
         Ok(pb::PlaceQueueResponse { cluster })
     }
 

@@ -1,0 +1,112 @@
+//! A frontend of the distributed deployment: the public `QueueService`, its queue records read
+//! through the metadata tier (cached for a bounded time), its messages routed to the backend
+//! cluster of each queue.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_common::admin::{self, Readiness};
+use sluice_common::grpc::GrpcServer;
+use sluice_metadata::MetadataClient;
+use tokio_util::sync::CancellationToken;
+
+use crate::routed::RoutedBackend;
+use crate::{Catalog, QueueServiceImpl};
+
+/// How long in-flight requests get to finish after SIGTERM; a long poll lasts at most 20 s.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FrontendOpts {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// gRPC URLs of metadata nodes; any of them answers.
+    pub metadata_endpoints: Vec<String>,
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// How long a queue record is cached: a change made through another frontend is seen here
+    /// within this bound.
+    #[serde(default = "default_metadata_cache_ttl_ms")]
+    pub metadata_cache_ttl_ms: u64,
+    /// Calls to backends in flight at most.
+    #[serde(default = "default_max_backend_calls")]
+    pub max_backend_calls: usize,
+}
+
+fn default_metadata_cache_ttl_ms() -> u64 {
+    1000
+}
+
+fn default_max_backend_calls() -> usize {
+    4096
+}
+
+impl Default for FrontendOpts {
+    fn default() -> Self {
+        FrontendOpts {
+            grpc_addr: ([127, 0, 0, 1], 7070).into(),
+            admin_addr: ([127, 0, 0, 1], 7071).into(),
+            metadata_endpoints: Vec::new(),
+            otlp_endpoint: None,
+            metadata_cache_ttl_ms: default_metadata_cache_ttl_ms(),
+            max_backend_calls: default_max_backend_calls(),
+        }
+    }
+}
+
+pub struct Frontend {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    readiness: Readiness,
+    grpc: GrpcServer,
+    admin: tokio::task::JoinHandle<()>,
+    admin_shutdown: CancellationToken,
+    shutdown: CancellationToken,
+}
+
+pub async fn start(opts: &FrontendOpts, shutdown: CancellationToken) -> anyhow::Result<Frontend> {
+    anyhow::ensure!(
+        !opts.metadata_endpoints.is_empty(),
+        "metadata_endpoints must name at least one metadata node"
+    );
+    let metadata = Arc::new(MetadataClient::new(&opts.metadata_endpoints)?);
+    let catalog = Catalog::with_ttl(
+        metadata.clone(),
+        Duration::from_millis(opts.metadata_cache_ttl_ms),
+    );
+    let backend = RoutedBackend::new(metadata, opts.max_backend_calls);
+    let service = QueueServiceImpl::new(catalog, Arc::new(backend));
+
+    let readiness = Readiness::default();
+    let admin_shutdown = CancellationToken::new();
+    let (admin_addr, admin) =
+        admin::serve(opts.admin_addr, readiness.clone(), admin_shutdown.clone()).await?;
+    let grpc = crate::serve(opts.grpc_addr, service, shutdown.clone()).await?;
+    readiness.set(true);
+    tracing::info!(grpc = %grpc.local_addr, admin = %admin_addr, "frontend ready");
+    Ok(Frontend {
+        grpc_addr: grpc.local_addr,
+        admin_addr,
+        readiness,
+        grpc,
+        admin,
+        admin_shutdown,
+        shutdown,
+    })
+}
+
+impl Frontend {
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let readiness = self.readiness.clone();
+        let leave = async move { readiness.set(false) };
+        let served = self
+            .grpc
+            .run_until(&self.shutdown, DRAIN_TIMEOUT, leave)
+            .await;
+        self.admin_shutdown.cancel();
+        let _ = self.admin.await;
+        tracing::info!("frontend stopped");
+        served
+    }
+}
