@@ -293,6 +293,20 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// The first of `count` consecutive loopback ports that are free now.
+pub fn free_port_range(count: u16) -> anyhow::Result<u16> {
+    use rand::Rng;
+    for _ in 0..100 {
+        let base: u16 = rand::thread_rng().gen_range(20_000..60_000);
+        let all_free = (base..base + count)
+            .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if all_free {
+            return Ok(base);
+        }
+    }
+    bail!("no {count} consecutive free ports found")
+}
+
 /// The `etcd` binary: `SLUICE_ETCD_BIN`, or `etcd` on the PATH (Debian's `etcd-server`).
 pub fn etcd_bin() -> PathBuf {
     std::env::var_os("SLUICE_ETCD_BIN")

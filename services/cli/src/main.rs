@@ -1,6 +1,7 @@
 //! The `sluice` command: runs the standalone server and talks to any Sluice endpoint.
 
 mod client;
+mod dev;
 mod standalone;
 
 use std::net::SocketAddr;
@@ -46,6 +47,9 @@ enum Command {
     /// Operate the distributed deployment.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Run the distributed deployment on this machine, for development.
+    #[command(subcommand)]
+    Dev(dev::DevCommand),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -123,6 +127,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Standalone(args) => run_standalone(args).await,
         Command::Admin(command) => client::run_admin(cli.json, command).await,
+        Command::Dev(command) => dev::run(command).await,
         Command::Client(command) => client::run(cli.endpoint, cli.json, command).await,
     };
     match result {

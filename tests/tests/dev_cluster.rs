@@ -1,0 +1,103 @@
+//! `sluice dev cluster up` starts the whole distributed deployment as separate processes, serves
+//! queues through its frontends, and stops everything on SIGINT.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use sluice_proto::v1 as pb;
+use sluice_proto::v1::queue_service_client::QueueServiceClient;
+use sluice_tests::{free_port_range, sluice_bin};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dev_cluster_serves_queues_and_stops_on_sigint() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_port_range(44).unwrap();
+    let mut up = Command::new(sluice_bin())
+        .args([
+            "dev",
+            "cluster",
+            "up",
+            "--base-port",
+            &base.to_string(),
+            "--dir",
+        ])
+        .arg(dir.path().join("cluster"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|line| line.starts_with("sluice dev cluster up:"))
+        .expect("the cluster came up");
+    std::thread::spawn(move || for _ in lines {});
+    let frontends: Vec<String> = ready
+        .split("frontends=")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(frontends.len(), 2);
+
+    let mut first = QueueServiceClient::connect(frontends[0].clone())
+        .await
+        .unwrap();
+    let mut second = QueueServiceClient::connect(frontends[1].clone())
+        .await
+        .unwrap();
+    first
+        .create_queue(pb::CreateQueueRequest {
+            name: "orders".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    first
+        .send_message(pb::SendMessageRequest {
+            queue: "orders".into(),
+            body: b"hello".to_vec().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let got = second
+        .receive_message(pb::ReceiveMessageRequest {
+            queue: "orders".into(),
+            max_messages: 1,
+            wait_time_seconds: Some(5),
+            visibility_timeout_seconds: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .messages;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body.as_ref(), b"hello");
+    drop((first, second));
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || up.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!dir.path().join("cluster").join("pids").exists());
+    let frontend_port: u16 = frontends[0].rsplit(':').next().unwrap().parse().unwrap();
+    assert!(
+        std::net::TcpStream::connect_timeout(
+            &([127, 0, 0, 1], frontend_port).into(),
+            Duration::from_millis(200)
+        )
+        .is_err(),
+        "a frontend still listens after the cluster stopped"
+    );
+}
