@@ -292,3 +292,53 @@ async fn frontends_agree_refuse_bad_input_alone_and_keep_dead_letters_with_their
     assert_eq!(dead.body.as_ref(), b"poison");
     assert_eq!(dead.dead_letter_source_queue, "orders");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_metadata_tier_does_not_stall_sends_to_known_queues() {
+    let cluster = Cluster::start().await;
+    let mut f1 = cluster.frontend(0).await;
+    f1.create_queue(pb::CreateQueueRequest {
+        name: "orders".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // One send teaches the frontend the queue's record, placement and cluster.
+    f1.send_message(send("orders", "warm")).await.unwrap();
+
+    // Freeze every metadata node: connections stay open, nothing answers.
+    let signal = |sig| {
+        for node in &cluster._metadata {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(node.pid() as i32), sig).unwrap();
+        }
+    };
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    // Keep sending past every cache's time bound (records 500 ms, cluster nodes 2 s); each send
+    // must still be answered promptly from what the frontend knew.
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let mut request = tonic::Request::new(send("orders", &format!("m{sent}")));
+        request.set_timeout(Duration::from_secs(2));
+        let result = f1.send_message(request).await;
+        if let Err(status) = &result {
+            signal(nix::sys::signal::Signal::SIGCONT);
+            panic!("send {sent} failed while the metadata tier was stalled: {status:?}");
+        }
+        sent += 1;
+    }
+    signal(nix::sys::signal::Signal::SIGCONT);
+    assert!(sent > 3, "only {sent} sends in 3 s");
+    let counts = f1
+        .get_queue(pb::GetQueueRequest {
+            name: "orders".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .queue
+        .unwrap()
+        .counts
+        .unwrap();
+    assert_eq!(counts.visible, sent + 1);
+}

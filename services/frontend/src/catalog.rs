@@ -38,6 +38,11 @@ pub struct Stored {
 pub struct Catalog {
     store: Arc<dyn MetaStore>,
     cache: moka::sync::Cache<String, Stored>,
+    /// With a TTL: the last record read of each queue, kept past the TTL. When the fresh copy
+    /// has expired, a request uses this one at once while a background read refreshes it, so a
+    /// slow or stalled metadata tier does not hold up requests to queues seen before.
+    last_known: Option<moka::sync::Cache<String, Stored>>,
+    refreshing: Arc<parking_lot::Mutex<std::collections::HashSet<String>>>,
     /// Bumped by every write, so a read that raced with a write does not leave the record it read
     /// before the write in the cache.
     writes: Arc<AtomicU64>,
@@ -58,7 +63,7 @@ fn decode(key: &str, raw: &[u8]) -> Result<QueueRecord> {
 impl Catalog {
     /// A catalog that is its store's only writer (standalone): cached records never go stale.
     pub fn new(store: Arc<dyn MetaStore>) -> Self {
-        Self::build(store, moka::sync::Cache::new(CACHED_RECORDS))
+        Self::build(store, moka::sync::Cache::new(CACHED_RECORDS), None)
     }
 
     /// A catalog beside other writers (other frontends): a cached record is trusted for `ttl` at
@@ -68,24 +73,32 @@ impl Catalog {
             .max_capacity(CACHED_RECORDS)
             .time_to_live(ttl)
             .build();
-        Self::build(store, cache)
+        let last_known = moka::sync::Cache::new(CACHED_RECORDS);
+        Self::build(store, cache, Some(last_known))
     }
 
-    fn build(store: Arc<dyn MetaStore>, cache: moka::sync::Cache<String, Stored>) -> Self {
+    fn build(
+        store: Arc<dyn MetaStore>,
+        cache: moka::sync::Cache<String, Stored>,
+        last_known: Option<moka::sync::Cache<String, Stored>>,
+    ) -> Self {
         Catalog {
             store,
             cache,
+            last_known,
+            refreshing: Arc::default(),
             writes: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    pub async fn get(&self, name: &str) -> Result<Option<Stored>> {
-        if let Some(hit) = self.cache.get(name) {
-            return Ok(Some(hit));
-        }
+    /// Reads the record from the store and caches it (or forgets it, if it is gone).
+    async fn load(&self, name: &str) -> Result<Option<Stored>> {
         let before = self.writes.load(Ordering::SeqCst);
         let key = key(name);
         let Some(v) = self.store.get(&key).await? else {
+            if let Some(last_known) = &self.last_known {
+                last_known.invalidate(name);
+            }
             return Ok(None);
         };
         let stored = Stored {
@@ -93,18 +106,54 @@ impl Catalog {
             revision: v.revision,
         };
         self.cache.insert(name.to_owned(), stored.clone());
+        if let Some(last_known) = &self.last_known {
+            last_known.insert(name.to_owned(), stored.clone());
+        }
         // A write that landed since the read may have dropped the entry before we put ours in;
         // drop it again. (A write after this check drops it itself.)
         if self.writes.load(Ordering::SeqCst) != before {
-            self.cache.invalidate(name);
+            self.forget(name);
         }
         Ok(Some(stored))
+    }
+
+    fn forget(&self, name: &str) {
+        self.cache.invalidate(name);
+        if let Some(last_known) = &self.last_known {
+            last_known.invalidate(name);
+        }
+    }
+
+    /// Refreshes `name` in the background, once at a time per queue.
+    fn refresh(&self, name: &str) {
+        if !self.refreshing.lock().insert(name.to_owned()) {
+            return;
+        }
+        let catalog = self.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            if let Err(err) = catalog.load(&name).await {
+                tracing::warn!(queue = %name, error = %err, "cannot refresh the queue record; using the last one read");
+            }
+            catalog.refreshing.lock().remove(&name);
+        });
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Option<Stored>> {
+        if let Some(hit) = self.cache.get(name) {
+            return Ok(Some(hit));
+        }
+        if let Some(known) = self.last_known.as_ref().and_then(|l| l.get(name)) {
+            self.refresh(name);
+            return Ok(Some(known));
+        }
+        self.load(name).await
     }
 
     /// Called after every write to the store: counts it, then drops the cached record.
     fn written(&self, name: &str) {
         self.writes.fetch_add(1, Ordering::SeqCst);
-        self.cache.invalidate(name);
+        self.forget(name);
     }
 
     /// The queue's record, or NOT_FOUND naming it.

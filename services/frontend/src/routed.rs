@@ -26,6 +26,10 @@ pub struct RoutedBackend {
     metadata: Arc<MetadataClient>,
     placements: moka::sync::Cache<QueueId, String>,
     members: moka::sync::Cache<String, Arc<Vec<String>>>,
+    /// Each cluster's last node list read, kept past its TTL: used at once while a background
+    /// read refreshes it, so a stalled metadata tier does not hold up calls to known clusters.
+    known_members: Arc<Mutex<HashMap<String, Arc<Vec<String>>>>>,
+    refreshing: Arc<Mutex<std::collections::HashSet<String>>>,
     nodes: Mutex<HashMap<String, RemoteBackend>>,
     /// Calls to backends in flight at most, apart from the limit toward the metadata tier, so a
     /// slow metadata tier does not hold back sends to queues whose routes are cached.
@@ -41,6 +45,8 @@ impl RoutedBackend {
             members: moka::sync::Cache::builder()
                 .time_to_live(MEMBERSHIP_TTL)
                 .build(),
+            known_members: Arc::default(),
+            refreshing: Arc::default(),
             nodes: Mutex::new(HashMap::new()),
             in_flight: Semaphore::new(max_in_flight.max(1)),
             next: std::sync::atomic::AtomicUsize::new(0),
@@ -69,16 +75,17 @@ impl RoutedBackend {
         let urls = match self.members.get(cluster) {
             Some(urls) => urls,
             None => {
-                let urls: Arc<Vec<String>> = Arc::new(
-                    self.metadata
-                        .cluster_nodes(cluster)
-                        .await?
-                        .into_iter()
-                        .map(|(_, url)| url)
-                        .collect(),
-                );
-                self.members.insert(cluster.to_owned(), urls.clone());
-                urls
+                let known = self.known_members.lock().get(cluster).cloned();
+                match known {
+                    Some(urls) => {
+                        self.refresh_members(cluster);
+                        urls
+                    }
+                    None => {
+                        read_members(&self.metadata, &self.members, &self.known_members, cluster)
+                            .await?
+                    }
+                }
             }
         };
         if urls.is_empty() {
@@ -95,6 +102,26 @@ impl RoutedBackend {
         let node = RemoteBackend::new(url, ClientOptions::default())?;
         nodes.insert(url.clone(), node.clone());
         Ok(node)
+    }
+
+    /// Reads `cluster`'s node list again in the background, once at a time per cluster.
+    fn refresh_members(&self, cluster: &str) {
+        if !self.refreshing.lock().insert(cluster.to_owned()) {
+            return;
+        }
+        let (metadata, members, known, refreshing) = (
+            self.metadata.clone(),
+            self.members.clone(),
+            self.known_members.clone(),
+            self.refreshing.clone(),
+        );
+        let cluster = cluster.to_owned();
+        tokio::spawn(async move {
+            if let Err(err) = read_members(&metadata, &members, &known, &cluster).await {
+                tracing::warn!(cluster = %cluster, error = %err, "cannot refresh the cluster's nodes; using the last list read");
+            }
+            refreshing.lock().remove(&cluster);
+        });
     }
 
     /// The node to call for queue `id`, with a slot among the calls in flight.
@@ -124,6 +151,26 @@ impl RoutedBackend {
         }
         Ok(())
     }
+}
+
+/// Reads `cluster`'s live nodes from the metadata tier into both caches.
+async fn read_members(
+    metadata: &MetadataClient,
+    members: &moka::sync::Cache<String, Arc<Vec<String>>>,
+    known: &Mutex<HashMap<String, Arc<Vec<String>>>>,
+    cluster: &str,
+) -> Result<Arc<Vec<String>>> {
+    let urls: Arc<Vec<String>> = Arc::new(
+        metadata
+            .cluster_nodes(cluster)
+            .await?
+            .into_iter()
+            .map(|(_, url)| url)
+            .collect(),
+    );
+    members.insert(cluster.to_owned(), urls.clone());
+    known.lock().insert(cluster.to_owned(), urls.clone());
+    Ok(urls)
 }
 
 #[async_trait]
