@@ -397,6 +397,31 @@ impl Drop for EtcdProcess {
     }
 }
 
+/// A queue as `GetQueue` shows it; panics if the call fails.
+pub async fn get_queue(
+    client: &mut QueueServiceClient<Channel>,
+    name: &str,
+) -> sluice_proto::v1::Queue {
+    client
+        .get_queue(sluice_proto::v1::GetQueueRequest { name: name.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .queue
+        .expect("GetQueue answers with the queue")
+}
+
+/// A queue's approximate counts; panics if the call fails.
+pub async fn queue_counts(
+    client: &mut QueueServiceClient<Channel>,
+    name: &str,
+) -> sluice_proto::v1::QueueCounts {
+    get_queue(client, name)
+        .await
+        .counts
+        .expect("a queue has counts")
+}
+
 /// A minimal HTTP/1.0 GET, enough for the admin endpoints.
 pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::manager_service_client::ManagerServiceClient;
 use sluice_proto::v1::queue_service_client::QueueServiceClient;
-use sluice_tests::{EtcdProcess, ServerProcess};
+use sluice_tests::{get_queue, queue_counts, EtcdProcess, ServerProcess};
 use tonic::transport::Channel;
 
 /// Fields drop in order: the processes stop before the etcd they use.
@@ -157,15 +157,7 @@ async fn fifty_queues_spread_over_two_clusters_and_work_through_either_frontend(
             })
             .await
             .unwrap();
-        let counts = other
-            .get_queue(pb::GetQueueRequest { name: queue })
-            .await
-            .unwrap()
-            .into_inner()
-            .queue
-            .unwrap()
-            .counts
-            .unwrap();
+        let counts = queue_counts(&mut other, &queue).await;
         assert_eq!(counts.visible + counts.in_flight, 0);
     }
 }
@@ -207,15 +199,8 @@ async fn frontends_agree_refuse_bad_input_alone_and_keep_dead_letters_with_their
     .unwrap();
     let changed = Instant::now();
     loop {
-        let seen = f2
-            .get_queue(pb::GetQueueRequest {
-                name: "orders".into(),
-            })
+        let seen = get_queue(&mut f2, "orders")
             .await
-            .unwrap()
-            .into_inner()
-            .queue
-            .unwrap()
             .attributes
             .unwrap()
             .visibility_timeout_seconds;
@@ -329,16 +314,6 @@ async fn a_stalled_metadata_tier_does_not_stall_sends_to_known_queues() {
     }
     signal(nix::sys::signal::Signal::SIGCONT);
     assert!(sent > 3, "only {sent} sends in 3 s");
-    let counts = f1
-        .get_queue(pb::GetQueueRequest {
-            name: "orders".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .queue
-        .unwrap()
-        .counts
-        .unwrap();
+    let counts = queue_counts(&mut f1, "orders").await;
     assert_eq!(counts.visible, sent + 1);
 }

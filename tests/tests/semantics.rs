@@ -40,15 +40,7 @@ async fn receive(client: &mut Client, queue: &str, max: u32, visibility: u32) ->
 }
 
 async fn counts(client: &mut Client, queue: &str) -> pb::QueueCounts {
-    client
-        .get_queue(pb::GetQueueRequest { name: queue.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .queue
-        .unwrap()
-        .counts
-        .unwrap()
+    sluice_tests::queue_counts(client, queue).await
 }
 
 async fn delete(client: &mut Client, queue: &str, message: &pb::Message) {

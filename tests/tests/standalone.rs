@@ -38,15 +38,7 @@ async fn drain(server: &StandaloneProcess, queue: &str) -> Vec<String> {
             .into_inner()
             .messages;
         if got.is_empty() {
-            let counts = client
-                .get_queue(pb::GetQueueRequest { name: queue.into() })
-                .await
-                .unwrap()
-                .into_inner()
-                .queue
-                .unwrap()
-                .counts
-                .unwrap();
+            let counts = sluice_tests::queue_counts(&mut client, queue).await;
             // Nothing visible and nothing left that could become visible.
             assert_eq!(counts.visible + counts.delayed, 0);
             return bodies;
