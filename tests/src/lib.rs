@@ -56,6 +56,18 @@ fn built_bin(env: &str, name: &str) -> PathBuf {
     bin
 }
 
+/// Environment variables every server started from now on gets (after the defaults), so a test
+/// can configure processes that helpers start for it without touching its own environment.
+static CHILD_ENV: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Sets the environment variables of the servers started from now on; replaces earlier ones.
+pub fn set_child_env(vars: &[(&str, &str)]) {
+    *CHILD_ENV.lock().expect("not poisoned") = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+}
+
 /// A server command on free ports with its data in `data_dir` (if it keeps any), quiet logs and no stdin; callers
 /// may change any of it before it starts.
 fn server_command(bin: PathBuf, args: &[&str], data_dir: Option<&Path>) -> Command {
@@ -66,10 +78,11 @@ fn server_command(bin: PathBuf, args: &[&str], data_dir: Option<&Path>) -> Comma
     if let Some(dir) = data_dir {
         command.arg("--data-dir").arg(dir);
     }
-    command
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit());
+    command.env("RUST_LOG", "warn");
+    for (key, value) in CHILD_ENV.lock().expect("not poisoned").iter() {
+        command.env(key, value);
+    }
+    command.stdin(Stdio::null()).stderr(Stdio::inherit());
     command
 }
 

@@ -193,3 +193,83 @@ fn int_attribute(exported: &Exported, key: &str) -> Option<i64> {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// One trace crosses every tier: a traced CreateQueue through a frontend produces spans in the
+/// frontend, the metadata ring, the manager and the backend, all in the caller's trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_trace_crosses_every_tier() {
+    let (collector_addr, collector) = start_collector().await;
+    // Every service exports to the collector, quickly; RPC spans are at info level.
+    let endpoint = format!("http://{collector_addr}");
+    sluice_tests::set_child_env(&[
+        ("SLUICE_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("RUST_LOG", "warn,sluice_rpc=info"),
+    ]);
+    let etcd = sluice_tests::EtcdProcess::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _backend = sluice_tests::ServerProcess::start_backend(
+        &dir.path().join("a1"),
+        &etcd.endpoint,
+        "a",
+        "a1",
+    )
+    .unwrap();
+    let metadata = sluice_tests::ServerProcess::start_metadata(&etcd.endpoint, "m1").unwrap();
+    let _manager = sluice_tests::ServerProcess::start_manager(&etcd.endpoint, &[]).unwrap();
+    let frontend = sluice_tests::ServerProcess::start_frontend(
+        &[format!("http://{}", metadata.grpc_addr)],
+        1000,
+    )
+    .unwrap();
+    sluice_tests::set_child_env(&[]);
+
+    let mut client = frontend.client().await.unwrap();
+    let mut request = Request::new(pb::CreateQueueRequest {
+        name: "traced".into(),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01")
+            .parse()
+            .unwrap(),
+    );
+    // The manager may still be campaigning; the frontend waits for it through the ring.
+    client.create_queue(request).await.unwrap();
+
+    let in_trace = |service: &str, span: &str| {
+        collector.spans.lock().unwrap().iter().any(|e| {
+            e.service_name == service && e.span.name == span && hex(&e.span.trace_id) == TRACE_ID
+        })
+    };
+    wait_for(
+        "spans of every tier in the caller's trace",
+        Duration::from_secs(20),
+        || {
+            Ok(
+                in_trace("sluice-frontend", "sluice.v1.QueueService/CreateQueue")
+                    && in_trace("sluice-metadata", "sluice.v1.MetadataService/Create")
+                    && in_trace("sluice-manager", "sluice.v1.ManagerService/PlaceQueue")
+                    && in_trace("sluice-backend", "sluice.v1.BackendService/PutQueue"),
+            )
+        },
+    )
+    .await
+    .unwrap_or_else(|err| {
+        let seen: Vec<_> = collector
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e.service_name.clone(),
+                    e.span.name.clone(),
+                    hex(&e.span.trace_id),
+                )
+            })
+            .collect();
+        panic!("{err}: {seen:?}")
+    });
+}
