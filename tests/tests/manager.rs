@@ -197,3 +197,27 @@ async fn a_cluster_over_its_high_water_mark_gets_no_new_queues() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_hands_the_leadership_over_at_once() {
+    let etcd = EtcdProcess::start().unwrap();
+    let first = ServerProcess::start_manager(&etcd.endpoint, &[]).unwrap();
+    let leader = wait_for_clusters(&first, "a leader", |l| !l.leader.is_empty())
+        .await
+        .leader;
+    assert_eq!(leader, format!("http://{}", first.grpc_addr));
+    let second = ServerProcess::start_manager(&etcd.endpoint, &[]).unwrap();
+    let status = first.terminate().await.unwrap();
+    assert!(status.success(), "{status}");
+    // The leader resigned on its way out; the standby needs no lease expiry to take over.
+    let started = Instant::now();
+    let listed = wait_for_clusters(&second, "the standby to lead", |l| {
+        l.leader == format!("http://{}", second.grpc_addr)
+    })
+    .await;
+    println!(
+        "standby led {:?} after the leader's SIGTERM",
+        started.elapsed()
+    );
+    assert!(listed.clusters.is_empty());
+}

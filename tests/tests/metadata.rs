@@ -123,3 +123,20 @@ async fn requests_keep_succeeding_when_a_metadata_node_is_killed() {
         assert_eq!(after.get(key).await.unwrap().unwrap().value, b"after");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_leaves_the_ring_at_once() {
+    let etcd = EtcdProcess::start().unwrap();
+    let staying = ServerProcess::start_metadata(&etcd.endpoint, "m1").unwrap();
+    let leaving = ServerProcess::start_metadata(&etcd.endpoint, "m2").unwrap();
+    wait_for_ring(&[&staying, &leaving], 2.0).await;
+    let status = leaving.terminate().await.unwrap();
+    assert!(status.success(), "{status}");
+    // The lease was revoked on the way out, not left to expire: the key is gone already.
+    let mut client = etcd_client::Client::connect([&etcd.endpoint], None)
+        .await
+        .unwrap();
+    let key = sluice_metadata::member_key("/sluice/", "m2");
+    assert!(client.get(key, None).await.unwrap().kvs().is_empty());
+    wait_for_ring(&[&staying], 1.0).await;
+}
