@@ -257,3 +257,26 @@ async fn queue_service_works_unchanged_over_a_remote_backend() {
         .unwrap_err();
     assert_eq!(gone.code(), tonic::Code::NotFound, "{gone:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_whose_lease_is_lost_registers_again() {
+    let etcd = EtcdProcess::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _node = ServerProcess::start_backend(dir.path(), &etcd.endpoint, "a", "a1").unwrap();
+    let mut client = etcd_client::Client::connect([&etcd.endpoint], None)
+        .await
+        .unwrap();
+    let key = node_key("/sluice/", "a", "a1");
+    let lease = client.get(key.clone(), None).await.unwrap().kvs()[0].lease();
+    // As if etcd had lost the node for longer than the TTL: the lease and its keys go.
+    client.lease_revoke(lease).await.unwrap();
+    assert!(client
+        .get(key.clone(), None)
+        .await
+        .unwrap()
+        .kvs()
+        .is_empty());
+    wait_for_membership(&etcd, "a1", true).await;
+    let again = client.get(key, None).await.unwrap().kvs()[0].lease();
+    assert_ne!(again, lease, "registered under a new lease");
+}

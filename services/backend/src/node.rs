@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,12 +93,11 @@ pub struct Node {
     shutdown: CancellationToken,
 }
 
-/// The node's keys in etcd and the tasks that keep its lease alive and report its load.
+/// The node's registration in etcd: the lease in use and the task that holds it.
 struct Membership {
     client: etcd_client::Client,
-    lease: i64,
-    keep_alive: tokio::task::JoinHandle<()>,
-    reporter: tokio::task::JoinHandle<()>,
+    lease: Arc<AtomicI64>,
+    holder: tokio::task::JoinHandle<()>,
 }
 
 /// Opens the engine, starts serving, and registers the node; returns once it is ready.
@@ -173,7 +172,8 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
 }
 
 /// Puts the node's key under a lease, keeps the lease alive and reports the node's load until
-/// the node stops.
+/// the node stops. If the lease is lost (etcd unreachable for longer than its TTL, or revoked),
+/// the node registers again under a new one.
 async fn register(
     opts: &NodeOpts,
     record: &NodeRecord,
@@ -183,40 +183,86 @@ async fn register(
     let mut client = etcd_client::Client::connect(&opts.etcd_endpoints, None)
         .await
         .with_context(|| format!("cannot connect to etcd at {:?}", opts.etcd_endpoints))?;
-    let lease = client
-        .lease_grant(LEASE_TTL_SECONDS, None)
-        .await
-        .context("cannot grant the node's etcd lease")?
-        .id();
-    let key = cluster::node_key(&opts.etcd_root, &record.cluster, &record.node);
-    client
-        .put(
-            key.clone(),
-            serde_json::to_vec(record)?,
-            Some(etcd_client::PutOptions::new().with_lease(lease)),
-        )
-        .await
-        .with_context(|| format!("cannot register the node under {key}"))?;
-    let keep_alive = tokio::spawn(sluice_metastore::lease::keep_alive(
-        client.clone(),
-        lease,
-        Duration::from_secs(LEASE_TTL_SECONDS as u64),
-    ));
-    let reporter = tokio::spawn(report_load(
-        client.clone(),
-        lease,
-        cluster::load_key(&opts.etcd_root, &record.cluster, &record.node),
-        engine,
-        traffic,
-        Duration::from_millis(opts.load_report_interval_ms.max(1)),
-    ));
-    tracing::info!(key = %key, lease, "registered in etcd");
+    let keys = Registration {
+        node_key: cluster::node_key(&opts.etcd_root, &record.cluster, &record.node),
+        load_key: cluster::load_key(&opts.etcd_root, &record.cluster, &record.node),
+        record: serde_json::to_vec(record)?,
+        report_every: Duration::from_millis(opts.load_report_interval_ms.max(1)),
+    };
+    let lease = keys.register(&mut client).await?;
+    let current = Arc::new(AtomicI64::new(lease));
+    let holder = tokio::spawn(keys.hold(client.clone(), lease, current.clone(), engine, traffic));
     Ok(Membership {
         client,
-        lease,
-        keep_alive,
-        reporter,
+        lease: current,
+        holder,
     })
+}
+
+/// What a node keeps in etcd.
+struct Registration {
+    node_key: String,
+    load_key: String,
+    record: Vec<u8>,
+    report_every: Duration,
+}
+
+impl Registration {
+    /// Puts the node's key under a new lease; returns the lease.
+    async fn register(&self, client: &mut etcd_client::Client) -> anyhow::Result<i64> {
+        let lease = client
+            .lease_grant(LEASE_TTL_SECONDS, None)
+            .await
+            .context("cannot grant the node's etcd lease")?
+            .id();
+        client
+            .put(
+                self.node_key.clone(),
+                self.record.clone(),
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .with_context(|| format!("cannot register the node under {}", self.node_key))?;
+        tracing::info!(key = %self.node_key, lease, "registered in etcd");
+        Ok(lease)
+    }
+
+    /// Keeps the registration alive and the load reported, registering again whenever the
+    /// lease is lost; `current` always holds the lease in use.
+    async fn hold(
+        self,
+        mut client: etcd_client::Client,
+        mut lease: i64,
+        current: Arc<AtomicI64>,
+        engine: Engine,
+        traffic: Arc<Traffic>,
+    ) {
+        let ttl = Duration::from_secs(LEASE_TTL_SECONDS as u64);
+        loop {
+            tokio::select! {
+                _ = sluice_metastore::lease::keep_alive(client.clone(), lease, ttl) => {}
+                _ = report_load(
+                    client.clone(),
+                    lease,
+                    self.load_key.clone(),
+                    engine.clone(),
+                    traffic.clone(),
+                    self.report_every,
+                ) => {}
+            }
+            tracing::warn!(lease, "the node's etcd lease was lost; registering again");
+            lease = loop {
+                match self.register(&mut client).await {
+                    Ok(lease) => break lease,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot register again; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            current.store(lease, Ordering::SeqCst);
+        }
+    }
 }
 
 /// Writes the node's load under `key` every `period`: message rates since the last report,
@@ -276,9 +322,9 @@ impl Node {
         let leave = async move {
             readiness.set(false);
             if let Some(mut membership) = membership {
-                membership.keep_alive.abort();
-                membership.reporter.abort();
-                if let Err(err) = membership.client.lease_revoke(membership.lease).await {
+                membership.holder.abort();
+                let lease = membership.lease.load(Ordering::SeqCst);
+                if let Err(err) = membership.client.lease_revoke(lease).await {
                     tracing::warn!(error = %err, "cannot revoke the node's etcd lease; it expires on its own");
                 }
             }
