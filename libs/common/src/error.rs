@@ -18,6 +18,10 @@ pub enum Error {
     /// The request is well formed but the state does not allow it, e.g. a stale receipt handle.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Lost a race with a change elsewhere, such as a queue's partition moving to another
+    /// backend cluster: look the state up again and retry.
+    #[error("{0}")]
+    Aborted(String),
     /// Throttled; retry later.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -49,6 +53,7 @@ impl Error {
             Error::NotFound { .. } => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::Aborted(_) => Code::Aborted,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Unimplemented(_) => Code::Unimplemented,
@@ -118,6 +123,7 @@ impl From<Status> for Error {
                 what: strip(" already exists"),
             },
             Code::FailedPrecondition => Error::FailedPrecondition(message.to_owned()),
+            Code::Aborted => Error::Aborted(message.to_owned()),
             Code::ResourceExhausted => Error::ResourceExhausted(message.to_owned()),
             Code::Unavailable => Error::Unavailable(message.to_owned()),
             Code::DeadlineExceeded | Code::Cancelled => {
@@ -148,6 +154,7 @@ mod tests {
                 what: "queue \"orders\"".into(),
             },
             Error::FailedPrecondition("stale receipt".into()),
+            Error::Aborted("queue 7 is sealed here".into()),
             Error::ResourceExhausted("slow down".into()),
             Error::Unavailable("closed".into()),
             Error::Unimplemented("no".into()),

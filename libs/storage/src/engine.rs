@@ -62,6 +62,8 @@ pub(crate) struct Inner {
     pub(crate) tasks: parking_lot::Mutex<HashMap<String, RunningTask>>,
     /// The move task workers, so closing waits for them.
     pub(crate) workers: TaskTracker,
+    /// Held while a queue record is written (create, update, seal).
+    record_writes: tokio::sync::Mutex<()>,
 }
 
 impl Engine {
@@ -85,6 +87,7 @@ impl Engine {
                 dedup_window: options.dedup_window,
                 tasks: parking_lot::Mutex::new(HashMap::new()),
                 workers: TaskTracker::new(),
+                record_writes: tokio::sync::Mutex::new(()),
             }),
         };
         engine.spawn_sweeper();
@@ -119,35 +122,123 @@ impl Engine {
 
     /// Creates the queue, or updates its config if it exists.
     pub async fn create_queue(&self, id: QueueId, config: QueueConfig) -> Result<()> {
-        let record = queue_record(&config);
+        self.create_partition(id, config, 1).await
+    }
+
+    /// Creates the queue, or updates its config if it exists, with sequence numbers from
+    /// `first_sequence` on: a partition that takes over from one sealed on another cluster
+    /// continues its sequence, so sequence numbers keep increasing across a move. A sealed
+    /// queue stays sealed.
+    pub async fn create_partition(
+        &self,
+        id: QueueId,
+        config: QueueConfig,
+        first_sequence: u64,
+    ) -> Result<()> {
+        // One queue record write at a time, so a config update cannot write back a record
+        // read before a concurrent seal and unseal the queue on disk.
+        let _writing = self.inner.record_writes.lock().await;
+        let existing = self.inner.queues.read().get(&id).cloned();
+        let sealed = existing.as_ref().is_some_and(|q| q.state.lock().sealed);
+        let mut record = queue_record(&config);
+        record.sealed = sealed;
+        let first_sequence = first_sequence.max(1);
         self.inner
             .committer
             .commit(
-                vec![Op::Put(
-                    Cf::Queues,
-                    queue_key(id).to_vec(),
-                    record.encode_to_vec(),
-                )],
+                vec![
+                    Op::Put(Cf::Queues, queue_key(id).to_vec(), record.encode_to_vec()),
+                    seq_floor_op(id, first_sequence),
+                ],
                 true,
             )
             .await?;
-        let existing = self.inner.queues.read().get(&id).cloned();
         match existing {
             Some(queue) => {
                 let mut state = queue.state.lock();
                 // The kind of queue is fixed at creation: its index is built for it.
                 let fifo = state.config.fifo;
                 state.config = QueueConfig { fifo, ..config };
+                state.next_seq = state.next_seq.max(first_sequence);
             }
             None => {
                 self.inner
                     .queues
                     .write()
                     .entry(id)
-                    .or_insert_with(|| Arc::new(Queue::new(config, 1)));
+                    .or_insert_with(|| Arc::new(Queue::new(config, first_sequence)));
             }
         }
         Ok(())
+    }
+
+    /// Seals the queue: it takes no more sends (they fail with [`Error::Sealed`]) while receives,
+    /// deletes and visibility changes go on, so consumers drain it. Used when the queue moves to
+    /// another backend cluster. Returns the queue's config and the sequence number its next
+    /// message would have had, for the partition that takes over. Sealing again returns the same.
+    /// A queue linked to another by a dead-letter policy cannot be sealed: messages move between
+    /// linked queues inside one cluster.
+    pub async fn seal_queue(&self, id: QueueId) -> Result<(QueueConfig, u64)> {
+        let _writing = self.inner.record_writes.lock().await;
+        let queue = self.queue(id)?;
+        let (config, newly_sealed) = {
+            let state = queue.state.lock();
+            (state.config.clone(), !state.sealed)
+        };
+        if newly_sealed {
+            if let Some(dead_letter) = config.dead_letter {
+                let dlq = self.queue_name(dead_letter.queue);
+                return Err(Error::CannotSeal(format!(
+                    "queue {} has the dead-letter queue {dlq}; remove its redrive policy first",
+                    config.name
+                )));
+            }
+            let sources: Vec<String> = self
+                .inner
+                .queues
+                .read()
+                .values()
+                .filter_map(|q| {
+                    let state = q.state.lock();
+                    (state.config.dead_letter.map(|d| d.queue) == Some(id))
+                        .then(|| state.config.name.clone())
+                })
+                .collect();
+            if !sources.is_empty() {
+                return Err(Error::CannotSeal(format!(
+                    "queue {} is the dead-letter queue of {}; remove their redrive policies first",
+                    config.name,
+                    sources.join(", ")
+                )));
+            }
+            let mut record = queue_record(&config);
+            record.sealed = true;
+            self.inner
+                .committer
+                .commit(
+                    vec![Op::Put(
+                        Cf::Queues,
+                        queue_key(id).to_vec(),
+                        record.encode_to_vec(),
+                    )],
+                    true,
+                )
+                .await?;
+        }
+        // Sends that got in before the seal have their sequence numbers already: the next one
+        // read under the lock is past all of them.
+        let mut state = queue.state.lock();
+        state.sealed = true;
+        Ok((state.config.clone(), state.next_seq))
+    }
+
+    fn queue_name(&self, id: QueueId) -> String {
+        self.inner
+            .queues
+            .read()
+            .get(&id)
+            .map(|q| q.state.lock().config.name.clone())
+            .unwrap_or_else(|| format!("(id {id})"))
     }
 
     /// Deletes the queue and every message in it.
@@ -257,6 +348,9 @@ impl Engine {
             let mut state = queue.state.lock();
             if state.deleted {
                 return Err(Error::QueueNotFound(id));
+            }
+            if state.sealed {
+                return Err(Error::Sealed(id));
             }
             let mut ops = Vec::with_capacity(prepared.len() * 2);
             for (message_id, encoded, message) in prepared {
@@ -715,6 +809,7 @@ fn queue_record(config: &QueueConfig) -> QueueRecord {
         fifo: config.fifo,
         dead_letter_queue: config.dead_letter.map(|d| d.queue).unwrap_or(0),
         max_receive_count: config.dead_letter.map(|d| d.max_receive_count).unwrap_or(0),
+        sealed: false,
     }
 }
 
@@ -806,7 +901,10 @@ fn rebuild(db: &DB) -> Result<HashMap<QueueId, Arc<Queue>>> {
             .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(1)
             .max(1);
-        queues.insert(id, Arc::new(Queue::new(queue_config(record), floor)));
+        let sealed = record.sealed;
+        let queue = Queue::new(queue_config(record), floor);
+        queue.state.lock().sealed = sealed;
+        queues.insert(id, Arc::new(queue));
     }
 
     let mut orphans: Vec<QueueId> = Vec::new();

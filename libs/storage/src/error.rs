@@ -15,6 +15,12 @@ pub enum Error {
     /// The message was delivered again after this handle was issued.
     #[error("receipt handle is stale: the message was received again since")]
     StaleReceipt,
+    /// The queue's partition here is sealed: sends go to its partition on another cluster.
+    #[error("queue {0} is sealed here: it moved to another backend cluster")]
+    Sealed(QueueId),
+    /// The queue cannot be sealed; says why.
+    #[error("{0}")]
+    CannotSeal(String),
     #[error("the message is no longer in the queue")]
     MessageGone,
     #[error("the message is not in flight")]
@@ -44,6 +50,8 @@ impl From<Error> for sluice_common::Error {
                 E::invalid("receipt_handle", err.to_string())
             }
             Error::StaleReceipt | Error::NotInFlight => E::FailedPrecondition(err.to_string()),
+            Error::Sealed(_) => E::Aborted(err.to_string()),
+            Error::CannotSeal(_) => E::FailedPrecondition(err.to_string()),
             Error::MessageGone => E::not_found("message (deleted or expired)"),
             Error::TaskNotFound(id) => E::not_found(format!("move task {id:?}")),
             Error::TaskConflict(_) | Error::MoveFailed(_) => E::FailedPrecondition(err.to_string()),

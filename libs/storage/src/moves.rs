@@ -174,6 +174,12 @@ impl Engine {
                     }
                 };
                 let mut dest = landing.queue.state.lock();
+                if dest.sealed {
+                    return Err(Error::MoveFailed(format!(
+                        "the destination queue {} has moved to another backend cluster",
+                        dest.config.name
+                    )));
+                }
                 if dest.config.fifo && record.group_id.is_empty() {
                     return Err(Error::MoveFailed(format!(
                         "message {} has no group id and {} is a FIFO queue",

@@ -85,6 +85,9 @@ pub(crate) struct QueueState {
     dedup_expiry: VecDeque<(u64, String)>,
     /// Set when the queue is deleted, so waiters and late writers notice.
     pub deleted: bool,
+    /// Takes no more sends: the queue continues on another backend cluster and this partition
+    /// is drained by consumers.
+    pub sealed: bool,
 }
 
 pub(crate) struct Queue {
@@ -109,6 +112,7 @@ impl Queue {
                 dedup: HashMap::new(),
                 dedup_expiry: VecDeque::new(),
                 deleted: false,
+                sealed: false,
             }),
             visible_notify: Notify::new(),
         }

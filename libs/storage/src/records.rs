@@ -29,6 +29,9 @@ pub(crate) struct QueueRecord {
     pub dead_letter_queue: u64,
     #[prost(uint32, tag = "5")]
     pub max_receive_count: u32,
+    /// The queue's partition moved to another backend cluster: no new sends, only draining.
+    #[prost(bool, tag = "6")]
+    pub sealed: bool,
 }
 
 /// The immutable part of a message, written once at send.

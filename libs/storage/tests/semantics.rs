@@ -469,3 +469,121 @@ async fn deduplication_ids_survive_a_restart() {
     assert_eq!(retry[0].message_id, first[0].message_id);
     assert_eq!(drain(&engine, SOURCE).await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_sealed_queue_refuses_sends_drains_and_stays_sealed_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(EngineOptions::new(dir.path())).unwrap();
+    engine
+        .create_queue(SOURCE, QueueConfig::standard("q", HOUR))
+        .await
+        .unwrap();
+    let sent = engine
+        .send(SOURCE, vec![msg("a"), msg("b"), msg("c")])
+        .await
+        .unwrap();
+    let in_flight = receive_now(&engine, SOURCE, 1, HOUR).await;
+
+    let (config, next_sequence) = engine.seal_queue(SOURCE).await.unwrap();
+    assert_eq!(config.name, "q");
+    assert_eq!(next_sequence, sent[2].sequence + 1);
+    assert!(matches!(
+        engine.send(SOURCE, vec![msg("late")]).await,
+        Err(Error::Sealed(SOURCE))
+    ));
+    // Sealing again answers the same, and a config update does not unseal.
+    assert_eq!(
+        engine.seal_queue(SOURCE).await.unwrap().1,
+        next_sequence,
+        "sealing is idempotent"
+    );
+    engine
+        .create_queue(SOURCE, QueueConfig::standard("q", HOUR * 2))
+        .await
+        .unwrap();
+    engine.close().await;
+    drop(engine);
+
+    let engine = Engine::open(EngineOptions::new(dir.path())).unwrap();
+    assert!(matches!(
+        engine.send(SOURCE, vec![msg("after restart")]).await,
+        Err(Error::Sealed(SOURCE))
+    ));
+    // The in-flight message's handle still deletes it; the rest drain.
+    for result in engine
+        .delete(SOURCE, &[in_flight[0].receipt_handle.as_str()])
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+    assert_eq!(drain(&engine, SOURCE).await.len(), 2);
+    let counts = engine.counts(SOURCE).unwrap();
+    assert_eq!(
+        (counts.visible, counts.in_flight, counts.delayed),
+        (0, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_partition_continues_the_sealed_one_s_sequence() {
+    let old = tempfile::tempdir().unwrap();
+    let new = tempfile::tempdir().unwrap();
+    let old_cluster = Engine::open(EngineOptions::new(old.path())).unwrap();
+    let new_cluster = Engine::open(EngineOptions::new(new.path())).unwrap();
+    let config = queue("q.fifo", true, None);
+    old_cluster.create_queue(SOURCE, config).await.unwrap();
+    let before = old_cluster
+        .send(SOURCE, vec![grouped("1", "g"), grouped("2", "g")])
+        .await
+        .unwrap();
+    let (config, next_sequence) = old_cluster.seal_queue(SOURCE).await.unwrap();
+    new_cluster
+        .create_partition(SOURCE, config, next_sequence)
+        .await
+        .unwrap();
+    let after = new_cluster
+        .send(SOURCE, vec![grouped("3", "g")])
+        .await
+        .unwrap();
+    assert!(after[0].sequence > before[1].sequence);
+    new_cluster.close().await;
+    drop(new_cluster);
+    let new_cluster = Engine::open(EngineOptions::new(new.path())).unwrap();
+    let later = new_cluster
+        .send(SOURCE, vec![grouped("4", "g")])
+        .await
+        .unwrap();
+    assert_eq!(later[0].sequence, after[0].sequence + 1);
+}
+
+#[tokio::test]
+async fn queues_linked_by_a_dead_letter_policy_cannot_be_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = with_dead_letter(&dir, 3, false).await;
+    let refused = engine.seal_queue(SOURCE).await.unwrap_err().to_string();
+    assert!(refused.contains("dead-letter queue dlq"), "{refused}");
+    let refused = engine.seal_queue(DLQ).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("is the dead-letter queue of source"),
+        "{refused}"
+    );
+    // Nothing was sealed: both still take sends.
+    engine.send(SOURCE, vec![msg("x")]).await.unwrap();
+    engine.send(DLQ, vec![msg("y")]).await.unwrap();
+    // An unlinked queue seals, and a redrive into it then fails instead of landing there.
+    engine.seal_queue(OTHER).await.unwrap();
+    engine.send(DLQ, vec![msg("z")]).await.unwrap();
+    engine
+        .start_move_task(DLQ, Some(OTHER), None)
+        .await
+        .unwrap();
+    let task = task_until(&engine, DLQ, "the task to fail", |t| {
+        t.status == MoveTaskStatus::Failed
+    })
+    .await;
+    assert!(
+        task.failure.contains("moved to another backend cluster"),
+        "{task:?}"
+    );
+}
