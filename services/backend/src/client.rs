@@ -67,6 +67,43 @@ impl RemoteBackend {
         Ok(RemoteBackend { client, options })
     }
 
+    /// Creates the queue's partition on this node's cluster, or updates its config, with
+    /// sequence numbers from `first_sequence` on.
+    pub async fn create_partition(
+        &self,
+        id: QueueId,
+        config: &QueueConfig,
+        first_sequence: u64,
+    ) -> Result<()> {
+        let request = pb::PutQueueRequest {
+            queue_id: id,
+            config: Some(convert::config_to_pb(config)),
+            first_sequence,
+        };
+        let timeout = self.options.request_timeout;
+        self.call(request, timeout, true, |mut c, r| async move {
+            c.put_queue(r).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Seals the queue's partition on this node's cluster; returns its config and the sequence
+    /// number its next message would have had.
+    pub async fn seal(&self, id: QueueId) -> Result<(QueueConfig, u64)> {
+        let request = pb::SealQueueRequest { queue_id: id };
+        let timeout = self.options.request_timeout;
+        let sealed = self
+            .call(request, timeout, true, |mut c, r| async move {
+                c.seal_queue(r).await
+            })
+            .await?;
+        Ok((
+            convert::config_from_pb(sealed.config.unwrap_or_default()),
+            sealed.next_sequence,
+        ))
+    }
+
     fn backoff(&self) -> ExponentialBuilder {
         ExponentialBuilder::default()
             .with_jitter()
@@ -137,16 +174,7 @@ fn entries(results: pb::EntryResults) -> Vec<Result<()>> {
 #[async_trait]
 impl QueueBackend for RemoteBackend {
     async fn create_queue(&self, id: QueueId, config: QueueConfig) -> Result<()> {
-        let request = pb::PutQueueRequest {
-            queue_id: id,
-            config: Some(convert::config_to_pb(&config)),
-        };
-        let timeout = self.options.request_timeout;
-        self.call(request, timeout, true, |mut c, r| async move {
-            c.put_queue(r).await
-        })
-        .await?;
-        Ok(())
+        self.create_partition(id, &config, 0).await
     }
 
     async fn delete_queue(&self, id: QueueId) -> Result<()> {

@@ -128,7 +128,7 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
     let (admin_addr, admin) =
         admin::serve(opts.admin_addr, readiness.clone(), admin_shutdown.clone()).await?;
 
-    let service = BackendServiceImpl::new(Arc::new(engine.clone()));
+    let service = BackendServiceImpl::new(engine.clone());
     let traffic = service.traffic();
     let service = BackendServiceServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

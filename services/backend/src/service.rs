@@ -12,13 +12,15 @@ use sluice_proto::v1 as pb;
 use sluice_proto::v1::backend_service_server::BackendService;
 use tonic::{Request, Response, Status};
 
+use sluice_storage::Engine;
+
 use crate::api::QueueBackend;
 use crate::convert;
 use crate::metrics;
 
 #[derive(Clone)]
 pub struct BackendServiceImpl {
-    backend: Arc<dyn QueueBackend>,
+    engine: Engine,
     traffic: Arc<Traffic>,
 }
 
@@ -32,11 +34,16 @@ pub struct Traffic {
 }
 
 impl BackendServiceImpl {
-    pub fn new(backend: Arc<dyn QueueBackend>) -> Self {
+    pub fn new(engine: Engine) -> Self {
         BackendServiceImpl {
-            backend,
+            engine,
             traffic: Arc::default(),
         }
+    }
+
+    /// The engine as the frontend-facing operations see it, with their error mapping.
+    fn backend(&self) -> &dyn QueueBackend {
+        &self.engine
     }
 
     pub fn traffic(&self) -> Arc<Traffic> {
@@ -85,8 +92,29 @@ impl BackendService for BackendServiceImpl {
             |r| r.queue_id,
             |r| async move {
                 let config = convert::config_from_pb(r.config.unwrap_or_default());
-                self.backend.create_queue(r.queue_id, config).await?;
+                self.engine
+                    .create_partition(r.queue_id, config, r.first_sequence)
+                    .await?;
                 Ok(pb::PutQueueResponse {})
+            },
+        )
+        .await
+    }
+
+    async fn seal_queue(
+        &self,
+        request: Request<pb::SealQueueRequest>,
+    ) -> Result<Response<pb::SealQueueResponse>, Status> {
+        observed(
+            "SealQueue",
+            request,
+            |r| r.queue_id,
+            |r| async move {
+                let (config, next_sequence) = self.engine.seal_queue(r.queue_id).await?;
+                Ok(pb::SealQueueResponse {
+                    config: Some(convert::config_to_pb(&config)),
+                    next_sequence,
+                })
             },
         )
         .await
@@ -101,7 +129,7 @@ impl BackendService for BackendServiceImpl {
             request,
             |r| r.queue_id,
             |r| async move {
-                self.backend.delete_queue(r.queue_id).await?;
+                self.backend().delete_queue(r.queue_id).await?;
                 Ok(pb::DropQueueResponse {})
             },
         )
@@ -117,7 +145,7 @@ impl BackendService for BackendServiceImpl {
             request,
             |r| r.queue_id,
             |r| async move {
-                let purged = self.backend.purge_queue(r.queue_id).await?;
+                let purged = self.backend().purge_queue(r.queue_id).await?;
                 Ok(pb::PurgeResponse { purged })
             },
         )
@@ -134,7 +162,7 @@ impl BackendService for BackendServiceImpl {
             |r| r.queue_id,
             |r| async move {
                 Ok(convert::counts_to_pb(
-                    self.backend.counts(r.queue_id).await?,
+                    self.backend().counts(r.queue_id).await?,
                 ))
             },
         )
@@ -155,7 +183,7 @@ impl BackendService for BackendServiceImpl {
                     .into_iter()
                     .map(convert::new_message_from_pb)
                     .collect();
-                let sent = self.backend.send(r.queue_id, messages).await?;
+                let sent = self.backend().send(r.queue_id, messages).await?;
                 let stored = sent.iter().filter(|m| !m.duplicate).count() as u64;
                 self.traffic
                     .messages_in
@@ -178,7 +206,7 @@ impl BackendService for BackendServiceImpl {
             |r| r.queue_id,
             |r| async move {
                 let messages = self
-                    .backend
+                    .backend()
                     .receive(
                         r.queue_id,
                         r.max_messages as usize,
@@ -204,7 +232,7 @@ impl BackendService for BackendServiceImpl {
             |r| r.queue_id,
             |r| async move {
                 Ok(results(
-                    self.backend.delete(r.queue_id, r.receipt_handles).await?,
+                    self.backend().delete(r.queue_id, r.receipt_handles).await?,
                 ))
             },
         )
@@ -226,7 +254,7 @@ impl BackendService for BackendServiceImpl {
                     .map(|c| (c.receipt_handle, Duration::from_millis(c.visibility_ms)))
                     .collect();
                 Ok(results(
-                    self.backend.change_visibility(r.queue_id, changes).await?,
+                    self.backend().change_visibility(r.queue_id, changes).await?,
                 ))
             },
         )
@@ -245,7 +273,7 @@ impl BackendService for BackendServiceImpl {
                 let destination = (r.destination_queue_id != 0).then_some(r.destination_queue_id);
                 let rate = r.max_messages_per_second.and_then(NonZeroU32::new);
                 let task_id = self
-                    .backend
+                    .backend()
                     .start_move_task(r.source_queue_id, destination, rate)
                     .await?;
                 Ok(pb::StartMoveTaskResponse { task_id })
@@ -263,7 +291,7 @@ impl BackendService for BackendServiceImpl {
             request,
             |r| r.source_queue_id,
             |r| async move {
-                let tasks = self.backend.list_move_tasks(r.source_queue_id).await?;
+                let tasks = self.backend().list_move_tasks(r.source_queue_id).await?;
                 Ok(pb::ListMoveTasksResponse {
                     tasks: tasks.into_iter().map(convert::task_to_pb).collect(),
                 })
@@ -282,7 +310,7 @@ impl BackendService for BackendServiceImpl {
             |r| r.source_queue_id,
             |r| async move {
                 let task = self
-                    .backend
+                    .backend()
                     .cancel_move_task(r.source_queue_id, r.task_id)
                     .await?;
                 Ok(convert::task_to_pb(task))
