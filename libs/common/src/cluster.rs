@@ -55,12 +55,62 @@ pub struct LoadReport {
     pub reported_at_ms: u64,
 }
 
-/// The value under [`placement_key`].
+/// The value under [`placement_key`]: where a queue's partitions live. A queue has one active
+/// partition, which takes every send; moving the queue (`sluice admin place`) seals the active
+/// partition and opens the next one on another cluster. A sealed partition takes no sends;
+/// consumers drain it, and the leader manager removes it once it is empty.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Placement {
     pub queue: String,
+    /// The cluster of the active partition.
     pub cluster: String,
     pub placed_at_ms: u64,
+    /// The active partition's number: 0 at first, one more with each move. Receipt handles
+    /// name the partition they came from, so they keep working across a move.
+    #[serde(default)]
+    pub partition: u32,
+    /// Partitions sealed by moves and not yet drained, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sealed: Vec<SealedPartition>,
+    /// Set while a move to this cluster is under way; the leader manager finishes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving_to: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SealedPartition {
+    pub partition: u32,
+    pub cluster: String,
+    pub sealed_at_ms: u64,
+    /// A FIFO queue delivers from its new partition only once the sealed ones are empty, so
+    /// each group stays in send order across the move.
+    #[serde(default)]
+    pub fifo: bool,
+}
+
+impl Placement {
+    /// A queue's first placement.
+    pub fn new(queue: impl Into<String>, cluster: impl Into<String>) -> Self {
+        Placement {
+            queue: queue.into(),
+            cluster: cluster.into(),
+            placed_at_ms: crate::now_ms(),
+            partition: 0,
+            sealed: Vec::new(),
+            moving_to: None,
+        }
+    }
+
+    /// The cluster holding partition `partition`, if it is the active or a sealed one.
+    pub fn cluster_of(&self, partition: u32) -> Option<&str> {
+        if partition == self.partition {
+            return Some(&self.cluster);
+        }
+        self.sealed
+            .iter()
+            .find(|p| p.partition == partition)
+            .map(|p| p.cluster.as_str())
+    }
 }
 
 /// What a key under [`clusters_prefix`] is.
@@ -109,6 +159,11 @@ mod tests {
             })
         );
         assert_eq!(parse_cluster_key(root, "/sluice/clusters/a/other/x"), None);
+        // A placement written before partitions existed reads as partition 0.
+        let old: Placement =
+            serde_json::from_str(r#"{"queue":"q","cluster":"a","placed_at_ms":1}"#).unwrap();
+        assert_eq!((old.partition, old.cluster_of(0)), (0, Some("a")));
+        assert_eq!(old.cluster_of(1), None);
         assert_eq!(parse_cluster_key(root, "/sluice/queues/a"), None);
         assert!(
             placement_key(root, 7) < placement_key(root, 10),

@@ -30,6 +30,9 @@ struct Flags {
     /// Low-water mark: a cluster with less free disk takes no new queues [default: none]
     #[arg(long)]
     min_disk_free_bytes: Option<u64>,
+    /// How often the leader advances queue moves, in ms [default: 1000]
+    #[arg(long)]
+    move_interval_ms: Option<u64>,
 }
 
 async fn run(args: ServiceArgs<Flags>) -> anyhow::Result<()> {

@@ -46,3 +46,22 @@ pub(crate) static PLACEMENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+/// Queue moves by step: `sealed` (the old partition sealed and the new one opened),
+/// `removed` (a drained sealed partition removed).
+pub(crate) static MOVES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "sluice_manager_queue_moves_total",
+        "Queue move steps completed by this manager, by step",
+        &["step"]
+    )
+    .expect("metric registers once")
+});
+
+pub(crate) static SEALED_PARTITIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "sluice_manager_sealed_partitions",
+        "Sealed queue partitions still draining, as the leader last saw them"
+    )
+    .expect("metric registers once")
+});

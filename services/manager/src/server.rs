@@ -35,6 +35,14 @@ pub struct ManagerOpts {
     /// High-water marks; a cluster past one takes no new queues.
     #[serde(flatten)]
     pub limits: Limits,
+    /// How often the leader advances queue moves: finishes interrupted ones and removes
+    /// sealed partitions that consumers have drained.
+    #[serde(default = "default_move_interval_ms")]
+    pub move_interval_ms: u64,
+}
+
+fn default_move_interval_ms() -> u64 {
+    1000
 }
 
 fn default_etcd_root() -> String {
@@ -51,6 +59,7 @@ impl Default for ManagerOpts {
             advertise_url: None,
             otlp_endpoint: None,
             limits: Limits::default(),
+            move_interval_ms: default_move_interval_ms(),
         }
     }
 }
@@ -61,6 +70,7 @@ pub struct Manager {
     readiness: Readiness,
     grpc: GrpcServer,
     campaign: tokio::task::JoinHandle<()>,
+    mover: tokio::task::JoinHandle<()>,
     admin: tokio::task::JoinHandle<()>,
     admin_shutdown: CancellationToken,
     shutdown: CancellationToken,
@@ -83,12 +93,19 @@ pub async fn start(opts: &ManagerOpts, shutdown: CancellationToken) -> anyhow::R
         admin::serve(opts.admin_addr, readiness.clone(), admin_shutdown.clone()).await?;
 
     let leadership = Leadership::default();
-    let service = ManagerServiceServer::new(ManagerServiceImpl {
+    let service = ManagerServiceImpl {
         client: client.clone(),
         root: opts.etcd_root.clone(),
         leadership: leadership.clone(),
         limits: opts.limits.clone(),
-    });
+        backends: Default::default(),
+    };
+    let mover = tokio::spawn(crate::moves::run(
+        service.clone(),
+        Duration::from_millis(opts.move_interval_ms.max(10)),
+        shutdown.clone(),
+    ));
+    let service = ManagerServiceServer::new(service);
     let grpc = grpc::serve(
         opts.grpc_addr,
         "sluice.v1.ManagerService",
@@ -116,6 +133,7 @@ pub async fn start(opts: &ManagerOpts, shutdown: CancellationToken) -> anyhow::R
         readiness,
         grpc,
         campaign,
+        mover,
         admin,
         admin_shutdown,
         shutdown,
@@ -127,9 +145,10 @@ impl Manager {
     /// lease), drains the gRPC server, and closes the admin port last.
     pub async fn wait(self) -> anyhow::Result<()> {
         let readiness = self.readiness.clone();
-        let campaign = self.campaign;
+        let (campaign, mover) = (self.campaign, self.mover);
         let leave = async move {
             readiness.set(false);
+            let _ = mover.await;
             let _ = campaign.await;
         };
         let served = self

@@ -4,6 +4,7 @@ use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use sluice_common::cluster::{self, Placement};
 use sluice_common::{rpc, Error, Result};
 use sluice_proto::v1 as pb;
+use sluice_proto::v1::manager_service_client::ManagerServiceClient;
 use sluice_proto::v1::manager_service_server::ManagerService;
 use tonic::{Request, Response, Status};
 
@@ -17,9 +18,10 @@ pub struct ManagerServiceImpl {
     pub(crate) root: String,
     pub(crate) leadership: Leadership,
     pub(crate) limits: Limits,
+    pub(crate) backends: crate::moves::Backends,
 }
 
-fn etcd(err: impl std::fmt::Display) -> Error {
+pub(crate) fn etcd(err: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!("etcd: {err}"))
 }
 
@@ -40,14 +42,7 @@ impl ManagerServiceImpl {
             return Err(Error::invalid("queue_id", "must not be 0"));
         }
         let Some(fence) = self.leadership.fence() else {
-            let election = cluster::manager_election(&self.root);
-            let leader = election::leader_url(&self.client, &election)
-                .await
-                .map_err(etcd)?;
-            return Err(Error::FailedPrecondition(match leader {
-                Some(url) => format!("not the leader; the leader is at {url}"),
-                None => "not the leader, and no manager leads right now".into(),
-            }));
+            return Err(self.not_the_leader().await);
         };
         let key = cluster::placement_key(&self.root, req.queue_id);
         if let Some(placed) = self.existing(&key).await? {
@@ -77,11 +72,7 @@ impl ManagerServiceImpl {
                 .name
                 .clone()
         };
-        let placement = Placement {
-            queue: req.queue.clone(),
-            cluster: cluster.clone(),
-            placed_at_ms: sluice_common::now_ms(),
-        };
+        let placement = Placement::new(&req.queue, &cluster);
         let value = serde_json::to_vec(&placement).expect("a placement serializes");
         let txn = Txn::new()
             .when([
@@ -104,6 +95,34 @@ impl ManagerServiceImpl {
                 "lost the manager leadership while placing; retry".into(),
             )),
         }
+    }
+
+    /// The answer of a manager that does not lead, naming the leader if there is one.
+    async fn not_the_leader(&self) -> Error {
+        let election = cluster::manager_election(&self.root);
+        match election::leader_url(&self.client, &election).await {
+            Ok(Some(url)) => Error::FailedPrecondition(format!("not the leader; the leader is at {url}")),
+            Ok(None) => Error::Unavailable("not the leader, and no manager leads right now".into()),
+            Err(err) => etcd(err),
+        }
+    }
+
+    /// MoveQueue: done by the leader; another manager hands it over.
+    async fn move_to(&self, req: pb::MoveQueueRequest) -> Result<pb::QueuePlacement> {
+        if self.leadership.fence().is_some() {
+            return self.move_queue(&req.queue, &req.cluster).await;
+        }
+        let election = cluster::manager_election(&self.root);
+        let leader = election::leader_url(&self.client, &election)
+            .await
+            .map_err(etcd)?
+            .ok_or_else(|| Error::Unavailable("no manager leads right now; retry".into()))?;
+        let mut client = ManagerServiceClient::connect(leader.clone())
+            .await
+            .map_err(|err| Error::Unavailable(format!("cannot reach the leader at {leader}: {err}")))?;
+        let mut request = Request::new(req);
+        sluice_common::telemetry::inject_trace(request.metadata_mut());
+        Ok(client.move_queue(request).await?.into_inner())
     }
 
     async fn list(&self) -> Result<pb::ListClustersResponse> {
@@ -179,6 +198,39 @@ impl ManagerService for ManagerServiceImpl {
             &metadata,
             &metrics::RPC,
             self.place(req),
+        )
+        .await
+    }
+
+    async fn move_queue(
+        &self,
+        request: Request<pb::MoveQueueRequest>,
+    ) -> Result<Response<pb::QueuePlacement>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        let queue = req.queue.clone();
+        rpc::observe(
+            "sluice.v1.ManagerService",
+            "MoveQueue",
+            &queue,
+            &metadata,
+            &metrics::RPC,
+            self.move_to(req),
+        )
+        .await
+    }
+
+    async fn get_placement(
+        &self,
+        request: Request<pb::GetPlacementRequest>,
+    ) -> Result<Response<pb::QueuePlacement>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        rpc::observe(
+            "sluice.v1.ManagerService",
+            "GetPlacement",
+            &req.queue.clone(),
+            &metadata,
+            &metrics::RPC,
+            self.placement_of(&req.queue),
         )
         .await
     }

@@ -1,0 +1,351 @@
+//! Moving a queue to another backend cluster by hand (DESIGN section 7). Nothing is copied
+//! under traffic: the active partition is sealed (it takes no more sends), the next partition
+//! opens on the target cluster and continues the sequence numbers, frontends send there from
+//! then on and keep receiving from the sealed one until consumers have drained it, and the
+//! leader removes the sealed partition once it is empty.
+//!
+//! The intent goes into the placement first (`moving_to`) and every later step can be done
+//! twice, so a leader that dies halfway leaves the move for the next leader to finish. Every
+//! placement write is fenced by the leadership and made against the revision it read.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+use parking_lot::Mutex;
+use sluice_backend::{ClientOptions, QueueBackend, RemoteBackend};
+use sluice_common::cluster::{self, NodeRecord, Placement, SealedPartition};
+use sluice_common::{Error, Result};
+use sluice_proto::v1 as pb;
+use tokio_util::sync::CancellationToken;
+
+use crate::service::{etcd, ManagerServiceImpl};
+use crate::{metrics, view};
+
+/// Clients of backend nodes by URL, shared by every move.
+pub(crate) type Backends = Arc<Mutex<HashMap<String, RemoteBackend>>>;
+
+/// The part of a queue record (written by the frontends' catalog) a move needs.
+#[derive(serde::Deserialize)]
+struct QueueRef {
+    id: u64,
+}
+
+impl ManagerServiceImpl {
+    /// The id of queue `name`, from its record in etcd.
+    async fn queue_id(&self, name: &str) -> Result<u64> {
+        if name.is_empty() {
+            return Err(Error::invalid("queue", "must not be empty"));
+        }
+        let key = format!("{}queues/{name}", self.root);
+        let got = self.client.kv_client().get(key, None).await.map_err(etcd)?;
+        let kv = got
+            .kvs()
+            .first()
+            .ok_or_else(|| Error::not_found(format!("queue {name:?}")))?;
+        let record: QueueRef = serde_json::from_slice(kv.value())
+            .map_err(|err| Error::Internal(format!("queue record of {name:?} is corrupt: {err}")))?;
+        Ok(record.id)
+    }
+
+    /// The queue's placement and the revision it was read at.
+    async fn read_placement(&self, id: u64) -> Result<Option<(Placement, i64)>> {
+        let key = cluster::placement_key(&self.root, id);
+        let got = self.client.kv_client().get(key.clone(), None).await.map_err(etcd)?;
+        got.kvs()
+            .first()
+            .map(|kv| {
+                serde_json::from_slice(kv.value())
+                    .map(|placement| (placement, kv.mod_revision()))
+                    .map_err(|err| Error::Internal(format!("placement {key} is corrupt: {err}")))
+            })
+            .transpose()
+    }
+
+    /// Replaces the placement read at `revision`; false if it changed since (or was deleted
+    /// with its queue). Fails if this manager no longer leads.
+    async fn write_placement(&self, id: u64, placement: &Placement, revision: i64) -> Result<bool> {
+        let fence = self
+            .leadership
+            .fence()
+            .ok_or_else(|| Error::Unavailable("lost the manager leadership; retry".into()))?;
+        let key = cluster::placement_key(&self.root, id);
+        let value = serde_json::to_vec(placement).expect("a placement serializes");
+        let txn = Txn::new()
+            .when([
+                fence.clone(),
+                Compare::mod_revision(key.clone(), CompareOp::Equal, revision),
+            ])
+            .and_then([TxnOp::put(key, value, None)]);
+        let written = self.client.kv_client().txn(txn).await.map_err(etcd)?;
+        if written.succeeded() {
+            return Ok(true);
+        }
+        if self.leadership.fence().is_none() {
+            return Err(Error::Unavailable(
+                "lost the manager leadership; retry".into(),
+            ));
+        }
+        Ok(false)
+    }
+
+    /// A client of a live node of `cluster`.
+    async fn backend(&self, cluster_name: &str) -> Result<RemoteBackend> {
+        let prefix = format!("{}clusters/{cluster_name}/nodes/", self.root);
+        let listed = self
+            .client
+            .kv_client()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd)?;
+        let node: NodeRecord = listed
+            .kvs()
+            .iter()
+            .find_map(|kv| serde_json::from_slice(kv.value()).ok())
+            .ok_or_else(|| {
+                Error::Unavailable(format!("backend cluster {cluster_name} has no live node"))
+            })?;
+        let mut backends = self.backends.lock();
+        if let Some(backend) = backends.get(&node.url) {
+            return Ok(backend.clone());
+        }
+        let backend = RemoteBackend::new(&node.url, ClientOptions::default())?;
+        backends.insert(node.url, backend.clone());
+        Ok(backend)
+    }
+
+    /// Moves queue `name` so that its sends go to `target` (the leader's side of MoveQueue).
+    pub(crate) async fn move_queue(&self, name: &str, target: &str) -> Result<pb::QueuePlacement> {
+        if target.is_empty() {
+            return Err(Error::invalid("cluster", "must name a backend cluster"));
+        }
+        let id = self.queue_id(name).await?;
+        let clusters = view::read_clusters(&self.client, &self.root)
+            .await
+            .map_err(etcd)?;
+        match clusters.iter().find(|c| c.name == target) {
+            None => return Err(Error::not_found(format!("backend cluster {target:?}"))),
+            Some(c) if c.nodes.is_empty() => {
+                return Err(Error::FailedPrecondition(format!(
+                    "backend cluster {target} has no live node"
+                )))
+            }
+            Some(_) => {}
+        }
+        loop {
+            let (mut placement, revision) = self
+                .read_placement(id)
+                .await?
+                .ok_or_else(|| Error::not_found(format!("placement of queue {name:?}")))?;
+            if placement.cluster == target && placement.moving_to.is_none() {
+                return self.describe(name, id, &placement).await;
+            }
+            if let Some(moving_to) = placement.moving_to.as_deref() {
+                if moving_to != target {
+                    return Err(Error::FailedPrecondition(format!(
+                        "queue {name} is already moving to cluster {moving_to}"
+                    )));
+                }
+            } else {
+                if placement.sealed.iter().any(|p| p.cluster == target) {
+                    return Err(Error::FailedPrecondition(format!(
+                        "queue {name} still has a sealed partition on cluster {target}; move it \
+                         there again once that partition is drained (sluice admin placement {name})"
+                    )));
+                }
+                placement.moving_to = Some(target.to_owned());
+                if !self.write_placement(id, &placement, revision).await? {
+                    continue;
+                }
+            }
+            let placement = self.finish_move(id).await?;
+            return self.describe(name, id, &placement).await;
+        }
+    }
+
+    /// Carries out the move the placement of queue `id` records in `moving_to`: seals the
+    /// active partition, opens the next one on the target, and makes it the active one. A move
+    /// the old partition refuses (a queue linked by a dead-letter policy) is called off.
+    async fn finish_move(&self, id: u64) -> Result<Placement> {
+        loop {
+            let Some((mut placement, revision)) = self.read_placement(id).await? else {
+                return Err(Error::not_found("queue (deleted while moving)"));
+            };
+            let Some(target) = placement.moving_to.clone() else {
+                return Ok(placement);
+            };
+            let old = self.backend(&placement.cluster).await?;
+            let (config, next_sequence) = match old.seal(id).await {
+                Ok(sealed) => sealed,
+                Err(refused @ Error::FailedPrecondition(_)) => {
+                    placement.moving_to = None;
+                    self.write_placement(id, &placement, revision).await?;
+                    return Err(refused);
+                }
+                Err(err) => return Err(err),
+            };
+            self.backend(&target)
+                .await?
+                .create_partition(id, &config, next_sequence)
+                .await?;
+            let sealed = SealedPartition {
+                partition: placement.partition,
+                cluster: std::mem::replace(&mut placement.cluster, target.clone()),
+                sealed_at_ms: sluice_common::now_ms(),
+                fifo: config.fifo,
+            };
+            placement.sealed.push(sealed);
+            placement.partition += 1;
+            placement.moving_to = None;
+            if self.write_placement(id, &placement, revision).await? {
+                metrics::MOVES.with_label_values(&["sealed"]).inc();
+                tracing::info!(queue = %placement.queue, queue_id = id, cluster = %target, partition = placement.partition, "queue moved; its old partition drains");
+                return Ok(placement);
+            }
+        }
+    }
+
+    /// Removes sealed partitions of queue `id` that consumers have emptied: drops the queue on
+    /// the old cluster, then takes the partition out of the placement. A partition already
+    /// dropped (a leader died in between) is taken out too.
+    async fn remove_drained(&self, id: u64, placement: &Placement) -> Result<()> {
+        for partition in &placement.sealed {
+            let backend = self.backend(&partition.cluster).await?;
+            let empty = match backend.counts(id).await {
+                Ok(counts) => counts.visible + counts.in_flight + counts.delayed == 0,
+                Err(Error::NotFound { .. }) => true,
+                Err(err) => return Err(err),
+            };
+            if !empty {
+                continue;
+            }
+            // Sealed, so nothing new arrives. A send that got in just before the seal and is
+            // still being written fails with NOT_FOUND once the queue is dropped: its sender
+            // was never told it was stored.
+            backend.delete_queue(id).await?;
+            loop {
+                let Some((mut current, revision)) = self.read_placement(id).await? else {
+                    return Ok(());
+                };
+                current.sealed.retain(|p| p.partition != partition.partition);
+                if self.write_placement(id, &current, revision).await? {
+                    metrics::MOVES.with_label_values(&["removed"]).inc();
+                    tracing::info!(queue = %current.queue, queue_id = id, cluster = %partition.cluster, partition = partition.partition, "drained partition removed");
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One pass of the leader over every placement: finishes interrupted moves and removes
+    /// drained partitions.
+    pub(crate) async fn reconcile(&self) -> Result<()> {
+        let listed = self
+            .client
+            .kv_client()
+            .get(
+                cluster::placements_prefix(&self.root),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(etcd)?;
+        let mut draining = 0;
+        for kv in listed.kvs() {
+            let Ok(placement) = serde_json::from_slice::<Placement>(kv.value()) else {
+                continue;
+            };
+            if placement.moving_to.is_none() && placement.sealed.is_empty() {
+                continue;
+            }
+            let Some(id) = kv
+                .key_str()
+                .ok()
+                .and_then(|key| key.rsplit('/').next())
+                .and_then(|id| id.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            draining += placement.sealed.len();
+            let step = async {
+                let placement = match placement.moving_to {
+                    Some(_) => self.finish_move(id).await?,
+                    None => placement,
+                };
+                self.remove_drained(id, &placement).await
+            };
+            if let Err(err) = step.await {
+                tracing::warn!(queue_id = id, error = %err, "cannot advance the queue's move; trying again later");
+            }
+        }
+        metrics::SEALED_PARTITIONS.set(draining as i64);
+        Ok(())
+    }
+
+    /// Where queue `name`'s partitions are, with each one's counts.
+    pub(crate) async fn placement_of(&self, name: &str) -> Result<pb::QueuePlacement> {
+        let id = self.queue_id(name).await?;
+        let (placement, _) = self
+            .read_placement(id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("placement of queue {name:?}")))?;
+        self.describe(name, id, &placement).await
+    }
+
+    async fn describe(&self, name: &str, id: u64, placement: &Placement) -> Result<pb::QueuePlacement> {
+        let mut partitions = Vec::with_capacity(1 + placement.sealed.len());
+        let all = std::iter::once((placement.partition, placement.cluster.as_str(), false)).chain(
+            placement
+                .sealed
+                .iter()
+                .map(|p| (p.partition, p.cluster.as_str(), true)),
+        );
+        for (partition, cluster_name, sealed) in all {
+            let counts = match self.backend(cluster_name).await {
+                Ok(backend) => backend.counts(id).await,
+                Err(err) => Err(err),
+            };
+            let (counts, error) = match counts {
+                Ok(c) => (
+                    Some(pb::QueueCounts {
+                        visible: c.visible,
+                        in_flight: c.in_flight,
+                        delayed: c.delayed,
+                    }),
+                    String::new(),
+                ),
+                Err(err) => (None, err.to_string()),
+            };
+            partitions.push(pb::PartitionInfo {
+                partition,
+                cluster: cluster_name.to_owned(),
+                sealed,
+                counts,
+                error,
+            });
+        }
+        Ok(pb::QueuePlacement {
+            queue: name.to_owned(),
+            queue_id: id,
+            partitions,
+            moving_to: placement.moving_to.clone().unwrap_or_default(),
+        })
+    }
+}
+
+/// While this manager leads, advances every move once per `interval`, until `shutdown`.
+pub(crate) async fn run(service: ManagerServiceImpl, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if service.leadership.fence().is_none() {
+            continue;
+        }
+        if let Err(err) = service.reconcile().await {
+            tracing::warn!(error = %err, "cannot read the placements to advance moves");
+        }
+    }
+}
