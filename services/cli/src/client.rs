@@ -38,6 +38,26 @@ pub enum AdminCommand {
         #[arg(long, env = "SLUICE_MANAGER", default_value = "http://127.0.0.1:7090")]
         manager: String,
     },
+    /// Move QUEUE to backend cluster CLUSTER: its partition where it is now is sealed (no new
+    /// sends) and drained by consumers, then removed; new sends go to CLUSTER at once.
+    Place {
+        queue: String,
+        #[arg(long)]
+        cluster: String,
+        /// Wait until consumers have drained the sealed partition and it is removed.
+        #[arg(long)]
+        wait: bool,
+        /// Any manager's gRPC URL.
+        #[arg(long, env = "SLUICE_MANAGER", default_value = "http://127.0.0.1:7090")]
+        manager: String,
+    },
+    /// Where QUEUE's partitions are and how many messages each holds.
+    Placement {
+        queue: String,
+        /// Any manager's gRPC URL.
+        #[arg(long, env = "SLUICE_MANAGER", default_value = "http://127.0.0.1:7090")]
+        manager: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -478,13 +498,100 @@ fn print_clusters(json_out: bool, listed: &pb::ListClustersResponse) {
     }
 }
 
+fn print_placement(json_out: bool, placement: &pb::QueuePlacement) {
+    if json_out {
+        let partitions: Vec<_> = placement
+            .partitions
+            .iter()
+            .map(|p| {
+                let counts = p.counts.map(|c| {
+                    json!({"visible": c.visible, "in_flight": c.in_flight, "delayed": c.delayed})
+                });
+                json!({
+                    "partition": p.partition,
+                    "cluster": p.cluster,
+                    "sealed": p.sealed,
+                    "counts": counts,
+                    "error": p.error,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "queue": placement.queue,
+                "queue_id": placement.queue_id,
+                "moving_to": placement.moving_to,
+                "partitions": partitions,
+            })
+        );
+        return;
+    }
+    println!("queue {} (id {})", placement.queue, placement.queue_id);
+    if !placement.moving_to.is_empty() {
+        println!("moving to {}", placement.moving_to);
+    }
+    for p in &placement.partitions {
+        let state = if p.sealed { "sealed, draining" } else { "active" };
+        let counts = match p.counts {
+            Some(c) => format!(
+                "{} visible, {} in flight, {} delayed",
+                c.visible, c.in_flight, c.delayed
+            ),
+            None => format!("counts unavailable: {}", p.error),
+        };
+        println!("  partition {} on {}: {state}; {counts}", p.partition, p.cluster);
+    }
+}
+
+async fn manager_client(manager: &str) -> anyhow::Result<ManagerServiceClient<Channel>> {
+    ManagerServiceClient::connect(manager.to_owned())
+        .await
+        .map_err(|err| anyhow!("cannot reach the manager at {manager}: {err}"))
+}
+
 /// Runs an admin command; these talk to the managers, not to the queue endpoint.
 pub async fn run_admin(json_out: bool, command: AdminCommand) -> anyhow::Result<()> {
     match command {
-        AdminCommand::Clusters { manager } => {
-            let mut client = ManagerServiceClient::connect(manager.clone())
+        AdminCommand::Place {
+            queue,
+            cluster,
+            wait,
+            manager,
+        } => {
+            let mut client = manager_client(&manager).await?;
+            let mut placement = client
+                .move_queue(pb::MoveQueueRequest {
+                    queue: queue.clone(),
+                    cluster,
+                })
                 .await
-                .map_err(|err| anyhow!("cannot reach the manager at {manager}: {err}"))?;
+                .map_err(|status| failed(&manager, status))?
+                .into_inner();
+            // The sealed partitions drain as consumers delete; the leader removes each once empty.
+            while wait && placement.partitions.iter().any(|p| p.sealed) {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                placement = client
+                    .get_placement(pb::GetPlacementRequest {
+                        queue: queue.clone(),
+                    })
+                    .await
+                    .map_err(|status| failed(&manager, status))?
+                    .into_inner();
+            }
+            print_placement(json_out, &placement);
+        }
+        AdminCommand::Placement { queue, manager } => {
+            let placement = manager_client(&manager)
+                .await?
+                .get_placement(pb::GetPlacementRequest { queue })
+                .await
+                .map_err(|status| failed(&manager, status))?
+                .into_inner();
+            print_placement(json_out, &placement);
+        }
+        AdminCommand::Clusters { manager } => {
+            let mut client = manager_client(&manager).await?;
             let listed = client
                 .list_clusters(pb::ListClustersRequest {})
                 .await

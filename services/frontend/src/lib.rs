@@ -5,6 +5,7 @@
 mod catalog;
 mod digest;
 mod metrics;
+mod refresh;
 pub mod node;
 mod routed;
 mod server;

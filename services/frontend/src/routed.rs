@@ -1,13 +1,18 @@
 //! The backend tier as a frontend of the distributed deployment sees it: each queue lives on the
 //! backend cluster the managers placed it on, and each call goes to a live node of that cluster.
-//! Placements are cached for good (a queue does not move yet); cluster membership briefly.
+//!
+//! A queue moved to another cluster (`sluice admin place`) has one active partition, which takes
+//! every send, and sealed partitions that consumers drain: receives take from the sealed ones
+//! first, and a receipt handle names its partition so deletes reach the right cluster. The
+//! placement is cached briefly; a send refused by a sealed partition reads it again at once.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
 use parking_lot::Mutex;
 use sluice_backend::{ClientOptions, QueueBackend, RemoteBackend};
 use sluice_common::cluster::Placement;
@@ -19,75 +24,125 @@ use sluice_storage::{
 };
 use tokio::sync::Semaphore;
 
+use crate::refresh::Refreshing;
+
 /// How long a cluster's node list is trusted before it is read again.
 const MEMBERSHIP_TTL: Duration = Duration::from_secs(2);
 
+/// How long a queue's placement is trusted before it is read again: bounds how long this
+/// frontend keeps receiving only from a partition another frontend has seen sealed.
+const PLACEMENT_TTL: Duration = Duration::from_secs(1);
+
+/// How long a send refused by a sealed partition keeps looking for the new one: a move is a
+/// few writes, but one interrupted by a manager failover waits for the next leader.
+const MOVE_WAIT: Duration = Duration::from_secs(10);
+
 pub struct RoutedBackend {
     metadata: Arc<MetadataClient>,
-    placements: moka::sync::Cache<QueueId, String>,
-    members: moka::sync::Cache<String, Arc<Vec<String>>>,
-    /// Each cluster's last node list read, kept past its TTL: used at once while a background
-    /// read refreshes it, so a stalled metadata tier does not hold up calls to known clusters.
-    known_members: Arc<Mutex<HashMap<String, Arc<Vec<String>>>>>,
-    refreshing: Arc<Mutex<std::collections::HashSet<String>>>,
-    nodes: Mutex<HashMap<String, RemoteBackend>>,
+    placements: Refreshing<QueueId, Arc<Placement>>,
+    members: Refreshing<String, Arc<Vec<String>>>,
+    nodes: Mutex<std::collections::HashMap<String, RemoteBackend>>,
     /// Calls to backends in flight at most, apart from the limit toward the metadata tier, so a
     /// slow metadata tier does not hold back sends to queues whose routes are cached.
     in_flight: Semaphore,
     next: std::sync::atomic::AtomicUsize,
 }
 
+/// Reads queue `id`'s placement through the metadata tier.
+async fn read_placement(metadata: Arc<MetadataClient>, id: QueueId) -> Result<Arc<Placement>> {
+    let key = format!("placements/{id:020}");
+    let placed = metadata
+        .get(&key)
+        .await?
+        .ok_or_else(|| Error::not_found("queue"))?;
+    let placement: Placement = serde_json::from_slice(&placed.value)
+        .map_err(|err| Error::Internal(format!("placement {key} is corrupt: {err}")))?;
+    Ok(Arc::new(placement))
+}
+
+/// Reads `cluster`'s live nodes through the metadata tier.
+async fn read_members(metadata: Arc<MetadataClient>, cluster: String) -> Result<Arc<Vec<String>>> {
+    Ok(Arc::new(
+        metadata
+            .cluster_nodes(&cluster)
+            .await?
+            .into_iter()
+            .map(|(_, url)| url)
+            .collect(),
+    ))
+}
+
+/// A receipt handle as clients see it: the engine's handle, prefixed with its partition's
+/// number after a move (`3.<handle>`). The engine's handles are URL-safe base64, without dots.
+fn tag(partition: u32, handle: String) -> String {
+    if partition == 0 {
+        handle
+    } else {
+        format!("{partition}.{handle}")
+    }
+}
+
+fn untag(handle: &str) -> Result<(u32, &str)> {
+    match handle.split_once('.') {
+        None => Ok((0, handle)),
+        Some((partition, rest)) => partition
+            .parse()
+            .map(|partition| (partition, rest))
+            .map_err(|_| Error::invalid("receipt_handle", "is garbled")),
+    }
+}
+
+fn tagged(partition: u32, messages: Vec<ReceivedMessage>) -> Vec<ReceivedMessage> {
+    if partition == 0 {
+        return messages;
+    }
+    messages
+        .into_iter()
+        .map(|mut m| {
+            m.receipt_handle = tag(partition, std::mem::take(&mut m.receipt_handle));
+            m
+        })
+        .collect()
+}
+
+fn total(counts: &QueueCounts) -> u64 {
+    counts.visible + counts.in_flight + counts.delayed
+}
+
 impl RoutedBackend {
     pub fn new(metadata: Arc<MetadataClient>, max_in_flight: usize) -> Self {
         RoutedBackend {
             metadata,
-            placements: moka::sync::Cache::new(1_000_000),
-            members: moka::sync::Cache::builder()
-                .time_to_live(MEMBERSHIP_TTL)
-                .build(),
-            known_members: Arc::default(),
-            refreshing: Arc::default(),
-            nodes: Mutex::new(HashMap::new()),
+            placements: Refreshing::new(PLACEMENT_TTL),
+            members: Refreshing::new(MEMBERSHIP_TTL),
+            nodes: Mutex::new(std::collections::HashMap::new()),
             in_flight: Semaphore::new(max_in_flight.max(1)),
             next: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
-    /// The cluster queue `id` lives on.
-    async fn cluster_of(&self, id: QueueId) -> Result<String> {
-        if let Some(cluster) = self.placements.get(&id) {
-            return Ok(cluster);
-        }
-        let key = format!("placements/{id:020}");
-        let placed = self
-            .metadata
-            .get(&key)
-            .await?
-            .ok_or_else(|| Error::not_found("queue"))?;
-        let placement: Placement = serde_json::from_slice(&placed.value)
-            .map_err(|err| Error::Internal(format!("placement {key} is corrupt: {err}")))?;
-        self.placements.insert(id, placement.cluster.clone());
-        Ok(placement.cluster)
+    /// Where queue `id`'s partitions are.
+    async fn placement(&self, id: QueueId) -> Result<Arc<Placement>> {
+        let metadata = self.metadata.clone();
+        self.placements
+            .get(&id, move |id| read_placement(metadata, id))
+            .await
+    }
+
+    async fn reload_placement(&self, id: QueueId) -> Result<Arc<Placement>> {
+        let metadata = self.metadata.clone();
+        self.placements
+            .reload(&id, move |id| read_placement(metadata, id))
+            .await
     }
 
     /// A client of a live node of `cluster`; nodes take turns.
     async fn node(&self, cluster: &str) -> Result<RemoteBackend> {
-        let urls = match self.members.get(cluster) {
-            Some(urls) => urls,
-            None => {
-                let known = self.known_members.lock().get(cluster).cloned();
-                match known {
-                    Some(urls) => {
-                        self.refresh_members(cluster);
-                        urls
-                    }
-                    None => {
-                        read_members(&self.metadata, &self.members, &self.known_members, cluster)
-                            .await?
-                    }
-                }
-            }
-        };
+        let metadata = self.metadata.clone();
+        let urls = self
+            .members
+            .get(&cluster.to_owned(), move |cluster| read_members(metadata, cluster))
+            .await?;
         if urls.is_empty() {
             return Err(Error::Unavailable(format!(
                 "backend cluster {cluster} has no live node"
@@ -104,33 +159,9 @@ impl RoutedBackend {
         Ok(node)
     }
 
-    /// Reads `cluster`'s node list again in the background, once at a time per cluster.
-    fn refresh_members(&self, cluster: &str) {
-        if !self.refreshing.lock().insert(cluster.to_owned()) {
-            return;
-        }
-        let (metadata, members, known, refreshing) = (
-            self.metadata.clone(),
-            self.members.clone(),
-            self.known_members.clone(),
-            self.refreshing.clone(),
-        );
-        let cluster = cluster.to_owned();
-        tokio::spawn(async move {
-            if let Err(err) = read_members(&metadata, &members, &known, &cluster).await {
-                tracing::warn!(cluster = %cluster, error = %err, "cannot refresh the cluster's nodes; using the last list read");
-            }
-            refreshing.lock().remove(&cluster);
-        });
-    }
-
-    /// The node to call for queue `id`, with a slot among the calls in flight.
-    async fn route(
-        &self,
-        id: QueueId,
-    ) -> Result<(RemoteBackend, tokio::sync::SemaphorePermit<'_>)> {
-        let cluster = self.cluster_of(id).await?;
-        let node = self.node(&cluster).await?;
+    /// A node of `cluster`, with a slot among the calls in flight.
+    async fn on(&self, cluster: &str) -> Result<(RemoteBackend, tokio::sync::SemaphorePermit<'_>)> {
+        let node = self.node(cluster).await?;
         let permit = self
             .in_flight
             .acquire()
@@ -139,81 +170,222 @@ impl RoutedBackend {
         Ok((node, permit))
     }
 
+    /// A node of the cluster of queue `id`'s active partition.
+    async fn route(&self, id: QueueId) -> Result<(RemoteBackend, tokio::sync::SemaphorePermit<'_>)> {
+        let placement = self.placement(id).await?;
+        self.on(&placement.cluster).await
+    }
+
     /// Refuses to link two queues that live on different clusters: messages move between a
     /// queue and its dead-letter queue (or a redrive's destination) inside one cluster.
     async fn same_cluster(&self, id: QueueId, other: QueueId, what: &str) -> Result<()> {
-        let (mine, theirs) = (self.cluster_of(id).await?, self.cluster_of(other).await?);
-        if mine != theirs {
+        let (mine, theirs) = (self.placement(id).await?, self.placement(other).await?);
+        if mine.cluster != theirs.cluster {
             return Err(Error::FailedPrecondition(format!(
-                "the {what} is on backend cluster {theirs} and this queue on {mine}; messages \
-                 do not move between clusters yet"
+                "the {what} is on backend cluster {} and this queue on {}; messages do not move \
+                 between clusters",
+                theirs.cluster, mine.cluster
             )));
         }
         Ok(())
     }
-}
 
-/// Reads `cluster`'s live nodes from the metadata tier into both caches.
-async fn read_members(
-    metadata: &MetadataClient,
-    members: &moka::sync::Cache<String, Arc<Vec<String>>>,
-    known: &Mutex<HashMap<String, Arc<Vec<String>>>>,
-    cluster: &str,
-) -> Result<Arc<Vec<String>>> {
-    let urls: Arc<Vec<String>> = Arc::new(
-        metadata
-            .cluster_nodes(cluster)
-            .await?
+    /// Receives from one partition; a sealed partition that is gone (drained and removed since
+    /// the placement was read) gives nothing.
+    async fn receive_from(
+        &self,
+        id: QueueId,
+        cluster: &str,
+        partition: u32,
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
+    ) -> Result<Vec<ReceivedMessage>> {
+        let (node, _permit) = self.on(cluster).await?;
+        Ok(tagged(partition, node.receive(id, max, visibility, wait).await?))
+    }
+
+    /// What a sealed partition still holds; nothing if it is gone.
+    async fn sealed_counts(&self, id: QueueId, cluster: &str) -> Result<QueueCounts> {
+        let (node, _permit) = self.on(cluster).await?;
+        match node.counts(id).await {
+            Err(Error::NotFound { .. }) => Ok(QueueCounts::default()),
+            other => other,
+        }
+    }
+
+    /// Deletes (`visibility` is `None`) or changes the visibility of messages by their receipt
+    /// handles, each at the partition its handle names. One result per entry, in order.
+    async fn by_partition(
+        &self,
+        id: QueueId,
+        entries: Vec<(String, Duration)>,
+        delete: bool,
+    ) -> Result<Vec<Result<()>>> {
+        let mut results: Vec<Option<Result<()>>> = vec![None; entries.len()];
+        let mut groups: BTreeMap<u32, Vec<(usize, String, Duration)>> = BTreeMap::new();
+        for (i, (handle, visibility)) in entries.into_iter().enumerate() {
+            match untag(&handle) {
+                Ok((partition, raw)) => groups
+                    .entry(partition)
+                    .or_default()
+                    .push((i, raw.to_owned(), visibility)),
+                Err(err) => results[i] = Some(Err(err)),
+            }
+        }
+        let mut placement = self.placement(id).await?;
+        for (partition, group) in groups {
+            if partition > placement.partition {
+                // A handle from a partition this frontend has not seen yet.
+                placement = self.reload_placement(id).await?;
+            }
+            let outcome = match placement.cluster_of(partition) {
+                Some(cluster) => {
+                    let (node, _permit) = self.on(cluster).await?;
+                    let sealed = partition != placement.partition;
+                    let call = if delete {
+                        node.delete(id, group.iter().map(|(_, h, _)| h.clone()).collect())
+                            .await
+                    } else {
+                        node.change_visibility(
+                            id,
+                            group.iter().map(|(_, h, v)| (h.clone(), *v)).collect(),
+                        )
+                        .await
+                    };
+                    match call {
+                        Err(Error::NotFound { .. }) if sealed => None,
+                        other => Some(other?),
+                    }
+                }
+                None if partition < placement.partition => None,
+                None => {
+                    let err = Error::invalid("receipt_handle", "names no partition of this queue");
+                    Some(group.iter().map(|_| Err(err.clone())).collect())
+                }
+            };
+            // `None`: the partition was drained and removed, so every message it held was
+            // deleted: deleting again succeeds (as for any deleted message), changing the
+            // visibility does not.
+            let outcome = outcome.unwrap_or_else(|| {
+                group
+                    .iter()
+                    .map(|_| {
+                        if delete {
+                            Ok(())
+                        } else {
+                            Err(Error::not_found("message (deleted or expired)"))
+                        }
+                    })
+                    .collect()
+            });
+            for ((i, _, _), result) in group.iter().zip(outcome) {
+                results[*i] = Some(result);
+            }
+        }
+        Ok(results
             .into_iter()
-            .map(|(_, url)| url)
-            .collect(),
-    );
-    members.insert(cluster.to_owned(), urls.clone());
-    known.lock().insert(cluster.to_owned(), urls.clone());
-    Ok(urls)
+            .map(|r| r.unwrap_or_else(|| Err(Error::Internal("entry without a result".into()))))
+            .collect())
+    }
 }
 
 #[async_trait]
 impl QueueBackend for RoutedBackend {
     async fn create_queue(&self, id: QueueId, config: QueueConfig) -> Result<()> {
-        if self.placements.get(&id).is_none() {
-            let colocate = config.dead_letter.map(|d| d.queue);
-            let cluster = self.metadata.place(id, &config.name, colocate).await?;
-            self.placements.insert(id, cluster);
+        match self.placement(id).await {
+            Ok(_) => {}
+            Err(Error::NotFound { .. }) => {
+                let colocate = config.dead_letter.map(|d| d.queue);
+                self.metadata.place(id, &config.name, colocate).await?;
+                self.reload_placement(id).await?;
+            }
+            Err(err) => return Err(err),
         }
         if let Some(dead_letter) = config.dead_letter {
             self.same_cluster(id, dead_letter.queue, "dead-letter queue")
                 .await?;
         }
+        // Only the active partition: a sealed one keeps the config it was sealed with, and it
+        // cannot take a dead-letter policy (its cluster may not hold the dead-letter queue).
         let (node, _permit) = self.route(id).await?;
         node.create_queue(id, config).await
     }
 
     async fn delete_queue(&self, id: QueueId) -> Result<()> {
-        let (node, _permit) = self.route(id).await?;
+        let placement = self.reload_placement(id).await?;
+        for sealed in &placement.sealed {
+            let (node, _permit) = self.on(&sealed.cluster).await?;
+            node.delete_queue(id).await?;
+        }
+        let (node, _permit) = self.on(&placement.cluster).await?;
         node.delete_queue(id).await?;
         // The queue no longer counts toward its cluster's placements.
         let key = format!("placements/{id:020}");
         if let Some(placed) = self.metadata.get(&key).await? {
             self.metadata.delete(&key, placed.revision).await?;
         }
-        self.placements.invalidate(&id);
+        self.placements.forget(&id);
         Ok(())
     }
 
     async fn purge_queue(&self, id: QueueId) -> Result<u64> {
-        let (node, _permit) = self.route(id).await?;
-        node.purge_queue(id).await
+        let placement = self.placement(id).await?;
+        let mut purged = 0;
+        for sealed in &placement.sealed {
+            let (node, _permit) = self.on(&sealed.cluster).await?;
+            match node.purge_queue(id).await {
+                Ok(n) => purged += n,
+                Err(Error::NotFound { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        let (node, _permit) = self.on(&placement.cluster).await?;
+        Ok(purged + node.purge_queue(id).await?)
     }
 
     async fn counts(&self, id: QueueId) -> Result<QueueCounts> {
-        let (node, _permit) = self.route(id).await?;
-        node.counts(id).await
+        let placement = self.placement(id).await?;
+        let (node, permit) = self.on(&placement.cluster).await?;
+        let mut counts = node.counts(id).await?;
+        drop(permit);
+        for sealed in &placement.sealed {
+            let more = self.sealed_counts(id, &sealed.cluster).await?;
+            counts.visible += more.visible;
+            counts.in_flight += more.in_flight;
+            counts.delayed += more.delayed;
+        }
+        Ok(counts)
     }
 
     async fn send(&self, id: QueueId, messages: Vec<NewMessage>) -> Result<Vec<SentMessage>> {
-        let (node, _permit) = self.route(id).await?;
-        node.send(id, messages).await
+        let first = std::sync::atomic::AtomicBool::new(true);
+        let attempt = || async {
+            // After a refusal by a sealed partition, read where the queue went now.
+            let placement = if first.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                self.placement(id).await?
+            } else {
+                self.reload_placement(id).await?
+            };
+            let (node, _permit) = self.on(&placement.cluster).await?;
+            node.send(id, messages.clone()).await
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(10))
+            .with_max_delay(Duration::from_millis(500))
+            .without_max_times()
+            .with_total_delay(Some(MOVE_WAIT));
+        attempt
+            .retry(backoff)
+            .when(|err| matches!(err, Error::Aborted(_)))
+            .await
+            .map_err(|err| match err {
+                Error::Aborted(reason) => Error::Unavailable(format!(
+                    "the queue is moving to another backend cluster; retry ({reason})"
+                )),
+                other => other,
+            })
     }
 
     async fn receive(
@@ -223,13 +395,55 @@ impl QueueBackend for RoutedBackend {
         visibility: Duration,
         wait: Duration,
     ) -> Result<Vec<ReceivedMessage>> {
-        let (node, _permit) = self.route(id).await?;
-        node.receive(id, max, visibility, wait).await
+        let placement = self.placement(id).await?;
+        let mut got = Vec::new();
+        let mut fifo = false;
+        for sealed in &placement.sealed {
+            fifo |= sealed.fifo;
+            match self
+                .receive_from(
+                    id,
+                    &sealed.cluster,
+                    sealed.partition,
+                    max - got.len(),
+                    visibility,
+                    Duration::ZERO,
+                )
+                .await
+            {
+                Ok(messages) => got.extend(messages),
+                Err(Error::NotFound { .. }) => self.placements.expire(&id),
+                // A FIFO queue must not skip a partition: its groups would go out of order.
+                Err(err) if sealed.fifo => return Err(err),
+                Err(err) => {
+                    tracing::warn!(queue_id = id, cluster = %sealed.cluster, error = %err, "cannot receive from a sealed partition; receiving from the active one")
+                }
+            }
+            if got.len() >= max {
+                break;
+            }
+        }
+        if !got.is_empty() {
+            return Ok(got);
+        }
+        if fifo {
+            // The new partition's messages come after every message of the sealed ones: while
+            // one still holds messages (in flight, say), wait on it instead.
+            for sealed in &placement.sealed {
+                if total(&self.sealed_counts(id, &sealed.cluster).await?) > 0 {
+                    return self
+                        .receive_from(id, &sealed.cluster, sealed.partition, max, visibility, wait)
+                        .await;
+                }
+            }
+        }
+        self.receive_from(id, &placement.cluster, placement.partition, max, visibility, wait)
+            .await
     }
 
     async fn delete(&self, id: QueueId, handles: Vec<String>) -> Result<Vec<Result<()>>> {
-        let (node, _permit) = self.route(id).await?;
-        node.delete(id, handles).await
+        let entries = handles.into_iter().map(|h| (h, Duration::ZERO)).collect();
+        self.by_partition(id, entries, true).await
     }
 
     async fn change_visibility(
@@ -237,8 +451,7 @@ impl QueueBackend for RoutedBackend {
         id: QueueId,
         changes: Vec<(String, Duration)>,
     ) -> Result<Vec<Result<()>>> {
-        let (node, _permit) = self.route(id).await?;
-        node.change_visibility(id, changes).await
+        self.by_partition(id, changes, false).await
     }
 
     async fn start_move_task(
@@ -264,5 +477,21 @@ impl QueueBackend for RoutedBackend {
     async fn cancel_move_task(&self, source: QueueId, task: String) -> Result<MoveTask> {
         let (node, _permit) = self.route(source).await?;
         node.cancel_move_task(source, task).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receipt_handles_name_their_partition() {
+        assert_eq!(tag(0, "abc-_".into()), "abc-_");
+        assert_eq!(untag("abc-_").unwrap(), (0, "abc-_"));
+        let tagged = tag(3, "abc-_".into());
+        assert_eq!(tagged, "3.abc-_");
+        assert_eq!(untag(&tagged).unwrap(), (3, "abc-_"));
+        let garbled = untag("x.abc").unwrap_err();
+        assert_eq!(garbled.code(), tonic::Code::InvalidArgument);
     }
 }
