@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use sluice_proto::v1 as pb;
+use sluice_proto::v1::backend_service_client::BackendServiceClient;
 use sluice_proto::v1::manager_service_client::ManagerServiceClient;
 use sluice_proto::v1::queue_service_client::QueueServiceClient;
-use sluice_tests::{get_queue, queue_counts, EtcdProcess, ServerProcess};
+use sluice_tests::{get_queue, queue_counts, sluice_bin, EtcdProcess, ServerProcess};
 use tonic::transport::Channel;
 
 /// Fields drop in order: the processes stop before the etcd they use.
@@ -59,6 +60,44 @@ impl Cluster {
         self.frontends[i % 2].client().await.unwrap()
     }
 
+    /// A client of the first manager, once both clusters are registered and a manager leads.
+    async fn settled(&self) -> ManagerServiceClient<Channel> {
+        let mut manager = ManagerServiceClient::connect(self.managers[0].endpoint())
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let listed = manager
+                .list_clusters(pb::ListClustersRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            if listed.clusters.len() == 2 && !listed.leader.is_empty() {
+                return manager;
+            }
+            assert!(Instant::now() < deadline, "{listed:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs `sluice admin ARGS --json` against the second manager (not necessarily the
+    /// leader, which is the point) and parses its output.
+    fn admin(&self, args: &[&str]) -> serde_json::Value {
+        let out = std::process::Command::new(sluice_bin())
+            .arg("--json")
+            .arg("admin")
+            .args(args)
+            .env("SLUICE_MANAGER", self.managers[1].endpoint())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "sluice admin {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     fn backend_requests(&self) -> f64 {
         self.backends
             .iter()
@@ -94,24 +133,7 @@ async fn receive_one(client: &mut QueueServiceClient<Channel>, queue: &str) -> p
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_queues_spread_over_two_clusters_and_work_through_either_frontend() {
     let cluster = Cluster::start().await;
-    let mut manager =
-        ManagerServiceClient::connect(format!("http://{}", cluster.managers[0].grpc_addr))
-            .await
-            .unwrap();
-    // Both clusters registered and a leader elected before the first placement.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let listed = manager
-            .list_clusters(pb::ListClustersRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        if listed.clusters.len() == 2 && !listed.leader.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{listed:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut manager = cluster.settled().await;
 
     for i in 0..50 {
         let mut client = cluster.frontend(i).await;
@@ -357,5 +379,251 @@ async fn queues_keep_working_through_the_frontends_when_a_metadata_node_is_kille
     println!(
         "20 queues served through the frontends in the {:?} after SIGKILL of a metadata node",
         killed.elapsed()
+    );
+}
+
+/// Receives and deletes through both frontends until `want` distinct bodies have come, and
+/// returns how many deliveries that took.
+async fn drain_bodies(
+    cluster: &Cluster,
+    queue: &str,
+    want: usize,
+    seen: &mut std::collections::HashSet<String>,
+) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut deliveries = 0;
+    let mut turn = 0;
+    while seen.len() < want {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {want} messages came back",
+            seen.len()
+        );
+        let mut client = cluster.frontend(turn).await;
+        turn += 1;
+        let got = client
+            .receive_message(pb::ReceiveMessageRequest {
+                queue: queue.into(),
+                max_messages: 10,
+                wait_time_seconds: Some(1),
+                visibility_timeout_seconds: Some(60),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .messages;
+        for m in got {
+            deliveries += 1;
+            seen.insert(String::from_utf8(m.body.to_vec()).unwrap());
+            client
+                .delete_message(pb::DeleteMessageRequest {
+                    queue: queue.into(),
+                    receipt_handle: m.receipt_handle,
+                })
+                .await
+                .unwrap();
+        }
+    }
+    deliveries
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queue_moves_to_the_other_cluster_under_traffic_and_loses_nothing() {
+    let cluster = Cluster::start().await;
+    cluster.settled().await;
+    let mut f1 = cluster.frontend(0).await;
+    let mut f2 = cluster.frontend(1).await;
+    for name in ["moving", "moving.fifo"] {
+        f1.create_queue(pb::CreateQueueRequest {
+            name: name.into(),
+            attributes: Some(pb::QueueAttributes {
+                fifo: name.ends_with(".fifo"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let before = cluster.admin(&["placement", "moving"]);
+    let from = before["partitions"][0]["cluster"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let to = if from == "a" { "b" } else { "a" };
+    for i in 0..50 {
+        f1.send_message(send("moving", &format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    // Ten messages in flight across the move, their handles issued by the old partition.
+    let mut held = Vec::new();
+    while held.len() < 10 {
+        let got = f2
+            .receive_message(pb::ReceiveMessageRequest {
+                queue: "moving".into(),
+                max_messages: (10 - held.len()) as u32,
+                wait_time_seconds: Some(5),
+                visibility_timeout_seconds: Some(300),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .messages;
+        held.extend(got);
+    }
+
+    // Producers keep sending through both frontends while the queue moves; every send must
+    // be acknowledged.
+    let producer = {
+        let (mut p1, mut p2) = (cluster.frontend(0).await, cluster.frontend(1).await);
+        tokio::spawn(async move {
+            for i in 50..250 {
+                let client = if i % 2 == 0 { &mut p1 } else { &mut p2 };
+                client
+                    .send_message(send("moving", &format!("m{i}")))
+                    .await
+                    .unwrap_or_else(|status| panic!("send m{i} failed during the move: {status}"));
+            }
+        })
+    };
+    let moved = Instant::now();
+    let placed = cluster.admin(&["place", "moving", "--cluster", to]);
+    println!("moved in {:?}: {placed}", moved.elapsed());
+    let partitions = placed["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), 2, "{placed}");
+    assert_eq!(partitions[0]["cluster"], to);
+    assert_eq!(partitions[0]["sealed"], false);
+    assert_eq!(partitions[1]["cluster"], from.as_str());
+    assert_eq!(partitions[1]["sealed"], true);
+    producer.await.unwrap();
+
+    // Handles from before the move still delete, through either frontend.
+    for (i, m) in held.iter().enumerate() {
+        let client = if i % 2 == 0 { &mut f1 } else { &mut f2 };
+        client
+            .delete_message(pb::DeleteMessageRequest {
+                queue: "moving".into(),
+                receipt_handle: m.receipt_handle.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    let mut seen: std::collections::HashSet<String> = held
+        .iter()
+        .map(|m| String::from_utf8(m.body.to_vec()).unwrap())
+        .collect();
+    let deliveries = drain_bodies(&cluster, "moving", 250, &mut seen).await;
+    assert_eq!(deliveries, 240, "a message came twice");
+    assert_eq!(
+        seen,
+        (0..250).map(|i| format!("m{i}")).collect(),
+        "not every message sent came back"
+    );
+
+    // Drained, the sealed partition is removed and the old cluster no longer holds the queue.
+    let after = cluster.admin(&["place", "moving", "--cluster", to, "--wait"]);
+    assert_eq!(after["partitions"].as_array().unwrap().len(), 1, "{after}");
+    let old_node = if from == "a" {
+        &cluster.backends[0]
+    } else {
+        &cluster.backends[1]
+    };
+    let mut old = BackendServiceClient::connect(old_node.endpoint())
+        .await
+        .unwrap();
+    let gone = old
+        .counts(pb::CountsRequest {
+            queue_id: after["queue_id"].as_u64().unwrap(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    let listed = cluster
+        .settled()
+        .await
+        .list_clusters(pb::ListClustersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    println!("clusters after the move: {listed:?}");
+
+    // A FIFO queue keeps each group in order and its sequence numbers increasing across a move.
+    let fifo = |body: &str| pb::SendMessageRequest {
+        group_id: "g".into(),
+        deduplication_id: body.into(),
+        ..send("moving.fifo", body)
+    };
+    let first = f1.send_message(fifo("f0")).await.unwrap().into_inner();
+    f1.send_message(fifo("f1")).await.unwrap();
+    let fifo_from = cluster.admin(&["placement", "moving.fifo"])["partitions"][0]["cluster"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let fifo_to = if fifo_from == "a" { "b" } else { "a" };
+    cluster.admin(&["place", "moving.fifo", "--cluster", fifo_to]);
+    let last = f2.send_message(fifo("f2")).await.unwrap().into_inner();
+    assert!(
+        last.sequence_number.parse::<u64>().unwrap()
+            > first.sequence_number.parse::<u64>().unwrap(),
+        "sequence numbers went back: {first:?} then {last:?}"
+    );
+    let mut order = Vec::new();
+    while order.len() < 3 {
+        let m = receive_one(&mut f2, "moving.fifo").await;
+        order.push(String::from_utf8(m.body.to_vec()).unwrap());
+        f2.delete_message(pb::DeleteMessageRequest {
+            queue: "moving.fifo".into(),
+            receipt_handle: m.receipt_handle,
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(order, ["f0", "f1", "f2"]);
+
+    // A queue linked to its dead-letter queue is refused, and keeps working where it is.
+    f1.create_queue(pb::CreateQueueRequest {
+        name: "linked-dead".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    f1.create_queue(pb::CreateQueueRequest {
+        name: "linked".into(),
+        attributes: Some(pb::QueueAttributes {
+            redrive_policy: Some(pb::RedrivePolicy {
+                dead_letter_queue: "linked-dead".into(),
+                max_receive_count: 3,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let linked_on = cluster.admin(&["placement", "linked"])["partitions"][0]["cluster"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let elsewhere = if linked_on == "a" { "b" } else { "a" };
+    let refused = std::process::Command::new(sluice_bin())
+        .args(["admin", "place", "linked", "--cluster", elsewhere])
+        .env("SLUICE_MANAGER", cluster.managers[0].endpoint())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("dead-letter queue linked-dead"), "{stderr}");
+    let kept = cluster.admin(&["placement", "linked"]);
+    assert_eq!(kept["partitions"].as_array().unwrap().len(), 1, "{kept}");
+    assert_eq!(kept["moving_to"], "");
+    f2.send_message(send("linked", "still here")).await.unwrap();
+    let unknown = std::process::Command::new(sluice_bin())
+        .args(["admin", "place", "linked", "--cluster", "nowhere"])
+        .env("SLUICE_MANAGER", cluster.managers[0].endpoint())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("backend cluster \"nowhere\" not found")
     );
 }

@@ -254,7 +254,9 @@ impl BackendService for BackendServiceImpl {
                     .map(|c| (c.receipt_handle, Duration::from_millis(c.visibility_ms)))
                     .collect();
                 Ok(results(
-                    self.backend().change_visibility(r.queue_id, changes).await?,
+                    self.backend()
+                        .change_visibility(r.queue_id, changes)
+                        .await?,
                 ))
             },
         )

@@ -532,7 +532,11 @@ fn print_placement(json_out: bool, placement: &pb::QueuePlacement) {
         println!("moving to {}", placement.moving_to);
     }
     for p in &placement.partitions {
-        let state = if p.sealed { "sealed, draining" } else { "active" };
+        let state = if p.sealed {
+            "sealed, draining"
+        } else {
+            "active"
+        };
         let counts = match p.counts {
             Some(c) => format!(
                 "{} visible, {} in flight, {} delayed",
@@ -540,7 +544,10 @@ fn print_placement(json_out: bool, placement: &pb::QueuePlacement) {
             ),
             None => format!("counts unavailable: {}", p.error),
         };
-        println!("  partition {} on {}: {state}; {counts}", p.partition, p.cluster);
+        println!(
+            "  partition {} on {}: {state}; {counts}",
+            p.partition, p.cluster
+        );
     }
 }
 

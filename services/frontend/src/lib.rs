@@ -5,8 +5,8 @@
 mod catalog;
 mod digest;
 mod metrics;
-mod refresh;
 pub mod node;
+mod refresh;
 mod routed;
 mod server;
 mod service;

@@ -141,7 +141,9 @@ impl RoutedBackend {
         let metadata = self.metadata.clone();
         let urls = self
             .members
-            .get(&cluster.to_owned(), move |cluster| read_members(metadata, cluster))
+            .get(&cluster.to_owned(), move |cluster| {
+                read_members(metadata, cluster)
+            })
             .await?;
         if urls.is_empty() {
             return Err(Error::Unavailable(format!(
@@ -171,7 +173,10 @@ impl RoutedBackend {
     }
 
     /// A node of the cluster of queue `id`'s active partition.
-    async fn route(&self, id: QueueId) -> Result<(RemoteBackend, tokio::sync::SemaphorePermit<'_>)> {
+    async fn route(
+        &self,
+        id: QueueId,
+    ) -> Result<(RemoteBackend, tokio::sync::SemaphorePermit<'_>)> {
         let placement = self.placement(id).await?;
         self.on(&placement.cluster).await
     }
@@ -202,7 +207,10 @@ impl RoutedBackend {
         wait: Duration,
     ) -> Result<Vec<ReceivedMessage>> {
         let (node, _permit) = self.on(cluster).await?;
-        Ok(tagged(partition, node.receive(id, max, visibility, wait).await?))
+        Ok(tagged(
+            partition,
+            node.receive(id, max, visibility, wait).await?,
+        ))
     }
 
     /// What a sealed partition still holds; nothing if it is gone.
@@ -226,10 +234,12 @@ impl RoutedBackend {
         let mut groups: BTreeMap<u32, Vec<(usize, String, Duration)>> = BTreeMap::new();
         for (i, (handle, visibility)) in entries.into_iter().enumerate() {
             match untag(&handle) {
-                Ok((partition, raw)) => groups
-                    .entry(partition)
-                    .or_default()
-                    .push((i, raw.to_owned(), visibility)),
+                Ok((partition, raw)) => {
+                    groups
+                        .entry(partition)
+                        .or_default()
+                        .push((i, raw.to_owned(), visibility))
+                }
                 Err(err) => results[i] = Some(Err(err)),
             }
         }
@@ -437,8 +447,15 @@ impl QueueBackend for RoutedBackend {
                 }
             }
         }
-        self.receive_from(id, &placement.cluster, placement.partition, max, visibility, wait)
-            .await
+        self.receive_from(
+            id,
+            &placement.cluster,
+            placement.partition,
+            max,
+            visibility,
+            wait,
+        )
+        .await
     }
 
     async fn delete(&self, id: QueueId, handles: Vec<String>) -> Result<Vec<Result<()>>> {

@@ -44,15 +44,21 @@ impl ManagerServiceImpl {
             .kvs()
             .first()
             .ok_or_else(|| Error::not_found(format!("queue {name:?}")))?;
-        let record: QueueRef = serde_json::from_slice(kv.value())
-            .map_err(|err| Error::Internal(format!("queue record of {name:?} is corrupt: {err}")))?;
+        let record: QueueRef = serde_json::from_slice(kv.value()).map_err(|err| {
+            Error::Internal(format!("queue record of {name:?} is corrupt: {err}"))
+        })?;
         Ok(record.id)
     }
 
     /// The queue's placement and the revision it was read at.
     async fn read_placement(&self, id: u64) -> Result<Option<(Placement, i64)>> {
         let key = cluster::placement_key(&self.root, id);
-        let got = self.client.kv_client().get(key.clone(), None).await.map_err(etcd)?;
+        let got = self
+            .client
+            .kv_client()
+            .get(key.clone(), None)
+            .await
+            .map_err(etcd)?;
         got.kvs()
             .first()
             .map(|kv| {
@@ -228,7 +234,9 @@ impl ManagerServiceImpl {
                 let Some((mut current, revision)) = self.read_placement(id).await? else {
                     return Ok(());
                 };
-                current.sealed.retain(|p| p.partition != partition.partition);
+                current
+                    .sealed
+                    .retain(|p| p.partition != partition.partition);
                 if self.write_placement(id, &current, revision).await? {
                     metrics::MOVES.with_label_values(&["removed"]).inc();
                     tracing::info!(queue = %current.queue, queue_id = id, cluster = %partition.cluster, partition = partition.partition, "drained partition removed");
@@ -293,7 +301,12 @@ impl ManagerServiceImpl {
         self.describe(name, id, &placement).await
     }
 
-    async fn describe(&self, name: &str, id: u64, placement: &Placement) -> Result<pb::QueuePlacement> {
+    async fn describe(
+        &self,
+        name: &str,
+        id: u64,
+        placement: &Placement,
+    ) -> Result<pb::QueuePlacement> {
         let mut partitions = Vec::with_capacity(1 + placement.sealed.len());
         let all = std::iter::once((placement.partition, placement.cluster.as_str(), false)).chain(
             placement
@@ -335,7 +348,11 @@ impl ManagerServiceImpl {
 }
 
 /// While this manager leads, advances every move once per `interval`, until `shutdown`.
-pub(crate) async fn run(service: ManagerServiceImpl, interval: Duration, shutdown: CancellationToken) {
+pub(crate) async fn run(
+    service: ManagerServiceImpl,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

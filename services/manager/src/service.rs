@@ -101,7 +101,9 @@ impl ManagerServiceImpl {
     async fn not_the_leader(&self) -> Error {
         let election = cluster::manager_election(&self.root);
         match election::leader_url(&self.client, &election).await {
-            Ok(Some(url)) => Error::FailedPrecondition(format!("not the leader; the leader is at {url}")),
+            Ok(Some(url)) => {
+                Error::FailedPrecondition(format!("not the leader; the leader is at {url}"))
+            }
             Ok(None) => Error::Unavailable("not the leader, and no manager leads right now".into()),
             Err(err) => etcd(err),
         }
@@ -119,7 +121,9 @@ impl ManagerServiceImpl {
             .ok_or_else(|| Error::Unavailable("no manager leads right now; retry".into()))?;
         let mut client = ManagerServiceClient::connect(leader.clone())
             .await
-            .map_err(|err| Error::Unavailable(format!("cannot reach the leader at {leader}: {err}")))?;
+            .map_err(|err| {
+                Error::Unavailable(format!("cannot reach the leader at {leader}: {err}"))
+            })?;
         let mut request = Request::new(req);
         sluice_common::telemetry::inject_trace(request.metadata_mut());
         Ok(client.move_queue(request).await?.into_inner())
