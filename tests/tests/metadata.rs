@@ -140,3 +140,90 @@ async fn sigterm_leaves_the_ring_at_once() {
     assert!(client.get(key, None).await.unwrap().kvs().is_empty());
     wait_for_ring(&[&staying], 1.0).await;
 }
+
+/// What a watch follower saw: the keys it holds and how many snapshots it took.
+#[derive(Default)]
+struct Seen {
+    keys: std::collections::BTreeSet<String>,
+    snapshots: usize,
+}
+
+struct Recorder(std::sync::Arc<std::sync::Mutex<Seen>>);
+
+impl sluice_metadata::watch::Follower for Recorder {
+    fn snapshot(&mut self, kvs: &[etcd_client::KeyValue]) {
+        let mut seen = self.0.lock().unwrap();
+        seen.snapshots += 1;
+        seen.keys = kvs
+            .iter()
+            .map(|kv| kv.key_str().unwrap().to_owned())
+            .collect();
+    }
+
+    fn event(&mut self, event: &etcd_client::Event) {
+        let kv = event.kv().unwrap();
+        let key = kv.key_str().unwrap().to_owned();
+        let mut seen = self.0.lock().unwrap();
+        match event.event_type() {
+            etcd_client::EventType::Put => seen.keys.insert(key),
+            etcd_client::EventType::Delete => seen.keys.remove(&key),
+        };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_behind_a_compaction_takes_a_snapshot_and_resumes() {
+    let etcd = EtcdProcess::start().unwrap();
+    let mut client = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    let known = client.put("/w/k1", "1", None).await.unwrap();
+    let known = known.header().unwrap().revision();
+    client.put("/w/k2", "2", None).await.unwrap();
+    client.delete("/w/k1", None).await.unwrap();
+    let last = client.put("/w/k3", "3", None).await.unwrap();
+    // The changes after `known` are gone from etcd's history.
+    client
+        .compact(last.header().unwrap().revision(), None)
+        .await
+        .unwrap();
+
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let follower = tokio::spawn(sluice_metadata::watch::follow_since(
+        client.clone(),
+        "/w/".into(),
+        Recorder(seen.clone()),
+        shutdown.clone(),
+        Some(known),
+    ));
+    let holds = |keys: &[&str]| {
+        let seen = seen.lock().unwrap();
+        seen.keys
+            .iter()
+            .map(String::as_str)
+            .eq(keys.iter().copied())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !holds(&["/w/k2", "/w/k3"]) {
+        assert!(
+            Instant::now() < deadline,
+            "the follower never caught up past the compaction: {:?}",
+            seen.lock().unwrap().keys
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        seen.lock().unwrap().snapshots,
+        1,
+        "a snapshot replaced the lost changes"
+    );
+    // And the watch goes on after the snapshot.
+    client.put("/w/k4", "4", None).await.unwrap();
+    while !holds(&["/w/k2", "/w/k3", "/w/k4"]) {
+        assert!(Instant::now() < deadline, "the watch did not resume");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    follower.await.unwrap();
+}

@@ -8,7 +8,7 @@ mod metrics;
 mod ring;
 mod server;
 mod service;
-mod watch;
+pub mod watch;
 
 pub use client::MetadataClient;
 pub use server::{member_key, start, MetadataNode, MetadataOpts};

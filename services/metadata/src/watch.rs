@@ -18,11 +18,25 @@ pub trait Follower: Send + 'static {
 pub async fn follow(
     client: Client,
     prefix: String,
-    mut follower: impl Follower,
+    follower: impl Follower,
     shutdown: CancellationToken,
 ) {
+    follow_since(client, prefix, follower, shutdown, None).await
+}
+
+/// Follows `prefix` until `shutdown`, for a follower that already holds the state at revision
+/// `known` (`None`: it holds nothing, so a snapshot comes first). If etcd has compacted past
+/// `known`, the follower gets a snapshot instead of the changes it missed.
+pub async fn follow_since(
+    client: Client,
+    prefix: String,
+    mut follower: impl Follower,
+    shutdown: CancellationToken,
+    mut known: Option<i64>,
+) {
     while !shutdown.is_cancelled() {
-        if let Err(err) = follow_once(&client, &prefix, &mut follower, &shutdown).await {
+        let resumed = known.take();
+        if let Err(err) = follow_once(&client, &prefix, &mut follower, &shutdown, resumed).await {
             tracing::warn!(prefix = %prefix, error = %err, "etcd watch broke; taking a new snapshot");
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -37,16 +51,22 @@ async fn follow_once(
     prefix: &str,
     follower: &mut impl Follower,
     shutdown: &CancellationToken,
+    known: Option<i64>,
 ) -> anyhow::Result<()> {
-    let snapshot = client
-        .kv_client()
-        .get(prefix, Some(GetOptions::new().with_prefix()))
-        .await?;
-    let revision = snapshot
-        .header()
-        .map(|h| h.revision())
-        .ok_or_else(|| anyhow::anyhow!("snapshot without a revision"))?;
-    follower.snapshot(snapshot.kvs());
+    let revision = match known {
+        Some(revision) => revision,
+        None => {
+            let snapshot = client
+                .kv_client()
+                .get(prefix, Some(GetOptions::new().with_prefix()))
+                .await?;
+            follower.snapshot(snapshot.kvs());
+            snapshot
+                .header()
+                .map(|h| h.revision())
+                .ok_or_else(|| anyhow::anyhow!("snapshot without a revision"))?
+        }
+    };
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(revision + 1);
