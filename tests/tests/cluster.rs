@@ -522,6 +522,19 @@ async fn a_queue_moves_to_the_other_cluster_under_traffic_and_loses_nothing() {
     );
 
     // Drained, the sealed partition is removed and the old cluster no longer holds the queue.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.admin(&["placement", "moving"])["partitions"]
+        .as_array()
+        .unwrap()
+        .len()
+        > 1
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the drained partition was never removed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let after = cluster.admin(&["place", "moving", "--cluster", to, "--wait"]);
     assert_eq!(after["partitions"].as_array().unwrap().len(), 1, "{after}");
     let old_node = if from == "a" {

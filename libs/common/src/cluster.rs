@@ -36,6 +36,16 @@ pub fn placement_key(root: &str, queue_id: u64) -> String {
     format!("{root}placements/{queue_id:020}")
 }
 
+/// Under this prefix, `<queue id>`: an empty key for each queue with a move under way or a
+/// sealed partition still draining, so the leader finds them without listing every placement.
+pub fn moves_prefix(root: &str) -> String {
+    format!("{root}moves/")
+}
+
+pub fn move_key(root: &str, queue_id: u64) -> String {
+    format!("{root}moves/{queue_id:020}")
+}
+
 /// The value under [`node_key`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -89,6 +99,12 @@ pub struct SealedPartition {
 }
 
 impl Placement {
+    /// Whether the leader has work left on this placement: a move to finish or a sealed
+    /// partition to remove.
+    pub fn unsettled(&self) -> bool {
+        self.moving_to.is_some() || !self.sealed.is_empty()
+    }
+
     /// A queue's first placement.
     pub fn new(queue: impl Into<String>, cluster: impl Into<String>) -> Self {
         Placement {

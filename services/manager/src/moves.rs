@@ -78,12 +78,18 @@ impl ManagerServiceImpl {
             .ok_or_else(|| Error::Unavailable("lost the manager leadership; retry".into()))?;
         let key = cluster::placement_key(&self.root, id);
         let value = serde_json::to_vec(placement).expect("a placement serializes");
+        let index = cluster::move_key(&self.root, id);
+        let index = if placement.unsettled() {
+            TxnOp::put(index, "", None)
+        } else {
+            TxnOp::delete(index, None)
+        };
         let txn = Txn::new()
             .when([
                 fence.clone(),
                 Compare::mod_revision(key.clone(), CompareOp::Equal, revision),
             ])
-            .and_then([TxnOp::put(key, value, None)]);
+            .and_then([TxnOp::put(key, value, None), index]);
         let written = self.client.kv_client().txn(txn).await.map_err(etcd)?;
         if written.succeeded() {
             return Ok(true);
@@ -247,27 +253,20 @@ impl ManagerServiceImpl {
         Ok(())
     }
 
-    /// One pass of the leader over every placement: finishes interrupted moves and removes
-    /// drained partitions.
+    /// One pass of the leader over the queues with moves under way: finishes interrupted
+    /// moves and removes drained partitions.
     pub(crate) async fn reconcile(&self) -> Result<()> {
-        let listed = self
-            .client
-            .kv_client()
+        let mut kv = self.client.kv_client();
+        let listed = kv
             .get(
-                cluster::placements_prefix(&self.root),
-                Some(GetOptions::new().with_prefix()),
+                cluster::moves_prefix(&self.root),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
             )
             .await
             .map_err(etcd)?;
         let mut draining = 0;
-        for kv in listed.kvs() {
-            let Ok(placement) = serde_json::from_slice::<Placement>(kv.value()) else {
-                continue;
-            };
-            if placement.moving_to.is_none() && placement.sealed.is_empty() {
-                continue;
-            }
-            let Some(id) = kv
+        for entry in listed.kvs() {
+            let Some(id) = entry
                 .key_str()
                 .ok()
                 .and_then(|key| key.rsplit('/').next())
@@ -275,16 +274,24 @@ impl ManagerServiceImpl {
             else {
                 continue;
             };
-            draining += placement.sealed.len();
             let step = async {
+                let Some((placement, _)) = self.read_placement(id).await? else {
+                    // The queue was deleted; its partitions went with it.
+                    kv.clone().delete(entry.key(), None).await.map_err(etcd)?;
+                    return Ok(0);
+                };
                 let placement = match placement.moving_to {
                     Some(_) => self.finish_move(id).await?,
                     None => placement,
                 };
-                self.remove_drained(id, &placement).await
+                self.remove_drained(id, &placement).await?;
+                Ok::<_, Error>(placement.sealed.len())
             };
-            if let Err(err) = step.await {
-                tracing::warn!(queue_id = id, error = %err, "cannot advance the queue's move; trying again later");
+            match step.await {
+                Ok(sealed) => draining += sealed,
+                Err(err) => {
+                    tracing::warn!(queue_id = id, error = %err, "cannot advance the queue's move; trying again later")
+                }
             }
         }
         metrics::SEALED_PARTITIONS.set(draining as i64);
