@@ -360,7 +360,15 @@ impl QueueBackend for RoutedBackend {
         let mut counts = node.counts(id).await?;
         drop(permit);
         for sealed in &placement.sealed {
-            let more = self.sealed_counts(id, &sealed.cluster).await?;
+            // Counts are approximate anyway: a sealed partition that cannot be asked right now
+            // does not make the whole answer fail.
+            let more = match self.sealed_counts(id, &sealed.cluster).await {
+                Ok(more) => more,
+                Err(err) => {
+                    tracing::warn!(queue_id = id, cluster = %sealed.cluster, error = %err, "cannot count a sealed partition");
+                    continue;
+                }
+            };
             counts.visible += more.visible;
             counts.in_flight += more.in_flight;
             counts.delayed += more.delayed;
