@@ -17,7 +17,7 @@ struct Cluster {
     managers: Vec<ServerProcess>,
     metadata: Vec<ServerProcess>,
     backends: Vec<ServerProcess>,
-    _etcd: EtcdProcess,
+    etcd: EtcdProcess,
     _dir: tempfile::TempDir,
 }
 
@@ -47,7 +47,7 @@ impl Cluster {
             .map(|_| ServerProcess::start_frontend(&urls, 500).unwrap())
             .collect();
         Cluster {
-            _etcd: etcd,
+            etcd,
             backends,
             metadata,
             managers,
@@ -639,4 +639,77 @@ async fn a_queue_moves_to_the_other_cluster_under_traffic_and_loses_nothing() {
     assert!(
         String::from_utf8_lossy(&unknown.stderr).contains("backend cluster \"nowhere\" not found")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_its_leader_left_halfway_is_finished_by_the_leader_loop() {
+    let cluster = Cluster::start().await;
+    cluster.settled().await;
+    let mut f1 = cluster.frontend(0).await;
+    f1.create_queue(pb::CreateQueueRequest {
+        name: "halfway".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for i in 0..20 {
+        f1.send_message(send("halfway", &format!("h{i}")))
+            .await
+            .unwrap();
+    }
+    let before = cluster.admin(&["placement", "halfway"]);
+    let from = before["partitions"][0]["cluster"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let to = if from == "a" { "b" } else { "a" };
+
+    // What a leader writes first and then died after: the intent, nothing sealed or opened.
+    let mut etcd = etcd_client::Client::connect([cluster.etcd.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    let id = before["queue_id"].as_u64().unwrap();
+    let key = format!("/sluice/placements/{id:020}");
+    let got = etcd.get(key.as_str(), None).await.unwrap();
+    let mut placement: serde_json::Value = serde_json::from_slice(got.kvs()[0].value()).unwrap();
+    placement["moving_to"] = to.into();
+    etcd.put(key.as_str(), placement.to_string(), None)
+        .await
+        .unwrap();
+    etcd.put(format!("/sluice/moves/{id:020}"), "", None)
+        .await
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let finished = loop {
+        let now = cluster.admin(&["placement", "halfway"]);
+        if now["moving_to"] == "" {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the move was never finished: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(finished["partitions"][0]["cluster"], to, "{finished}");
+    assert_eq!(
+        finished["partitions"][1]["cluster"],
+        from.as_str(),
+        "{finished}"
+    );
+    assert_eq!(finished["partitions"][1]["sealed"], true, "{finished}");
+
+    // Sends go to the new partition; everything comes back once.
+    let mut f2 = cluster.frontend(1).await;
+    for i in 20..30 {
+        f2.send_message(send("halfway", &format!("h{i}")))
+            .await
+            .unwrap();
+    }
+    let mut seen = std::collections::HashSet::new();
+    let deliveries = drain_bodies(&cluster, "halfway", 30, &mut seen).await;
+    assert_eq!(deliveries, 30, "a message came twice");
+    let placed = cluster.admin(&["placement", "halfway"]);
+    assert_eq!(placed["partitions"][0]["counts"]["visible"], 0, "{placed}");
 }
