@@ -27,6 +27,11 @@ pub fn manager_election(root: &str) -> String {
     format!("{root}manager/election")
 }
 
+/// A queue's record (id, attributes), owned by the metadata tier.
+pub fn queue_record_key(root: &str, name: &str) -> String {
+    format!("{root}queues/{name}")
+}
+
 /// Under this prefix, `<queue id>`: the cluster a queue was placed on.
 pub fn placements_prefix(root: &str) -> String {
     format!("{root}placements/")

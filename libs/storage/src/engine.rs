@@ -140,19 +140,13 @@ impl Engine {
         let _writing = self.inner.record_writes.lock().await;
         let existing = self.inner.queues.read().get(&id).cloned();
         let sealed = existing.as_ref().is_some_and(|q| q.state.lock().sealed);
-        let mut record = queue_record(&config);
-        record.sealed = sealed;
         let first_sequence = first_sequence.max(1);
-        self.inner
-            .committer
-            .commit(
-                vec![
-                    Op::Put(Cf::Queues, queue_key(id).to_vec(), record.encode_to_vec()),
-                    seq_floor_op(id, first_sequence),
-                ],
-                true,
-            )
-            .await?;
+        let mut ops = vec![queue_record_op(id, &config, sealed)];
+        // Sequences start at 1 anyway; only a partition continuing another needs a floor.
+        if first_sequence > 1 {
+            ops.push(seq_floor_op(id, first_sequence));
+        }
+        self.inner.committer.commit(ops, true).await?;
         match existing {
             Some(queue) => {
                 let mut state = queue.state.lock();
@@ -211,18 +205,9 @@ impl Engine {
                     sources.join(", ")
                 )));
             }
-            let mut record = queue_record(&config);
-            record.sealed = true;
             self.inner
                 .committer
-                .commit(
-                    vec![Op::Put(
-                        Cf::Queues,
-                        queue_key(id).to_vec(),
-                        record.encode_to_vec(),
-                    )],
-                    true,
-                )
+                .commit(vec![queue_record_op(id, &config, true)], true)
                 .await?;
         }
         // Sends that got in before the seal have their sequence numbers already: the next one
@@ -802,15 +787,17 @@ pub(crate) fn state_of(meta: &MessageMeta) -> StateRecord {
     }
 }
 
-fn queue_record(config: &QueueConfig) -> QueueRecord {
-    QueueRecord {
+/// Writes queue `id`'s record: its config and whether it is sealed.
+fn queue_record_op(id: QueueId, config: &QueueConfig, sealed: bool) -> Op {
+    let record = QueueRecord {
         name: config.name.clone(),
         retention_ms: config.retention.as_millis() as u64,
         fifo: config.fifo,
         dead_letter_queue: config.dead_letter.map(|d| d.queue).unwrap_or(0),
         max_receive_count: config.dead_letter.map(|d| d.max_receive_count).unwrap_or(0),
-        sealed: false,
-    }
+        sealed,
+    };
+    Op::Put(Cf::Queues, queue_key(id).to_vec(), record.encode_to_vec())
 }
 
 fn queue_config(record: QueueRecord) -> QueueConfig {

@@ -70,6 +70,16 @@ async fn with_dead_letter(dir: &tempfile::TempDir, max: u32, fifo: bool) -> Engi
     engine
 }
 
+/// An engine in `dir` with one standard queue, SOURCE, named "q".
+async fn with_standard_queue(dir: &tempfile::TempDir) -> Engine {
+    let engine = Engine::open(EngineOptions::new(dir.path())).unwrap();
+    engine
+        .create_queue(SOURCE, QueueConfig::standard("q", HOUR))
+        .await
+        .unwrap();
+    engine
+}
+
 async fn receive_now(
     engine: &Engine,
     id: u64,
@@ -448,11 +458,7 @@ async fn deduplication_returns_the_first_send_within_the_window() {
 #[tokio::test]
 async fn deduplication_ids_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(EngineOptions::new(dir.path())).unwrap();
-    engine
-        .create_queue(SOURCE, QueueConfig::standard("q", HOUR))
-        .await
-        .unwrap();
+    let engine = with_standard_queue(&dir).await;
     let first = engine
         .send(SOURCE, vec![deduplicated("x", "order-7")])
         .await
@@ -473,11 +479,7 @@ async fn deduplication_ids_survive_a_restart() {
 #[tokio::test]
 async fn a_sealed_queue_refuses_sends_drains_and_stays_sealed_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(EngineOptions::new(dir.path())).unwrap();
-    engine
-        .create_queue(SOURCE, QueueConfig::standard("q", HOUR))
-        .await
-        .unwrap();
+    let engine = with_standard_queue(&dir).await;
     let sent = engine
         .send(SOURCE, vec![msg("a"), msg("b"), msg("c")])
         .await

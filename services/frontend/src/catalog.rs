@@ -52,7 +52,8 @@ pub struct Catalog {
 const CACHED_RECORDS: u64 = 100_000;
 
 fn key(name: &str) -> String {
-    format!("{QUEUE_PREFIX}{name}")
+    // Relative to the store's root, which the store adds.
+    sluice_common::cluster::queue_record_key("", name)
 }
 
 fn decode(key: &str, raw: &[u8]) -> Result<QueueRecord> {

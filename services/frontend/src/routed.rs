@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use parking_lot::Mutex;
 use sluice_backend::{ClientOptions, QueueBackend, RemoteBackend};
-use sluice_common::cluster::Placement;
+use sluice_common::cluster::{self, Placement};
 use sluice_common::{Error, Result};
 use sluice_metadata::MetadataClient;
 use sluice_metastore::MetaStore;
@@ -50,7 +50,7 @@ pub struct RoutedBackend {
 
 /// Reads queue `id`'s placement through the metadata tier.
 async fn read_placement(metadata: Arc<MetadataClient>, id: QueueId) -> Result<Arc<Placement>> {
-    let key = format!("placements/{id:020}");
+    let key = cluster::placement_key("", id);
     let placed = metadata
         .get(&key)
         .await?
@@ -331,7 +331,7 @@ impl QueueBackend for RoutedBackend {
         let (node, _permit) = self.on(&placement.cluster).await?;
         node.delete_queue(id).await?;
         // The queue no longer counts toward its cluster's placements.
-        let key = format!("placements/{id:020}");
+        let key = cluster::placement_key("", id);
         if let Some(placed) = self.metadata.get(&key).await? {
             self.metadata.delete(&key, placed.revision).await?;
         }

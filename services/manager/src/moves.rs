@@ -38,7 +38,7 @@ impl ManagerServiceImpl {
         if name.is_empty() {
             return Err(Error::invalid("queue", "must not be empty"));
         }
-        let key = format!("{}queues/{name}", self.root);
+        let key = cluster::queue_record_key(&self.root, name);
         let got = self.client.kv_client().get(key, None).await.map_err(etcd)?;
         let kv = got
             .kvs()
