@@ -4,15 +4,17 @@
 //! A queue moved to another cluster (`sluice admin place`) has one active partition, which takes
 //! every send, and sealed partitions that consumers drain: receives take from the sealed ones
 //! first, and a receipt handle names its partition so deletes reach the right cluster. The
-//! placement is cached briefly; a send refused by a sealed partition reads it again at once.
+//! placement is cached briefly; a call that finds it stale (a sealed or a removed partition)
+//! reads it again at once and runs again.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use parking_lot::Mutex;
 use sluice_backend::{ClientOptions, QueueBackend, RemoteBackend};
 use sluice_common::cluster::{self, Placement};
@@ -172,13 +174,45 @@ impl RoutedBackend {
         Ok((node, permit))
     }
 
-    /// A node of the cluster of queue `id`'s active partition.
-    async fn route(
-        &self,
-        id: QueueId,
-    ) -> Result<(RemoteBackend, tokio::sync::SemaphorePermit<'_>)> {
-        let placement = self.placement(id).await?;
-        self.on(&placement.cluster).await
+    /// Runs `op` on queue `id`'s placement. The cached placement may be stale: a partition
+    /// sealed by a move refuses sends (ABORTED), and one drained and removed since answers
+    /// NOT_FOUND. Either way the placement is read again and `op` runs again on it: after
+    /// ABORTED with backoff until the move is written (for up to `MOVE_WAIT`), after NOT_FOUND
+    /// only if the placement changed; otherwise the queue really is gone.
+    async fn with_placement<T, F, Fut>(&self, id: QueueId, op: F) -> Result<T>
+    where
+        F: Fn(Arc<Placement>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut placement = self.placement(id).await?;
+        let mut pauses = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(10))
+            .with_max_delay(Duration::from_millis(500))
+            .without_max_times()
+            .with_total_delay(Some(MOVE_WAIT))
+            .build();
+        loop {
+            match op(placement.clone()).await {
+                Err(Error::Aborted(reason)) => {
+                    let Some(pause) = pauses.next() else {
+                        return Err(Error::Unavailable(format!(
+                            "the queue is moving to another backend cluster; retry ({reason})"
+                        )));
+                    };
+                    tokio::time::sleep(pause).await;
+                    placement = self.reload_placement(id).await?;
+                }
+                Err(Error::NotFound { what }) => {
+                    let fresh = self.reload_placement(id).await?;
+                    if fresh == placement {
+                        return Err(Error::NotFound { what });
+                    }
+                    placement = fresh;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Refuses to link two queues that live on different clusters: messages move between a
@@ -222,28 +256,90 @@ impl RoutedBackend {
         }
     }
 
+    /// Receives from `placement`'s partitions: the sealed ones first; a FIFO queue holds its
+    /// active partition back while a sealed one still holds messages.
+    async fn receive_on(
+        &self,
+        id: QueueId,
+        placement: &Placement,
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
+    ) -> Result<Vec<ReceivedMessage>> {
+        let mut got = Vec::new();
+        let mut fifo = false;
+        for sealed in &placement.sealed {
+            fifo |= sealed.fifo;
+            match self
+                .receive_from(
+                    id,
+                    &sealed.cluster,
+                    sealed.partition,
+                    max - got.len(),
+                    visibility,
+                    Duration::ZERO,
+                )
+                .await
+            {
+                Ok(messages) => got.extend(messages),
+                Err(Error::NotFound { .. }) => self.placements.expire(&id),
+                // A FIFO queue must not skip a partition: its groups would go out of order.
+                Err(err) if sealed.fifo => return Err(err),
+                Err(err) => {
+                    tracing::warn!(queue_id = id, cluster = %sealed.cluster, error = %err, "cannot receive from a sealed partition; receiving from the active one")
+                }
+            }
+            if got.len() >= max {
+                break;
+            }
+        }
+        if !got.is_empty() {
+            return Ok(got);
+        }
+        if fifo {
+            // The new partition's messages come after every message of the sealed ones: while
+            // one still holds messages (in flight, say), wait on it instead.
+            for sealed in &placement.sealed {
+                if total(&self.sealed_counts(id, &sealed.cluster).await?) > 0 {
+                    return self
+                        .receive_from(id, &sealed.cluster, sealed.partition, max, visibility, wait)
+                        .await;
+                }
+            }
+        }
+        self.receive_from(
+            id,
+            &placement.cluster,
+            placement.partition,
+            max,
+            visibility,
+            wait,
+        )
+        .await
+    }
+
     /// Deletes (`visibility` is `None`) or changes the visibility of messages by their receipt
     /// handles, each at the partition its handle names. One result per entry, in order.
     async fn by_partition(
         &self,
         id: QueueId,
-        entries: Vec<(String, Duration)>,
+        mut placement: Arc<Placement>,
+        entries: &[(String, Duration)],
         delete: bool,
     ) -> Result<Vec<Result<()>>> {
         let mut results: Vec<Option<Result<()>>> = vec![None; entries.len()];
         let mut groups: BTreeMap<u32, Vec<(usize, String, Duration)>> = BTreeMap::new();
-        for (i, (handle, visibility)) in entries.into_iter().enumerate() {
-            match untag(&handle) {
+        for (i, (handle, visibility)) in entries.iter().enumerate() {
+            match untag(handle) {
                 Ok((partition, raw)) => {
                     groups
                         .entry(partition)
                         .or_default()
-                        .push((i, raw.to_owned(), visibility))
+                        .push((i, raw.to_owned(), *visibility))
                 }
                 Err(err) => results[i] = Some(Err(err)),
             }
         }
-        let mut placement = self.placement(id).await?;
         for (partition, group) in groups {
             if partition > placement.partition {
                 // A handle from a partition this frontend has not seen yet.
@@ -318,8 +414,12 @@ impl QueueBackend for RoutedBackend {
         }
         // Only the active partition: a sealed one keeps the config it was sealed with, and it
         // cannot take a dead-letter policy (its cluster may not hold the dead-letter queue).
-        let (node, _permit) = self.route(id).await?;
-        node.create_queue(id, config).await
+        let config = &config;
+        self.with_placement(id, |placement| async move {
+            let (node, _permit) = self.on(&placement.cluster).await?;
+            node.create_queue(id, config.clone()).await
+        })
+        .await
     }
 
     async fn delete_queue(&self, id: QueueId) -> Result<()> {
@@ -340,70 +440,53 @@ impl QueueBackend for RoutedBackend {
     }
 
     async fn purge_queue(&self, id: QueueId) -> Result<u64> {
-        let placement = self.placement(id).await?;
-        let mut purged = 0;
-        for sealed in &placement.sealed {
-            let (node, _permit) = self.on(&sealed.cluster).await?;
-            match node.purge_queue(id).await {
-                Ok(n) => purged += n,
-                Err(Error::NotFound { .. }) => {}
-                Err(err) => return Err(err),
+        self.with_placement(id, |placement| async move {
+            let mut purged = 0;
+            for sealed in &placement.sealed {
+                let (node, _permit) = self.on(&sealed.cluster).await?;
+                match node.purge_queue(id).await {
+                    Ok(n) => purged += n,
+                    Err(Error::NotFound { .. }) => {}
+                    Err(err) => return Err(err),
+                }
             }
-        }
-        let (node, _permit) = self.on(&placement.cluster).await?;
-        Ok(purged + node.purge_queue(id).await?)
+            let (node, _permit) = self.on(&placement.cluster).await?;
+            Ok(purged + node.purge_queue(id).await?)
+        })
+        .await
     }
 
     async fn counts(&self, id: QueueId) -> Result<QueueCounts> {
-        let placement = self.placement(id).await?;
-        let (node, permit) = self.on(&placement.cluster).await?;
-        let mut counts = node.counts(id).await?;
-        drop(permit);
-        for sealed in &placement.sealed {
-            // Counts are approximate anyway: a sealed partition that cannot be asked right now
-            // does not make the whole answer fail.
-            let more = match self.sealed_counts(id, &sealed.cluster).await {
-                Ok(more) => more,
-                Err(err) => {
-                    tracing::warn!(queue_id = id, cluster = %sealed.cluster, error = %err, "cannot count a sealed partition");
-                    continue;
-                }
-            };
-            counts.visible += more.visible;
-            counts.in_flight += more.in_flight;
-            counts.delayed += more.delayed;
-        }
-        Ok(counts)
+        self.with_placement(id, |placement| async move {
+            let (node, permit) = self.on(&placement.cluster).await?;
+            let mut counts = node.counts(id).await?;
+            drop(permit);
+            for sealed in &placement.sealed {
+                // Counts are approximate anyway: a sealed partition that cannot be asked right
+                // now does not make the whole answer fail.
+                let more = match self.sealed_counts(id, &sealed.cluster).await {
+                    Ok(more) => more,
+                    Err(err) => {
+                        tracing::warn!(queue_id = id, cluster = %sealed.cluster, error = %err, "cannot count a sealed partition");
+                        continue;
+                    }
+                };
+                counts.visible += more.visible;
+                counts.in_flight += more.in_flight;
+                counts.delayed += more.delayed;
+            }
+            Ok(counts)
+        })
+        .await
     }
 
     async fn send(&self, id: QueueId, messages: Vec<NewMessage>) -> Result<Vec<SentMessage>> {
-        let first = std::sync::atomic::AtomicBool::new(true);
-        let attempt = || async {
-            // After a refusal by a sealed partition, read where the queue went now.
-            let placement = if first.swap(false, std::sync::atomic::Ordering::Relaxed) {
-                self.placement(id).await?
-            } else {
-                self.reload_placement(id).await?
-            };
+        let messages = &messages;
+        self.with_placement(id, |placement| async move {
             let (node, _permit) = self.on(&placement.cluster).await?;
             node.send(id, messages.clone()).await
-        };
-        let backoff = ExponentialBuilder::default()
-            .with_jitter()
-            .with_min_delay(Duration::from_millis(10))
-            .with_max_delay(Duration::from_millis(500))
-            .without_max_times()
-            .with_total_delay(Some(MOVE_WAIT));
-        attempt
-            .retry(backoff)
-            .when(|err| matches!(err, Error::Aborted(_)))
-            .await
-            .map_err(|err| match err {
-                Error::Aborted(reason) => Error::Unavailable(format!(
-                    "the queue is moving to another backend cluster; retry ({reason})"
-                )),
-                other => other,
-            })
+        })
+        .await
     }
 
     async fn receive(
@@ -413,62 +496,19 @@ impl QueueBackend for RoutedBackend {
         visibility: Duration,
         wait: Duration,
     ) -> Result<Vec<ReceivedMessage>> {
-        let placement = self.placement(id).await?;
-        let mut got = Vec::new();
-        let mut fifo = false;
-        for sealed in &placement.sealed {
-            fifo |= sealed.fifo;
-            match self
-                .receive_from(
-                    id,
-                    &sealed.cluster,
-                    sealed.partition,
-                    max - got.len(),
-                    visibility,
-                    Duration::ZERO,
-                )
-                .await
-            {
-                Ok(messages) => got.extend(messages),
-                Err(Error::NotFound { .. }) => self.placements.expire(&id),
-                // A FIFO queue must not skip a partition: its groups would go out of order.
-                Err(err) if sealed.fifo => return Err(err),
-                Err(err) => {
-                    tracing::warn!(queue_id = id, cluster = %sealed.cluster, error = %err, "cannot receive from a sealed partition; receiving from the active one")
-                }
-            }
-            if got.len() >= max {
-                break;
-            }
-        }
-        if !got.is_empty() {
-            return Ok(got);
-        }
-        if fifo {
-            // The new partition's messages come after every message of the sealed ones: while
-            // one still holds messages (in flight, say), wait on it instead.
-            for sealed in &placement.sealed {
-                if total(&self.sealed_counts(id, &sealed.cluster).await?) > 0 {
-                    return self
-                        .receive_from(id, &sealed.cluster, sealed.partition, max, visibility, wait)
-                        .await;
-                }
-            }
-        }
-        self.receive_from(
-            id,
-            &placement.cluster,
-            placement.partition,
-            max,
-            visibility,
-            wait,
-        )
+        self.with_placement(id, |placement| async move {
+            self.receive_on(id, &placement, max, visibility, wait).await
+        })
         .await
     }
 
     async fn delete(&self, id: QueueId, handles: Vec<String>) -> Result<Vec<Result<()>>> {
-        let entries = handles.into_iter().map(|h| (h, Duration::ZERO)).collect();
-        self.by_partition(id, entries, true).await
+        let entries: Vec<_> = handles.into_iter().map(|h| (h, Duration::ZERO)).collect();
+        let entries = &entries;
+        self.with_placement(id, |placement| async move {
+            self.by_partition(id, placement, entries, true).await
+        })
+        .await
     }
 
     async fn change_visibility(
@@ -476,7 +516,11 @@ impl QueueBackend for RoutedBackend {
         id: QueueId,
         changes: Vec<(String, Duration)>,
     ) -> Result<Vec<Result<()>>> {
-        self.by_partition(id, changes, false).await
+        let changes = &changes;
+        self.with_placement(id, |placement| async move {
+            self.by_partition(id, placement, changes, false).await
+        })
+        .await
     }
 
     async fn start_move_task(
@@ -489,19 +533,29 @@ impl QueueBackend for RoutedBackend {
             self.same_cluster(source, destination, "destination")
                 .await?;
         }
-        let (node, _permit) = self.route(source).await?;
-        node.start_move_task(source, destination, max_per_second)
-            .await
+        self.with_placement(source, |placement| async move {
+            let (node, _permit) = self.on(&placement.cluster).await?;
+            node.start_move_task(source, destination, max_per_second)
+                .await
+        })
+        .await
     }
 
     async fn list_move_tasks(&self, source: QueueId) -> Result<Vec<MoveTask>> {
-        let (node, _permit) = self.route(source).await?;
-        node.list_move_tasks(source).await
+        self.with_placement(source, |placement| async move {
+            let (node, _permit) = self.on(&placement.cluster).await?;
+            node.list_move_tasks(source).await
+        })
+        .await
     }
 
     async fn cancel_move_task(&self, source: QueueId, task: String) -> Result<MoveTask> {
-        let (node, _permit) = self.route(source).await?;
-        node.cancel_move_task(source, task).await
+        let task = &task;
+        self.with_placement(source, |placement| async move {
+            let (node, _permit) = self.on(&placement.cluster).await?;
+            node.cancel_move_task(source, task.clone()).await
+        })
+        .await
     }
 }
 
