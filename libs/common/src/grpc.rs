@@ -26,9 +26,24 @@ pub async fn serve(
     routes: Routes,
     shutdown: CancellationToken,
 ) -> anyhow::Result<GrpcServer> {
-    let listener = tokio::net::TcpListener::bind(addr)
+    serve_on(bind(addr).await?, service, routes, shutdown).await
+}
+
+/// Binds the gRPC port, for a service that must know its address before it can build its
+/// routes.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot bind gRPC address {addr}"))?;
+        .with_context(|| format!("cannot bind gRPC address {addr}"))
+}
+
+/// [`serve`] on a bound listener.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    service: &'static str,
+    routes: Routes,
+    shutdown: CancellationToken,
+) -> anyhow::Result<GrpcServer> {
     let local_addr = listener.local_addr()?;
     let (mut health, health_service) = tonic_health::server::health_reporter();
     health

@@ -1,7 +1,12 @@
-//! Group commit. One writer thread owns every write to RocksDB: it takes all the requests that
-//! queued while the previous write ran, applies them as one `WriteBatch`, and fsyncs once if any
-//! of them asked for durability. Under load one fsync acknowledges many sends, which is what lets
-//! a disk that manages a thousand fsyncs a second take tens of thousands of messages.
+//! Group commit. One writer thread owns every write: it takes all the requests that queued while
+//! the previous write ran and turns them into one `WriteBatch`. Under load one write
+//! acknowledges many sends, which is what lets a disk that manages a thousand fsyncs a second
+//! take tens of thousands of messages.
+//!
+//! A standalone engine writes the batch to RocksDB itself, fsync'd if any request asked for
+//! durability. A replicated engine hands the batch's bytes to its [`Replicator`] instead: the
+//! batch becomes one entry of the cluster's log, and RocksDB sees it when the entry is applied,
+//! on this node as on every other.
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -48,10 +53,42 @@ pub(crate) enum Op {
     Merge(Cf, Vec<u8>, Vec<u8>),
 }
 
+/// Why a write did not happen.
+#[derive(Debug, Clone)]
+pub(crate) enum CommitError {
+    Db(rocksdb::Error),
+    /// The replicated log refused or lost the write: this node is not (or no longer) the leader.
+    NotLeader(String),
+}
+
+impl From<CommitError> for Error {
+    fn from(err: CommitError) -> Self {
+        match err {
+            CommitError::Db(err) => Error::Db(err),
+            CommitError::NotLeader(reason) => Error::NotLeader(reason),
+        }
+    }
+}
+
+type Done = oneshot::Sender<Result<(), CommitError>>;
+
+/// Called once with the outcome of one stage of a proposed write.
+pub type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// The replicated log a replicated engine writes through.
+pub trait Replicator: Send + Sync + 'static {
+    /// Appends `batch` (the bytes of a RocksDB `WriteBatch`) to the log, in the order of calls.
+    /// `durable` is called once the entry is fsync'd in this node's own log, `applied` once it
+    /// is committed by the cluster and applied to this node's engine; either with an error if
+    /// that will not happen (this node is not the leader).
+    fn propose(&self, batch: Vec<u8>, durable: Completion, applied: Completion);
+}
+
 struct Request {
     ops: Vec<Op>,
     sync: bool,
-    done: oneshot::Sender<Result<(), rocksdb::Error>>,
+    durable: Done,
+    applied: Done,
 }
 
 pub(crate) struct Committer {
@@ -60,18 +97,26 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    pub(crate) fn start(db: Arc<DB>) -> std::io::Result<Self> {
+    /// Writes go to `db`, or through `replicator` when there is one.
+    pub(crate) fn start(
+        db: Arc<DB>,
+        replicator: Option<Arc<dyn Replicator>>,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Request>();
         let thread = std::thread::Builder::new()
             .name("sluice-commit".into())
-            .spawn(move || writer_loop(&db, rx))?;
+            .spawn(move || match replicator {
+                None => writer_loop(&db, rx),
+                Some(replicator) => proposer_loop(&db, replicator.as_ref(), rx),
+            })?;
         Ok(Committer {
             tx: parking_lot::Mutex::new(Some(tx)),
             thread: parking_lot::Mutex::new(Some(thread)),
         })
     }
 
-    /// Applies `ops` atomically; with `sync` they are fsync'd before this returns.
+    /// Applies `ops` atomically; with `sync` they are durable before this returns (fsync'd, or
+    /// committed by a majority of a replicated cluster).
     pub(crate) async fn commit(&self, ops: Vec<Op>, sync: bool) -> Result<()> {
         if ops.is_empty() {
             return Ok(());
@@ -83,12 +128,21 @@ impl Committer {
     /// so once a later submission is done every earlier one is too; an empty submission is a
     /// barrier that waits for everything before it.
     pub(crate) fn submit(&self, ops: Vec<Op>, sync: bool) -> Result<Pending> {
-        let (done, wait) = oneshot::channel();
+        let (durable, durable_rx) = oneshot::channel();
+        let (applied, applied_rx) = oneshot::channel();
         let tx = self.tx.lock();
         let tx = tx.as_ref().ok_or(Error::Closed)?;
-        tx.send(Request { ops, sync, done })
-            .map_err(|_| Error::Closed)?;
-        Ok(Pending(wait))
+        tx.send(Request {
+            ops,
+            sync,
+            durable,
+            applied,
+        })
+        .map_err(|_| Error::Closed)?;
+        Ok(Pending {
+            durable: durable_rx,
+            applied: applied_rx,
+        })
     }
 
     /// Lets the writer finish what is queued, then stops it.
@@ -103,11 +157,31 @@ impl Committer {
 }
 
 /// A submitted write.
-pub(crate) struct Pending(oneshot::Receiver<Result<(), rocksdb::Error>>);
+pub(crate) struct Pending {
+    durable: oneshot::Receiver<Result<(), CommitError>>,
+    applied: oneshot::Receiver<Result<(), CommitError>>,
+}
 
 impl Pending {
+    /// Waits until the write is applied: readable here, and durable as asked.
     pub(crate) async fn wait(self) -> Result<()> {
-        self.0.await.map_err(|_| Error::Closed)?.map_err(Error::Db)
+        Ok(self.applied.await.map_err(|_| Error::Closed)??)
+    }
+
+    /// Waits until the write is durable on this node; then returns what waits for it to be
+    /// applied. On a standalone engine both happen at once.
+    pub(crate) async fn durable(self) -> Result<Applied> {
+        self.durable.await.map_err(|_| Error::Closed)??;
+        Ok(Applied(self.applied))
+    }
+}
+
+/// A write durable on this node, on its way to being applied.
+pub(crate) struct Applied(oneshot::Receiver<Result<(), CommitError>>);
+
+impl Applied {
+    pub(crate) async fn wait(self) -> Result<()> {
+        Ok(self.0.await.map_err(|_| Error::Closed)??)
     }
 }
 
@@ -118,34 +192,86 @@ impl Drop for Committer {
     }
 }
 
-fn writer_loop(db: &DB, rx: mpsc::Receiver<Request>) {
-    while let Ok(first) = rx.recv() {
-        let mut requests = vec![first];
-        while requests.len() < MAX_REQUESTS_PER_COMMIT {
-            match rx.try_recv() {
-                Ok(request) => requests.push(request),
-                Err(_) => break,
-            }
+/// Takes the first request and whatever queued behind it.
+fn next_group(rx: &mpsc::Receiver<Request>) -> Option<Vec<Request>> {
+    let first = rx.recv().ok()?;
+    let mut requests = vec![first];
+    while requests.len() < MAX_REQUESTS_PER_COMMIT {
+        match rx.try_recv() {
+            Ok(request) => requests.push(request),
+            Err(_) => break,
         }
+    }
+    Some(requests)
+}
+
+fn observe(started: Instant, requests: usize, sync: bool) {
+    metrics::COMMIT_DURATION.observe(started.elapsed().as_secs_f64());
+    metrics::COMMIT_BATCH_REQUESTS.observe(requests as f64);
+    metrics::COMMITS
+        .with_label_values(&[if sync { "true" } else { "false" }])
+        .inc();
+}
+
+fn writer_loop(db: &DB, rx: mpsc::Receiver<Request>) {
+    while let Some(requests) = next_group(&rx) {
         let sync = requests.iter().any(|r| r.sync);
         let started = Instant::now();
-        let result = write(db, &requests, sync);
-        metrics::COMMIT_DURATION.observe(started.elapsed().as_secs_f64());
-        metrics::COMMIT_BATCH_REQUESTS.observe(requests.len() as f64);
-        metrics::COMMITS
-            .with_label_values(&[if sync { "true" } else { "false" }])
-            .inc();
+        let batch = batch_of(db, &requests);
+        let result = if batch.is_empty() {
+            // Only barriers: everything before them is already written.
+            Ok(())
+        } else {
+            let mut options = WriteOptions::default();
+            options.set_sync(sync);
+            db.write_opt(batch, &options).map_err(CommitError::Db)
+        };
+        observe(started, requests.len(), sync);
         if let Err(err) = &result {
-            tracing::error!(error = %err, requests = requests.len(), "group commit failed");
+            tracing::error!(error = ?err, requests = requests.len(), "group commit failed");
         }
         for request in requests {
             // The caller may have gone away (cancelled request); the write stands regardless.
-            let _ = request.done.send(result.clone());
+            let _ = request.durable.send(result.clone());
+            let _ = request.applied.send(result.clone());
         }
     }
 }
 
-fn write(db: &DB, requests: &[Request], sync: bool) -> Result<(), rocksdb::Error> {
+/// Proposes each group as one log entry. The next group is proposed once this one is durable in
+/// the local log, so that requests pile up into the next group meanwhile, as they do behind an
+/// fsync on a standalone engine; replication to the other nodes runs on in the background.
+fn proposer_loop(db: &DB, replicator: &dyn Replicator, rx: mpsc::Receiver<Request>) {
+    while let Some(requests) = next_group(&rx) {
+        let started = Instant::now();
+        let count = requests.len();
+        let batch = batch_of(db, &requests);
+        let (durable_done, applied_done): (Vec<Done>, Vec<Done>) =
+            requests.into_iter().map(|r| (r.durable, r.applied)).unzip();
+        let (local_tx, local_rx) = mpsc::channel();
+        replicator.propose(
+            batch.data().to_vec(),
+            Box::new(move |result| {
+                let result = result.map_err(CommitError::NotLeader);
+                for done in durable_done {
+                    let _ = done.send(result.clone());
+                }
+                let _ = local_tx.send(());
+            }),
+            Box::new(move |result| {
+                let result = result.map_err(CommitError::NotLeader);
+                for done in applied_done {
+                    let _ = done.send(result.clone());
+                }
+            }),
+        );
+        // A dropped completion (the replicator went away) ends the wait as well.
+        let _ = local_rx.recv();
+        observe(started, count, true);
+    }
+}
+
+fn batch_of(db: &DB, requests: &[Request]) -> WriteBatch {
     let mut batch = WriteBatch::default();
     for op in requests.iter().flat_map(|r| r.ops.iter()) {
         let cf = |cf: &Cf| {
@@ -159,11 +285,5 @@ fn write(db: &DB, requests: &[Request], sync: bool) -> Result<(), rocksdb::Error
             Op::Merge(c, k, v) => batch.merge_cf(cf(c), k, v),
         }
     }
-    if batch.is_empty() {
-        // Only barriers: everything before them is already written.
-        return Ok(());
-    }
-    let mut options = WriteOptions::default();
-    options.set_sync(sync);
-    db.write_opt(batch, &options)
+    batch
 }

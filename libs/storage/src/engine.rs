@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, DB};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::commit::{Cf, Committer, Op};
+use crate::commit::{Cf, Committer, Op, Replicator};
 use crate::error::{Error, Result};
 use crate::keys::{self, dedup_key, message_key, queue_key, seq_floor_key};
 use crate::metrics;
@@ -20,7 +21,9 @@ use crate::moves::RunningTask;
 use crate::queue::{Dedup, MessageMeta, Phase, Queue, QueueCounts, Taken};
 use crate::receipt::{Receipt, ReceiptSigner};
 use crate::records::{DedupRecord, MessageRecord, QueueRecord, StateRecord};
-use crate::{now_ms, DeadLetter, NewMessage, QueueConfig, QueueId, ReceivedMessage, SentMessage};
+use crate::{
+    now_ms, DeadLetter, NewMessage, QueueConfig, QueueId, ReceivedMessage, Replication, SentMessage,
+};
 
 /// How often retention is enforced and queue depth gauges refreshed.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -53,7 +56,11 @@ pub struct Engine {
 pub(crate) struct Inner {
     pub(crate) db: Arc<DB>,
     pub(crate) committer: Committer,
-    signer: ReceiptSigner,
+    signer: RwLock<ReceiptSigner>,
+    /// Serves queue operations. A replicated engine is active only while its node leads the
+    /// cluster; meanwhile its RocksDB follows the log and its in-memory index is not kept.
+    active: AtomicBool,
+    replicated: bool,
     queues: RwLock<HashMap<QueueId, Arc<Queue>>>,
     pub(crate) shutdown: CancellationToken,
     sweeper: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -70,17 +77,45 @@ impl Engine {
     /// Opens (or creates) the engine at `options.path` and rebuilds every queue's index. Must be
     /// called inside a tokio runtime: it starts the retention sweeper.
     pub fn open(options: EngineOptions) -> Result<Self> {
-        metrics::register();
         let db = Arc::new(open_db(&options.path)?);
         let signer = ReceiptSigner::new(load_or_create_receipt_key(&db)?);
-        let queues = rebuild(&db)?;
-        let committer = Committer::start(db.clone())
+        let queues = rebuild(&db, false)?;
+        let engine = Self::assemble(options, db, None, signer, queues)?;
+        engine.resume_move_tasks()?;
+        Ok(engine)
+    }
+
+    /// Opens (or creates) a replicated engine: its writes go through `replicator`, and its
+    /// RocksDB takes what the cluster's log applies (see [`Engine::apply`]). It serves nothing
+    /// until [`Engine::activate`], when its node has become the leader.
+    pub fn open_replicated(
+        options: EngineOptions,
+        replicator: Arc<dyn Replicator>,
+    ) -> Result<Self> {
+        let db = Arc::new(open_db(&options.path)?);
+        // The real key is the cluster's, read when the node leads.
+        let signer = ReceiptSigner::new([0; 32]);
+        Self::assemble(options, db, Some(replicator), signer, HashMap::new())
+    }
+
+    fn assemble(
+        options: EngineOptions,
+        db: Arc<DB>,
+        replicator: Option<Arc<dyn Replicator>>,
+        signer: ReceiptSigner,
+        queues: HashMap<QueueId, Arc<Queue>>,
+    ) -> Result<Self> {
+        metrics::register();
+        let replicated = replicator.is_some();
+        let committer = Committer::start(db.clone(), replicator)
             .map_err(|err| Error::Corrupt(format!("cannot start commit thread: {err}")))?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 db,
                 committer,
-                signer,
+                signer: RwLock::new(signer),
+                active: AtomicBool::new(!replicated),
+                replicated,
                 queues: RwLock::new(queues),
                 shutdown: CancellationToken::new(),
                 sweeper: parking_lot::Mutex::new(None),
@@ -91,8 +126,73 @@ impl Engine {
             }),
         };
         engine.spawn_sweeper();
-        engine.resume_move_tasks()?;
         Ok(engine)
+    }
+
+    /// Starts serving on a replicated engine whose node has just become the leader, once
+    /// everything committed before is applied here: rebuilds the index from RocksDB, with every
+    /// message that was in flight on the previous leader visible again, and resumes move tasks.
+    /// The first leader of a cluster makes the cluster's receipt key.
+    pub async fn activate(&self) -> Result<()> {
+        let db = self.inner.db.clone();
+        let meta = db.cf_handle(keys::CF_META).expect("created at open");
+        let key = match db.get_cf(meta, keys::RECEIPT_KEY)? {
+            Some(existing) => existing,
+            None => {
+                let mut key = vec![0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut key);
+                self.inner
+                    .committer
+                    .commit(
+                        vec![Op::Put(Cf::Meta, keys::RECEIPT_KEY.to_vec(), key.clone())],
+                        true,
+                    )
+                    .await?;
+                key
+            }
+        };
+        let key: [u8; 32] = key
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::Corrupt("receipt key has the wrong length".into()))?;
+        *self.inner.signer.write() = ReceiptSigner::new(key);
+        let queues = tokio::task::spawn_blocking(move || rebuild(&db, true))
+            .await
+            .map_err(|err| Error::Corrupt(format!("index rebuild failed: {err}")))??;
+        *self.inner.queues.write() = queues;
+        self.inner.active.store(true, Ordering::SeqCst);
+        self.resume_move_tasks()?;
+        Ok(())
+    }
+
+    /// Stops serving: the node no longer leads. Waiting receives end empty, move tasks stop
+    /// (the next leader resumes them), and the index is dropped until the next activation.
+    pub fn deactivate(&self) {
+        if !self.inner.active.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        for task in self.inner.tasks.lock().drain() {
+            task.1.cancel.cancel();
+        }
+        let queues = std::mem::take(&mut *self.inner.queues.write());
+        for queue in queues.values() {
+            queue.visible_notify.notify_waiters();
+        }
+    }
+
+    /// Whether the engine serves queue operations.
+    pub fn is_active(&self) -> bool {
+        self.inner.active.load(Ordering::SeqCst)
+    }
+
+    fn check_active(&self) -> Result<()> {
+        if self.is_active() {
+            Ok(())
+        } else {
+            Err(Error::NotLeader(
+                "this node does not lead its cluster".into(),
+            ))
+        }
     }
 
     /// Stops background work and flushes pending writes. Later calls fail with `Closed`; once
@@ -112,6 +212,7 @@ impl Engine {
     }
 
     pub(crate) fn queue(&self, id: QueueId) -> Result<Arc<Queue>> {
+        self.check_active()?;
         self.inner
             .queues
             .read()
@@ -137,6 +238,7 @@ impl Engine {
     ) -> Result<()> {
         // One queue record write at a time, so a config update cannot write back a record
         // read before a concurrent seal and unseal the queue on disk.
+        self.check_active()?;
         let _writing = self.inner.record_writes.lock().await;
         let existing = self.inner.queues.read().get(&id).cloned();
         let sealed = existing.as_ref().is_some_and(|q| q.state.lock().sealed);
@@ -228,6 +330,7 @@ impl Engine {
 
     /// Deletes the queue and every message in it.
     pub async fn delete_queue(&self, id: QueueId) -> Result<()> {
+        self.check_active()?;
         let Some(queue) = self.inner.queues.write().remove(&id) else {
             return Ok(());
         };
@@ -329,8 +432,10 @@ impl Engine {
         let mut sent = Vec::with_capacity(prepared.len());
         let mut metas = Vec::with_capacity(prepared.len());
         let mut remembered = Vec::new();
+        let asynchronous;
         let pending = {
             let mut state = queue.state.lock();
+            asynchronous = self.inner.replicated && state.config.replication == Replication::Async;
             if state.deleted {
                 return Err(Error::QueueNotFound(id));
             }
@@ -404,41 +509,29 @@ impl Engine {
             let sync = !ops.is_empty();
             self.inner.committer.submit(ops, sync)
         };
-        let result = match pending {
-            Ok(pending) => pending.wait().await,
-            Err(err) => Err(err),
-        };
         let duplicates = sent.iter().filter(|s| s.duplicate).count();
         if duplicates > 0 {
             metrics::DUPLICATE_SENDS.inc_by(duplicates as u64);
         }
-
-        let mut any_visible = false;
-        {
-            let mut state = queue.state.lock();
-            if let Err(err) = result {
-                for (dedup_id, seq) in &remembered {
-                    state.dedup_forget(dedup_id, *seq);
+        let result = match pending {
+            // Acknowledged once durable in the leader's log; receivable once applied, which is
+            // when the payload is in RocksDB to be read.
+            Ok(pending) if asynchronous => match pending.durable().await {
+                Ok(applied) => {
+                    tokio::spawn(async move {
+                        let result = applied.wait().await;
+                        if let Err(err) = finish_send(&queue, id, result, metas, remembered) {
+                            tracing::warn!(error = %err, queue_id = id, "an acknowledged asynchronous send was not replicated");
+                        }
+                    });
+                    return Ok(sent);
                 }
-                for (seq, meta) in &metas {
-                    if let Some(group) = &meta.group {
-                        state.unreserve(*seq, group);
-                    }
-                }
-                return Err(err);
-            }
-            if state.deleted {
-                return Err(Error::QueueNotFound(id));
-            }
-            let now = now_ms();
-            for (seq, meta) in metas {
-                any_visible |= meta.visible_at_ms <= now;
-                state.insert(seq, meta, now);
-            }
-        }
-        if any_visible {
-            queue.visible_notify.notify_waiters();
-        }
+                Err(err) => Err(err),
+            },
+            Ok(pending) => pending.wait().await,
+            Err(err) => Err(err),
+        };
+        finish_send(&queue, id, result, metas, remembered)?;
         Ok(sent)
     }
 
@@ -560,7 +653,7 @@ impl Engine {
             ));
             delivered.push(ReceivedMessage {
                 message_id: record.message_id,
-                receipt_handle: self.inner.signer.encode(Receipt {
+                receipt_handle: self.inner.signer.read().encode(Receipt {
                     queue: id,
                     seq,
                     receive_count: meta.receive_count,
@@ -583,7 +676,7 @@ impl Engine {
 
     /// Checks a receipt handle against the queue's current state.
     fn check_receipt(&self, id: QueueId, handle: &str) -> Result<Receipt> {
-        let receipt = self.inner.signer.decode(handle)?;
+        let receipt = self.inner.signer.read().decode(handle)?;
         if receipt.queue != id {
             return Err(Error::ReceiptForOtherQueue);
         }
@@ -602,7 +695,7 @@ impl Engine {
                 let result = self.check_receipt(id, handle).and_then(|receipt| {
                     match state.messages.get(&receipt.seq) {
                         None => Ok(None),
-                        Some(meta) if meta.receive_count != receipt.receive_count => {
+                        Some(meta) if meta.receive_count > receipt.receive_count => {
                             Err(Error::StaleReceipt)
                         }
                         Some(_) => {
@@ -644,7 +737,7 @@ impl Engine {
             for (handle, visibility) in changes {
                 let result = self.check_receipt(id, handle).and_then(|receipt| {
                     let meta = state.messages.get(&receipt.seq).ok_or(Error::MessageGone)?;
-                    if meta.receive_count != receipt.receive_count {
+                    if meta.receive_count > receipt.receive_count {
                         return Err(Error::StaleReceipt);
                     }
                     if meta.phase != Phase::InFlight {
@@ -685,6 +778,9 @@ impl Engine {
                     _ = tick.tick() => {}
                 }
                 let Some(inner) = weak.upgrade() else { return };
+                if !inner.active.load(Ordering::SeqCst) {
+                    continue;
+                }
                 if let Err(err) = (Engine { inner }).sweep().await {
                     tracing::warn!(error = %err, "retention sweep failed");
                 }
@@ -750,6 +846,44 @@ impl Engine {
     }
 }
 
+/// Makes sent messages receivable once their write is applied, or forgets what the send
+/// reserved if it failed.
+fn finish_send(
+    queue: &Queue,
+    id: QueueId,
+    result: Result<()>,
+    metas: Vec<(u64, MessageMeta)>,
+    remembered: Vec<(String, u64)>,
+) -> Result<()> {
+    let mut any_visible = false;
+    {
+        let mut state = queue.state.lock();
+        if let Err(err) = result {
+            for (dedup_id, seq) in &remembered {
+                state.dedup_forget(dedup_id, *seq);
+            }
+            for (seq, meta) in &metas {
+                if let Some(group) = &meta.group {
+                    state.unreserve(*seq, group);
+                }
+            }
+            return Err(err);
+        }
+        if state.deleted {
+            return Err(Error::QueueNotFound(id));
+        }
+        let now = now_ms();
+        for (seq, meta) in metas {
+            any_visible |= meta.visible_at_ms <= now;
+            state.insert(seq, meta, now);
+        }
+    }
+    if any_visible {
+        queue.visible_notify.notify_waiters();
+    }
+    Ok(())
+}
+
 /// Counts a waiting receive for as long as it waits, even if its caller gives up.
 struct WaitingGuard;
 
@@ -796,6 +930,7 @@ fn queue_record_op(id: QueueId, config: &QueueConfig, sealed: bool) -> Op {
         dead_letter_queue: config.dead_letter.map(|d| d.queue).unwrap_or(0),
         max_receive_count: config.dead_letter.map(|d| d.max_receive_count).unwrap_or(0),
         sealed,
+        async_replication: config.replication == Replication::Async,
     };
     Op::Put(Cf::Queues, queue_key(id).to_vec(), record.encode_to_vec())
 }
@@ -809,6 +944,11 @@ fn queue_config(record: QueueRecord) -> QueueConfig {
             queue: record.dead_letter_queue,
             max_receive_count: record.max_receive_count,
         }),
+        replication: if record.async_replication {
+            Replication::Async
+        } else {
+            Replication::Sync
+        },
     }
 }
 
@@ -866,8 +1006,9 @@ fn load_or_create_receipt_key(db: &DB) -> Result<[u8; 32]> {
 }
 
 /// Rebuilds every queue's in-memory index from the state records. Records of queues that no
-/// longer exist (a delete interrupted by a crash) are removed.
-fn rebuild(db: &DB) -> Result<HashMap<QueueId, Arc<Queue>>> {
+/// longer exist (a delete interrupted by a crash) are removed. With `release_in_flight`, a
+/// message in flight is visible at once: it was received from a leader that is gone.
+fn rebuild(db: &DB, release_in_flight: bool) -> Result<HashMap<QueueId, Arc<Queue>>> {
     let now = now_ms();
     let meta_cf = db.cf_handle(keys::CF_META).expect("created at open");
     let mut queues = HashMap::new();
@@ -909,8 +1050,11 @@ fn rebuild(db: &DB) -> Result<HashMap<QueueId, Arc<Queue>>> {
             }
             continue;
         };
-        let record = StateRecord::decode(value.as_ref())
+        let mut record = StateRecord::decode(value.as_ref())
             .map_err(|err| Error::Corrupt(format!("state {id}/{seq}: {err}")))?;
+        if release_in_flight && record.receive_count > 0 && record.visible_at_ms > now {
+            record.visible_at_ms = now;
+        }
         let mut state = queue.state.lock();
         state.next_seq = state.next_seq.max(seq + 1);
         let group = state.group(&record.group_id);

@@ -31,6 +31,9 @@ pub enum Error {
     Corrupt(String),
     #[error("the engine is shutting down")]
     Closed,
+    /// A replicated engine on a node that does not lead its cluster (any more).
+    #[error("not the leader of the backend cluster: {0}")]
+    NotLeader(String),
     /// A move that cannot happen as asked; says why.
     #[error("{0}")]
     MoveFailed(String),
@@ -55,7 +58,7 @@ impl From<Error> for sluice_common::Error {
             Error::MessageGone => E::not_found("message (deleted or expired)"),
             Error::TaskNotFound(id) => E::not_found(format!("move task {id:?}")),
             Error::TaskConflict(_) | Error::MoveFailed(_) => E::FailedPrecondition(err.to_string()),
-            Error::Closed => E::Unavailable(err.to_string()),
+            Error::Closed | Error::NotLeader(_) => E::Unavailable(err.to_string()),
             Error::Db(_) | Error::Corrupt(_) => E::Internal(err.to_string()),
         }
     }

@@ -19,7 +19,9 @@ mod moves;
 mod queue;
 mod receipt;
 mod records;
+mod replica;
 
+pub use commit::{Completion, Replicator};
 pub use engine::{Engine, EngineOptions, DEFAULT_DEDUP_WINDOW};
 pub use error::{Error, Result};
 pub use queue::QueueCounts;
@@ -44,6 +46,19 @@ pub struct QueueConfig {
     /// Delivers one message of a group at a time, in send order. Fixed when the queue is created.
     pub fifo: bool,
     pub dead_letter: Option<DeadLetter>,
+    /// When a send is acknowledged on a replicated engine.
+    pub replication: Replication,
+}
+
+/// When a replicated engine acknowledges a send. A standalone engine fsyncs before it
+/// acknowledges either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Replication {
+    /// Once a majority of the cluster holds it durably.
+    #[default]
+    Sync,
+    /// Once the leader holds it durably; the other nodes get it after.
+    Async,
 }
 
 impl QueueConfig {
@@ -54,6 +69,7 @@ impl QueueConfig {
             retention,
             fifo: false,
             dead_letter: None,
+            replication: Replication::Sync,
         }
     }
 }

@@ -35,7 +35,7 @@ const ENDED_TASKS_KEPT: usize = 10;
 /// A running move task, as the engine tracks it to cancel it.
 pub(crate) struct RunningTask {
     source: QueueId,
-    cancel: CancellationToken,
+    pub(crate) cancel: CancellationToken,
     /// Cancelled by the worker when it has stopped and written its final status.
     ended: CancellationToken,
 }

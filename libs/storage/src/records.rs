@@ -32,6 +32,9 @@ pub(crate) struct QueueRecord {
     /// The queue's partition moved to another backend cluster: no new sends, only draining.
     #[prost(bool, tag = "6")]
     pub sealed: bool,
+    /// Sends are acknowledged once the leader holds them, before they are replicated.
+    #[prost(bool, tag = "7")]
+    pub async_replication: bool,
 }
 
 /// The immutable part of a message, written once at send.

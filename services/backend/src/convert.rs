@@ -7,7 +7,7 @@ use sluice_common::{Error, Result};
 use sluice_proto::v1 as pb;
 use sluice_storage::{
     AttributeValue, DeadLetter, MoveTask, MoveTaskStatus, NewMessage, QueueConfig, QueueCounts,
-    ReceivedMessage, SentMessage,
+    ReceivedMessage, Replication, SentMessage,
 };
 
 fn millis(d: Duration) -> u64 {
@@ -21,6 +21,7 @@ pub fn config_to_pb(config: &QueueConfig) -> pb::EngineQueueConfig {
         fifo: config.fifo,
         dead_letter_queue_id: config.dead_letter.map_or(0, |d| d.queue),
         max_receive_count: config.dead_letter.map_or(0, |d| d.max_receive_count),
+        async_replication: config.replication == Replication::Async,
     }
 }
 
@@ -33,6 +34,11 @@ pub fn config_from_pb(config: pb::EngineQueueConfig) -> QueueConfig {
             queue: config.dead_letter_queue_id,
             max_receive_count: config.max_receive_count,
         }),
+        replication: if config.async_replication {
+            Replication::Async
+        } else {
+            Replication::Sync
+        },
     }
 }
 
@@ -238,6 +244,7 @@ mod tests {
                 queue: 7,
                 max_receive_count: 3,
             }),
+            replication: Replication::Async,
         };
         assert_eq!(config_from_pb(config_to_pb(&config)), config);
         let standard = QueueConfig::standard("q", Duration::from_secs(60));

@@ -7,6 +7,7 @@ mod client;
 mod convert;
 mod metrics;
 pub mod node;
+pub mod replica;
 mod service;
 
 pub use api::QueueBackend;

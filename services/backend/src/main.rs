@@ -37,6 +37,15 @@ struct Flags {
     /// Milliseconds between load reports to etcd [default: 2000]
     #[arg(long)]
     load_report_interval_ms: Option<u64>,
+    /// The members of a new replicated cluster, as name=url, the same list on each member
+    /// (comma-separated); without it a node forms a cluster of its own
+    #[arg(long, value_delimiter = ',')]
+    peers: Option<Vec<String>>,
+    /// Start without forming a cluster, to be added to a running one with
+    /// `sluice admin cluster add-node`
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    join: bool,
 }
 
 async fn run(args: ServiceArgs<Flags>) -> anyhow::Result<()> {

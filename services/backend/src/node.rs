@@ -12,10 +12,12 @@ use sluice_common::admin::{self, Readiness};
 use sluice_common::cluster::{self, LoadReport, NodeRecord};
 use sluice_common::grpc::{self, GrpcServer, MAX_MESSAGE_BYTES};
 use sluice_proto::v1::backend_service_server::BackendServiceServer;
+use sluice_proto::v1::cluster_service_server::ClusterServiceServer;
 use sluice_storage::{Engine, EngineOptions};
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
+use crate::replica::{Bootstrap, ClusterServiceImpl, Member, Replica, MAX_RAFT_MESSAGE_BYTES};
 use crate::service::{BackendServiceImpl, Traffic};
 
 /// How long in-flight requests get to finish after SIGTERM; a long poll lasts at most 20 s.
@@ -49,6 +51,14 @@ pub struct NodeOpts {
     /// How often the node writes its load report to etcd, milliseconds.
     #[serde(default = "default_load_report_interval")]
     pub load_report_interval_ms: u64,
+    /// The members of a new replicated cluster, as `name=url`, the same list on each of them;
+    /// empty: a cluster of this node alone. Read only when the node's log is empty.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// Starts without forming a cluster, to be added to a running one with
+    /// `sluice admin cluster add-node`.
+    #[serde(default)]
+    pub join: bool,
 }
 
 fn default_load_report_interval() -> u64 {
@@ -77,6 +87,8 @@ impl Default for NodeOpts {
             otlp_endpoint: None,
             dedup_window_seconds: default_dedup_window(),
             load_report_interval_ms: default_load_report_interval(),
+            peers: Vec::new(),
+            join: false,
         }
     }
 }
@@ -84,7 +96,7 @@ impl Default for NodeOpts {
 pub struct Node {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    engine: Engine,
+    replica: Replica,
     readiness: Readiness,
     grpc: GrpcServer,
     admin: tokio::task::JoinHandle<()>,
@@ -112,40 +124,69 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
     );
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
-    let engine = Engine::open(EngineOptions {
-        dedup_window: Duration::from_secs(opts.dedup_window_seconds),
-        ..EngineOptions::new(opts.data_dir.join("queues"))
-    })
-    .with_context(|| {
-        format!(
-            "cannot open the queue engine in {}",
-            opts.data_dir.display()
-        )
-    })?;
+    let bootstrap = bootstrap_of(opts)?;
 
     let readiness = Readiness::default();
     let admin_shutdown = CancellationToken::new();
     let (admin_addr, admin) =
         admin::serve(opts.admin_addr, readiness.clone(), admin_shutdown.clone()).await?;
 
-    let service = BackendServiceImpl::new(engine.clone());
+    // Bound first: the node's URL goes into the cluster's membership.
+    let listener = grpc::bind(opts.grpc_addr).await?;
+    let url = opts
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", listener.local_addr().expect("bound")));
+    let me = Member {
+        name: opts.node_id.clone(),
+        url: url.clone(),
+    };
+    let alone = bootstrap == Bootstrap::Alone;
+    let replica = Replica::start(
+        &opts.data_dir,
+        EngineOptions {
+            dedup_window: Duration::from_secs(opts.dedup_window_seconds),
+            ..EngineOptions::new(opts.data_dir.join("queues"))
+        },
+        &opts.cluster,
+        me,
+        bootstrap,
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot start the node in {}", opts.data_dir.display()))?;
+
+    let service = BackendServiceImpl::new(replica.clone());
     let traffic = service.traffic();
     let service = BackendServiceServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let grpc = grpc::serve(
-        opts.grpc_addr,
+    let cluster_service = ClusterServiceServer::new(ClusterServiceImpl::new(replica.clone()))
+        .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
+    let grpc = grpc::serve_on(
+        listener,
         "sluice.v1.BackendService",
-        Routes::new(service),
+        Routes::new(service).add_service(cluster_service),
         shutdown.clone(),
     )
     .await?;
     let grpc_addr = grpc.local_addr;
+    let engine = replica.engine.clone();
 
-    let url = opts
-        .advertise_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{grpc_addr}"));
+    // A node alone leads at once; waiting for it keeps a fresh single-node cluster from
+    // answering UNAVAILABLE to its first requests.
+    if alone {
+        replica.caught_up().await;
+        readiness.set(true);
+    } else {
+        let (replica, readiness) = (replica.clone(), readiness.clone());
+        tokio::spawn(async move {
+            replica.caught_up().await;
+            tracing::info!("caught up with the cluster's leader; ready");
+            readiness.set(true);
+        });
+    }
     let membership = if opts.etcd_endpoints.is_empty() {
         None
     } else {
@@ -154,14 +195,13 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
             node: opts.node_id.clone(),
             url,
         };
-        Some(register(opts, &record, engine.clone(), traffic).await?)
+        Some(register(opts, &record, engine, traffic).await?)
     };
-    readiness.set(true);
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, cluster = %opts.cluster, node = %opts.node_id, "backend node ready");
     Ok(Node {
         grpc_addr,
         admin_addr,
-        engine,
+        replica,
         readiness,
         grpc,
         admin,
@@ -169,6 +209,36 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
         membership,
         shutdown,
     })
+}
+
+/// How the node forms its cluster if its log is empty.
+fn bootstrap_of(opts: &NodeOpts) -> anyhow::Result<Bootstrap> {
+    if opts.join {
+        anyhow::ensure!(opts.peers.is_empty(), "join and peers exclude each other");
+        return Ok(Bootstrap::Join);
+    }
+    if opts.peers.is_empty() {
+        return Ok(Bootstrap::Alone);
+    }
+    let members = opts
+        .peers
+        .iter()
+        .map(|peer| {
+            let (name, url) = peer
+                .split_once('=')
+                .with_context(|| format!("peer {peer:?} is not name=url"))?;
+            Ok(Member {
+                name: name.to_owned(),
+                url: url.to_owned(),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(
+        members.iter().any(|m| m.name == opts.node_id),
+        "peers must list this node ({}) too",
+        opts.node_id
+    );
+    Ok(Bootstrap::Members(members))
 }
 
 /// Puts the node's key under a lease, keeps the lease alive and reports the node's load until
@@ -333,7 +403,8 @@ impl Node {
             .grpc
             .run_until(&self.shutdown, DRAIN_TIMEOUT, leave)
             .await;
-        self.engine.close().await;
+        self.replica.shutdown().await;
+        self.replica.engine.close().await;
         self.admin_shutdown.cancel();
         let _ = self.admin.await;
         tracing::info!("backend node stopped");

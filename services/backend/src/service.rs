@@ -2,6 +2,7 @@
 //! encodes the answer. Validation happened at the frontend; the engine still refuses what it
 //! cannot do (unknown queue, stale receipt) with the codes the frontend passes on.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,15 +13,28 @@ use sluice_proto::v1 as pb;
 use sluice_proto::v1::backend_service_server::BackendService;
 use tonic::{Request, Response, Status};
 
+use sluice_common::grpc::MAX_MESSAGE_BYTES;
+use sluice_proto::v1::backend_service_client::BackendServiceClient;
 use sluice_storage::Engine;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::api::QueueBackend;
 use crate::convert;
 use crate::metrics;
+use crate::replica::Replica;
+
+/// Response metadata naming the leader's URL, on a call a follower forwarded: callers go
+/// straight there next time.
+pub const LEADER_HEADER: &str = "sluice-leader";
+/// Request metadata on a forwarded call, so that it is not forwarded twice.
+const FORWARDED_HEADER: &str = "sluice-forwarded";
 
 #[derive(Clone)]
 pub struct BackendServiceImpl {
     engine: Engine,
+    replica: Replica,
+    /// Clients of the nodes this one forwarded to, by URL.
+    leaders: Arc<parking_lot::Mutex<HashMap<String, BackendServiceClient<Channel>>>>,
     traffic: Arc<Traffic>,
 }
 
@@ -34,11 +48,53 @@ pub struct Traffic {
 }
 
 impl BackendServiceImpl {
-    pub fn new(engine: Engine) -> Self {
+    pub fn new(replica: Replica) -> Self {
         BackendServiceImpl {
-            engine,
+            engine: replica.engine.clone(),
+            replica,
+            leaders: Arc::default(),
             traffic: Arc::default(),
         }
+    }
+
+    /// The leader to hand `request` to, when this node does not serve: any node takes a
+    /// request, and only the leader's engine serves it.
+    fn forward<T>(
+        &self,
+        request: &mut Request<T>,
+    ) -> Result<Option<(BackendServiceClient<Channel>, String)>, Status> {
+        if self.engine.is_active() {
+            return Ok(None);
+        }
+        if request.metadata().contains_key(FORWARDED_HEADER) {
+            return Err(Status::unavailable(
+                "the backend cluster is changing leaders; retry",
+            ));
+        }
+        let leader = self
+            .replica
+            .leader()
+            .filter(|leader| leader.name != self.replica.me.name)
+            .ok_or_else(|| {
+                Status::unavailable("the backend cluster has no serving leader yet; retry")
+            })?;
+        request.metadata_mut().insert(
+            FORWARDED_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        let mut leaders = self.leaders.lock();
+        if let Some(client) = leaders.get(&leader.url) {
+            return Ok(Some((client.clone(), leader.url)));
+        }
+        let channel = Endpoint::from_shared(leader.url.clone())
+            .map_err(|err| Status::internal(format!("leader URL {:?}: {err}", leader.url)))?
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let client = BackendServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        leaders.insert(leader.url.clone(), client.clone());
+        Ok(Some((client, leader.url)))
     }
 
     /// The engine as the frontend-facing operations see it, with their error mapping.
@@ -80,12 +136,27 @@ fn results(results: Vec<Result<()>>) -> pb::EntryResults {
     }
 }
 
+/// Hands the call to the leader when this node does not serve, and tells the caller where the
+/// leader is.
+macro_rules! forward {
+    ($self:ident, $request:ident, $rpc:ident) => {
+        if let Some((mut leader, url)) = $self.forward(&mut $request)? {
+            let mut response = leader.$rpc($request).await?;
+            if let Ok(url) = url.parse() {
+                response.metadata_mut().insert(LEADER_HEADER, url);
+            }
+            return Ok(response);
+        }
+    };
+}
+
 #[tonic::async_trait]
 impl BackendService for BackendServiceImpl {
     async fn put_queue(
         &self,
-        request: Request<pb::PutQueueRequest>,
+        mut request: Request<pb::PutQueueRequest>,
     ) -> Result<Response<pb::PutQueueResponse>, Status> {
+        forward!(self, request, put_queue);
         observed(
             "PutQueue",
             request,
@@ -103,8 +174,9 @@ impl BackendService for BackendServiceImpl {
 
     async fn seal_queue(
         &self,
-        request: Request<pb::SealQueueRequest>,
+        mut request: Request<pb::SealQueueRequest>,
     ) -> Result<Response<pb::SealQueueResponse>, Status> {
+        forward!(self, request, seal_queue);
         observed(
             "SealQueue",
             request,
@@ -122,8 +194,9 @@ impl BackendService for BackendServiceImpl {
 
     async fn drop_queue(
         &self,
-        request: Request<pb::DropQueueRequest>,
+        mut request: Request<pb::DropQueueRequest>,
     ) -> Result<Response<pb::DropQueueResponse>, Status> {
+        forward!(self, request, drop_queue);
         observed(
             "DropQueue",
             request,
@@ -138,8 +211,9 @@ impl BackendService for BackendServiceImpl {
 
     async fn purge(
         &self,
-        request: Request<pb::PurgeRequest>,
+        mut request: Request<pb::PurgeRequest>,
     ) -> Result<Response<pb::PurgeResponse>, Status> {
+        forward!(self, request, purge);
         observed(
             "Purge",
             request,
@@ -154,8 +228,9 @@ impl BackendService for BackendServiceImpl {
 
     async fn counts(
         &self,
-        request: Request<pb::CountsRequest>,
+        mut request: Request<pb::CountsRequest>,
     ) -> Result<Response<pb::QueueCounts>, Status> {
+        forward!(self, request, counts);
         observed(
             "Counts",
             request,
@@ -171,8 +246,9 @@ impl BackendService for BackendServiceImpl {
 
     async fn send(
         &self,
-        request: Request<pb::SendRequest>,
+        mut request: Request<pb::SendRequest>,
     ) -> Result<Response<pb::SendResponse>, Status> {
+        forward!(self, request, send);
         observed(
             "Send",
             request,
@@ -198,8 +274,9 @@ impl BackendService for BackendServiceImpl {
 
     async fn receive(
         &self,
-        request: Request<pb::ReceiveRequest>,
+        mut request: Request<pb::ReceiveRequest>,
     ) -> Result<Response<pb::ReceiveResponse>, Status> {
+        forward!(self, request, receive);
         observed(
             "Receive",
             request,
@@ -224,8 +301,9 @@ impl BackendService for BackendServiceImpl {
 
     async fn delete(
         &self,
-        request: Request<pb::DeleteRequest>,
+        mut request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::EntryResults>, Status> {
+        forward!(self, request, delete);
         observed(
             "Delete",
             request,
@@ -241,8 +319,9 @@ impl BackendService for BackendServiceImpl {
 
     async fn change_visibility(
         &self,
-        request: Request<pb::ChangeVisibilityRequest>,
+        mut request: Request<pb::ChangeVisibilityRequest>,
     ) -> Result<Response<pb::EntryResults>, Status> {
+        forward!(self, request, change_visibility);
         observed(
             "ChangeVisibility",
             request,
@@ -265,8 +344,9 @@ impl BackendService for BackendServiceImpl {
 
     async fn start_move_task(
         &self,
-        request: Request<pb::StartMoveTaskRequest>,
+        mut request: Request<pb::StartMoveTaskRequest>,
     ) -> Result<Response<pb::StartMoveTaskResponse>, Status> {
+        forward!(self, request, start_move_task);
         observed(
             "StartMoveTask",
             request,
@@ -286,8 +366,9 @@ impl BackendService for BackendServiceImpl {
 
     async fn list_move_tasks(
         &self,
-        request: Request<pb::ListMoveTasksRequest>,
+        mut request: Request<pb::ListMoveTasksRequest>,
     ) -> Result<Response<pb::ListMoveTasksResponse>, Status> {
+        forward!(self, request, list_move_tasks);
         observed(
             "ListMoveTasks",
             request,
@@ -304,8 +385,9 @@ impl BackendService for BackendServiceImpl {
 
     async fn cancel_move_task(
         &self,
-        request: Request<pb::CancelMoveTaskRequest>,
+        mut request: Request<pb::CancelMoveTaskRequest>,
     ) -> Result<Response<pb::MoveTask>, Status> {
+        forward!(self, request, cancel_move_task);
         observed(
             "CancelMoveTask",
             request,

@@ -12,6 +12,7 @@ use sluice_proto::v1 as pb;
 use sluice_proto::v1::queue_service_server::QueueService;
 use sluice_storage::{
     AttributeValue, DeadLetter, MoveTask, MoveTaskStatus, NewMessage, QueueConfig, QueueCounts,
+    Replication,
 };
 use tonic::{Request, Response, Status};
 
@@ -245,6 +246,11 @@ impl QueueServiceImpl {
             retention: Duration::from_secs(attributes.message_retention_seconds.into()),
             fifo: attributes.fifo,
             dead_letter,
+            replication: if attributes.replication == pb::Replication::Async as i32 {
+                Replication::Async
+            } else {
+                Replication::Sync
+            },
         })
     }
 

@@ -1,0 +1,240 @@
+//! The Raft log and vote in a RocksDB of their own (`<data dir>/raft`), beside the engine's.
+//! Every append is fsync'd before openraft hears it is flushed: that fsync is what makes a
+//! write durable on this node, for SYNC (on a majority) and ASYNC (on the leader) alike.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{
+    Entry, EntryPayload, LogId, LogState, OptionalSend, RaftLogReader, StorageError,
+    StorageIOError, Vote,
+};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
+use sluice_storage::Completion;
+
+use super::{NodeId, TypeConfig};
+
+const CF_LOGS: &str = "logs";
+const CF_META: &str = "meta";
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const PURGED: &[u8] = b"purged";
+
+/// Proposals of this node waiting to be durable in its log, by their token.
+pub(crate) type DurableWaiters = Arc<parking_lot::Mutex<HashMap<u64, Completion>>>;
+
+#[derive(Clone)]
+pub(crate) struct LogStore {
+    db: Arc<DB>,
+    durable: DurableWaiters,
+}
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+fn read_err(err: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_logs(&err).into()
+}
+
+fn write_err(err: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_logs(&err).into()
+}
+
+fn synced() -> WriteOptions {
+    let mut options = WriteOptions::default();
+    options.set_sync(true);
+    options
+}
+
+impl LogStore {
+    pub(crate) fn open(path: &Path, durable: DurableWaiters) -> anyhow::Result<Self> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.set_recycle_log_file_num(4);
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_LOGS, Options::default()),
+            ColumnFamilyDescriptor::new(CF_META, Options::default()),
+        ];
+        let db = DB::open_cf_descriptors(&options, path, cfs)?;
+        Ok(LogStore {
+            db: Arc::new(db),
+            durable,
+        })
+    }
+
+    fn logs(&self) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(CF_LOGS).expect("created at open")
+    }
+
+    fn meta(&self) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(CF_META).expect("created at open")
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> StorageResult<Option<T>> {
+        match self.db.get_cf(self.meta(), key).map_err(read_err)? {
+            None => Ok(None),
+            Some(bytes) => bincode::deserialize(&bytes).map(Some).map_err(read_err),
+        }
+    }
+
+    fn put_meta<T: serde::Serialize>(
+        &self,
+        key: &[u8],
+        value: &T,
+        sync: bool,
+    ) -> StorageResult<()> {
+        let bytes = bincode::serialize(value).map_err(write_err)?;
+        let options = if sync {
+            synced()
+        } else {
+            WriteOptions::default()
+        };
+        self.db
+            .put_cf_opt(self.meta(), key, bytes, &options)
+            .map_err(write_err)
+    }
+
+    /// Writes the batch fsync'd, off the async runtime: an fsync can take milliseconds.
+    async fn write_synced(&self, batch: WriteBatch) -> StorageResult<()> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.write_opt(batch, &synced()))
+            .await
+            .map_err(|err| write_err(std::io::Error::other(err.to_string())))?
+            .map_err(write_err)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let mut entries = Vec::new();
+        let from = start.to_be_bytes();
+        for item in self
+            .db
+            .iterator_cf(self.logs(), IteratorMode::From(&from, Direction::Forward))
+        {
+            let (key, value) = item.map_err(read_err)?;
+            let index = u64::from_be_bytes(
+                key.as_ref()
+                    .try_into()
+                    .map_err(|_| read_err(std::io::Error::other("a log key is not 8 bytes")))?,
+            );
+            if !range.contains(&index) {
+                break;
+            }
+            entries.push(bincode::deserialize(&value).map_err(read_err)?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let last = match self.db.iterator_cf(self.logs(), IteratorMode::End).next() {
+            None => None,
+            Some(item) => {
+                let (_, value) = item.map_err(read_err)?;
+                let entry: Entry<TypeConfig> = bincode::deserialize(&value).map_err(read_err)?;
+                Some(entry.log_id)
+            }
+        };
+        let purged: Option<LogId<NodeId>> = self.get_meta(PURGED)?;
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last.or(purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        self.put_meta(VOTE, vote, true)
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        self.get_meta(VOTE)
+    }
+
+    // Not fsync'd: a committed index lost in a crash is learned again from the leader.
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        self.put_meta(COMMITTED, &committed, false)
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        Ok(self.get_meta::<Option<LogId<NodeId>>>(COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        let mut tokens = Vec::new();
+        for entry in entries {
+            if let EntryPayload::Normal(proposal) = &entry.payload {
+                tokens.push(proposal.token);
+            }
+            let value = bincode::serialize(&entry).map_err(write_err)?;
+            batch.put_cf(self.logs(), entry.log_id.index.to_be_bytes(), value);
+        }
+        let written = self.write_synced(batch).await;
+        callback.log_io_completed(
+            written
+                .as_ref()
+                .map(|_| ())
+                .map_err(|err| std::io::Error::other(err.to_string())),
+        );
+        written?;
+        let mine: Vec<Completion> = {
+            let mut waiting = self.durable.lock();
+            tokens.iter().filter_map(|t| waiting.remove(t)).collect()
+        };
+        if !mine.is_empty() {
+            // A leader that dies here holds writes no other node has and nobody was told of.
+            fail::fail_point!("backend::after_local_append", |_| std::process::abort());
+        }
+        for durable in mine {
+            durable(Ok(()));
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            self.logs(),
+            log_id.index.to_be_bytes(),
+            u64::MAX.to_be_bytes(),
+        );
+        self.write_synced(batch).await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        self.put_meta(PURGED, &log_id, true)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            self.logs(),
+            0u64.to_be_bytes(),
+            (log_id.index + 1).to_be_bytes(),
+        );
+        self.write_synced(batch).await
+    }
+}

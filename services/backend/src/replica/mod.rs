@@ -1,0 +1,456 @@
+//! Replication inside a backend cluster: one Raft group (openraft) per cluster, whose log
+//! carries the engine's group-commit batches. The leader's engine serves every queue
+//! operation; the followers' engines follow the log in RocksDB and take over when elected.
+//! See docs/replication.md for the design and its safety argument.
+
+mod log;
+mod machine;
+pub(crate) mod metrics;
+mod network;
+mod server;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sluice_common::{Error, Result};
+use sluice_proto::v1 as pb;
+use sluice_storage::{Completion, Engine, EngineOptions, Replicator};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use network::MAX_RAFT_MESSAGE_BYTES;
+pub use server::ClusterServiceImpl;
+
+pub type NodeId = u64;
+
+/// A member of the cluster as the log records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    /// The node's name in its cluster, e.g. `a1`.
+    pub name: String,
+    /// Its gRPC URL.
+    pub url: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.url)
+    }
+}
+
+/// One log entry's data: a write batch of the leader's engine.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Proposal {
+    #[serde(with = "serde_bytes")]
+    pub batch: Vec<u8>,
+    /// Names the proposal on the node that made it, so its log can say when it is durable.
+    pub token: u64,
+}
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Proposal,
+        R = (),
+        NodeId = NodeId,
+        Node = Member,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// A node's Raft id, from its name: stable, and the same on every node.
+pub fn node_id(name: &str) -> NodeId {
+    let digest = Sha256::digest(name.as_bytes());
+    u64::from_be_bytes(digest[..8].try_into().expect("eight bytes"))
+}
+
+/// How a node joins its cluster when its log is empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// A cluster of this node alone.
+    Alone,
+    /// The cluster of these members; the first of them proposes it.
+    Members(Vec<Member>),
+    /// Nothing: an operator adds the node to a running cluster (`sluice admin cluster add-node`).
+    Join,
+}
+
+/// This node's replica: its Raft, and the engine that Raft feeds.
+#[derive(Clone)]
+pub struct Replica {
+    pub raft: Raft,
+    pub engine: Engine,
+    pub me: Member,
+    id: NodeId,
+}
+
+/// Hands the engine's batches to Raft in order (see `propose_loop`).
+struct RaftReplicator {
+    proposals: mpsc::UnboundedSender<(Proposal, Completion)>,
+    durable: log::DurableWaiters,
+    next_token: AtomicU64,
+}
+
+impl Replicator for RaftReplicator {
+    fn propose(&self, batch: Vec<u8>, durable: Completion, applied: Completion) {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        self.durable.lock().insert(token, durable);
+        if let Err(mpsc::error::SendError((_, applied))) =
+            self.proposals.send((Proposal { batch, token }, applied))
+        {
+            if let Some(durable) = self.durable.lock().remove(&token) {
+                durable(Err("the node is shutting down".into()));
+            }
+            applied(Err("the node is shutting down".into()));
+        }
+    }
+}
+
+fn raft_config(cluster: &str) -> anyhow::Result<Arc<Config>> {
+    let config = Config {
+        cluster_name: cluster.to_owned(),
+        heartbeat_interval: 150,
+        // Wide enough that a busy two-core machine does not see a leader die that is merely
+        // slow; a failover takes about this long.
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        max_payload_entries: 64,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(20_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    };
+    Ok(Arc::new(config.validate()?))
+}
+
+impl Replica {
+    /// Opens the engine and the log under `data_dir` and starts this node's Raft.
+    pub async fn start(
+        data_dir: &Path,
+        engine_options: EngineOptions,
+        cluster: &str,
+        me: Member,
+        bootstrap: Bootstrap,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Replica> {
+        metrics::register();
+        let durable: log::DurableWaiters = Arc::default();
+        let (proposals, proposed) = mpsc::unbounded_channel();
+        let replicator = Arc::new(RaftReplicator {
+            proposals,
+            durable: durable.clone(),
+            next_token: AtomicU64::new(rand::rngs::OsRng.next_u64() >> 1),
+        });
+        let engine = Engine::open_replicated(engine_options, replicator)
+            .context("cannot open the queue engine")?;
+        let log = log::LogStore::open(&data_dir.join("raft"), durable.clone())
+            .context("cannot open the raft log")?;
+        let machine = machine::StateMachine::new(engine.clone())?;
+        let id = node_id(&me.name);
+        let raft = Raft::new(id, raft_config(cluster)?, network::Factory, log, machine)
+            .await
+            .context("cannot start raft")?;
+        let replica = Replica {
+            raft,
+            engine,
+            me,
+            id,
+        };
+        tokio::spawn(propose_loop(replica.raft.clone(), proposed, durable));
+        tokio::spawn(replica.clone().lead(shutdown));
+        replica.bootstrap(bootstrap).await?;
+        Ok(replica)
+    }
+
+    async fn bootstrap(&self, bootstrap: Bootstrap) -> anyhow::Result<()> {
+        if self.raft.is_initialized().await? {
+            return Ok(());
+        }
+        let members: BTreeMap<NodeId, Member> = match bootstrap {
+            Bootstrap::Join => return Ok(()),
+            Bootstrap::Alone => [(self.id, self.me.clone())].into(),
+            Bootstrap::Members(members) => {
+                if members.first().map(|m| &m.name) != Some(&self.me.name) {
+                    return Ok(());
+                }
+                members.into_iter().map(|m| (node_id(&m.name), m)).collect()
+            }
+        };
+        tracing::info!(members = members.len(), "initializing the cluster");
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(_),
+            )) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Activates the engine while this node leads and has applied everything committed before
+    /// its term; deactivates it when the node stops leading.
+    async fn lead(self, shutdown: CancellationToken) {
+        let mut metrics = self.raft.metrics();
+        let mut lag = Lag::default();
+        loop {
+            let (leading, term) = {
+                let m = metrics.borrow_and_update();
+                lag.observe(&m);
+                (
+                    m.state == ServerState::Leader && m.current_leader == Some(self.id),
+                    m.current_term,
+                )
+            };
+            metrics::IS_LEADER.set(i64::from(leading && self.engine.is_active()));
+            if leading && !self.engine.is_active() {
+                match self.raft.ensure_linearizable().await {
+                    Ok(_) => match self.engine.activate().await {
+                        Ok(()) => tracing::info!(term, "leading the cluster; serving"),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "cannot start serving; retrying");
+                            self.engine.deactivate();
+                        }
+                    },
+                    Err(err) => tracing::info!(error = %err, "elected, but not confirmed yet"),
+                }
+            } else if !leading && self.engine.is_active() {
+                tracing::info!(term, "no longer leading the cluster");
+                self.engine.deactivate();
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.engine.deactivate();
+                    return;
+                }
+                changed = metrics.changed() => if changed.is_err() { return },
+                // Retries an activation that failed even if nothing changes.
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    /// Returns once this node has applied everything its cluster's leader had applied when
+    /// asked, or once it serves as the leader itself.
+    pub async fn caught_up(&self) {
+        loop {
+            if self.engine.is_active() {
+                return;
+            }
+            if let Some(leader) = self.leader().filter(|l| l.name != self.me.name) {
+                if let Ok(mut client) = network::client(&leader.url) {
+                    if let Ok(status) = client.status(pb::ClusterStatusRequest {}).await {
+                        let target = status.into_inner().applied_index;
+                        let reached = self
+                            .raft
+                            .wait(Some(Duration::from_secs(30)))
+                            .applied_index_at_least(Some(target), "catching up")
+                            .await;
+                        if reached.is_ok() {
+                            return;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The leader's member record, if this node knows one other than itself.
+    pub fn leader(&self) -> Option<Member> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leader = m.current_leader?;
+        m.membership_config.membership().get_node(&leader).cloned()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.current_leader == Some(self.id)
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> pb::ClusterStatus {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let leader = m
+            .current_leader
+            .and_then(|id| membership.get_node(&id).cloned())
+            .unwrap_or_default();
+        let members = membership
+            .nodes()
+            .map(|(id, member)| pb::ClusterMember {
+                name: member.name.clone(),
+                url: member.url.clone(),
+                voter: voters.contains(id),
+                matched_index: m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .map(|log_id| log_id.index),
+            })
+            .collect();
+        pb::ClusterStatus {
+            node: self.me.name.clone(),
+            leader: leader.name,
+            leader_url: leader.url,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            serving: self.engine.is_active(),
+            members,
+        }
+    }
+
+    /// Adds `member`: as a learner until it has caught up, then as a voter. Leader only.
+    pub async fn add_node(&self, member: Member) -> Result<()> {
+        let id = node_id(&member.name);
+        self.raft
+            .add_learner(id, member, true)
+            .await
+            .map_err(membership_error)?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+            .await
+            .map_err(membership_error)?;
+        Ok(())
+    }
+
+    /// Removes the member named `name`. Leader only.
+    pub async fn remove_node(&self, name: &str) -> Result<()> {
+        let id = node_id(name);
+        let known = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            m.membership_config.membership().get_node(&id).is_some()
+        };
+        if !known {
+            return Err(Error::not_found(format!("cluster member {name:?}")));
+        }
+        self.raft
+            .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
+            .await
+            .map_err(membership_error)?;
+        Ok(())
+    }
+
+    pub async fn shutdown(&self) {
+        self.engine.deactivate();
+        if let Err(err) = self.raft.shutdown().await {
+            tracing::warn!(error = %err, "raft did not stop cleanly");
+        }
+    }
+}
+
+/// Tracks the leader's replication lag for its metrics: how many entries of its log are not
+/// yet on a majority, and since when some have been waiting.
+#[derive(Default)]
+struct Lag {
+    since: Option<std::time::Instant>,
+}
+
+impl Lag {
+    fn observe(&mut self, m: &openraft::RaftMetrics<NodeId, Member>) {
+        let last = m.last_log_index.unwrap_or(0);
+        metrics::LAST_LOG_INDEX.set(last as i64);
+        metrics::TERM.set(m.current_term as i64);
+        let Some(replication) = &m.replication else {
+            metrics::LAG_ENTRIES.set(0);
+            metrics::LAG_SECONDS.set(0.0);
+            self.since = None;
+            return;
+        };
+        // The index a majority of voters holds is the commit index.
+        let membership = m.membership_config.membership();
+        let mut matched: Vec<u64> = membership
+            .voter_ids()
+            .map(|id| {
+                if Some(id) == m.current_leader {
+                    last
+                } else {
+                    replication
+                        .get(&id)
+                        .cloned()
+                        .flatten()
+                        .map_or(0, |log_id| log_id.index)
+                }
+            })
+            .collect();
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let committed = matched.get(matched.len() / 2).copied().unwrap_or(last);
+        let behind = last.saturating_sub(committed);
+        metrics::LAG_ENTRIES.set(behind as i64);
+        if behind == 0 {
+            self.since = None;
+            metrics::LAG_SECONDS.set(0.0);
+        } else {
+            let since = *self.since.get_or_insert_with(std::time::Instant::now);
+            metrics::LAG_SECONDS.set(since.elapsed().as_secs_f64());
+        }
+    }
+}
+
+fn membership_error(
+    err: openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, Member>>,
+) -> Error {
+    use openraft::error::{ClientWriteError, RaftError};
+    match err {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            Error::Unavailable("this node does not lead its cluster".into())
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(err)) => {
+            Error::FailedPrecondition(err.to_string())
+        }
+        RaftError::Fatal(err) => Error::Unavailable(err.to_string()),
+    }
+}
+
+/// Proposes the engine's batches in the order the engine made them, without waiting for one to
+/// commit before proposing the next; each proposal's waiters hear when it is applied.
+async fn propose_loop(
+    raft: Raft,
+    mut proposed: mpsc::UnboundedReceiver<(Proposal, Completion)>,
+    durable: log::DurableWaiters,
+) {
+    while let Some((proposal, applied)) = proposed.recv().await {
+        let token = proposal.token;
+        metrics::PROPOSALS.inc();
+        let durable = durable.clone();
+        match raft.client_write_ff(proposal).await {
+            Ok(response) => {
+                tokio::spawn(async move {
+                    let result = match response.await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(err)) => Err(err.to_string()),
+                        Err(_) => Err("raft stopped".to_owned()),
+                    };
+                    if result.is_ok() {
+                        // Committed on a majority and applied, but nobody was told yet.
+                        fail::fail_point!("backend::after_commit_before_reply", |_| {
+                            std::process::abort()
+                        });
+                    }
+                    if let Some(durable) = durable.lock().remove(&token) {
+                        durable(result.clone());
+                    }
+                    applied(result);
+                });
+            }
+            Err(fatal) => {
+                if let Some(durable) = durable.lock().remove(&token) {
+                    durable(Err(fatal.to_string()));
+                }
+                applied(Err(fatal.to_string()));
+            }
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The `ClusterService` server: Raft messages from the other nodes, and membership changes,
+//! which any node takes and hands to the leader.
+
+use sluice_proto::v1 as pb;
+use sluice_proto::v1::cluster_service_server::ClusterService;
+use tonic::{Request, Response, Status};
+
+use super::{network, Member, Replica};
+
+#[derive(Clone)]
+pub struct ClusterServiceImpl {
+    replica: Replica,
+}
+
+impl ClusterServiceImpl {
+    pub fn new(replica: Replica) -> Self {
+        ClusterServiceImpl { replica }
+    }
+
+    /// The leader's client, when another node leads.
+    fn leader_client(
+        &self,
+    ) -> Result<
+        Option<pb::cluster_service_client::ClusterServiceClient<tonic::transport::Channel>>,
+        Status,
+    > {
+        if self.replica.is_leader() {
+            return Ok(None);
+        }
+        let leader = self
+            .replica
+            .leader()
+            .ok_or_else(|| Status::unavailable("the cluster has no leader yet; retry"))?;
+        network::client(&leader.url)
+            .map(Some)
+            .map_err(|err| Status::internal(format!("leader URL {:?}: {err}", leader.url)))
+    }
+}
+
+type Answer = Result<Response<pb::RaftMessage>, Status>;
+
+#[tonic::async_trait]
+impl ClusterService for ClusterServiceImpl {
+    async fn append_entries(&self, request: Request<pb::RaftMessage>) -> Answer {
+        let rpc = network::decode(request.into_inner())?;
+        let answer = self.replica.raft.append_entries(rpc).await;
+        Ok(Response::new(network::encode(&answer)?))
+    }
+
+    async fn vote(&self, request: Request<pb::RaftMessage>) -> Answer {
+        let rpc = network::decode(request.into_inner())?;
+        let answer = self.replica.raft.vote(rpc).await;
+        Ok(Response::new(network::encode(&answer)?))
+    }
+
+    async fn install_snapshot(&self, request: Request<pb::RaftMessage>) -> Answer {
+        let rpc = network::decode(request.into_inner())?;
+        let answer = self.replica.raft.install_snapshot(rpc).await;
+        Ok(Response::new(network::encode(&answer)?))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        Ok(Response::new(self.replica.status()))
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        if let Some(mut leader) = self.leader_client()? {
+            return leader.add_node(request.into_inner()).await;
+        }
+        let pb::AddNodeRequest { name, url } = request.into_inner();
+        if name.is_empty() || url.is_empty() {
+            return Err(Status::invalid_argument(
+                "invalid node: name and url must be set",
+            ));
+        }
+        tracing::info!(%name, %url, "adding a node to the cluster");
+        self.replica.add_node(Member { name, url }).await?;
+        Ok(Response::new(self.replica.status()))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        if let Some(mut leader) = self.leader_client()? {
+            return leader.remove_node(request.into_inner()).await;
+        }
+        let name = request.into_inner().name;
+        tracing::info!(%name, "removing a node from the cluster");
+        self.replica.remove_node(&name).await?;
+        Ok(Response::new(self.replica.status()))
+    }
+}
