@@ -3,6 +3,7 @@
 //! exactly as standalone talks to the engine in its own process.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,6 +18,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::api::QueueBackend;
 use crate::convert;
+use crate::service::LEADER_HEADER;
 
 /// Room for a batch of ten 1 MiB messages plus their framing.
 const MAX_GRPC_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -45,11 +47,17 @@ impl Default for ClientOptions {
     }
 }
 
+/// Where a caller keeps the URL of a cluster's leader, as its nodes name it (see
+/// [`RemoteBackend::with_leader_hint`]).
+pub type LeaderHint = Arc<parking_lot::Mutex<Option<String>>>;
+
 /// A backend node reached over gRPC. Clones share the connection.
 #[derive(Clone)]
 pub struct RemoteBackend {
     client: BackendServiceClient<Channel>,
     options: ClientOptions,
+    url: String,
+    leader: LeaderHint,
 }
 
 impl RemoteBackend {
@@ -64,7 +72,31 @@ impl RemoteBackend {
         let client = BackendServiceClient::new(channel)
             .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
-        Ok(RemoteBackend { client, options })
+        Ok(RemoteBackend {
+            client,
+            options,
+            url: endpoint.to_owned(),
+            leader: LeaderHint::default(),
+        })
+    }
+
+    /// Like [`new`](Self::new), writing the leader's URL into `leader` whenever a follower
+    /// forwarded a call and named it, and clearing it when the leader it names cannot be
+    /// reached; clients of one cluster's nodes share one hint.
+    pub fn with_leader_hint(
+        endpoint: &str,
+        options: ClientOptions,
+        leader: LeaderHint,
+    ) -> Result<Self> {
+        Ok(RemoteBackend {
+            leader,
+            ..Self::new(endpoint, options)?
+        })
+    }
+
+    /// The node's URL.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// Creates the queue's partition on this node's cluster, or updates its config, with
@@ -132,9 +164,26 @@ impl RemoteBackend {
             sluice_common::telemetry::inject_trace(request.metadata_mut());
             let call = rpc(self.client.clone(), request);
             async move {
-                call.await
-                    .map(tonic::Response::into_inner)
-                    .map_err(from_status)
+                let result = call
+                    .await
+                    .map(|response| {
+                        let leader = response
+                            .metadata()
+                            .get(LEADER_HEADER)
+                            .and_then(|v| v.to_str().ok());
+                        if let Some(leader) = leader {
+                            *self.leader.lock() = Some(leader.to_owned());
+                        }
+                        response.into_inner()
+                    })
+                    .map_err(from_status);
+                if matches!(result, Err(Error::Unavailable(_))) {
+                    let mut leader = self.leader.lock();
+                    if leader.as_deref() == Some(self.url.as_str()) {
+                        leader.take();
+                    }
+                }
+                result
             }
         };
         let backoff = if retry {

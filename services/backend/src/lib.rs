@@ -11,5 +11,5 @@ pub mod replica;
 mod service;
 
 pub use api::QueueBackend;
-pub use client::{ClientOptions, RemoteBackend};
+pub use client::{ClientOptions, LeaderHint, RemoteBackend};
 pub use service::{BackendServiceImpl, Traffic};

@@ -1,5 +1,6 @@
 //! `sluice dev cluster up|down`: the whole distributed deployment on loopback, each part its own
-//! process: etcd, 2 frontends, 3 metadata nodes, 2 backend clusters of one node, 2 managers.
+//! process: etcd, 2 frontends, 3 metadata nodes, 2 backend clusters of 3 replicated nodes (or
+//! `--nodes`), 2 managers.
 //! `up` prints the endpoints and runs until Ctrl-C or SIGTERM, then stops everything; `down`
 //! stops a cluster whose `up` was killed, from the pids it left in its directory.
 
@@ -25,9 +26,12 @@ pub enum ClusterCommand {
         /// Where data, logs and pids go.
         #[arg(long, default_value = "./sluice-dev-cluster")]
         dir: PathBuf,
-        /// The first of the 44 consecutive ports the cluster uses (etcd takes the first two).
+        /// The first of the 60 consecutive ports the cluster uses (etcd takes the first two).
         #[arg(long, default_value_t = 7100)]
         base_port: u16,
+        /// Nodes in each backend cluster, 1 to 5; they replicate through Raft.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=5))]
+        nodes: u16,
     },
     /// Stop the processes of a cluster whose `up` did not stop them, and remove its directory.
     Down {
@@ -36,27 +40,56 @@ pub enum ClusterCommand {
     },
 }
 
-/// One started part.
-struct Part {
-    name: String,
+/// One started part, and how to start it again.
+pub(crate) struct Part {
+    pub(crate) name: String,
     child: Child,
+    program: PathBuf,
+    args: Vec<String>,
+    /// The line it prints when ready; empty for etcd, which prints none.
+    ready: String,
+    /// What kind of part it is: `backend`, `frontend`, ...
+    pub(crate) kind: &'static str,
 }
 
 /// The cluster's processes; dropping it stops them, newest first.
-struct Parts {
-    parts: Vec<Part>,
+pub(crate) struct Parts {
+    pub(crate) parts: Vec<Part>,
     pids: PathBuf,
+    dir: PathBuf,
 }
 
 impl Parts {
     fn record(&mut self, part: Part) -> anyhow::Result<()> {
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.pids)?;
-        writeln!(file, "{} {}", part.child.id(), part.name)?;
         self.parts.push(part);
+        self.write_pids()
+    }
+
+    fn write_pids(&self) -> anyhow::Result<()> {
+        let mut file = std::fs::File::create(&self.pids)?;
+        for part in &self.parts {
+            writeln!(file, "{} {}", part.child.id(), part.name)?;
+        }
         Ok(())
+    }
+
+    /// SIGKILLs part `index` and waits for it to be gone.
+    pub(crate) fn kill(&mut self, index: usize) -> anyhow::Result<()> {
+        let part = &mut self.parts[index];
+        part.child.kill()?;
+        part.child.wait()?;
+        Ok(())
+    }
+
+    /// Starts part `index` again, as it was started first, and waits until it is ready.
+    pub(crate) fn restart(&mut self, index: usize) -> anyhow::Result<()> {
+        let part = &self.parts[index];
+        let mut command = Command::new(&part.program);
+        command.args(&part.args);
+        let (name, ready) = (part.name.clone(), part.ready.clone());
+        let child = spawn(&self.dir, &name, command, &ready, true)?;
+        self.parts[index].child = child;
+        self.write_pids()
     }
 }
 
@@ -92,17 +125,46 @@ fn sibling(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-/// Starts `command`, sends its output to `logs/<name>.log`, and waits until it prints a line
-/// starting with `ready` (or, with `ready` empty, until `addr` accepts connections).
+/// Starts `command` as part `name` of kind `kind`, and waits until it is ready.
 fn start(
     parts: &mut Parts,
+    kind: &'static str,
+    name: &str,
+    command: Command,
+    ready: &str,
+) -> anyhow::Result<()> {
+    let program = PathBuf::from(command.get_program());
+    let args = command
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let child = spawn(&parts.dir, name, command, ready, false)?;
+    parts.record(Part {
+        name: name.to_owned(),
+        child,
+        program,
+        args,
+        ready: ready.to_owned(),
+        kind,
+    })
+}
+
+/// Spawns `command` with its output in `logs/<name>.log` (appended to with `append`), and
+/// waits until it prints a line starting with `ready`.
+fn spawn(
     dir: &Path,
     name: &str,
     mut command: Command,
     ready: &str,
-) -> anyhow::Result<()> {
+    append: bool,
+) -> anyhow::Result<Child> {
     let log_path = dir.join("logs").join(format!("{name}.log"));
-    let log = std::fs::File::create(&log_path)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(append)
+        .write(true)
+        .truncate(!append)
+        .open(&log_path)?;
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -111,10 +173,6 @@ fn start(
         .spawn()
         .with_context(|| format!("cannot start {name} ({:?})", command.get_program()))?;
     let stdout = child.stdout.take().expect("piped");
-    parts.record(Part {
-        name: name.to_owned(),
-        child,
-    })?;
     let (tx, rx) = std::sync::mpsc::channel();
     let ready = ready.to_owned();
     std::thread::spawn(move || {
@@ -129,9 +187,11 @@ fn start(
         }
     });
     if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
         bail!("{name} did not become ready; see {}", log_path.display());
     }
-    Ok(())
+    Ok(child)
 }
 
 fn wait_for_port(port: u16) -> anyhow::Result<()> {
@@ -149,10 +209,20 @@ fn addr(port: u16) -> String {
     format!("127.0.0.1:{port}")
 }
 
-fn up(dir: &Path, base: u16) -> anyhow::Result<Parts> {
+/// The gRPC port of node `node` (0-based) of backend cluster `cluster` (0-based): the first
+/// nodes where a cluster of one node had them, the others from `base + 50`.
+pub(crate) fn backend_port(base: u16, nodes: u16, cluster: u16, node: u16) -> u16 {
+    if node == 0 {
+        base + 30 + 2 * cluster
+    } else {
+        base + 50 + 2 * (cluster * (nodes - 1) + node - 1)
+    }
+}
+
+pub(crate) fn up(dir: &Path, base: u16, clusters: u16, nodes: u16) -> anyhow::Result<Parts> {
     anyhow::ensure!(
-        base.checked_add(44).is_some(),
-        "--base-port {base} leaves no room for the cluster's 44 ports"
+        base.checked_add(60).is_some(),
+        "--base-port {base} leaves no room for the cluster's 60 ports"
     );
     std::fs::create_dir_all(dir.join("logs"))?;
     let pids = dir.join("pids");
@@ -166,6 +236,7 @@ fn up(dir: &Path, base: u16) -> anyhow::Result<Parts> {
     let mut parts = Parts {
         parts: Vec::new(),
         pids,
+        dir: dir.to_owned(),
     };
     let etcd_url = format!("http://{}", addr(base));
     let peer_url = format!("http://{}", addr(base + 1));
@@ -180,6 +251,11 @@ fn up(dir: &Path, base: u16) -> anyhow::Result<Parts> {
         .args(["--logger=zap", "--log-outputs=stderr"]);
     // etcd prints no ready line on stdout; its client port answering is the sign.
     let log = std::fs::File::create(dir.join("logs").join("etcd.log"))?;
+    let program = PathBuf::from(etcd.get_program());
+    let args = etcd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let child = etcd
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -189,6 +265,10 @@ fn up(dir: &Path, base: u16) -> anyhow::Result<Parts> {
     parts.record(Part {
         name: "etcd".into(),
         child,
+        program,
+        args,
+        ready: String::new(),
+        kind: "etcd",
     })?;
     wait_for_port(base)?;
 
@@ -204,21 +284,47 @@ fn up(dir: &Path, base: u16) -> anyhow::Result<Parts> {
         args.extend(rest.iter().map(|s| s.to_string()));
         args
     };
-    for (i, (cluster, node)) in [("a", "a1"), ("b", "b1")].iter().enumerate() {
-        let data = dir.join(node);
-        let data = data.to_string_lossy();
-        let command = service(
-            "sluice-backend",
-            base + 30 + 2 * i as u16,
-            &with_etcd(&["--cluster", cluster, "--node-id", node, "--data-dir", &data]),
-        );
-        start(
-            &mut parts,
-            dir,
-            &format!("backend-{node}"),
-            command,
-            "sluice-backend ready:",
-        )?;
+    for (c, cluster) in ["a", "b"].iter().take(clusters.into()).enumerate() {
+        let c = c as u16;
+        let name = |n: u16| format!("{cluster}{}", n + 1);
+        let peers: Vec<String> = (0..nodes)
+            .map(|n| {
+                format!(
+                    "{}=http://{}",
+                    name(n),
+                    addr(backend_port(base, nodes, c, n))
+                )
+            })
+            .collect();
+        for n in 0..nodes {
+            let node = name(n);
+            let data = dir.join(&node);
+            let data = data.to_string_lossy();
+            let mut args = vec![
+                "--cluster",
+                cluster,
+                "--node-id",
+                &node,
+                "--data-dir",
+                &data,
+            ];
+            let peers = peers.join(",");
+            if nodes > 1 {
+                args.extend(["--peers", &peers]);
+            }
+            let command = service(
+                "sluice-backend",
+                backend_port(base, nodes, c, n),
+                &with_etcd(&args),
+            );
+            start(
+                &mut parts,
+                "backend",
+                &format!("backend-{node}"),
+                command,
+                "sluice-backend ready:",
+            )?;
+        }
     }
     for i in 0..3u16 {
         let id = format!("m{}", i + 1);
@@ -229,7 +335,7 @@ fn up(dir: &Path, base: u16) -> anyhow::Result<Parts> {
         );
         start(
             &mut parts,
-            dir,
+            "metadata",
             &format!("metadata-{id}"),
             command,
             "sluice-metadata ready:",
@@ -239,7 +345,7 @@ fn up(dir: &Path, base: u16) -> anyhow::Result<Parts> {
         let command = service("sluice-manager", base + 40 + 2 * i, &with_etcd(&[]));
         start(
             &mut parts,
-            dir,
+            "manager",
             &format!("manager-{}", i + 1),
             command,
             "sluice-manager ready:",
@@ -257,7 +363,7 @@ fn up(dir: &Path, base: u16) -> anyhow::Result<Parts> {
         let command = service("sluice-frontend", base + 10 + 2 * i, &metadata);
         start(
             &mut parts,
-            dir,
+            "frontend",
             &format!("frontend-{}", i + 1),
             command,
             "sluice-frontend ready:",
@@ -266,7 +372,7 @@ fn up(dir: &Path, base: u16) -> anyhow::Result<Parts> {
     Ok(parts)
 }
 
-fn print_endpoints(base: u16, dir: &Path) {
+fn print_endpoints(base: u16, nodes: u16, dir: &Path) {
     println!(
         "sluice dev cluster up: frontends=http://{},http://{}",
         addr(base + 10),
@@ -284,11 +390,18 @@ fn print_endpoints(base: u16, dir: &Path) {
         addr(base + 22),
         addr(base + 24)
     );
-    println!(
-        "  backends    a1 http://{}  b1 http://{}",
-        addr(base + 30),
-        addr(base + 32)
-    );
+    for (c, cluster) in ["a", "b"].iter().enumerate() {
+        let listed: Vec<String> = (0..nodes)
+            .map(|n| {
+                format!(
+                    "{cluster}{} http://{}",
+                    n + 1,
+                    addr(backend_port(base, nodes, c as u16, n))
+                )
+            })
+            .collect();
+        println!("  cluster {cluster}   {}", listed.join("  "));
+    }
     println!(
         "  managers    http://{}  http://{}",
         addr(base + 40),
@@ -305,12 +418,16 @@ fn print_endpoints(base: u16, dir: &Path) {
 
 pub async fn run(command: DevCommand) -> anyhow::Result<()> {
     match command {
-        DevCommand::Cluster(ClusterCommand::Up { dir, base_port }) => {
+        DevCommand::Cluster(ClusterCommand::Up {
+            dir,
+            base_port,
+            nodes,
+        }) => {
             let parts = {
                 let dir = dir.clone();
-                tokio::task::spawn_blocking(move || up(&dir, base_port)).await??
+                tokio::task::spawn_blocking(move || up(&dir, base_port, 2, nodes)).await??
             };
-            print_endpoints(base_port, &dir);
+            print_endpoints(base_port, nodes, &dir);
             let shutdown = tokio_util::sync::CancellationToken::new();
             sluice_common::shutdown::cancel_on_signal(shutdown.clone());
             shutdown.cancelled().await;

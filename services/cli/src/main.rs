@@ -1,5 +1,6 @@
 //! The `sluice` command: runs the standalone server and talks to any Sluice endpoint.
 
+mod chaos;
 mod client;
 mod dev;
 mod standalone;
@@ -50,6 +51,9 @@ enum Command {
     /// Run the distributed deployment on this machine, for development.
     #[command(subcommand)]
     Dev(dev::DevCommand),
+    /// Run the local cluster under load, SIGKILL its parts on a schedule, and check that no
+    /// acknowledged message was lost. Exits with 1 if one was.
+    Chaos(chaos::ChaosArgs),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -128,6 +132,14 @@ async fn main() -> ExitCode {
         Command::Standalone(args) => run_standalone(args).await,
         Command::Admin(command) => client::run_admin(cli.json, command).await,
         Command::Dev(command) => dev::run(command).await,
+        Command::Chaos(args) => match chaos::run(args, cli.json).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                eprintln!("chaos: acknowledged messages were lost, or unknown ones received");
+                return ExitCode::FAILURE;
+            }
+            Err(err) => Err(err),
+        },
         Command::Client(command) => client::run(cli.endpoint, cli.json, command).await,
     };
     match result {

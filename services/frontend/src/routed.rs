@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use parking_lot::Mutex;
-use sluice_backend::{ClientOptions, QueueBackend, RemoteBackend};
+use sluice_backend::{ClientOptions, LeaderHint, QueueBackend, RemoteBackend};
 use sluice_common::cluster::{self, Placement};
 use sluice_common::{Error, Result};
 use sluice_metadata::MetadataClient;
@@ -39,11 +39,17 @@ const PLACEMENT_TTL: Duration = Duration::from_secs(1);
 /// few writes, but one interrupted by a manager failover waits for the next leader.
 const MOVE_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a call that found no serving node keeps trying the cluster's other nodes: covers
+/// a leader election (a few seconds) and a dead node's lease running out of etcd (5 s).
+const FAILOVER_WAIT: Duration = Duration::from_secs(8);
+
 pub struct RoutedBackend {
     metadata: Arc<MetadataClient>,
     placements: Refreshing<QueueId, Arc<Placement>>,
     members: Refreshing<String, Arc<Vec<String>>>,
     nodes: Mutex<std::collections::HashMap<String, RemoteBackend>>,
+    /// Each cluster's leader as its nodes last named it; calls go straight there.
+    leaders: Mutex<std::collections::HashMap<String, LeaderHint>>,
     /// Calls to backends in flight at most, apart from the limit toward the metadata tier, so a
     /// slow metadata tier does not hold back sends to queues whose routes are cached.
     in_flight: Semaphore,
@@ -118,6 +124,7 @@ impl RoutedBackend {
             placements: Refreshing::new(PLACEMENT_TTL),
             members: Refreshing::new(MEMBERSHIP_TTL),
             nodes: Mutex::new(std::collections::HashMap::new()),
+            leaders: Mutex::new(std::collections::HashMap::new()),
             in_flight: Semaphore::new(max_in_flight.max(1)),
             next: std::sync::atomic::AtomicUsize::new(0),
         }
@@ -152,13 +159,25 @@ impl RoutedBackend {
                 "backend cluster {cluster} has no live node"
             )));
         }
-        let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let url = &urls[turn % urls.len()];
+        let hint = self
+            .leaders
+            .lock()
+            .entry(cluster.to_owned())
+            .or_default()
+            .clone();
+        let leader = hint.lock().clone().filter(|url| urls.contains(url));
+        let url = match &leader {
+            Some(url) => url,
+            None => {
+                let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                &urls[turn % urls.len()]
+            }
+        };
         let mut nodes = self.nodes.lock();
         if let Some(node) = nodes.get(url) {
             return Ok(node.clone());
         }
-        let node = RemoteBackend::new(url, ClientOptions::default())?;
+        let node = RemoteBackend::with_leader_hint(url, ClientOptions::default(), hint)?;
         nodes.insert(url.clone(), node.clone());
         Ok(node)
     }
@@ -178,7 +197,9 @@ impl RoutedBackend {
     /// sealed by a move refuses sends (ABORTED), and one drained and removed since answers
     /// NOT_FOUND. Either way the placement is read again and `op` runs again on it: after
     /// ABORTED with backoff until the move is written (for up to `MOVE_WAIT`), after NOT_FOUND
-    /// only if the placement changed; otherwise the queue really is gone.
+    /// only if the placement changed; otherwise the queue really is gone. UNAVAILABLE (a node
+    /// down, a cluster electing a leader) is tried again on the cluster's next node, with
+    /// backoff for up to `FAILOVER_WAIT`.
     async fn with_placement<T, F, Fut>(&self, id: QueueId, op: F) -> Result<T>
     where
         F: Fn(Arc<Placement>) -> Fut,
@@ -192,8 +213,22 @@ impl RoutedBackend {
             .without_max_times()
             .with_total_delay(Some(MOVE_WAIT))
             .build();
+        let mut failover = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(20))
+            .with_max_delay(Duration::from_millis(500))
+            .without_max_times()
+            .with_total_delay(Some(FAILOVER_WAIT))
+            .build();
         loop {
             match op(placement.clone()).await {
+                Err(Error::Unavailable(reason)) => {
+                    let Some(pause) = failover.next() else {
+                        return Err(Error::Unavailable(reason));
+                    };
+                    tracing::debug!(%reason, ?pause, "backend unavailable; trying another node");
+                    tokio::time::sleep(pause).await;
+                }
                 Err(Error::Aborted(reason)) => {
                     let Some(pause) = pauses.next() else {
                         return Err(Error::Unavailable(format!(

@@ -1,0 +1,454 @@
+//! `sluice chaos`: runs the local cluster (`sluice dev cluster`, with one backend cluster of 3
+//! replicated nodes, so that every backend kill hits the queue's cluster) under a steady load of producers and consumers, SIGKILLs a random part on
+//! a schedule and starts it again, and at the end checks the ledger the producers and consumers
+//! kept: every acknowledged message must have been received.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sluice_proto::v1 as pb;
+use sluice_proto::v1::queue_service_client::QueueServiceClient;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::client::ReplicationArg;
+use crate::dev::{self, Parts};
+
+const QUEUE: &str = "chaos";
+
+#[derive(clap::Args)]
+pub struct ChaosArgs {
+    /// Where the cluster's data, logs and pids go; emptied first.
+    #[arg(long, default_value = "./sluice-chaos")]
+    dir: PathBuf,
+    /// The first of the cluster's 60 consecutive ports.
+    #[arg(long, default_value_t = 7400)]
+    base_port: u16,
+    /// How long the load and the kills go on, e.g. 2m or 30m.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Time between kills.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    kill_every: Duration,
+    /// How long a killed part stays down before it is started again.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    down_for: Duration,
+    /// The replication of the queue under load.
+    #[arg(long, value_enum, default_value = "sync")]
+    replication: ReplicationArg,
+    #[arg(long, default_value_t = 4)]
+    producers: usize,
+    #[arg(long, default_value_t = 2)]
+    consumers: usize,
+    /// Sends per second of each producer.
+    #[arg(long, default_value_t = 50)]
+    rate: u32,
+    /// Seeds the choice of victims, to repeat a run.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// After the load stops, how long consumers may take to receive what is left.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+}
+
+/// What the producers and consumers saw.
+#[derive(Default)]
+struct Ledger {
+    sent: HashSet<String>,
+    acknowledged: HashSet<String>,
+    /// Deliveries of each body.
+    received: HashMap<String, u32>,
+    /// How long each spell of failing sends lasted, from a producer's first failed attempt to
+    /// its next success.
+    failure_windows: Vec<Duration>,
+}
+
+#[derive(serde::Serialize)]
+struct Report {
+    replication: &'static str,
+    seconds: f64,
+    kills: HashMap<&'static str, u32>,
+    sent: usize,
+    acknowledged: usize,
+    received: usize,
+    lost: usize,
+    duplicated: u64,
+    unexpected: usize,
+    send_failure_windows: usize,
+    send_failure_p50_ms: u128,
+    send_failure_max_ms: u128,
+    /// The most log entries any leader held that a majority did not yet have (what a leader
+    /// crash can lose of ASYNC sends), sampled every 200 ms.
+    max_replication_lag_entries: u64,
+    /// Some lost messages, to look for in the logs.
+    lost_examples: Vec<String>,
+}
+
+pub async fn run(args: ChaosArgs, json_out: bool) -> anyhow::Result<bool> {
+    if args.dir.exists() {
+        std::fs::remove_dir_all(&args.dir)
+            .with_context(|| format!("cannot empty {}", args.dir.display()))?;
+    }
+    let (dir, base) = (args.dir.clone(), args.base_port);
+    let parts = tokio::task::spawn_blocking(move || dev::up(&dir, base, 1, 3)).await??;
+    let parts = Arc::new(Mutex::new(parts));
+    let result = drive(&args, parts.clone(), json_out).await;
+    tokio::task::spawn_blocking(move || drop(parts)).await?;
+    result
+}
+
+async fn connect(url: &str) -> anyhow::Result<QueueServiceClient<Channel>> {
+    let channel = Channel::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(30))
+        .connect_lazy();
+    Ok(QueueServiceClient::new(channel))
+}
+
+async fn drive(args: &ChaosArgs, parts: Arc<Mutex<Parts>>, json_out: bool) -> anyhow::Result<bool> {
+    let frontends = [
+        connect(&format!("http://127.0.0.1:{}", args.base_port + 10)).await?,
+        connect(&format!("http://127.0.0.1:{}", args.base_port + 12)).await?,
+    ];
+    let replication = match args.replication {
+        ReplicationArg::Sync => pb::Replication::Sync,
+        ReplicationArg::Async => pb::Replication::Async,
+    };
+    frontends[0]
+        .clone()
+        .create_queue(pb::CreateQueueRequest {
+            name: QUEUE.into(),
+            attributes: Some(pb::QueueAttributes {
+                visibility_timeout_seconds: Some(10),
+                replication: replication as i32,
+                ..Default::default()
+            }),
+            tags: Default::default(),
+        })
+        .await
+        .context("cannot create the chaos queue")?;
+    let admin_ports: Vec<u16> = (0..3)
+        .map(|n| dev::backend_port(args.base_port, 3, 0, n) + 1)
+        .collect();
+
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let producing = CancellationToken::new();
+    let consuming = CancellationToken::new();
+    let started = Instant::now();
+    let mut producers = Vec::new();
+    for p in 0..args.producers {
+        producers.push(tokio::spawn(produce(
+            p,
+            frontends.clone(),
+            args.rate,
+            ledger.clone(),
+            producing.clone(),
+        )));
+    }
+    let mut consumers = Vec::new();
+    for c in 0..args.consumers {
+        consumers.push(tokio::spawn(consume(
+            c,
+            frontends.clone(),
+            ledger.clone(),
+            consuming.clone(),
+        )));
+    }
+    let lag = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampling = CancellationToken::new();
+    let sampler = tokio::spawn(sample_lag(admin_ports, lag.clone(), sampling.clone()));
+
+    let mut rng = match args.seed {
+        Some(seed) => StdRng::seed_from_u64(seed),
+        None => StdRng::from_entropy(),
+    };
+    let mut kills: HashMap<&'static str, u32> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + args.duration;
+    loop {
+        let next = tokio::time::Instant::now() + args.kill_every;
+        if next + args.down_for > deadline {
+            break;
+        }
+        tokio::time::sleep_until(next).await;
+        // Backend nodes are what replication is about; the stateless tiers get a turn too.
+        let kind = match rng.gen_range(0..10) {
+            0 => "frontend",
+            1 => "metadata",
+            _ => "backend",
+        };
+        let (index, name) = {
+            let parts = parts.lock().expect("not poisoned");
+            let candidates: Vec<usize> = (0..parts.parts.len())
+                .filter(|&i| parts.parts[i].kind == kind)
+                .collect();
+            let index = candidates[rng.gen_range(0..candidates.len())];
+            (index, parts.parts[index].name.clone())
+        };
+        eprintln!(
+            "chaos: {:>5.1}s SIGKILL {name}",
+            started.elapsed().as_secs_f64()
+        );
+        {
+            let parts = parts.clone();
+            tokio::task::spawn_blocking(move || parts.lock().expect("not poisoned").kill(index))
+                .await??;
+        }
+        *kills.entry(kind).or_default() += 1;
+        tokio::time::sleep(args.down_for).await;
+        let parts = parts.clone();
+        tokio::task::spawn_blocking(move || parts.lock().expect("not poisoned").restart(index))
+            .await?
+            .with_context(|| format!("cannot start {name} again"))?;
+        eprintln!(
+            "chaos: {:>5.1}s {name} is back",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    tokio::time::sleep_until(deadline).await;
+    producing.cancel();
+    for producer in producers {
+        producer.await?;
+    }
+    eprintln!(
+        "chaos: {:>5.1}s load stopped; draining",
+        started.elapsed().as_secs_f64()
+    );
+    let drain_deadline = Instant::now() + args.drain_timeout;
+    loop {
+        let missing = {
+            let ledger = ledger.lock().expect("not poisoned");
+            ledger
+                .acknowledged
+                .iter()
+                .filter(|body| !ledger.received.contains_key(*body))
+                .count()
+        };
+        if missing == 0 || Instant::now() > drain_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Whatever else is in the queue (retried sends stored twice) is received too.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    consuming.cancel();
+    for consumer in consumers {
+        consumer.await?;
+    }
+    sampling.cancel();
+    sampler.await?;
+
+    let ledger = ledger.lock().expect("not poisoned");
+    let mut windows = ledger.failure_windows.clone();
+    windows.sort();
+    let lost: Vec<&String> = ledger
+        .acknowledged
+        .iter()
+        .filter(|body| !ledger.received.contains_key(*body))
+        .collect();
+    let report = Report {
+        replication: match args.replication {
+            ReplicationArg::Sync => "sync",
+            ReplicationArg::Async => "async",
+        },
+        seconds: started.elapsed().as_secs_f64(),
+        kills,
+        sent: ledger.sent.len(),
+        acknowledged: ledger.acknowledged.len(),
+        received: ledger.received.len(),
+        lost: lost.len(),
+        duplicated: ledger
+            .received
+            .values()
+            .map(|&n| u64::from(n.saturating_sub(1)))
+            .sum(),
+        unexpected: ledger
+            .received
+            .keys()
+            .filter(|body| !ledger.sent.contains(*body))
+            .count(),
+        send_failure_windows: windows.len(),
+        send_failure_p50_ms: windows.get(windows.len() / 2).map_or(0, |d| d.as_millis()),
+        send_failure_max_ms: windows.last().map_or(0, |d| d.as_millis()),
+        max_replication_lag_entries: lag.load(std::sync::atomic::Ordering::Relaxed),
+        lost_examples: lost.iter().take(10).map(|s| s.to_string()).collect(),
+    };
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(report.lost == 0 && report.unexpected == 0)
+}
+
+fn print_report(r: &Report) {
+    println!(
+        "chaos report ({} replication, {:.0} s)",
+        r.replication, r.seconds
+    );
+    let mut kills: Vec<_> = r.kills.iter().collect();
+    kills.sort();
+    for (kind, n) in kills {
+        println!("  killed        {n} {kind}");
+    }
+    println!("  sent          {}", r.sent);
+    println!("  acknowledged  {}", r.acknowledged);
+    println!("  received      {}", r.received);
+    println!("  lost          {}", r.lost);
+    println!("  duplicated    {}", r.duplicated);
+    println!("  unexpected    {}", r.unexpected);
+    println!(
+        "  send failures {} windows, p50 {} ms, longest {} ms",
+        r.send_failure_windows, r.send_failure_p50_ms, r.send_failure_max_ms
+    );
+    println!(
+        "  max replication lag {} entries",
+        r.max_replication_lag_entries
+    );
+}
+
+/// Sends `p0-0`, `p0-1`, ... at `rate` per second; a failed send is tried again (through the
+/// other frontend) until it succeeds or the load stops.
+async fn produce(
+    p: usize,
+    frontends: [QueueServiceClient<Channel>; 2],
+    rate: u32,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut turn = p;
+    for n in 0u64.. {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let body = format!("p{p}-{n}");
+        ledger
+            .lock()
+            .expect("not poisoned")
+            .sent
+            .insert(body.clone());
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            let request = pb::SendMessageRequest {
+                queue: QUEUE.into(),
+                body: body.clone().into(),
+                ..Default::default()
+            };
+            let sent = frontends[turn % 2].clone().send_message(request).await;
+            let mut ledger = ledger.lock().expect("not poisoned");
+            match sent {
+                Ok(_) => {
+                    ledger.acknowledged.insert(body);
+                    if let Some(since) = failing_since {
+                        ledger.failure_windows.push(since.elapsed());
+                    }
+                    break;
+                }
+                Err(_) => {
+                    failing_since.get_or_insert_with(Instant::now);
+                    turn += 1;
+                }
+            }
+            drop(ledger);
+            if stop.is_cancelled() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Receives, records and deletes until told to stop.
+async fn consume(
+    c: usize,
+    frontends: [QueueServiceClient<Channel>; 2],
+    ledger: Arc<Mutex<Ledger>>,
+    stop: CancellationToken,
+) {
+    let mut turn = c;
+    while !stop.is_cancelled() {
+        let mut client = frontends[turn % 2].clone();
+        let request = pb::ReceiveMessageRequest {
+            queue: QUEUE.into(),
+            max_messages: 10,
+            wait_time_seconds: Some(1),
+            visibility_timeout_seconds: None,
+        };
+        let messages = match client.receive_message(request).await {
+            Ok(response) => response.into_inner().messages,
+            Err(_) => {
+                turn += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if messages.is_empty() {
+            continue;
+        }
+        {
+            let mut ledger = ledger.lock().expect("not poisoned");
+            for message in &messages {
+                let body = String::from_utf8_lossy(&message.body).into_owned();
+                *ledger.received.entry(body).or_default() += 1;
+            }
+        }
+        let entries = messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| pb::DeleteMessageBatchEntry {
+                id: i.to_string(),
+                receipt_handle: m.receipt_handle,
+            })
+            .collect();
+        // A delete that fails leaves the message to come back: a duplicate, which the report
+        // counts.
+        let _ = client
+            .delete_message_batch(pb::DeleteMessageBatchRequest {
+                queue: QUEUE.into(),
+                entries,
+            })
+            .await;
+    }
+}
+
+/// Keeps the largest `sluice_backend_replication_lag_entries` any backend reports.
+async fn sample_lag(
+    admin_ports: Vec<u16>,
+    max: Arc<std::sync::atomic::AtomicU64>,
+    stop: CancellationToken,
+) {
+    while !stop.is_cancelled() {
+        let ports = admin_ports.clone();
+        let seen = tokio::task::spawn_blocking(move || {
+            ports
+                .iter()
+                .filter_map(|&port| lag_of(port))
+                .max()
+                .unwrap_or(0)
+        })
+        .await
+        .unwrap_or(0);
+        max.fetch_max(seen, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn lag_of(port: u16) -> Option<u64> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("sluice_backend_replication_lag_entries "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as u64)
+}
