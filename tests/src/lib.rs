@@ -137,6 +137,33 @@ impl ServerProcess {
         Self::spawn(command, data_dir, "sluice-backend ready:")
     }
 
+    /// Starts node `node` of replicated backend cluster `a` on `grpc_port` (its admin port is
+    /// the next one), with `extra` flags (`--peers ...` or `--join`) and environment `env`, not
+    /// registered in etcd. Returns once it serves its ports, not once it is ready.
+    pub fn start_replica(
+        data_dir: &Path,
+        node: &str,
+        grpc_port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let grpc = format!("127.0.0.1:{grpc_port}");
+        let admin = format!("127.0.0.1:{}", grpc_port + 1);
+        let mut command = Command::new(backend_bin());
+        command
+            .args(["--cluster", "a", "--node-id", node])
+            .args(["--grpc-addr", &grpc, "--admin-addr", &admin])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            // openraft logs every unreachable peer as an error; these tests make many.
+            .env("RUST_LOG", "warn,openraft=off")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit());
+        Self::spawn(command, data_dir, "sluice-backend ready:")
+    }
+
     /// Starts a `sluice-frontend` over the metadata nodes at `metadata` (gRPC URLs), with
     /// records cached for `cache_ttl_ms`.
     pub fn start_frontend(metadata: &[String], cache_ttl_ms: u64) -> anyhow::Result<Self> {
@@ -230,6 +257,11 @@ impl ServerProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// How the process ended, if it has.
+    pub fn exited(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        Ok(self.child.try_wait()?)
     }
 
     /// SIGKILL: no chance to flush or clean up.

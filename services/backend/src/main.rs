@@ -70,6 +70,9 @@ async fn run(args: ServiceArgs<Flags>) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Reads FAILPOINTS (`name=action;...`) in a build with the `failpoints` feature; does
+    // nothing otherwise.
+    let _fail_points = fail::FailScenario::setup();
     match run(Cli::parse().args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -1,0 +1,384 @@
+//! Replicated backend clusters as real processes: three `sluice-backend` nodes of one cluster
+//! on real RocksDB directories, killed with SIGKILL or crashed at fail points, and the chaos
+//! suite (`sluice chaos`) over the whole local deployment.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use sluice_proto::v1 as pb;
+use sluice_proto::v1::backend_service_client::BackendServiceClient;
+use sluice_proto::v1::cluster_service_client::ClusterServiceClient;
+use sluice_tests::{free_port_range, sluice_bin, wait_for, ServerProcess};
+use tonic::transport::Channel;
+
+const QUEUE: u64 = 1;
+
+/// Three nodes of cluster `a`; a killed node's slot is `None`.
+struct Trio {
+    dir: tempfile::TempDir,
+    base: u16,
+    nodes: Vec<Option<ServerProcess>>,
+}
+
+impl Trio {
+    fn name(i: usize) -> String {
+        format!("a{}", i + 1)
+    }
+
+    fn port(&self, i: usize) -> u16 {
+        self.base + 2 * i as u16
+    }
+
+    fn peers(&self) -> String {
+        (0..3)
+            .map(|i| format!("{}=http://127.0.0.1:{}", Self::name(i), self.port(i)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts the three nodes, node `i` with environment `env(i)`.
+    fn start(env: impl Fn(usize) -> Vec<(&'static str, &'static str)>) -> anyhow::Result<Trio> {
+        let mut trio = Trio {
+            dir: tempfile::tempdir()?,
+            base: free_port_range(6)?,
+            nodes: Vec::new(),
+        };
+        for i in 0..3 {
+            let node = trio.launch(i, &env(i))?;
+            trio.nodes.push(Some(node));
+        }
+        Ok(trio)
+    }
+
+    fn launch(&self, i: usize, env: &[(&str, &str)]) -> anyhow::Result<ServerProcess> {
+        let peers = self.peers();
+        ServerProcess::start_replica(
+            &self.dir.path().join(Self::name(i)),
+            &Self::name(i),
+            self.port(i),
+            &["--peers", &peers],
+            env,
+        )
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.port(i))
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..3).filter(|&i| self.nodes[i].is_some()).collect()
+    }
+
+    async fn status(&self, i: usize) -> anyhow::Result<pb::ClusterStatus> {
+        let mut client = ClusterServiceClient::connect(self.url(i)).await?;
+        Ok(client
+            .status(pb::ClusterStatusRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// The node that leads and serves, once there is one.
+    async fn leader(&self) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            for i in self.live() {
+                if self.status(i).await.is_ok_and(|s| s.serving) {
+                    return Ok(i);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("no node of the cluster came to serve")
+    }
+
+    async fn client(&self, i: usize) -> anyhow::Result<BackendServiceClient<Channel>> {
+        Ok(BackendServiceClient::connect(self.url(i)).await?)
+    }
+
+    /// Runs `call` on the live nodes in turn until one succeeds; returns how many failed first.
+    async fn until_ok<T, F, Fut>(&self, what: &str, call: F) -> anyhow::Result<(T, usize)>
+    where
+        F: Fn(BackendServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut failures = 0;
+        for turn in 0.. {
+            let live = self.live();
+            let i = live[turn % live.len()];
+            if let Ok(client) = self.client(i).await {
+                match call(client).await {
+                    Ok(response) => return Ok((response.into_inner(), failures)),
+                    Err(status) => eprintln!("{what} on a{}: {status}", i + 1),
+                }
+            }
+            failures += 1;
+            if Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("{what} never succeeded")
+    }
+
+    async fn put_queue(&self) -> anyhow::Result<()> {
+        self.until_ok("PutQueue", |mut c| async move {
+            c.put_queue(pb::PutQueueRequest {
+                queue_id: QUEUE,
+                config: Some(pb::EngineQueueConfig {
+                    name: "q".into(),
+                    retention_seconds: 3600,
+                    ..Default::default()
+                }),
+                first_sequence: 0,
+            })
+            .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Sends `bodies` as one batch until some node acknowledges it.
+    async fn send(&self, bodies: &[String]) -> anyhow::Result<usize> {
+        let messages: Vec<pb::NewMessage> = bodies
+            .iter()
+            .map(|b| pb::NewMessage {
+                body: b.clone().into_bytes().into(),
+                ..Default::default()
+            })
+            .collect();
+        let (_, failures) = self
+            .until_ok("Send", |mut c| {
+                let messages = messages.clone();
+                async move {
+                    c.send(pb::SendRequest {
+                        queue_id: QUEUE,
+                        messages,
+                    })
+                    .await
+                }
+            })
+            .await?;
+        Ok(failures)
+    }
+
+    /// Receives and deletes until the queue gives nothing three times running; returns how
+    /// often each body came.
+    async fn drain(&self) -> anyhow::Result<HashMap<String, u32>> {
+        let mut seen: HashMap<String, u32> = HashMap::new();
+        let mut empty = 0;
+        while empty < 3 {
+            let (received, _) = self
+                .until_ok("Receive", |mut c| async move {
+                    c.receive(pb::ReceiveRequest {
+                        queue_id: QUEUE,
+                        max_messages: 10,
+                        visibility_ms: 30_000,
+                        wait_ms: 200,
+                    })
+                    .await
+                })
+                .await?;
+            if received.messages.is_empty() {
+                empty += 1;
+                continue;
+            }
+            empty = 0;
+            let handles: Vec<String> = received
+                .messages
+                .iter()
+                .map(|m| m.receipt_handle.clone())
+                .collect();
+            for m in received.messages {
+                *seen
+                    .entry(String::from_utf8_lossy(&m.body).into_owned())
+                    .or_default() += 1;
+            }
+            self.until_ok("Delete", |mut c| {
+                let handles = handles.clone();
+                async move {
+                    c.delete(pb::DeleteRequest {
+                        queue_id: QUEUE,
+                        receipt_handles: handles,
+                    })
+                    .await
+                }
+            })
+            .await?;
+        }
+        Ok(seen)
+    }
+}
+
+fn bodies(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_catches_up_before_it_reports_ready() -> anyhow::Result<()> {
+    let mut trio = Trio::start(|_| Vec::new())?;
+    let leader = trio.leader().await?;
+    trio.put_queue().await?;
+    let follower = (leader + 1) % 3;
+    trio.nodes[follower].take().expect("running").kill9()?;
+    for batch in 0..20 {
+        trio.send(&bodies(&format!("m{batch}-"), 10)).await?;
+    }
+    let leader_applied = trio.nodes[leader]
+        .as_ref()
+        .expect("running")
+        .metric("sluice_backend_raft_applied_index")?;
+
+    let restarted = trio.launch(follower, &[])?;
+    let mut was_ready_early = false;
+    wait_for(
+        "the restarted node to be ready",
+        Duration::from_secs(30),
+        || {
+            let (code, _) = restarted.admin_get("/readyz")?;
+            let applied = restarted.metric("sluice_backend_raft_applied_index")?;
+            if code == 200 {
+                was_ready_early |= applied < leader_applied;
+                return Ok(true);
+            }
+            Ok(false)
+        },
+    )
+    .await?;
+    let applied = restarted.metric("sluice_backend_raft_applied_index")?;
+    eprintln!("leader applied {leader_applied}, restarted node applied {applied} when ready");
+    assert!(!was_ready_early, "ready before it had caught up");
+    assert!(applied >= leader_applied, "{applied} < {leader_applied}");
+    trio.nodes[follower] = Some(restarted);
+
+    // What the node missed is on it: it serves all of it once it leads.
+    let old_leader = trio.nodes[leader].take().expect("running");
+    old_leader.kill9()?;
+    let seen = trio.drain().await?;
+    assert_eq!(seen.len(), 200, "every acknowledged message survives");
+    Ok(())
+}
+
+/// Crashes the first leader at `fail_point` on its first send, and checks that the cluster
+/// serves on, that every acknowledged message comes back, and how many came twice.
+async fn crash_at(fail_point: &'static str) -> anyhow::Result<()> {
+    // The leader's first two proposals (the cluster's receipt key, the queue) pass; the third,
+    // the first send, crashes it.
+    let spec: &'static str = Box::leak(format!("{fail_point}=2*off->1*return").into_boxed_str());
+    let mut trio = Trio::start(|_| vec![("FAILPOINTS", spec)])?;
+    let leader = trio.leader().await?;
+    trio.put_queue().await?;
+
+    let first = bodies("first-", 5);
+    let failures = trio.send(&first).await?;
+    let crashed = trio.nodes[leader].as_mut().expect("running");
+    wait_for("the leader to crash", Duration::from_secs(10), || {
+        Ok(crashed.exited()?.is_some())
+    })
+    .await?;
+    trio.nodes[leader] = None;
+    eprintln!("{fail_point}: the send was acknowledged after {failures} failed attempts");
+    assert!(failures > 0, "the crash happened on the first attempt");
+
+    // Every node comes back without the fail point, one at a time so that two stay up: the
+    // crashed one first, then the others after a clean stop.
+    for i in (0..3).map(|k| (leader + k) % 3) {
+        if let Some(node) = trio.nodes[i].take() {
+            node.terminate().await?;
+        }
+        let node = trio.launch(i, &[])?;
+        wait_for("the node to be ready", Duration::from_secs(30), || {
+            Ok(node.admin_get("/readyz")?.0 == 200)
+        })
+        .await?;
+        trio.nodes[i] = Some(node);
+    }
+    let second = bodies("second-", 5);
+    trio.send(&second).await?;
+    let seen = trio.drain().await?;
+    let duplicated: u32 = seen.values().map(|n| n - 1).sum();
+    eprintln!("{fail_point}: received {seen:?}, {duplicated} duplicated");
+    for body in first.iter().chain(&second) {
+        assert!(seen.contains_key(body), "{body} was acknowledged and lost");
+    }
+    assert_eq!(seen.len(), 10, "nothing unexpected");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_crashing_after_its_local_write_loses_no_acknowledged_message(
+) -> anyhow::Result<()> {
+    crash_at("backend::after_local_append").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_crashing_after_commit_before_its_reply_loses_nothing() -> anyhow::Result<()> {
+    crash_at("backend::after_commit_before_reply").await
+}
+
+/// One chaos run at a time: each is a whole local deployment.
+static CHAOS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs `sluice chaos` for 100 s with a kill every 15 s (6 kills) and returns its report.
+async fn chaos(replication: &'static str) -> anyhow::Result<serde_json::Value> {
+    let _one = CHAOS.lock().await;
+    let dir = tempfile::tempdir()?;
+    let base = free_port_range(60)?.to_string();
+    let run_dir = dir.path().join("chaos");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(sluice_bin())
+            .args([
+                "--json",
+                "chaos",
+                "--duration",
+                "100s",
+                "--kill-every",
+                "15s",
+            ])
+            .args(["--replication", replication, "--base-port", &base])
+            .arg("--dir")
+            .arg(&run_dir)
+            .output()
+    })
+    .await??;
+    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("no report: {}", String::from_utf8_lossy(&output.stdout)))?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    let kills: u64 = report["kills"]
+        .as_object()
+        .context("kills")?
+        .values()
+        .filter_map(|v| v.as_u64())
+        .sum();
+    assert!(kills >= 5, "only {kills} kills");
+    assert!(report["acknowledged"].as_u64() > Some(1000), "the load ran");
+    assert_eq!(report["unexpected"], 0);
+    Ok(report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_chaos_run_loses_no_acknowledged_message() -> anyhow::Result<()> {
+    let report = chaos("sync").await?;
+    assert_eq!(report["lost"], 0, "acknowledged messages were lost");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_chaos_run_loses_at_most_what_was_not_yet_replicated() -> anyhow::Result<()> {
+    let report = chaos("async").await?;
+    let lost = report["lost"].as_u64().context("lost")?;
+    // Each of the 4 producers has one send in flight, so an entry of the log holds at most 4
+    // of their messages; a leader's crash loses at most the entries not yet on a majority.
+    let bound = report["max_replication_lag_entries"]
+        .as_u64()
+        .context("lag")?
+        * 4;
+    assert!(
+        lost <= bound,
+        "{lost} lost, more than the lag allows ({bound})"
+    );
+    Ok(())
+}
