@@ -42,7 +42,7 @@ impl Trio {
     fn start(env: impl Fn(usize) -> Vec<(&'static str, &'static str)>) -> anyhow::Result<Trio> {
         let mut trio = Trio {
             dir: tempfile::tempdir()?,
-            base: free_port_range(6)?,
+            base: free_port_range(8)?,
             nodes: Vec::new(),
         };
         for i in 0..3 {
@@ -68,7 +68,9 @@ impl Trio {
     }
 
     fn live(&self) -> Vec<usize> {
-        (0..3).filter(|&i| self.nodes[i].is_some()).collect()
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_some())
+            .collect()
     }
 
     async fn status(&self, i: usize) -> anyhow::Result<pb::ClusterStatus> {
@@ -258,6 +260,87 @@ async fn a_restarted_node_catches_up_before_it_reports_ready() -> anyhow::Result
     old_leader.kill9()?;
     let seen = trio.drain().await?;
     assert_eq!(seen.len(), 200, "every acknowledged message survives");
+    Ok(())
+}
+
+/// Runs the `sluice` CLI, failing with its error output if it fails.
+fn cli(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(sluice_bin()).args(args).output()?;
+    if !out.status.success() {
+        bail!("sluice {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_replaces_another_with_the_cli_and_nothing_is_lost() -> anyhow::Result<()> {
+    let mut trio = Trio::start(|_| Vec::new())?;
+    let leader = trio.leader().await?;
+    trio.put_queue().await?;
+    for batch in 0..5 {
+        trio.send(&bodies(&format!("m{batch}-"), 10)).await?;
+    }
+    // a4 starts empty and outside the cluster.
+    let a4 = ServerProcess::start_replica(
+        &trio.dir.path().join("a4"),
+        "a4",
+        trio.port(3),
+        &["--join"],
+        &[],
+    )?;
+    trio.nodes.push(Some(a4));
+    let follower = (leader + 1) % 3;
+    let any = trio.url(follower);
+    let added = cli(&[
+        "--json",
+        "admin",
+        "cluster",
+        "add-node",
+        "a4",
+        "--url",
+        &trio.url(3),
+        "--node",
+        &any,
+    ])?;
+    let added: serde_json::Value = serde_json::from_str(&added)?;
+    let a4_voter = added["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .any(|m| m["name"] == "a4" && m["voter"] == true);
+    assert!(a4_voter, "a4 votes after add-node: {added}");
+
+    // Replaced: a follower leaves, and the old leader dies; a4 and the third node carry on.
+    let removed = cli(&[
+        "--json",
+        "admin",
+        "cluster",
+        "remove-node",
+        &Trio::name(follower),
+        "--node",
+        &any,
+    ])?;
+    let removed: serde_json::Value = serde_json::from_str(&removed)?;
+    assert_eq!(
+        removed["members"].as_array().map(Vec::len),
+        Some(3),
+        "{removed}"
+    );
+    trio.nodes[follower]
+        .take()
+        .expect("running")
+        .terminate()
+        .await?;
+    trio.nodes[leader].take().expect("running").kill9()?;
+    let seen = trio.drain().await?;
+    assert_eq!(
+        seen.len(),
+        50,
+        "every message survives on the new membership"
+    );
+    let status = cli(&["admin", "cluster", "status", "--node", &trio.url(3)])?;
+    println!("{status}");
+    assert!(status.contains("a4"), "{status}");
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 use sluice_proto::v1 as pb;
+use sluice_proto::v1::cluster_service_client::ClusterServiceClient;
 use sluice_proto::v1::manager_service_client::ManagerServiceClient;
 use sluice_proto::v1::queue_service_client::QueueServiceClient;
 use tonic::transport::Channel;
@@ -57,6 +58,38 @@ pub enum AdminCommand {
         /// Any manager's gRPC URL.
         #[arg(long, env = "SLUICE_MANAGER", default_value = "http://127.0.0.1:7090")]
         manager: String,
+    },
+    /// The replicated nodes of one backend cluster: who leads, who has caught up, and changes
+    /// to its membership. Any node of the cluster takes these.
+    #[command(subcommand)]
+    Cluster(ClusterAdmin),
+}
+
+#[derive(Subcommand)]
+pub enum ClusterAdmin {
+    /// The cluster's members, its leader, and how far each node has the log.
+    Status {
+        /// Any node of the cluster (its gRPC URL).
+        #[arg(long, env = "SLUICE_BACKEND", default_value = "http://127.0.0.1:7080")]
+        node: String,
+    },
+    /// Add node NAME, started with `sluice-backend --join`, reachable at --url: it catches up
+    /// as a learner first, then becomes a voting member. Returns once it votes.
+    AddNode {
+        name: String,
+        /// The new node's gRPC URL.
+        #[arg(long)]
+        url: String,
+        /// Any node of the cluster (its gRPC URL).
+        #[arg(long, env = "SLUICE_BACKEND", default_value = "http://127.0.0.1:7080")]
+        node: String,
+    },
+    /// Remove member NAME from the cluster; it no longer receives the log and can be stopped.
+    RemoveNode {
+        name: String,
+        /// Any node of the cluster (its gRPC URL).
+        #[arg(long, env = "SLUICE_BACKEND", default_value = "http://127.0.0.1:7080")]
+        node: String,
     },
 }
 
@@ -261,7 +294,9 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Turns a gRPC failure into an error that says what went wrong in the user's terms.
 fn failed(endpoint: &str, status: tonic::Status) -> anyhow::Error {
-    if status.code() == tonic::Code::Unavailable {
+    // Only a failed connection is "cannot reach": an UNAVAILABLE the server sent (a cluster
+    // electing its leader) is its own answer.
+    if sluice_common::error::is_transport_failure(&status) {
         return anyhow!("cannot reach Sluice at {endpoint}: {}", status.message());
     }
     anyhow!(
@@ -557,9 +592,84 @@ async fn manager_client(manager: &str) -> anyhow::Result<ManagerServiceClient<Ch
         .map_err(|err| anyhow!("cannot reach the manager at {manager}: {err}"))
 }
 
-/// Runs an admin command; these talk to the managers, not to the queue endpoint.
+async fn cluster_client(node: &str) -> anyhow::Result<ClusterServiceClient<Channel>> {
+    ClusterServiceClient::connect(node.to_owned())
+        .await
+        .map_err(|err| anyhow!("cannot reach the backend node at {node}: {err}"))
+}
+
+fn print_cluster(json_out: bool, status: &pb::ClusterStatus) {
+    if json_out {
+        let members: Vec<_> = status
+            .members
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "name": m.name,
+                    "url": m.url,
+                    "voter": m.voter,
+                    "matched_index": m.matched_index,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "node": status.node,
+            "leader": status.leader,
+            "leader_url": status.leader_url,
+            "term": status.term,
+            "last_log_index": status.last_log_index,
+            "applied_index": status.applied_index,
+            "serving": status.serving,
+            "members": members,
+        });
+        println!("{out}");
+        return;
+    }
+    println!("leader   {} ({})", status.leader, status.leader_url);
+    println!(
+        "asked    {}: term {}, log {}, applied {}",
+        status.node, status.term, status.last_log_index, status.applied_index
+    );
+    for m in &status.members {
+        let role = if m.voter { "voter" } else { "learner" };
+        let matched = m
+            .matched_index
+            .map_or(String::new(), |i| format!("  has log to {i}"));
+        println!("  {:<8} {:<8} {}{matched}", m.name, role, m.url);
+    }
+}
+
+/// Runs an admin command; these talk to the managers (or a backend cluster's nodes), not to
+/// the queue endpoint.
 pub async fn run_admin(json_out: bool, command: AdminCommand) -> anyhow::Result<()> {
     match command {
+        AdminCommand::Cluster(command) => {
+            let (node, status) = match command {
+                ClusterAdmin::Status { node } => {
+                    let status = cluster_client(&node)
+                        .await?
+                        .status(pb::ClusterStatusRequest {})
+                        .await;
+                    (node, status)
+                }
+                ClusterAdmin::AddNode { name, url, node } => {
+                    let status = cluster_client(&node)
+                        .await?
+                        .add_node(pb::AddNodeRequest { name, url })
+                        .await;
+                    (node, status)
+                }
+                ClusterAdmin::RemoveNode { name, node } => {
+                    let status = cluster_client(&node)
+                        .await?
+                        .remove_node(pb::RemoveNodeRequest { name })
+                        .await;
+                    (node, status)
+                }
+            };
+            let status = status.map_err(|status| failed(&node, status))?.into_inner();
+            print_cluster(json_out, &status);
+        }
         AdminCommand::Place {
             queue,
             cluster,
