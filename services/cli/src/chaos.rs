@@ -162,7 +162,11 @@ async fn drive(args: &ChaosArgs, parts: Arc<Mutex<Parts>>, json_out: bool) -> an
     }
     let lag = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let sampling = CancellationToken::new();
-    let sampler = tokio::spawn(sample_lag(admin_ports, lag.clone(), sampling.clone()));
+    let sampler = tokio::spawn(sample_lag(
+        admin_ports.clone(),
+        lag.clone(),
+        sampling.clone(),
+    ));
 
     let mut rng = match args.seed {
         Some(seed) => StdRng::seed_from_u64(seed),
@@ -182,17 +186,36 @@ async fn drive(args: &ChaosArgs, parts: Arc<Mutex<Parts>>, json_out: bool) -> an
             1 => "metadata",
             _ => "backend",
         };
+        // Half the backend kills go to the leader: a failover is what is worth proving.
+        let leader = if kind == "backend" && rng.gen_bool(0.5) {
+            let ports = admin_ports.clone();
+            tokio::task::spawn_blocking(move || {
+                ports
+                    .iter()
+                    .position(|&port| metric_of(port, "sluice_backend_raft_leader") == Some(1.0))
+            })
+            .await?
+            .map(|n| format!("backend-a{}", n + 1))
+        } else {
+            None
+        };
         let (index, name) = {
             let parts = parts.lock().expect("not poisoned");
             let candidates: Vec<usize> = (0..parts.parts.len())
                 .filter(|&i| parts.parts[i].kind == kind)
+                .filter(|&i| leader.as_ref().is_none_or(|l| &parts.parts[i].name == l))
                 .collect();
             let index = candidates[rng.gen_range(0..candidates.len())];
             (index, parts.parts[index].name.clone())
         };
         eprintln!(
-            "chaos: {:>5.1}s SIGKILL {name}",
-            started.elapsed().as_secs_f64()
+            "chaos: {:>5.1}s SIGKILL {name}{}",
+            started.elapsed().as_secs_f64(),
+            if leader.is_some() {
+                " (the leader)"
+            } else {
+                ""
+            }
         );
         {
             let parts = parts.clone();
@@ -430,7 +453,9 @@ async fn sample_lag(
         let seen = tokio::task::spawn_blocking(move || {
             ports
                 .iter()
-                .filter_map(|&port| lag_of(port))
+                .filter_map(|&port| {
+                    metric_of(port, "sluice_backend_replication_lag_entries").map(|v| v as u64)
+                })
                 .max()
                 .unwrap_or(0)
         })
@@ -441,14 +466,14 @@ async fn sample_lag(
     }
 }
 
-fn lag_of(port: u16) -> Option<u64> {
+/// A metric without labels from the admin port `port`.
+fn metric_of(port: u16, name: &str) -> Option<f64> {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
     write!(stream, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
     text.lines()
-        .find_map(|line| line.strip_prefix("sluice_backend_replication_lag_entries "))
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse::<f64>().ok())
-        .map(|value| value as u64)
 }
