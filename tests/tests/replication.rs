@@ -106,17 +106,16 @@ impl Trio {
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let mut failures = 0;
-        for turn in 0.. {
+        // Each try is on the next live node; `failures` tries failed before this one.
+        for failures in 0.. {
             let live = self.live();
-            let i = live[turn % live.len()];
+            let i = live[failures % live.len()];
             if let Ok(client) = self.client(i).await {
                 match call(client).await {
                     Ok(response) => return Ok((response.into_inner(), failures)),
                     Err(status) => eprintln!("{what} on a{}: {status}", i + 1),
                 }
             }
-            failures += 1;
             if Instant::now() > deadline {
                 break;
             }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_common::{rpc, Result};
+use sluice_common::{rpc, Error, Result};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::backend_service_server::BackendService;
 use tonic::{Request, Response, Status};
@@ -62,13 +62,13 @@ impl BackendServiceImpl {
     fn forward<T>(
         &self,
         request: &mut Request<T>,
-    ) -> Result<Option<(BackendServiceClient<Channel>, String)>, Status> {
+    ) -> Result<Option<(BackendServiceClient<Channel>, String)>> {
         if self.engine.is_active() {
             return Ok(None);
         }
         if request.metadata().contains_key(FORWARDED_HEADER) {
-            return Err(Status::unavailable(
-                "the backend cluster is changing leaders; retry",
+            return Err(Error::Unavailable(
+                "the backend cluster is changing leaders; retry".into(),
             ));
         }
         let leader = self
@@ -76,7 +76,7 @@ impl BackendServiceImpl {
             .leader()
             .filter(|leader| leader.name != self.replica.me.name)
             .ok_or_else(|| {
-                Status::unavailable("the backend cluster has no serving leader yet; retry")
+                Error::Unavailable("the backend cluster has no serving leader yet; retry".into())
             })?;
         request.metadata_mut().insert(
             FORWARDED_HEADER,
@@ -87,7 +87,7 @@ impl BackendServiceImpl {
             return Ok(Some((client.clone(), leader.url)));
         }
         let channel = Endpoint::from_shared(leader.url.clone())
-            .map_err(|err| Status::internal(format!("leader URL {:?}: {err}", leader.url)))?
+            .map_err(|err| Error::Internal(format!("leader URL {:?}: {err}", leader.url)))?
             .tcp_nodelay(true)
             .connect_lazy();
         let client = BackendServiceClient::new(channel)

@@ -52,9 +52,24 @@ pub struct ChaosArgs {
     /// Seeds the choice of victims, to repeat a run.
     #[arg(long)]
     seed: Option<u64>,
+    /// What happens on the schedule: `kill` SIGKILLs a random part and starts it again;
+    /// `partition` cuts the backend cluster's leader off the network for --partition-for, then
+    /// joins it again (each backend node runs in a network namespace of its own; needs root and
+    /// iproute2).
+    #[arg(long, value_enum, default_value = "kill")]
+    fault: Fault,
+    /// How long a partitioned leader stays cut off.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    partition_for: Duration,
     /// After the load stops, how long consumers may take to receive what is left.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Fault {
+    Kill,
+    Partition,
 }
 
 /// What the producers and consumers saw.
@@ -67,7 +82,13 @@ struct Ledger {
     /// How long each spell of failing sends lasted, from a producer's first failed attempt to
     /// its next success.
     failure_windows: Vec<Duration>,
+    /// How long each acknowledged send took, from its first attempt: a send that waited out a
+    /// failover inside the frontend shows here rather than as a failure.
+    send_times: Vec<Duration>,
 }
+
+/// Sends that took this long or longer waited out a failover.
+const STALL: Duration = Duration::from_millis(500);
 
 #[derive(serde::Serialize)]
 struct Report {
@@ -83,6 +104,12 @@ struct Report {
     send_failure_windows: usize,
     send_failure_p50_ms: u128,
     send_failure_max_ms: u128,
+    send_p50_ms: u128,
+    send_p99_ms: u128,
+    send_max_ms: u128,
+    /// Sends that took 500 ms or more (they waited out a failover), and the p50 of their times.
+    stalled_sends: usize,
+    stalled_send_p50_ms: u128,
     /// The most log entries any leader held that a majority did not yet have (what a leader
     /// crash can lose of ASYNC sends), sampled every 200 ms.
     max_replication_lag_entries: u64,
@@ -96,7 +123,8 @@ pub async fn run(args: ChaosArgs, json_out: bool) -> anyhow::Result<bool> {
             .with_context(|| format!("cannot empty {}", args.dir.display()))?;
     }
     let (dir, base) = (args.dir.clone(), args.base_port);
-    let parts = tokio::task::spawn_blocking(move || dev::up(&dir, base, 1, 3)).await??;
+    let netns = args.fault == Fault::Partition;
+    let parts = tokio::task::spawn_blocking(move || dev::up(&dir, base, 1, 3, netns)).await??;
     let parts = Arc::new(Mutex::new(parts));
     let result = drive(&args, parts.clone(), json_out).await;
     tokio::task::spawn_blocking(move || drop(parts)).await?;
@@ -133,9 +161,18 @@ async fn drive(args: &ChaosArgs, parts: Arc<Mutex<Parts>>, json_out: bool) -> an
         })
         .await
         .context("cannot create the chaos queue")?;
-    let admin_ports: Vec<u16> = (0..3)
-        .map(|n| dev::backend_port(args.base_port, 3, 0, n) + 1)
-        .collect();
+    let admin_ports: Vec<String> = {
+        let parts = parts.lock().expect("not poisoned");
+        (0..3)
+            .map(|n| {
+                let ip = match &parts.netns {
+                    Some(netns) => netns.node_ip(n.into()),
+                    None => "127.0.0.1".to_owned(),
+                };
+                format!("{ip}:{}", dev::backend_port(args.base_port, 3, 0, n) + 1)
+            })
+            .collect()
+    };
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let producing = CancellationToken::new();
@@ -174,12 +211,50 @@ async fn drive(args: &ChaosArgs, parts: Arc<Mutex<Parts>>, json_out: bool) -> an
     };
     let mut kills: HashMap<&'static str, u32> = HashMap::new();
     let deadline = tokio::time::Instant::now() + args.duration;
+    let outage = match args.fault {
+        Fault::Kill => args.down_for,
+        Fault::Partition => args.partition_for,
+    };
     loop {
         let next = tokio::time::Instant::now() + args.kill_every;
-        if next + args.down_for > deadline {
+        if next + outage > deadline {
             break;
         }
         tokio::time::sleep_until(next).await;
+        if args.fault == Fault::Partition {
+            let ports = admin_ports.clone();
+            let leader = tokio::task::spawn_blocking(move || leader_of(&ports)).await?;
+            let Some(leader) = leader else {
+                eprintln!(
+                    "chaos: {:>5.1}s no leader to cut off",
+                    started.elapsed().as_secs_f64()
+                );
+                continue;
+            };
+            eprintln!(
+                "chaos: {:>5.1}s cutting off the leader a{} for {:?}",
+                started.elapsed().as_secs_f64(),
+                leader + 1,
+                args.partition_for
+            );
+            let cut = |on: bool| -> anyhow::Result<()> {
+                let parts = parts.lock().expect("not poisoned");
+                parts
+                    .netns
+                    .as_ref()
+                    .expect("set up for partitions")
+                    .cut(leader, on)
+            };
+            cut(true)?;
+            *kills.entry("partition").or_default() += 1;
+            tokio::time::sleep(args.partition_for).await;
+            cut(false)?;
+            eprintln!(
+                "chaos: {:>5.1}s joined again",
+                started.elapsed().as_secs_f64()
+            );
+            continue;
+        }
         // Backend nodes are what replication is about; the stateless tiers get a turn too.
         let kind = match rng.gen_range(0..10) {
             0 => "frontend",
@@ -189,13 +264,9 @@ async fn drive(args: &ChaosArgs, parts: Arc<Mutex<Parts>>, json_out: bool) -> an
         // Half the backend kills go to the leader: a failover is what is worth proving.
         let leader = if kind == "backend" && rng.gen_bool(0.5) {
             let ports = admin_ports.clone();
-            tokio::task::spawn_blocking(move || {
-                ports
-                    .iter()
-                    .position(|&port| metric_of(port, "sluice_backend_raft_leader") == Some(1.0))
-            })
-            .await?
-            .map(|n| format!("backend-a{}", n + 1))
+            tokio::task::spawn_blocking(move || leader_of(&ports))
+                .await?
+                .map(|n| format!("backend-a{}", n + 1))
         } else {
             None
         };
@@ -269,6 +340,14 @@ async fn drive(args: &ChaosArgs, parts: Arc<Mutex<Parts>>, json_out: bool) -> an
     let ledger = ledger.lock().expect("not poisoned");
     let mut windows = ledger.failure_windows.clone();
     windows.sort();
+    let mut times = ledger.send_times.clone();
+    times.sort();
+    let at = |q: f64| {
+        times
+            .get(((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1)))
+            .map_or(0, |d| d.as_millis())
+    };
+    let stalled: Vec<Duration> = times.iter().copied().filter(|t| *t >= STALL).collect();
     let lost: Vec<&String> = ledger
         .acknowledged
         .iter()
@@ -298,6 +377,11 @@ async fn drive(args: &ChaosArgs, parts: Arc<Mutex<Parts>>, json_out: bool) -> an
         send_failure_windows: windows.len(),
         send_failure_p50_ms: windows.get(windows.len() / 2).map_or(0, |d| d.as_millis()),
         send_failure_max_ms: windows.last().map_or(0, |d| d.as_millis()),
+        send_p50_ms: at(0.5),
+        send_p99_ms: at(0.99),
+        send_max_ms: times.last().map_or(0, |d| d.as_millis()),
+        stalled_sends: stalled.len(),
+        stalled_send_p50_ms: stalled.get(stalled.len() / 2).map_or(0, |d| d.as_millis()),
         max_replication_lag_entries: lag.load(std::sync::atomic::Ordering::Relaxed),
         lost_examples: lost.iter().take(10).map(|s| s.to_string()).collect(),
     };
@@ -330,6 +414,10 @@ fn print_report(r: &Report) {
         r.send_failure_windows, r.send_failure_p50_ms, r.send_failure_max_ms
     );
     println!(
+        "  send time     p50 {} ms, p99 {} ms, longest {} ms; {} took 500 ms or more (p50 {} ms)",
+        r.send_p50_ms, r.send_p99_ms, r.send_max_ms, r.stalled_sends, r.stalled_send_p50_ms
+    );
+    println!(
         "  max replication lag {} entries",
         r.max_replication_lag_entries
     );
@@ -359,6 +447,7 @@ async fn produce(
             .sent
             .insert(body.clone());
         let mut failing_since: Option<Instant> = None;
+        let first_try = Instant::now();
         loop {
             let request = pb::SendMessageRequest {
                 queue: QUEUE.into(),
@@ -370,6 +459,7 @@ async fn produce(
             match sent {
                 Ok(_) => {
                     ledger.acknowledged.insert(body);
+                    ledger.send_times.push(first_try.elapsed());
                     if let Some(since) = failing_since {
                         ledger.failure_windows.push(since.elapsed());
                     }
@@ -444,7 +534,7 @@ async fn consume(
 
 /// Keeps the largest `sluice_backend_replication_lag_entries` any backend reports.
 async fn sample_lag(
-    admin_ports: Vec<u16>,
+    admin_ports: Vec<String>,
     max: Arc<std::sync::atomic::AtomicU64>,
     stop: CancellationToken,
 ) {
@@ -453,8 +543,8 @@ async fn sample_lag(
         let seen = tokio::task::spawn_blocking(move || {
             ports
                 .iter()
-                .filter_map(|&port| {
-                    metric_of(port, "sluice_backend_replication_lag_entries").map(|v| v as u64)
+                .filter_map(|addr| {
+                    metric_of(addr, "sluice_backend_replication_lag_entries").map(|v| v as u64)
                 })
                 .max()
                 .unwrap_or(0)
@@ -466,9 +556,19 @@ async fn sample_lag(
     }
 }
 
-/// A metric without labels from the admin port `port`.
-fn metric_of(port: u16, name: &str) -> Option<f64> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+/// Which of the backend nodes (by their admin addresses) leads and serves.
+fn leader_of(admin: &[String]) -> Option<usize> {
+    admin
+        .iter()
+        .position(|addr| metric_of(addr, "sluice_backend_raft_leader") == Some(1.0))
+}
+
+/// A metric without labels from the admin address `addr`.
+fn metric_of(addr: &str, name: &str) -> Option<f64> {
+    let addr: std::net::SocketAddr = addr.parse().ok()?;
+    // A node cut off the network does not answer: give up soon.
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
     write!(stream, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut text = String::new();

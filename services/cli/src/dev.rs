@@ -52,11 +52,129 @@ pub(crate) struct Part {
     pub(crate) kind: &'static str,
 }
 
-/// The cluster's processes; dropping it stops them, newest first.
+/// The cluster's processes; dropping it stops them, newest first, then removes the network
+/// namespaces.
 pub(crate) struct Parts {
     pub(crate) parts: Vec<Part>,
     pids: PathBuf,
     dir: PathBuf,
+    pub(crate) netns: Option<Netns>,
+}
+
+/// Backend nodes each in a network namespace of their own, joined by a bridge, so that one can
+/// be cut off the network and joined again (`sluice chaos --fault partition`). Needs root and
+/// iproute2.
+pub(crate) struct Netns {
+    prefix: String,
+    subnet: String,
+    nodes: usize,
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("cannot run `ip` (install iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl Netns {
+    /// Makes the bridge and `nodes` namespaces; names and the subnet come from `base`, so runs
+    /// on other ports do not collide.
+    pub(crate) fn setup(base: u16, nodes: usize) -> anyhow::Result<Netns> {
+        let netns = Netns {
+            prefix: format!("slc{base}"),
+            subnet: format!("10.{}.{}", 100 + (base >> 8) % 100, base & 0xff),
+            nodes,
+        };
+        // Leftovers of a run that was killed.
+        netns.remove();
+        let bridge = netns.bridge();
+        let host = format!("{}/24", netns.host_ip());
+        ip(&["link", "add", &bridge, "type", "bridge"])?;
+        ip(&["addr", "add", &host, "dev", &bridge])?;
+        ip(&["link", "set", &bridge, "up"])?;
+        for i in 0..nodes {
+            let (ns, outside, inside) = (
+                netns.name(i),
+                netns.link(i),
+                format!("{}i{i}", netns.prefix),
+            );
+            let addr = format!("{}/24", netns.node_ip(i));
+            ip(&["netns", "add", &ns])?;
+            ip(&[
+                "link", "add", &outside, "type", "veth", "peer", "name", &inside,
+            ])?;
+            ip(&["link", "set", &inside, "netns", &ns])?;
+            ip(&["link", "set", &outside, "master", &bridge])?;
+            ip(&["link", "set", &outside, "up"])?;
+            ip(&["-n", &ns, "addr", "add", &addr, "dev", &inside])?;
+            ip(&["-n", &ns, "link", "set", &inside, "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &netns.host_ip(),
+            ])?;
+        }
+        Ok(netns)
+    }
+
+    fn bridge(&self) -> String {
+        format!("{}br", self.prefix)
+    }
+
+    fn name(&self, i: usize) -> String {
+        format!("{}n{i}", self.prefix)
+    }
+
+    /// The outside end of node `i`'s link, on the bridge.
+    fn link(&self, i: usize) -> String {
+        format!("{}o{i}", self.prefix)
+    }
+
+    pub(crate) fn host_ip(&self) -> String {
+        format!("{}.1", self.subnet)
+    }
+
+    pub(crate) fn node_ip(&self, i: usize) -> String {
+        format!("{}.{}", self.subnet, 11 + i)
+    }
+
+    /// Cuts node `i` off the network, or joins it again.
+    pub(crate) fn cut(&self, i: usize, cut: bool) -> anyhow::Result<()> {
+        ip(&[
+            "link",
+            "set",
+            &self.link(i),
+            if cut { "down" } else { "up" },
+        ])
+    }
+
+    fn remove(&self) {
+        for i in 0..self.nodes {
+            let _ = ip(&["netns", "del", &self.name(i)]);
+            let _ = ip(&["link", "del", &self.link(i)]);
+        }
+        let _ = ip(&["link", "del", &self.bridge()]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        self.remove();
+    }
 }
 
 impl Parts {
@@ -219,7 +337,15 @@ pub(crate) fn backend_port(base: u16, nodes: u16, cluster: u16, node: u16) -> u1
     }
 }
 
-pub(crate) fn up(dir: &Path, base: u16, clusters: u16, nodes: u16) -> anyhow::Result<Parts> {
+/// Starts the deployment; with `netns`, the backend nodes of the first cluster run in network
+/// namespaces of their own.
+pub(crate) fn up(
+    dir: &Path,
+    base: u16,
+    clusters: u16,
+    nodes: u16,
+    netns: bool,
+) -> anyhow::Result<Parts> {
     anyhow::ensure!(
         base.checked_add(60).is_some(),
         "--base-port {base} leaves no room for the cluster's 60 ports"
@@ -237,13 +363,30 @@ pub(crate) fn up(dir: &Path, base: u16, clusters: u16, nodes: u16) -> anyhow::Re
         parts: Vec::new(),
         pids,
         dir: dir.to_owned(),
+        netns: None,
     };
+    if netns {
+        anyhow::ensure!(
+            clusters == 1,
+            "network namespaces are for one backend cluster"
+        );
+        parts.netns = Some(Netns::setup(base, nodes.into())?);
+    }
     let etcd_url = format!("http://{}", addr(base));
+    // Nodes in namespaces reach etcd on the bridge.
+    let etcd_urls = match &parts.netns {
+        Some(netns) => format!("{etcd_url},http://{}:{base}", netns.host_ip()),
+        None => etcd_url.clone(),
+    };
+    let backend_etcd = match &parts.netns {
+        Some(netns) => format!("http://{}:{base}", netns.host_ip()),
+        None => etcd_url.clone(),
+    };
     let peer_url = format!("http://{}", addr(base + 1));
     let mut etcd = Command::new("etcd");
     etcd.arg("--name=sluice-dev")
         .arg(format!("--data-dir={}", dir.join("etcd").display()))
-        .arg(format!("--listen-client-urls={etcd_url}"))
+        .arg(format!("--listen-client-urls={etcd_urls}"))
         .arg(format!("--advertise-client-urls={etcd_url}"))
         .arg(format!("--listen-peer-urls={peer_url}"))
         .arg(format!("--initial-advertise-peer-urls={peer_url}"))
@@ -287,19 +430,31 @@ pub(crate) fn up(dir: &Path, base: u16, clusters: u16, nodes: u16) -> anyhow::Re
     for (c, cluster) in ["a", "b"].iter().take(clusters.into()).enumerate() {
         let c = c as u16;
         let name = |n: u16| format!("{cluster}{}", n + 1);
+        // Each node's address and namespace, if it runs in one.
+        let spaces: Option<Vec<(String, String)>> = parts.netns.as_ref().map(|netns| {
+            (0..nodes.into())
+                .map(|i| (netns.node_ip(i), netns.name(i)))
+                .collect()
+        });
+        let host = |n: u16| match &spaces {
+            Some(spaces) => format!(
+                "{}:{}",
+                spaces[n as usize].0,
+                backend_port(base, nodes, c, n)
+            ),
+            None => addr(backend_port(base, nodes, c, n)),
+        };
         let peers: Vec<String> = (0..nodes)
-            .map(|n| {
-                format!(
-                    "{}=http://{}",
-                    name(n),
-                    addr(backend_port(base, nodes, c, n))
-                )
-            })
+            .map(|n| format!("{}=http://{}", name(n), host(n)))
             .collect();
         for n in 0..nodes {
             let node = name(n);
             let data = dir.join(&node);
             let data = data.to_string_lossy();
+            let grpc = host(n);
+            let port = backend_port(base, nodes, c, n);
+            let admin = grpc.replace(&format!(":{port}"), &format!(":{}", port + 1));
+            let peers = peers.join(",");
             let mut args = vec![
                 "--cluster",
                 cluster,
@@ -307,16 +462,31 @@ pub(crate) fn up(dir: &Path, base: u16, clusters: u16, nodes: u16) -> anyhow::Re
                 &node,
                 "--data-dir",
                 &data,
+                "--grpc-addr",
+                &grpc,
+                "--admin-addr",
+                &admin,
+                "--etcd",
+                &backend_etcd,
             ];
-            let peers = peers.join(",");
             if nodes > 1 {
                 args.extend(["--peers", &peers]);
             }
-            let command = service(
-                "sluice-backend",
-                backend_port(base, nodes, c, n),
-                &with_etcd(&args),
-            );
+            let command = match &spaces {
+                Some(spaces) => {
+                    let mut command = Command::new("ip");
+                    command
+                        .args(["netns", "exec", &spaces[n as usize].1])
+                        .arg(sibling("sluice-backend"))
+                        .args(&args);
+                    command
+                }
+                None => {
+                    let mut command = Command::new(sibling("sluice-backend"));
+                    command.args(&args);
+                    command
+                }
+            };
             start(
                 &mut parts,
                 "backend",
@@ -425,7 +595,7 @@ pub async fn run(command: DevCommand) -> anyhow::Result<()> {
         }) => {
             let parts = {
                 let dir = dir.clone();
-                tokio::task::spawn_blocking(move || up(&dir, base_port, 2, nodes)).await??
+                tokio::task::spawn_blocking(move || up(&dir, base_port, 2, nodes, false)).await??
             };
             print_endpoints(base_port, nodes, &dir);
             let shutdown = tokio_util::sync::CancellationToken::new();

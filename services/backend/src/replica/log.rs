@@ -2,6 +2,10 @@
 //! Every append is fsync'd before openraft hears it is flushed: that fsync is what makes a
 //! write durable on this node, for SYNC (on a majority) and ASYNC (on the leader) alike.
 
+// openraft's traits return its `StorageError` (over 200 bytes); the helpers here return what
+// those traits need rather than box it only to unbox it again.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};

@@ -1,8 +1,11 @@
 //! The `ClusterService` server: Raft messages from the other nodes, and membership changes,
 //! which any node takes and hands to the leader.
 
+use sluice_common::{Error, Result};
 use sluice_proto::v1 as pb;
+use sluice_proto::v1::cluster_service_client::ClusterServiceClient;
 use sluice_proto::v1::cluster_service_server::ClusterService;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::{network, Member, Replica};
@@ -18,26 +21,21 @@ impl ClusterServiceImpl {
     }
 
     /// The leader's client, when another node leads.
-    fn leader_client(
-        &self,
-    ) -> Result<
-        Option<pb::cluster_service_client::ClusterServiceClient<tonic::transport::Channel>>,
-        Status,
-    > {
+    fn leader_client(&self) -> Result<Option<ClusterServiceClient<Channel>>> {
         if self.replica.is_leader() {
             return Ok(None);
         }
         let leader = self
             .replica
             .leader()
-            .ok_or_else(|| Status::unavailable("the cluster has no leader yet; retry"))?;
+            .ok_or_else(|| Error::Unavailable("the cluster has no leader yet; retry".into()))?;
         network::client(&leader.url)
             .map(Some)
-            .map_err(|err| Status::internal(format!("leader URL {:?}: {err}", leader.url)))
+            .map_err(|err| Error::Internal(format!("leader URL {:?}: {err}", leader.url)))
     }
 }
 
-type Answer = Result<Response<pb::RaftMessage>, Status>;
+type Answer = std::result::Result<Response<pb::RaftMessage>, Status>;
 
 #[tonic::async_trait]
 impl ClusterService for ClusterServiceImpl {
@@ -62,14 +60,14 @@ impl ClusterService for ClusterServiceImpl {
     async fn status(
         &self,
         _request: Request<pb::ClusterStatusRequest>,
-    ) -> Result<Response<pb::ClusterStatus>, Status> {
+    ) -> std::result::Result<Response<pb::ClusterStatus>, Status> {
         Ok(Response::new(self.replica.status()))
     }
 
     async fn add_node(
         &self,
         request: Request<pb::AddNodeRequest>,
-    ) -> Result<Response<pb::ClusterStatus>, Status> {
+    ) -> std::result::Result<Response<pb::ClusterStatus>, Status> {
         if let Some(mut leader) = self.leader_client()? {
             return leader.add_node(request.into_inner()).await;
         }
@@ -87,7 +85,7 @@ impl ClusterService for ClusterServiceImpl {
     async fn remove_node(
         &self,
         request: Request<pb::RemoveNodeRequest>,
-    ) -> Result<Response<pb::ClusterStatus>, Status> {
+    ) -> std::result::Result<Response<pb::ClusterStatus>, Status> {
         if let Some(mut leader) = self.leader_client()? {
             return leader.remove_node(request.into_inner()).await;
         }
