@@ -262,6 +262,52 @@ async fn a_restarted_node_catches_up_before_it_reports_ready() -> anyhow::Result
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_handle_deletes_after_its_leader_dies() -> anyhow::Result<()> {
+    let mut trio = Trio::start(|_| Vec::new())?;
+    let leader = trio.leader().await?;
+    trio.put_queue().await?;
+    trio.send(&bodies("held-", 2)).await?;
+    let mut client = trio.client(leader).await?;
+    let received = client
+        .receive(pb::ReceiveRequest {
+            queue_id: QUEUE,
+            max_messages: 10,
+            visibility_ms: 600_000,
+            wait_ms: 0,
+        })
+        .await?
+        .into_inner()
+        .messages;
+    assert_eq!(received.len(), 2);
+    trio.nodes[leader].take().expect("running").kill9()?;
+
+    // The new leader knows the handle: it deletes the first message.
+    let handle = received[0].receipt_handle.clone();
+    let (deleted, _) = trio
+        .until_ok("Delete", |mut c| {
+            let handle = handle.clone();
+            async move {
+                c.delete(pb::DeleteRequest {
+                    queue_id: QUEUE,
+                    receipt_handles: vec![handle],
+                })
+                .await
+            }
+        })
+        .await?;
+    assert!(
+        deleted.results.iter().all(|r| r.code == 0),
+        "the handle still deletes: {deleted:?}"
+    );
+    // The second one was in flight on the dead leader: it is visible again at once, although
+    // its visibility timeout was 10 minutes.
+    let seen = trio.drain().await?;
+    let body = String::from_utf8_lossy(&received[1].body).into_owned();
+    assert_eq!(seen.keys().collect::<Vec<_>>(), vec![&body], "{seen:?}");
+    Ok(())
+}
+
 /// Runs the `sluice` CLI, failing with its error output if it fails.
 fn cli(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(sluice_bin()).args(args).output()?;
