@@ -22,6 +22,9 @@ use crate::metrics;
 
 /// Most requests folded into one write; bounds the latency of the first one in a burst.
 const MAX_REQUESTS_PER_COMMIT: usize = 1024;
+/// No more requests join a write once it holds this many bytes: a replicated write is one log
+/// entry, sent whole to every node.
+const MAX_BYTES_PER_COMMIT: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Cf {
@@ -89,6 +92,21 @@ struct Request {
     sync: bool,
     durable: Done,
     applied: Done,
+}
+
+impl Request {
+    /// Roughly what the request adds to a write batch.
+    fn bytes(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                Op::Put(_, k, v) | Op::Merge(_, k, v) | Op::DeleteRange(_, k, v) => {
+                    k.len() + v.len()
+                }
+                Op::Delete(_, k) => k.len(),
+            })
+            .sum()
+    }
 }
 
 pub(crate) struct Committer {
@@ -195,10 +213,14 @@ impl Drop for Committer {
 /// Takes the first request and whatever queued behind it.
 fn next_group(rx: &mpsc::Receiver<Request>) -> Option<Vec<Request>> {
     let first = rx.recv().ok()?;
+    let mut bytes = first.bytes();
     let mut requests = vec![first];
-    while requests.len() < MAX_REQUESTS_PER_COMMIT {
+    while requests.len() < MAX_REQUESTS_PER_COMMIT && bytes < MAX_BYTES_PER_COMMIT {
         match rx.try_recv() {
-            Ok(request) => requests.push(request),
+            Ok(request) => {
+                bytes += request.bytes();
+                requests.push(request);
+            }
             Err(_) => break,
         }
     }

@@ -37,7 +37,7 @@ pub struct ChaosArgs {
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     kill_every: Duration,
     /// How long a killed part stays down before it is started again.
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     down_for: Duration,
     /// The replication of the queue under load.
     #[arg(long, value_enum, default_value = "sync")]

@@ -117,12 +117,13 @@ impl Replicator for RaftReplicator {
 fn raft_config(cluster: &str) -> anyhow::Result<Arc<Config>> {
     let config = Config {
         cluster_name: cluster.to_owned(),
-        heartbeat_interval: 150,
-        // Wide enough that a busy two-core machine does not see a leader die that is merely
-        // slow; a failover takes about this long.
-        election_timeout_min: 1000,
-        election_timeout_max: 2000,
-        max_payload_entries: 64,
+        heartbeat_interval: 100,
+        // A failover takes one to two of these: a follower waits out the dead leader's lease,
+        // then its own timeout. A leader merely slow for this long on a busy machine causes an
+        // election too, which costs a moment of unavailability, not data.
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
+        max_payload_entries: 16,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(20_000),
         max_in_snapshot_log_to_keep: 1_000,
         install_snapshot_timeout: 10_000,
@@ -352,10 +353,12 @@ impl Replica {
 }
 
 /// Tracks the leader's replication lag for its metrics: how many entries of its log are not
-/// yet on a majority, and since when some have been waiting.
+/// yet committed and applied, and since when some have been waiting.
 #[derive(Default)]
 struct Lag {
-    since: Option<std::time::Instant>,
+    /// An entry not yet applied, and when it was first seen: once it is applied, the next one
+    /// waiting takes its place, so the age is that of (about) the oldest entry waiting.
+    oldest: Option<(u64, std::time::Instant)>,
 }
 
 impl Lag {
@@ -363,39 +366,27 @@ impl Lag {
         let last = m.last_log_index.unwrap_or(0);
         metrics::LAST_LOG_INDEX.set(last as i64);
         metrics::TERM.set(m.current_term as i64);
-        let Some(replication) = &m.replication else {
+        if m.state != ServerState::Leader {
             metrics::LAG_ENTRIES.set(0);
             metrics::LAG_SECONDS.set(0.0);
-            self.since = None;
+            self.oldest = None;
             return;
-        };
-        // The index a majority of voters holds is the commit index.
-        let membership = m.membership_config.membership();
-        let mut matched: Vec<u64> = membership
-            .voter_ids()
-            .map(|id| {
-                if Some(id) == m.current_leader {
-                    last
-                } else {
-                    replication
-                        .get(&id)
-                        .cloned()
-                        .flatten()
-                        .map_or(0, |log_id| log_id.index)
-                }
-            })
-            .collect();
-        matched.sort_unstable_by(|a, b| b.cmp(a));
-        let committed = matched.get(matched.len() / 2).copied().unwrap_or(last);
-        let behind = last.saturating_sub(committed);
-        metrics::LAG_ENTRIES.set(behind as i64);
-        if behind == 0 {
-            self.since = None;
-            metrics::LAG_SECONDS.set(0.0);
-        } else {
-            let since = *self.since.get_or_insert_with(std::time::Instant::now);
-            metrics::LAG_SECONDS.set(since.elapsed().as_secs_f64());
         }
+        // A leader applies an entry right after a majority holds it, so what it has not
+        // applied bounds what it holds alone.
+        let applied = m.last_applied.map_or(0, |log_id| log_id.index);
+        let behind = last.saturating_sub(applied);
+        metrics::LAG_ENTRIES.set(behind as i64);
+        if self.oldest.is_some_and(|(index, _)| index <= applied) {
+            self.oldest = None;
+        }
+        if behind > 0 && self.oldest.is_none() {
+            self.oldest = Some((applied + 1, std::time::Instant::now()));
+        }
+        let age = self
+            .oldest
+            .map_or(0.0, |(_, seen)| seen.elapsed().as_secs_f64());
+        metrics::LAG_SECONDS.set(age);
     }
 }
 

@@ -18,8 +18,9 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::{Member, NodeId, TypeConfig};
 
-/// Room for a full append of large entries; the committer caps an entry's size.
-pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// Room for a full append: 16 entries (`max_payload_entries`) of up to 8 MiB each plus the
+/// request that crossed the engine's cap (a batch of ten 1 MiB messages).
+pub const MAX_RAFT_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
 
 pub(crate) fn client(url: &str) -> Result<ClusterServiceClient<Channel>, tonic::transport::Error> {
     let channel = Endpoint::from_shared(url.to_owned())?
