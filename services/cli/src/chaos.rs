@@ -293,7 +293,8 @@ async fn drive(args: &ChaosArgs, parts: Arc<Mutex<Parts>>, json_out: bool) -> an
             tokio::task::spawn_blocking(move || parts.lock().expect("not poisoned").kill(index))
                 .await??;
         }
-        *kills.entry(kind).or_default() += 1;
+        let label = if leader.is_some() { "leader" } else { kind };
+        *kills.entry(label).or_default() += 1;
         tokio::time::sleep(args.down_for).await;
         let parts = parts.clone();
         tokio::task::spawn_blocking(move || parts.lock().expect("not poisoned").restart(index))
