@@ -20,6 +20,10 @@ use crate::api::QueueBackend;
 use crate::convert;
 use crate::service::LEADER_HEADER;
 
+/// How often an idle or busy connection to a node is pinged, and how long a ping may wait.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Room for a batch of ten 1 MiB messages plus their framing.
 const MAX_GRPC_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -68,6 +72,11 @@ impl RemoteBackend {
             .map_err(|err| Error::invalid("backend endpoint", format!("{endpoint:?}: {err}")))?
             .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true)
+            // A node cut off the network answers nothing, not even a reset: pings find that out
+            // in seconds, failing its calls as UNAVAILABLE so they go to another node.
+            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             .connect_lazy();
         let client = BackendServiceClient::new(channel)
             .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)

@@ -89,6 +89,9 @@ impl BackendServiceImpl {
         let channel = Endpoint::from_shared(leader.url.clone())
             .map_err(|err| Error::Internal(format!("leader URL {:?}: {err}", leader.url)))?
             .tcp_nodelay(true)
+            .http2_keep_alive_interval(crate::client::KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(crate::client::KEEP_ALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             .connect_lazy();
         let client = BackendServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
