@@ -15,8 +15,13 @@ use tonic::transport::Channel;
 
 const QUEUE: u64 = 1;
 
+/// One test at a time: each picks free ports and binds them later, so tests running side by
+/// side could take each other's.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Three nodes of cluster `a`; a killed node's slot is `None`.
 struct Trio {
+    _one: tokio::sync::MutexGuard<'static, ()>,
     dir: tempfile::TempDir,
     base: u16,
     nodes: Vec<Option<ServerProcess>>,
@@ -39,8 +44,11 @@ impl Trio {
     }
 
     /// Starts the three nodes, node `i` with environment `env(i)`.
-    fn start(env: impl Fn(usize) -> Vec<(&'static str, &'static str)>) -> anyhow::Result<Trio> {
+    async fn start(
+        env: impl Fn(usize) -> Vec<(&'static str, &'static str)>,
+    ) -> anyhow::Result<Trio> {
         let mut trio = Trio {
+            _one: ONE_AT_A_TIME.lock().await,
             dir: tempfile::tempdir()?,
             base: free_port_range(8)?,
             nodes: Vec::new(),
@@ -219,7 +227,7 @@ fn bodies(prefix: &str, n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_catches_up_before_it_reports_ready() -> anyhow::Result<()> {
-    let mut trio = Trio::start(|_| Vec::new())?;
+    let mut trio = Trio::start(|_| Vec::new()).await?;
     let leader = trio.leader().await?;
     trio.put_queue().await?;
     let follower = (leader + 1) % 3;
@@ -264,7 +272,7 @@ async fn a_restarted_node_catches_up_before_it_reports_ready() -> anyhow::Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receipt_handle_deletes_after_its_leader_dies() -> anyhow::Result<()> {
-    let mut trio = Trio::start(|_| Vec::new())?;
+    let mut trio = Trio::start(|_| Vec::new()).await?;
     let leader = trio.leader().await?;
     trio.put_queue().await?;
     trio.send(&bodies("held-", 2)).await?;
@@ -319,7 +327,7 @@ fn cli(args: &[&str]) -> anyhow::Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_replaces_another_with_the_cli_and_nothing_is_lost() -> anyhow::Result<()> {
-    let mut trio = Trio::start(|_| Vec::new())?;
+    let mut trio = Trio::start(|_| Vec::new()).await?;
     let leader = trio.leader().await?;
     trio.put_queue().await?;
     for batch in 0..5 {
@@ -395,7 +403,7 @@ async fn crash_at(fail_point: &'static str) -> anyhow::Result<()> {
     // The leader's first two proposals (the cluster's receipt key, the queue) pass; the third,
     // the first send, crashes it.
     let spec: &'static str = Box::leak(format!("{fail_point}=2*off->1*return").into_boxed_str());
-    let mut trio = Trio::start(|_| vec![("FAILPOINTS", spec)])?;
+    let mut trio = Trio::start(|_| vec![("FAILPOINTS", spec)]).await?;
     let leader = trio.leader().await?;
     trio.put_queue().await?;
 
@@ -446,12 +454,9 @@ async fn a_leader_crashing_after_commit_before_its_reply_loses_nothing() -> anyh
     crash_at("backend::after_commit_before_reply").await
 }
 
-/// One chaos run at a time: each is a whole local deployment.
-static CHAOS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// Runs `sluice chaos` for 100 s with a kill every 15 s (6 kills) and returns its report.
 async fn chaos(replication: &'static str) -> anyhow::Result<serde_json::Value> {
-    let _one = CHAOS.lock().await;
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir()?;
     let base = free_port_range(60)?.to_string();
     let run_dir = dir.path().join("chaos");

@@ -215,8 +215,10 @@ async fn drive(args: &ChaosArgs, parts: Arc<Mutex<Parts>>, json_out: bool) -> an
         Fault::Kill => args.down_for,
         Fault::Partition => args.partition_for,
     };
+    // Faults come every --kill-every from the start, whatever each one took.
+    let mut next = tokio::time::Instant::now();
     loop {
-        let next = tokio::time::Instant::now() + args.kill_every;
+        next = (next + args.kill_every).max(tokio::time::Instant::now());
         if next + outage > deadline {
             break;
         }
