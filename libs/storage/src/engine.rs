@@ -63,6 +63,9 @@ pub(crate) struct Inner {
     replicated: bool,
     queues: RwLock<HashMap<QueueId, Arc<Queue>>>,
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled when the engine stops serving (or closes): move tasks stop without recording
+    /// an end. A new one, a child of `shutdown`, comes with each activation.
+    pub(crate) serving: parking_lot::Mutex<CancellationToken>,
     sweeper: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
     dedup_window: Duration,
     /// Running message move tasks by id: their source queue and how to cancel them.
@@ -109,15 +112,17 @@ impl Engine {
         let replicated = replicator.is_some();
         let committer = Committer::start(db.clone(), replicator)
             .map_err(|err| Error::Corrupt(format!("cannot start commit thread: {err}")))?;
+        let shutdown = CancellationToken::new();
         let engine = Engine {
             inner: Arc::new(Inner {
                 db,
                 committer,
+                serving: parking_lot::Mutex::new(shutdown.child_token()),
                 signer: RwLock::new(signer),
                 active: AtomicBool::new(!replicated),
                 replicated,
                 queues: RwLock::new(queues),
-                shutdown: CancellationToken::new(),
+                shutdown,
                 sweeper: parking_lot::Mutex::new(None),
                 dedup_window: options.dedup_window,
                 tasks: parking_lot::Mutex::new(HashMap::new()),
@@ -160,6 +165,7 @@ impl Engine {
             .await
             .map_err(|err| Error::Corrupt(format!("index rebuild failed: {err}")))??;
         *self.inner.queues.write() = queues;
+        *self.inner.serving.lock() = self.inner.shutdown.child_token();
         self.inner.active.store(true, Ordering::SeqCst);
         self.resume_move_tasks()?;
         Ok(())
@@ -171,9 +177,8 @@ impl Engine {
         if !self.inner.active.swap(false, Ordering::SeqCst) {
             return;
         }
-        for task in self.inner.tasks.lock().drain() {
-            task.1.cancel.cancel();
-        }
+        self.inner.serving.lock().cancel();
+        self.inner.tasks.lock().clear();
         let queues = std::mem::take(&mut *self.inner.queues.write());
         for queue in queues.values() {
             queue.visible_notify.notify_waiters();

@@ -35,7 +35,7 @@ const ENDED_TASKS_KEPT: usize = 10;
 /// A running move task, as the engine tracks it to cancel it.
 pub(crate) struct RunningTask {
     source: QueueId,
-    pub(crate) cancel: CancellationToken,
+    cancel: CancellationToken,
     /// Cancelled by the worker when it has stopped and written its final status.
     ended: CancellationToken,
 }
@@ -499,12 +499,18 @@ impl Engine {
             let task = &tasks[&record.id];
             (task.cancel.clone(), task.ended.clone())
         };
-        let shutdown = self.inner.shutdown.clone();
+        // Stops, leaving the task `Running` for whoever serves next, when the engine closes or
+        // stops serving (its node no longer leads).
+        let stop = self.inner.serving.lock().clone();
         self.inner.workers.spawn(async move {
             let id = record.id.clone();
-            run_task(weak.clone(), source, record, cancel, shutdown).await;
+            run_task(weak.clone(), source, record, cancel, stop.clone()).await;
             if let Some(inner) = weak.upgrade() {
-                inner.tasks.lock().remove(&id);
+                // After a stop the engine forgot its tasks already, and may be tracking this
+                // one again under a new worker.
+                if !stop.is_cancelled() {
+                    inner.tasks.lock().remove(&id);
+                }
             }
             ended.cancel();
         });
@@ -561,6 +567,9 @@ async fn run_task(
             break None;
         };
         let engine = Engine { inner };
+        if !engine.is_active() {
+            break None;
+        }
         let Ok(queue) = engine.queue(source) else {
             break Some((
                 MoveTaskStatus::Cancelled,
@@ -603,7 +612,7 @@ async fn run_task(
             .await
         {
             Ok(moved) => metrics::TASK_MOVES.inc_by(moved as u64),
-            Err(Error::Closed) => break None,
+            Err(Error::Closed | Error::NotLeader(_)) => break None,
             Err(err) => {
                 metrics::MOVE_FAILURES.inc_by(count as u64);
                 break Some((MoveTaskStatus::Failed, err.to_string()));
