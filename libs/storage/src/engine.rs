@@ -949,11 +949,7 @@ fn queue_config(record: QueueRecord) -> QueueConfig {
             queue: record.dead_letter_queue,
             max_receive_count: record.max_receive_count,
         }),
-        replication: if record.async_replication {
-            Replication::Async
-        } else {
-            Replication::Sync
-        },
+        replication: Replication::from_async(record.async_replication),
     }
 }
 

@@ -61,6 +61,17 @@ pub enum Replication {
     Async,
 }
 
+impl Replication {
+    /// `Async` if `asynchronous`: records and protos store the mode as that flag.
+    pub fn from_async(asynchronous: bool) -> Self {
+        if asynchronous {
+            Replication::Async
+        } else {
+            Replication::Sync
+        }
+    }
+}
+
 impl QueueConfig {
     /// A standard queue without a dead-letter queue.
     pub fn standard(name: impl Into<String>, retention: Duration) -> Self {

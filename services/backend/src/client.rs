@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
+use sluice_common::grpc::MAX_MESSAGE_BYTES;
 use sluice_common::{Error, Result};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::backend_service_client::BackendServiceClient;
@@ -21,11 +22,8 @@ use crate::convert;
 use crate::service::LEADER_HEADER;
 
 /// How often an idle or busy connection to a node is pinged, and how long a ping may wait.
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
-pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Room for a batch of ten 1 MiB messages plus their framing.
-const MAX_GRPC_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -55,6 +53,26 @@ impl Default for ClientOptions {
 /// [`RemoteBackend::with_leader_hint`]).
 pub type LeaderHint = Arc<parking_lot::Mutex<Option<String>>>;
 
+/// A lazily connected client of the `BackendService` at `endpoint`.
+pub(crate) fn node_client(
+    endpoint: &str,
+    connect_timeout: Duration,
+) -> Result<BackendServiceClient<Channel>> {
+    let channel = Endpoint::from_shared(endpoint.to_owned())
+        .map_err(|err| Error::invalid("backend endpoint", format!("{endpoint:?}: {err}")))?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        // A node cut off the network answers nothing, not even a reset: pings find that out in
+        // seconds, failing its calls as UNAVAILABLE so they go to another node.
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .connect_lazy();
+    Ok(BackendServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
 /// A backend node reached over gRPC. Clones share the connection.
 #[derive(Clone)]
 pub struct RemoteBackend {
@@ -68,19 +86,7 @@ impl RemoteBackend {
     /// A client of the node at `endpoint` (e.g. `http://10.0.0.5:7080`). Connects lazily, so a
     /// node that is down shows up as UNAVAILABLE on the first call rather than here.
     pub fn new(endpoint: &str, options: ClientOptions) -> Result<Self> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|err| Error::invalid("backend endpoint", format!("{endpoint:?}: {err}")))?
-            .connect_timeout(options.connect_timeout)
-            .tcp_nodelay(true)
-            // A node cut off the network answers nothing, not even a reset: pings find that out
-            // in seconds, failing its calls as UNAVAILABLE so they go to another node.
-            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .connect_lazy();
-        let client = BackendServiceClient::new(channel)
-            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+        let client = node_client(endpoint, options.connect_timeout)?;
         Ok(RemoteBackend {
             client,
             options,
@@ -101,11 +107,6 @@ impl RemoteBackend {
             leader,
             ..Self::new(endpoint, options)?
         })
-    }
-
-    /// The node's URL.
-    pub fn url(&self) -> &str {
-        &self.url
     }
 
     /// Creates the queue's partition on this node's cluster, or updates its config, with

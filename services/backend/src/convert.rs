@@ -34,11 +34,7 @@ pub fn config_from_pb(config: pb::EngineQueueConfig) -> QueueConfig {
             queue: config.dead_letter_queue_id,
             max_receive_count: config.max_receive_count,
         }),
-        replication: if config.async_replication {
-            Replication::Async
-        } else {
-            Replication::Sync
-        },
+        replication: Replication::from_async(config.async_replication),
     }
 }
 

@@ -13,10 +13,9 @@ use sluice_proto::v1 as pb;
 use sluice_proto::v1::backend_service_server::BackendService;
 use tonic::{Request, Response, Status};
 
-use sluice_common::grpc::MAX_MESSAGE_BYTES;
 use sluice_proto::v1::backend_service_client::BackendServiceClient;
 use sluice_storage::Engine;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::api::QueueBackend;
 use crate::convert;
@@ -86,16 +85,7 @@ impl BackendServiceImpl {
         if let Some(client) = leaders.get(&leader.url) {
             return Ok(Some((client.clone(), leader.url)));
         }
-        let channel = Endpoint::from_shared(leader.url.clone())
-            .map_err(|err| Error::Internal(format!("leader URL {:?}: {err}", leader.url)))?
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(crate::client::KEEP_ALIVE_INTERVAL)
-            .keep_alive_timeout(crate::client::KEEP_ALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .connect_lazy();
-        let client = BackendServiceClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let client = crate::client::node_client(&leader.url, Duration::from_secs(1))?;
         leaders.insert(leader.url.clone(), client.clone());
         Ok(Some((client, leader.url)))
     }

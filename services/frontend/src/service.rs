@@ -246,11 +246,9 @@ impl QueueServiceImpl {
             retention: Duration::from_secs(attributes.message_retention_seconds.into()),
             fifo: attributes.fifo,
             dead_letter,
-            replication: if attributes.replication == pb::Replication::Async as i32 {
-                Replication::Async
-            } else {
-                Replication::Sync
-            },
+            replication: Replication::from_async(
+                attributes.replication == pb::Replication::Async as i32,
+            ),
         })
     }
 

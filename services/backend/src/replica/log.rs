@@ -87,21 +87,15 @@ impl LogStore {
         }
     }
 
-    fn put_meta<T: serde::Serialize>(
-        &self,
-        key: &[u8],
-        value: &T,
-        sync: bool,
-    ) -> StorageResult<()> {
-        let bytes = bincode::serialize(value).map_err(write_err)?;
-        let options = if sync {
-            synced()
-        } else {
-            WriteOptions::default()
-        };
-        self.db
-            .put_cf_opt(self.meta(), key, bytes, &options)
-            .map_err(write_err)
+    /// A batch that sets `key` of the meta column family to `value`.
+    fn meta_batch<T: serde::Serialize>(&self, key: &[u8], value: &T) -> StorageResult<WriteBatch> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.meta(),
+            key,
+            bincode::serialize(value).map_err(write_err)?,
+        );
+        Ok(batch)
     }
 
     /// Writes the batch fsync'd, off the async runtime: an fsync can take milliseconds.
@@ -169,7 +163,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
-        self.put_meta(VOTE, vote, true)
+        self.write_synced(self.meta_batch(VOTE, vote)?).await
     }
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
@@ -178,7 +172,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     // Not fsync'd: a committed index lost in a crash is learned again from the leader.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
-        self.put_meta(COMMITTED, &committed, false)
+        self.db
+            .write(self.meta_batch(COMMITTED, &committed)?)
+            .map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
@@ -232,8 +228,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        self.put_meta(PURGED, &log_id, true)?;
-        let mut batch = WriteBatch::default();
+        // The purge point and the deletion in one fsync'd write.
+        let mut batch = self.meta_batch(PURGED, &log_id)?;
         batch.delete_range_cf(
             self.logs(),
             0u64.to_be_bytes(),
