@@ -1,0 +1,258 @@
+//! Sluice over its public gRPC API, standalone or through a cluster's frontends.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use bytes::Bytes;
+use sluice_proto::v1 as pb;
+use sluice_proto::v1::queue_service_client::QueueServiceClient;
+use tonic::transport::Channel;
+
+use super::{pick, Consumer, Driver, Producer};
+
+/// Most messages one receive may return.
+const RECEIVE_MAX: u32 = 10;
+
+pub struct SluiceDriver {
+    endpoints: Vec<String>,
+    replication: pb::Replication,
+    /// FIFO message groups per queue; 0 for standard queues.
+    groups: usize,
+}
+
+impl SluiceDriver {
+    pub fn new(endpoints: Vec<String>, replication: pb::Replication, groups: usize) -> Self {
+        SluiceDriver {
+            endpoints,
+            replication,
+            groups,
+        }
+    }
+
+    async fn client(&self, index: usize) -> anyhow::Result<QueueServiceClient<Channel>> {
+        connect(pick(&self.endpoints, index)).await
+    }
+
+    /// FIFO queue names must end in `.fifo`.
+    fn queue_name(&self, queue: &str) -> String {
+        if self.groups > 0 {
+            format!("{queue}.fifo")
+        } else {
+            queue.to_owned()
+        }
+    }
+}
+
+async fn connect(endpoint: &str) -> anyhow::Result<QueueServiceClient<Channel>> {
+    let channel = Channel::from_shared(endpoint.to_owned())?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach Sluice at {endpoint}"))?;
+    Ok(QueueServiceClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
+}
+
+#[async_trait]
+impl Driver for SluiceDriver {
+    async fn create_queues(&self, queues: &[String]) -> anyhow::Result<()> {
+        let mut admin = self.client(0).await?;
+        for queue in queues {
+            let name = self.queue_name(queue);
+            let request = pb::CreateQueueRequest {
+                name: name.clone(),
+                attributes: Some(pb::QueueAttributes {
+                    fifo: self.groups > 0,
+                    replication: self.replication as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            match admin.create_queue(request.clone()).await {
+                Ok(_) => {}
+                // A queue left by an earlier run may have other attributes: start afresh.
+                Err(status) if status.code() == tonic::Code::AlreadyExists => {
+                    admin
+                        .delete_queue(pb::DeleteQueueRequest { name: name.clone() })
+                        .await
+                        .with_context(|| format!("cannot delete the old queue {name}"))?;
+                    admin
+                        .create_queue(request)
+                        .await
+                        .with_context(|| format!("cannot create queue {name}"))?;
+                }
+                Err(status) => {
+                    anyhow::bail!("cannot create queue {name}: {}", status.message())
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_queues(&self, queues: &[String]) -> anyhow::Result<()> {
+        let mut admin = self.client(0).await?;
+        for queue in queues {
+            let name = self.queue_name(queue);
+            admin
+                .delete_queue(pb::DeleteQueueRequest { name: name.clone() })
+                .await
+                .with_context(|| format!("cannot delete queue {name}"))?;
+        }
+        Ok(())
+    }
+
+    async fn producer(&self, queue: &str, index: usize) -> anyhow::Result<Arc<dyn Producer>> {
+        Ok(Arc::new(SluiceProducer {
+            client: self.client(index).await?,
+            queue: self.queue_name(queue),
+            index,
+            groups: self.groups,
+            sent: AtomicU64::new(0),
+        }))
+    }
+
+    async fn consumer(&self, queue: &str, index: usize) -> anyhow::Result<Box<dyn Consumer>> {
+        Ok(Box::new(SluiceConsumer {
+            client: self.client(index).await?,
+            queue: self.queue_name(queue),
+            receipts: Vec::new(),
+        }))
+    }
+}
+
+struct SluiceProducer {
+    client: QueueServiceClient<Channel>,
+    queue: String,
+    index: usize,
+    groups: usize,
+    /// Messages this producer sent, for unique FIFO deduplication ids.
+    sent: AtomicU64,
+}
+
+impl SluiceProducer {
+    /// The group and deduplication id of this producer's `n`th message; empty on a standard
+    /// queue. Sends spread over the groups in turn.
+    fn fifo_fields(&self, n: u64) -> (String, String) {
+        if self.groups == 0 {
+            return (String::new(), String::new());
+        }
+        let group = format!("g{}", (n as usize + self.index) % self.groups);
+        (group, format!("p{}-{n}", self.index))
+    }
+}
+
+#[async_trait]
+impl Producer for SluiceProducer {
+    async fn send(&self, bodies: Vec<Bytes>) -> anyhow::Result<()> {
+        let first = self.sent.fetch_add(bodies.len() as u64, Ordering::Relaxed);
+        let mut client = self.client.clone();
+        if bodies.len() == 1 {
+            let (group_id, deduplication_id) = self.fifo_fields(first);
+            let body = bodies.into_iter().next().expect("one body");
+            client
+                .send_message(pb::SendMessageRequest {
+                    queue: self.queue.clone(),
+                    body,
+                    group_id,
+                    deduplication_id,
+                    ..Default::default()
+                })
+                .await?;
+            return Ok(());
+        }
+        let entries = bodies
+            .into_iter()
+            .enumerate()
+            .map(|(i, body)| {
+                let (group_id, deduplication_id) = self.fifo_fields(first + i as u64);
+                pb::SendMessageBatchEntry {
+                    id: i.to_string(),
+                    body,
+                    group_id,
+                    deduplication_id,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let response = client
+            .send_message_batch(pb::SendMessageBatchRequest {
+                queue: self.queue.clone(),
+                entries,
+            })
+            .await?
+            .into_inner();
+        if let Some(failed) = response.failed.first() {
+            anyhow::bail!(
+                "{} of the batch failed, e.g. {}: {}",
+                response.failed.len(),
+                failed.code,
+                failed.message
+            );
+        }
+        Ok(())
+    }
+}
+
+struct SluiceConsumer {
+    client: QueueServiceClient<Channel>,
+    queue: String,
+    receipts: Vec<String>,
+}
+
+#[async_trait]
+impl Consumer for SluiceConsumer {
+    async fn receive(&mut self) -> anyhow::Result<Vec<Bytes>> {
+        let messages = self
+            .client
+            .receive_message(pb::ReceiveMessageRequest {
+                queue: self.queue.clone(),
+                max_messages: RECEIVE_MAX,
+                wait_time_seconds: Some(1),
+                visibility_timeout_seconds: Some(60),
+            })
+            .await?
+            .into_inner()
+            .messages;
+        self.receipts = Vec::with_capacity(messages.len());
+        Ok(messages
+            .into_iter()
+            .map(|m| {
+                self.receipts.push(m.receipt_handle);
+                m.body
+            })
+            .collect())
+    }
+
+    async fn ack(&mut self) -> anyhow::Result<()> {
+        if self.receipts.is_empty() {
+            return Ok(());
+        }
+        let entries = std::mem::take(&mut self.receipts)
+            .into_iter()
+            .enumerate()
+            .map(|(i, receipt_handle)| pb::DeleteMessageBatchEntry {
+                id: i.to_string(),
+                receipt_handle,
+            })
+            .collect();
+        let response = self
+            .client
+            .delete_message_batch(pb::DeleteMessageBatchRequest {
+                queue: self.queue.clone(),
+                entries,
+            })
+            .await?
+            .into_inner();
+        if let Some(failed) = response.failed.first() {
+            anyhow::bail!(
+                "{} deletes failed, e.g. {}: {}",
+                response.failed.len(),
+                failed.code,
+                failed.message
+            );
+        }
+        Ok(())
+    }
+}

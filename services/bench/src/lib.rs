@@ -1,0 +1,8 @@
+//! The benchmark's parts: workloads, drivers, the runner and its statistics, reports.
+
+pub mod chart;
+pub mod driver;
+pub mod runner;
+pub mod stats;
+pub mod table;
+pub mod workload;

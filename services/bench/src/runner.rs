@@ -1,0 +1,455 @@
+//! Runs a workload against a driver: producers paced by the workload's rate, consumers as fast
+//! as they go, a window of counts and latencies taken every second for the time series and
+//! summed over the measured part of the run.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::driver::{Consumer, Driver, Producer};
+use crate::stats::{elapsed_micros, Clock, Pacer, Percentiles, Recorder, Sample, Window};
+use crate::workload::{Workload, TIMESTAMP_BYTES};
+
+/// How long a client waits after a failed call before the next one, so a server that is down
+/// is not hammered in a tight loop.
+const ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// How often the runner checks whether a phase is over.
+const TICK: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Report {
+    /// Which system and set-up, e.g. "Sluice standalone" or "RabbitMQ quorum, 3 nodes".
+    pub system: String,
+    pub workload: Workload,
+    /// Measured seconds: the run after warm-up, or the drain of a backlog workload.
+    pub seconds: f64,
+    pub published: u64,
+    pub consumed: u64,
+    pub publish_rate: f64,
+    pub consume_rate: f64,
+    pub publish_errors: u64,
+    pub consume_errors: u64,
+    /// Messages published and not consumed when the run ended.
+    pub backlog: i64,
+    /// From each request's intended send time to its acknowledgement.
+    pub publish_latency_ms: Percentiles,
+    /// From each message's intended send time to its receipt by a consumer.
+    pub end_to_end_latency_ms: Percentiles,
+    /// The first failed call's error, if any failed.
+    pub first_error: Option<String>,
+    /// Backlog workloads: how fast the producers filled the queues.
+    pub fill: Option<Phase>,
+    pub series: Vec<Sample>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Phase {
+    pub messages: u64,
+    pub seconds: f64,
+    pub rate: f64,
+}
+
+/// Counts over the whole run, for ending phases; the windows carry everything else.
+#[derive(Default)]
+struct Totals {
+    published: AtomicU64,
+    consumed: AtomicU64,
+}
+
+/// What every producer and consumer task shares.
+#[derive(Clone)]
+struct Shared {
+    workload: Arc<Workload>,
+    recorder: Arc<Recorder>,
+    totals: Arc<Totals>,
+    clock: Clock,
+}
+
+/// A body of `size` bytes that starts with the intended send time.
+fn body(size: usize, sent_micros: u64) -> Bytes {
+    let mut body = BytesMut::with_capacity(size);
+    body.put_u64_le(sent_micros);
+    body.resize(size, b'x');
+    body.freeze()
+}
+
+/// The send time a body carries; `None` for a body that is not the bench's.
+pub fn sent_micros(body: &[u8]) -> Option<u64> {
+    let stamp: [u8; TIMESTAMP_BYTES] = body.get(..TIMESTAMP_BYTES)?.try_into().ok()?;
+    Some(u64::from_le_bytes(stamp))
+}
+
+async fn produce(
+    shared: Shared,
+    producer: Arc<dyn Producer>,
+    start: Instant,
+    stop: CancellationToken,
+) {
+    let work = &shared.workload;
+    let mut pacer = Pacer::new(start, work.send_interval());
+    let mut in_flight = FuturesUnordered::new();
+    'sending: loop {
+        while in_flight.len() >= work.max_in_flight {
+            in_flight.next().await;
+        }
+        let due = pacer.next(Instant::now());
+        // Wait for the send to fall due, taking answers meanwhile.
+        while Instant::now() < due {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.into()) => break,
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                () = stop.cancelled() => break 'sending,
+            }
+        }
+        if stop.is_cancelled() {
+            break;
+        }
+        let due_micros = shared.clock.micros(due);
+        let bodies = (0..work.batch_size)
+            .map(|_| body(work.message_size, due_micros))
+            .collect();
+        let (producer, shared) = (producer.clone(), shared.clone());
+        in_flight.push(async move {
+            match producer.send(bodies).await {
+                Ok(()) => {
+                    let n = shared.workload.batch_size as u64;
+                    shared.totals.published.fetch_add(n, Ordering::Relaxed);
+                    shared
+                        .recorder
+                        .published(n, elapsed_micros(due_micros, shared.clock.now_micros()));
+                }
+                Err(error) => {
+                    shared.recorder.publish_failed(&error);
+                    tokio::time::sleep(ERROR_PAUSE).await;
+                }
+            }
+        });
+    }
+    while in_flight.next().await.is_some() {}
+}
+
+async fn consume(shared: Shared, mut consumer: Box<dyn Consumer>, stop: CancellationToken) {
+    loop {
+        let received = tokio::select! {
+            received = consumer.receive() => received,
+            () = stop.cancelled() => break,
+        };
+        let bodies = match received {
+            Ok(bodies) => bodies,
+            Err(error) => {
+                shared.recorder.consume_failed(&error);
+                tokio::time::sleep(ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        if bodies.is_empty() {
+            continue;
+        }
+        let now = shared.clock.now_micros();
+        shared
+            .recorder
+            .consumed(now, bodies.iter().filter_map(|b| sent_micros(b)));
+        shared
+            .totals
+            .consumed
+            .fetch_add(bodies.len() as u64, Ordering::Relaxed);
+        if let Err(error) = consumer.ack().await {
+            shared.recorder.consume_failed(&error);
+        }
+    }
+}
+
+/// Tasks of one kind, stopped together.
+struct Clients {
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Clients {
+    async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            // A panicking client is a bench bug; let it show.
+            task.await.expect("bench client task panicked");
+        }
+    }
+}
+
+async fn start_producers(
+    shared: &Shared,
+    driver: &dyn Driver,
+    queues: &[String],
+) -> anyhow::Result<Clients> {
+    let stop = CancellationToken::new();
+    let mut producers = Vec::new();
+    for (q, queue) in queues.iter().enumerate() {
+        for p in 0..shared.workload.producers_per_queue {
+            let index = q * shared.workload.producers_per_queue + p;
+            producers.push(driver.producer(queue, index).await?);
+        }
+    }
+    // Every producer starts its schedule at the same moment, after all have connected.
+    let start = Instant::now();
+    let tasks = producers
+        .into_iter()
+        .map(|producer| tokio::spawn(produce(shared.clone(), producer, start, stop.clone())))
+        .collect();
+    Ok(Clients { stop, tasks })
+}
+
+async fn start_consumers(
+    shared: &Shared,
+    driver: &dyn Driver,
+    queues: &[String],
+) -> anyhow::Result<Clients> {
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for (q, queue) in queues.iter().enumerate() {
+        for c in 0..shared.workload.consumers_per_queue {
+            let index = q * shared.workload.consumers_per_queue + c;
+            let consumer = driver.consumer(queue, index).await?;
+            tasks.push(tokio::spawn(consume(
+                shared.clone(),
+                consumer,
+                stop.clone(),
+            )));
+        }
+    }
+    Ok(Clients { stop, tasks })
+}
+
+/// The time series and the summed windows of a run.
+struct Timeline {
+    recorder: Arc<Recorder>,
+    totals: Arc<Totals>,
+    /// Where second 0 of the series is: the end of warm-up, or the start of a drain.
+    zero: Instant,
+    last: Instant,
+    series: Vec<Sample>,
+    measured: Window,
+    progress: ProgressBar,
+}
+
+impl Timeline {
+    fn backlog(&self) -> i64 {
+        self.totals.published.load(Ordering::Relaxed) as i64
+            - self.totals.consumed.load(Ordering::Relaxed) as i64
+    }
+
+    /// Ends the current window: adds it to the series, and to the measured sums if `measure`.
+    fn close_window(&mut self, measure: bool) {
+        let now = Instant::now();
+        let window = self.recorder.take();
+        let seconds = (now - self.last).as_secs_f64().max(1e-3);
+        let second = if now >= self.zero {
+            (now - self.zero).as_secs_f64()
+        } else {
+            -(self.zero - now).as_secs_f64()
+        };
+        let sample = Sample::of(second, seconds, &window, self.backlog());
+        self.progress.set_message(format!(
+            "pub {:>9.0}/s  cons {:>9.0}/s  backlog {:>9}  e2e p99 {:>8.2} ms",
+            sample.publish_rate,
+            sample.consume_rate,
+            sample.backlog,
+            sample.end_to_end_latency_ms.p99
+        ));
+        self.series.push(sample);
+        if measure {
+            self.measured.add(&window);
+        }
+        self.last = now;
+    }
+
+    /// Ticks until `done`, closing a window every second.
+    async fn until(&mut self, measure: bool, done: impl Fn(&Timeline) -> bool) {
+        let mut next_window = self.last + Duration::from_secs(1);
+        while !done(self) {
+            tokio::time::sleep(TICK).await;
+            if Instant::now() >= next_window {
+                self.close_window(measure);
+                next_window += Duration::from_secs(1);
+            }
+            self.progress.tick();
+        }
+    }
+}
+
+fn progress_bar(visible: bool, length: u64, unit: &str) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(length);
+    let template = format!("{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit}  {{msg}}");
+    bar.set_style(
+        ProgressStyle::with_template(&template)
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Runs `workload` against `driver` on fresh queues, and removes them afterwards.
+pub async fn run(
+    workload: &Workload,
+    driver: &dyn Driver,
+    system: &str,
+    progress: bool,
+) -> anyhow::Result<Report> {
+    let queues = workload.queue_names("bench");
+    driver.create_queues(&queues).await?;
+    let result = measure(workload, driver, &queues, system, progress).await;
+    let cleanup = driver.delete_queues(&queues).await;
+    let report = result?;
+    cleanup?;
+    Ok(report)
+}
+
+async fn measure(
+    workload: &Workload,
+    driver: &dyn Driver,
+    queues: &[String],
+    system: &str,
+    progress: bool,
+) -> anyhow::Result<Report> {
+    let shared = Shared {
+        workload: Arc::new(workload.clone()),
+        recorder: Arc::new(Recorder::default()),
+        totals: Arc::new(Totals::default()),
+        clock: Clock::new(),
+    };
+    let now = Instant::now();
+    let mut timeline = Timeline {
+        recorder: shared.recorder.clone(),
+        totals: shared.totals.clone(),
+        zero: now + workload.warmup,
+        last: now,
+        series: Vec::new(),
+        measured: Window::default(),
+        progress: ProgressBar::hidden(),
+    };
+
+    if workload.backlog > 0 {
+        let target = workload.backlog;
+        timeline.progress = progress_bar(progress, target, "messages");
+        timeline.progress.set_prefix(format!("{system}: fill"));
+        let fill_started = Instant::now();
+        let producers = start_producers(&shared, driver, queues).await?;
+        timeline
+            .until(false, |t| {
+                let published = t.totals.published.load(Ordering::Relaxed);
+                t.progress.set_position(published.min(target));
+                published >= target
+            })
+            .await;
+        producers.stop().await;
+        let published = shared.totals.published.load(Ordering::Relaxed);
+        let fill_seconds = fill_started.elapsed().as_secs_f64();
+        timeline.close_window(false);
+        timeline.progress.finish_and_clear();
+
+        timeline.progress = progress_bar(progress, published, "messages");
+        timeline.progress.set_prefix(format!("{system}: drain"));
+        let drain_started = Instant::now();
+        timeline.zero = drain_started;
+        timeline.last = drain_started;
+        let consumers = start_consumers(&shared, driver, queues).await?;
+        timeline
+            .until(true, |t| {
+                let consumed = t.totals.consumed.load(Ordering::Relaxed);
+                t.progress.set_position(consumed.min(published));
+                consumed >= published
+            })
+            .await;
+        let seconds = drain_started.elapsed().as_secs_f64();
+        timeline.close_window(true);
+        consumers.stop().await;
+        timeline.progress.finish_and_clear();
+        let fill = Phase {
+            messages: published,
+            seconds: fill_seconds,
+            rate: published as f64 / fill_seconds,
+        };
+        return Ok(report(system, workload, seconds, timeline, Some(fill)));
+    }
+
+    let total = workload.warmup + workload.duration;
+    timeline.progress = progress_bar(progress, total.as_secs(), "s");
+    timeline.progress.set_prefix(system.to_owned());
+    let consumers = start_consumers(&shared, driver, queues).await?;
+    let producers = start_producers(&shared, driver, queues).await?;
+    let started = Instant::now();
+    timeline.zero = started + workload.warmup;
+    timeline.last = started;
+    let warmup_end = timeline.zero;
+    timeline
+        .until(false, |t| {
+            t.progress.set_position(started.elapsed().as_secs());
+            Instant::now() >= warmup_end
+        })
+        .await;
+    // The warm-up's last partial second is not measured.
+    timeline.close_window(false);
+    let end = warmup_end + workload.duration;
+    timeline
+        .until(true, |t| {
+            t.progress.set_position(started.elapsed().as_secs());
+            Instant::now() >= end
+        })
+        .await;
+    let seconds = warmup_end.elapsed().as_secs_f64();
+    timeline.close_window(true);
+    producers.stop().await;
+    consumers.stop().await;
+    timeline.progress.finish_and_clear();
+    Ok(report(system, workload, seconds, timeline, None))
+}
+
+fn report(
+    system: &str,
+    workload: &Workload,
+    seconds: f64,
+    timeline: Timeline,
+    fill: Option<Phase>,
+) -> Report {
+    let measured = &timeline.measured;
+    Report {
+        system: system.to_owned(),
+        workload: workload.clone(),
+        seconds,
+        published: measured.published,
+        consumed: measured.consumed,
+        publish_rate: measured.published as f64 / seconds,
+        consume_rate: measured.consumed as f64 / seconds,
+        publish_errors: measured.publish_errors,
+        consume_errors: measured.consume_errors,
+        backlog: timeline.backlog(),
+        publish_latency_ms: Percentiles::of(&measured.publish_latency),
+        end_to_end_latency_ms: Percentiles::of(&measured.end_to_end_latency),
+        first_error: timeline.recorder.first_error(),
+        fill,
+        series: timeline.series,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_carries_its_send_time() {
+        let b = body(1024, 1_700_000_000_123_456);
+        assert_eq!(b.len(), 1024);
+        assert_eq!(sent_micros(&b), Some(1_700_000_000_123_456));
+        assert_eq!(sent_micros(b"short"), None);
+    }
+}

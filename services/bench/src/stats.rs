@@ -1,0 +1,342 @@
+//! Measurement shared by every driver: when sends are due, latency histograms per second and
+//! over the run, and the summaries the reports print.
+//!
+//! Latency is measured from the *intended* send time. At a fixed rate a producer's k-th request
+//! is due at `start + k × interval` whether or not the previous one has been answered; a server
+//! that stalls for a second therefore shows a second of latency on every request that was due
+//! during the stall, not only on the one request that was waiting (coordinated omission, as the
+//! OpenMessaging Benchmark and HdrHistogram's authors describe it). Messages carry the same
+//! intended time, so end-to-end latency is corrected the same way.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+/// Latencies are recorded in microseconds up to ten minutes; longer ones saturate.
+const MAX_MICROS: u64 = 600_000_000;
+
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("static histogram bounds are valid")
+}
+
+/// When a producer's next request is due.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    start: Instant,
+    interval: Option<Duration>,
+    sent: u32,
+}
+
+impl Pacer {
+    /// `interval` between requests, or `None` to send as fast as answers come back.
+    pub fn new(start: Instant, interval: Option<Duration>) -> Pacer {
+        Pacer {
+            start,
+            interval,
+            sent: 0,
+        }
+    }
+
+    /// The intended time of the next request. At a fixed rate it does not move when the
+    /// producer falls behind, so the lag is counted; at maximum rate it is `now`.
+    pub fn next(&mut self, now: Instant) -> Instant {
+        match self.interval {
+            None => now,
+            Some(interval) => {
+                let due = self.start + interval * self.sent;
+                self.sent += 1;
+                due
+            }
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch of an `Instant`, for the timestamp carried in a message.
+/// Producers and consumers run in one process, so one anchor serves both.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    instant: Instant,
+    epoch_micros: u64,
+}
+
+impl Clock {
+    pub fn new() -> Clock {
+        let epoch_micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("the clock is after 1970")
+            .as_micros() as u64;
+        Clock {
+            instant: Instant::now(),
+            epoch_micros,
+        }
+    }
+
+    pub fn micros(&self, at: Instant) -> u64 {
+        self.epoch_micros + at.saturating_duration_since(self.instant).as_micros() as u64
+    }
+
+    pub fn now_micros(&self) -> u64 {
+        self.micros(Instant::now())
+    }
+}
+
+/// Micros between two timestamps, at least 1 so every sample lands in the histogram.
+pub fn elapsed_micros(from: u64, to: u64) -> u64 {
+    to.saturating_sub(from).max(1)
+}
+
+/// Counts and latencies since the last `take`.
+#[derive(Debug)]
+pub struct Window {
+    pub published: u64,
+    pub consumed: u64,
+    pub publish_errors: u64,
+    pub consume_errors: u64,
+    pub publish_latency: Histogram<u64>,
+    pub end_to_end_latency: Histogram<u64>,
+}
+
+impl Default for Window {
+    fn default() -> Window {
+        Window {
+            published: 0,
+            consumed: 0,
+            publish_errors: 0,
+            consume_errors: 0,
+            publish_latency: histogram(),
+            end_to_end_latency: histogram(),
+        }
+    }
+}
+
+impl Window {
+    pub fn add(&mut self, other: &Window) {
+        self.published += other.published;
+        self.consumed += other.consumed;
+        self.publish_errors += other.publish_errors;
+        self.consume_errors += other.consume_errors;
+        // Both histograms have the same bounds, so adding cannot fail.
+        self.publish_latency
+            .add(&other.publish_latency)
+            .expect("same bounds");
+        self.end_to_end_latency
+            .add(&other.end_to_end_latency)
+            .expect("same bounds");
+    }
+}
+
+/// What producers and consumers record into; the runner takes a window every second.
+#[derive(Default)]
+pub struct Recorder {
+    window: Mutex<Window>,
+    /// The first error of the run, so a report says why calls failed.
+    first_error: Mutex<Option<String>>,
+}
+
+impl Recorder {
+    /// A send request of `messages` answered `latency_micros` after it was due.
+    pub fn published(&self, messages: u64, latency_micros: u64) {
+        let mut w = self.window.lock();
+        w.published += messages;
+        w.publish_latency.saturating_record(latency_micros);
+    }
+
+    pub fn publish_failed(&self, error: &anyhow::Error) {
+        self.window.lock().publish_errors += 1;
+        self.keep_error(error);
+    }
+
+    fn keep_error(&self, error: &anyhow::Error) {
+        self.first_error
+            .lock()
+            .get_or_insert_with(|| format!("{error:#}"));
+    }
+
+    pub fn first_error(&self) -> Option<String> {
+        self.first_error.lock().clone()
+    }
+
+    /// Messages received now, given the send timestamps they carried.
+    pub fn consumed(&self, now_micros: u64, sent_micros: impl Iterator<Item = u64>) {
+        let mut w = self.window.lock();
+        for sent in sent_micros {
+            w.consumed += 1;
+            w.end_to_end_latency
+                .saturating_record(elapsed_micros(sent, now_micros));
+        }
+    }
+
+    pub fn consume_failed(&self, error: &anyhow::Error) {
+        self.window.lock().consume_errors += 1;
+        self.keep_error(error);
+    }
+
+    pub fn take(&self) -> Window {
+        std::mem::take(&mut *self.window.lock())
+    }
+}
+
+/// Percentiles of one histogram, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Percentiles {
+            p50: ms(h.value_at_quantile(0.5)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+/// One second of a run, for the charts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sample {
+    /// Seconds since measuring started (negative during warm-up).
+    pub second: f64,
+    pub publish_rate: f64,
+    pub consume_rate: f64,
+    /// Messages sent and not yet consumed, over the whole run.
+    pub backlog: i64,
+    pub publish_latency_ms: Percentiles,
+    pub end_to_end_latency_ms: Percentiles,
+}
+
+impl Sample {
+    pub fn of(second: f64, seconds: f64, window: &Window, backlog: i64) -> Sample {
+        Sample {
+            second,
+            publish_rate: window.published as f64 / seconds,
+            consume_rate: window.consumed as f64 / seconds,
+            backlog,
+            publish_latency_ms: Percentiles::of(&window.publish_latency),
+            end_to_end_latency_ms: Percentiles::of(&window.end_to_end_latency),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_known_sample() {
+        let mut h = histogram();
+        // 1..=1000 ms: p50 is 500 ms, p99 990 ms, p99.9 999 ms, max 1000 ms.
+        for ms in 1..=1000u64 {
+            h.record(ms * 1000).unwrap();
+        }
+        let p = Percentiles::of(&h);
+        // HdrHistogram keeps three significant digits.
+        let close = |a: f64, b: f64| (a - b).abs() <= b * 0.001 + 0.001;
+        assert!(close(p.p50, 500.0), "{p:?}");
+        assert!(close(p.p99, 990.0), "{p:?}");
+        assert!(close(p.p999, 999.0), "{p:?}");
+        assert!(close(p.max, 1000.0), "{p:?}");
+        assert_eq!(Percentiles::of(&histogram()), Percentiles::default());
+    }
+
+    /// A producer at 100 requests/s against a server that answers in 1 ms, except for one
+    /// request that takes a full second. The producer waits for each answer (one in flight),
+    /// as a blocked client would.
+    fn stalled_run(pacer: &mut Pacer, start: Instant) -> (Histogram<u64>, Histogram<u64>) {
+        let mut corrected = histogram();
+        let mut naive = histogram();
+        let mut free_at = start;
+        for k in 0..1000 {
+            let due = pacer.next(free_at);
+            let sent = due.max(free_at);
+            let service = if k == 200 {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_millis(1)
+            };
+            let answered = sent + service;
+            corrected
+                .record((answered - due).as_micros() as u64)
+                .unwrap();
+            naive.record((answered - sent).as_micros() as u64).unwrap();
+            free_at = answered;
+        }
+        (corrected, naive)
+    }
+
+    #[test]
+    fn a_stall_shows_on_every_request_that_was_due_during_it() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(start, Some(Duration::from_millis(10)));
+        let (corrected, naive) = stalled_run(&mut pacer, start);
+        // Timed from when each request was actually sent, the stall is one sample in 1,000:
+        // p99 looks like 1 ms and hides it.
+        assert!(
+            Percentiles::of(&naive).p99 < 2.0,
+            "{:?}",
+            Percentiles::of(&naive)
+        );
+        // Timed from when each was due, the ~100 requests due during the second-long stall
+        // waited up to a second, and the producer needs another ~100 ms to catch up (each
+        // answer takes 1 ms while a new one falls due every 10 ms): p99 is hundreds of
+        // milliseconds, and about 110 requests were late by more than 10 ms.
+        let p = Percentiles::of(&corrected);
+        assert!(p.p99 > 800.0, "{p:?}");
+        assert!((p.max - 1000.0).abs() < 2.0, "{p:?}");
+        let late = corrected
+            .iter_recorded()
+            .filter(|v| v.value_iterated_to() > 10_000)
+            .map(|v| v.count_at_value())
+            .sum::<u64>();
+        assert!((100..=120).contains(&late), "{late} late requests");
+        // Once the backlog of due requests is worked off the producer is back on schedule.
+        assert!(p.p50 < 2.0, "{p:?}");
+    }
+
+    #[test]
+    fn at_maximum_rate_a_request_is_due_when_it_is_sent() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(start, None);
+        let later = start + Duration::from_secs(3);
+        assert_eq!(pacer.next(later), later);
+        let mut fixed = Pacer::new(start, Some(Duration::from_millis(10)));
+        assert_eq!(fixed.next(later), start);
+        assert_eq!(fixed.next(later), start + Duration::from_millis(10));
+    }
+
+    #[test]
+    fn the_recorder_hands_out_windows_and_starts_afresh() {
+        let recorder = Recorder::default();
+        recorder.published(10, 2_000);
+        recorder.publish_failed(&anyhow::anyhow!("refused"));
+        recorder.publish_failed(&anyhow::anyhow!("refused again"));
+        recorder.consumed(5_000, [1_000, 4_000, 5_000].into_iter());
+        let w = recorder.take();
+        assert_eq!((w.published, w.consumed, w.publish_errors), (10, 3, 2));
+        assert_eq!(recorder.first_error().as_deref(), Some("refused"));
+        assert_eq!(w.publish_latency.len(), 1);
+        // Latencies 4 ms, 1 ms, and a floor of 1 µs for a message consumed the same microsecond.
+        let e2e = &w.end_to_end_latency;
+        assert!(e2e.equivalent(e2e.max(), 4_000), "{}", e2e.max());
+        assert_eq!(w.end_to_end_latency.min(), 1);
+        let empty = recorder.take();
+        assert_eq!((empty.published, empty.consumed), (0, 0));
+
+        let mut total = Window::default();
+        total.add(&w);
+        total.add(&w);
+        assert_eq!((total.published, total.end_to_end_latency.len()), (20, 6));
+        let s = Sample::of(1.0, 0.5, &w, 7);
+        assert_eq!((s.publish_rate, s.consume_rate, s.backlog), (20.0, 6.0, 7));
+    }
+}

@@ -1,0 +1,104 @@
+//! Markdown tables from a folder of run results, one table per workload.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::runner::Report;
+
+/// Every `*.json` result in `dir`, in file name order.
+pub fn load(dir: &Path) -> anyhow::Result<Vec<Report>> {
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    paths.retain(|p| p.extension().is_some_and(|e| e == "json"));
+    paths.sort();
+    paths
+        .iter()
+        .map(|path| {
+            let text = std::fs::read(path)?;
+            serde_json::from_slice(&text)
+                .with_context(|| format!("{} is not a sluice-bench result", path.display()))
+        })
+        .collect()
+}
+
+fn by_workload(reports: &[Report]) -> BTreeMap<&str, Vec<&Report>> {
+    let mut groups: BTreeMap<&str, Vec<&Report>> = BTreeMap::new();
+    for r in reports {
+        groups.entry(&r.workload.name).or_default().push(r);
+    }
+    groups
+}
+
+/// One table per workload: rates, latency percentiles, errors.
+pub fn markdown(reports: &[Report]) -> String {
+    let mut out = String::new();
+    for (name, runs) in by_workload(reports) {
+        let w = &runs[0].workload;
+        let _ = writeln!(out, "### {name}\n");
+        if !w.description.is_empty() {
+            let _ = writeln!(out, "{}\n", w.description);
+        }
+        if w.backlog > 0 {
+            out.push_str("| System | Fill msgs/s | Drain msgs/s | Drained | Errors |\n");
+            out.push_str("|---|---:|---:|---:|---:|\n");
+            for r in runs {
+                let fill = r.fill.map(|f| f.rate).unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.0} | {:.0} | {} in {:.1} s | {} |",
+                    r.system,
+                    fill,
+                    r.consume_rate,
+                    r.consumed,
+                    r.seconds,
+                    r.publish_errors + r.consume_errors
+                );
+            }
+        } else {
+            out.push_str(
+                "| System | Publish msgs/s | Consume msgs/s | Publish p50 / p99 ms | \
+                 End-to-end p50 / p99 / p99.9 / max ms | Errors |\n",
+            );
+            out.push_str("|---|---:|---:|---:|---:|---:|\n");
+            for r in runs {
+                let p = &r.publish_latency_ms;
+                let e = &r.end_to_end_latency_ms;
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.0} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} / {:.2} / {:.2} | {} |",
+                    r.system,
+                    r.publish_rate,
+                    r.consume_rate,
+                    p.p50,
+                    p.p99,
+                    e.p50,
+                    e.p99,
+                    e.p999,
+                    e.max,
+                    r.publish_errors + r.consume_errors
+                );
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Consumed msgs/s per system, per workload, for the comparison charts.
+pub fn bars(reports: &[Report]) -> Vec<(String, Vec<(String, f64)>)> {
+    by_workload(reports)
+        .into_iter()
+        .map(|(name, runs)| {
+            let bars = runs
+                .iter()
+                .map(|r| (r.system.clone(), r.consume_rate))
+                .collect();
+            (name.to_owned(), bars)
+        })
+        .collect()
+}
