@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Sluice needs on Debian, only where it is missing:
 # protoc (the gRPC code generator), libclang (RocksDB's bindings are generated with it) and
-# etcd (the metadata store of the distributed deployment; the tests start their own).
+# etcd (the metadata store of the distributed deployment; the tests start their own), and the
+# font sluice-bench draws its charts with.
 set -euo pipefail
 
 missing=()
@@ -20,6 +21,7 @@ done
 $libclang_found || missing+=(libclang-dev)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
 
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}" >&2

@@ -128,6 +128,15 @@ struct RunArgs {
     /// Fill the queues with this many messages first, then measure draining them.
     #[arg(long)]
     backlog: Option<u64>,
+    /// Sets the rate to --rate-fraction of the consume rate in this earlier result (a
+    /// `--json` or `--out` file), e.g. half of what the same system reached at maximum rate.
+    #[arg(long, conflicts_with = "rate")]
+    rate_from: Option<PathBuf>,
+    #[arg(long, default_value_t = 0.5, requires = "rate_from")]
+    rate_fraction: f64,
+    /// Gives up on a backlog workload whose fill takes longer than this.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    fill_timeout: Option<Duration>,
 
     /// Print the result as one JSON object (without the time series unless --series).
     #[arg(long)]
@@ -161,6 +170,19 @@ impl RunArgs {
         set(&mut w.batch_size, self.batch);
         set(&mut w.max_in_flight, self.in_flight);
         w.rate = self.rate.unwrap_or(w.rate);
+        if let Some(path) = &self.rate_from {
+            let earlier: Report = serde_json::from_slice(
+                &std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+            )
+            .with_context(|| format!("{} is not a sluice-bench result", path.display()))?;
+            anyhow::ensure!(self.rate_fraction > 0.0, "--rate-fraction must be positive");
+            w.rate = (earlier.consume_rate * self.rate_fraction).round() as u64;
+            anyhow::ensure!(
+                w.rate > 0,
+                "{} consumed nothing, so it gives no rate",
+                path.display()
+            );
+        }
         w.warmup = self.warmup.unwrap_or(w.warmup);
         w.duration = self.duration.unwrap_or(w.duration);
         w.backlog = self.backlog.unwrap_or(w.backlog);
@@ -275,7 +297,11 @@ fn print_report(report: &Report) {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let workload = args.workload()?;
     let (driver, system) = args.driver()?;
-    let report = runner::run(&workload, driver.as_ref(), &system, !args.json).await?;
+    let options = runner::Options {
+        progress: !args.json,
+        fill_timeout: args.fill_timeout,
+    };
+    let report = runner::run(&workload, driver.as_ref(), &system, &options).await?;
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let stem = chart::file_stem(&format!("{} {}", workload.name, system));

@@ -48,7 +48,18 @@ pub struct Report {
     pub first_error: Option<String>,
     /// Backlog workloads: how fast the producers filled the queues.
     pub fill: Option<Phase>,
+    /// Absent from `--json` output unless asked for.
+    #[serde(default)]
     pub series: Vec<Sample>,
+}
+
+/// How to run, apart from what the workload says.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Draw a progress bar on stderr (when it is a terminal).
+    pub progress: bool,
+    /// Give up on a backlog workload whose fill takes longer.
+    pub fill_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -165,6 +176,9 @@ async fn consume(shared: Shared, mut consumer: Box<dyn Consumer>, stop: Cancella
         if let Err(error) = consumer.ack().await {
             shared.recorder.consume_failed(&error);
         }
+    }
+    if let Err(error) = consumer.finish().await {
+        shared.recorder.consume_failed(&error);
     }
 }
 
@@ -303,11 +317,11 @@ pub async fn run(
     workload: &Workload,
     driver: &dyn Driver,
     system: &str,
-    progress: bool,
+    options: &Options,
 ) -> anyhow::Result<Report> {
     let queues = workload.queue_names("bench");
     driver.create_queues(&queues).await?;
-    let result = measure(workload, driver, &queues, system, progress).await;
+    let result = measure(workload, driver, &queues, system, options).await;
     let cleanup = driver.delete_queues(&queues).await;
     let report = result?;
     cleanup?;
@@ -319,8 +333,9 @@ async fn measure(
     driver: &dyn Driver,
     queues: &[String],
     system: &str,
-    progress: bool,
+    options: &Options,
 ) -> anyhow::Result<Report> {
+    let progress = options.progress;
     let shared = Shared {
         workload: Arc::new(workload.clone()),
         recorder: Arc::new(Recorder::default()),
@@ -343,17 +358,24 @@ async fn measure(
         timeline.progress = progress_bar(progress, target, "messages");
         timeline.progress.set_prefix(format!("{system}: fill"));
         let fill_started = Instant::now();
+        let give_up = options.fill_timeout.map(|t| fill_started + t);
         let producers = start_producers(&shared, driver, queues).await?;
         timeline
             .until(false, |t| {
                 let published = t.totals.published.load(Ordering::Relaxed);
                 t.progress.set_position(published.min(target));
-                published >= target
+                published >= target || give_up.is_some_and(|g| Instant::now() >= g)
             })
             .await;
         producers.stop().await;
         let published = shared.totals.published.load(Ordering::Relaxed);
         let fill_seconds = fill_started.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            published >= target,
+            "filling {target} messages took longer than {} ({published} sent, {:.0} msgs/s)",
+            humantime::format_duration(options.fill_timeout.unwrap_or_default()),
+            published as f64 / fill_seconds
+        );
         timeline.close_window(false);
         timeline.progress.finish_and_clear();
 

@@ -44,13 +44,18 @@ pub fn markdown(reports: &[Report]) -> String {
             let _ = writeln!(out, "{}\n", w.description);
         }
         if w.backlog > 0 {
-            out.push_str("| System | Fill msgs/s | Drain msgs/s | Drained | Errors |\n");
-            out.push_str("|---|---:|---:|---:|---:|\n");
+            out.push_str(
+                "| System | Fill msgs/s | Drain msgs/s | Drained | Drain / empty-queue rate | Errors |\n",
+            );
+            out.push_str("|---|---:|---:|---:|---:|---:|\n");
             for r in runs {
                 let fill = r.fill.map(|f| f.rate).unwrap_or_default();
+                let versus = empty_queue_rate(reports, r)
+                    .map(|rate| format!("{:.0}%", 100.0 * r.consume_rate / rate))
+                    .unwrap_or_else(|| "-".to_owned());
                 let _ = writeln!(
                     out,
-                    "| {} | {:.0} | {:.0} | {} in {:.1} s | {} |",
+                    "| {} | {:.0} | {:.0} | {} in {:.1} s | {versus} | {} |",
                     r.system,
                     fill,
                     r.consume_rate,
@@ -87,6 +92,25 @@ pub fn markdown(reports: &[Report]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The consume rate the same system reached with the same clients and messages on an empty
+/// queue at maximum rate: what draining a backlog is compared with.
+fn empty_queue_rate(reports: &[Report], drain: &Report) -> Option<f64> {
+    let d = &drain.workload;
+    reports
+        .iter()
+        .find(|r| {
+            let w = &r.workload;
+            r.system == drain.system
+                && w.backlog == 0
+                && w.rate == 0
+                && (w.queues, w.producers_per_queue, w.consumers_per_queue)
+                    == (d.queues, d.producers_per_queue, d.consumers_per_queue)
+                && (w.message_size, w.batch_size) == (d.message_size, d.batch_size)
+        })
+        .map(|r| r.consume_rate)
+        .filter(|rate| *rate > 0.0)
 }
 
 /// Consumed msgs/s per system, per workload, for the comparison charts.

@@ -1,14 +1,21 @@
-//! A few seconds of `sluice-bench run` against a real standalone process: the bench must move
-//! messages end to end and report what it measured.
+//! A few seconds of `sluice-bench` against a real standalone process: the Sluice driver must
+//! move messages end to end, and the bench must report, chart and tabulate what it measured.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 
 use sluice_tests::StandaloneProcess;
 
-/// Runs `sluice-bench SUBCOMMAND --endpoint SERVER ARGS --json` and returns its report.
-fn bench(server: &StandaloneProcess, subcommand: &str, args: &[&str]) -> serde_json::Value {
+fn workload(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("workloads")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn bench(args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
-        .args([subcommand, "--endpoint", &server.endpoint(), "--json"])
         .args(args)
         .output()
         .unwrap();
@@ -17,51 +24,118 @@ fn bench(server: &StandaloneProcess, subcommand: &str, args: &[&str]) -> serde_j
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+/// Runs a workload against `server` and returns its JSON report.
+fn run(server: &StandaloneProcess, out_dir: &Path, args: &[&str]) -> serde_json::Value {
+    let endpoint = server.endpoint();
+    let out_dir = out_dir.display().to_string();
+    let mut all = vec!["run", "--url", &endpoint, "--json", "--out", &out_dir];
+    all.extend_from_slice(args);
+    let out = bench(&all);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     println!("{report}");
     report
 }
 
-#[test]
-fn bench_runs_against_standalone() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = StandaloneProcess::start(dir.path()).unwrap();
-    let report = bench(
-        &server,
-        "run",
-        &[
-            "--producers",
-            "2",
-            "--consumers",
-            "2",
-            "--batch",
-            "10",
-            "--size",
-            "1024",
-            "--duration",
-            "2",
-        ],
-    );
-    assert!(report["sent"].as_u64().unwrap() > 0, "{report}");
-    assert!(report["received"].as_u64().unwrap() > 0, "{report}");
-    assert_eq!(report["send_errors"], 0, "{report}");
-    assert!(report["send_latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+fn queues(server: &StandaloneProcess) -> serde_json::Value {
+    let listed = server.cli(&["--json", "queue", "list"]);
+    assert!(listed.status.success());
+    serde_json::from_slice(&listed.stdout).unwrap()
 }
 
 #[test]
-fn drain_compares_a_small_and_a_large_backlog() {
+fn workloads_run_against_standalone_and_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let server = StandaloneProcess::start(dir.path()).unwrap();
-    let report = bench(&server, "drain", &["--measure", "200", "--backlog", "1000"]);
-    for field in [
-        "fill_per_second",
-        "drain_small_backlog_per_second",
-        "drain_large_backlog_per_second",
+    let results = dir.path().join("results");
+
+    let a = workload("a-max-throughput.toml");
+    let report = run(
+        &server,
+        &results,
+        &["-w", &a, "--warmup", "1s", "--duration", "2s"],
+    );
+    assert_eq!(report["workload"]["name"], "a-max-throughput");
+    assert!(report["published"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["consumed"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["publish_errors"], 0, "{report}");
+    assert_eq!(report["consume_errors"], 0, "{report}");
+    assert!(report["end_to_end_latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    assert!(
+        report.get("series").is_none(),
+        "--json leaves the series out"
+    );
+
+    // (b) at half of what (a) consumed, read back from the result file.
+    let a_result = results.join("a-max-throughput-sluice.json");
+    let full: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&a_result).unwrap()).unwrap();
+    assert!(full["series"].as_array().unwrap().len() >= 3, "{full}");
+    let b = workload("b-half-rate-latency.toml");
+    let a_result = a_result.display().to_string();
+    let report = run(
+        &server,
+        &results,
+        &[
+            "-w",
+            &b,
+            "--warmup",
+            "1s",
+            "--duration",
+            "2s",
+            "--rate-from",
+            &a_result,
+        ],
+    );
+    let half = (full["consume_rate"].as_f64().unwrap() / 2.0).round() as u64;
+    assert_eq!(report["workload"]["rate"].as_u64(), Some(half));
+
+    // (c) with a small backlog: everything sent is drained.
+    let c = workload("c-backlog-drain.toml");
+    let report = run(&server, &results, &["-w", &c, "--backlog", "2000"]);
+    assert!(
+        report["fill"]["messages"].as_u64().unwrap() >= 2000,
+        "{report}"
+    );
+    assert_eq!(report["consumed"], report["fill"]["messages"], "{report}");
+    assert_eq!(report["backlog"], 0, "{report}");
+
+    // Every run removes its queues.
+    assert_eq!(queues(&server)["names"], serde_json::json!([]));
+
+    for chart in [
+        "a-max-throughput-sluice-throughput.png",
+        "a-max-throughput-sluice-latency.png",
+        "c-backlog-drain-sluice-latency.png",
     ] {
-        assert!(report[field].as_f64().unwrap() > 0.0, "{report}");
+        let bytes = std::fs::read(results.join(chart)).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "{chart} is not a PNG");
     }
-    // The bench leaves the queue empty.
-    let listed = server.cli(&["--json", "queue", "get", "bench-drain"]);
-    let queue: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    assert_eq!(queue["counts"]["visible"], 0, "{queue}");
+
+    let table = bench(&["report", &results.display().to_string()]);
+    let table = String::from_utf8(table.stdout).unwrap();
+    println!("{table}");
+    for expected in ["### a-max-throughput", "### c-backlog-drain", "| Sluice |"] {
+        assert!(
+            table.contains(expected),
+            "{expected:?} missing from {table}"
+        );
+    }
+    assert!(results.join("a-max-throughput-comparison.png").exists());
+}
+
+#[test]
+fn bad_workloads_are_refused_by_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "name = \"bad\"\nbatch_size = 50\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
+        .args(["run", "-w", &path.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("batch_size must be 1 to 10"), "{stderr}");
 }

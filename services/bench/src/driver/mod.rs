@@ -39,8 +39,14 @@ pub trait Consumer: Send {
     /// stay unacknowledged until `ack`.
     async fn receive(&mut self) -> anyhow::Result<Vec<Bytes>>;
 
-    /// Acknowledges (deletes) everything the last `receive` returned.
+    /// Acknowledges (deletes) everything the last `receive` returned. A driver may leave the
+    /// acknowledgement running and report its failure on a later call.
     async fn ack(&mut self) -> anyhow::Result<()>;
+
+    /// Waits for acknowledgements still running, before the consumer stops.
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// Picks one of several server addresses for the `index`th client, so load spreads over a

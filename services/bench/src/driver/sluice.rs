@@ -6,6 +6,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::queue_service_client::QueueServiceClient;
 use tonic::transport::Channel;
@@ -14,6 +17,16 @@ use super::{pick, Consumer, Driver, Producer};
 
 /// Most messages one receive may return.
 const RECEIVE_MAX: u32 = 10;
+
+/// Receives a consumer keeps waiting at once: Sluice's counterpart of a prefetch window, as
+/// RabbitMQ pushes up to its prefetch count and JetStream pulls whole batches. With four, a
+/// consumer has up to 40 messages coming while it handles the last ones.
+const RECEIVES_IN_FLIGHT: usize = 4;
+
+/// Deletes a consumer leaves running while it receives more. AMQP and JetStream acks are
+/// one-way messages that a consumer does not wait for; a Sluice delete answers once it is
+/// durable, so a consumer overlaps a few instead of waiting for each.
+const DELETES_IN_FLIGHT: usize = 4;
 
 pub struct SluiceDriver {
     endpoints: Vec<String>,
@@ -118,6 +131,8 @@ impl Driver for SluiceDriver {
             client: self.client(index).await?,
             queue: self.queue_name(queue),
             receipts: Vec::new(),
+            receives: FuturesUnordered::new(),
+            deletes: FuturesUnordered::new(),
         }))
     }
 }
@@ -195,26 +210,69 @@ impl Producer for SluiceProducer {
     }
 }
 
+type Call<T> = BoxFuture<'static, anyhow::Result<T>>;
+
 struct SluiceConsumer {
     client: QueueServiceClient<Channel>,
     queue: String,
+    /// Receipts of what the last `receive` returned.
     receipts: Vec<String>,
+    receives: FuturesUnordered<Call<Vec<pb::Message>>>,
+    deletes: FuturesUnordered<Call<()>>,
+}
+
+impl SluiceConsumer {
+    fn start_receive(&self) -> Call<Vec<pb::Message>> {
+        let mut client = self.client.clone();
+        let request = pb::ReceiveMessageRequest {
+            queue: self.queue.clone(),
+            max_messages: RECEIVE_MAX,
+            wait_time_seconds: Some(1),
+            visibility_timeout_seconds: Some(60),
+        };
+        Box::pin(async move { Ok(client.receive_message(request).await?.into_inner().messages) })
+    }
+
+    fn start_delete(&self, receipts: Vec<String>) -> Call<()> {
+        let mut client = self.client.clone();
+        let request = pb::DeleteMessageBatchRequest {
+            queue: self.queue.clone(),
+            entries: receipts
+                .into_iter()
+                .enumerate()
+                .map(|(i, receipt_handle)| pb::DeleteMessageBatchEntry {
+                    id: i.to_string(),
+                    receipt_handle,
+                })
+                .collect(),
+        };
+        Box::pin(async move {
+            let response = client.delete_message_batch(request).await?.into_inner();
+            if let Some(failed) = response.failed.first() {
+                anyhow::bail!(
+                    "{} deletes failed, e.g. {}: {}",
+                    response.failed.len(),
+                    failed.code,
+                    failed.message
+                );
+            }
+            Ok(())
+        })
+    }
 }
 
 #[async_trait]
 impl Consumer for SluiceConsumer {
     async fn receive(&mut self) -> anyhow::Result<Vec<Bytes>> {
+        while self.receives.len() < RECEIVES_IN_FLIGHT {
+            let call = self.start_receive();
+            self.receives.push(call);
+        }
         let messages = self
-            .client
-            .receive_message(pb::ReceiveMessageRequest {
-                queue: self.queue.clone(),
-                max_messages: RECEIVE_MAX,
-                wait_time_seconds: Some(1),
-                visibility_timeout_seconds: Some(60),
-            })
-            .await?
-            .into_inner()
-            .messages;
+            .receives
+            .next()
+            .await
+            .expect("receives were just started")?;
         self.receipts = Vec::with_capacity(messages.len());
         Ok(messages
             .into_iter()
@@ -226,32 +284,24 @@ impl Consumer for SluiceConsumer {
     }
 
     async fn ack(&mut self) -> anyhow::Result<()> {
-        if self.receipts.is_empty() {
-            return Ok(());
+        if !self.receipts.is_empty() {
+            let receipts = std::mem::take(&mut self.receipts);
+            let call = self.start_delete(receipts);
+            self.deletes.push(call);
         }
-        let entries = std::mem::take(&mut self.receipts)
-            .into_iter()
-            .enumerate()
-            .map(|(i, receipt_handle)| pb::DeleteMessageBatchEntry {
-                id: i.to_string(),
-                receipt_handle,
-            })
-            .collect();
-        let response = self
-            .client
-            .delete_message_batch(pb::DeleteMessageBatchRequest {
-                queue: self.queue.clone(),
-                entries,
-            })
-            .await?
-            .into_inner();
-        if let Some(failed) = response.failed.first() {
-            anyhow::bail!(
-                "{} deletes failed, e.g. {}: {}",
-                response.failed.len(),
-                failed.code,
-                failed.message
-            );
+        // Report a failed delete on the next ack rather than lose it.
+        while self.deletes.len() >= DELETES_IN_FLIGHT {
+            self.deletes.next().await.expect("deletes are running")?;
+        }
+        while let Some(Some(done)) = self.deletes.next().now_or_never() {
+            done?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        while let Some(done) = self.deletes.next().await {
+            done?;
         }
         Ok(())
     }

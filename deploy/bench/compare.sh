@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The whole comparison in one command: installs what is missing, then for each system starts
+# it on loopback, runs workloads (a) to (d) from services/bench/workloads/, stops it, and
+# finally writes results.md (one table per workload) and PNG charts into the output folder.
+#
+#   deploy/bench/compare.sh                      # every system
+#   deploy/bench/compare.sh sluice rabbitmq-1    # some of them
+#
+# Systems: sluice (standalone), sluice-3 (the dev cluster, SYNC and ASYNC queues),
+# rabbitmq-1 (quorum and classic queues), rabbitmq-3 (quorum), nats-1-always, nats-1-default,
+# nats-3-always, nats-3-default (JetStream R1/R3, fsync on every write or the default sync).
+#
+# Environment: OUT (output folder, default bench-results/<time>), WARMUP and DURATION (override
+# the workloads' 10s and 60s), BACKLOG (workload (c), default 1000000), FILL_TIMEOUT (skip (c)
+# for a system that cannot fill the backlog in this time, default 15m), SKIP_INSTALL=1.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+ALL=(sluice sluice-3 rabbitmq-1 rabbitmq-3 nats-1-always nats-1-default nats-3-always nats-3-default)
+if [ $# -gt 0 ]; then SYSTEMS=("$@"); else SYSTEMS=("${ALL[@]}"); fi
+for s in "${SYSTEMS[@]}"; do
+    case " ${ALL[*]} " in *" $s "*) ;; *) echo "unknown system $s; known: ${ALL[*]}" >&2; exit 2 ;; esac
+done
+
+[ "${SKIP_INSTALL:-}" = 1 ] || deploy/bench/install.sh
+RELEASE=${CARGO_TARGET_DIR:-target}/release
+source deploy/bench/peers.sh
+
+OUT=${OUT:-bench-results/$(date +%Y%m%d-%H%M%S)}
+RUNS=$OUT/runs
+mkdir -p "$RUNS"
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+WORKLOADS=services/bench/workloads
+timing=()
+[ -n "${WARMUP:-}" ] && timing+=(--warmup "$WARMUP")
+[ -n "${DURATION:-}" ] && timing+=(--duration "$DURATION")
+
+bench() {
+    "$RELEASE/sluice-bench" run --out "$OUT" "$@"
+}
+
+# Runs the four workloads against one system: $1 is its name in the tables, the rest are
+# sluice-bench driver flags.
+workloads() {
+    local system=$1 id
+    shift
+    id=$(echo "$system" | tr -c 'a-zA-Z0-9\n' - | tr A-Z a-z)
+    echo "== $system" >&2
+    bench -w "$WORKLOADS/a-max-throughput.toml" --system "$system" "${timing[@]}" "$@" \
+        --json >"$RUNS/a-$id.json"
+    # (b) runs at half of what this same system consumed on (a).
+    bench -w "$WORKLOADS/b-half-rate-latency.toml" --system "$system" "${timing[@]}" "$@" \
+        --rate-from "$RUNS/a-$id.json" --rate-fraction 0.5 >/dev/null
+    if ! bench -w "$WORKLOADS/c-backlog-drain.toml" --system "$system" "$@" \
+        --backlog "${BACKLOG:-1000000}" --fill-timeout "${FILL_TIMEOUT:-15m}" \
+        >/dev/null 2>"$WORK/c.err"; then
+        echo "- c-backlog-drain, $system: $(tail -1 "$WORK/c.err")" >>"$OUT/skipped.md"
+    fi
+    bench -w "$WORKLOADS/d-many-queues.toml" --system "$system" "${timing[@]}" "$@" >/dev/null
+}
+
+for system in "${SYSTEMS[@]}"; do
+    dir=$WORK/$system
+    case $system in
+    sluice)
+        sluice_standalone_start "$dir"
+        workloads "Sluice standalone" --driver sluice --url "$SLUICE_URLS"
+        sluice_stop "$dir"
+        ;;
+    sluice-3)
+        sluice_cluster_start "$dir"
+        workloads "Sluice 3 nodes SYNC" --driver sluice --url "$SLUICE_URLS" --replication sync
+        workloads "Sluice 3 nodes ASYNC" --driver sluice --url "$SLUICE_URLS" --replication async
+        sluice_stop "$dir"
+        ;;
+    rabbitmq-1)
+        rabbit_start "$dir" 1
+        workloads "RabbitMQ quorum, 1 node" --driver rabbitmq --url "$RABBIT_URLS" --queue-type quorum
+        workloads "RabbitMQ classic, 1 node" --driver rabbitmq --url "$RABBIT_URLS" --queue-type classic
+        rabbit_stop "$dir" 1
+        ;;
+    rabbitmq-3)
+        rabbit_start "$dir" 3
+        workloads "RabbitMQ quorum, 3 nodes" --driver rabbitmq --url "$RABBIT_URLS" --queue-type quorum
+        rabbit_stop "$dir" 3
+        ;;
+    nats-*)
+        nodes=${system#nats-}
+        nodes=${nodes%%-*}
+        sync=${system##*-}
+        nats_start "$dir" "$nodes" "$sync"
+        if [ "$sync" = always ]; then
+            label="NATS JetStream R$nodes, sync always"
+        else
+            label="NATS JetStream R$nodes, default sync (acks before fsync)"
+        fi
+        workloads "$label" --driver nats --url "$NATS_URLS" --replicas "$nodes"
+        nats_stop "$dir" "$nodes"
+        ;;
+    esac
+done
+
+{
+    echo "# sluice-bench results"
+    echo
+    echo "$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr); $(date -u +%Y-%m-%d)."
+    echo
+    "$RELEASE/sluice-bench" report "$OUT"
+    if [ -f "$OUT/skipped.md" ]; then
+        echo "### Not run"
+        echo
+        cat "$OUT/skipped.md"
+    fi
+} >"$OUT/results.md"
+echo "results: $OUT/results.md" >&2
