@@ -140,6 +140,8 @@ pub struct SentMessage {
     /// The deduplication id was seen within the window: nothing new was stored, and the id and
     /// sequence are the first send's.
     pub duplicate: bool,
+    /// Hex MD5 of the body this send carried.
+    pub md5_of_body: String,
 }
 
 /// One delivery of a message.
@@ -156,6 +158,14 @@ pub struct ReceivedMessage {
     pub sequence: u64,
     /// For a message in a dead-letter queue: the name of the queue it was moved from.
     pub dead_letter_source: String,
+    /// Hex MD5 of the body.
+    pub md5_of_body: String,
+}
+
+/// Hex MD5 of a message body, as SQS clients check it.
+pub fn md5_of_body(body: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    format!("{:x}", Md5::digest(body))
 }
 
 /// Milliseconds since the Unix epoch.
@@ -164,4 +174,17 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn md5_of_body_is_lower_case_hex() {
+        // RFC 1321's test suite.
+        assert_eq!(super::md5_of_body(b""), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(
+            super::md5_of_body(b"message digest"),
+            "f96b697d7cb7938d525a2f31aaf161d0"
+        );
+    }
 }

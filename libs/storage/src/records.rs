@@ -53,6 +53,10 @@ pub(crate) struct MessageRecord {
     pub source_queue: u64,
     #[prost(string, tag = "6")]
     pub source_queue_name: String,
+    /// Hex MD5 of the body, computed once at send for every receive to return. Empty in
+    /// records stored before it was kept; those are digested when read.
+    #[prost(string, tag = "7")]
+    pub md5_of_body: String,
 }
 
 /// The small, mutable part of a message: rewritten on every receive and visibility change, and

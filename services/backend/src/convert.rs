@@ -103,6 +103,7 @@ pub fn sent_to_pb(sent: SentMessage) -> pb::SentMessage {
         message_id: sent.message_id,
         sequence: sent.sequence,
         duplicate: sent.duplicate,
+        md5_of_body: sent.md5_of_body,
     }
 }
 
@@ -111,6 +112,7 @@ pub fn sent_from_pb(sent: pb::SentMessage) -> SentMessage {
         message_id: sent.message_id,
         sequence: sent.sequence,
         duplicate: sent.duplicate,
+        md5_of_body: sent.md5_of_body,
     }
 }
 
@@ -130,6 +132,7 @@ pub fn received_to_pb(m: ReceivedMessage) -> pb::ReceivedMessage {
         group_id: m.group_id,
         sequence: m.sequence,
         dead_letter_source: m.dead_letter_source,
+        md5_of_body: m.md5_of_body,
     }
 }
 
@@ -149,6 +152,7 @@ pub fn received_from_pb(m: pb::ReceivedMessage) -> ReceivedMessage {
         group_id: m.group_id,
         sequence: m.sequence,
         dead_letter_source: m.dead_letter_source,
+        md5_of_body: m.md5_of_body,
     }
 }
 

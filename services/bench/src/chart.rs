@@ -140,22 +140,30 @@ pub fn run_charts(report: &Report, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let stem = file_stem(&format!("{} {}", report.workload.name, report.system));
     let series = &report.series;
     let throughput = dir.join(format!("{stem}-throughput.png"));
+    let mut lines = vec![
+        (
+            "published",
+            BLUE,
+            series.iter().map(|s| (s.second, s.publish_rate)).collect(),
+        ),
+        (
+            "consumed",
+            RED,
+            series.iter().map(|s| (s.second, s.consume_rate)).collect(),
+        ),
+    ];
+    let target: Vec<_> = series
+        .iter()
+        .filter_map(|s| Some((s.second, s.target_rate?)))
+        .collect();
+    if !target.is_empty() {
+        lines.push(("target rate", BLACK, target));
+    }
     line_chart(
         &throughput,
         &format!("{}: {} throughput", report.system, report.workload.name),
         "messages / s",
-        &[
-            (
-                "published",
-                BLUE,
-                series.iter().map(|s| (s.second, s.publish_rate)).collect(),
-            ),
-            (
-                "consumed",
-                RED,
-                series.iter().map(|s| (s.second, s.consume_rate)).collect(),
-            ),
-        ],
+        &lines,
         false,
     )
     .with_context(|| format!("writing {}", throughput.display()))?;

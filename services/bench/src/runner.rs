@@ -15,12 +15,17 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::driver::{Consumer, Driver, Producer};
-use crate::stats::{elapsed_micros, Clock, Pacer, Percentiles, Recorder, Sample, Window};
+use crate::stats::{
+    elapsed_micros, Clock, Pace, Pacer, Percentiles, RateControl, Recorder, Sample, Window,
+};
 use crate::workload::{Workload, TIMESTAMP_BYTES};
 
 /// How long a client waits after a failed call before the next one, so a server that is down
 /// is not hammered in a tight loop.
 const ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Windows shorter than this are counted but neither charted nor used to set the rate.
+const MIN_SAMPLE: Duration = Duration::from_millis(250);
 
 /// How often the runner checks whether a phase is over.
 const TICK: Duration = Duration::from_millis(20);
@@ -102,11 +107,10 @@ pub fn sent_micros(body: &[u8]) -> Option<u64> {
 async fn produce(
     shared: Shared,
     producer: Arc<dyn Producer>,
-    start: Instant,
+    mut pacer: Pacer,
     stop: CancellationToken,
 ) {
     let work = &shared.workload;
-    let mut pacer = Pacer::new(start, work.send_interval());
     let mut in_flight = FuturesUnordered::new();
     'sending: loop {
         while in_flight.len() >= work.max_in_flight {
@@ -202,6 +206,7 @@ async fn start_producers(
     shared: &Shared,
     driver: &dyn Driver,
     queues: &[String],
+    pace: Pace,
 ) -> anyhow::Result<Clients> {
     let stop = CancellationToken::new();
     let mut producers = Vec::new();
@@ -215,7 +220,10 @@ async fn start_producers(
     let start = Instant::now();
     let tasks = producers
         .into_iter()
-        .map(|producer| tokio::spawn(produce(shared.clone(), producer, start, stop.clone())))
+        .map(|producer| {
+            let pacer = Pacer::new(start, pace.clone());
+            tokio::spawn(produce(shared.clone(), producer, pacer, stop.clone()))
+        })
         .collect();
     Ok(Clients { stop, tasks })
 }
@@ -251,6 +259,8 @@ struct Timeline {
     series: Vec<Sample>,
     measured: Window,
     progress: ProgressBar,
+    /// Sets the producers' rate when the workload asks for the maximum.
+    control: Option<Arc<RateControl>>,
 }
 
 impl Timeline {
@@ -269,7 +279,14 @@ impl Timeline {
         } else {
             -(self.zero - now).as_secs_f64()
         };
-        let sample = Sample::of(second, seconds, &window, self.backlog());
+        let mut sample = Sample::of(second, seconds, &window, self.backlog());
+        if let Some(control) = &self.control {
+            sample.target_rate = Some(control.rate() as f64);
+            // The sliver of a second left where warm-up ends says nothing about rates.
+            if seconds >= MIN_SAMPLE.as_secs_f64() {
+                control.adjust(sample.publish_rate, sample.consume_rate, sample.backlog);
+            }
+        }
         self.progress.set_message(format!(
             "pub {:>9.0}/s  cons {:>9.0}/s  backlog {:>9}  e2e p99 {:>8.2} ms",
             sample.publish_rate,
@@ -277,7 +294,9 @@ impl Timeline {
             sample.backlog,
             sample.end_to_end_latency_ms.p99
         ));
-        self.series.push(sample);
+        if seconds >= MIN_SAMPLE.as_secs_f64() {
+            self.series.push(sample);
+        }
         if measure {
             self.measured.add(&window);
         }
@@ -351,6 +370,7 @@ async fn measure(
         series: Vec::new(),
         measured: Window::default(),
         progress: ProgressBar::hidden(),
+        control: None,
     };
 
     if workload.backlog > 0 {
@@ -359,7 +379,7 @@ async fn measure(
         timeline.progress.set_prefix(format!("{system}: fill"));
         let fill_started = Instant::now();
         let give_up = options.fill_timeout.map(|t| fill_started + t);
-        let producers = start_producers(&shared, driver, queues).await?;
+        let producers = start_producers(&shared, driver, queues, Pace::Unlimited).await?;
         timeline
             .until(false, |t| {
                 let published = t.totals.published.load(Ordering::Relaxed);
@@ -407,8 +427,17 @@ async fn measure(
     let total = workload.warmup + workload.duration;
     timeline.progress = progress_bar(progress, total.as_secs(), "s");
     timeline.progress.set_prefix(system.to_owned());
+    let pace = match workload.send_interval() {
+        Some(interval) => Pace::Fixed(interval),
+        None if workload.consumers_per_queue == 0 => Pace::Unlimited,
+        None => {
+            let control = Arc::new(RateControl::new(workload.producers(), workload.batch_size));
+            timeline.control = Some(control.clone());
+            Pace::Adaptive(control)
+        }
+    };
     let consumers = start_consumers(&shared, driver, queues).await?;
-    let producers = start_producers(&shared, driver, queues).await?;
+    let producers = start_producers(&shared, driver, queues, pace).await?;
     let started = Instant::now();
     timeline.zero = started + workload.warmup;
     timeline.last = started;

@@ -8,6 +8,8 @@
 //! OpenMessaging Benchmark and HdrHistogram's authors describe it). Messages carry the same
 //! intended time, so end-to-end latency is corrected the same way.
 
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
@@ -21,35 +23,134 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("static histogram bounds are valid")
 }
 
+/// How fast producers send.
+#[derive(Debug, Clone)]
+pub enum Pace {
+    /// One request every interval, on a fixed schedule.
+    Fixed(Duration),
+    /// As fast as answers come back (the fill of a backlog).
+    Unlimited,
+    /// At the rate a [`RateControl`] sets, which follows what consumers keep up with.
+    Adaptive(Arc<RateControl>),
+}
+
 /// When a producer's next request is due.
 #[derive(Debug, Clone)]
 pub struct Pacer {
     start: Instant,
-    interval: Option<Duration>,
+    pace: Pace,
     sent: u32,
+    last_due: Option<Instant>,
 }
 
 impl Pacer {
-    /// `interval` between requests, or `None` to send as fast as answers come back.
-    pub fn new(start: Instant, interval: Option<Duration>) -> Pacer {
+    pub fn new(start: Instant, pace: Pace) -> Pacer {
         Pacer {
             start,
-            interval,
+            pace,
             sent: 0,
+            last_due: None,
         }
     }
 
-    /// The intended time of the next request. At a fixed rate it does not move when the
-    /// producer falls behind, so the lag is counted; at maximum rate it is `now`.
+    /// The intended time of the next request. On a fixed schedule it does not move when the
+    /// producer falls behind, so the lag is counted; unlimited, it is `now`.
     pub fn next(&mut self, now: Instant) -> Instant {
-        match self.interval {
-            None => now,
-            Some(interval) => {
-                let due = self.start + interval * self.sent;
+        match &self.pace {
+            Pace::Unlimited => now,
+            Pace::Fixed(interval) => {
+                let due = self.start + *interval * self.sent;
                 self.sent += 1;
                 due
             }
+            Pace::Adaptive(control) => {
+                let interval = control.interval();
+                let due = self.last_due.map_or(now, |last| last + interval);
+                // Behind by more than a request: the rate is above what the system takes, and
+                // the controller is about to lower it; owing the missed sends would only
+                // flood the system once it does.
+                let due = if due + interval < now { now } else { due };
+                self.last_due = Some(due);
+                due
+            }
         }
+    }
+}
+
+/// Finds the highest rate the consumers keep up with, as the OpenMessaging Benchmark does for
+/// a workload without a fixed rate: every second it raises the producers' rate while the
+/// backlog stays small and they reach it, and lowers it below the consume rate once the
+/// backlog grows. A system whose producers outrun its consumers therefore cannot report a
+/// publish rate it does not deliver.
+#[derive(Debug)]
+pub struct RateControl {
+    /// Messages per second over all producers.
+    rate: AtomicU64,
+    /// Seconds of the producers' own requests: the time between two requests of one producer
+    /// is `batch / (rate / producers)`.
+    producers: usize,
+    batch: usize,
+    /// Once it first had to slow down, it raises the rate in smaller steps.
+    backed_off: AtomicBool,
+    /// The backlog at the last adjustment, to tell a growing backlog from one draining.
+    last_backlog: AtomicI64,
+}
+
+/// Where the search starts.
+const START_RATE: f64 = 5_000.0;
+/// No slower than this, however much the system struggles.
+const MIN_RATE: f64 = 100.0;
+/// More than this many seconds of messages waiting means the consumers are falling behind.
+const BACKLOG_SECONDS: f64 = 0.25;
+
+impl RateControl {
+    pub fn new(producers: usize, batch: usize) -> RateControl {
+        RateControl {
+            rate: AtomicU64::new(START_RATE as u64),
+            producers,
+            batch,
+            backed_off: AtomicBool::new(false),
+            last_backlog: AtomicI64::new(0),
+        }
+    }
+
+    pub fn rate(&self) -> u64 {
+        self.rate.load(Ordering::Relaxed)
+    }
+
+    fn interval(&self) -> Duration {
+        let per_producer = self.rate() as f64 / self.producers as f64;
+        Duration::from_secs_f64(self.batch as f64 / per_producer)
+    }
+
+    /// Sets the next second's rate from the last second's publish and consume rates and the
+    /// backlog now.
+    pub fn adjust(&self, published: f64, consumed: f64, backlog: i64) {
+        let rate = self.rate() as f64;
+        let previous = self.last_backlog.swap(backlog, Ordering::Relaxed);
+        let behind = backlog as f64 > (rate * BACKLOG_SECONDS).max(1_000.0);
+        let next = if behind && backlog > previous {
+            // Just under what the consumers took, so the backlog drains.
+            self.backed_off.store(true, Ordering::Relaxed);
+            consumed.min(rate) * 0.95
+        } else if behind {
+            // Draining already: hold until it is gone.
+            rate
+        } else if published >= 0.9 * rate {
+            // Large steps to find the range, then small ones to stay close below the top.
+            let step = if self.backed_off.load(Ordering::Relaxed) {
+                1.05
+            } else {
+                1.25
+            };
+            rate * step
+        } else {
+            // The producers cannot send that fast: publishing is the limit, so aim a little
+            // above what they manage instead of letting the target run away.
+            (published * 1.1).max(rate * 0.5)
+        };
+        self.rate
+            .store(next.max(MIN_RATE) as u64, Ordering::Relaxed);
     }
 }
 
@@ -213,11 +314,15 @@ pub struct Sample {
     pub backlog: i64,
     pub publish_latency_ms: Percentiles,
     pub end_to_end_latency_ms: Percentiles,
+    /// The producers' target rate, while a [`RateControl`] sets it.
+    #[serde(default)]
+    pub target_rate: Option<f64>,
 }
 
 impl Sample {
     pub fn of(second: f64, seconds: f64, window: &Window, backlog: i64) -> Sample {
         Sample {
+            target_rate: None,
             second,
             publish_rate: window.published as f64 / seconds,
             consume_rate: window.consumed as f64 / seconds,
@@ -277,7 +382,7 @@ mod tests {
     #[test]
     fn a_stall_shows_on_every_request_that_was_due_during_it() {
         let start = Instant::now();
-        let mut pacer = Pacer::new(start, Some(Duration::from_millis(10)));
+        let mut pacer = Pacer::new(start, Pace::Fixed(Duration::from_millis(10)));
         let (corrected, naive) = stalled_run(&mut pacer, start);
         // Timed from when each request was actually sent, the stall is one sample in 1,000:
         // p99 looks like 1 ms and hides it.
@@ -306,12 +411,66 @@ mod tests {
     #[test]
     fn at_maximum_rate_a_request_is_due_when_it_is_sent() {
         let start = Instant::now();
-        let mut pacer = Pacer::new(start, None);
+        let mut pacer = Pacer::new(start, Pace::Unlimited);
         let later = start + Duration::from_secs(3);
         assert_eq!(pacer.next(later), later);
-        let mut fixed = Pacer::new(start, Some(Duration::from_millis(10)));
+        let mut fixed = Pacer::new(start, Pace::Fixed(Duration::from_millis(10)));
         assert_eq!(fixed.next(later), start);
         assert_eq!(fixed.next(later), start + Duration::from_millis(10));
+    }
+
+    /// A system whose producers could send 80,000 msgs/s but whose consumers take 30,000.
+    fn simulate(control: &RateControl, seconds: usize) -> (Vec<f64>, i64) {
+        let mut backlog = 0i64;
+        let mut most = 0;
+        let mut consumed_rates = Vec::new();
+        for _ in 0..seconds {
+            let published = (control.rate() as f64).min(80_000.0);
+            let consumed = (backlog as f64 + published).min(30_000.0);
+            backlog += (published - consumed) as i64;
+            most = most.max(backlog);
+            control.adjust(published, consumed, backlog);
+            consumed_rates.push(consumed);
+        }
+        (consumed_rates, most)
+    }
+
+    #[test]
+    fn the_rate_control_settles_where_consumers_keep_up() {
+        let control = RateControl::new(4, 10);
+        let (consumed, most_backlog) = simulate(&control, 60);
+        // It climbs from 5,000 to the consumers' 30,000 within the first seconds and then
+        // stays close to it, the backlog bounded instead of growing for a minute (at the full
+        // 80,000 it would reach three million).
+        let last: Vec<f64> = consumed[10..].to_vec();
+        let mean = last.iter().sum::<f64>() / last.len() as f64;
+        assert!(mean > 28_000.0, "{consumed:?}");
+        assert!(most_backlog < 30_000, "backlog reached {most_backlog}");
+    }
+
+    #[test]
+    fn the_rate_control_follows_a_publish_limit() {
+        let control = RateControl::new(1, 1);
+        // Producers reach only 2,000 msgs/s and consumers keep up: the target stays near.
+        for _ in 0..20 {
+            control.adjust(2_000.0, 2_000.0, 10);
+        }
+        assert!(control.rate() <= 2_500, "{}", control.rate());
+        assert!(control.rate() >= 2_000, "{}", control.rate());
+    }
+
+    #[test]
+    fn an_adaptive_pacer_owes_nothing_once_behind() {
+        let start = Instant::now();
+        let control = Arc::new(RateControl::new(1, 1));
+        // 5,000 msgs/s: one request every 200 µs.
+        let mut pacer = Pacer::new(start, Pace::Adaptive(control));
+        assert_eq!(pacer.next(start), start);
+        assert_eq!(pacer.next(start), start + Duration::from_micros(200));
+        // A second later the producer was stuck; the next request is due now, not 5,000
+        // requests ago.
+        let later = start + Duration::from_secs(1);
+        assert_eq!(pacer.next(later), later);
     }
 
     #[test]

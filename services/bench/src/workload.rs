@@ -31,7 +31,9 @@ pub struct Workload {
     /// Messages per send request.
     #[serde(default = "one")]
     pub batch_size: usize,
-    /// Messages per second over all producers; 0 sends as fast as acknowledgements allow.
+    /// Messages per second over all producers. 0 finds the maximum rate the consumers keep up
+    /// with (see `stats::RateControl`); without consumers, 0 sends as fast as acknowledgements
+    /// allow.
     #[serde(default)]
     pub rate: u64,
     /// Send requests a producer keeps in flight at once. Every system gets the same window, so

@@ -4,11 +4,6 @@ use md5::{Digest, Md5};
 use sha2::Sha256;
 use sluice_proto::v1 as pb;
 
-/// Lower-case hex MD5 of a message body.
-pub fn md5_of_body(body: &[u8]) -> String {
-    format!("{:x}", Md5::digest(body))
-}
-
 /// Lower-case hex MD5 of message attributes by SQS's algorithm: attributes in name order; for
 /// each, the name, the data type and the value, each preceded by its length as a 4-byte
 /// big-endian integer, with a transport byte before the value (1 for String and Number, 2 for

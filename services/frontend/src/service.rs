@@ -479,7 +479,7 @@ impl QueueServiceImpl {
             .inc();
         Ok(pb::SendMessageResponse {
             message_id: sent.message_id,
-            md5_of_body: digest::md5_of_body(&req.body),
+            md5_of_body: sent.md5_of_body,
             sequence_number: sent.sequence.to_string(),
             md5_of_message_attributes: digest::md5_of_attributes(&req.attributes),
         })
@@ -522,7 +522,7 @@ impl QueueServiceImpl {
                         successful.push(pb::SendMessageBatchResultEntry {
                             id: entry.id.clone(),
                             message_id: sent.message_id,
-                            md5_of_body: digest::md5_of_body(&entry.body),
+                            md5_of_body: sent.md5_of_body,
                             sequence_number: sent.sequence.to_string(),
                             md5_of_message_attributes: digest::md5_of_attributes(&entry.attributes),
                         });
@@ -588,7 +588,7 @@ impl QueueServiceImpl {
                     })
                     .collect();
                 pb::Message {
-                    md5_of_body: digest::md5_of_body(&m.body),
+                    md5_of_body: m.md5_of_body,
                     md5_of_message_attributes: digest::md5_of_attributes(&attributes),
                     message_id: m.message_id,
                     receipt_handle: m.receipt_handle,
