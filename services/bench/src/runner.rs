@@ -359,7 +359,7 @@ async fn measure(
         workload: Arc::new(workload.clone()),
         recorder: Arc::new(Recorder::default()),
         totals: Arc::new(Totals::default()),
-        clock: Clock::new(),
+        clock: Clock::now(),
     };
     let now = Instant::now();
     let mut timeline = Timeline {

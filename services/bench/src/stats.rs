@@ -163,7 +163,7 @@ pub struct Clock {
 }
 
 impl Clock {
-    pub fn new() -> Clock {
+    pub fn now() -> Clock {
         let epoch_micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .expect("the clock is after 1970")
