@@ -82,7 +82,16 @@ impl Peer {
         call.set_timeout(option.hard_ttl());
         let answer = rpc(client, call)
             .await
-            .map_err(|status| RPCError::Unreachable(Unreachable::new(&status)))?;
+            .map_err(|status| match status.code() {
+                // The call outlived its deadline (openraft gives AppendEntries one heartbeat
+                // interval): the peer is slow, e.g. behind an fsync that a memtable flush holds
+                // up, not gone. Unreachable would make openraft pause replication to it for half
+                // a second; a network error is retried at once.
+                tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
+                    RPCError::Network(NetworkError::new(&status))
+                }
+                _ => RPCError::Unreachable(Unreachable::new(&status)),
+            })?;
         let result: Result<Resp, RaftError<NodeId, E>> =
             bincode::deserialize(&answer.into_inner().payload)
                 .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
