@@ -2,7 +2,6 @@
 //! as they go, a window of counts and latencies taken every second for the time series and
 //! summed over the measured part of the run.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -74,19 +73,11 @@ pub struct Phase {
     pub rate: f64,
 }
 
-/// Counts over the whole run, for ending phases; the windows carry everything else.
-#[derive(Default)]
-struct Totals {
-    published: AtomicU64,
-    consumed: AtomicU64,
-}
-
 /// What every producer and consumer task shares.
 #[derive(Clone)]
 struct Shared {
     workload: Arc<Workload>,
     recorder: Arc<Recorder>,
-    totals: Arc<Totals>,
     clock: Clock,
 }
 
@@ -129,15 +120,13 @@ async fn produce(
             break;
         }
         let due_micros = shared.clock.micros(due);
-        let bodies = (0..work.batch_size)
-            .map(|_| body(work.message_size, due_micros))
-            .collect();
+        // The messages of one request share their send time, so they can share one buffer.
+        let bodies = vec![body(work.message_size, due_micros); work.batch_size];
         let (producer, shared) = (producer.clone(), shared.clone());
         in_flight.push(async move {
             match producer.send(bodies).await {
                 Ok(()) => {
                     let n = shared.workload.batch_size as u64;
-                    shared.totals.published.fetch_add(n, Ordering::Relaxed);
                     shared
                         .recorder
                         .published(n, elapsed_micros(due_micros, shared.clock.now_micros()));
@@ -172,11 +161,7 @@ async fn consume(shared: Shared, mut consumer: Box<dyn Consumer>, stop: Cancella
         let now = shared.clock.now_micros();
         shared
             .recorder
-            .consumed(now, bodies.iter().filter_map(|b| sent_micros(b)));
-        shared
-            .totals
-            .consumed
-            .fetch_add(bodies.len() as u64, Ordering::Relaxed);
+            .consumed(now, bodies.iter().map(|b| sent_micros(b)));
         if let Err(error) = consumer.ack().await {
             shared.recorder.consume_failed(&error);
         }
@@ -252,7 +237,6 @@ async fn start_consumers(
 /// The time series and the summed windows of a run.
 struct Timeline {
     recorder: Arc<Recorder>,
-    totals: Arc<Totals>,
     /// Where second 0 of the series is: the end of warm-up, or the start of a drain.
     zero: Instant,
     last: Instant,
@@ -265,8 +249,8 @@ struct Timeline {
 
 impl Timeline {
     fn backlog(&self) -> i64 {
-        self.totals.published.load(Ordering::Relaxed) as i64
-            - self.totals.consumed.load(Ordering::Relaxed) as i64
+        let (published, consumed) = self.recorder.totals();
+        published as i64 - consumed as i64
     }
 
     /// Ends the current window: adds it to the series, and to the measured sums if `measure`.
@@ -358,13 +342,11 @@ async fn measure(
     let shared = Shared {
         workload: Arc::new(workload.clone()),
         recorder: Arc::new(Recorder::default()),
-        totals: Arc::new(Totals::default()),
         clock: Clock::now(),
     };
     let now = Instant::now();
     let mut timeline = Timeline {
         recorder: shared.recorder.clone(),
-        totals: shared.totals.clone(),
         zero: now + workload.warmup,
         last: now,
         series: Vec::new(),
@@ -382,13 +364,13 @@ async fn measure(
         let producers = start_producers(&shared, driver, queues, Pace::Unlimited).await?;
         timeline
             .until(false, |t| {
-                let published = t.totals.published.load(Ordering::Relaxed);
+                let (published, _) = t.recorder.totals();
                 t.progress.set_position(published.min(target));
                 published >= target || give_up.is_some_and(|g| Instant::now() >= g)
             })
             .await;
         producers.stop().await;
-        let published = shared.totals.published.load(Ordering::Relaxed);
+        let (published, _) = shared.recorder.totals();
         let fill_seconds = fill_started.elapsed().as_secs_f64();
         anyhow::ensure!(
             published >= target,
@@ -407,7 +389,7 @@ async fn measure(
         let consumers = start_consumers(&shared, driver, queues).await?;
         timeline
             .until(true, |t| {
-                let consumed = t.totals.consumed.load(Ordering::Relaxed);
+                let (_, consumed) = t.recorder.totals();
                 t.progress.set_position(consumed.min(published));
                 consumed >= published
             })

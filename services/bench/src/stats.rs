@@ -119,8 +119,7 @@ impl RateControl {
     }
 
     fn interval(&self) -> Duration {
-        let per_producer = self.rate() as f64 / self.producers as f64;
-        Duration::from_secs_f64(self.batch as f64 / per_producer)
+        request_interval(self.rate() as f64, self.producers, self.batch)
     }
 
     /// Sets the next second's rate from the last second's publish and consume rates and the
@@ -228,10 +227,19 @@ impl Window {
     }
 }
 
+/// The time between two requests of one producer when `producers` share `rate` msgs/s and
+/// each request carries `batch` messages.
+pub fn request_interval(rate: f64, producers: usize, batch: usize) -> Duration {
+    Duration::from_secs_f64(batch as f64 * producers as f64 / rate)
+}
+
 /// What producers and consumers record into; the runner takes a window every second.
 #[derive(Default)]
 pub struct Recorder {
     window: Mutex<Window>,
+    /// Counts over the whole run, read without a lock to end phases.
+    published_total: AtomicU64,
+    consumed_total: AtomicU64,
     /// The first error of the run, so a report says why calls failed.
     first_error: Mutex<Option<String>>,
 }
@@ -239,6 +247,7 @@ pub struct Recorder {
 impl Recorder {
     /// A send request of `messages` answered `latency_micros` after it was due.
     pub fn published(&self, messages: u64, latency_micros: u64) {
+        self.published_total.fetch_add(messages, Ordering::Relaxed);
         let mut w = self.window.lock();
         w.published += messages;
         w.publish_latency.saturating_record(latency_micros);
@@ -259,14 +268,28 @@ impl Recorder {
         self.first_error.lock().clone()
     }
 
-    /// Messages received now, given the send timestamps they carried.
-    pub fn consumed(&self, now_micros: u64, sent_micros: impl Iterator<Item = u64>) {
+    /// Messages received now, given the send timestamps they carried (`None` for a message
+    /// without one, which counts but has no latency).
+    pub fn consumed(&self, now_micros: u64, sent_micros: impl Iterator<Item = Option<u64>>) {
         let mut w = self.window.lock();
+        let mut count = 0;
         for sent in sent_micros {
-            w.consumed += 1;
-            w.end_to_end_latency
-                .saturating_record(elapsed_micros(sent, now_micros));
+            count += 1;
+            if let Some(sent) = sent {
+                w.end_to_end_latency
+                    .saturating_record(elapsed_micros(sent, now_micros));
+            }
         }
+        w.consumed += count;
+        self.consumed_total.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Messages published and consumed since the run began.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.published_total.load(Ordering::Relaxed),
+            self.consumed_total.load(Ordering::Relaxed),
+        )
     }
 
     pub fn consume_failed(&self, error: &anyhow::Error) {
@@ -479,7 +502,7 @@ mod tests {
         recorder.published(10, 2_000);
         recorder.publish_failed(&anyhow::anyhow!("refused"));
         recorder.publish_failed(&anyhow::anyhow!("refused again"));
-        recorder.consumed(5_000, [1_000, 4_000, 5_000].into_iter());
+        recorder.consumed(5_000, [Some(1_000), Some(4_000), Some(5_000)].into_iter());
         let w = recorder.take();
         assert_eq!((w.published, w.consumed, w.publish_errors), (10, 3, 2));
         assert_eq!(recorder.first_error().as_deref(), Some("refused"));
@@ -490,6 +513,8 @@ mod tests {
         assert_eq!(w.end_to_end_latency.min(), 1);
         let empty = recorder.take();
         assert_eq!((empty.published, empty.consumed), (0, 0));
+        // Taking a window does not reset the run's totals.
+        assert_eq!(recorder.totals(), (10, 3));
 
         let mut total = Window::default();
         total.add(&w);

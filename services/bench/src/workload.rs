@@ -131,8 +131,7 @@ impl Workload {
     /// maximum rate.
     pub fn send_interval(&self) -> Option<Duration> {
         (self.rate > 0).then(|| {
-            let per_producer = self.rate as f64 / self.producers() as f64;
-            Duration::from_secs_f64(self.batch_size as f64 / per_producer)
+            crate::stats::request_interval(self.rate as f64, self.producers(), self.batch_size)
         })
     }
 
