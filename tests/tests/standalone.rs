@@ -252,6 +252,34 @@ async fn cli_tour() {
     assert_eq!(queue["attributes"]["visibility_timeout_seconds"], 60);
     assert_eq!(queue["tags"]["team"], "pay");
 
+    // consume prints what the server pushes and deletes it; with --count it stops there and
+    // the message it did not print goes back to the queue.
+    for body in ["one", "two", "three"] {
+        ok(&["send", "tour", body]);
+    }
+    let consumed = ok(&[
+        "consume",
+        "tour",
+        "--count",
+        "2",
+        "--prefetch",
+        "3",
+        "--json",
+    ]);
+    let bodies: Vec<String> = consumed
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["body"].to_string())
+        .collect();
+    assert_eq!(bodies.len(), 2, "{consumed}");
+    let queue: serde_json::Value =
+        serde_json::from_str(&ok(&["queue", "get", "tour", "--json"])).unwrap();
+    assert_eq!(queue["counts"]["visible"], 1, "two consumed and deleted");
+    assert_eq!(queue["counts"]["in_flight"], 0, "the third was given back");
+    let refused = server.cli(&["consume", "tour", "--prefetch", "5000"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("start.prefetch"), "{stderr}");
+
     let bad = server.cli(&["queue", "create", "tour", "--retention", "5"]);
     assert!(!bad.status.success());
     let stderr = String::from_utf8_lossy(&bad.stderr);

@@ -1008,14 +1008,20 @@ pub(crate) fn seq_floor_op(id: QueueId, next_seq: u64) -> Op {
     )
 }
 
+/// The WAL files kept before RocksDB flushes the column families that pin the oldest one.
+const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
+
 fn open_db(path: &Path) -> Result<DB> {
     let mut options = Options::default();
     options.create_if_missing(true);
     options.create_missing_column_families(true);
     options.increase_parallelism(2);
-    // Reusing old WAL files instead of growing new ones means an fdatasync of the WAL flushes
-    // data only, not the file's size in its inode as well.
-    options.set_recycle_log_file_num(4);
+    // Messages are deleted soon after they are sent, so the messages column family flushes
+    // every few seconds under load while the small ones (delivery state, dedup ids) hardly
+    // ever fill; each of them keeps every WAL file since its last flush alive. Without a cap
+    // the WAL grew to RocksDB's default of four times all write buffers, over a gigabyte to
+    // replay after a crash; at this size the small families flush along every few flushes.
+    options.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
     let mut meta = Options::default();
     meta.set_merge_operator_associative("max_u64", keys::max_merge);
     let cfs = vec![

@@ -34,6 +34,10 @@ pub enum Pace {
     Adaptive(Arc<RateControl>),
 }
 
+/// How far behind an adaptive schedule a producer may fall and still send what it owes: a few
+/// of the timer's millisecond ticks.
+const MAX_OWED: Duration = Duration::from_millis(5);
+
 /// When a producer's next request is due.
 #[derive(Debug, Clone)]
 pub struct Pacer {
@@ -66,10 +70,15 @@ impl Pacer {
             Pace::Adaptive(control) => {
                 let interval = control.interval();
                 let due = self.last_due.map_or(now, |last| last + interval);
-                // Behind by more than a request: the rate is above what the system takes, and
-                // the controller is about to lower it; owing the missed sends would only
-                // flood the system once it does.
-                let due = if due + interval < now { now } else { due };
+                // A little behind is the timer's doing: it wakes on millisecond ticks, later
+                // than asked, and a producer sending more often than that catches up at once.
+                // Further behind, the rate is above what the system takes and the controller
+                // is about to lower it; owing those sends would only flood the system then.
+                let due = if due + interval.max(MAX_OWED) < now {
+                    now
+                } else {
+                    due
+                };
                 self.last_due = Some(due);
                 due
             }
@@ -483,13 +492,17 @@ mod tests {
     }
 
     #[test]
-    fn an_adaptive_pacer_owes_nothing_once_behind() {
+    fn an_adaptive_pacer_catches_up_a_tick_but_owes_nothing_once_far_behind() {
         let start = Instant::now();
         let control = Arc::new(RateControl::new(1, 1));
         // 5,000 msgs/s: one request every 200 µs.
         let mut pacer = Pacer::new(start, Pace::Adaptive(control));
         assert_eq!(pacer.next(start), start);
         assert_eq!(pacer.next(start), start + Duration::from_micros(200));
+        // A timer tick late, it still owes the requests due meanwhile: they go at once.
+        let tick_late = start + Duration::from_millis(1);
+        assert_eq!(pacer.next(tick_late), start + Duration::from_micros(400));
+        assert_eq!(pacer.next(tick_late), start + Duration::from_micros(600));
         // A second later the producer was stuck; the next request is due now, not 5,000
         // requests ago.
         let later = start + Duration::from_secs(1);

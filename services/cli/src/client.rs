@@ -21,6 +21,8 @@ pub enum ClientCommand {
     Send(SendArgs),
     /// Receive messages (optionally long polling), and optionally delete them.
     Receive(ReceiveArgs),
+    /// Print messages as they arrive and delete each once printed, until --count or Ctrl-C.
+    Consume(ConsumeArgs),
     /// Delete a received message by its receipt handle.
     Delete {
         queue: String,
@@ -250,6 +252,20 @@ pub struct ReceiveArgs {
     delete: bool,
 }
 
+#[derive(Args)]
+pub struct ConsumeArgs {
+    queue: String,
+    /// Messages the server may push ahead of the ones printed (1 to 1000).
+    #[arg(long, default_value_t = 100)]
+    prefetch: u32,
+    /// Stop after this many messages.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Hide the received messages for this many seconds instead of the queue's default.
+    #[arg(long)]
+    visibility_timeout: Option<u32>,
+}
+
 fn parse_tag(raw: &str) -> Result<(String, String), String> {
     raw.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -425,6 +441,116 @@ fn message_json(m: &pb::Message) -> serde_json::Value {
         "sequence_number": m.sequence_number,
         "dead_letter_source_queue": m.dead_letter_source_queue,
     })
+}
+
+/// One received message, as JSON or for a reader; `receipt` shows its receipt handle.
+fn print_message(json_out: bool, m: &pb::Message, receipt: bool) {
+    if json_out {
+        println!("{}", message_json(m));
+        return;
+    }
+    println!(
+        "{}  received {}x  {}",
+        m.message_id,
+        m.approximate_receive_count,
+        String::from_utf8_lossy(&m.body)
+    );
+    if !m.group_id.is_empty() {
+        println!("  group {}, sequence {}", m.group_id, m.sequence_number);
+    }
+    if !m.dead_letter_source_queue.is_empty() {
+        println!("  dead-lettered from {}", m.dead_letter_source_queue);
+    }
+    let mut names: Vec<_> = m.attributes.keys().collect();
+    names.sort();
+    for name in names {
+        let v = &m.attributes[name];
+        let shown = if v.data_type.starts_with("Binary") {
+            hex(&v.binary_value)
+        } else {
+            v.string_value.clone()
+        };
+        println!("  {name} ({}) = {shown}", v.data_type);
+    }
+    if receipt {
+        println!("  receipt: {}", m.receipt_handle);
+    }
+}
+
+/// `sluice consume`: prints messages as the server pushes them and deletes each batch once it
+/// is printed, until `--count` messages or Ctrl-C.
+async fn consume(
+    client: &mut QueueServiceClient<Channel>,
+    endpoint: &str,
+    args: ConsumeArgs,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let err = |status| failed(endpoint, status);
+    let (requests, rx) = tokio::sync::mpsc::unbounded_channel();
+    let start = pb::consume_request::Request::Start(pb::ConsumeStart {
+        queue: args.queue,
+        prefetch: args.prefetch,
+        visibility_timeout_seconds: args.visibility_timeout,
+    });
+    requests
+        .send(pb::ConsumeRequest {
+            request: Some(start),
+        })
+        .expect("the receiver is right here");
+    let mut responses = client
+        .consume(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .map_err(err)?
+        .into_inner();
+    let mut requests = Some(requests);
+    let mut printed = 0u64;
+    let mut failed = 0usize;
+    loop {
+        let next = tokio::select! {
+            next = responses.message() => next.map_err(err)?,
+            _ = tokio::signal::ctrl_c(), if requests.is_some() => {
+                // Stop taking messages; the server answers the acks sent and returns the rest.
+                requests = None;
+                continue;
+            }
+        };
+        let Some(response) = next else { break };
+        match response.response {
+            Some(pb::consume_response::Response::Messages(batch)) => {
+                let Some(acks) = &requests else { continue };
+                let mut handles = Vec::with_capacity(batch.messages.len());
+                for m in &batch.messages {
+                    if args.count.is_some_and(|count| printed >= count) {
+                        break;
+                    }
+                    print_message(json_out, m, false);
+                    handles.push(m.receipt_handle.clone());
+                    printed += 1;
+                }
+                if !handles.is_empty() {
+                    let ack = pb::consume_request::Request::Ack(pb::ConsumeAck {
+                        receipt_handles: handles,
+                    });
+                    acks.send(pb::ConsumeRequest { request: Some(ack) })
+                        .map_err(|_| anyhow!("the consume stream closed"))?;
+                }
+                if args.count.is_some_and(|count| printed >= count) {
+                    requests = None;
+                }
+            }
+            Some(pb::consume_response::Response::Acked(acked)) => {
+                for f in &acked.failed {
+                    eprintln!("delete failed: {}: {}", f.code, f.message);
+                }
+                failed += acked.failed.len();
+            }
+            None => {}
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {printed} messages were printed but not deleted");
+    }
+    Ok(())
 }
 
 fn task_status(task: &pb::MessageMoveTask) -> String {
@@ -865,36 +991,7 @@ pub async fn run(endpoint: String, json_out: bool, command: ClientCommand) -> an
                 .into_inner()
                 .messages;
             for m in &messages {
-                if json_out {
-                    println!("{}", message_json(m));
-                } else {
-                    println!(
-                        "{}  received {}x  {}",
-                        m.message_id,
-                        m.approximate_receive_count,
-                        String::from_utf8_lossy(&m.body)
-                    );
-                    if !m.group_id.is_empty() {
-                        println!("  group {}, sequence {}", m.group_id, m.sequence_number);
-                    }
-                    if !m.dead_letter_source_queue.is_empty() {
-                        println!("  dead-lettered from {}", m.dead_letter_source_queue);
-                    }
-                    let mut names: Vec<_> = m.attributes.keys().collect();
-                    names.sort();
-                    for name in names {
-                        let v = &m.attributes[name];
-                        let shown = if v.data_type.starts_with("Binary") {
-                            hex(&v.binary_value)
-                        } else {
-                            v.string_value.clone()
-                        };
-                        println!("  {name} ({}) = {shown}", v.data_type);
-                    }
-                    if !receive.delete {
-                        println!("  receipt: {}", m.receipt_handle);
-                    }
-                }
+                print_message(json_out, m, !receive.delete);
                 if receive.delete {
                     client
                         .delete_message(pb::DeleteMessageRequest {
@@ -909,6 +1006,7 @@ pub async fn run(endpoint: String, json_out: bool, command: ClientCommand) -> an
                 eprintln!("no message");
             }
         }
+        ClientCommand::Consume(args) => consume(&mut client, &endpoint, args, json_out).await?,
         ClientCommand::Delete {
             queue,
             receipt_handle,

@@ -3,6 +3,7 @@
 //! `QueueBackend`: the in-process engine in standalone, a backend node over the network otherwise.
 
 mod catalog;
+mod consume;
 mod digest;
 mod metrics;
 pub mod node;

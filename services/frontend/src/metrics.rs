@@ -1,6 +1,9 @@
 use std::sync::LazyLock;
 
-use prometheus::{register_histogram_vec, register_int_counter_vec, HistogramVec, IntCounterVec};
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge, HistogramVec,
+    IntCounterVec, IntGauge,
+};
 use sluice_common::rpc::RpcMetrics;
 
 pub(crate) static RPC: LazyLock<RpcMetrics> = LazyLock::new(|| RpcMetrics {
@@ -63,6 +66,14 @@ pub(crate) static EMPTY_RECEIVES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub(crate) static CONSUME_STREAMS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "sluice_consume_streams",
+        "Consume streams open on this server"
+    )
+    .expect("metric registers once")
+});
+
 /// Registers every metric up front, so each is exported before its first event.
 pub(crate) fn register() {
     LazyLock::force(&RPC_REQUESTS);
@@ -71,4 +82,5 @@ pub(crate) fn register() {
     LazyLock::force(&MESSAGES_RECEIVED);
     LazyLock::force(&MESSAGES_DELETED);
     LazyLock::force(&EMPTY_RECEIVES);
+    LazyLock::force(&CONSUME_STREAMS);
 }

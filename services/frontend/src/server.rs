@@ -22,7 +22,7 @@ pub async fn serve(
         .with_service_name("sluice.v1.QueueService")
         .build_v1()
         .map_err(|err| anyhow::anyhow!("reflection: {err}"))?;
-    let queue_service = QueueServiceServer::new(service)
+    let queue_service = QueueServiceServer::new(service.ending_streams_on(shutdown.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let routes = Routes::new(queue_service).add_service(reflection);

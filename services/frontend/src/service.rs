@@ -12,11 +12,14 @@ use sluice_proto::v1 as pb;
 use sluice_proto::v1::queue_service_server::QueueService;
 use sluice_storage::{
     AttributeValue, DeadLetter, MoveTask, MoveTaskStatus, NewMessage, QueueConfig, QueueCounts,
-    Replication,
+    ReceivedMessage, Replication,
 };
-use tonic::{Request, Response, Status};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::catalog::{Catalog, QueueRecord, Stored};
+use crate::consume::Consumer;
 use crate::digest;
 use crate::metrics;
 use crate::validate::{self, EffectiveAttributes};
@@ -28,6 +31,8 @@ const CAS_ATTEMPTS: usize = 5;
 pub struct QueueServiceImpl {
     catalog: Catalog,
     backend: Arc<dyn QueueBackend>,
+    /// Cancelled when the server shuts down, which ends the Consume streams.
+    closing: CancellationToken,
 }
 
 /// The queue a request names, for the RPC span.
@@ -78,6 +83,8 @@ impl QueueName for pb::ListQueuesRequest {
     }
 }
 
+const SERVICE: &str = "sluice.v1.QueueService";
+
 /// Runs one RPC inside a span that continues the caller's trace, counts it by gRPC code and
 /// times it.
 async fn observed<R, T, Fut>(
@@ -92,7 +99,7 @@ where
     let (metadata, _, request) = request.into_parts();
     let queue = request.queue_name().to_owned();
     rpc::observe(
-        "sluice.v1.QueueService",
+        SERVICE,
         method,
         &queue,
         &metadata,
@@ -102,7 +109,7 @@ where
     .await
 }
 
-fn batch_error(id: String, err: &Error) -> pb::BatchResultError {
+pub(crate) fn batch_error(id: String, err: &Error) -> pb::BatchResultError {
     pb::BatchResultError {
         id,
         code: err.code_name().to_owned(),
@@ -152,6 +159,38 @@ fn to_proto_task(source: &str, task: MoveTask) -> pb::MessageMoveTask {
     }
 }
 
+/// A received message as the API returns it.
+pub(crate) fn to_proto_message(m: ReceivedMessage) -> pb::Message {
+    let attributes: HashMap<String, pb::MessageAttributeValue> = m
+        .attributes
+        .into_iter()
+        .map(|(name, v)| {
+            (
+                name,
+                pb::MessageAttributeValue {
+                    data_type: v.data_type,
+                    string_value: v.string_value,
+                    binary_value: v.binary_value,
+                },
+            )
+        })
+        .collect();
+    pb::Message {
+        md5_of_body: m.md5_of_body,
+        md5_of_message_attributes: digest::md5_of_attributes(&attributes),
+        message_id: m.message_id,
+        receipt_handle: m.receipt_handle,
+        body: m.body,
+        attributes,
+        sent_timestamp_ms: m.sent_timestamp_ms,
+        approximate_receive_count: m.receive_count,
+        approximate_first_receive_timestamp_ms: m.first_receive_timestamp_ms,
+        group_id: m.group_id,
+        sequence_number: m.sequence.to_string(),
+        dead_letter_source_queue: m.dead_letter_source,
+    }
+}
+
 fn kind(fifo: bool) -> &'static str {
     if fifo {
         "FIFO"
@@ -193,7 +232,17 @@ struct SendFields<'a> {
 impl QueueServiceImpl {
     pub fn new(catalog: Catalog, backend: Arc<dyn QueueBackend>) -> Self {
         metrics::register();
-        QueueServiceImpl { catalog, backend }
+        QueueServiceImpl {
+            catalog,
+            backend,
+            closing: CancellationToken::new(),
+        }
+    }
+
+    /// Ends the Consume streams once `shutdown` is cancelled; [`crate::serve`] calls it.
+    pub fn ending_streams_on(mut self, shutdown: CancellationToken) -> Self {
+        self.closing = shutdown;
+        self
     }
 
     async fn queue(&self, field: &str, name: &str) -> Result<QueueRecord> {
@@ -570,39 +619,7 @@ impl QueueServiceImpl {
                 .with_label_values(&[&queue.name])
                 .inc_by(received.len() as u64);
         }
-        let messages = received
-            .into_iter()
-            .map(|m| {
-                let attributes: HashMap<String, pb::MessageAttributeValue> = m
-                    .attributes
-                    .into_iter()
-                    .map(|(name, v)| {
-                        (
-                            name,
-                            pb::MessageAttributeValue {
-                                data_type: v.data_type,
-                                string_value: v.string_value,
-                                binary_value: v.binary_value,
-                            },
-                        )
-                    })
-                    .collect();
-                pb::Message {
-                    md5_of_body: m.md5_of_body,
-                    md5_of_message_attributes: digest::md5_of_attributes(&attributes),
-                    message_id: m.message_id,
-                    receipt_handle: m.receipt_handle,
-                    body: m.body,
-                    attributes,
-                    sent_timestamp_ms: m.sent_timestamp_ms,
-                    approximate_receive_count: m.receive_count,
-                    approximate_first_receive_timestamp_ms: m.first_receive_timestamp_ms,
-                    group_id: m.group_id,
-                    sequence_number: m.sequence.to_string(),
-                    dead_letter_source_queue: m.dead_letter_source,
-                }
-            })
-            .collect();
+        let messages = received.into_iter().map(to_proto_message).collect();
         Ok(pb::ReceiveMessageResponse { messages })
     }
 
@@ -920,5 +937,41 @@ impl QueueService for QueueServiceImpl {
             self.change_message_visibility_batch(req)
         })
         .await
+    }
+
+    type ConsumeStream = ReceiverStream<Result<pb::ConsumeResponse, Status>>;
+
+    async fn consume(
+        &self,
+        request: Request<Streaming<pb::ConsumeRequest>>,
+    ) -> Result<Response<Self::ConsumeStream>, Status> {
+        let (metadata, _, mut requests) = request.into_parts();
+        let start = match requests.message().await? {
+            Some(pb::ConsumeRequest {
+                request: Some(pb::consume_request::Request::Start(start)),
+            }) => Some(start),
+            _ => None,
+        };
+        let queue = start.as_ref().map_or("", |s| s.queue.as_str()).to_owned();
+        let consumer = rpc::observe(
+            SERVICE,
+            "Consume",
+            &queue,
+            &metadata,
+            &metrics::RPC,
+            async {
+                let start = start.ok_or_else(|| {
+                    Error::invalid(
+                        "start",
+                        "the first request of a Consume stream must be a start",
+                    )
+                })?;
+                let record = self.queue("start.queue", &start.queue).await?;
+                Consumer::new(self.backend.clone(), record, &start, self.closing.clone())
+            },
+        )
+        .await?
+        .into_inner();
+        Ok(Response::new(ReceiverStream::new(consumer.spawn(requests))))
     }
 }

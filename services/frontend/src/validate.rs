@@ -31,6 +31,9 @@ pub const MAX_MOVE_RATE: u32 = 1000;
 pub const MAX_TAGS: usize = 50;
 pub const MAX_TAG_KEY_LEN: usize = 128;
 pub const MAX_TAG_VALUE_LEN: usize = 256;
+pub const DEFAULT_PREFETCH: u32 = 100;
+pub const MAX_PREFETCH: u32 = 1000;
+pub const MAX_ACK_HANDLES: usize = 1000;
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;
 
@@ -89,6 +92,21 @@ pub fn wait_time(field: &str, secs: u32) -> Result<Duration> {
 pub fn max_messages(value: u32) -> Result<usize> {
     let value = if value == 0 { 1 } else { value };
     in_range("max_messages", value, 1, MAX_RECEIVE_MESSAGES).map(|v| v as usize)
+}
+
+pub fn prefetch(value: u32) -> Result<usize> {
+    let value = if value == 0 { DEFAULT_PREFETCH } else { value };
+    in_range("start.prefetch", value, 1, MAX_PREFETCH).map(|v| v as usize)
+}
+
+pub fn ack_handles(len: usize) -> Result<()> {
+    if len == 0 || len > MAX_ACK_HANDLES {
+        return Err(Error::invalid(
+            "ack.receipt_handles",
+            format!("an ack holds 1 to {MAX_ACK_HANDLES} receipt handles, got {len}"),
+        ));
+    }
+    Ok(())
 }
 
 pub fn page_size(value: u32) -> Result<usize> {

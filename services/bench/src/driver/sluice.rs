@@ -6,27 +6,22 @@ use std::sync::Arc;
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::future::BoxFuture;
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::queue_service_client::QueueServiceClient;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
+use tonic::Streaming;
 
 use super::{pick, Consumer, Driver, Producer};
 
-/// Most messages one receive may return.
-const RECEIVE_MAX: u32 = 10;
+/// Messages a consumer holds received and unacknowledged, the same window as the RabbitMQ
+/// driver's prefetch.
+const PREFETCH: u32 = 200;
 
-/// Receives a consumer keeps waiting at once: Sluice's counterpart of a prefetch window, as
-/// RabbitMQ pushes up to its prefetch count and JetStream pulls whole batches. With four, a
-/// consumer has up to 40 messages coming while it handles the last ones.
-const RECEIVES_IN_FLIGHT: usize = 4;
-
-/// Deletes a consumer leaves running while it receives more. AMQP and JetStream acks are
-/// one-way messages that a consumer does not wait for; a Sluice delete answers once it is
-/// durable, so a consumer overlaps a few instead of waiting for each.
-const DELETES_IN_FLIGHT: usize = 4;
+/// How long `receive` waits for a push before it returns empty-handed.
+const RECEIVE_WAIT: Duration = Duration::from_secs(1);
 
 pub struct SluiceDriver {
     endpoints: Vec<String>,
@@ -127,13 +122,10 @@ impl Driver for SluiceDriver {
     }
 
     async fn consumer(&self, queue: &str, index: usize) -> anyhow::Result<Box<dyn Consumer>> {
-        Ok(Box::new(SluiceConsumer {
-            client: self.client(index).await?,
-            queue: self.queue_name(queue),
-            receipts: Vec::new(),
-            receives: FuturesUnordered::new(),
-            deletes: FuturesUnordered::new(),
-        }))
+        let client = self.client(index).await?;
+        Ok(Box::new(
+            SluiceConsumer::open(client, self.queue_name(queue)).await?,
+        ))
     }
 }
 
@@ -210,98 +202,107 @@ impl Producer for SluiceProducer {
     }
 }
 
-type Call<T> = BoxFuture<'static, anyhow::Result<T>>;
-
+/// Consumes over a `Consume` stream: the server pushes up to `PREFETCH` messages ahead and
+/// acks go back on the same stream without a request each.
 struct SluiceConsumer {
-    client: QueueServiceClient<Channel>,
-    queue: String,
+    /// The stream's request side; `finish` drops it to close the stream.
+    acks: Option<mpsc::UnboundedSender<pb::ConsumeRequest>>,
+    responses: Streaming<pb::ConsumeResponse>,
     /// Receipts of what the last `receive` returned.
     receipts: Vec<String>,
-    receives: FuturesUnordered<Call<Vec<pb::Message>>>,
-    deletes: FuturesUnordered<Call<()>>,
 }
 
 impl SluiceConsumer {
-    fn start_receive(&self) -> Call<Vec<pb::Message>> {
-        let mut client = self.client.clone();
-        let request = pb::ReceiveMessageRequest {
-            queue: self.queue.clone(),
-            max_messages: RECEIVE_MAX,
-            wait_time_seconds: Some(1),
+    async fn open(
+        mut client: QueueServiceClient<Channel>,
+        queue: String,
+    ) -> anyhow::Result<SluiceConsumer> {
+        let (acks, requests) = mpsc::unbounded_channel();
+        let start = pb::consume_request::Request::Start(pb::ConsumeStart {
+            queue,
+            prefetch: PREFETCH,
             visibility_timeout_seconds: Some(60),
-        };
-        Box::pin(async move { Ok(client.receive_message(request).await?.into_inner().messages) })
-    }
-
-    fn start_delete(&self, receipts: Vec<String>) -> Call<()> {
-        let mut client = self.client.clone();
-        let request = pb::DeleteMessageBatchRequest {
-            queue: self.queue.clone(),
-            entries: receipts
-                .into_iter()
-                .enumerate()
-                .map(|(i, receipt_handle)| pb::DeleteMessageBatchEntry {
-                    id: i.to_string(),
-                    receipt_handle,
-                })
-                .collect(),
-        };
-        Box::pin(async move {
-            let response = client.delete_message_batch(request).await?.into_inner();
-            if let Some(failed) = response.failed.first() {
-                anyhow::bail!(
-                    "{} deletes failed, e.g. {}: {}",
-                    response.failed.len(),
-                    failed.code,
-                    failed.message
-                );
-            }
-            Ok(())
+        });
+        acks.send(pb::ConsumeRequest {
+            request: Some(start),
+        })
+        .expect("the receiver is right here");
+        let responses = client
+            .consume(UnboundedReceiverStream::new(requests))
+            .await
+            .context("cannot start consuming")?
+            .into_inner();
+        Ok(SluiceConsumer {
+            acks: Some(acks),
+            responses,
+            receipts: Vec::new(),
         })
     }
+}
+
+/// Fails if an ack did not delete everything it named.
+fn check_acked(acked: &pb::ConsumeAcked) -> anyhow::Result<()> {
+    if let Some(failed) = acked.failed.first() {
+        anyhow::bail!(
+            "{} deletes failed, e.g. {}: {}",
+            acked.failed.len(),
+            failed.code,
+            failed.message
+        );
+    }
+    Ok(())
 }
 
 #[async_trait]
 impl Consumer for SluiceConsumer {
     async fn receive(&mut self) -> anyhow::Result<Vec<Bytes>> {
-        while self.receives.len() < RECEIVES_IN_FLIGHT {
-            let call = self.start_receive();
-            self.receives.push(call);
+        loop {
+            let Ok(next) = tokio::time::timeout(RECEIVE_WAIT, self.responses.message()).await
+            else {
+                return Ok(Vec::new());
+            };
+            let Some(response) = next? else {
+                anyhow::bail!("the server ended the consume stream");
+            };
+            match response.response {
+                Some(pb::consume_response::Response::Messages(batch)) => {
+                    self.receipts = Vec::with_capacity(batch.messages.len());
+                    return Ok(batch
+                        .messages
+                        .into_iter()
+                        .map(|m| {
+                            self.receipts.push(m.receipt_handle);
+                            m.body
+                        })
+                        .collect());
+                }
+                Some(pb::consume_response::Response::Acked(acked)) => check_acked(&acked)?,
+                None => anyhow::bail!("the server sent an empty consume response"),
+            }
         }
-        let messages = self
-            .receives
-            .next()
-            .await
-            .expect("receives were just started")?;
-        self.receipts = Vec::with_capacity(messages.len());
-        Ok(messages
-            .into_iter()
-            .map(|m| {
-                self.receipts.push(m.receipt_handle);
-                m.body
-            })
-            .collect())
     }
 
     async fn ack(&mut self) -> anyhow::Result<()> {
-        if !self.receipts.is_empty() {
-            let receipts = std::mem::take(&mut self.receipts);
-            let call = self.start_delete(receipts);
-            self.deletes.push(call);
+        if self.receipts.is_empty() {
+            return Ok(());
         }
-        // Report a failed delete on the next ack rather than lose it.
-        while self.deletes.len() >= DELETES_IN_FLIGHT {
-            self.deletes.next().await.expect("deletes are running")?;
-        }
-        while let Some(Some(done)) = self.deletes.next().now_or_never() {
-            done?;
-        }
-        Ok(())
+        let receipt_handles = std::mem::take(&mut self.receipts);
+        let ack = pb::consume_request::Request::Ack(pb::ConsumeAck { receipt_handles });
+        self.acks
+            .as_ref()
+            .context("the consumer has finished")?
+            .send(pb::ConsumeRequest { request: Some(ack) })
+            .map_err(|_| anyhow::anyhow!("the consume stream is closed"))
     }
 
+    /// Closes the stream and waits for the answers to the acks still running. Messages pushed
+    /// meanwhile go back to the queue when the stream ends.
     async fn finish(&mut self) -> anyhow::Result<()> {
-        while let Some(done) = self.deletes.next().await {
-            done?;
+        self.acks = None;
+        while let Some(response) = self.responses.message().await? {
+            if let Some(pb::consume_response::Response::Acked(acked)) = response.response {
+                check_acked(&acked)?;
+            }
         }
         Ok(())
     }

@@ -1,0 +1,283 @@
+//! `Consume`: receiving without asking each time. One task per stream keeps a long poll running
+//! while the client has room in its prefetch window and deletes what the client acknowledges,
+//! both through the same `QueueBackend` calls as `ReceiveMessage` and `DeleteMessageBatch`. A
+//! consumer then costs the server a frame per batch instead of a request per batch, which is
+//! what a busy queue spends most of its time on.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
+use sluice_backend::QueueBackend;
+use sluice_common::{rpc, Error, Result};
+use sluice_proto::v1 as pb;
+use sluice_storage::ReceivedMessage;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+use tracing::Instrument;
+
+use crate::catalog::QueueRecord;
+use crate::metrics;
+use crate::service::{batch_error, to_proto_message};
+use crate::validate;
+
+/// Most messages one receive asks for: a window of a thousand fills in a few calls, each small
+/// enough to go out as one response frame.
+const MAX_PER_RECEIVE: usize = 100;
+/// How long one receive waits for messages when the queue is empty; the stream then asks again.
+const LONG_POLL: Duration = Duration::from_secs(validate::MAX_WAIT_TIME_SECS as u64);
+/// Responses queued for a client that reads slowly; the window bounds what can pile up anyway.
+const RESPONSE_BUFFER: usize = 16;
+
+pub(crate) type Responses = mpsc::Receiver<Result<pb::ConsumeResponse, Status>>;
+
+/// A started stream: its queue and window, and what it has delivered and not yet seen
+/// acknowledged.
+pub(crate) struct Consumer {
+    backend: Arc<dyn QueueBackend>,
+    queue: QueueRecord,
+    prefetch: usize,
+    visibility: Duration,
+    /// Cancelled when the server shuts down: a stream has no end of its own to wait for.
+    closing: CancellationToken,
+    /// Receipt handles delivered on this stream and not yet acknowledged; they are made visible
+    /// again when the stream ends, as AMQP returns a closed channel's unacknowledged messages.
+    outstanding: HashSet<String>,
+}
+
+/// The outcome of one ack: the handles' positions in the ack that went to the backend, its
+/// results for them, and the failures found before it.
+struct AckDone {
+    positions: Vec<usize>,
+    results: Result<Vec<Result<()>>>,
+    failed: Vec<pb::BatchResultError>,
+}
+
+impl Consumer {
+    /// Checks the stream's first request, which must be a `start`.
+    pub(crate) fn new(
+        backend: Arc<dyn QueueBackend>,
+        queue: QueueRecord,
+        start: &pb::ConsumeStart,
+        closing: CancellationToken,
+    ) -> Result<Consumer> {
+        let prefetch = validate::prefetch(start.prefetch)?;
+        let visibility = validate::visibility_timeout(
+            "start.visibility_timeout_seconds",
+            start
+                .visibility_timeout_seconds
+                .unwrap_or(queue.attributes.visibility_timeout_seconds),
+        )?;
+        Ok(Consumer {
+            backend,
+            queue,
+            prefetch,
+            visibility,
+            closing,
+            outstanding: HashSet::new(),
+        })
+    }
+
+    /// Serves the rest of the stream on its own task; the responses come out of what this
+    /// returns.
+    pub(crate) fn spawn(self, requests: Streaming<pb::ConsumeRequest>) -> Responses {
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        let span = tracing::info_span!(target: rpc::TARGET, "consume", queue = %self.queue.name);
+        tokio::spawn(
+            async move {
+                metrics::CONSUME_STREAMS.inc();
+                let mut consumer = self;
+                let result = consumer.serve(requests, &tx).await;
+                consumer.release().await;
+                metrics::CONSUME_STREAMS.dec();
+                if let Err(err) = result {
+                    if matches!(err, Error::Internal(_)) {
+                        tracing::error!(target: rpc::TARGET, error = %err, "consume stream failed");
+                    } else {
+                        tracing::debug!(target: rpc::TARGET, error = %err, "consume stream ended");
+                    }
+                    // The client may be gone already; then there is no one left to tell.
+                    let _ = tx.send(Err(err.into())).await;
+                }
+            }
+            .instrument(span),
+        );
+        rx
+    }
+
+    fn receive(&self, max: usize) -> BoxFuture<'static, Result<Vec<ReceivedMessage>>> {
+        let backend = self.backend.clone();
+        let (id, visibility) = (self.queue.id, self.visibility);
+        async move { backend.receive(id, max, visibility, LONG_POLL).await }.boxed()
+    }
+
+    /// Frees the window's places of the ack's handles and starts deleting them.
+    fn ack(&mut self, ack: pb::ConsumeAck) -> Result<BoxFuture<'static, AckDone>> {
+        validate::ack_handles(ack.receipt_handles.len())?;
+        let mut positions = Vec::with_capacity(ack.receipt_handles.len());
+        let mut handles = Vec::with_capacity(ack.receipt_handles.len());
+        let mut failed = Vec::new();
+        for (position, handle) in ack.receipt_handles.into_iter().enumerate() {
+            if handle.is_empty() {
+                let err = Error::invalid("ack.receipt_handles", "must not be empty");
+                failed.push(batch_error(position.to_string(), &err));
+                continue;
+            }
+            self.outstanding.remove(&handle);
+            positions.push(position);
+            handles.push(handle);
+        }
+        let backend = self.backend.clone();
+        let id = self.queue.id;
+        Ok(async move {
+            let results = if handles.is_empty() {
+                Ok(Vec::new())
+            } else {
+                backend.delete(id, handles).await
+            };
+            AckDone {
+                positions,
+                results,
+                failed,
+            }
+        }
+        .boxed())
+    }
+
+    /// Runs until the client has closed its side and every ack is answered, the client is
+    /// gone, or the backend fails. When the server shuts down it stops receiving, answers the
+    /// acks under way and ends the stream UNAVAILABLE, so the client consumes elsewhere.
+    async fn serve(
+        &mut self,
+        mut requests: Streaming<pb::ConsumeRequest>,
+        tx: &mpsc::Sender<Result<pb::ConsumeResponse, Status>>,
+    ) -> Result<()> {
+        let mut receiving: Option<BoxFuture<'static, Result<Vec<ReceivedMessage>>>> = None;
+        let mut acks = FuturesOrdered::new();
+        let mut open = true;
+        let mut closed_by_server = false;
+        loop {
+            let room = self.prefetch.saturating_sub(self.outstanding.len());
+            if open && receiving.is_none() && room > 0 {
+                receiving = Some(self.receive(room.min(MAX_PER_RECEIVE)));
+            }
+            if !open && acks.is_empty() {
+                if closed_by_server {
+                    return Err(Error::Unavailable(
+                        "the server is shutting down; consume through another".into(),
+                    ));
+                }
+                return Ok(());
+            }
+            tokio::select! {
+                request = requests.message(), if open => match request {
+                    Ok(Some(pb::ConsumeRequest { request: Some(pb::consume_request::Request::Ack(ack)) })) => {
+                        acks.push_back(self.ack(ack)?);
+                    }
+                    Ok(Some(_)) => {
+                        return Err(Error::invalid(
+                            "request",
+                            "after the first request, which is a start, every request must be an ack",
+                        ));
+                    }
+                    Ok(None) => {
+                        // The client sends no more acks: stop receiving, answer what is acked.
+                        // A receive cut short here leaves what it took in flight until its
+                        // visibility timeout, as an abandoned ReceiveMessage does.
+                        open = false;
+                        receiving = None;
+                    }
+                    // The client is gone; nothing can reach it any more.
+                    Err(_) => return Ok(()),
+                },
+                received = async { receiving.as_mut().expect("guarded").await }, if receiving.is_some() => {
+                    receiving = None;
+                    let received = received?;
+                    if received.is_empty() {
+                        metrics::EMPTY_RECEIVES.with_label_values(&[&self.queue.name]).inc();
+                        continue;
+                    }
+                    metrics::MESSAGES_RECEIVED
+                        .with_label_values(&[&self.queue.name])
+                        .inc_by(received.len() as u64);
+                    self.outstanding
+                        .extend(received.iter().map(|m| m.receipt_handle.clone()));
+                    let messages = received.into_iter().map(to_proto_message).collect();
+                    let response = pb::consume_response::Response::Messages(
+                        pb::ReceiveMessageResponse { messages },
+                    );
+                    if !respond(tx, response).await {
+                        return Ok(());
+                    }
+                },
+                Some(done) = acks.next(), if !acks.is_empty() => {
+                    let acked = self.acked(done)?;
+                    if !respond(tx, pb::consume_response::Response::Acked(acked)).await {
+                        return Ok(());
+                    }
+                },
+                () = self.closing.cancelled(), if open => {
+                    open = false;
+                    closed_by_server = true;
+                    receiving = None;
+                }
+                () = tx.closed() => return Ok(()),
+            }
+        }
+    }
+
+    /// Turns the backend's results for an ack into its response.
+    fn acked(&self, done: AckDone) -> Result<pb::ConsumeAcked> {
+        let mut failed = done.failed;
+        let mut deleted: u64 = 0;
+        for (position, result) in done.positions.into_iter().zip(done.results?) {
+            match result {
+                Ok(()) => deleted += 1,
+                Err(err) => failed.push(batch_error(position.to_string(), &err)),
+            }
+        }
+        failed.sort_by_key(|f| f.id.parse::<usize>().unwrap_or(usize::MAX));
+        metrics::MESSAGES_DELETED
+            .with_label_values(&[&self.queue.name])
+            .inc_by(deleted);
+        Ok(pb::ConsumeAcked {
+            deleted: deleted as u32,
+            failed,
+        })
+    }
+
+    /// Makes what the client received and never acknowledged visible to other consumers now,
+    /// rather than after its visibility timeout.
+    async fn release(&mut self) {
+        if self.outstanding.is_empty() {
+            return;
+        }
+        let changes: Vec<(String, Duration)> = self
+            .outstanding
+            .drain()
+            .map(|handle| (handle, Duration::ZERO))
+            .collect();
+        let count = changes.len();
+        // A message already received again elsewhere refuses its old handle; that is fine, it
+        // is someone else's now. A failed call leaves the rest to their visibility timeout.
+        if let Err(err) = self.backend.change_visibility(self.queue.id, changes).await {
+            tracing::warn!(target: rpc::TARGET, error = %err, count, "could not release unacknowledged messages");
+        }
+    }
+}
+
+/// Sends one response; false once the client has gone.
+async fn respond(
+    tx: &mpsc::Sender<Result<pb::ConsumeResponse, Status>>,
+    response: pb::consume_response::Response,
+) -> bool {
+    tx.send(Ok(pb::ConsumeResponse {
+        response: Some(response),
+    }))
+    .await
+    .is_ok()
+}
