@@ -164,6 +164,15 @@ impl Catalog {
             .ok_or_else(|| Error::not_found(format!("queue {name:?}")))
     }
 
+    /// The queue's record as the store has it now, for a caller that keeps it a long time (a
+    /// Consume stream) rather than one request: a record cached from before the queue was
+    /// deleted and created again would name a queue that no longer exists.
+    pub async fn require_fresh(&self, name: &str) -> Result<Stored> {
+        self.load(name)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("queue {name:?}")))
+    }
+
     pub async fn allocate_id(&self) -> Result<QueueId> {
         Ok(self.store.next_id(QUEUE_ID_COUNTER).await?)
     }

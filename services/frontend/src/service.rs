@@ -966,7 +966,8 @@ impl QueueService for QueueServiceImpl {
                         "the first request of a Consume stream must be a start",
                     )
                 })?;
-                let record = self.queue("start.queue", &start.queue).await?;
+                validate::queue_name("start.queue", &start.queue)?;
+                let record = self.catalog.require_fresh(&start.queue).await?.record;
                 Consumer::new(self.backend.clone(), record, &start, self.closing.clone())
             },
         )

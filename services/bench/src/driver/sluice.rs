@@ -122,10 +122,15 @@ impl Driver for SluiceDriver {
     }
 
     async fn consumer(&self, queue: &str, index: usize) -> anyhow::Result<Box<dyn Consumer>> {
-        let client = self.client(index).await?;
-        Ok(Box::new(
-            SluiceConsumer::open(client, self.queue_name(queue)).await?,
-        ))
+        let mut consumer = SluiceConsumer {
+            client: self.client(index).await?,
+            queue: self.queue_name(queue),
+            stream: None,
+            receipts: Vec::new(),
+        };
+        // Opened now so that a queue that cannot be consumed fails the run at its start.
+        consumer.open().await?;
+        Ok(Box::new(consumer))
     }
 }
 
@@ -203,40 +208,45 @@ impl Producer for SluiceProducer {
 }
 
 /// Consumes over a `Consume` stream: the server pushes up to `PREFETCH` messages ahead and
-/// acks go back on the same stream without a request each.
+/// acks go back on the same stream without a request each. A stream that fails (a leader
+/// change, a server shutting down) is opened again on the next `receive`, as a client would;
+/// what it delivered and was not acked goes back to the queue.
 struct SluiceConsumer {
-    /// The stream's request side; `finish` drops it to close the stream.
-    acks: Option<mpsc::UnboundedSender<pb::ConsumeRequest>>,
-    responses: Streaming<pb::ConsumeResponse>,
+    client: QueueServiceClient<Channel>,
+    queue: String,
+    stream: Option<ConsumeStream>,
     /// Receipts of what the last `receive` returned.
     receipts: Vec<String>,
 }
 
+struct ConsumeStream {
+    /// The request side; dropping it closes the stream.
+    acks: mpsc::UnboundedSender<pb::ConsumeRequest>,
+    responses: Streaming<pb::ConsumeResponse>,
+}
+
 impl SluiceConsumer {
-    async fn open(
-        mut client: QueueServiceClient<Channel>,
-        queue: String,
-    ) -> anyhow::Result<SluiceConsumer> {
-        let (acks, requests) = mpsc::unbounded_channel();
-        let start = pb::consume_request::Request::Start(pb::ConsumeStart {
-            queue,
-            prefetch: PREFETCH,
-            visibility_timeout_seconds: Some(60),
-        });
-        acks.send(pb::ConsumeRequest {
-            request: Some(start),
-        })
-        .expect("the receiver is right here");
-        let responses = client
-            .consume(UnboundedReceiverStream::new(requests))
-            .await
-            .context("cannot start consuming")?
-            .into_inner();
-        Ok(SluiceConsumer {
-            acks: Some(acks),
-            responses,
-            receipts: Vec::new(),
-        })
+    async fn open(&mut self) -> anyhow::Result<&mut ConsumeStream> {
+        if self.stream.is_none() {
+            let (acks, requests) = mpsc::unbounded_channel();
+            let start = pb::consume_request::Request::Start(pb::ConsumeStart {
+                queue: self.queue.clone(),
+                prefetch: PREFETCH,
+                visibility_timeout_seconds: Some(60),
+            });
+            acks.send(pb::ConsumeRequest {
+                request: Some(start),
+            })
+            .expect("the receiver is right here");
+            let responses = self
+                .client
+                .consume(UnboundedReceiverStream::new(requests))
+                .await
+                .context("cannot start consuming")?
+                .into_inner();
+            self.stream = Some(ConsumeStream { acks, responses });
+        }
+        Ok(self.stream.as_mut().expect("just opened"))
     }
 }
 
@@ -256,30 +266,21 @@ fn check_acked(acked: &pb::ConsumeAcked) -> anyhow::Result<()> {
 #[async_trait]
 impl Consumer for SluiceConsumer {
     async fn receive(&mut self) -> anyhow::Result<Vec<Bytes>> {
-        loop {
-            let Ok(next) = tokio::time::timeout(RECEIVE_WAIT, self.responses.message()).await
-            else {
-                return Ok(Vec::new());
-            };
-            let Some(response) = next? else {
-                anyhow::bail!("the server ended the consume stream");
-            };
-            match response.response {
-                Some(pb::consume_response::Response::Messages(batch)) => {
-                    self.receipts = Vec::with_capacity(batch.messages.len());
-                    return Ok(batch
-                        .messages
-                        .into_iter()
-                        .map(|m| {
-                            self.receipts.push(m.receipt_handle);
-                            m.body
-                        })
-                        .collect());
-                }
-                Some(pb::consume_response::Response::Acked(acked)) => check_acked(&acked)?,
-                None => anyhow::bail!("the server sent an empty consume response"),
-            }
+        let stream = self.open().await?;
+        let result = next_batch(&mut stream.responses).await;
+        if result.is_err() {
+            // The next receive starts a new stream.
+            self.stream = None;
         }
+        let messages = result?;
+        self.receipts = Vec::with_capacity(messages.len());
+        Ok(messages
+            .into_iter()
+            .map(|m| {
+                self.receipts.push(m.receipt_handle);
+                m.body
+            })
+            .collect())
     }
 
     async fn ack(&mut self) -> anyhow::Result<()> {
@@ -288,9 +289,12 @@ impl Consumer for SluiceConsumer {
         }
         let receipt_handles = std::mem::take(&mut self.receipts);
         let ack = pb::consume_request::Request::Ack(pb::ConsumeAck { receipt_handles });
-        self.acks
+        let stream = self
+            .stream
             .as_ref()
-            .context("the consumer has finished")?
+            .context("the consume stream is closed")?;
+        stream
+            .acks
             .send(pb::ConsumeRequest { request: Some(ack) })
             .map_err(|_| anyhow::anyhow!("the consume stream is closed"))
     }
@@ -298,12 +302,39 @@ impl Consumer for SluiceConsumer {
     /// Closes the stream and waits for the answers to the acks still running. Messages pushed
     /// meanwhile go back to the queue when the stream ends.
     async fn finish(&mut self) -> anyhow::Result<()> {
-        self.acks = None;
-        while let Some(response) = self.responses.message().await? {
+        let Some(ConsumeStream {
+            acks,
+            mut responses,
+        }) = self.stream.take()
+        else {
+            return Ok(());
+        };
+        drop(acks);
+        while let Some(response) = responses.message().await? {
             if let Some(pb::consume_response::Response::Acked(acked)) = response.response {
                 check_acked(&acked)?;
             }
         }
         Ok(())
+    }
+}
+
+/// The next batch pushed on the stream, checking the ack answers that come before it; empty
+/// if none comes within `RECEIVE_WAIT`.
+async fn next_batch(
+    responses: &mut Streaming<pb::ConsumeResponse>,
+) -> anyhow::Result<Vec<pb::Message>> {
+    loop {
+        let Ok(next) = tokio::time::timeout(RECEIVE_WAIT, responses.message()).await else {
+            return Ok(Vec::new());
+        };
+        let Some(response) = next? else {
+            anyhow::bail!("the server ended the consume stream");
+        };
+        match response.response {
+            Some(pb::consume_response::Response::Messages(batch)) => return Ok(batch.messages),
+            Some(pb::consume_response::Response::Acked(acked)) => check_acked(&acked)?,
+            None => anyhow::bail!("the server sent an empty consume response"),
+        }
     }
 }
