@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
+mod common;
+use common::assert_code;
+
 struct Server {
     client: QueueServiceClient<Channel>,
     shutdown: CancellationToken,
@@ -277,16 +280,6 @@ async fn a_server_shutting_down_ends_the_stream_unavailable() {
     assert!(status.message().contains("shutting down"), "{status:?}");
 }
 
-fn assert_refused(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, names: &str) {
-    let status = result.unwrap_err();
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(
-        status.message().contains(names),
-        "{:?} does not name {names}",
-        status.message()
-    );
-}
-
 #[tokio::test]
 async fn bad_starts_and_acks_are_refused_by_name() {
     let mut server = server().await;
@@ -296,17 +289,17 @@ async fn bad_starts_and_acks_are_refused_by_name() {
     let ack_first = pb::consume_request::Request::Ack(pb::ConsumeAck {
         receipt_handles: vec!["x".into()],
     });
-    assert_refused(
+    assert_code(
         server.open(ack_first).await.map(|_| ()),
         Code::InvalidArgument,
         "start",
     );
-    assert_refused(
+    assert_code(
         server.open(start("nope", 10)).await.map(|_| ()),
         Code::NotFound,
         "nope",
     );
-    assert_refused(
+    assert_code(
         server.open(start("q", 1001)).await.map(|_| ()),
         Code::InvalidArgument,
         "start.prefetch",
@@ -316,7 +309,7 @@ async fn bad_starts_and_acks_are_refused_by_name() {
         prefetch: 1,
         visibility_timeout_seconds: Some(43_201),
     });
-    assert_refused(
+    assert_code(
         server.open(too_long).await.map(|_| ()),
         Code::InvalidArgument,
         "start.visibility_timeout_seconds",

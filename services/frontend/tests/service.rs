@@ -11,6 +11,9 @@ use sluice_proto::v1::queue_service_server::QueueService;
 use sluice_storage::{Engine, EngineOptions};
 use tonic::{Code, Request};
 
+mod common;
+use common::assert_code;
+
 struct Fixture {
     service: QueueServiceImpl,
     _dir: tempfile::TempDir,
@@ -580,16 +583,6 @@ async fn list_pages_purge_and_delete() {
     // A new queue of the same name starts empty.
     f.create("a2", Default::default()).await.unwrap();
     assert_eq!(f.total("a2").await, 0);
-}
-
-fn assert_code(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, names: &str) {
-    let status = result.expect_err("request must be refused");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(
-        status.message().contains(names),
-        "message {:?} should name {names}",
-        status.message()
-    );
 }
 
 #[tokio::test]
