@@ -3,14 +3,10 @@
 //! returned when the stream ends, and the refusals that name their field.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use sluice_common::grpc::GrpcServer;
-use sluice_frontend::{Catalog, QueueServiceImpl};
-use sluice_metastore::EmbeddedStore;
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::queue_service_client::QueueServiceClient;
-use sluice_storage::{Engine, EngineOptions};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -28,10 +24,7 @@ struct Server {
 }
 
 async fn server() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(EngineOptions::new(dir.path().join("queues"))).unwrap();
-    let meta = EmbeddedStore::open(&dir.path().join("meta")).unwrap();
-    let service = QueueServiceImpl::new(Catalog::new(Arc::new(meta)), Arc::new(engine));
+    let (service, dir) = common::service();
     let shutdown = CancellationToken::new();
     let server = sluice_frontend::serve(([127, 0, 0, 1], 0).into(), service, shutdown.clone())
         .await

@@ -2,13 +2,10 @@
 //! store in a temporary directory: limits, error codes, and that refused requests store nothing.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use sluice_frontend::{Catalog, QueueServiceImpl};
-use sluice_metastore::EmbeddedStore;
+use sluice_frontend::QueueServiceImpl;
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::queue_service_server::QueueService;
-use sluice_storage::{Engine, EngineOptions};
 use tonic::{Code, Request};
 
 mod common;
@@ -20,10 +17,7 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(EngineOptions::new(dir.path().join("queues"))).unwrap();
-    let meta = EmbeddedStore::open(&dir.path().join("meta")).unwrap();
-    let service = QueueServiceImpl::new(Catalog::new(Arc::new(meta)), Arc::new(engine));
+    let (service, dir) = common::service();
     Fixture { service, _dir: dir }
 }
 

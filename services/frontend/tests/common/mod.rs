@@ -1,5 +1,10 @@
 //! What the frontend's integration tests share.
 
+use std::sync::Arc;
+
+use sluice_frontend::{Catalog, QueueServiceImpl};
+use sluice_metastore::EmbeddedStore;
+use sluice_storage::{Engine, EngineOptions};
 use tonic::Code;
 
 /// The request was refused with `code`, and its message names `names` (a field, a queue).
@@ -11,4 +16,14 @@ pub fn assert_code(result: Result<impl std::fmt::Debug, tonic::Status>, code: Co
         "message {:?} should name {names}",
         status.message()
     );
+}
+
+/// A `QueueService` over a real engine and embedded metadata store in a new temporary
+/// directory, which lives as long as what this returns.
+pub fn service() -> (QueueServiceImpl, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(EngineOptions::new(dir.path().join("queues"))).unwrap();
+    let meta = EmbeddedStore::open(&dir.path().join("meta")).unwrap();
+    let service = QueueServiceImpl::new(Catalog::new(Arc::new(meta)), Arc::new(engine));
+    (service, dir)
 }
