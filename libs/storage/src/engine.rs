@@ -1020,7 +1020,7 @@ fn open_db(path: &Path) -> Result<DB> {
     // every few seconds under load while the small ones (delivery state, dedup ids) hardly
     // ever fill; each of them keeps every WAL file since its last flush alive. Without a cap
     // the WAL grew to RocksDB's default of four times all write buffers, over a gigabyte to
-    // replay after a crash; at this size the small families flush along every few flushes.
+    // replay after a crash. Past this cap RocksDB flushes the families that pin the oldest WAL.
     options.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
     let mut meta = Options::default();
     meta.set_merge_operator_associative("max_u64", keys::max_merge);

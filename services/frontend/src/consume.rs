@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use crate::catalog::QueueRecord;
 use crate::metrics;
-use crate::service::{batch_error, to_proto_message};
+use crate::service::{batch_error, split_results, to_proto_message};
 use crate::validate;
 
 /// Most messages one receive asks for: a window of a thousand fills in a few calls, each small
@@ -49,10 +49,10 @@ pub(crate) struct Consumer {
     outstanding: HashSet<String>,
 }
 
-/// The outcome of one ack: the handles' positions in the ack that went to the backend, its
-/// results for them, and the failures found before it.
+/// The outcome of one ack: the positions in the ack (as entry ids) of the handles that went to
+/// the backend, its results for them, and the failures found before it.
 struct AckDone {
-    positions: Vec<usize>,
+    ids: Vec<String>,
     results: Result<Vec<Result<()>>>,
     failed: Vec<pb::BatchResultError>,
 }
@@ -118,17 +118,16 @@ impl Consumer {
     /// Frees the window's places of the ack's handles and starts deleting them.
     fn ack(&mut self, ack: pb::ConsumeAck) -> Result<BoxFuture<'static, AckDone>> {
         validate::ack_handles(ack.receipt_handles.len())?;
-        let mut positions = Vec::with_capacity(ack.receipt_handles.len());
+        let mut ids = Vec::with_capacity(ack.receipt_handles.len());
         let mut handles = Vec::with_capacity(ack.receipt_handles.len());
         let mut failed = Vec::new();
         for (position, handle) in ack.receipt_handles.into_iter().enumerate() {
-            if handle.is_empty() {
-                let err = Error::invalid("ack.receipt_handles", "must not be empty");
+            if let Err(err) = validate::receipt_handle("ack.receipt_handles", &handle) {
                 failed.push(batch_error(position.to_string(), &err));
                 continue;
             }
             self.outstanding.remove(&handle);
-            positions.push(position);
+            ids.push(position.to_string());
             handles.push(handle);
         }
         let backend = self.backend.clone();
@@ -140,7 +139,7 @@ impl Consumer {
                 backend.delete(id, handles).await
             };
             AckDone {
-                positions,
+                ids,
                 results,
                 failed,
             }
@@ -197,13 +196,10 @@ impl Consumer {
                 received = async { receiving.as_mut().expect("guarded").await }, if receiving.is_some() => {
                     receiving = None;
                     let received = received?;
+                    metrics::count_received(&self.queue.name, received.len());
                     if received.is_empty() {
-                        metrics::EMPTY_RECEIVES.with_label_values(&[&self.queue.name]).inc();
                         continue;
                     }
-                    metrics::MESSAGES_RECEIVED
-                        .with_label_values(&[&self.queue.name])
-                        .inc_by(received.len() as u64);
                     self.outstanding
                         .extend(received.iter().map(|m| m.receipt_handle.clone()));
                     let messages = received.into_iter().map(to_proto_message).collect();
@@ -233,17 +229,12 @@ impl Consumer {
     /// Turns the backend's results for an ack into its response.
     fn acked(&self, done: AckDone) -> Result<pb::ConsumeAcked> {
         let mut failed = done.failed;
-        let mut deleted: u64 = 0;
-        for (position, result) in done.positions.into_iter().zip(done.results?) {
-            match result {
-                Ok(()) => deleted += 1,
-                Err(err) => failed.push(batch_error(position.to_string(), &err)),
-            }
-        }
+        let deleted = split_results(done.ids, done.results?, &mut failed).len();
+        // Refused before the backend and refused by it, in the ack's order.
         failed.sort_by_key(|f| f.id.parse::<usize>().unwrap_or(usize::MAX));
         metrics::MESSAGES_DELETED
             .with_label_values(&[&self.queue.name])
-            .inc_by(deleted);
+            .inc_by(deleted as u64);
         Ok(pb::ConsumeAcked {
             deleted: deleted as u32,
             failed,

@@ -74,6 +74,17 @@ pub(crate) static CONSUME_STREAMS: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// One receive's deliveries: an empty one counts as such.
+pub(crate) fn count_received(queue: &str, messages: usize) {
+    if messages == 0 {
+        EMPTY_RECEIVES.with_label_values(&[queue]).inc();
+    } else {
+        MESSAGES_RECEIVED
+            .with_label_values(&[queue])
+            .inc_by(messages as u64);
+    }
+}
+
 /// Registers every metric up front, so each is exported before its first event.
 pub(crate) fn register() {
     LazyLock::force(&RPC_REQUESTS);

@@ -119,7 +119,7 @@ pub(crate) fn batch_error(id: String, err: &Error) -> pb::BatchResultError {
 
 /// Pairs entry ids with the backend's per-entry results: the ids that succeeded are returned,
 /// the failures appended to `failed`.
-fn split_results(
+pub(crate) fn split_results(
     ids: Vec<String>,
     results: Vec<Result<()>>,
     failed: &mut Vec<pb::BatchResultError>,
@@ -610,24 +610,9 @@ impl QueueServiceImpl {
             .backend
             .receive(queue.id, max, visibility, wait)
             .await?;
-        if received.is_empty() {
-            metrics::EMPTY_RECEIVES
-                .with_label_values(&[&queue.name])
-                .inc();
-        } else {
-            metrics::MESSAGES_RECEIVED
-                .with_label_values(&[&queue.name])
-                .inc_by(received.len() as u64);
-        }
+        metrics::count_received(&queue.name, received.len());
         let messages = received.into_iter().map(to_proto_message).collect();
         Ok(pb::ReceiveMessageResponse { messages })
-    }
-
-    fn receipt(field: &str, handle: &str) -> Result<()> {
-        if handle.is_empty() {
-            return Err(Error::invalid(field, "must not be empty"));
-        }
-        Ok(())
     }
 
     async fn delete_message(
@@ -635,7 +620,7 @@ impl QueueServiceImpl {
         req: pb::DeleteMessageRequest,
     ) -> Result<pb::DeleteMessageResponse> {
         let queue = self.queue("queue", &req.queue).await?;
-        Self::receipt("receipt_handle", &req.receipt_handle)?;
+        validate::receipt_handle("receipt_handle", &req.receipt_handle)?;
         let mut results = self
             .backend
             .delete(queue.id, vec![req.receipt_handle])
@@ -660,7 +645,7 @@ impl QueueServiceImpl {
         let mut ids = Vec::new();
         let mut handles = Vec::new();
         for entry in req.entries {
-            match Self::receipt("receipt_handle", &entry.receipt_handle) {
+            match validate::receipt_handle("receipt_handle", &entry.receipt_handle) {
                 Ok(()) => {
                     ids.push(entry.id);
                     handles.push(entry.receipt_handle);
@@ -681,7 +666,7 @@ impl QueueServiceImpl {
         req: pb::ChangeMessageVisibilityRequest,
     ) -> Result<pb::ChangeMessageVisibilityResponse> {
         let queue = self.queue("queue", &req.queue).await?;
-        Self::receipt("receipt_handle", &req.receipt_handle)?;
+        validate::receipt_handle("receipt_handle", &req.receipt_handle)?;
         let visibility = validate::visibility_timeout(
             "visibility_timeout_seconds",
             req.visibility_timeout_seconds,
@@ -707,12 +692,13 @@ impl QueueServiceImpl {
         let mut ids = Vec::new();
         let mut changes = Vec::new();
         for entry in req.entries {
-            let checked = Self::receipt("receipt_handle", &entry.receipt_handle).and_then(|()| {
-                validate::visibility_timeout(
-                    "visibility_timeout_seconds",
-                    entry.visibility_timeout_seconds,
-                )
-            });
+            let checked = validate::receipt_handle("receipt_handle", &entry.receipt_handle)
+                .and_then(|()| {
+                    validate::visibility_timeout(
+                        "visibility_timeout_seconds",
+                        entry.visibility_timeout_seconds,
+                    )
+                });
             match checked {
                 Ok(visibility) => {
                     ids.push(entry.id);

@@ -99,6 +99,14 @@ pub fn prefetch(value: u32) -> Result<usize> {
     in_range("start.prefetch", value, 1, MAX_PREFETCH).map(|v| v as usize)
 }
 
+/// A receipt handle must at least be there; the engine checks the rest (its signature).
+pub fn receipt_handle(field: &str, handle: &str) -> Result<()> {
+    if handle.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    Ok(())
+}
+
 pub fn ack_handles(len: usize) -> Result<()> {
     if len == 0 || len > MAX_ACK_HANDLES {
         return Err(Error::invalid(
