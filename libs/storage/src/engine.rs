@@ -21,6 +21,7 @@ use crate::moves::RunningTask;
 use crate::queue::{Dedup, MessageMeta, Phase, Queue, QueueCounts, Taken};
 use crate::receipt::{Receipt, ReceiptSigner};
 use crate::records::{DedupRecord, MessageRecord, QueueRecord, StateRecord};
+use crate::wal::WalTrimmer;
 use crate::{
     now_ms, DeadLetter, NewMessage, QueueConfig, QueueId, ReceivedMessage, Replication, SentMessage,
 };
@@ -74,6 +75,8 @@ pub(crate) struct Inner {
     pub(crate) workers: TaskTracker,
     /// Held while a queue record is written (create, update, seal).
     record_writes: tokio::sync::Mutex<()>,
+    /// Deletes the WAL files RocksDB has archived; stops when the engine is dropped.
+    _wal_trimmer: WalTrimmer,
 }
 
 impl Engine {
@@ -112,6 +115,8 @@ impl Engine {
         let replicated = replicator.is_some();
         let committer = Committer::start(db.clone(), replicator)
             .map_err(|err| Error::Corrupt(format!("cannot start commit thread: {err}")))?;
+        let wal_trimmer = WalTrimmer::start(&options.path, "queues")
+            .map_err(|err| Error::Corrupt(format!("cannot start WAL trim thread: {err}")))?;
         let shutdown = CancellationToken::new();
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -128,6 +133,7 @@ impl Engine {
                 tasks: parking_lot::Mutex::new(HashMap::new()),
                 workers: TaskTracker::new(),
                 record_writes: tokio::sync::Mutex::new(()),
+                _wal_trimmer: wal_trimmer,
             }),
         };
         engine.spawn_sweeper();
@@ -1022,6 +1028,7 @@ fn open_db(path: &Path) -> Result<DB> {
     // the WAL grew to RocksDB's default of four times all write buffers, over a gigabyte to
     // replay after a crash. Past this cap RocksDB flushes the families that pin the oldest WAL.
     options.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
+    crate::wal::archive_obsolete_wal(&mut options);
     let mut meta = Options::default();
     meta.set_merge_operator_associative("max_u64", keys::max_merge);
     let cfs = vec![

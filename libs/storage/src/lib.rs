@@ -20,6 +20,7 @@ mod queue;
 mod receipt;
 mod records;
 mod replica;
+pub mod wal;
 
 pub use commit::{Completion, Replicator};
 pub use engine::{Engine, EngineOptions, DEFAULT_DEDUP_WINDOW};

@@ -89,6 +89,15 @@ pub(crate) static MOVE_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub(crate) static WAL_TRIMMED_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "sluice_storage_wal_trimmed_bytes_total",
+        "Bytes of obsolete RocksDB WAL files deleted, a few MiB at a time, by database",
+        &["db"]
+    )
+    .expect("metric registers once")
+});
+
 /// Registers every metric up front, so each is exported (at zero) before its first event.
 pub(crate) fn register() {
     LazyLock::force(&COMMIT_BATCH_REQUESTS);
@@ -101,4 +110,5 @@ pub(crate) fn register() {
     LazyLock::force(&TASK_MOVES);
     LazyLock::force(&DUPLICATE_SENDS);
     LazyLock::force(&MOVE_FAILURES);
+    LazyLock::force(&WAL_TRIMMED_BYTES);
 }

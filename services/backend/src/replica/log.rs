@@ -20,6 +20,7 @@ use openraft::{
 use rocksdb::{
     ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
+use sluice_storage::wal::{self, WalTrimmer};
 use sluice_storage::Completion;
 
 use super::{NodeId, TypeConfig};
@@ -37,6 +38,8 @@ pub(crate) type DurableWaiters = Arc<parking_lot::Mutex<HashMap<u64, Completion>
 pub(crate) struct LogStore {
     db: Arc<DB>,
     durable: DurableWaiters,
+    /// Deletes the log's archived WAL files; stops when the last clone is dropped.
+    _wal_trimmer: Arc<WalTrimmer>,
 }
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -60,7 +63,7 @@ impl LogStore {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        options.set_recycle_log_file_num(4);
+        wal::archive_obsolete_wal(&mut options);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_LOGS, Options::default()),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
@@ -69,6 +72,7 @@ impl LogStore {
         Ok(LogStore {
             db: Arc::new(db),
             durable,
+            _wal_trimmer: Arc::new(WalTrimmer::start(path, "raft")?),
         })
     }
 
