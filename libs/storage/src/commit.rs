@@ -3,8 +3,9 @@
 //! acknowledges many sends, which is what lets a disk that manages a thousand fsyncs a second
 //! take tens of thousands of messages.
 //!
-//! A standalone engine writes the batch to RocksDB itself, fsync'd if any request asked for
-//! durability. A replicated engine hands the batch's bytes to its [`Replicator`] instead: the
+//! A standalone engine writes the batch to RocksDB itself, and a second thread fsyncs the WAL
+//! behind it when any request asked for durability: the next batch is written while the
+//! previous one's fsync runs, and one fsync covers every batch written before it. A replicated engine hands the batch's bytes to its [`Replicator`] instead: the
 //! batch becomes one entry of the cluster's log, and RocksDB sees it when the entry is applied,
 //! on this node as on every other.
 
@@ -111,7 +112,8 @@ impl Request {
 
 pub(crate) struct Committer {
     tx: parking_lot::Mutex<Option<mpsc::Sender<Request>>>,
-    thread: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    /// The writer, and on a standalone engine the syncer, in the order they stop.
+    threads: parking_lot::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Committer {
@@ -121,15 +123,32 @@ impl Committer {
         replicator: Option<Arc<dyn Replicator>>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Request>();
-        let thread = std::thread::Builder::new()
-            .name("sluice-commit".into())
-            .spawn(move || match replicator {
-                None => writer_loop(&db, rx),
-                Some(replicator) => proposer_loop(&db, replicator.as_ref(), rx),
-            })?;
+        let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new().name(name.into()).spawn(run)
+        };
+        let threads = match replicator {
+            None => {
+                let (written_tx, written_rx) = mpsc::channel();
+                let syncer_db = db.clone();
+                vec![
+                    spawn(
+                        "sluice-commit",
+                        Box::new(move || writer_loop(&db, rx, written_tx)),
+                    )?,
+                    spawn(
+                        "sluice-sync",
+                        Box::new(move || syncer_loop(&syncer_db, written_rx)),
+                    )?,
+                ]
+            }
+            Some(replicator) => vec![spawn(
+                "sluice-commit",
+                Box::new(move || proposer_loop(&db, replicator.as_ref(), rx)),
+            )?],
+        };
         Ok(Committer {
             tx: parking_lot::Mutex::new(Some(tx)),
-            thread: parking_lot::Mutex::new(Some(thread)),
+            threads: parking_lot::Mutex::new(threads),
         })
     }
 
@@ -163,10 +182,10 @@ impl Committer {
         })
     }
 
-    /// Lets the writer finish what is queued, then stops it.
+    /// Lets the writer finish what is queued, then stops it (and the syncer after it).
     pub(crate) fn close(&self) {
         self.tx.lock().take();
-        if let Some(thread) = self.thread.lock().take() {
+        for thread in std::mem::take(&mut *self.threads.lock()) {
             if thread.join().is_err() {
                 tracing::error!("commit thread panicked");
             }
@@ -235,27 +254,71 @@ fn observe(started: Instant, requests: usize, sync: bool) {
         .inc();
 }
 
-fn writer_loop(db: &DB, rx: mpsc::Receiver<Request>) {
+/// A group written to RocksDB, waiting for its fsync (if it asked for one) before it is done.
+struct Written {
+    requests: Vec<Request>,
+    sync: bool,
+    result: Result<(), CommitError>,
+    started: Instant,
+}
+
+/// Writes each group without fsync and leaves the fsync to [`syncer_loop`], so the next group is
+/// written while the previous one's fsync runs: a write waits for one fsync, not for the rest
+/// of the previous group's write and fsync as well.
+fn writer_loop(db: &DB, rx: mpsc::Receiver<Request>, written: mpsc::Sender<Written>) {
     while let Some(requests) = next_group(&rx) {
-        let sync = requests.iter().any(|r| r.sync);
-        let started = Instant::now();
-        let batch = batch_of(db, &requests);
-        let result = if batch.is_empty() {
-            // Only barriers: everything before them is already written.
-            Ok(())
-        } else {
-            let mut options = WriteOptions::default();
-            options.set_sync(sync);
-            db.write_opt(batch, &options).map_err(CommitError::Db)
-        };
-        observe(started, requests.len(), sync);
-        if let Err(err) = &result {
-            tracing::error!(error = ?err, requests = requests.len(), "group commit failed");
+        if written.send(write_group(db, requests)).is_err() {
+            return;
         }
-        for request in requests {
-            // The caller may have gone away (cancelled request); the write stands regardless.
-            let _ = request.durable.send(result.clone());
-            let _ = request.applied.send(result.clone());
+    }
+}
+
+fn write_group(db: &DB, requests: Vec<Request>) -> Written {
+    let sync = requests.iter().any(|r| r.sync);
+    let started = Instant::now();
+    let batch = batch_of(db, &requests);
+    // Only barriers make an empty batch: everything before them is already written.
+    let result = if batch.is_empty() {
+        Ok(())
+    } else {
+        db.write_opt(batch, &WriteOptions::default())
+            .map_err(CommitError::Db)
+    };
+    if let Err(err) = &result {
+        tracing::error!(error = ?err, requests = requests.len(), "group commit failed");
+    }
+    Written {
+        requests,
+        sync,
+        result,
+        started,
+    }
+}
+
+/// Takes every group written since the last fsync, fsyncs the WAL once if any of them needs it,
+/// and completes them in order, so a group is never done before one written earlier.
+fn syncer_loop(db: &DB, rx: mpsc::Receiver<Written>) {
+    while let Ok(first) = rx.recv() {
+        let mut round = vec![first];
+        round.extend(rx.try_iter());
+        let synced = if round.iter().any(|w| w.sync) {
+            db.flush_wal(true).map_err(CommitError::Db)
+        } else {
+            Ok(())
+        };
+        if let Err(err) = &synced {
+            tracing::error!(error = ?err, "WAL fsync failed");
+        }
+        for written in round {
+            // A failed fsync fails every group of the round: a later one must not be done when
+            // an earlier one is not.
+            let result = written.result.and(synced.clone());
+            observe(written.started, written.requests.len(), written.sync);
+            for request in written.requests {
+                // The caller may have gone away (cancelled request); the write stands regardless.
+                let _ = request.durable.send(result.clone());
+                let _ = request.applied.send(result.clone());
+            }
         }
     }
 }
