@@ -33,6 +33,11 @@ const IDLE_TICK: Duration = Duration::from_millis(200);
 /// is not running (or cannot keep up).
 const ARCHIVE_TTL: Duration = Duration::from_secs(3600);
 
+/// How much of a new SST file RocksDB writes before it asks the kernel to start writing it out.
+/// Without it a flush's whole 64 MiB file reaches the disk at its closing fsync, and the WAL's
+/// fsyncs queue behind it for as long as that takes.
+pub const BYTES_PER_SYNC: u64 = 1 << 20;
+
 /// Makes RocksDB archive obsolete WAL files instead of deleting them, for a [`WalTrimmer`].
 pub fn archive_obsolete_wal(options: &mut Options) {
     options.set_wal_ttl_seconds(ARCHIVE_TTL.as_secs());

@@ -64,6 +64,7 @@ impl LogStore {
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         wal::archive_obsolete_wal(&mut options);
+        options.set_bytes_per_sync(sluice_storage::wal::BYTES_PER_SYNC);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_LOGS, Options::default()),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
