@@ -4,7 +4,8 @@
 //! another); which message is visible, delayed or in flight is kept in memory per queue, rebuilt
 //! from the state records at start-up, so a receive costs the same whatever the backlog.
 //! Every acknowledged write goes through one writer thread that batches concurrent requests into
-//! a single fsync'd RocksDB write (group commit).
+//! a single RocksDB write, and a second thread fsyncs the WAL behind it once for every batch
+//! written since its last fsync (group commit).
 //!
 //! On top of that: FIFO queues (one message of a group in flight at a time, in send order),
 //! deduplication ids remembered for a window, dead-letter moves after too many receives, and
