@@ -6,7 +6,7 @@
 //! flush, three or four 64 MiB files went in one go and sends stalled for 30 to 100 ms. RocksDB's
 //! own remedy, the SstFileManager's rate-limited deletion in chunks, is not reachable through its
 //! C API. So RocksDB is told to move obsolete WAL files into `archive/` instead, and a thread of
-//! ours shrinks the oldest archived file by [`CHUNK`] every [`TICK`] and removes it once empty:
+//! ours shrinks the oldest archived file by `CHUNK` every `TICK` and removes it once empty:
 //! many trims of a few milliseconds each instead of one long one.
 
 use std::io;
