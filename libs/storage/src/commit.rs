@@ -5,9 +5,10 @@
 //!
 //! A standalone engine writes the batch to RocksDB itself, and a second thread fsyncs the WAL
 //! behind it when any request asked for durability: the next batch is written while the
-//! previous one's fsync runs, and one fsync covers every batch written before it. A replicated engine hands the batch's bytes to its [`Replicator`] instead: the
-//! batch becomes one entry of the cluster's log, and RocksDB sees it when the entry is applied,
-//! on this node as on every other.
+//! previous one's fsync runs, and one fsync covers every batch written before it. A replicated
+//! engine hands the batch's bytes to its [`Replicator`] instead: the batch becomes one entry of
+//! the cluster's log, and RocksDB sees it when the entry is applied, on this node as on every
+//! other.
 
 use std::sync::mpsc;
 use std::sync::Arc;

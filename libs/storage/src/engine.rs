@@ -1028,8 +1028,7 @@ fn open_db(path: &Path) -> Result<DB> {
     // the WAL grew to RocksDB's default of four times all write buffers, over a gigabyte to
     // replay after a crash. Past this cap RocksDB flushes the families that pin the oldest WAL.
     options.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
-    crate::wal::archive_obsolete_wal(&mut options);
-    options.set_bytes_per_sync(crate::wal::BYTES_PER_SYNC);
+    crate::wal::gentle_file_io(&mut options);
     let mut meta = Options::default();
     meta.set_merge_operator_associative("max_u64", keys::max_merge);
     let cfs = vec![

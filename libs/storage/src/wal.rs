@@ -7,7 +7,8 @@
 //! own remedy, the SstFileManager's rate-limited deletion in chunks, is not reachable through its
 //! C API. So RocksDB is told to move obsolete WAL files into `archive/` instead, and a thread of
 //! ours shrinks the oldest archived file by `CHUNK` every `TICK` and removes it once empty:
-//! many trims of a few milliseconds each instead of one long one.
+//! many trims of a few milliseconds each instead of one long one. [`gentle_file_io`] sets that up,
+//! and has RocksDB write SST files out as they grow rather than all at a flush's last fsync.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -36,11 +37,14 @@ const ARCHIVE_TTL: Duration = Duration::from_secs(3600);
 /// How much of a new SST file RocksDB writes before it asks the kernel to start writing it out.
 /// Without it a flush's whole 64 MiB file reaches the disk at its closing fsync, and the WAL's
 /// fsyncs queue behind it for as long as that takes.
-pub const BYTES_PER_SYNC: u64 = 1 << 20;
+const SST_BYTES_PER_SYNC: u64 = 1 << 20;
 
-/// Makes RocksDB archive obsolete WAL files instead of deleting them, for a [`WalTrimmer`].
-pub fn archive_obsolete_wal(options: &mut Options) {
+/// Sets how a database's files reach and leave the disk so that neither holds up its WAL's
+/// fsyncs: obsolete WAL files are archived for a [`WalTrimmer`] instead of deleted at once, and
+/// SST files are written out as they grow.
+pub fn gentle_file_io(options: &mut Options) {
     options.set_wal_ttl_seconds(ARCHIVE_TTL.as_secs());
+    options.set_bytes_per_sync(SST_BYTES_PER_SYNC);
 }
 
 /// The thread deleting one database's archived WAL files; it stops when dropped.
@@ -185,7 +189,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut options = Options::default();
         options.create_if_missing(true);
-        archive_obsolete_wal(&mut options);
+        gentle_file_io(&mut options);
         let db = rocksdb::DB::open(&options, dir.path()).unwrap();
         db.put(b"key", vec![1u8; 1 << 20]).unwrap();
         db.flush().unwrap();

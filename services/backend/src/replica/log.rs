@@ -63,8 +63,7 @@ impl LogStore {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        wal::archive_obsolete_wal(&mut options);
-        options.set_bytes_per_sync(sluice_storage::wal::BYTES_PER_SYNC);
+        wal::gentle_file_io(&mut options);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_LOGS, Options::default()),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
