@@ -83,7 +83,7 @@ impl Engine {
     /// Opens (or creates) the engine at `options.path` and rebuilds every queue's index. Must be
     /// called inside a tokio runtime: it starts the retention sweeper.
     pub fn open(options: EngineOptions) -> Result<Self> {
-        let db = Arc::new(open_db(&options.path)?);
+        let db = Arc::new(open_db(&options.path, false)?);
         let signer = ReceiptSigner::new(load_or_create_receipt_key(&db)?);
         let queues = rebuild(&db, false)?;
         let engine = Self::assemble(options, db, None, signer, queues)?;
@@ -98,7 +98,7 @@ impl Engine {
         options: EngineOptions,
         replicator: Arc<dyn Replicator>,
     ) -> Result<Self> {
-        let db = Arc::new(open_db(&options.path)?);
+        let db = Arc::new(open_db(&options.path, true)?);
         // The real key is the cluster's, read when the node leads.
         let signer = ReceiptSigner::new([0; 32]);
         Self::assemble(options, db, Some(replicator), signer, HashMap::new())
@@ -1017,18 +1017,22 @@ pub(crate) fn seq_floor_op(id: QueueId, next_seq: u64) -> Op {
 /// The WAL files kept before RocksDB flushes the column families that pin the oldest one.
 const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
 
-fn open_db(path: &Path) -> Result<DB> {
+/// Opens the engine's RocksDB. A `replicated` engine is written without its WAL (see
+/// [`Engine::apply`]), so only its flushes persist it, and they must leave every column family
+/// at the same entry of the cluster's log.
+fn open_db(path: &Path, replicated: bool) -> Result<DB> {
     let mut options = Options::default();
     options.create_if_missing(true);
     options.create_missing_column_families(true);
     options.increase_parallelism(2);
+    options.set_atomic_flush(replicated);
     // Messages are deleted soon after they are sent, so the messages column family flushes
     // every few seconds under load while the small ones (delivery state, dedup ids) hardly
     // ever fill; each of them keeps every WAL file since its last flush alive. Without a cap
     // the WAL grew to RocksDB's default of four times all write buffers, over a gigabyte to
     // replay after a crash. Past this cap RocksDB flushes the families that pin the oldest WAL.
     options.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
-    crate::wal::gentle_file_io(&mut options);
+    crate::wal::archive_obsolete_wal(&mut options);
     let mut meta = Options::default();
     meta.set_merge_operator_associative("max_u64", keys::max_merge);
     let cfs = vec![

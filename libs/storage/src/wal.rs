@@ -7,8 +7,8 @@
 //! own remedy, the SstFileManager's rate-limited deletion in chunks, is not reachable through its
 //! C API. So RocksDB is told to move obsolete WAL files into `archive/` instead, and a thread of
 //! ours shrinks the oldest archived file by `CHUNK` every `TICK` and removes it once empty:
-//! many trims of a few milliseconds each instead of one long one. [`gentle_file_io`] sets that up,
-//! and has RocksDB write SST files out as they grow rather than all at a flush's last fsync.
+//! many trims of a few milliseconds each instead of one long one. [`archive_obsolete_wal`] sets
+//! a database up for it.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -34,17 +34,10 @@ const IDLE_TICK: Duration = Duration::from_millis(200);
 /// is not running (or cannot keep up).
 const ARCHIVE_TTL: Duration = Duration::from_secs(3600);
 
-/// How much of a new SST file RocksDB writes before it asks the kernel to start writing it out.
-/// Without it a flush's whole 64 MiB file reaches the disk at its closing fsync, and the WAL's
-/// fsyncs queue behind it for as long as that takes.
-const SST_BYTES_PER_SYNC: u64 = 1 << 20;
-
-/// Sets how a database's files reach and leave the disk so that neither holds up its WAL's
-/// fsyncs: obsolete WAL files are archived for a [`WalTrimmer`] instead of deleted at once, and
-/// SST files are written out as they grow.
-pub fn gentle_file_io(options: &mut Options) {
+/// Has RocksDB move a database's obsolete WAL files into its archive, for a [`WalTrimmer`],
+/// instead of deleting them at once.
+pub fn archive_obsolete_wal(options: &mut Options) {
     options.set_wal_ttl_seconds(ARCHIVE_TTL.as_secs());
-    options.set_bytes_per_sync(SST_BYTES_PER_SYNC);
 }
 
 /// The thread deleting one database's archived WAL files; it stops when dropped.
@@ -189,7 +182,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut options = Options::default();
         options.create_if_missing(true);
-        gentle_file_io(&mut options);
+        archive_obsolete_wal(&mut options);
         let db = rocksdb::DB::open(&options, dir.path()).unwrap();
         db.put(b"key", vec![1u8; 1 << 20]).unwrap();
         db.flush().unwrap();

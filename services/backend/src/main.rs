@@ -37,6 +37,10 @@ struct Flags {
     /// Milliseconds between load reports to etcd [default: 2000]
     #[arg(long)]
     load_report_interval_ms: Option<u64>,
+    /// Log entries applied between two snapshots of the engine, after each of which the log is
+    /// purged [default: 10000]
+    #[arg(long)]
+    raft_snapshot_logs: Option<u64>,
     /// The members of a new replicated cluster, as name=url, the same list on each member
     /// (comma-separated); without it a node forms a cluster of its own
     #[arg(long, value_delimiter = ',')]

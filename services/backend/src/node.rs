@@ -51,6 +51,9 @@ pub struct NodeOpts {
     /// How often the node writes its load report to etcd, milliseconds.
     #[serde(default = "default_load_report_interval")]
     pub load_report_interval_ms: u64,
+    /// Entries applied between two snapshots of the engine; the log is purged up to each one.
+    #[serde(default = "default_raft_snapshot_logs")]
+    pub raft_snapshot_logs: u64,
     /// The members of a new replicated cluster, as `name=url`, the same list on each of them;
     /// empty: a cluster of this node alone. Read only when the node's log is empty.
     #[serde(default)]
@@ -63,6 +66,10 @@ pub struct NodeOpts {
 
 fn default_load_report_interval() -> u64 {
     2000
+}
+
+fn default_raft_snapshot_logs() -> u64 {
+    10_000
 }
 
 fn default_etcd_root() -> String {
@@ -87,6 +94,7 @@ impl Default for NodeOpts {
             otlp_endpoint: None,
             dedup_window_seconds: default_dedup_window(),
             load_report_interval_ms: default_load_report_interval(),
+            raft_snapshot_logs: default_raft_snapshot_logs(),
             peers: Vec::new(),
             join: false,
         }
@@ -149,6 +157,7 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
             ..EngineOptions::new(opts.data_dir.join("queues"))
         },
         &opts.cluster,
+        opts.raft_snapshot_logs,
         me,
         bootstrap,
         shutdown.clone(),

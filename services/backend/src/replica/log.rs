@@ -58,14 +58,24 @@ fn synced() -> WriteOptions {
     options
 }
 
+/// The memtable of the log's entries: big enough to hold the entries between two purges at full
+/// load, so that a purge removes them before a flush writes them to a file.
+const LOGS_WRITE_BUFFER_BYTES: usize = 256 << 20;
+
+fn logs_options() -> Options {
+    let mut options = Options::default();
+    options.set_write_buffer_size(LOGS_WRITE_BUFFER_BYTES);
+    options
+}
+
 impl LogStore {
     pub(crate) fn open(path: &Path, durable: DurableWaiters) -> anyhow::Result<Self> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        wal::gentle_file_io(&mut options);
+        wal::archive_obsolete_wal(&mut options);
         let cfs = vec![
-            ColumnFamilyDescriptor::new(CF_LOGS, Options::default()),
+            ColumnFamilyDescriptor::new(CF_LOGS, logs_options()),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&options, path, cfs)?;
@@ -156,6 +166,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         };
         let purged: Option<LogId<NodeId>> = self.get_meta(PURGED)?;
+        super::metrics::PURGED_INDEX.set(purged.map_or(0, |id| id.index) as i64);
         Ok(LogState {
             last_purged_log_id: purged,
             last_log_id: last.or(purged),
@@ -239,6 +250,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             0u64.to_be_bytes(),
             (log_id.index + 1).to_be_bytes(),
         );
-        self.write_synced(batch).await
+        self.write_synced(batch).await?;
+        super::metrics::PURGED_INDEX.set(log_id.index as i64);
+        Ok(())
     }
 }

@@ -67,10 +67,17 @@ pub(crate) struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
         let engine = self.engine.clone();
-        let (data, applied) = tokio::task::spawn_blocking(move || engine.dump())
-            .await
-            .map_err(|err| sm_read(std::io::Error::other(err.to_string())))?
-            .map_err(sm_read)?;
+        // Once this snapshot is built openraft purges the log up to it, but the snapshot is
+        // kept in memory only and the engine applies without a WAL: after a crash the engine's
+        // files are all that is left of the purged entries, so they go there first.
+        let (data, applied) = tokio::task::spawn_blocking(move || {
+            let dumped = engine.dump()?;
+            engine.persist()?;
+            Ok::<_, sluice_storage::Error>(dumped)
+        })
+        .await
+        .map_err(|err| sm_read(std::io::Error::other(err.to_string())))?
+        .map_err(sm_read)?;
         let applied: Applied = match applied {
             Some(bytes) => bincode::deserialize(&bytes).map_err(sm_read)?,
             None => Applied::default(),

@@ -29,6 +29,11 @@ gauge!(
     "The last index in this node's log"
 );
 gauge!(
+    PURGED_INDEX,
+    "sluice_backend_raft_purged_index",
+    "The last index purged from this node's log, which its engine's files hold from then on"
+);
+gauge!(
     TERM,
     "sluice_backend_raft_term",
     "The Raft term this node is in"
@@ -61,6 +66,7 @@ pub(crate) fn register() {
         &IS_LEADER,
         &APPLIED_INDEX,
         &LAST_LOG_INDEX,
+        &PURGED_INDEX,
         &TERM,
         &LAG_ENTRIES,
     ] {

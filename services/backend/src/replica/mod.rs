@@ -114,7 +114,7 @@ impl Replicator for RaftReplicator {
     }
 }
 
-fn raft_config(cluster: &str) -> anyhow::Result<Arc<Config>> {
+fn raft_config(cluster: &str, snapshot_logs: u64) -> anyhow::Result<Arc<Config>> {
     let config = Config {
         cluster_name: cluster.to_owned(),
         heartbeat_interval: 100,
@@ -124,8 +124,9 @@ fn raft_config(cluster: &str) -> anyhow::Result<Arc<Config>> {
         election_timeout_min: 500,
         election_timeout_max: 1000,
         max_payload_entries: 16,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(20_000),
-        max_in_snapshot_log_to_keep: 1_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_logs),
+        // Entries a follower just behind a snapshot can still get from the log.
+        max_in_snapshot_log_to_keep: snapshot_logs.min(1_000),
         install_snapshot_timeout: 10_000,
         ..Default::default()
     };
@@ -138,6 +139,7 @@ impl Replica {
         data_dir: &Path,
         engine_options: EngineOptions,
         cluster: &str,
+        snapshot_logs: u64,
         me: Member,
         bootstrap: Bootstrap,
         shutdown: CancellationToken,
@@ -156,9 +158,15 @@ impl Replica {
             .context("cannot open the raft log")?;
         let machine = machine::StateMachine::new(engine.clone())?;
         let id = node_id(&me.name);
-        let raft = Raft::new(id, raft_config(cluster)?, network::Factory, log, machine)
-            .await
-            .context("cannot start raft")?;
+        let raft = Raft::new(
+            id,
+            raft_config(cluster, snapshot_logs)?,
+            network::Factory,
+            log,
+            machine,
+        )
+        .await
+        .context("cannot start raft")?;
         let replica = Replica {
             raft,
             engine,
