@@ -62,6 +62,11 @@ fn synced() -> WriteOptions {
 /// load, so that a purge removes them before a flush writes them to a file.
 const LOGS_WRITE_BUFFER_BYTES: usize = 256 << 20;
 
+/// The WAL files kept before RocksDB flushes the column families that pin the oldest one. The
+/// meta column family hardly ever fills, so without a cap it would keep RocksDB's default of
+/// four times all write buffers, over a gigabyte per node, on disk.
+const MAX_TOTAL_WAL_BYTES: u64 = 2 * LOGS_WRITE_BUFFER_BYTES as u64;
+
 fn logs_options() -> Options {
     let mut options = Options::default();
     options.set_write_buffer_size(LOGS_WRITE_BUFFER_BYTES);
@@ -73,6 +78,7 @@ impl LogStore {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
+        options.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
         wal::archive_obsolete_wal(&mut options);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_LOGS, logs_options()),
