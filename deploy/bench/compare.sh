@@ -30,7 +30,19 @@ OUT=${OUT:-bench-results/$(date +%Y%m%d-%H%M%S)}
 RUNS=$OUT/runs
 mkdir -p "$RUNS"
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+# The system running now, stopped on the way out too: a run that fails half-way does not leave
+# it behind, holding its ports and its data.
+current=
+stop_current() {
+    case $current in
+    sluice | sluice-3) sluice_stop "$dir" ;;
+    rabbitmq-1) rabbit_stop "$dir" 1 ;;
+    rabbitmq-3) rabbit_stop "$dir" 3 ;;
+    nats-*) nats_stop "$dir" "$nodes" ;;
+    esac
+    current=
+}
+trap 'stop_current; rm -rf "$WORK"' EXIT
 WORKLOADS=services/bench/workloads
 timing=()
 [ -n "${WARMUP:-}" ] && timing+=(--warmup "$WARMUP")
@@ -67,40 +79,41 @@ for system in "${SYSTEMS[@]}"; do
     case $system in
     sluice)
         sluice_standalone_start "$dir"
+        current=$system
         workloads "Sluice standalone" --driver sluice --url "$SLUICE_URLS"
-        sluice_stop "$dir"
         ;;
     sluice-3)
         sluice_cluster_start "$dir"
+        current=$system
         workloads "Sluice 3 nodes SYNC" --driver sluice --url "$SLUICE_URLS" --replication sync
         workloads "Sluice 3 nodes ASYNC" --driver sluice --url "$SLUICE_URLS" --replication async
-        sluice_stop "$dir"
         ;;
     rabbitmq-1)
         rabbit_start "$dir" 1
+        current=$system
         workloads "RabbitMQ quorum, 1 node" --driver rabbitmq --url "$RABBIT_URLS" --queue-type quorum
         workloads "RabbitMQ classic, 1 node" --driver rabbitmq --url "$RABBIT_URLS" --queue-type classic
-        rabbit_stop "$dir" 1
         ;;
     rabbitmq-3)
         rabbit_start "$dir" 3
+        current=$system
         workloads "RabbitMQ quorum, 3 nodes" --driver rabbitmq --url "$RABBIT_URLS" --queue-type quorum
-        rabbit_stop "$dir" 3
         ;;
     nats-*)
         nodes=${system#nats-}
         nodes=${nodes%%-*}
         sync=${system##*-}
         nats_start "$dir" "$nodes" "$sync"
+        current=$system
         if [ "$sync" = always ]; then
             label="NATS JetStream R$nodes, sync always"
         else
             label="NATS JetStream R$nodes, default sync (acks before fsync)"
         fi
         workloads "$label" --driver nats --url "$NATS_URLS" --replicas "$nodes"
-        nats_stop "$dir" "$nodes"
         ;;
     esac
+    stop_current
 done
 
 {
