@@ -30,8 +30,9 @@ OUT=${OUT:-bench-results/$(date +%Y%m%d-%H%M%S)}
 RUNS=$OUT/runs
 mkdir -p "$RUNS"
 WORK=$(mktemp -d)
-# The system running now, stopped on the way out too: a run that fails half-way does not leave
-# it behind, holding its ports and its data.
+# The system started last, stopped on the way out too: a run that fails half-way, even while
+# the system starts, does not leave it behind, holding its ports and its data. A system that
+# only partly started is stopped as far as it got (errexit is off under `||`).
 current=
 stop_current() {
     case $current in
@@ -42,7 +43,7 @@ stop_current() {
     esac
     current=
 }
-trap 'stop_current; rm -rf "$WORK"' EXIT
+trap 'stop_current || true; rm -rf "$WORK"' EXIT
 WORKLOADS=services/bench/workloads
 timing=()
 [ -n "${WARMUP:-}" ] && timing+=(--warmup "$WARMUP")
@@ -76,27 +77,24 @@ workloads() {
 
 for system in "${SYSTEMS[@]}"; do
     dir=$WORK/$system
+    current=$system
     case $system in
     sluice)
         sluice_standalone_start "$dir"
-        current=$system
         workloads "Sluice standalone" --driver sluice --url "$SLUICE_URLS"
         ;;
     sluice-3)
         sluice_cluster_start "$dir"
-        current=$system
         workloads "Sluice 3 nodes SYNC" --driver sluice --url "$SLUICE_URLS" --replication sync
         workloads "Sluice 3 nodes ASYNC" --driver sluice --url "$SLUICE_URLS" --replication async
         ;;
     rabbitmq-1)
         rabbit_start "$dir" 1
-        current=$system
         workloads "RabbitMQ quorum, 1 node" --driver rabbitmq --url "$RABBIT_URLS" --queue-type quorum
         workloads "RabbitMQ classic, 1 node" --driver rabbitmq --url "$RABBIT_URLS" --queue-type classic
         ;;
     rabbitmq-3)
         rabbit_start "$dir" 3
-        current=$system
         workloads "RabbitMQ quorum, 3 nodes" --driver rabbitmq --url "$RABBIT_URLS" --queue-type quorum
         ;;
     nats-*)
@@ -104,7 +102,6 @@ for system in "${SYSTEMS[@]}"; do
         nodes=${nodes%%-*}
         sync=${system##*-}
         nats_start "$dir" "$nodes" "$sync"
-        current=$system
         if [ "$sync" = always ]; then
             label="NATS JetStream R$nodes, sync always"
         else
