@@ -397,8 +397,6 @@ async fn a_node_replaces_another_with_the_cli_and_nothing_is_lost() -> anyhow::R
     Ok(())
 }
 
-/// Crashes the first leader at `fail_point` on its first send, and checks that the cluster
-/// serves on, that every acknowledged message comes back, and how many came twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_killed_after_its_log_was_purged_loses_nothing() -> anyhow::Result<()> {
     // A snapshot every 50 entries purges the log again and again while the engines' memtables
@@ -434,6 +432,72 @@ async fn every_node_killed_after_its_log_was_purged_loses_nothing() -> anyhow::R
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_purged_log_catches_up_from_a_snapshot() -> anyhow::Result<()> {
+    // A snapshot every 50 entries: the leader purges what the stopped follower misses, so it
+    // can only catch up from a snapshot the leader reads out of its engine.
+    const SNAPSHOTS: (&str, &str) = ("SLUICE_RAFT_SNAPSHOT_LOGS", "50");
+    let mut trio = Trio::start(|_| vec![SNAPSHOTS]).await?;
+    let leader = trio.leader().await?;
+    trio.put_queue().await?;
+    let behind = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    trio.nodes[behind].take().expect("running").kill9()?;
+    let first = bodies("m", 200);
+    for body in &first {
+        trio.send(std::slice::from_ref(body)).await?;
+    }
+    let leading = trio.nodes[leader].as_ref().expect("running");
+    wait_for(
+        "the leader to purge its log",
+        Duration::from_secs(30),
+        || Ok(leading.metric("sluice_backend_raft_purged_index")? >= 100.0),
+    )
+    .await?;
+    let leader_applied = leading.metric("sluice_backend_raft_applied_index")?;
+
+    let restarted = trio.launch(behind, &[SNAPSHOTS])?;
+    wait_for(
+        "the restarted node to install a snapshot and catch up",
+        Duration::from_secs(30),
+        || {
+            Ok(
+                restarted.metric("sluice_backend_raft_snapshots_installed_total")? >= 1.0
+                    && restarted.metric("sluice_backend_raft_applied_index")? >= leader_applied,
+            )
+        },
+    )
+    .await?;
+    let dumped = leading.metric("sluice_backend_raft_snapshots_dumped_total")?;
+    assert!(dumped >= 1.0, "the leader dumped no snapshot");
+    trio.nodes[behind] = Some(restarted);
+
+    // With the other follower down, what comes next is on the leader and the restarted node
+    // only. Then the leader dies and the other follower comes back without it: only the
+    // restarted node can win the election, and it must serve the first sends from the
+    // snapshot it installed.
+    trio.nodes[other].take().expect("running").kill9()?;
+    let second = bodies("n", 20);
+    for body in &second {
+        trio.send(std::slice::from_ref(body)).await?;
+    }
+    trio.nodes[leader].take().expect("running").kill9()?;
+    trio.nodes[other] = Some(trio.launch(other, &[SNAPSHOTS])?);
+    assert_eq!(
+        trio.leader().await?,
+        behind,
+        "only the restarted node has every entry"
+    );
+    let seen = trio.drain().await?;
+    for body in first.iter().chain(&second) {
+        assert!(seen.contains_key(body), "{body} was acknowledged and lost");
+    }
+    assert_eq!(seen.len(), first.len() + second.len(), "nothing unexpected");
+    Ok(())
+}
+
+/// Crashes the first leader at `fail_point` on its first send, and checks that the cluster
+/// serves on, that every acknowledged message comes back, and how many came twice.
 async fn crash_at(fail_point: &'static str) -> anyhow::Result<()> {
     // The leader's first two proposals (the cluster's receipt key, the queue) pass; the third,
     // the first send, crashes it.

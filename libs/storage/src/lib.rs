@@ -11,6 +11,7 @@
 //! deduplication ids remembered for a window, dead-letter moves after too many receives, and
 //! tasks that move messages out of a dead-letter queue again.
 
+pub mod background;
 mod commit;
 mod engine;
 mod error;

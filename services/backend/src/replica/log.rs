@@ -21,6 +21,7 @@ use rocksdb::{
     ColumnFamilyDescriptor, Direction, FlushOptions, IteratorMode, Options, WriteBatch,
     WriteOptions, DB,
 };
+use sluice_storage::background;
 use sluice_storage::wal::{self, WalTrimmer};
 use sluice_storage::Completion;
 
@@ -82,6 +83,7 @@ impl LogStore {
         options.create_missing_column_families(true);
         options.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
         wal::archive_obsolete_wal(&mut options);
+        background::behind_requests(&mut options)?;
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_LOGS, logs_options()),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),

@@ -1,8 +1,11 @@
 //! The state machine is the queue engine's RocksDB: applying an entry writes the batch the
 //! leader's engine proposed, together with the machine's own record (last applied entry and
-//! membership) in one atomic write. A snapshot is every key of the engine as of one moment.
+//! membership) in one atomic write. Building a snapshot makes the engine's files hold what was
+//! applied, so that the log can be purged; the snapshot a follower installs is every key of the
+//! engine as of one moment, read out when that follower needs it.
 
 use std::io::Cursor;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
@@ -31,75 +34,77 @@ struct Applied {
     membership: StoredMembership<NodeId, Member>,
 }
 
-#[derive(Clone)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, Member>,
-    data: Arc<Vec<u8>>,
-}
-
 pub(crate) struct StateMachine {
     engine: Engine,
     applied: Applied,
-    /// The latest snapshot built or installed here; kept in memory only: after a restart the
-    /// next one is built on demand.
-    current: Arc<parking_lot::Mutex<Option<StoredSnapshot>>>,
+    /// Whether a snapshot was built or installed since this node started; see
+    /// `get_current_snapshot`.
+    snapshotted: Arc<AtomicBool>,
 }
 
 impl StateMachine {
     pub(crate) fn new(engine: Engine) -> anyhow::Result<Self> {
-        let applied = match engine.applied()? {
-            Some(bytes) => bincode::deserialize(&bytes)?,
-            None => Applied::default(),
-        };
+        let applied = decode_applied(engine.applied()?)?;
         Ok(StateMachine {
             engine,
             applied,
-            current: Arc::default(),
+            snapshotted: Arc::default(),
         })
     }
 }
 
+fn decode_applied(bytes: Option<Vec<u8>>) -> bincode::Result<Applied> {
+    bytes.map_or(Ok(Applied::default()), |bytes| bincode::deserialize(&bytes))
+}
+
+fn snapshot_meta(applied: Applied) -> SnapshotMeta<NodeId, Member> {
+    SnapshotMeta {
+        last_log_id: applied.last,
+        snapshot_id: format!(
+            "{}-{}",
+            applied.last.map_or(0, |l| l.index),
+            sluice_common::now_ms()
+        ),
+        last_membership: applied.membership,
+    }
+}
+
+fn join_err(err: tokio::task::JoinError) -> std::io::Error {
+    std::io::Error::other(err.to_string())
+}
+
 pub(crate) struct SnapshotBuilder {
     engine: Engine,
-    current: Arc<parking_lot::Mutex<Option<StoredSnapshot>>>,
+    snapshotted: Arc<AtomicBool>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    /// Makes the engine's files hold everything applied so far, so that openraft may purge the
+    /// log up to it. Nothing is read out: of what this returns openraft keeps the meta only
+    /// (its state machine worker, and its start-up, map the snapshot to its meta), and the
+    /// data is dumped when a follower needs it. Dumping every key here, on every node at the
+    /// same moment, stalled sends for 50 to 110 ms every 10,000 entries, and held a copy of the
+    /// whole engine in memory.
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
         let engine = self.engine.clone();
-        // Once this snapshot is built openraft purges the log up to it, but the snapshot is
-        // kept in memory only and the engine applies without a WAL: after a crash the engine's
-        // files are all that is left of the purged entries, so they go there first.
-        let (data, applied) = tokio::task::spawn_blocking(move || {
-            let dumped = engine.dump()?;
+        // The record is read before the flush: every entry it names is then in the flushed
+        // memtables. Read after, it could name an entry applied since, which only the log
+        // holds, and the log is about to be purged up to it.
+        let applied = tokio::task::spawn_blocking(move || {
+            let applied = engine.applied()?;
             engine.persist()?;
-            Ok::<_, sluice_storage::Error>(dumped)
+            Ok::<_, sluice_storage::Error>(applied)
         })
         .await
-        .map_err(|err| sm_read(std::io::Error::other(err.to_string())))?
+        .map_err(|err| sm_read(join_err(err)))?
         .map_err(sm_read)?;
-        let applied: Applied = match applied {
-            Some(bytes) => bincode::deserialize(&bytes).map_err(sm_read)?,
-            None => Applied::default(),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: applied.last,
-            last_membership: applied.membership,
-            snapshot_id: format!(
-                "{}-{}",
-                applied.last.map_or(0, |l| l.index),
-                sluice_common::now_ms()
-            ),
-        };
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built a snapshot");
-        let data = Arc::new(data);
-        *self.current.lock() = Some(StoredSnapshot {
-            meta: meta.clone(),
-            data: data.clone(),
-        });
+        let meta = snapshot_meta(decode_applied(applied).map_err(sm_read)?);
+        self.snapshotted.store(true, Ordering::Release);
+        tracing::info!(snapshot = %meta.snapshot_id, "persisted the engine for a snapshot");
+        super::metrics::SNAPSHOTS_BUILT.inc();
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data.as_ref().clone())),
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }
@@ -141,7 +146,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             engine: self.engine.clone(),
-            current: self.current.clone(),
+            snapshotted: self.snapshotted.clone(),
         }
     }
 
@@ -155,28 +160,49 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let data = snapshot.into_inner();
+        let bytes = data.len();
         let engine = self.engine.clone();
-        let restored = data.clone();
-        tokio::task::spawn_blocking(move || engine.restore(&restored))
+        tokio::task::spawn_blocking(move || engine.restore(&data))
             .await
-            .map_err(|err| sm_write(std::io::Error::other(err.to_string())))?
+            .map_err(|err| sm_write(join_err(err)))?
             .map_err(sm_write)?;
         self.applied = Applied {
             last: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "installed a snapshot");
-        *self.current.lock() = Some(StoredSnapshot {
-            meta: meta.clone(),
-            data: Arc::new(data),
-        });
+        if let Some(last) = meta.last_log_id {
+            super::metrics::APPLIED_INDEX.set(last.index as i64);
+        }
+        tracing::info!(snapshot = %meta.snapshot_id, bytes, "installed a snapshot");
+        super::metrics::SNAPSHOTS_INSTALLED.inc();
+        self.snapshotted.store(true, Ordering::Release);
         Ok(())
     }
 
+    /// A snapshot of the engine as it is now, for a follower whose next entries were purged.
+    /// Newer than the last one built, which is fine: its meta names the entry it holds, and
+    /// the follower goes on from there with entries the log still has (it was purged only up
+    /// to the last snapshot built). None until one was built or installed since start, so that
+    /// openraft's start-up, which only wants the meta, does not dump the engine for it.
+    ///
+    /// openraft waits for this before it applies more entries, so a dump holds up this
+    /// leader's writes for as long as it takes; it only happens when a follower fell behind
+    /// the log.
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        Ok(self.current.lock().as_ref().map(|s| Snapshot {
-            meta: s.meta.clone(),
-            snapshot: Box::new(Cursor::new(s.data.as_ref().clone())),
+        if !self.snapshotted.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let engine = self.engine.clone();
+        let (data, applied) = tokio::task::spawn_blocking(move || engine.dump())
+            .await
+            .map_err(|err| sm_read(join_err(err)))?
+            .map_err(sm_read)?;
+        let meta = snapshot_meta(decode_applied(applied).map_err(sm_read)?);
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "dumped a snapshot for a follower");
+        super::metrics::SNAPSHOTS_DUMPED.inc();
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
         }))
     }
 }

@@ -6,59 +6,92 @@ use prometheus::{
     register_gauge, register_int_counter, register_int_gauge, Gauge, IntCounter, IntGauge,
 };
 
-macro_rules! gauge {
-    ($name:ident, $metric:literal, $help:literal) => {
-        pub(crate) static $name: LazyLock<IntGauge> =
-            LazyLock::new(|| register_int_gauge!($metric, $help).expect("metric registers once"));
+/// `metric!(IntGauge, NAME, "sluice_...", "help")` registers an `IntGauge`, a `Gauge` or an
+/// `IntCounter` the first time it is used.
+macro_rules! metric {
+    (IntGauge, $($rest:tt)*) => {
+        metric!(@ IntGauge, register_int_gauge, $($rest)*);
+    };
+    (Gauge, $($rest:tt)*) => {
+        metric!(@ Gauge, register_gauge, $($rest)*);
+    };
+    (IntCounter, $($rest:tt)*) => {
+        metric!(@ IntCounter, register_int_counter, $($rest)*);
+    };
+    (@ $ty:ident, $register:ident, $name:ident, $metric:literal, $help:literal) => {
+        pub(crate) static $name: LazyLock<$ty> =
+            LazyLock::new(|| $register!($metric, $help).expect("metric registers once"));
     };
 }
 
-gauge!(
+metric!(
+    IntGauge,
     IS_LEADER,
     "sluice_backend_raft_leader",
     "1 while this node leads its cluster and serves"
 );
-gauge!(
+metric!(
+    IntGauge,
     APPLIED_INDEX,
     "sluice_backend_raft_applied_index",
     "The last log index applied to this node's engine"
 );
-gauge!(
+metric!(
+    IntGauge,
     LAST_LOG_INDEX,
     "sluice_backend_raft_last_log_index",
     "The last index in this node's log"
 );
-gauge!(
+metric!(
+    IntGauge,
     PURGED_INDEX,
     "sluice_backend_raft_purged_index",
     "The last index purged from this node's log, which its engine's files hold from then on"
 );
-gauge!(
+metric!(
+    IntGauge,
     TERM,
     "sluice_backend_raft_term",
     "The Raft term this node is in"
 );
-gauge!(
+metric!(
+    IntGauge,
     LAG_ENTRIES,
     "sluice_backend_replication_lag_entries",
     "On the leader: entries of its log not yet on a majority; what a leader crash could lose of ASYNC sends"
 );
 
-pub(crate) static LAG_SECONDS: LazyLock<Gauge> = LazyLock::new(|| {
-    register_gauge!(
-        "sluice_backend_replication_lag_seconds",
-        "On the leader: how long entries have been waiting to reach a majority (0 when none wait)"
-    )
-    .expect("metric registers once")
-});
+metric!(
+    Gauge,
+    LAG_SECONDS,
+    "sluice_backend_replication_lag_seconds",
+    "On the leader: how long entries have been waiting to reach a majority (0 when none wait)"
+);
 
-pub(crate) static PROPOSALS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
-        "sluice_backend_raft_proposals_total",
-        "Log entries this node proposed, each a group commit of its engine"
-    )
-    .expect("metric registers once")
-});
+metric!(
+    IntCounter,
+    PROPOSALS,
+    "sluice_backend_raft_proposals_total",
+    "Log entries this node proposed, each a group commit of its engine"
+);
+metric!(
+    IntCounter,
+    SNAPSHOTS_BUILT,
+    "sluice_backend_raft_snapshots_built_total",
+    "Snapshots built: each flushes the engine so that the log can be purged up to it"
+);
+metric!(
+    IntCounter,
+    SNAPSHOTS_DUMPED,
+    "sluice_backend_raft_snapshots_dumped_total",
+    "Snapshots read out of this node's engine for a follower that fell behind the log"
+);
+metric!(
+    IntCounter,
+    SNAPSHOTS_INSTALLED,
+    "sluice_backend_raft_snapshots_installed_total",
+    "Snapshots from the leader that replaced this node's engine"
+);
 
 /// Registers every metric, so that each shows from the start.
 pub(crate) fn register() {
@@ -73,5 +106,12 @@ pub(crate) fn register() {
         LazyLock::force(gauge);
     }
     LazyLock::force(&LAG_SECONDS);
-    LazyLock::force(&PROPOSALS);
+    for counter in [
+        &PROPOSALS,
+        &SNAPSHOTS_BUILT,
+        &SNAPSHOTS_DUMPED,
+        &SNAPSHOTS_INSTALLED,
+    ] {
+        LazyLock::force(counter);
+    }
 }
