@@ -1025,7 +1025,9 @@ fn open_db(path: &Path, replicated: bool) -> Result<DB> {
     options.create_if_missing(true);
     options.create_missing_column_families(true);
     options.increase_parallelism(2);
-    crate::background::behind_requests(&mut options)?;
+    if replicated {
+        crate::background::behind_requests(&mut options)?;
+    }
     options.set_atomic_flush(replicated);
     // Messages are deleted soon after they are sent, so the messages column family flushes
     // every few seconds under load while the small ones (delivery state, dedup ids) hardly
