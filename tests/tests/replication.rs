@@ -397,11 +397,13 @@ async fn a_node_replaces_another_with_the_cli_and_nothing_is_lost() -> anyhow::R
     Ok(())
 }
 
+/// A snapshot every 50 entries, so that a few hundred sends purge the log several times.
+const SNAPSHOTS: (&str, &str) = ("SLUICE_RAFT_SNAPSHOT_LOGS", "50");
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_killed_after_its_log_was_purged_loses_nothing() -> anyhow::Result<()> {
-    // A snapshot every 50 entries purges the log again and again while the engines' memtables
-    // are far from full: what a purge removed survives only in what the snapshot persisted.
-    const SNAPSHOTS: (&str, &str) = ("SLUICE_RAFT_SNAPSHOT_LOGS", "50");
+    // The log is purged again and again while the engines' memtables are far from full: what a
+    // purge removed survives only in what the snapshot persisted.
     let mut trio = Trio::start(|_| vec![SNAPSHOTS]).await?;
     trio.leader().await?;
     trio.put_queue().await?;
@@ -434,9 +436,8 @@ async fn every_node_killed_after_its_log_was_purged_loses_nothing() -> anyhow::R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_the_purged_log_catches_up_from_a_snapshot() -> anyhow::Result<()> {
-    // A snapshot every 50 entries: the leader purges what the stopped follower misses, so it
-    // can only catch up from a snapshot the leader reads out of its engine.
-    const SNAPSHOTS: (&str, &str) = ("SLUICE_RAFT_SNAPSHOT_LOGS", "50");
+    // The leader purges what the stopped follower misses, so it can only catch up from a
+    // snapshot the leader reads out of its engine.
     let mut trio = Trio::start(|_| vec![SNAPSHOTS]).await?;
     let leader = trio.leader().await?;
     trio.put_queue().await?;
