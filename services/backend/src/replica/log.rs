@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -24,6 +25,7 @@ use rocksdb::{
 use sluice_storage::background;
 use sluice_storage::wal::{self, WalTrimmer};
 use sluice_storage::Completion;
+use tokio::sync::Notify;
 
 use super::{NodeId, TypeConfig};
 
@@ -36,10 +38,20 @@ const PURGED: &[u8] = b"purged";
 /// Proposals of this node waiting to be durable in its log, by their token.
 pub(crate) type DurableWaiters = Arc<parking_lot::Mutex<HashMap<u64, Completion>>>;
 
+/// Bytes of entries appended after which this node snapshots, whatever `--raft-snapshot-logs`
+/// says: a snapshot lets the log be purged, and the purge must come before the entries since the
+/// last one fill the memtable (`LOGS_WRITE_BUFFER_BYTES`), or they are all written to a file, on
+/// every node at once. Entries grow with the load (some 30 KB each at the 3-node maximum), so a
+/// count of entries alone fits either a light load or a heavy one.
+const SNAPSHOT_LOG_BYTES: u64 = 128 << 20;
+
 #[derive(Clone)]
 pub(crate) struct LogStore {
     db: Arc<DB>,
     durable: DurableWaiters,
+    /// Bytes appended since a snapshot was last asked for, and where to ask for one.
+    appended: Arc<AtomicU64>,
+    snapshot_due: Arc<Notify>,
     /// Deletes the log's archived WAL files; stops when the last clone is dropped.
     _wal_trimmer: Arc<WalTrimmer>,
 }
@@ -77,7 +89,12 @@ fn logs_options() -> Options {
 }
 
 impl LogStore {
-    pub(crate) fn open(path: &Path, durable: DurableWaiters) -> anyhow::Result<Self> {
+    /// `snapshot_due` is notified each time `SNAPSHOT_LOG_BYTES` more have been appended.
+    pub(crate) fn open(
+        path: &Path,
+        durable: DurableWaiters,
+        snapshot_due: Arc<Notify>,
+    ) -> anyhow::Result<Self> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
@@ -92,6 +109,8 @@ impl LogStore {
         Ok(LogStore {
             db: Arc::new(db),
             durable,
+            appended: Arc::default(),
+            snapshot_due,
             _wal_trimmer: Arc::new(WalTrimmer::start(path, "raft")?),
         })
     }
@@ -222,11 +241,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = WriteBatch::default();
         let mut tokens = Vec::new();
+        let mut bytes = 0;
         for entry in entries {
             if let EntryPayload::Normal(proposal) = &entry.payload {
                 tokens.push(proposal.token);
             }
             let value = bincode::serialize(&entry).map_err(write_err)?;
+            bytes += value.len() as u64;
             batch.put_cf(self.logs(), entry.log_id.index.to_be_bytes(), value);
         }
         let written = self.write_synced(batch).await;
@@ -237,6 +258,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(|err| std::io::Error::other(err.to_string())),
         );
         written?;
+        if self.appended.fetch_add(bytes, Ordering::Relaxed) + bytes >= SNAPSHOT_LOG_BYTES {
+            self.appended.store(0, Ordering::Relaxed);
+            self.snapshot_due.notify_one();
+        }
         let mine: Vec<Completion> = {
             let mut waiting = self.durable.lock();
             tokens.iter().filter_map(|t| waiting.remove(t)).collect()
@@ -273,8 +298,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             db.write_opt(batch, &synced())?;
             // A flush now drops the purged entries and writes only those kept past the purge
             // point; one when the memtable fills would write every entry since the last purge,
-            // some 100 MB at 10,000 entries, on every node at once. Not waited for: the log
-            // is durable in its WAL either way.
+            // up to `SNAPSHOT_LOG_BYTES` and more, on every node at once. Not waited for: the
+            // log is durable in its WAL either way.
             let mut flush = FlushOptions::default();
             flush.set_wait(false);
             db.flush_cf_opt(db.cf_handle(CF_LOGS).expect("created at open"), &flush)

@@ -154,8 +154,13 @@ impl Replica {
         });
         let engine = Engine::open_replicated(engine_options, replicator)
             .context("cannot open the queue engine")?;
-        let log = log::LogStore::open(&data_dir.join("raft"), durable.clone())
-            .context("cannot open the raft log")?;
+        let snapshot_due = Arc::new(tokio::sync::Notify::new());
+        let log = log::LogStore::open(
+            &data_dir.join("raft"),
+            durable.clone(),
+            snapshot_due.clone(),
+        )
+        .context("cannot open the raft log")?;
         let machine = machine::StateMachine::new(engine.clone())?;
         let id = node_id(&me.name);
         let raft = Raft::new(
@@ -174,6 +179,7 @@ impl Replica {
             id,
         };
         tokio::spawn(propose_loop(replica.raft.clone(), proposed, durable));
+        tokio::spawn(snapshot_when_due(replica.raft.clone(), snapshot_due));
         tokio::spawn(replica.clone().lead(shutdown));
         replica.bootstrap(bootstrap).await?;
         Ok(replica)
@@ -410,6 +416,18 @@ fn membership_error(
             Error::FailedPrecondition(err.to_string())
         }
         RaftError::Fatal(err) => Error::Unavailable(err.to_string()),
+    }
+}
+
+/// Asks for a snapshot each time the log says enough bytes were appended since the last ask.
+/// Ends with the node: a trigger fails once its Raft has stopped.
+async fn snapshot_when_due(raft: Raft, due: Arc<tokio::sync::Notify>) {
+    loop {
+        due.notified().await;
+        if let Err(err) = raft.trigger().snapshot().await {
+            tracing::debug!(error = %err, "raft stopped; no more snapshots");
+            return;
+        }
     }
 }
 
