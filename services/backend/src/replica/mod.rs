@@ -179,7 +179,11 @@ impl Replica {
             id,
         };
         tokio::spawn(propose_loop(replica.raft.clone(), proposed, durable));
-        tokio::spawn(snapshot_when_due(replica.raft.clone(), snapshot_due));
+        tokio::spawn(snapshot_when_due(
+            replica.raft.clone(),
+            snapshot_due,
+            shutdown.clone(),
+        ));
         tokio::spawn(replica.clone().lead(shutdown));
         replica.bootstrap(bootstrap).await?;
         Ok(replica)
@@ -419,11 +423,14 @@ fn membership_error(
     }
 }
 
-/// Asks for a snapshot each time the log says enough bytes were appended since the last ask.
-/// Ends with the node: a trigger fails once its Raft has stopped.
-async fn snapshot_when_due(raft: Raft, due: Arc<tokio::sync::Notify>) {
+/// Asks for a snapshot each time the log says enough bytes were appended since the last ask,
+/// until the node shuts down (or its Raft stops, which fails the trigger).
+async fn snapshot_when_due(raft: Raft, due: Arc<tokio::sync::Notify>, shutdown: CancellationToken) {
     loop {
-        due.notified().await;
+        tokio::select! {
+            _ = due.notified() => {}
+            _ = shutdown.cancelled() => return,
+        }
         if let Err(err) = raft.trigger().snapshot().await {
             tracing::debug!(error = %err, "raft stopped; no more snapshots");
             return;
