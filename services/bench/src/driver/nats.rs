@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::context::CreateStreamErrorKind;
+use async_nats::jetstream::{self, consumer, stream, ErrorCode};
 use async_trait::async_trait;
+use backon::{ConstantBuilder, Retryable};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 
@@ -16,6 +18,10 @@ use super::{pick, Consumer, Driver, Producer};
 
 /// Messages one pull request asks for, the same window as RabbitMQ's prefetch.
 const PULL_BATCH: usize = 200;
+
+/// Stream creation waits up to 30 s, in all, for a new cluster's servers to be known as peers.
+const PEERS_RETRY_DELAY: Duration = Duration::from_millis(500);
+const PEERS_RETRIES: usize = 60;
 
 /// The durable consumer every bench consumer of a queue shares, as consumers share a queue.
 const CONSUMER: &str = "bench";
@@ -49,15 +55,26 @@ impl Driver for NatsDriver {
         self.delete_queues(queues).await?;
         let js = self.context(0).await?;
         for queue in queues {
-            let stream = js
-                .create_stream(stream::Config {
-                    name: queue.clone(),
-                    subjects: vec![subject(queue)],
-                    storage: stream::StorageType::File,
-                    // Messages leave the stream once acknowledged, as from a queue.
-                    retention: stream::RetentionPolicy::WorkQueue,
-                    num_replicas: self.replicas,
-                    ..Default::default()
+            let config = stream::Config {
+                name: queue.clone(),
+                subjects: vec![subject(queue)],
+                storage: stream::StorageType::File,
+                // Messages leave the stream once acknowledged, as from a queue.
+                retention: stream::RetentionPolicy::WorkQueue,
+                num_replicas: self.replicas,
+                ..Default::default()
+            };
+            // A new cluster elects its metadata leader before every server has told it what
+            // JetStream resources it has; until then an R3 stream finds no peers to go on.
+            let stream = (|| js.create_stream(config.clone()))
+                .retry(
+                    ConstantBuilder::default()
+                        .with_delay(PEERS_RETRY_DELAY)
+                        .with_max_times(PEERS_RETRIES),
+                )
+                .when(|err| {
+                    matches!(err.kind(), CreateStreamErrorKind::JetStream(js)
+                        if js.error_code() == ErrorCode::CLUSTER_NO_PEERS)
                 })
                 .await
                 .with_context(|| format!("cannot create stream {queue}"))?;
