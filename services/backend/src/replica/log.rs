@@ -49,7 +49,7 @@ const SNAPSHOT_LOG_BYTES: u64 = 128 << 20;
 pub(crate) struct LogStore {
     db: Arc<DB>,
     durable: DurableWaiters,
-    /// Bytes appended since a snapshot was last asked for, and where to ask for one.
+    /// Bytes appended since the log was last purged, and where to ask for a snapshot.
     appended: Arc<AtomicU64>,
     snapshot_due: Arc<Notify>,
     /// Deletes the log's archived WAL files; stops when the last clone is dropped.
@@ -89,7 +89,8 @@ fn logs_options() -> Options {
 }
 
 impl LogStore {
-    /// `snapshot_due` is notified each time `SNAPSHOT_LOG_BYTES` more have been appended.
+    /// `snapshot_due` is notified when `SNAPSHOT_LOG_BYTES` have been appended since the last
+    /// purge.
     pub(crate) fn open(
         path: &Path,
         durable: DurableWaiters,
@@ -258,8 +259,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(|err| std::io::Error::other(err.to_string())),
         );
         written?;
-        if self.appended.fetch_add(bytes, Ordering::Relaxed) + bytes >= SNAPSHOT_LOG_BYTES {
-            self.appended.store(0, Ordering::Relaxed);
+        // Asked once, when the count crosses the mark; the purge that follows the snapshot,
+        // whichever rule made it, starts the count again. Reset here instead, the two rules
+        // each made a snapshot, a second apart, when the load had them fall due together.
+        let before = self.appended.fetch_add(bytes, Ordering::Relaxed);
+        if before < SNAPSHOT_LOG_BYTES && before + bytes >= SNAPSHOT_LOG_BYTES {
             self.snapshot_due.notify_one();
         }
         let mine: Vec<Completion> = {
@@ -305,6 +309,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             db.flush_cf_opt(db.cf_handle(CF_LOGS).expect("created at open"), &flush)
         })
         .await?;
+        self.appended.store(0, Ordering::Relaxed);
         super::metrics::PURGED_INDEX.set(log_id.index as i64);
         Ok(())
     }

@@ -423,7 +423,7 @@ fn membership_error(
     }
 }
 
-/// Asks for a snapshot each time the log says enough bytes were appended since the last ask,
+/// Asks for a snapshot each time the log says enough bytes were appended since its last purge,
 /// until the node shuts down (or its Raft stops, which fails the trigger).
 async fn snapshot_when_due(raft: Raft, due: Arc<tokio::sync::Notify>, shutdown: CancellationToken) {
     loop {
