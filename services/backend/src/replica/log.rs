@@ -49,8 +49,10 @@ const SNAPSHOT_LOG_BYTES: u64 = 128 << 20;
 pub(crate) struct LogStore {
     db: Arc<DB>,
     durable: DurableWaiters,
-    /// Bytes appended since the log was last purged, and where to ask for a snapshot.
+    /// Bytes appended since the log was last purged, the count at which to ask for a snapshot
+    /// (`SNAPSHOT_LOG_BYTES`), and where to ask.
     appended: Arc<AtomicU64>,
+    snapshot_bytes: u64,
     snapshot_due: Arc<Notify>,
     /// Deletes the log's archived WAL files; stops when the last clone is dropped.
     _wal_trimmer: Arc<WalTrimmer>,
@@ -111,6 +113,7 @@ impl LogStore {
             db: Arc::new(db),
             durable,
             appended: Arc::default(),
+            snapshot_bytes: SNAPSHOT_LOG_BYTES,
             snapshot_due,
             _wal_trimmer: Arc::new(WalTrimmer::start(path, "raft")?),
         })
@@ -263,7 +266,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // whichever rule made it, starts the count again. Reset here instead, the two rules
         // each made a snapshot, a second apart, when the load had them fall due together.
         let before = self.appended.fetch_add(bytes, Ordering::Relaxed);
-        if before < SNAPSHOT_LOG_BYTES && before + bytes >= SNAPSHOT_LOG_BYTES {
+        if before < self.snapshot_bytes && before + bytes >= self.snapshot_bytes {
             self.snapshot_due.notify_one();
         }
         let mine: Vec<Completion> = {
@@ -312,5 +315,62 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.appended.store(0, Ordering::Relaxed);
         super::metrics::PURGED_INDEX.set(log_id.index as i64);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+    use crate::replica::Proposal;
+
+    const ENTRY_BYTES: usize = 64 << 10;
+
+    async fn append(log: &mut LogStore, indexes: std::ops::RangeInclusive<u64>) {
+        let entries = indexes.map(|index| Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposal {
+                batch: vec![7; ENTRY_BYTES],
+                token: index,
+            }),
+        });
+        log.blocking_append(entries).await.unwrap();
+    }
+
+    /// Whether the log asked for a snapshot since this was last called.
+    fn asked(due: &Notify) -> bool {
+        due.notified().now_or_never().is_some()
+    }
+
+    #[tokio::test]
+    async fn asks_for_a_snapshot_once_per_purge_when_enough_bytes_were_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let due = Arc::new(Notify::new());
+        let mut log = LogStore::open(dir.path(), DurableWaiters::default(), due.clone()).unwrap();
+        // Sixteen entries and a bit are 1 MiB.
+        log.snapshot_bytes = 1 << 20;
+
+        append(&mut log, 1..=15).await;
+        assert!(!asked(&due), "15 entries of 64 KiB are under 1 MiB");
+        append(&mut log, 16..=17).await;
+        assert!(asked(&due), "17 entries are over 1 MiB");
+        // Until the snapshot's purge, however late it comes, the log asks no more.
+        append(&mut log, 18..=60).await;
+        assert!(!asked(&due), "asked again before the purge");
+
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 50))
+            .await
+            .unwrap();
+        append(&mut log, 61..=75).await;
+        assert!(!asked(&due), "the count starts again at the purge");
+        append(&mut log, 76..=77).await;
+        assert!(asked(&due), "1 MiB more since the purge");
+
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|id| id.index), Some(50));
+        assert_eq!(state.last_log_id.map(|id| id.index), Some(77));
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream::context::CreateStreamErrorKind;
+use async_nats::jetstream::stream::ConsumerErrorKind;
 use async_nats::jetstream::{self, consumer, stream, ErrorCode};
 use async_trait::async_trait;
 use backon::{ConstantBuilder, Retryable};
@@ -19,9 +20,13 @@ use super::{pick, Consumer, Driver, Producer};
 /// Messages one pull request asks for, the same window as RabbitMQ's prefetch.
 const PULL_BATCH: usize = 200;
 
-/// Stream creation waits up to 30 s, in all, for a new cluster's servers to be known as peers.
-const PEERS_RETRY_DELAY: Duration = Duration::from_millis(500);
-const PEERS_RETRIES: usize = 60;
+/// Creating a stream or a consumer on a new cluster waits up to 30 s, in all, for what the
+/// servers have not agreed on yet.
+fn new_cluster_backoff() -> ConstantBuilder {
+    ConstantBuilder::default()
+        .with_delay(Duration::from_millis(500))
+        .with_max_times(60)
+}
 
 /// The durable consumer every bench consumer of a queue shares, as consumers share a queue.
 const CONSUMER: &str = "bench";
@@ -67,24 +72,27 @@ impl Driver for NatsDriver {
             // A new cluster elects its metadata leader before every server has told it what
             // JetStream resources it has; until then an R3 stream finds no peers to go on.
             let stream = (|| js.create_stream(config.clone()))
-                .retry(
-                    ConstantBuilder::default()
-                        .with_delay(PEERS_RETRY_DELAY)
-                        .with_max_times(PEERS_RETRIES),
-                )
+                .retry(new_cluster_backoff())
                 .when(|err| {
                     matches!(err.kind(), CreateStreamErrorKind::JetStream(js)
                         if js.error_code() == ErrorCode::CLUSTER_NO_PEERS)
                 })
                 .await
                 .with_context(|| format!("cannot create stream {queue}"))?;
-            stream
-                .create_consumer(consumer::pull::Config {
-                    durable_name: Some(CONSUMER.to_owned()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(60),
-                    max_ack_pending: 100_000,
-                    ..Default::default()
+            let config = consumer::pull::Config {
+                durable_name: Some(CONSUMER.to_owned()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(60),
+                max_ack_pending: 100_000,
+                ..Default::default()
+            };
+            // An R3 stream is created once its metadata is agreed, which can be before the
+            // server asked next has started its copy.
+            (|| stream.create_consumer(config.clone()))
+                .retry(new_cluster_backoff())
+                .when(|err| {
+                    matches!(err.kind(), ConsumerErrorKind::JetStream(js)
+                        if js.error_code() == ErrorCode::STREAM_NOT_FOUND)
                 })
                 .await
                 .with_context(|| format!("cannot create the consumer of {queue}"))?;
