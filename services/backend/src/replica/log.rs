@@ -38,11 +38,12 @@ const PURGED: &[u8] = b"purged";
 /// Proposals of this node waiting to be durable in its log, by their token.
 pub(crate) type DurableWaiters = Arc<parking_lot::Mutex<HashMap<u64, Completion>>>;
 
-/// Bytes of entries appended after which this node snapshots, whatever `--raft-snapshot-logs`
-/// says: a snapshot lets the log be purged, and the purge must come before the entries since the
-/// last one fill the memtable (`LOGS_WRITE_BUFFER_BYTES`), or they are all written to a file, on
-/// every node at once. Entries grow with the load (some 30 KB each at the 3-node maximum), so a
-/// count of entries alone fits either a light load or a heavy one.
+/// Bytes of entries appended since the log was last purged after which this node snapshots,
+/// whatever `--raft-snapshot-logs` says: a snapshot lets the log be purged, and the purge must
+/// come before the entries since the last one fill the memtable (`LOGS_WRITE_BUFFER_BYTES`), or
+/// they are all written to a file, on every node at once. Entries grow with the load (some 30 KB
+/// each at the 3-node maximum), so a count of entries alone fits either a light load or a heavy
+/// one.
 const SNAPSHOT_LOG_BYTES: u64 = 128 << 20;
 
 #[derive(Clone)]

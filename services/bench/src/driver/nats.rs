@@ -20,6 +20,9 @@ use super::{pick, Consumer, Driver, Producer};
 /// Messages one pull request asks for, the same window as RabbitMQ's prefetch.
 const PULL_BATCH: usize = 200;
 
+/// The durable consumer every bench consumer of a queue shares, as consumers share a queue.
+const CONSUMER: &str = "bench";
+
 /// Creating a stream or a consumer on a new cluster waits up to 30 s, in all, for what the
 /// servers have not agreed on yet.
 fn new_cluster_backoff() -> ConstantBuilder {
@@ -27,9 +30,6 @@ fn new_cluster_backoff() -> ConstantBuilder {
         .with_delay(Duration::from_millis(500))
         .with_max_times(60)
 }
-
-/// The durable consumer every bench consumer of a queue shares, as consumers share a queue.
-const CONSUMER: &str = "bench";
 
 pub struct NatsDriver {
     urls: Vec<String>,
