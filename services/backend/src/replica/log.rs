@@ -25,7 +25,6 @@ use rocksdb::{
 use sluice_storage::background;
 use sluice_storage::wal::{self, WalTrimmer};
 use sluice_storage::Completion;
-use tokio::sync::Notify;
 
 use super::{NodeId, TypeConfig};
 
@@ -38,23 +37,12 @@ const PURGED: &[u8] = b"purged";
 /// Proposals of this node waiting to be durable in its log, by their token.
 pub(crate) type DurableWaiters = Arc<parking_lot::Mutex<HashMap<u64, Completion>>>;
 
-/// Bytes of entries appended since the log was last purged after which this node snapshots,
-/// whatever `--raft-snapshot-logs` says: a snapshot lets the log be purged, and the purge must
-/// come before the entries since the last one fill the memtable (`LOGS_WRITE_BUFFER_BYTES`), or
-/// they are all written to a file, on every node at once. Entries grow with the load (some 30 KB
-/// each at the 3-node maximum), so a count of entries alone fits either a light load or a heavy
-/// one.
-const SNAPSHOT_LOG_BYTES: u64 = 128 << 20;
-
 #[derive(Clone)]
 pub(crate) struct LogStore {
     db: Arc<DB>,
     durable: DurableWaiters,
-    /// Bytes appended since the log was last purged, the count at which to ask for a snapshot
-    /// (`SNAPSHOT_LOG_BYTES`), and where to ask.
+    /// Bytes of entries appended since the node started, for the snapshot schedule.
     appended: Arc<AtomicU64>,
-    snapshot_bytes: u64,
-    snapshot_due: Arc<Notify>,
     /// Deletes the log's archived WAL files; stops when the last clone is dropped.
     _wal_trimmer: Arc<WalTrimmer>,
 }
@@ -92,13 +80,7 @@ fn logs_options() -> Options {
 }
 
 impl LogStore {
-    /// `snapshot_due` is notified when `SNAPSHOT_LOG_BYTES` have been appended since the last
-    /// purge.
-    pub(crate) fn open(
-        path: &Path,
-        durable: DurableWaiters,
-        snapshot_due: Arc<Notify>,
-    ) -> anyhow::Result<Self> {
+    pub(crate) fn open(path: &Path, durable: DurableWaiters) -> anyhow::Result<Self> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
@@ -114,10 +96,13 @@ impl LogStore {
             db: Arc::new(db),
             durable,
             appended: Arc::default(),
-            snapshot_bytes: SNAPSHOT_LOG_BYTES,
-            snapshot_due,
             _wal_trimmer: Arc::new(WalTrimmer::start(path, "raft")?),
         })
+    }
+
+    /// Counts the bytes of the entries this log appends.
+    pub(crate) fn appended(&self) -> Arc<AtomicU64> {
+        self.appended.clone()
     }
 
     fn logs(&self) -> &rocksdb::ColumnFamily {
@@ -263,13 +248,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(|err| std::io::Error::other(err.to_string())),
         );
         written?;
-        // Asked once, when the count crosses the mark; the purge that follows the snapshot,
-        // whichever rule made it, starts the count again. Reset here instead, the two rules
-        // each made a snapshot, a second apart, when the load had them fall due together.
-        let before = self.appended.fetch_add(bytes, Ordering::Relaxed);
-        if before < self.snapshot_bytes && before + bytes >= self.snapshot_bytes {
-            self.snapshot_due.notify_one();
-        }
+        self.appended.fetch_add(bytes, Ordering::Relaxed);
         let mine: Vec<Completion> = {
             let mut waiting = self.durable.lock();
             tokens.iter().filter_map(|t| waiting.remove(t)).collect()
@@ -306,14 +285,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             db.write_opt(batch, &synced())?;
             // A flush now drops the purged entries and writes only those kept past the purge
             // point; one when the memtable fills would write every entry since the last purge,
-            // up to `SNAPSHOT_LOG_BYTES` and more, on every node at once. Not waited for: the
+            // up to the snapshot schedule's byte mark and more, on every node at once. Not waited for: the
             // log is durable in its WAL either way.
             let mut flush = FlushOptions::default();
             flush.set_wait(false);
             db.flush_cf_opt(db.cf_handle(CF_LOGS).expect("created at open"), &flush)
         })
         .await?;
-        self.appended.store(0, Ordering::Relaxed);
         super::metrics::PURGED_INDEX.set(log_id.index as i64);
         Ok(())
     }
@@ -321,7 +299,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 #[cfg(test)]
 mod tests {
-    use futures::FutureExt;
     use openraft::storage::RaftLogStorageExt;
     use openraft::CommittedLeaderId;
 
@@ -341,37 +318,32 @@ mod tests {
         log.blocking_append(entries).await.unwrap();
     }
 
-    /// Whether the log asked for a snapshot since this was last called.
-    fn asked(due: &Notify) -> bool {
-        due.notified().now_or_never().is_some()
-    }
-
     #[tokio::test]
-    async fn asks_for_a_snapshot_once_per_purge_when_enough_bytes_were_appended() {
+    async fn counts_the_bytes_it_appends_across_a_purge_and_a_reopen_keeps_the_purge() {
         let dir = tempfile::tempdir().unwrap();
-        let due = Arc::new(Notify::new());
-        let mut log = LogStore::open(dir.path(), DurableWaiters::default(), due.clone()).unwrap();
-        // Sixteen entries and a bit are 1 MiB.
-        log.snapshot_bytes = 1 << 20;
+        let mut log = LogStore::open(dir.path(), DurableWaiters::default()).unwrap();
+        let appended = log.appended();
 
-        append(&mut log, 1..=15).await;
-        assert!(!asked(&due), "15 entries of 64 KiB are under 1 MiB");
-        append(&mut log, 16..=17).await;
-        assert!(asked(&due), "17 entries are over 1 MiB");
-        // Until the snapshot's purge, however late it comes, the log asks no more.
-        append(&mut log, 18..=60).await;
-        assert!(!asked(&due), "asked again before the purge");
-
-        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 50))
+        append(&mut log, 1..=16).await;
+        let sixteen = appended.load(Ordering::Relaxed);
+        assert!(
+            (16 * ENTRY_BYTES as u64..17 * ENTRY_BYTES as u64).contains(&sixteen),
+            "16 entries of 64 KiB and their headers: {sixteen}"
+        );
+        // The schedule measures from its own last snapshot: a purge does not reset the count.
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 10))
             .await
             .unwrap();
-        append(&mut log, 61..=75).await;
-        assert!(!asked(&due), "the count starts again at the purge");
-        append(&mut log, 76..=77).await;
-        assert!(asked(&due), "1 MiB more since the purge");
+        append(&mut log, 17..=32).await;
+        assert_eq!(appended.load(Ordering::Relaxed), 2 * sixteen);
+        drop(log);
 
+        let mut log = LogStore::open(dir.path(), DurableWaiters::default()).unwrap();
         let state = log.get_log_state().await.unwrap();
-        assert_eq!(state.last_purged_log_id.map(|id| id.index), Some(50));
-        assert_eq!(state.last_log_id.map(|id| id.index), Some(77));
+        assert_eq!(state.last_purged_log_id.map(|id| id.index), Some(10));
+        assert_eq!(state.last_log_id.map(|id| id.index), Some(32));
+        let kept = log.try_get_log_entries(0..100).await.unwrap();
+        assert_eq!(kept.first().map(|e| e.log_id.index), Some(11));
+        assert_eq!(kept.len(), 22);
     }
 }

@@ -8,6 +8,7 @@ mod machine;
 pub(crate) mod metrics;
 mod network;
 mod server;
+mod snapshots;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -124,7 +125,8 @@ fn raft_config(cluster: &str, snapshot_logs: u64) -> anyhow::Result<Arc<Config>>
         election_timeout_min: 500,
         election_timeout_max: 1000,
         max_payload_entries: 16,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_logs),
+        // `snapshots::run` asks for them, each node at its own turn.
+        snapshot_policy: SnapshotPolicy::Never,
         // Entries a follower just behind a snapshot can still get from the log.
         max_in_snapshot_log_to_keep: snapshot_logs.min(1_000),
         install_snapshot_timeout: 10_000,
@@ -154,13 +156,9 @@ impl Replica {
         });
         let engine = Engine::open_replicated(engine_options, replicator)
             .context("cannot open the queue engine")?;
-        let snapshot_due = Arc::new(tokio::sync::Notify::new());
-        let log = log::LogStore::open(
-            &data_dir.join("raft"),
-            durable.clone(),
-            snapshot_due.clone(),
-        )
-        .context("cannot open the raft log")?;
+        let log = log::LogStore::open(&data_dir.join("raft"), durable.clone())
+            .context("cannot open the raft log")?;
+        let appended = log.appended();
         let machine = machine::StateMachine::new(engine.clone())?;
         let id = node_id(&me.name);
         let raft = Raft::new(
@@ -179,9 +177,11 @@ impl Replica {
             id,
         };
         tokio::spawn(propose_loop(replica.raft.clone(), proposed, durable));
-        tokio::spawn(snapshot_when_due(
+        tokio::spawn(snapshots::run(
             replica.raft.clone(),
-            snapshot_due,
+            id,
+            snapshot_logs,
+            appended,
             shutdown.clone(),
         ));
         tokio::spawn(replica.clone().lead(shutdown));
@@ -420,21 +420,6 @@ fn membership_error(
             Error::FailedPrecondition(err.to_string())
         }
         RaftError::Fatal(err) => Error::Unavailable(err.to_string()),
-    }
-}
-
-/// Asks for a snapshot each time the log says enough bytes were appended since its last purge,
-/// until the node shuts down (or its Raft stops, which fails the trigger).
-async fn snapshot_when_due(raft: Raft, due: Arc<tokio::sync::Notify>, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = due.notified() => {}
-            _ = shutdown.cancelled() => return,
-        }
-        if let Err(err) = raft.trigger().snapshot().await {
-            tracing::debug!(error = %err, "raft stopped; no more snapshots");
-            return;
-        }
     }
 }
 
