@@ -285,8 +285,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             db.write_opt(batch, &synced())?;
             // A flush now drops the purged entries and writes only those kept past the purge
             // point; one when the memtable fills would write every entry since the last purge,
-            // up to the snapshot schedule's byte mark and more, on every node at once. Not waited for: the
-            // log is durable in its WAL either way.
+            // 128 MiB and more at a heavy load. Not waited for: the log is durable in its WAL
+            // either way.
             let mut flush = FlushOptions::default();
             flush.set_wait(false);
             db.flush_cf_opt(db.cf_handle(CF_LOGS).expect("created at open"), &flush)
