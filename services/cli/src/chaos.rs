@@ -263,8 +263,9 @@ async fn drive(args: &ChaosArgs, parts: Arc<Mutex<Parts>>, json_out: bool) -> an
             1 => "metadata",
             _ => "backend",
         };
-        // Half the backend kills go to the leader: a failover is what is worth proving.
-        let leader = if kind == "backend" && rng.gen_bool(0.5) {
+        // Half the backend kills go to the leader: a failover is what is worth proving. The
+        // leader is looked up for the other half too, since a node picked at random may be it.
+        let leader = if kind == "backend" {
             let ports = admin_ports.clone();
             tokio::task::spawn_blocking(move || leader_of(&ports))
                 .await?
@@ -272,30 +273,30 @@ async fn drive(args: &ChaosArgs, parts: Arc<Mutex<Parts>>, json_out: bool) -> an
         } else {
             None
         };
+        let aim_at_leader = leader.is_some() && rng.gen_bool(0.5);
         let (index, name) = {
             let parts = parts.lock().expect("not poisoned");
             let candidates: Vec<usize> = (0..parts.parts.len())
                 .filter(|&i| parts.parts[i].kind == kind)
-                .filter(|&i| leader.as_ref().is_none_or(|l| &parts.parts[i].name == l))
+                .filter(|&i| !aim_at_leader || leader.as_ref() == Some(&parts.parts[i].name))
                 .collect();
             let index = candidates[rng.gen_range(0..candidates.len())];
             (index, parts.parts[index].name.clone())
         };
+        // Counted as a leader kill whenever it was one: an ASYNC run may lose what the leader
+        // had not replicated, and the loss is judged against these.
+        let leading = leader.as_ref() == Some(&name);
         eprintln!(
             "chaos: {:>5.1}s SIGKILL {name}{}",
             started.elapsed().as_secs_f64(),
-            if leader.is_some() {
-                " (the leader)"
-            } else {
-                ""
-            }
+            if leading { " (the leader)" } else { "" }
         );
         {
             let parts = parts.clone();
             tokio::task::spawn_blocking(move || parts.lock().expect("not poisoned").kill(index))
                 .await??;
         }
-        let label = if leader.is_some() { "leader" } else { kind };
+        let label = if leading { "leader" } else { kind };
         *kills.entry(label).or_default() += 1;
         tokio::time::sleep(args.down_for).await;
         let parts = parts.clone();
