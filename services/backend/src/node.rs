@@ -126,6 +126,11 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
         opts.dedup_window_seconds > 0,
         "dedup_window_seconds must be at least 1"
     );
+    // Zero would have the node snapshot at every entry it applies.
+    anyhow::ensure!(
+        opts.raft_snapshot_logs > 0,
+        "raft_snapshot_logs must be at least 1"
+    );
     anyhow::ensure!(
         !opts.cluster.is_empty() && !opts.node_id.is_empty(),
         "cluster and node_id must be set"
