@@ -2,9 +2,9 @@
 //! counts them (openraft's `LogsSinceLast`, or bytes appended) has all three snapshot at the
 //! same entry and flush their RocksDBs in the same moment: the writes that moment holds up wait
 //! for every node, and no two of them can make a majority. Here a node snapshots when a rule
-//! falls due, but only at an entry whose index is its own residue modulo `SNAPSHOT_SPACING`, so
-//! two nodes never snapshot within `SNAPSHOT_SPACING / members` entries of each other, however
-//! long they run or restart.
+//! falls due, but only once the applied index reaches its own residue modulo `SNAPSHOT_SPACING`,
+//! so two nodes snapshot some `SNAPSHOT_SPACING / members` entries apart or more (less by at most
+//! the entries one apply step passes over), however long they run or restart.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
