@@ -12,4 +12,7 @@ cargo fmt --all -- --check
 # One feature set for every step (--workspace --all-targets), so RocksDB is built once.
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo build --locked --workspace --all-targets
+# The backend with fail points, for the tests that crash a node at one; a separate binary, so the
+# plain build above ships none.
+cargo build --locked -p sluice-backend --features failpoints --bin sluice-backend-failpoints
 cargo test --locked --workspace

@@ -22,6 +22,16 @@ pub fn backend_bin() -> PathBuf {
     built_bin("SLUICE_BACKEND_BIN", "sluice-backend")
 }
 
+/// `sluice-backend` with fail points (`SLUICE_BACKEND_FAILPOINTS_BIN`, or the one cargo built):
+/// the plain build ignores `FAILPOINTS`, so tests that crash a node at a fail point run this one.
+pub fn backend_failpoints_bin() -> PathBuf {
+    built_bin_with(
+        "SLUICE_BACKEND_FAILPOINTS_BIN",
+        "sluice-backend-failpoints",
+        "cargo build -p sluice-backend --features failpoints --bin sluice-backend-failpoints",
+    )
+}
+
 /// The `sluice-frontend` binary: `SLUICE_FRONTEND_BIN`, or the one cargo built.
 pub fn frontend_bin() -> PathBuf {
     built_bin("SLUICE_FRONTEND_BIN", "sluice-frontend")
@@ -38,6 +48,11 @@ pub fn manager_bin() -> PathBuf {
 }
 
 fn built_bin(env: &str, name: &str) -> PathBuf {
+    built_bin_with(env, name, "cargo build --workspace --bins")
+}
+
+/// The binary `name` (`env` if set) next to this test executable; `build` says how to make it.
+fn built_bin_with(env: &str, name: &str, build: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(env) {
         return PathBuf::from(path);
     }
@@ -50,7 +65,7 @@ fn built_bin(env: &str, name: &str) -> PathBuf {
         .expect("test executable lives in target/<profile>/deps");
     assert!(
         bin.exists(),
-        "{} is missing: build it first with `cargo build --workspace --bins`",
+        "{} is missing: build it first with `{build}`",
         bin.display()
     );
     bin
@@ -137,10 +152,12 @@ impl ServerProcess {
         Self::spawn(command, data_dir, "sluice-backend ready:")
     }
 
-    /// Starts node `node` of replicated backend cluster `a` on `grpc_port` (its admin port is
-    /// the next one), with `extra` flags (`--peers ...` or `--join`) and environment `env`, not
-    /// registered in etcd. Returns once it serves its ports, not once it is ready.
+    /// Starts node `node` of replicated backend cluster `a` from binary `bin` (`backend_bin()`
+    /// or `backend_failpoints_bin()`) on `grpc_port` (its admin port is the next one), with
+    /// `extra` flags (`--peers ...` or `--join`) and environment `env`, not registered in etcd.
+    /// Returns once it serves its ports, not once it is ready.
     pub fn start_replica(
+        bin: &Path,
         data_dir: &Path,
         node: &str,
         grpc_port: u16,
@@ -149,7 +166,7 @@ impl ServerProcess {
     ) -> anyhow::Result<Self> {
         let grpc = format!("127.0.0.1:{grpc_port}");
         let admin = format!("127.0.0.1:{}", grpc_port + 1);
-        let mut command = Command::new(backend_bin());
+        let mut command = Command::new(bin);
         command
             .args(["--cluster", "a", "--node-id", node])
             .args(["--grpc-addr", &grpc, "--admin-addr", &admin])

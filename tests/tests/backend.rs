@@ -6,14 +6,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_backend::{ClientOptions, QueueBackend, RemoteBackend};
-use sluice_common::cluster::{node_key, NodeRecord};
-use sluice_common::Error;
+use sluice_api::cluster::{node_key, NodeRecord};
+use sluice_api::{Error, NewMessage, QueueBackend, QueueConfig};
+use sluice_client::{BackendClient, BackendClientOptions};
 use sluice_frontend::{Catalog, QueueServiceImpl};
-use sluice_metastore::EmbeddedStore;
+use sluice_metastore::{EmbeddedStore, StoreDirectory};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::queue_service_server::QueueService;
-use sluice_storage::{NewMessage, QueueConfig};
 use sluice_tests::{EtcdProcess, ServerProcess};
 use tonic::Request;
 
@@ -57,10 +56,10 @@ fn message(body: &str) -> NewMessage {
     }
 }
 
-fn client_of(node: &ServerProcess) -> RemoteBackend {
-    RemoteBackend::new(
+fn client_of(node: &ServerProcess) -> BackendClient {
+    BackendClient::new(
         &format!("http://{}", node.grpc_addr),
-        ClientOptions {
+        BackendClientOptions {
             retries: 1,
             ..Default::default()
         },
@@ -164,7 +163,10 @@ async fn queue_service_works_unchanged_over_a_remote_backend() {
     let node =
         ServerProcess::start_backend(&dir.path().join("node"), &etcd.endpoint, "a", "a1").unwrap();
     let meta = EmbeddedStore::open(&dir.path().join("meta")).unwrap();
-    let service = QueueServiceImpl::new(Catalog::new(Arc::new(meta)), Arc::new(client_of(&node)));
+    let service = QueueServiceImpl::new(
+        Catalog::new(Arc::new(StoreDirectory::new(Arc::new(meta)))),
+        Arc::new(client_of(&node)),
+    );
 
     for (name, dlq) in [("jobs-dead", None), ("jobs", Some("jobs-dead"))] {
         service

@@ -19,8 +19,8 @@ async fn follows_the_store_contract() {
         .await
         .unwrap();
     assert!(other.list("", "", 100).await.unwrap().is_empty());
-    assert_eq!(other.next_id("ids/queue").await.unwrap(), 1);
-    assert_eq!(store.next_id("ids/queue").await.unwrap(), 3);
+    assert_eq!(other.next_ids("ids/queue", 1).await.unwrap(), 1);
+    assert_eq!(store.next_ids("ids/queue", 1).await.unwrap(), 14);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -36,19 +36,22 @@ async fn concurrent_creates_and_counters_have_one_winner_each() {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let created = store.create("queues/q", vec![i]).await.unwrap();
-            let id = store.next_id("ids/queue").await.unwrap();
-            (created.is_some(), id)
+            // Blocks of three, as the metadata tier hands them to frontends.
+            let first = store.next_ids("ids/queue", 3).await.unwrap();
+            (created.is_some(), first)
         }));
     }
     let mut winners = 0;
     let mut ids = HashSet::new();
     for task in tasks {
-        let (won, id) = task.await.unwrap();
+        let (won, first) = task.await.unwrap();
         winners += usize::from(won);
-        assert!(ids.insert(id), "id {id} handed out twice");
+        for id in first..first + 3 {
+            assert!(ids.insert(id), "id {id} handed out twice");
+        }
     }
     assert_eq!(winners, 1, "exactly one create of the same name succeeds");
-    assert_eq!(ids, (1..=16).collect());
+    assert_eq!(ids, (1..=48).collect(), "the blocks leave no gap");
 }
 
 #[tokio::test]
@@ -60,9 +63,9 @@ async fn an_unreachable_etcd_is_unavailable() {
         .unwrap();
     etcd.kill9().unwrap();
     let err = store.get("queues/q").await.unwrap_err();
-    let status: sluice_common::Error = err.into();
+    let status: sluice_api::Error = err.into();
     assert!(
-        matches!(status, sluice_common::Error::Unavailable(_)),
+        matches!(status, sluice_api::Error::Unavailable(_)),
         "{status:?}"
     );
 }

@@ -4,11 +4,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use sluice_backend::{ClientOptions, QueueBackend, RemoteBackend};
-use sluice_manager::{ManagerClient, ManagerClientOptions};
+use sluice_api::{NewMessage, QueueBackend, QueueConfig};
+use sluice_client::{BackendClient, BackendClientOptions, ManagerClient, ManagerClientOptions};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::manager_service_client::ManagerServiceClient;
-use sluice_storage::{NewMessage, QueueConfig};
 use sluice_tests::{EtcdProcess, ServerProcess};
 
 async fn clusters(manager: &ServerProcess) -> pb::ListClustersResponse {
@@ -162,9 +161,9 @@ async fn a_cluster_over_its_high_water_mark_gets_no_new_queues() {
         ServerProcess::start_manager(&etcd.endpoint, &["--max-bytes-stored", "1000000"]).unwrap();
 
     // About 2 MB into cluster a.
-    let backend = RemoteBackend::new(
+    let backend = BackendClient::new(
         &format!("http://{}", a1.grpc_addr),
-        ClientOptions::default(),
+        BackendClientOptions::default(),
     )
     .unwrap();
     backend

@@ -1,10 +1,15 @@
-//! The metadata ring as real processes over a real etcd: the store contract through any node,
-//! owners caching what they own and keeping it true with the watch, and the loss of a node.
+//! The metadata ring as real processes over a real etcd: the typed queue-record contract through
+//! any node, owners caching what they own and keeping it true with the watch, clients going to
+//! each key's owner, and the loss of a node.
 
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use sluice_metadata::MetadataClient;
+use sluice_api::{EffectiveAttributes, QueueDirectory, QueueRecord};
+use sluice_client::MetadataClient;
 use sluice_metastore::{EtcdStore, MetaStore};
+use sluice_proto::v1 as pb;
+use sluice_proto::v1::metadata_service_client::MetadataServiceClient;
 use sluice_tests::{EtcdProcess, ServerProcess};
 
 fn url(node: &ServerProcess) -> String {
@@ -30,27 +35,84 @@ async fn wait_for_ring(nodes: &[&ServerProcess], members: f64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn any_node_serves_the_store_contract_and_owners_cache_what_they_own() {
-    let etcd = EtcdProcess::start().unwrap();
+fn record(id: u64, name: &str) -> QueueRecord {
+    QueueRecord {
+        id,
+        name: name.into(),
+        attributes: EffectiveAttributes::default(),
+        tags: HashMap::from([("team".to_owned(), "payments".to_owned())]),
+        created_at_ms: 1,
+    }
+}
+
+/// Three metadata nodes on one etcd, once all of them see the whole ring.
+async fn three_nodes(etcd: &EtcdProcess) -> Vec<ServerProcess> {
     let nodes: Vec<ServerProcess> = ["m1", "m2", "m3"]
         .iter()
         .map(|id| ServerProcess::start_metadata(&etcd.endpoint, id).unwrap())
         .collect();
-    let all: Vec<&ServerProcess> = nodes.iter().collect();
-    wait_for_ring(&all, 3.0).await;
+    wait_for_ring(&nodes.iter().collect::<Vec<_>>(), 3.0).await;
+    nodes
+}
 
-    // Every request through one node: the keys it does not own are forwarded.
-    let through_one = MetadataClient::new(&[url(&nodes[0])]).unwrap();
-    sluice_metastore::conformance::check(&through_one).await;
-    assert!(total(&all, "sluice_metadata_forwards_total") > 0.0);
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn any_node_keeps_the_queue_record_contract_and_owners_cache_what_they_own() {
+    let etcd = EtcdProcess::start().unwrap();
+    let nodes = three_nodes(&etcd).await;
+    let all: Vec<&ServerProcess> = nodes.iter().collect();
+    let tier = MetadataClient::new(&[url(&nodes[0])]).unwrap();
+
+    // Create once; a second create of the name writes nothing.
+    let created = tier.create_queue(&record(1, "orders")).await.unwrap();
+    let revision = created.expect("the name was free");
+    assert_eq!(tier.create_queue(&record(2, "orders")).await.unwrap(), None);
+    let stored = tier.get_queue("orders").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.record, stored.revision),
+        (record(1, "orders"), revision)
+    );
+    assert!(tier.get_queue("missing").await.unwrap().is_none());
+
+    // Updates and deletes compare the revision the record was read at.
+    let mut changed = record(1, "orders");
+    changed.attributes.delay_seconds = 5;
+    assert_eq!(
+        tier.update_queue(&changed, revision + 100).await.unwrap(),
+        None
+    );
+    let updated = tier
+        .update_queue(&changed, revision)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        tier.get_queue("orders").await.unwrap().unwrap().record,
+        changed
+    );
+    assert!(
+        !tier.delete_queue("orders", revision).await.unwrap(),
+        "stale"
+    );
+
+    // Listing pages through names in order.
+    for (id, name) in [(3, "a-1"), (4, "a-2"), (5, "a-3"), (6, "b-1")] {
+        tier.create_queue(&record(id, name)).await.unwrap().unwrap();
+    }
+    assert_eq!(tier.list_queues("a-", "", 2).await.unwrap(), ["a-1", "a-2"]);
+    assert_eq!(tier.list_queues("a-", "a-2", 10).await.unwrap(), ["a-3"]);
+
+    // Ids come in blocks and are never handed out twice, by one client or two.
+    let other = MetadataClient::new(&[url(&nodes[1])]).unwrap();
+    let mut ids = HashSet::new();
+    for _ in 0..150 {
+        assert!(ids.insert(tier.allocate_queue_id().await.unwrap()));
+        assert!(ids.insert(other.allocate_queue_id().await.unwrap()));
+    }
 
     // Repeated reads are served from the owner's cache.
-    let everywhere = MetadataClient::new(&nodes.iter().map(url).collect::<Vec<_>>()).unwrap();
     let hits = total(&all, "sluice_metadata_cache_hits_total");
     for _ in 0..6 {
-        let b = everywhere.get("queues/b").await.unwrap().unwrap();
-        assert_eq!(b.value, b"x");
+        tier.get_queue("orders").await.unwrap().unwrap();
     }
     assert!(total(&all, "sluice_metadata_cache_hits_total") >= hits + 5.0);
 
@@ -58,33 +120,185 @@ async fn any_node_serves_the_store_contract_and_owners_cache_what_they_own() {
     let direct = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint), "/sluice/")
         .await
         .unwrap();
-    let current = direct.get("queues/b").await.unwrap().unwrap();
+    let mut behind = changed.clone();
+    behind.attributes.delay_seconds = 9;
     direct
-        .update("queues/b", b"changed".to_vec(), current.revision)
+        .update("queues/orders", behind.encode(), updated)
         .await
         .unwrap()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while everywhere.get("queues/b").await.unwrap().unwrap().value != b"changed" {
+    while tier.get_queue("orders").await.unwrap().unwrap().record != behind {
         assert!(Instant::now() < deadline, "the cache kept the old record");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let current = tier.get_queue("orders").await.unwrap().unwrap();
+    assert!(tier.delete_queue("orders", current.revision).await.unwrap());
+    assert!(tier.get_queue("orders").await.unwrap().is_none());
+
+    // A node that does not own a key forwards a request for it to the owner.
+    let forwards = total(&all, "sluice_metadata_forwards_total");
+    for node in &nodes {
+        let mut raw = MetadataServiceClient::connect(url(node)).await.unwrap();
+        for name in ["a-1", "a-2", "a-3", "b-1"] {
+            let request = pb::MetaGetQueueRequest {
+                name: name.into(),
+                forwarded: false,
+            };
+            let found = raw.get_queue_record(request).await.unwrap().into_inner();
+            assert_eq!(found.record.unwrap().name, name);
+        }
+    }
+    assert!(total(&all, "sluice_metadata_forwards_total") >= forwards + 8.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_tier_refuses_a_record_no_frontend_could_make_and_stores_nothing() {
+    let etcd = EtcdProcess::start().unwrap();
+    let node = ServerProcess::start_metadata(&etcd.endpoint, "m1").unwrap();
+    wait_for_ring(&[&node], 1.0).await;
+    let mut raw = MetadataServiceClient::connect(url(&node)).await.unwrap();
+    let good = sluice_api::wire::record_to_pb(&record(7, "orders"));
+    let cases = [
+        (
+            pb::MetaQueueRecord {
+                name: "no spaces".into(),
+                ..good.clone()
+            },
+            "record.name",
+        ),
+        (
+            pb::MetaQueueRecord {
+                id: 0,
+                ..good.clone()
+            },
+            "record.id",
+        ),
+        (
+            pb::MetaQueueRecord {
+                attributes: None,
+                ..good.clone()
+            },
+            "record.attributes",
+        ),
+        (
+            pb::MetaQueueRecord {
+                attributes: Some(pb::QueueAttributes {
+                    delay_seconds: Some(901),
+                    ..good.attributes.clone().unwrap()
+                }),
+                ..good.clone()
+            },
+            "attributes.delay_seconds",
+        ),
+        (
+            pb::MetaQueueRecord {
+                attributes: Some(pb::QueueAttributes {
+                    fifo: true,
+                    ..good.attributes.clone().unwrap()
+                }),
+                ..good.clone()
+            },
+            "attributes.fifo",
+        ),
+    ];
+    for (bad, field) in cases {
+        let request = pb::MetaCreateQueueRequest {
+            record: Some(bad),
+            forwarded: false,
+        };
+        let status = raw.create_queue_record(request).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{field}: {status}"
+        );
+        assert!(status.message().contains(field), "{field}: {status}");
+    }
+    let status = raw
+        .allocate_queue_ids(pb::MetaAllocateQueueIdsRequest { count: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    let direct = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint), "/sluice/")
+        .await
+        .unwrap();
+    assert!(direct
+        .list("", "", 10)
+        .await
+        .unwrap()
+        .iter()
+        .all(|(k, _)| !k.starts_with("queues/")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_client_goes_to_each_keys_owner_and_falls_back_when_the_owner_is_killed() {
+    let etcd = EtcdProcess::start().unwrap();
+    let mut nodes: Vec<Option<ServerProcess>> =
+        three_nodes(&etcd).await.into_iter().map(Some).collect();
+    // One seed: the client learns the others from the ring.
+    let client = MetadataClient::new(&[url(nodes[0].as_ref().unwrap())]).unwrap();
+    let names: Vec<String> = (0..30).map(|i| format!("q{i}")).collect();
+    let live: Vec<&ServerProcess> = nodes.iter().flatten().collect();
+    let forwards = total(&live, "sluice_metadata_forwards_total");
+    for (id, name) in names.iter().enumerate() {
+        client
+            .create_queue(&record(id as u64 + 1, name))
+            .await
+            .unwrap()
+            .unwrap();
+        client.get_queue(name).await.unwrap().unwrap();
+    }
+    assert_eq!(client.ring_members(), 3);
+    assert_eq!(
+        total(&live, "sluice_metadata_forwards_total"),
+        forwards,
+        "every request went to its key's owner, so no node forwarded one"
+    );
+
+    // Kill a node other than the seed, and with it the owner of some names.
+    let victim_url = url(nodes[1].as_ref().unwrap());
+    let orphans: Vec<&String> = names
+        .iter()
+        .filter(|name| client.owner_of_queue(name).as_ref() == Some(&victim_url))
+        .collect();
+    assert!(
+        !orphans.is_empty(),
+        "the ring gives the second node some names"
+    );
+    nodes[1].take().unwrap().kill9().unwrap();
+    // At once, before the ring has settled: the owner is unreachable, the client falls back
+    // to the seed, and the seed serves the dead node's names from etcd.
+    for name in &names {
+        let got = client.get_queue(name).await.unwrap().unwrap();
+        assert_eq!(&got.record.name, name);
+    }
+    let survivors: Vec<&ServerProcess> = nodes.iter().flatten().collect();
+    wait_for_ring(&survivors, 2.0).await;
+    // Settled: the client reads the ring again and writes go to the new owners.
+    for name in orphans {
+        let current = client.get_queue(name).await.unwrap().unwrap();
+        let mut changed = current.record.clone();
+        changed.attributes.delay_seconds = 3;
+        assert!(client
+            .update_queue(&changed, current.revision)
+            .await
+            .unwrap()
+            .is_some());
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_keep_succeeding_when_a_metadata_node_is_killed() {
     let etcd = EtcdProcess::start().unwrap();
-    let mut nodes: Vec<Option<ServerProcess>> = ["m1", "m2", "m3"]
-        .iter()
-        .map(|id| Some(ServerProcess::start_metadata(&etcd.endpoint, id).unwrap()))
-        .collect();
+    let mut nodes: Vec<Option<ServerProcess>> =
+        three_nodes(&etcd).await.into_iter().map(Some).collect();
     let urls: Vec<String> = nodes.iter().map(|n| url(n.as_ref().unwrap())).collect();
-    wait_for_ring(&nodes.iter().flatten().collect::<Vec<_>>(), 3.0).await;
     let client = MetadataClient::new(&urls).unwrap();
-    let keys: Vec<String> = (0..30).map(|i| format!("queues/k{i}")).collect();
-    for key in &keys {
+    let names: Vec<String> = (0..30).map(|i| format!("k{i}")).collect();
+    for (id, name) in names.iter().enumerate() {
         client
-            .create(key, key.as_bytes().to_vec())
+            .create_queue(&record(id as u64 + 1, name))
             .await
             .unwrap()
             .unwrap();
@@ -94,9 +308,9 @@ async fn requests_keep_succeeding_when_a_metadata_node_is_killed() {
     let killed = Instant::now();
     // At once, before the ring has settled: the client skips the dead node, and the living
     // ones serve its keys from etcd.
-    for key in &keys {
-        let got = client.get(key).await.unwrap().unwrap();
-        assert_eq!(got.value, key.as_bytes());
+    for name in &names {
+        let got = client.get_queue(name).await.unwrap().unwrap();
+        assert_eq!(&got.record.name, name);
     }
     let survivors: Vec<&ServerProcess> = nodes.iter().flatten().collect();
     wait_for_ring(&survivors, 2.0).await;
@@ -106,21 +320,24 @@ async fn requests_keep_succeeding_when_a_metadata_node_is_killed() {
     );
     // Settled: the dead node's keys have new owners, and nothing needs the fallback any more.
     let fallbacks = total(&survivors, "sluice_metadata_forward_fallbacks_total");
-    for key in &keys {
-        let current = client.get(key).await.unwrap().unwrap();
+    for name in &names {
+        let current = client.get_queue(name).await.unwrap().unwrap();
+        let mut changed = current.record.clone();
+        changed.attributes.delay_seconds = 7;
         let written = client
-            .update(key, b"after".to_vec(), current.revision)
+            .update_queue(&changed, current.revision)
             .await
             .unwrap();
-        assert!(written.is_some(), "{key}");
+        assert!(written.is_some(), "{name}");
     }
     assert_eq!(
         total(&survivors, "sluice_metadata_forward_fallbacks_total"),
         fallbacks
     );
     let after = MetadataClient::new(&urls[..1]).unwrap();
-    for key in &keys {
-        assert_eq!(after.get(key).await.unwrap().unwrap().value, b"after");
+    for name in &names {
+        let record = after.get_queue(name).await.unwrap().unwrap().record;
+        assert_eq!(record.attributes.delay_seconds, 7);
     }
 }
 

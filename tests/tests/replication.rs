@@ -3,6 +3,7 @@
 //! suite (`sluice chaos`) over the whole local deployment.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,9 @@ use anyhow::{bail, Context};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::backend_service_client::BackendServiceClient;
 use sluice_proto::v1::cluster_service_client::ClusterServiceClient;
-use sluice_tests::{free_port_range, sluice_bin, wait_for, ServerProcess};
+use sluice_tests::{
+    backend_bin, backend_failpoints_bin, free_port_range, sluice_bin, wait_for, ServerProcess,
+};
 use tonic::transport::Channel;
 
 const QUEUE: u64 = 1;
@@ -25,6 +28,8 @@ struct Trio {
     dir: tempfile::TempDir,
     base: u16,
     nodes: Vec<Option<ServerProcess>>,
+    /// The `sluice-backend` build every node runs.
+    bin: PathBuf,
 }
 
 impl Trio {
@@ -43,8 +48,16 @@ impl Trio {
             .join(",")
     }
 
-    /// Starts the three nodes, node `i` with environment `env(i)`.
+    /// Starts the three nodes of the plain build, node `i` with environment `env(i)`.
     async fn start(
+        env: impl Fn(usize) -> Vec<(&'static str, &'static str)>,
+    ) -> anyhow::Result<Trio> {
+        Self::start_of(backend_bin(), env).await
+    }
+
+    /// Starts the three nodes from binary `bin`, node `i` with environment `env(i)`.
+    async fn start_of(
+        bin: PathBuf,
         env: impl Fn(usize) -> Vec<(&'static str, &'static str)>,
     ) -> anyhow::Result<Trio> {
         let mut trio = Trio {
@@ -52,6 +65,7 @@ impl Trio {
             dir: tempfile::tempdir()?,
             base: free_port_range(8)?,
             nodes: Vec::new(),
+            bin,
         };
         for i in 0..3 {
             let node = trio.launch(i, &env(i))?;
@@ -63,6 +77,7 @@ impl Trio {
     fn launch(&self, i: usize, env: &[(&str, &str)]) -> anyhow::Result<ServerProcess> {
         let peers = self.peers();
         ServerProcess::start_replica(
+            &self.bin,
             &self.dir.path().join(Self::name(i)),
             &Self::name(i),
             self.port(i),
@@ -335,6 +350,7 @@ async fn a_node_replaces_another_with_the_cli_and_nothing_is_lost() -> anyhow::R
     }
     // a4 starts empty and outside the cluster.
     let a4 = ServerProcess::start_replica(
+        &trio.bin,
         &trio.dir.path().join("a4"),
         "a4",
         trio.port(3),
@@ -503,7 +519,7 @@ async fn crash_at(fail_point: &'static str) -> anyhow::Result<()> {
     // The leader's first two proposals (the cluster's receipt key, the queue) pass; the third,
     // the first send, crashes it.
     let spec: &'static str = Box::leak(format!("{fail_point}=2*off->1*return").into_boxed_str());
-    let mut trio = Trio::start(|_| vec![("FAILPOINTS", spec)]).await?;
+    let mut trio = Trio::start_of(backend_failpoints_bin(), |_| vec![("FAILPOINTS", spec)]).await?;
     let leader = trio.leader().await?;
     trio.put_queue().await?;
 
@@ -540,6 +556,26 @@ async fn crash_at(fail_point: &'static str) -> anyhow::Result<()> {
         assert!(seen.contains_key(body), "{body} was acknowledged and lost");
     }
     assert_eq!(seen.len(), 10, "nothing unexpected");
+    Ok(())
+}
+
+/// The binary a plain `cargo build` makes has no fail points: the spec that would crash the
+/// fail-point build's leader at its first proposal leaves every node of it running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plain_build_ignores_fail_points() -> anyhow::Result<()> {
+    let spec = "backend::after_local_append=return;backend::after_commit_before_reply=return";
+    let mut trio = Trio::start(|_| vec![("FAILPOINTS", spec)]).await?;
+    trio.leader().await?;
+    trio.put_queue().await?;
+    let sent = bodies("plain-", 5);
+    trio.send(&sent).await?;
+    let seen = trio.drain().await?;
+    for (i, node) in trio.nodes.iter_mut().enumerate() {
+        let node = node.as_mut().expect("no node was killed");
+        let exited = node.exited()?;
+        assert!(exited.is_none(), "a{} stopped: {exited:?}", i + 1);
+    }
+    assert_eq!(seen.len(), sent.len(), "every message came back");
     Ok(())
 }
 

@@ -67,6 +67,10 @@ pub struct ServiceFlags {
     /// OTLP/gRPC trace collector, e.g. http://127.0.0.1:4317 [default: none]
     #[arg(long)]
     pub otlp_endpoint: Option<String>,
+    /// Seconds to go on serving after SIGTERM while reporting not ready, so a load balancer
+    /// stops sending requests first [default: 5 for a frontend, 0 otherwise]
+    #[arg(long)]
+    pub drain_seconds: Option<u64>,
 }
 
 /// The command line of a distributed service: a config file, JSON logs, the shared flags and

@@ -1,5 +1,8 @@
 //! Serving gRPC the same way in every service: TCP_NODELAY, the standard health service, and a
-//! graceful stop that reports NOT_SERVING, stops accepting and lets in-flight requests finish.
+//! draining stop. On shutdown a service first reports NOT_SERVING (and not ready on its admin
+//! port) while it goes on serving for its drain period, so a load balancer or Kubernetes takes it
+//! out of rotation without failing a request; then it stops accepting, ends its streams, and lets
+//! in-flight requests finish.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,19 +17,33 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 pub struct GrpcServer {
     pub local_addr: SocketAddr,
-    /// Ends when the server has stopped after `shutdown`.
+    /// Ends when the server has stopped after `stop`.
     pub task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Cancelled when the server stops accepting, after the drain period.
+    stop: CancellationToken,
+    health: tonic_health::server::HealthReporter,
+    service: &'static str,
 }
 
-/// Binds `addr` and serves `routes` until `shutdown` is cancelled. The health service reports
-/// `service` (its full gRPC name) as serving until then.
+/// How a service stops: how long it keeps serving after it reported itself not ready, and how
+/// long in-flight requests then get to finish before their connections are closed.
+#[derive(Debug, Clone, Copy)]
+pub struct Drain {
+    pub period: Duration,
+    pub timeout: Duration,
+}
+
+/// Binds `addr` and serves `routes` until `stop` is cancelled, which [`GrpcServer::run_until`]
+/// does after the drain period (so `stop` is the server's own token, not the process's
+/// shutdown). The health service reports `service` (its full gRPC name) as serving until the
+/// drain begins.
 pub async fn serve(
     addr: SocketAddr,
     service: &'static str,
     routes: Routes,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) -> anyhow::Result<GrpcServer> {
-    serve_on(bind(addr).await?, service, routes, shutdown).await
+    serve_on(bind(addr).await?, service, routes, stop).await
 }
 
 /// Binds the gRPC port, for a service that must know its address before it can build its
@@ -42,7 +59,7 @@ pub async fn serve_on(
     listener: tokio::net::TcpListener,
     service: &'static str,
     routes: Routes,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) -> anyhow::Result<GrpcServer> {
     let local_addr = listener.local_addr()?;
     let (mut health, health_service) = tonic_health::server::health_reporter();
@@ -52,54 +69,78 @@ pub async fn serve_on(
     // Without TCP_NODELAY small responses wait for the peer's delayed ACK (~40 ms each).
     let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
         .map_err(|err| anyhow::anyhow!("gRPC listener: {err}"))?;
+    let stopped = stop.clone();
     let task = tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .add_routes(routes.add_service(health_service))
-            .serve_with_incoming_shutdown(incoming, async move {
-                shutdown.cancelled().await;
-                health
-                    .set_service_status(service, tonic_health::ServingStatus::NotServing)
-                    .await;
-            })
+            .serve_with_incoming_shutdown(incoming, stopped.cancelled_owned())
             .await;
         if let Err(err) = &result {
             tracing::error!(error = %err, "gRPC server failed");
         }
         result
     });
-    Ok(GrpcServer { local_addr, task })
+    Ok(GrpcServer {
+        local_addr,
+        task,
+        stop,
+        health,
+        service,
+    })
 }
 
 impl GrpcServer {
-    /// Serves until `shutdown` is cancelled (or the server fails on its own), runs `leave`
-    /// (what the service does before its in-flight requests finish, such as leaving its
-    /// cluster), then gives those requests `drain` to finish, closing the connections that are
-    /// still open after it. Returns how the server ended.
+    /// Serves until `shutdown` is cancelled (or the server fails on its own). Then reports
+    /// NOT_SERVING and runs `leave` (what takes the service out of rotation: not ready on the
+    /// admin port, leaving its ring or cluster), keeps serving for `drain.period`, stops
+    /// accepting, and gives in-flight requests `drain.timeout` to finish, closing the
+    /// connections that are still open after it. Returns how the server ended.
     pub async fn run_until(
         mut self,
         shutdown: &CancellationToken,
-        drain: Duration,
+        drain: Drain,
         leave: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let served = tokio::select! {
             served = &mut self.task => Some(served),
             _ = shutdown.cancelled() => None,
         };
+        self.health
+            .set_service_status(self.service, tonic_health::ServingStatus::NotServing)
+            .await;
         leave.await;
         let served = match served {
             Some(served) => served,
-            // Clients that keep idle connections open would hold the drain forever.
-            None => match tokio::time::timeout(drain, &mut self.task).await {
-                Ok(served) => served,
-                Err(_) => {
-                    tracing::warn!(timeout = ?drain, "connections still open after the drain timeout, closing them");
-                    self.task.abort();
-                    Ok(Ok(()))
+            None => {
+                if !drain.period.is_zero() {
+                    tracing::info!(period = ?drain.period, "draining: not ready, still serving");
+                    tokio::time::sleep(drain.period).await;
                 }
-            },
+                self.stop.cancel();
+                self.finish(drain.timeout).await
+            }
         };
         served
             .context("gRPC server task failed")?
             .context("gRPC server failed")
+    }
+
+    /// Waits up to `timeout` for the stopped server's in-flight requests.
+    async fn finish(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Result<(), tonic::transport::Error>, tokio::task::JoinError> {
+        // Clients that keep idle connections open would hold the stop forever.
+        match tokio::time::timeout(timeout, &mut self.task).await {
+            Ok(served) => served,
+            Err(_) => {
+                tracing::warn!(
+                    ?timeout,
+                    "connections still open after the drain timeout, closing them"
+                );
+                self.task.abort();
+                Ok(Ok(()))
+            }
+        }
     }
 }

@@ -9,8 +9,10 @@ use prometheus::{HistogramVec, IntCounterVec};
 use tonic::{Response, Status};
 use tracing::Instrument;
 
-use crate::error::code_name;
-use crate::{telemetry, Error, Result};
+use sluice_api::error::code_name;
+use sluice_api::{Error, Result};
+
+use crate::telemetry;
 
 /// The target of every RPC span and of the request's own log lines, whichever service serves it:
 /// `RUST_LOG=sluice_rpc=debug` shows refused requests too.

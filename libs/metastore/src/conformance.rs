@@ -75,6 +75,9 @@ pub async fn check(store: &dyn MetaStore) {
         "already gone"
     );
 
-    assert_eq!(store.next_id("ids/queue").await.unwrap(), 1);
-    assert_eq!(store.next_id("ids/queue").await.unwrap(), 2);
+    assert_eq!(store.next_ids("ids/queue", 1).await.unwrap(), 1);
+    assert_eq!(store.next_ids("ids/queue", 1).await.unwrap(), 2);
+    // A block: 3 to 12 are the caller's, and the next value comes after them.
+    assert_eq!(store.next_ids("ids/queue", 10).await.unwrap(), 3);
+    assert_eq!(store.next_ids("ids/queue", 1).await.unwrap(), 13);
 }

@@ -162,14 +162,15 @@ impl MetaStore for EmbeddedStore {
         }
     }
 
-    async fn next_id(&self, key: &str) -> Result<u64> {
+    async fn next_ids(&self, key: &str, count: u64) -> Result<u64> {
         let _guard = self.write_lock.lock().await;
-        let next = match self.read(key)? {
+        let first = match self.read(key)? {
             None => 1,
             Some(current) => crate::counter_value(key, &current.value)? + 1,
         };
-        self.write(key, Some(&next.to_be_bytes())).await?;
-        Ok(next)
+        let last = first + count.max(1) - 1;
+        self.write(key, Some(&last.to_be_bytes())).await?;
+        Ok(first)
     }
 }
 
@@ -184,6 +185,6 @@ mod tests {
         crate::conformance::check(&store).await;
         drop(store);
         let reopened = EmbeddedStore::open(dir.path()).unwrap();
-        assert_eq!(reopened.next_id("ids/queue").await.unwrap(), 3);
+        assert_eq!(reopened.next_ids("ids/queue", 1).await.unwrap(), 14);
     }
 }

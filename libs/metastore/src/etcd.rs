@@ -184,22 +184,24 @@ impl MetaStore for EtcdStore {
         Ok(self.txn(txn).await?.succeeded())
     }
 
-    async fn next_id(&self, key: &str) -> Result<u64> {
+    async fn next_ids(&self, key: &str, count: u64) -> Result<u64> {
+        let count = count.max(1);
         for _ in 0..MAX_COUNTER_ATTEMPTS {
             let written = match self.get(key).await? {
                 None => self
-                    .create(key, 1u64.to_be_bytes().to_vec())
+                    .create(key, count.to_be_bytes().to_vec())
                     .await?
                     .map(|_| 1),
                 Some(current) => {
-                    let next = crate::counter_value(key, &current.value)? + 1;
-                    self.update(key, next.to_be_bytes().to_vec(), current.revision)
+                    let first = crate::counter_value(key, &current.value)? + 1;
+                    let last = first + count - 1;
+                    self.update(key, last.to_be_bytes().to_vec(), current.revision)
                         .await?
-                        .map(|_| next)
+                        .map(|_| first)
                 }
             };
-            if let Some(id) = written {
-                return Ok(id);
+            if let Some(first) = written {
+                return Ok(first);
             }
         }
         Err(Error::Backend(format!(

@@ -1,14 +1,18 @@
 //! The metadata store: the source of truth for queues and, later, cluster membership. Services
 //! talk to the `MetaStore` trait; standalone uses the embedded RocksDB implementation in its data
-//! directory, the distributed deployment etcd (`EtcdStore`). The trait is the small subset of etcd's
+//! directory (feature `embedded`, so the tiers that only speak to etcd do not link RocksDB), the distributed deployment etcd (`EtcdStore`). The trait is the small subset of etcd's
 //! model the services need: versioned keys, prefix listing and compare-and-swap.
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+mod directory;
+#[cfg(feature = "embedded")]
 mod embedded;
 mod etcd;
 pub mod lease;
 
+pub use directory::StoreDirectory;
+#[cfg(feature = "embedded")]
 pub use embedded::EmbeddedStore;
 pub use etcd::EtcdStore;
 
@@ -25,21 +29,16 @@ pub enum Error {
     Corrupt { key: String, reason: String },
 }
 
-impl From<Error> for sluice_common::Error {
+impl From<Error> for sluice_api::Error {
     fn from(err: Error) -> Self {
         match err {
-            Error::Backend(_) => sluice_common::Error::Unavailable(err.to_string()),
-            Error::Corrupt { .. } => sluice_common::Error::Internal(err.to_string()),
+            Error::Backend(_) => sluice_api::Error::Unavailable(err.to_string()),
+            Error::Corrupt { .. } => sluice_api::Error::Internal(err.to_string()),
         }
     }
 }
 
-/// A value with the revision at which it was last written; a compare-and-swap names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Versioned {
-    pub value: Vec<u8>,
-    pub revision: u64,
-}
+pub use sluice_api::Versioned;
 
 #[async_trait]
 pub trait MetaStore: Send + Sync + 'static {
@@ -65,11 +64,13 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Deletes `key` if it is still at `revision`. Returns whether it did.
     async fn delete(&self, key: &str, revision: u64) -> Result<bool>;
 
-    /// Atomically increments the counter under `key` and returns the new value (first is 1).
-    async fn next_id(&self, key: &str) -> Result<u64>;
+    /// Atomically takes the next `count` values (at least one) of the counter under `key`, and
+    /// returns the first of them: the values from it to it plus `count - 1` were never handed
+    /// out before. The first value a counter hands out is 1.
+    async fn next_ids(&self, key: &str, count: u64) -> Result<u64>;
 }
 
-/// Decodes a counter written by `next_id`: 8 bytes, big-endian.
+/// Decodes a counter written by `next_ids` (the last value handed out): 8 bytes, big-endian.
 pub(crate) fn counter_value(key: &str, value: &[u8]) -> Result<u64> {
     let bytes: [u8; 8] = value.try_into().map_err(|_| Error::Corrupt {
         key: key.to_owned(),

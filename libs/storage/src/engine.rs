@@ -18,10 +18,11 @@ use crate::error::{Error, Result};
 use crate::keys::{self, dedup_key, message_key, queue_key, seq_floor_key};
 use crate::metrics;
 use crate::moves::RunningTask;
-use crate::queue::{Dedup, MessageMeta, Phase, Queue, QueueCounts, Taken};
+use crate::queue::{Dedup, MessageMeta, Phase, Queue, Taken};
 use crate::receipt::{Receipt, ReceiptSigner};
 use crate::records::{DedupRecord, MessageRecord, QueueRecord, StateRecord};
 use crate::wal::WalTrimmer;
+use crate::QueueCounts;
 use crate::{
     now_ms, DeadLetter, NewMessage, QueueConfig, QueueId, ReceivedMessage, Replication, SentMessage,
 };

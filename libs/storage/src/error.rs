@@ -44,9 +44,9 @@ pub enum Error {
     TaskConflict(String),
 }
 
-impl From<Error> for sluice_common::Error {
+impl From<Error> for sluice_api::Error {
     fn from(err: Error) -> Self {
-        use sluice_common::Error as E;
+        use sluice_api::Error as E;
         match err {
             Error::QueueNotFound(_) => E::not_found("queue"),
             Error::InvalidReceipt(_) | Error::ReceiptForOtherQueue => {

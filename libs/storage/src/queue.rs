@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::QueueConfig;
+use crate::{QueueConfig, QueueCounts};
 
 /// How long a message being moved to another queue is hidden. The move normally takes one commit;
 /// if it fails, the message becomes receivable again after this.
@@ -41,14 +41,6 @@ pub(crate) struct MessageMeta {
     pub phase: Phase,
     /// FIFO queues only: the message's group.
     pub group: Option<Arc<str>>,
-}
-
-/// Approximate number of messages in each state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct QueueCounts {
-    pub visible: u64,
-    pub in_flight: u64,
-    pub delayed: u64,
 }
 
 /// What the first send with a deduplication id stored.

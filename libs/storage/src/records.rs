@@ -4,17 +4,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-
-/// A typed message attribute, stored and returned exactly as sent.
-#[derive(Clone, PartialEq, Eq, prost::Message)]
-pub struct AttributeValue {
-    #[prost(string, tag = "1")]
-    pub data_type: String,
-    #[prost(string, tag = "2")]
-    pub string_value: String,
-    #[prost(bytes = "bytes", tag = "3")]
-    pub binary_value: Bytes,
-}
+use sluice_api::AttributeValue;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct QueueRecord {

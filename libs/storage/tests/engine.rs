@@ -2,7 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use sluice_storage::{Engine, EngineOptions, Error, NewMessage, QueueConfig, QueueCounts};
+use sluice_api::{NewMessage, QueueConfig, QueueCounts};
+use sluice_storage::{Engine, EngineOptions, Error};
 
 const Q: u64 = 1;
 

@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use sluice_storage::{
-    AttributeValue, DeadLetter, Engine, EngineOptions, Error, MoveTask, MoveTaskStatus, NewMessage,
-    QueueConfig, ReceivedMessage,
+use sluice_api::{
+    AttributeValue, DeadLetter, MoveTask, MoveTaskStatus, NewMessage, QueueConfig, ReceivedMessage,
 };
+use sluice_storage::{Engine, EngineOptions, Error};
 
 const SOURCE: u64 = 1;
 const DLQ: u64 = 2;

@@ -1,15 +1,11 @@
-//! A backend node: the queue engine served over the internal `BackendService`, and the typed
-//! client frontends reach it with. `QueueBackend` is what a frontend needs from the tier that
-//! stores messages; the engine in the same process and `RemoteBackend` both implement it.
+//! A backend node: the queue engine served over the internal `BackendService`, replicated over
+//! its cluster with Raft. Frontends and managers reach it through `sluice-client`'s
+//! `BackendClient`.
 
-mod api;
-mod client;
-mod convert;
+pub mod cli;
 mod metrics;
 pub mod node;
 pub mod replica;
 mod service;
 
-pub use api::QueueBackend;
-pub use client::{ClientOptions, LeaderHint, RemoteBackend};
 pub use service::{BackendServiceImpl, Traffic};

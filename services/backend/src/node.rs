@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use sluice_api::cluster::{self, LoadReport, NodeRecord};
 use sluice_common::admin::{self, Readiness};
-use sluice_common::cluster::{self, LoadReport, NodeRecord};
-use sluice_common::grpc::{self, GrpcServer, MAX_MESSAGE_BYTES};
+use sluice_common::grpc::{self, Drain, GrpcServer, MAX_MESSAGE_BYTES};
 use sluice_proto::v1::backend_service_server::BackendServiceServer;
 use sluice_proto::v1::cluster_service_server::ClusterServiceServer;
 use sluice_storage::{Engine, EngineOptions};
@@ -62,6 +62,14 @@ pub struct NodeOpts {
     /// `sluice admin cluster add-node`.
     #[serde(default)]
     pub join: bool,
+    /// Seconds the service goes on serving after SIGTERM while it reports itself not ready
+    /// (0: stop accepting at once).
+    #[serde(default = "default_drain_seconds")]
+    pub drain_seconds: u64,
+}
+
+fn default_drain_seconds() -> u64 {
+    0
 }
 
 fn default_load_report_interval() -> u64 {
@@ -97,11 +105,13 @@ impl Default for NodeOpts {
             raft_snapshot_logs: default_raft_snapshot_logs(),
             peers: Vec::new(),
             join: false,
+            drain_seconds: default_drain_seconds(),
         }
     }
 }
 
 pub struct Node {
+    drain: Drain,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     replica: Replica,
@@ -182,7 +192,7 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
         listener,
         "sluice.v1.BackendService",
         Routes::new(service).add_service(cluster_service),
-        shutdown.clone(),
+        CancellationToken::new(),
     )
     .await?;
     let grpc_addr = grpc.local_addr;
@@ -213,6 +223,10 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
     };
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, cluster = %opts.cluster, node = %opts.node_id, "backend node ready");
     Ok(Node {
+        drain: Drain {
+            period: Duration::from_secs(opts.drain_seconds),
+            timeout: DRAIN_TIMEOUT,
+        },
         grpc_addr,
         admin_addr,
         replica,
@@ -370,7 +384,7 @@ async fn report_load(
             messages_out_per_second: (messages_out - last.1) as f64 / seconds,
             bytes_stored: engine.stored_bytes(),
             disk_free_bytes: disk_free(engine.path()),
-            reported_at_ms: sluice_common::now_ms(),
+            reported_at_ms: sluice_api::now_ms(),
         };
         last = (messages_in, messages_out, now);
         let value = serde_json::to_vec(&report).expect("a load report serializes");
@@ -413,10 +427,7 @@ impl Node {
                 }
             }
         };
-        let served = self
-            .grpc
-            .run_until(&self.shutdown, DRAIN_TIMEOUT, leave)
-            .await;
+        let served = self.grpc.run_until(&self.shutdown, self.drain, leave).await;
         self.replica.shutdown().await;
         self.replica.engine.close().await;
         self.admin_shutdown.cancel();

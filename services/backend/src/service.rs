@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_common::{rpc, Error, Result};
+use sluice_api::wire::{self, LEADER_HEADER};
+use sluice_api::{Error, QueueBackend, Result};
+use sluice_common::rpc;
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::backend_service_server::BackendService;
 use tonic::{Request, Response, Status};
@@ -17,14 +19,9 @@ use sluice_proto::v1::backend_service_client::BackendServiceClient;
 use sluice_storage::Engine;
 use tonic::transport::Channel;
 
-use crate::api::QueueBackend;
-use crate::convert;
 use crate::metrics;
 use crate::replica::Replica;
 
-/// Response metadata naming the leader's URL, on a call a follower forwarded: callers go
-/// straight there next time.
-pub const LEADER_HEADER: &str = "sluice-leader";
 /// Request metadata on a forwarded call, so that it is not forwarded twice.
 const FORWARDED_HEADER: &str = "sluice-forwarded";
 
@@ -85,7 +82,7 @@ impl BackendServiceImpl {
         if let Some(client) = leaders.get(&leader.url) {
             return Ok(Some((client.clone(), leader.url)));
         }
-        let client = crate::client::node_client(&leader.url, Duration::from_secs(1))?;
+        let client = sluice_client::node_client(&leader.url, Duration::from_secs(1))?;
         leaders.insert(leader.url.clone(), client.clone());
         Ok(Some((client, leader.url)))
     }
@@ -125,7 +122,7 @@ where
 
 fn results(results: Vec<Result<()>>) -> pb::EntryResults {
     pb::EntryResults {
-        results: results.into_iter().map(convert::entry_to_pb).collect(),
+        results: results.into_iter().map(wire::entry_to_pb).collect(),
     }
 }
 
@@ -155,7 +152,7 @@ impl BackendService for BackendServiceImpl {
             request,
             |r| r.queue_id,
             |r| async move {
-                let config = convert::config_from_pb(r.config.unwrap_or_default());
+                let config = wire::config_from_pb(r.config.unwrap_or_default());
                 self.engine
                     .create_partition(r.queue_id, config, r.first_sequence)
                     .await?;
@@ -177,7 +174,7 @@ impl BackendService for BackendServiceImpl {
             |r| async move {
                 let (config, next_sequence) = self.engine.seal_queue(r.queue_id).await?;
                 Ok(pb::SealQueueResponse {
-                    config: Some(convert::config_to_pb(&config)),
+                    config: Some(wire::config_to_pb(&config)),
                     next_sequence,
                 })
             },
@@ -228,11 +225,7 @@ impl BackendService for BackendServiceImpl {
             "Counts",
             request,
             |r| r.queue_id,
-            |r| async move {
-                Ok(convert::counts_to_pb(
-                    self.backend().counts(r.queue_id).await?,
-                ))
-            },
+            |r| async move { Ok(wire::counts_to_pb(self.backend().counts(r.queue_id).await?)) },
         )
         .await
     }
@@ -250,7 +243,7 @@ impl BackendService for BackendServiceImpl {
                 let messages = r
                     .messages
                     .into_iter()
-                    .map(convert::new_message_from_pb)
+                    .map(wire::new_message_from_pb)
                     .collect();
                 let sent = self.backend().send(r.queue_id, messages).await?;
                 let stored = sent.iter().filter(|m| !m.duplicate).count() as u64;
@@ -258,7 +251,7 @@ impl BackendService for BackendServiceImpl {
                     .messages_in
                     .fetch_add(stored, Ordering::Relaxed);
                 Ok(pb::SendResponse {
-                    messages: sent.into_iter().map(convert::sent_to_pb).collect(),
+                    messages: sent.into_iter().map(wire::sent_to_pb).collect(),
                 })
             },
         )
@@ -285,7 +278,7 @@ impl BackendService for BackendServiceImpl {
                     )
                     .await?;
                 Ok(pb::ReceiveResponse {
-                    messages: messages.into_iter().map(convert::received_to_pb).collect(),
+                    messages: messages.into_iter().map(wire::received_to_pb).collect(),
                 })
             },
         )
@@ -369,7 +362,7 @@ impl BackendService for BackendServiceImpl {
             |r| async move {
                 let tasks = self.backend().list_move_tasks(r.source_queue_id).await?;
                 Ok(pb::ListMoveTasksResponse {
-                    tasks: tasks.into_iter().map(convert::task_to_pb).collect(),
+                    tasks: tasks.into_iter().map(wire::task_to_pb).collect(),
                 })
             },
         )
@@ -390,7 +383,7 @@ impl BackendService for BackendServiceImpl {
                     .backend()
                     .cancel_move_task(r.source_queue_id, r.task_id)
                     .await?;
-                Ok(convert::task_to_pb(task))
+                Ok(wire::task_to_pb(task))
             },
         )
         .await

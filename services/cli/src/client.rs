@@ -312,12 +312,12 @@ fn hex(bytes: &[u8]) -> String {
 fn failed(endpoint: &str, status: tonic::Status) -> anyhow::Error {
     // Only a failed connection is "cannot reach": an UNAVAILABLE the server sent (a cluster
     // electing its leader) is its own answer.
-    if sluice_common::error::is_transport_failure(&status) {
+    if sluice_api::error::is_transport_failure(&status) {
         return anyhow!("cannot reach Sluice at {endpoint}: {}", status.message());
     }
     anyhow!(
         "{}: {}",
-        sluice_common::error::code_name(status.code()),
+        sluice_api::error::code_name(status.code()),
         status.message()
     )
 }

@@ -62,7 +62,8 @@ enum Command {
 /// file, over the defaults shown.
 #[derive(clap::Args)]
 struct StandaloneArgs {
-    /// TOML file with data_dir, grpc_addr, admin_addr, otlp_endpoint and dedup_window_seconds.
+    /// TOML file with data_dir, grpc_addr, admin_addr, otlp_endpoint, dedup_window_seconds and
+    /// drain_seconds.
     #[arg(long, env = "SLUICE_CONFIG")]
     config: Option<PathBuf>,
     /// Log as JSON lines instead of text.
@@ -91,6 +92,10 @@ struct StandaloneFlags {
     /// env: SLUICE_DEDUP_WINDOW_SECONDS]
     #[arg(long)]
     dedup_window_seconds: Option<u64>,
+    /// Seconds to go on serving after SIGTERM while /readyz reports not ready [default: 0;
+    /// env: SLUICE_DRAIN_SECONDS]
+    #[arg(long)]
+    drain_seconds: Option<u64>,
 }
 
 impl StandaloneArgs {

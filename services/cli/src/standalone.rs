@@ -4,17 +4,18 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use sluice_common::admin::{self, Readiness};
-use sluice_common::grpc::GrpcServer;
+use sluice_common::grpc::{Drain, GrpcServer};
 use sluice_frontend::{Catalog, QueueServiceImpl};
-use sluice_metastore::EmbeddedStore;
+use sluice_metastore::{EmbeddedStore, StoreDirectory};
 use sluice_storage::{Engine, EngineOptions};
 use tokio_util::sync::CancellationToken;
 
 /// How long in-flight requests get to finish after SIGTERM; a long poll lasts at most 20 s.
-const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(25);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StandaloneOpts {
@@ -28,6 +29,14 @@ pub struct StandaloneOpts {
     /// shorten it to see a send accepted again after the window.
     #[serde(default = "default_dedup_window")]
     pub dedup_window_seconds: u64,
+    /// Seconds the service goes on serving after SIGTERM while it reports itself not ready
+    /// (0: stop accepting at once).
+    #[serde(default = "default_drain_seconds")]
+    pub drain_seconds: u64,
+}
+
+fn default_drain_seconds() -> u64 {
+    0
 }
 
 fn default_dedup_window() -> u64 {
@@ -42,12 +51,14 @@ impl Default for StandaloneOpts {
             admin_addr: ([127, 0, 0, 1], 7071).into(),
             otlp_endpoint: None,
             dedup_window_seconds: default_dedup_window(),
+            drain_seconds: default_drain_seconds(),
         }
     }
 }
 
 /// A running standalone server.
 pub struct Standalone {
+    drain: Drain,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     engine: Engine,
@@ -70,7 +81,7 @@ pub async fn start(
         anyhow::bail!("dedup_window_seconds must be at least 1");
     }
     let engine = Engine::open(EngineOptions {
-        dedup_window: std::time::Duration::from_secs(opts.dedup_window_seconds),
+        dedup_window: Duration::from_secs(opts.dedup_window_seconds),
         ..EngineOptions::new(opts.data_dir.join("queues"))
     })
     .with_context(|| {
@@ -85,17 +96,24 @@ pub async fn start(
             opts.data_dir.display()
         )
     })?;
-    let service = QueueServiceImpl::new(Catalog::new(Arc::new(meta)), Arc::new(engine.clone()));
+    let service = QueueServiceImpl::new(
+        Catalog::new(Arc::new(StoreDirectory::new(Arc::new(meta)))),
+        Arc::new(engine.clone()),
+    );
 
     let readiness = Readiness::default();
     // The admin port outlives the gRPC server so /metrics and /readyz answer while it drains.
     let admin_shutdown = CancellationToken::new();
     let (admin_addr, admin) =
         admin::serve(opts.admin_addr, readiness.clone(), admin_shutdown.clone()).await?;
-    let grpc = sluice_frontend::serve(opts.grpc_addr, service, shutdown.clone()).await?;
+    let grpc = sluice_frontend::serve(opts.grpc_addr, service, CancellationToken::new()).await?;
     readiness.set(true);
     tracing::info!(grpc = %grpc.local_addr, admin = %admin_addr, data_dir = %opts.data_dir.display(), "sluice standalone ready");
     Ok(Standalone {
+        drain: Drain {
+            period: Duration::from_secs(opts.drain_seconds),
+            timeout: DRAIN_TIMEOUT,
+        },
         grpc_addr: grpc.local_addr,
         admin_addr,
         engine,
@@ -113,10 +131,7 @@ impl Standalone {
     pub async fn wait(self) -> anyhow::Result<()> {
         let readiness = self.readiness.clone();
         let leave = async move { readiness.set(false) };
-        let served = self
-            .grpc
-            .run_until(&self.shutdown, DRAIN_TIMEOUT, leave)
-            .await;
+        let served = self.grpc.run_until(&self.shutdown, self.drain, leave).await;
         self.engine.close().await;
         self.admin_shutdown.cancel();
         let _ = self.admin.await;

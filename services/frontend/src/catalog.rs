@@ -1,42 +1,17 @@
-//! Queue records in the metadata store, under `queues/<name>`, as JSON so operators can read
-//! them with the store's own tools.
+//! Queue records cached in front of the [`QueueDirectory`] that holds them: the metadata tier,
+//! or in standalone the metadata store in the same process.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use sluice_common::{Error, Result};
-use sluice_metastore::MetaStore;
-use sluice_storage::QueueId;
-
-use crate::validate::EffectiveAttributes;
-
-const QUEUE_PREFIX: &str = "queues/";
-const QUEUE_ID_COUNTER: &str = "ids/queue";
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct QueueRecord {
-    pub id: QueueId,
-    pub name: String,
-    pub attributes: EffectiveAttributes,
-    #[serde(default)]
-    pub tags: HashMap<String, String>,
-    pub created_at_ms: u64,
-}
-
-/// A record together with the store revision it was read at.
-#[derive(Debug, Clone)]
-pub struct Stored {
-    pub record: QueueRecord,
-    pub revision: u64,
-}
+use sluice_api::{Error, QueueDirectory, QueueId, QueueRecord, Result, Stored};
 
 /// Queue records cached by name, so a send or receive does not read and parse its queue's record
 /// from the store every time. Every write goes through this catalog and drops the entry; in
 /// standalone the catalog is the store's only writer, so the cache never serves a stale record.
 #[derive(Clone)]
 pub struct Catalog {
-    store: Arc<dyn MetaStore>,
+    store: Arc<dyn QueueDirectory>,
     cache: moka::sync::Cache<String, Stored>,
     /// With a TTL: the last record read of each queue, kept past the TTL. When the fresh copy
     /// has expired, a request uses this one at once while a background read refreshes it, so a
@@ -51,25 +26,15 @@ pub struct Catalog {
 /// Queue records kept in memory at most; each is a few hundred bytes.
 const CACHED_RECORDS: u64 = 100_000;
 
-fn key(name: &str) -> String {
-    // Relative to the store's root, which the store adds.
-    sluice_common::cluster::queue_record_key("", name)
-}
-
-fn decode(key: &str, raw: &[u8]) -> Result<QueueRecord> {
-    serde_json::from_slice(raw)
-        .map_err(|err| Error::Internal(format!("queue record {key} is corrupt: {err}")))
-}
-
 impl Catalog {
     /// A catalog that is its store's only writer (standalone): cached records never go stale.
-    pub fn new(store: Arc<dyn MetaStore>) -> Self {
+    pub fn new(store: Arc<dyn QueueDirectory>) -> Self {
         Self::build(store, moka::sync::Cache::new(CACHED_RECORDS), None)
     }
 
     /// A catalog beside other writers (other frontends): a cached record is trusted for `ttl` at
     /// most, which bounds how long a change made elsewhere takes to be seen here.
-    pub fn with_ttl(store: Arc<dyn MetaStore>, ttl: std::time::Duration) -> Self {
+    pub fn with_ttl(store: Arc<dyn QueueDirectory>, ttl: std::time::Duration) -> Self {
         let cache = moka::sync::Cache::builder()
             .max_capacity(CACHED_RECORDS)
             .time_to_live(ttl)
@@ -79,7 +44,7 @@ impl Catalog {
     }
 
     fn build(
-        store: Arc<dyn MetaStore>,
+        store: Arc<dyn QueueDirectory>,
         cache: moka::sync::Cache<String, Stored>,
         last_known: Option<moka::sync::Cache<String, Stored>>,
     ) -> Self {
@@ -95,16 +60,11 @@ impl Catalog {
     /// Reads the record from the store and caches it (or forgets it, if it is gone).
     async fn load(&self, name: &str) -> Result<Option<Stored>> {
         let before = self.writes.load(Ordering::SeqCst);
-        let key = key(name);
-        let Some(v) = self.store.get(&key).await? else {
+        let Some(stored) = self.store.get_queue(name).await? else {
             if let Some(last_known) = &self.last_known {
                 last_known.invalidate(name);
             }
             return Ok(None);
-        };
-        let stored = Stored {
-            record: decode(&key, &v.value)?,
-            revision: v.revision,
         };
         self.cache.insert(name.to_owned(), stored.clone());
         if let Some(last_known) = &self.last_known {
@@ -174,45 +134,31 @@ impl Catalog {
     }
 
     pub async fn allocate_id(&self) -> Result<QueueId> {
-        Ok(self.store.next_id(QUEUE_ID_COUNTER).await?)
+        self.store.allocate_queue_id().await
     }
 
     /// Stores a new record; `false` if the name is taken.
     pub async fn create(&self, record: &QueueRecord) -> Result<bool> {
-        let value = serde_json::to_vec(record).map_err(|e| Error::Internal(e.to_string()))?;
-        let created = self.store.create(&key(&record.name), value).await?;
+        let created = self.store.create_queue(record).await?;
         self.written(&record.name);
         Ok(created.is_some())
     }
 
     /// Replaces the record if it is still at `revision`; `false` if it changed meanwhile.
     pub async fn update(&self, record: &QueueRecord, revision: u64) -> Result<bool> {
-        let value = serde_json::to_vec(record).map_err(|e| Error::Internal(e.to_string()))?;
-        let updated = self
-            .store
-            .update(&key(&record.name), value, revision)
-            .await?;
+        let updated = self.store.update_queue(record, revision).await?;
         self.written(&record.name);
         Ok(updated.is_some())
     }
 
     pub async fn delete(&self, name: &str, revision: u64) -> Result<bool> {
-        let deleted = self.store.delete(&key(name), revision).await?;
+        let deleted = self.store.delete_queue(name, revision).await?;
         self.written(name);
         Ok(deleted)
     }
 
     /// Names starting with `prefix`, after `start_after`, at most `limit`.
     pub async fn list(&self, prefix: &str, start_after: &str, limit: usize) -> Result<Vec<String>> {
-        let start_after = if start_after.is_empty() {
-            String::new()
-        } else {
-            key(start_after)
-        };
-        let rows = self.store.list(&key(prefix), &start_after, limit).await?;
-        Ok(rows
-            .into_iter()
-            .map(|(k, _)| k[QUEUE_PREFIX.len()..].to_owned())
-            .collect())
+        self.store.list_queues(prefix, start_after, limit).await
     }
 }

@@ -11,16 +11,14 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
-use sluice_backend::QueueBackend;
-use sluice_common::{rpc, Error, Result};
+use sluice_api::{Error, QueueBackend, QueueRecord, ReceivedMessage, Result};
+use sluice_common::rpc;
 use sluice_proto::v1 as pb;
-use sluice_storage::ReceivedMessage;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use tracing::Instrument;
 
-use crate::catalog::QueueRecord;
 use crate::metrics;
 use crate::service::{batch_error, split_results, to_proto_message};
 use crate::validate;
@@ -29,7 +27,7 @@ use crate::validate;
 /// enough to go out as one response frame.
 const MAX_PER_RECEIVE: usize = 100;
 /// How long one receive waits for messages when the queue is empty; the stream then asks again.
-const LONG_POLL: Duration = Duration::from_secs(validate::MAX_WAIT_TIME_SECS as u64);
+const LONG_POLL: Duration = Duration::from_secs(sluice_api::limits::MAX_WAIT_TIME_SECS as u64);
 /// Responses queued for a client that reads slowly; the window bounds what can pile up anyway.
 const RESPONSE_BUFFER: usize = 16;
 

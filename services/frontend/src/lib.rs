@@ -17,4 +17,4 @@ pub use catalog::Catalog;
 pub use routed::RoutedBackend;
 pub use server::serve;
 pub use service::QueueServiceImpl;
-pub use sluice_backend::QueueBackend;
+pub use sluice_api::QueueBackend;

@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_client::MetadataClient;
 use sluice_common::admin::{self, Readiness};
-use sluice_common::grpc::GrpcServer;
-use sluice_metadata::MetadataClient;
+use sluice_common::grpc::{Drain, GrpcServer};
 use tokio_util::sync::CancellationToken;
 
 use crate::routed::RoutedBackend;
@@ -32,6 +32,14 @@ pub struct FrontendOpts {
     /// Calls to backends in flight at most.
     #[serde(default = "default_max_backend_calls")]
     pub max_backend_calls: usize,
+    /// Seconds the service goes on serving after SIGTERM while it reports itself not ready
+    /// (so a load balancer takes this frontend out of rotation before it stops accepting).
+    #[serde(default = "default_drain_seconds")]
+    pub drain_seconds: u64,
+}
+
+fn default_drain_seconds() -> u64 {
+    5
 }
 
 fn default_metadata_cache_ttl_ms() -> u64 {
@@ -51,11 +59,13 @@ impl Default for FrontendOpts {
             otlp_endpoint: None,
             metadata_cache_ttl_ms: default_metadata_cache_ttl_ms(),
             max_backend_calls: default_max_backend_calls(),
+            drain_seconds: default_drain_seconds(),
         }
     }
 }
 
 pub struct Frontend {
+    drain: Drain,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     readiness: Readiness,
@@ -82,10 +92,14 @@ pub async fn start(opts: &FrontendOpts, shutdown: CancellationToken) -> anyhow::
     let admin_shutdown = CancellationToken::new();
     let (admin_addr, admin) =
         admin::serve(opts.admin_addr, readiness.clone(), admin_shutdown.clone()).await?;
-    let grpc = crate::serve(opts.grpc_addr, service, shutdown.clone()).await?;
+    let grpc = crate::serve(opts.grpc_addr, service, CancellationToken::new()).await?;
     readiness.set(true);
     tracing::info!(grpc = %grpc.local_addr, admin = %admin_addr, "frontend ready");
     Ok(Frontend {
+        drain: Drain {
+            period: Duration::from_secs(opts.drain_seconds),
+            timeout: DRAIN_TIMEOUT,
+        },
         grpc_addr: grpc.local_addr,
         admin_addr,
         readiness,
@@ -100,10 +114,7 @@ impl Frontend {
     pub async fn wait(self) -> anyhow::Result<()> {
         let readiness = self.readiness.clone();
         let leave = async move { readiness.set(false) };
-        let served = self
-            .grpc
-            .run_until(&self.shutdown, DRAIN_TIMEOUT, leave)
-            .await;
+        let served = self.grpc.run_until(&self.shutdown, self.drain, leave).await;
         self.admin_shutdown.cancel();
         let _ = self.admin.await;
         tracing::info!("frontend stopped");

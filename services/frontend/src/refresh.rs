@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use sluice_common::Result;
+use sluice_api::Result;
 
 pub struct Refreshing<K, V> {
     fresh: moka::sync::Cache<K, V>,

@@ -16,14 +16,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use parking_lot::Mutex;
-use sluice_backend::{ClientOptions, LeaderHint, QueueBackend, RemoteBackend};
-use sluice_common::cluster::{self, Placement};
-use sluice_common::{Error, Result};
-use sluice_metadata::MetadataClient;
-use sluice_metastore::MetaStore;
-use sluice_storage::{
-    MoveTask, NewMessage, QueueConfig, QueueCounts, QueueId, ReceivedMessage, SentMessage,
+use sluice_api::cluster::Placement;
+use sluice_api::{
+    Error, MoveTask, NewMessage, QueueBackend, QueueConfig, QueueCounts, QueueId, ReceivedMessage,
+    Result, SentMessage,
 };
+use sluice_client::{BackendClient, BackendClientOptions, LeaderHint, MetadataClient};
 use tokio::sync::Semaphore;
 
 use crate::refresh::Refreshing;
@@ -47,7 +45,7 @@ pub struct RoutedBackend {
     metadata: Arc<MetadataClient>,
     placements: Refreshing<QueueId, Arc<Placement>>,
     members: Refreshing<String, Arc<Vec<String>>>,
-    nodes: Mutex<std::collections::HashMap<String, RemoteBackend>>,
+    nodes: Mutex<std::collections::HashMap<String, BackendClient>>,
     /// Each cluster's leader as its nodes last named it; calls go straight there.
     leaders: Mutex<std::collections::HashMap<String, LeaderHint>>,
     /// Calls to backends in flight at most, apart from the limit toward the metadata tier, so a
@@ -58,13 +56,10 @@ pub struct RoutedBackend {
 
 /// Reads queue `id`'s placement through the metadata tier.
 async fn read_placement(metadata: Arc<MetadataClient>, id: QueueId) -> Result<Arc<Placement>> {
-    let key = cluster::placement_key("", id);
-    let placed = metadata
-        .get(&key)
+    let (placement, _) = metadata
+        .placement(id)
         .await?
         .ok_or_else(|| Error::not_found("queue"))?;
-    let placement: Placement = serde_json::from_slice(&placed.value)
-        .map_err(|err| Error::Internal(format!("placement {key} is corrupt: {err}")))?;
     Ok(Arc::new(placement))
 }
 
@@ -146,7 +141,7 @@ impl RoutedBackend {
     }
 
     /// A client of a live node of `cluster`; nodes take turns.
-    async fn node(&self, cluster: &str) -> Result<RemoteBackend> {
+    async fn node(&self, cluster: &str) -> Result<BackendClient> {
         let metadata = self.metadata.clone();
         let urls = self
             .members
@@ -177,13 +172,13 @@ impl RoutedBackend {
         if let Some(node) = nodes.get(url) {
             return Ok(node.clone());
         }
-        let node = RemoteBackend::with_leader_hint(url, ClientOptions::default(), hint)?;
+        let node = BackendClient::with_leader_hint(url, BackendClientOptions::default(), hint)?;
         nodes.insert(url.clone(), node.clone());
         Ok(node)
     }
 
     /// A node of `cluster`, with a slot among the calls in flight.
-    async fn on(&self, cluster: &str) -> Result<(RemoteBackend, tokio::sync::SemaphorePermit<'_>)> {
+    async fn on(&self, cluster: &str) -> Result<(BackendClient, tokio::sync::SemaphorePermit<'_>)> {
         let node = self.node(cluster).await?;
         let permit = self
             .in_flight
@@ -466,9 +461,8 @@ impl QueueBackend for RoutedBackend {
         let (node, _permit) = self.on(&placement.cluster).await?;
         node.delete_queue(id).await?;
         // The queue no longer counts toward its cluster's placements.
-        let key = cluster::placement_key("", id);
-        if let Some(placed) = self.metadata.get(&key).await? {
-            self.metadata.delete(&key, placed.revision).await?;
+        if let Some((_, revision)) = self.metadata.placement(id).await? {
+            self.metadata.delete_placement(id, revision).await?;
         }
         self.placements.forget(&id);
         Ok(())

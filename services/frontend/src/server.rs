@@ -10,11 +10,12 @@ use tonic::service::Routes;
 use crate::service::QueueServiceImpl;
 
 /// Binds `addr` and serves `QueueService`, with server reflection and the health service, until
-/// `shutdown` is cancelled; then stops accepting, lets in-flight requests finish and returns.
+/// `stop` is cancelled; then stops accepting, ends the Consume streams and lets in-flight
+/// requests finish.
 pub async fn serve(
     addr: SocketAddr,
     service: QueueServiceImpl,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) -> anyhow::Result<GrpcServer> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
@@ -22,9 +23,9 @@ pub async fn serve(
         .with_service_name("sluice.v1.QueueService")
         .build_v1()
         .map_err(|err| anyhow::anyhow!("reflection: {err}"))?;
-    let queue_service = QueueServiceServer::new(service.ending_streams_on(shutdown.clone()))
+    let queue_service = QueueServiceServer::new(service.ending_streams_on(stop.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let routes = Routes::new(queue_service).add_service(reflection);
-    grpc::serve(addr, "sluice.v1.QueueService", routes, shutdown).await
+    grpc::serve(addr, "sluice.v1.QueueService", routes, stop).await
 }

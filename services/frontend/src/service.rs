@@ -5,24 +5,23 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_backend::QueueBackend;
+use sluice_api::{
+    AttributeValue, DeadLetter, EffectiveAttributes, Error, MoveTask, MoveTaskStatus, NewMessage,
+    QueueBackend, QueueConfig, QueueCounts, QueueRecord, ReceivedMessage, Replication, Result,
+    Stored,
+};
 use sluice_common::rpc;
-use sluice_common::{Error, Result};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::queue_service_server::QueueService;
-use sluice_storage::{
-    AttributeValue, DeadLetter, MoveTask, MoveTaskStatus, NewMessage, QueueConfig, QueueCounts,
-    ReceivedMessage, Replication,
-};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::catalog::{Catalog, QueueRecord, Stored};
+use crate::catalog::Catalog;
 use crate::consume::Consumer;
 use crate::digest;
 use crate::metrics;
-use crate::validate::{self, EffectiveAttributes};
+use crate::validate;
 
 /// How often a create or attribute change retries when another writer changed the record first.
 const CAS_ATTEMPTS: usize = 5;
@@ -370,7 +369,8 @@ impl QueueServiceImpl {
     async fn create_queue(&self, req: pb::CreateQueueRequest) -> Result<pb::CreateQueueResponse> {
         validate::queue_name("name", &req.name)?;
         validate::tags(&req.tags)?;
-        let attributes = EffectiveAttributes::default().apply(
+        let attributes = validate::apply_attributes(
+            &EffectiveAttributes::default(),
             &req.name,
             &req.attributes.unwrap_or_default(),
             true,
@@ -424,7 +424,7 @@ impl QueueServiceImpl {
         let page_size = validate::page_size(req.page_size)?;
         if !req.prefix.is_empty() {
             // A prefix is a partial name: check its characters only.
-            if req.prefix.len() > validate::MAX_QUEUE_NAME_LEN
+            if req.prefix.len() > sluice_api::limits::MAX_QUEUE_NAME_LEN
                 || !req
                     .prefix
                     .chars()
@@ -483,7 +483,8 @@ impl QueueServiceImpl {
                 mut record,
                 revision,
             } = self.catalog.require(&req.name).await?;
-            record.attributes = record.attributes.apply(&record.name, &update, false)?;
+            record.attributes =
+                validate::apply_attributes(&record.attributes, &record.name, &update, false)?;
             let config = self.engine_config(&record.name, &record.attributes).await?;
             if self.catalog.update(&record, revision).await? {
                 self.backend.create_queue(record.id, config).await?;

@@ -106,19 +106,3 @@ pub async fn run(
         }
     }
 }
-
-/// The URL of the current leader, if any.
-pub async fn leader_url(client: &Client, election: &str) -> anyhow::Result<Option<String>> {
-    let mut client = client.clone();
-    match client.leader(election).await {
-        Ok(response) => Ok(response
-            .kv()
-            .and_then(|kv| kv.value_str().ok())
-            .map(str::to_owned)),
-        // etcd answers "election: no leader" as an error.
-        Err(etcd_client::Error::GRpcStatus(status)) if status.message().contains("no leader") => {
-            Ok(None)
-        }
-        Err(err) => Err(err.into()),
-    }
-}

@@ -3,7 +3,6 @@
 //! marks. The leader also moves queues between clusters on an operator's word (seal, drain,
 //! remove). Any manager shows the clusters' state.
 
-mod client;
 mod election;
 mod metrics;
 mod moves;
@@ -12,5 +11,4 @@ mod server;
 mod service;
 mod view;
 
-pub use client::{ManagerClient, ManagerClientOptions};
 pub use server::{start, Manager, ManagerOpts};

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use parking_lot::Mutex;
-use sluice_backend::{ClientOptions, QueueBackend, RemoteBackend};
-use sluice_common::cluster::{self, NodeRecord, Placement, SealedPartition};
-use sluice_common::{Error, Result};
+use sluice_api::cluster::{self, NodeRecord, Placement, SealedPartition};
+use sluice_api::{Error, QueueBackend, QueueRecord, Result};
+use sluice_client::{BackendClient, BackendClientOptions};
 use sluice_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
@@ -24,30 +24,24 @@ use crate::service::{etcd, ManagerServiceImpl};
 use crate::{metrics, view};
 
 /// Clients of backend nodes by URL, shared by every move.
-pub(crate) type Backends = Arc<Mutex<HashMap<String, RemoteBackend>>>;
-
-/// The part of a queue record (written by the frontends' catalog) a move needs.
-#[derive(serde::Deserialize)]
-struct QueueRef {
-    id: u64,
-}
+pub(crate) type Backends = Arc<Mutex<HashMap<String, BackendClient>>>;
 
 impl ManagerServiceImpl {
     /// The id of queue `name`, from its record in etcd.
     async fn queue_id(&self, name: &str) -> Result<u64> {
-        if name.is_empty() {
-            return Err(Error::invalid("queue", "must not be empty"));
-        }
+        sluice_api::limits::queue_name("queue", name)?;
         let key = cluster::queue_record_key(&self.root, name);
-        let got = self.client.kv_client().get(key, None).await.map_err(etcd)?;
+        let got = self
+            .client
+            .kv_client()
+            .get(key.clone(), None)
+            .await
+            .map_err(etcd)?;
         let kv = got
             .kvs()
             .first()
             .ok_or_else(|| Error::not_found(format!("queue {name:?}")))?;
-        let record: QueueRef = serde_json::from_slice(kv.value()).map_err(|err| {
-            Error::Internal(format!("queue record of {name:?} is corrupt: {err}"))
-        })?;
-        Ok(record.id)
+        Ok(QueueRecord::decode(&key, kv.value())?.id)
     }
 
     /// The queue's placement and the revision it was read at.
@@ -103,7 +97,7 @@ impl ManagerServiceImpl {
     }
 
     /// A client of a live node of `cluster`.
-    async fn backend(&self, cluster_name: &str) -> Result<RemoteBackend> {
+    async fn backend(&self, cluster_name: &str) -> Result<BackendClient> {
         let prefix = format!("{}clusters/{cluster_name}/nodes/", self.root);
         let listed = self
             .client
@@ -122,7 +116,7 @@ impl ManagerServiceImpl {
         if let Some(backend) = backends.get(&node.url) {
             return Ok(backend.clone());
         }
-        let backend = RemoteBackend::new(&node.url, ClientOptions::default())?;
+        let backend = BackendClient::new(&node.url, BackendClientOptions::default())?;
         backends.insert(node.url, backend.clone());
         Ok(backend)
     }
@@ -204,7 +198,7 @@ impl ManagerServiceImpl {
             let sealed = SealedPartition {
                 partition: placement.partition,
                 cluster: std::mem::replace(&mut placement.cluster, target.clone()),
-                sealed_at_ms: sluice_common::now_ms(),
+                sealed_at_ms: sluice_api::now_ms(),
                 fifo: config.fifo,
             };
             placement.sealed.push(sealed);

@@ -1,7 +1,7 @@
 //! Where a new queue goes: the least-utilized healthy cluster that is under its high-water
 //! marks. Pure functions over a snapshot of the clusters, so the rule is tested on its own.
 
-use sluice_common::cluster::{LoadReport, NodeRecord};
+use sluice_api::cluster::{LoadReport, NodeRecord};
 
 /// Message rates within one step of each other count as equal, so that report noise does not
 /// decide: within a step the cluster with fewer queues wins.

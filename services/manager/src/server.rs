@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+use sluice_api::cluster;
 use sluice_common::admin::{self, Readiness};
-use sluice_common::cluster;
-use sluice_common::grpc::{self, GrpcServer};
+use sluice_common::grpc::{self, Drain, GrpcServer};
 use sluice_proto::v1::manager_service_server::ManagerServiceServer;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -39,6 +39,14 @@ pub struct ManagerOpts {
     /// sealed partitions that consumers have drained.
     #[serde(default = "default_move_interval_ms")]
     pub move_interval_ms: u64,
+    /// Seconds the service goes on serving after SIGTERM while it reports itself not ready
+    /// (0: stop accepting at once).
+    #[serde(default = "default_drain_seconds")]
+    pub drain_seconds: u64,
+}
+
+fn default_drain_seconds() -> u64 {
+    0
 }
 
 fn default_move_interval_ms() -> u64 {
@@ -60,11 +68,13 @@ impl Default for ManagerOpts {
             otlp_endpoint: None,
             limits: Limits::default(),
             move_interval_ms: default_move_interval_ms(),
+            drain_seconds: default_drain_seconds(),
         }
     }
 }
 
 pub struct Manager {
+    drain: Drain,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     readiness: Readiness,
@@ -110,7 +120,7 @@ pub async fn start(opts: &ManagerOpts, shutdown: CancellationToken) -> anyhow::R
         opts.grpc_addr,
         "sluice.v1.ManagerService",
         Routes::new(service),
-        shutdown.clone(),
+        CancellationToken::new(),
     )
     .await?;
     let grpc_addr = grpc.local_addr;
@@ -128,6 +138,10 @@ pub async fn start(opts: &ManagerOpts, shutdown: CancellationToken) -> anyhow::R
     readiness.set(true);
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "manager ready");
     Ok(Manager {
+        drain: Drain {
+            period: Duration::from_secs(opts.drain_seconds),
+            timeout: DRAIN_TIMEOUT,
+        },
         grpc_addr,
         admin_addr,
         readiness,
@@ -151,10 +165,7 @@ impl Manager {
             let _ = mover.await;
             let _ = campaign.await;
         };
-        let served = self
-            .grpc
-            .run_until(&self.shutdown, DRAIN_TIMEOUT, leave)
-            .await;
+        let served = self.grpc.run_until(&self.shutdown, self.drain, leave).await;
         self.admin_shutdown.cancel();
         let _ = self.admin.await;
         tracing::info!("manager stopped");

@@ -1,14 +1,15 @@
 //! `ManagerService`: placement by the leader, the clusters' state from any manager.
 
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
-use sluice_common::cluster::{self, Placement};
-use sluice_common::{rpc, Error, Result};
+use sluice_api::cluster::{self, Placement};
+use sluice_api::{Error, Result};
+use sluice_common::rpc;
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::manager_service_client::ManagerServiceClient;
 use sluice_proto::v1::manager_service_server::ManagerService;
 use tonic::{Request, Response, Status};
 
-use crate::election::{self, Leadership};
+use crate::election::Leadership;
 use crate::policy::{self, ClusterState, Limits};
 use crate::{metrics, view};
 
@@ -100,7 +101,7 @@ impl ManagerServiceImpl {
     /// The answer of a manager that does not lead, naming the leader if there is one.
     async fn not_the_leader(&self) -> Error {
         let election = cluster::manager_election(&self.root);
-        match election::leader_url(&self.client, &election).await {
+        match sluice_client::leader_url(&self.client, &election).await {
             Ok(Some(url)) => {
                 Error::FailedPrecondition(format!("not the leader; the leader is at {url}"))
             }
@@ -115,7 +116,7 @@ impl ManagerServiceImpl {
             return self.move_queue(&req.queue, &req.cluster).await;
         }
         let election = cluster::manager_election(&self.root);
-        let leader = election::leader_url(&self.client, &election)
+        let leader = sluice_client::leader_url(&self.client, &election)
             .await
             .map_err(etcd)?
             .ok_or_else(|| Error::Unavailable("no manager leads right now; retry".into()))?;
@@ -133,9 +134,10 @@ impl ManagerServiceImpl {
         let clusters = view::read_clusters(&self.client, &self.root)
             .await
             .map_err(etcd)?;
-        let leader = election::leader_url(&self.client, &cluster::manager_election(&self.root))
-            .await
-            .map_err(etcd)?;
+        let leader =
+            sluice_client::leader_url(&self.client, &cluster::manager_election(&self.root))
+                .await
+                .map_err(etcd)?;
         Ok(pb::ListClustersResponse {
             clusters: clusters
                 .iter()

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use etcd_client::{Client, GetOptions};
-use sluice_common::cluster::{self, ClusterKey, LoadReport, NodeRecord, Placement};
+use sluice_api::cluster::{self, ClusterKey, LoadReport, NodeRecord, Placement};
 
 use crate::policy::ClusterState;
 

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use etcd_client::{Event, EventType, KeyValue};
+use sluice_api::cluster;
+use sluice_client::{ManagerClient, ManagerClientOptions, Ring};
 use sluice_common::admin::{self, Readiness};
-use sluice_common::cluster;
-use sluice_common::grpc::{self, GrpcServer};
-use sluice_manager::{ManagerClient, ManagerClientOptions};
+use sluice_common::grpc::{self, Drain, GrpcServer};
 use sluice_metastore::EtcdStore;
 use sluice_proto::v1::metadata_service_server::MetadataServiceServer;
 use tokio_util::sync::CancellationToken;
@@ -19,8 +19,7 @@ use tonic::service::Routes;
 
 use crate::cache::RecordCache;
 use crate::metrics;
-use crate::ring::Ring;
-use crate::service::{MetadataServiceImpl, CACHED_PREFIX};
+use crate::service::{MetadataServiceImpl, CACHED_PREFIXES};
 use crate::watch::{self, Follower};
 
 /// A dead node leaves the ring this long after its last renewal.
@@ -44,6 +43,14 @@ pub struct MetadataOpts {
     /// Queue records each node keeps cached.
     #[serde(default = "default_cache_capacity")]
     pub cache_capacity: u64,
+    /// Seconds the service goes on serving after SIGTERM while it reports itself not ready
+    /// (0: stop accepting at once).
+    #[serde(default = "default_drain_seconds")]
+    pub drain_seconds: u64,
+}
+
+fn default_drain_seconds() -> u64 {
+    0
 }
 
 fn default_etcd_root() -> String {
@@ -65,6 +72,7 @@ impl Default for MetadataOpts {
             advertise_url: None,
             otlp_endpoint: None,
             cache_capacity: default_cache_capacity(),
+            drain_seconds: default_drain_seconds(),
         }
     }
 }
@@ -128,6 +136,7 @@ impl Follower for Membership {
 }
 
 pub struct MetadataNode {
+    drain: Drain,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     readiness: Readiness,
@@ -166,7 +175,12 @@ pub async fn start(
         admin::serve(opts.admin_addr, readiness.clone(), admin_shutdown.clone()).await?;
 
     let ring = Arc::new(Ring::default());
-    let cache = RecordCache::new(opts.cache_capacity, &opts.etcd_root);
+    let cache = RecordCache::new(
+        opts.cache_capacity,
+        &opts.etcd_root,
+        ring.clone(),
+        &opts.node_id,
+    );
     let service = MetadataServiceImpl {
         node_id: opts.node_id.clone(),
         store,
@@ -179,7 +193,7 @@ pub async fn start(
         opts.grpc_addr,
         "sluice.v1.MetadataService",
         Routes::new(MetadataServiceServer::new(service)),
-        shutdown.clone(),
+        CancellationToken::new(),
     )
     .await?;
     let grpc_addr = grpc.local_addr;
@@ -190,24 +204,24 @@ pub async fn start(
 
     let watches = CancellationToken::new();
     let members_prefix = member_key(&opts.etcd_root, "");
-    let mut background = vec![
-        tokio::spawn(watch::follow(
+    let mut background = vec![tokio::spawn(watch::follow(
+        client.clone(),
+        members_prefix.clone(),
+        Membership {
+            ring: ring.clone(),
+            members: BTreeMap::new(),
+            prefix: members_prefix,
+        },
+        watches.clone(),
+    ))];
+    for prefix in CACHED_PREFIXES {
+        background.push(tokio::spawn(watch::follow(
             client.clone(),
-            members_prefix.clone(),
-            Membership {
-                ring: ring.clone(),
-                members: BTreeMap::new(),
-                prefix: members_prefix,
-            },
+            format!("{}{prefix}", opts.etcd_root),
+            cache.clone(),
             watches.clone(),
-        )),
-        tokio::spawn(watch::follow(
-            client.clone(),
-            format!("{}{CACHED_PREFIX}", opts.etcd_root),
-            cache,
-            watches.clone(),
-        )),
-    ];
+        )));
+    }
     // The watches stop with the node.
     let stop_watches = shutdown.clone();
     background.push(tokio::spawn(async move {
@@ -250,6 +264,10 @@ pub async fn start(
     readiness.set(true);
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, node = %opts.node_id, "metadata node ready");
     Ok(MetadataNode {
+        drain: Drain {
+            period: Duration::from_secs(opts.drain_seconds),
+            timeout: DRAIN_TIMEOUT,
+        },
         grpc_addr,
         admin_addr,
         readiness,
@@ -279,10 +297,7 @@ impl MetadataNode {
                 task.abort();
             }
         };
-        let served = self
-            .grpc
-            .run_until(&self.shutdown, DRAIN_TIMEOUT, leave)
-            .await;
+        let served = self.grpc.run_until(&self.shutdown, self.drain, leave).await;
         self.admin_shutdown.cancel();
         let _ = self.admin.await;
         tracing::info!("metadata node stopped");

@@ -1,28 +1,36 @@
 //! `MetadataService`: keyed requests go to the key's owner on the ring, which serves reads from
 //! its watched cache and writes through etcd transactions. If the owner cannot be reached (it
 //! died and the ring has not settled yet), the node serves the request itself from etcd, which
-//! is always correct: the cache only saves reads, and every write is a compare-and-swap.
+//! is always correct: the cache only saves reads, and every write is a compare-and-swap. Every
+//! record a caller sends is checked as the frontend checks a request before it is stored.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use etcd_client::GetOptions;
 use parking_lot::Mutex;
-use sluice_common::{cluster, rpc, Error, Result};
-use sluice_manager::ManagerClient;
-use sluice_metastore::{EtcdStore, MetaStore, Versioned};
+use sluice_api::cluster::{self, Placement};
+use sluice_api::{wire, Error, QueueRecord, Result, Versioned};
+use sluice_client::{channel, ManagerClient, Ring};
+use sluice_common::rpc;
+use sluice_metastore::{EtcdStore, MetaStore};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::metadata_service_client::MetadataServiceClient;
 use sluice_proto::v1::metadata_service_server::MetadataService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::cache::{Cached, RecordCache};
 use crate::metrics;
-use crate::ring::Ring;
 
-/// Keys under this prefix are cached by their owner; the rest (counters) always go to etcd.
-pub const CACHED_PREFIX: &str = "queues/";
+/// Keys under these prefixes are cached by their owner and followed by its watch.
+pub const CACHED_PREFIXES: [&str; 2] = ["queues/", "placements/"];
+
+/// Most queue ids one request takes: a frontend asks for a block and hands ids out itself.
+const MAX_ID_BLOCK: u32 = 1000;
+
+/// Most names one list returns.
+const MAX_LIST: usize = 1000;
 
 #[derive(Clone)]
 pub struct MetadataServiceImpl {
@@ -34,14 +42,22 @@ pub struct MetadataServiceImpl {
     pub(crate) peers: Arc<Mutex<HashMap<String, MetadataServiceClient<Channel>>>>,
 }
 
-fn store_error(err: sluice_metastore::Error) -> Error {
-    err.into()
-}
-
 /// Where a keyed request is served.
 enum Route {
     Here,
     Owner(MetadataServiceClient<Channel>),
+}
+
+fn placement_key(queue_id: u64) -> Result<String> {
+    if queue_id == 0 {
+        return Err(Error::invalid("queue_id", "must be set"));
+    }
+    Ok(cluster::placement_key("", queue_id))
+}
+
+fn decode_placement(key: &str, value: &[u8]) -> Result<Placement> {
+    serde_json::from_slice(value)
+        .map_err(|err| Error::Internal(format!("placement {key} is corrupt: {err}")))
 }
 
 impl MetadataServiceImpl {
@@ -56,12 +72,15 @@ impl MetadataServiceImpl {
                 if let Some(client) = peers.get(&url) {
                     return Ok(Route::Owner(client.clone()));
                 }
-                let channel = Endpoint::from_shared(url.clone())
-                    .map_err(|err| Error::Internal(format!("peer URL {url:?}: {err}")))?
-                    .connect_timeout(std::time::Duration::from_secs(1))
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                let client = MetadataServiceClient::new(channel);
+                let options = channel::ChannelOptions {
+                    connect_timeout: std::time::Duration::from_secs(1),
+                    ..channel::ChannelOptions::default()
+                };
+                let client = MetadataServiceClient::new(channel::channel(
+                    "metadata peer URL",
+                    &url,
+                    &options,
+                )?);
                 peers.insert(url, client.clone());
                 Ok(Route::Owner(client))
             }
@@ -92,7 +111,7 @@ impl MetadataServiceImpl {
                 match forward(client).await {
                     Ok(answer) => Ok(answer),
                     Err(status)
-                        if sluice_common::error::is_transport_failure(&status)
+                        if sluice_api::error::is_transport_failure(&status)
                             || status.code() == tonic::Code::Unavailable =>
                     {
                         metrics::FORWARD_FALLBACKS.inc();
@@ -105,15 +124,16 @@ impl MetadataServiceImpl {
         }
     }
 
+    /// The value under `key`: from the cache if this node owns the key and has it, otherwise
+    /// from etcd (cached if this node owns the key).
     async fn get_local(&self, key: &str) -> Result<Option<Versioned>> {
-        if !key.starts_with(CACHED_PREFIX) {
-            return self.store.get(key).await.map_err(store_error);
-        }
         if let Some(cached) = self.cache.get(key) {
             metrics::CACHE_HITS.inc();
             return Ok(cached.value);
         }
         metrics::CACHE_MISSES.inc();
+        // Taken before the read: if the ring changes meanwhile, the entry is not served.
+        let owned = self.cache.owned(key);
         let full = format!("{}{key}", self.store.root());
         let response = self
             .store
@@ -127,208 +147,254 @@ impl MetadataServiceImpl {
             value: kv.value().to_vec(),
             revision: kv.mod_revision() as u64,
         });
-        self.cache.offer(
-            key,
-            Cached {
+        if let Some(generation) = owned {
+            let cached = Cached {
                 value: value.clone(),
                 seen_at: revision,
-            },
-        );
+            };
+            self.cache.offer(key, cached, generation);
+        }
         Ok(value)
     }
 
     /// Records a write this node made, so its own next read sees it before the watch does.
     fn wrote(&self, key: &str, value: Option<Versioned>, revision: u64) {
-        if key.starts_with(CACHED_PREFIX) {
-            self.cache.offer(
-                key,
-                Cached {
-                    value,
-                    seen_at: revision as i64,
-                },
-            );
+        if let Some(generation) = self.cache.owned(key) {
+            let cached = Cached {
+                value,
+                seen_at: revision as i64,
+            };
+            self.cache.offer(key, cached, generation);
         }
     }
 
-    async fn get(&self, req: pb::MetaGetRequest) -> Result<pb::MetaGetResponse> {
-        let key = req.key.clone();
+    async fn create_local(&self, key: &str, value: Vec<u8>) -> Result<Option<u64>> {
+        let written = self.store.create(key, value.clone()).await?;
+        if let Some(revision) = written {
+            self.wrote(key, Some(Versioned { value, revision }), revision);
+        }
+        Ok(written)
+    }
+
+    async fn update_local(&self, key: &str, value: Vec<u8>, expected: u64) -> Result<Option<u64>> {
+        let written = self.store.update(key, value.clone(), expected).await?;
+        if let Some(revision) = written {
+            self.wrote(key, Some(Versioned { value, revision }), revision);
+        }
+        Ok(written)
+    }
+
+    async fn delete_local(&self, key: &str, expected: u64) -> Result<bool> {
+        let deleted = self.store.delete(key, expected).await?;
+        if deleted {
+            // The watch brings the deletion's revision; until then, forget the key.
+            self.cache.forget(key);
+        }
+        Ok(deleted)
+    }
+
+    async fn get_queue(&self, req: pb::MetaGetQueueRequest) -> Result<pb::MetaGetQueueResponse> {
+        sluice_api::limits::queue_name("name", &req.name)?;
+        let key = cluster::queue_record_key("", &req.name);
         let found = self
             .keyed(
                 &key,
                 req.forwarded,
                 |mut c| async move {
-                    let r = c
-                        .get(pb::MetaGetRequest {
-                            forwarded: true,
-                            ..req
-                        })
-                        .await?
-                        .into_inner();
-                    Ok(r.found.then_some(Versioned {
-                        value: r.value.to_vec(),
-                        revision: r.revision,
-                    }))
+                    let request = pb::MetaGetQueueRequest {
+                        forwarded: true,
+                        ..req
+                    };
+                    Ok(c.get_queue_record(request).await?.into_inner())
                 },
-                || self.get_local(&key),
+                || async {
+                    let Some(v) = self.get_local(&key).await? else {
+                        return Ok(pb::MetaGetQueueResponse::default());
+                    };
+                    let record = QueueRecord::decode(&key, &v.value)?;
+                    Ok(pb::MetaGetQueueResponse {
+                        record: Some(wire::record_to_pb(&record)),
+                        revision: v.revision,
+                    })
+                },
             )
             .await?;
-        Ok(match found {
-            Some(v) => pb::MetaGetResponse {
-                found: true,
-                value: v.value.into(),
-                revision: v.revision,
-            },
-            None => pb::MetaGetResponse::default(),
-        })
+        Ok(found)
     }
 
-    async fn create(&self, req: pb::MetaCreateRequest) -> Result<pb::MetaWriteResponse> {
-        let key = req.key.clone();
-        let value = req.value.to_vec();
+    async fn create_queue(&self, req: pb::MetaCreateQueueRequest) -> Result<pb::MetaWriteResponse> {
+        let record = wire::record_from_pb(req.record.clone())?;
+        let key = cluster::queue_record_key("", &record.name);
         let written = self
             .keyed(
                 &key,
                 req.forwarded,
                 |mut c| async move {
-                    let r = c
-                        .create(pb::MetaCreateRequest {
-                            forwarded: true,
-                            ..req
-                        })
-                        .await?
-                        .into_inner();
+                    let request = pb::MetaCreateQueueRequest {
+                        forwarded: true,
+                        ..req
+                    };
+                    let r = c.create_queue_record(request).await?.into_inner();
                     Ok(r.written.then_some(r.revision))
                 },
-                || async {
-                    let written = self
-                        .store
-                        .create(&key, value.clone())
-                        .await
-                        .map_err(store_error)?;
-                    if let Some(revision) = written {
-                        self.wrote(&key, Some(Versioned { value, revision }), revision);
-                    }
-                    Ok(written)
-                },
+                || self.create_local(&key, record.encode()),
             )
             .await?;
         Ok(write_response(written))
     }
 
-    async fn update(&self, req: pb::MetaUpdateRequest) -> Result<pb::MetaWriteResponse> {
-        let key = req.key.clone();
-        let (value, expected) = (req.value.to_vec(), req.revision);
+    async fn update_queue(&self, req: pb::MetaUpdateQueueRequest) -> Result<pb::MetaWriteResponse> {
+        let record = wire::record_from_pb(req.record.clone())?;
+        if req.revision == 0 {
+            return Err(Error::invalid(
+                "revision",
+                "must be the revision the record was read at",
+            ));
+        }
+        let key = cluster::queue_record_key("", &record.name);
+        let expected = req.revision;
         let written = self
             .keyed(
                 &key,
                 req.forwarded,
                 |mut c| async move {
-                    let r = c
-                        .update(pb::MetaUpdateRequest {
-                            forwarded: true,
-                            ..req
-                        })
-                        .await?
-                        .into_inner();
+                    let request = pb::MetaUpdateQueueRequest {
+                        forwarded: true,
+                        ..req
+                    };
+                    let r = c.update_queue_record(request).await?.into_inner();
                     Ok(r.written.then_some(r.revision))
                 },
-                || async {
-                    let written = self
-                        .store
-                        .update(&key, value.clone(), expected)
-                        .await
-                        .map_err(store_error)?;
-                    if let Some(revision) = written {
-                        self.wrote(&key, Some(Versioned { value, revision }), revision);
-                    }
-                    Ok(written)
-                },
+                || self.update_local(&key, record.encode(), expected),
             )
             .await?;
         Ok(write_response(written))
     }
 
-    async fn delete(&self, req: pb::MetaDeleteRequest) -> Result<pb::MetaDeleteResponse> {
-        let key = req.key.clone();
+    async fn delete_queue(
+        &self,
+        req: pb::MetaDeleteQueueRequest,
+    ) -> Result<pb::MetaDeleteResponse> {
+        sluice_api::limits::queue_name("name", &req.name)?;
+        let key = cluster::queue_record_key("", &req.name);
         let expected = req.revision;
         let deleted = self
             .keyed(
                 &key,
                 req.forwarded,
                 |mut c| async move {
-                    let r = c
-                        .delete(pb::MetaDeleteRequest {
-                            forwarded: true,
-                            ..req
-                        })
-                        .await?
-                        .into_inner();
-                    Ok(r.deleted)
+                    let request = pb::MetaDeleteQueueRequest {
+                        forwarded: true,
+                        ..req
+                    };
+                    Ok(c.delete_queue_record(request).await?.into_inner().deleted)
                 },
-                || async {
-                    let deleted = self
-                        .store
-                        .delete(&key, expected)
-                        .await
-                        .map_err(store_error)?;
-                    if deleted {
-                        // The watch brings the deletion's revision; until then, forget the key.
-                        self.cache.forget(&key);
-                    }
-                    Ok(deleted)
-                },
+                || self.delete_local(&key, expected),
             )
             .await?;
         Ok(pb::MetaDeleteResponse { deleted })
     }
 
-    async fn next_id(&self, req: pb::MetaNextIdRequest) -> Result<pb::MetaNextIdResponse> {
-        let key = req.key.clone();
-        let id = self
-            .keyed(
-                &key,
-                req.forwarded,
-                |mut c| async move {
-                    Ok(c.next_id(pb::MetaNextIdRequest {
-                        forwarded: true,
-                        ..req
-                    })
-                    .await?
-                    .into_inner()
-                    .id)
-                },
-                || async { self.store.next_id(&key).await.map_err(store_error) },
-            )
-            .await?;
-        Ok(pb::MetaNextIdResponse { id })
-    }
-
-    async fn list(&self, req: pb::MetaListRequest) -> Result<pb::MetaListResponse> {
-        let limit = (req.limit as usize).clamp(1, 1000);
-        let entries = self
-            .store
-            .list(&req.prefix, &req.start_after, limit)
-            .await
-            .map_err(store_error)?;
-        Ok(pb::MetaListResponse {
-            entries: entries
+    async fn list_queues(
+        &self,
+        req: pb::MetaListQueuesRequest,
+    ) -> Result<pb::MetaListQueuesResponse> {
+        let limit = (req.limit as usize).clamp(1, MAX_LIST);
+        let (prefix, start_after) = cluster::queue_list_range("", &req.prefix, &req.start_after);
+        let entries = self.store.list(&prefix, &start_after, limit).await?;
+        Ok(pb::MetaListQueuesResponse {
+            names: entries
                 .into_iter()
-                .map(|(key, v)| pb::MetaEntry {
-                    key,
-                    value: v.value.into(),
-                    revision: v.revision,
-                })
+                .map(|(key, _)| cluster::queue_name_of("", &key).to_owned())
                 .collect(),
         })
     }
 
+    async fn allocate_ids(
+        &self,
+        req: pb::MetaAllocateQueueIdsRequest,
+    ) -> Result<pb::MetaAllocateQueueIdsResponse> {
+        let count = sluice_api::limits::in_range("count", req.count, 1, MAX_ID_BLOCK)?;
+        let first = self
+            .store
+            .next_ids(cluster::QUEUE_ID_COUNTER, count.into())
+            .await?;
+        Ok(pb::MetaAllocateQueueIdsResponse { first, count })
+    }
+
+    async fn get_placement(
+        &self,
+        req: pb::MetaGetPlacementRequest,
+    ) -> Result<pb::MetaGetPlacementResponse> {
+        let key = placement_key(req.queue_id)?;
+        self.keyed(
+            &key,
+            req.forwarded,
+            |mut c| async move {
+                let request = pb::MetaGetPlacementRequest {
+                    forwarded: true,
+                    ..req
+                };
+                Ok(c.get_placement(request).await?.into_inner())
+            },
+            || async {
+                let Some(v) = self.get_local(&key).await? else {
+                    return Ok(pb::MetaGetPlacementResponse::default());
+                };
+                Ok(pb::MetaGetPlacementResponse {
+                    placement: Some(wire::placement_to_pb(&decode_placement(&key, &v.value)?)),
+                    revision: v.revision,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn delete_placement(
+        &self,
+        req: pb::MetaDeletePlacementRequest,
+    ) -> Result<pb::MetaDeleteResponse> {
+        let key = placement_key(req.queue_id)?;
+        let expected = req.revision;
+        let deleted = self
+            .keyed(
+                &key,
+                req.forwarded,
+                |mut c| async move {
+                    let request = pb::MetaDeletePlacementRequest {
+                        forwarded: true,
+                        ..req
+                    };
+                    Ok(c.delete_placement(request).await?.into_inner().deleted)
+                },
+                || self.delete_local(&key, expected),
+            )
+            .await?;
+        Ok(pb::MetaDeleteResponse { deleted })
+    }
+
     async fn place(&self, req: pb::PlaceQueueRequest) -> Result<pb::PlaceQueueResponse> {
+        if req.queue_id == 0 {
+            return Err(Error::invalid("queue_id", "must be set"));
+        }
+        sluice_api::limits::queue_name("queue", &req.queue)?;
         let colocate = (req.colocate_with != 0).then_some(req.colocate_with);
         let cluster = self
             .manager
             .place(req.queue_id, &req.queue, colocate)
             .await?;
         Ok(pb::PlaceQueueResponse { cluster })
+    }
+
+    fn ring(&self) -> pb::MetaGetRingResponse {
+        pb::MetaGetRingResponse {
+            members: self
+                .ring
+                .members()
+                .into_iter()
+                .map(|(node, url)| pb::MetaRingMember { node, url })
+                .collect(),
+        }
     }
 
     async fn get_cluster(
@@ -388,46 +454,108 @@ where
 
 #[tonic::async_trait]
 impl MetadataService for MetadataServiceImpl {
-    async fn get(
+    async fn get_queue_record(
         &self,
-        request: Request<pb::MetaGetRequest>,
-    ) -> Result<Response<pb::MetaGetResponse>, Status> {
-        observed("Get", request, |r| r.key.clone(), |r| self.get(r)).await
+        request: Request<pb::MetaGetQueueRequest>,
+    ) -> Result<Response<pb::MetaGetQueueResponse>, Status> {
+        observed(
+            "GetQueueRecord",
+            request,
+            |r| r.name.clone(),
+            |r| self.get_queue(r),
+        )
+        .await
     }
 
-    async fn list(
+    async fn list_queue_records(
         &self,
-        request: Request<pb::MetaListRequest>,
-    ) -> Result<Response<pb::MetaListResponse>, Status> {
-        observed("List", request, |r| r.prefix.clone(), |r| self.list(r)).await
+        request: Request<pb::MetaListQueuesRequest>,
+    ) -> Result<Response<pb::MetaListQueuesResponse>, Status> {
+        observed(
+            "ListQueueRecords",
+            request,
+            |r| r.prefix.clone(),
+            |r| self.list_queues(r),
+        )
+        .await
     }
 
-    async fn create(
+    async fn create_queue_record(
         &self,
-        request: Request<pb::MetaCreateRequest>,
+        request: Request<pb::MetaCreateQueueRequest>,
     ) -> Result<Response<pb::MetaWriteResponse>, Status> {
-        observed("Create", request, |r| r.key.clone(), |r| self.create(r)).await
+        observed(
+            "CreateQueueRecord",
+            request,
+            |r| record_name_of(&r.record),
+            |r| self.create_queue(r),
+        )
+        .await
     }
 
-    async fn update(
+    async fn update_queue_record(
         &self,
-        request: Request<pb::MetaUpdateRequest>,
+        request: Request<pb::MetaUpdateQueueRequest>,
     ) -> Result<Response<pb::MetaWriteResponse>, Status> {
-        observed("Update", request, |r| r.key.clone(), |r| self.update(r)).await
+        observed(
+            "UpdateQueueRecord",
+            request,
+            |r| record_name_of(&r.record),
+            |r| self.update_queue(r),
+        )
+        .await
     }
 
-    async fn delete(
+    async fn delete_queue_record(
         &self,
-        request: Request<pb::MetaDeleteRequest>,
+        request: Request<pb::MetaDeleteQueueRequest>,
     ) -> Result<Response<pb::MetaDeleteResponse>, Status> {
-        observed("Delete", request, |r| r.key.clone(), |r| self.delete(r)).await
+        observed(
+            "DeleteQueueRecord",
+            request,
+            |r| r.name.clone(),
+            |r| self.delete_queue(r),
+        )
+        .await
     }
 
-    async fn next_id(
+    async fn allocate_queue_ids(
         &self,
-        request: Request<pb::MetaNextIdRequest>,
-    ) -> Result<Response<pb::MetaNextIdResponse>, Status> {
-        observed("NextId", request, |r| r.key.clone(), |r| self.next_id(r)).await
+        request: Request<pb::MetaAllocateQueueIdsRequest>,
+    ) -> Result<Response<pb::MetaAllocateQueueIdsResponse>, Status> {
+        observed(
+            "AllocateQueueIds",
+            request,
+            |_| String::new(),
+            |r| self.allocate_ids(r),
+        )
+        .await
+    }
+
+    async fn get_placement(
+        &self,
+        request: Request<pb::MetaGetPlacementRequest>,
+    ) -> Result<Response<pb::MetaGetPlacementResponse>, Status> {
+        observed(
+            "GetPlacement",
+            request,
+            |_| String::new(),
+            |r| self.get_placement(r),
+        )
+        .await
+    }
+
+    async fn delete_placement(
+        &self,
+        request: Request<pb::MetaDeletePlacementRequest>,
+    ) -> Result<Response<pb::MetaDeleteResponse>, Status> {
+        observed(
+            "DeletePlacement",
+            request,
+            |_| String::new(),
+            |r| self.delete_placement(r),
+        )
+        .await
     }
 
     async fn place_queue(
@@ -450,9 +578,27 @@ impl MetadataService for MetadataServiceImpl {
         observed(
             "GetCluster",
             request,
-            |r| r.cluster.clone(),
+            |_| String::new(),
             |r| self.get_cluster(r),
         )
         .await
     }
+
+    async fn get_ring(
+        &self,
+        request: Request<pb::MetaGetRingRequest>,
+    ) -> Result<Response<pb::MetaGetRingResponse>, Status> {
+        observed(
+            "GetRing",
+            request,
+            |_| String::new(),
+            |_| async { Ok(self.ring()) },
+        )
+        .await
+    }
+}
+
+/// The queue a write names, for the RPC span.
+fn record_name_of(record: &Option<pb::MetaQueueRecord>) -> String {
+    record.as_ref().map(|r| r.name.clone()).unwrap_or_default()
 }

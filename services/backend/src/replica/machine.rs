@@ -63,7 +63,7 @@ fn snapshot_meta(applied: Applied) -> SnapshotMeta<NodeId, Member> {
         snapshot_id: format!(
             "{}-{}",
             applied.last.map_or(0, |l| l.index),
-            sluice_common::now_ms()
+            sluice_api::now_ms()
         ),
         last_membership: applied.membership,
     }

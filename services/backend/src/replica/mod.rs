@@ -21,7 +21,7 @@ use anyhow::Context;
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use sluice_common::{Error, Result};
+use sluice_api::{Error, Result};
 use sluice_proto::v1 as pb;
 use sluice_storage::{Completion, Engine, EngineOptions, Replicator};
 use tokio::sync::mpsc;

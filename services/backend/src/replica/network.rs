@@ -133,19 +133,16 @@ impl RaftNetwork<TypeConfig> for Peer {
 }
 
 /// Decodes a Raft message of the peer.
-pub(crate) fn decode<T: DeserializeOwned>(message: pb::RaftMessage) -> sluice_common::Result<T> {
-    bincode::deserialize(&message.payload).map_err(|err| {
-        sluice_common::Error::invalid("payload", format!("not a raft message: {err}"))
-    })
+pub(crate) fn decode<T: DeserializeOwned>(message: pb::RaftMessage) -> sluice_api::Result<T> {
+    bincode::deserialize(&message.payload)
+        .map_err(|err| sluice_api::Error::invalid("payload", format!("not a raft message: {err}")))
 }
 
 /// Encodes openraft's answer, error included, for the peer.
-pub(crate) fn encode<T: Serialize>(answer: &T) -> sluice_common::Result<pb::RaftMessage> {
+pub(crate) fn encode<T: Serialize>(answer: &T) -> sluice_api::Result<pb::RaftMessage> {
     bincode::serialize(answer)
         .map(|payload| pb::RaftMessage {
             payload: payload.into(),
         })
-        .map_err(|err| {
-            sluice_common::Error::Internal(format!("cannot encode a raft answer: {err}"))
-        })
+        .map_err(|err| sluice_api::Error::Internal(format!("cannot encode a raft answer: {err}")))
 }

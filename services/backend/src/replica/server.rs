@@ -1,7 +1,7 @@
 //! The `ClusterService` server: Raft messages from the other nodes, and membership changes,
 //! which any node takes and hands to the leader.
 
-use sluice_common::{Error, Result};
+use sluice_api::{Error, Result};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::cluster_service_client::ClusterServiceClient;
 use sluice_proto::v1::cluster_service_server::ClusterService;

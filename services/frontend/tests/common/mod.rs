@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use sluice_frontend::{Catalog, QueueServiceImpl};
-use sluice_metastore::EmbeddedStore;
+use sluice_metastore::{EmbeddedStore, StoreDirectory};
 use sluice_storage::{Engine, EngineOptions};
 use tonic::Code;
 
@@ -24,6 +24,9 @@ pub fn service() -> (QueueServiceImpl, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(EngineOptions::new(dir.path().join("queues"))).unwrap();
     let meta = EmbeddedStore::open(&dir.path().join("meta")).unwrap();
-    let service = QueueServiceImpl::new(Catalog::new(Arc::new(meta)), Arc::new(engine));
+    let service = QueueServiceImpl::new(
+        Catalog::new(Arc::new(StoreDirectory::new(Arc::new(meta)))),
+        Arc::new(engine),
+    );
     (service, dir)
 }

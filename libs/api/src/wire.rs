@@ -1,14 +1,20 @@
-//! Between the engine's types and the internal API's messages, both ways: the server decodes
-//! what the client encodes with the same functions, so the two cannot drift apart.
+//! Between the shared types and the internal APIs' messages, both ways: a service decodes what
+//! its client encodes with the same functions, so the two cannot drift apart.
 
 use std::time::Duration;
 
-use sluice_common::{Error, Result};
 use sluice_proto::v1 as pb;
-use sluice_storage::{
-    AttributeValue, DeadLetter, MoveTask, MoveTaskStatus, NewMessage, QueueConfig, QueueCounts,
-    ReceivedMessage, Replication, SentMessage,
+
+use crate::cluster::{Placement, SealedPartition};
+use crate::{
+    limits, AttributeValue, DeadLetter, EffectiveAttributes, Error, MoveTask, MoveTaskStatus,
+    NewMessage, QueueConfig, QueueCounts, QueueRecord, ReceivedMessage, Replication, Result,
+    SentMessage,
 };
+
+/// The response header in which a backend node that forwarded a call names its cluster's
+/// leader, so the client calls the leader directly next time.
+pub const LEADER_HEADER: &str = "sluice-leader";
 
 fn millis(d: Duration) -> u64 {
     d.as_millis().try_into().unwrap_or(u64::MAX)
@@ -230,9 +236,123 @@ pub fn task_from_pb(task: pb::MoveTask) -> Result<MoveTask> {
     })
 }
 
+/// A queue record as the metadata tier's API carries it.
+pub fn record_to_pb(record: &QueueRecord) -> pb::MetaQueueRecord {
+    pb::MetaQueueRecord {
+        id: record.id,
+        name: record.name.clone(),
+        attributes: Some(record.attributes.to_proto()),
+        tags: record.tags.clone(),
+        created_at_ms: record.created_at_ms,
+    }
+}
+
+/// A queue record sent to the metadata tier, checked as the frontend checks a new queue: a
+/// record that no frontend could have made is refused, naming the field, before it is stored.
+pub fn record_from_pb(record: Option<pb::MetaQueueRecord>) -> Result<QueueRecord> {
+    let record = record.ok_or_else(|| Error::invalid("record", "is required"))?;
+    limits::queue_name("record.name", &record.name)?;
+    if record.id == 0 {
+        return Err(Error::invalid("record.id", "must be set"));
+    }
+    limits::tags(&record.tags)?;
+    let attributes = record
+        .attributes
+        .ok_or_else(|| Error::invalid("record.attributes", "is required"))?;
+    let attributes = limits::apply_attributes(
+        &EffectiveAttributes::default(),
+        &record.name,
+        &attributes,
+        true,
+    )?;
+    Ok(QueueRecord {
+        id: record.id,
+        name: record.name,
+        attributes,
+        tags: record.tags,
+        created_at_ms: record.created_at_ms,
+    })
+}
+
+pub fn placement_to_pb(placement: &Placement) -> pb::MetaPlacement {
+    pb::MetaPlacement {
+        queue: placement.queue.clone(),
+        cluster: placement.cluster.clone(),
+        placed_at_ms: placement.placed_at_ms,
+        partition: placement.partition,
+        sealed: placement
+            .sealed
+            .iter()
+            .map(|s| pb::MetaSealedPartition {
+                partition: s.partition,
+                cluster: s.cluster.clone(),
+                sealed_at_ms: s.sealed_at_ms,
+                fifo: s.fifo,
+            })
+            .collect(),
+        moving_to: placement.moving_to.clone().unwrap_or_default(),
+    }
+}
+
+pub fn placement_from_pb(placement: pb::MetaPlacement) -> Placement {
+    Placement {
+        queue: placement.queue,
+        cluster: placement.cluster,
+        placed_at_ms: placement.placed_at_ms,
+        partition: placement.partition,
+        sealed: placement
+            .sealed
+            .into_iter()
+            .map(|s| SealedPartition {
+                partition: s.partition,
+                cluster: s.cluster,
+                sealed_at_ms: s.sealed_at_ms,
+                fifo: s.fifo,
+            })
+            .collect(),
+        moving_to: (!placement.moving_to.is_empty()).then_some(placement.moving_to),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_and_placements_round_trip() {
+        let mut record = QueueRecord {
+            id: 9,
+            name: "orders.fifo".into(),
+            attributes: EffectiveAttributes {
+                fifo: true,
+                content_based_deduplication: true,
+                delay_seconds: 5,
+                ..EffectiveAttributes::default()
+            },
+            tags: [("team".to_owned(), "payments".to_owned())].into(),
+            created_at_ms: 17,
+        };
+        record.attributes.redrive_policy = Some(crate::RedrivePolicy {
+            dead_letter_queue: "orders-dead.fifo".into(),
+            max_receive_count: 4,
+        });
+        assert_eq!(record_from_pb(Some(record_to_pb(&record))).unwrap(), record);
+        let err = record_from_pb(None).unwrap_err();
+        assert_eq!(err, Error::invalid("record", "is required"));
+
+        let mut placement = Placement::new("orders", "b");
+        placement.partition = 2;
+        placement.moving_to = Some("c".into());
+        placement.sealed.push(SealedPartition {
+            partition: 1,
+            cluster: "a".into(),
+            sealed_at_ms: 3,
+            fifo: true,
+        });
+        assert_eq!(placement_from_pb(placement_to_pb(&placement)), placement);
+        let settled = Placement::new("orders", "a");
+        assert_eq!(placement_from_pb(placement_to_pb(&settled)), settled);
+    }
 
     #[test]
     fn round_trips() {

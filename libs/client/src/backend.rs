@@ -1,5 +1,5 @@
-//! The typed client of `BackendService`, the one place that owns its timeouts, retries and error
-//! mapping. It implements `QueueBackend`, so a frontend talks to a backend node over the network
+//! The client of a backend node's `BackendService`, the one place that owns its timeouts,
+//! retries and error mapping, and follows its cluster's leader as the nodes name it. It implements `QueueBackend`, so a frontend talks to a backend node over the network
 //! exactly as standalone talks to the engine in its own process.
 
 use std::num::NonZeroU32;
@@ -8,25 +8,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
+use sluice_api::wire::{self, LEADER_HEADER};
+use sluice_api::{
+    Error, MoveTask, NewMessage, QueueBackend, QueueConfig, QueueCounts, QueueId, ReceivedMessage,
+    Result, SentMessage,
+};
 use sluice_common::grpc::MAX_MESSAGE_BYTES;
-use sluice_common::{Error, Result};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::backend_service_client::BackendServiceClient;
-use sluice_storage::{
-    MoveTask, NewMessage, QueueConfig, QueueCounts, QueueId, ReceivedMessage, SentMessage,
-};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use crate::api::QueueBackend;
-use crate::convert;
-use crate::service::LEADER_HEADER;
-
-/// How often an idle or busy connection to a node is pinged, and how long a ping may wait.
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
-const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::channel::{self, ChannelOptions};
 
 #[derive(Debug, Clone)]
-pub struct ClientOptions {
+pub struct BackendClientOptions {
     pub connect_timeout: Duration,
     /// Longest wait for an answer; a long poll gets its wait time on top.
     pub request_timeout: Duration,
@@ -37,9 +32,9 @@ pub struct ClientOptions {
     pub max_backoff: Duration,
 }
 
-impl Default for ClientOptions {
+impl Default for BackendClientOptions {
     fn default() -> Self {
-        ClientOptions {
+        BackendClientOptions {
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(10),
             retries: 3,
@@ -50,24 +45,20 @@ impl Default for ClientOptions {
 }
 
 /// Where a caller keeps the URL of a cluster's leader, as its nodes name it (see
-/// [`RemoteBackend::with_leader_hint`]).
+/// [`BackendClient::with_leader_hint`]).
 pub type LeaderHint = Arc<parking_lot::Mutex<Option<String>>>;
 
-/// A lazily connected client of the `BackendService` at `endpoint`.
-pub(crate) fn node_client(
+/// A lazily connected client of the `BackendService` at `endpoint`, taking messages as large as
+/// the largest batch.
+pub fn node_client(
     endpoint: &str,
     connect_timeout: Duration,
 ) -> Result<BackendServiceClient<Channel>> {
-    let channel = Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|err| Error::invalid("backend endpoint", format!("{endpoint:?}: {err}")))?
-        .connect_timeout(connect_timeout)
-        .tcp_nodelay(true)
-        // A node cut off the network answers nothing, not even a reset: pings find that out in
-        // seconds, failing its calls as UNAVAILABLE so they go to another node.
-        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .connect_lazy();
+    let options = ChannelOptions {
+        connect_timeout,
+        ..ChannelOptions::default()
+    };
+    let channel = channel::channel("backend endpoint", endpoint, &options)?;
     Ok(BackendServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
@@ -75,19 +66,19 @@ pub(crate) fn node_client(
 
 /// A backend node reached over gRPC. Clones share the connection.
 #[derive(Clone)]
-pub struct RemoteBackend {
+pub struct BackendClient {
     client: BackendServiceClient<Channel>,
-    options: ClientOptions,
+    options: BackendClientOptions,
     url: String,
     leader: LeaderHint,
 }
 
-impl RemoteBackend {
+impl BackendClient {
     /// A client of the node at `endpoint` (e.g. `http://10.0.0.5:7080`). Connects lazily, so a
     /// node that is down shows up as UNAVAILABLE on the first call rather than here.
-    pub fn new(endpoint: &str, options: ClientOptions) -> Result<Self> {
+    pub fn new(endpoint: &str, options: BackendClientOptions) -> Result<Self> {
         let client = node_client(endpoint, options.connect_timeout)?;
-        Ok(RemoteBackend {
+        Ok(BackendClient {
             client,
             options,
             url: endpoint.to_owned(),
@@ -100,10 +91,10 @@ impl RemoteBackend {
     /// reached; clients of one cluster's nodes share one hint.
     pub fn with_leader_hint(
         endpoint: &str,
-        options: ClientOptions,
+        options: BackendClientOptions,
         leader: LeaderHint,
     ) -> Result<Self> {
-        Ok(RemoteBackend {
+        Ok(BackendClient {
             leader,
             ..Self::new(endpoint, options)?
         })
@@ -119,7 +110,7 @@ impl RemoteBackend {
     ) -> Result<()> {
         let request = pb::PutQueueRequest {
             queue_id: id,
-            config: Some(convert::config_to_pb(config)),
+            config: Some(wire::config_to_pb(config)),
             first_sequence,
         };
         let timeout = self.options.request_timeout;
@@ -141,16 +132,13 @@ impl RemoteBackend {
             })
             .await?;
         Ok((
-            convert::config_from_pb(sealed.config.unwrap_or_default()),
+            wire::config_from_pb(sealed.config.unwrap_or_default()),
             sealed.next_sequence,
         ))
     }
 
     fn backoff(&self) -> ExponentialBuilder {
-        ExponentialBuilder::default()
-            .with_jitter()
-            .with_min_delay(self.options.min_backoff)
-            .with_max_delay(self.options.max_backoff)
+        channel::backoff(self.options.min_backoff, self.options.max_backoff)
             .with_max_times(self.options.retries)
     }
 
@@ -169,10 +157,10 @@ impl RemoteBackend {
         Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let attempt = || {
-            let mut request = tonic::Request::new(request.clone());
-            request.set_timeout(timeout);
-            sluice_common::telemetry::inject_trace(request.metadata_mut());
-            let call = rpc(self.client.clone(), request);
+            let call = rpc(
+                self.client.clone(),
+                channel::request(request.clone(), timeout),
+            );
             async move {
                 let result = call
                     .await
@@ -186,7 +174,7 @@ impl RemoteBackend {
                         }
                         response.into_inner()
                     })
-                    .map_err(from_status);
+                    .map_err(|status| channel::from_status("backend", status));
                 if matches!(result, Err(Error::Unavailable(_))) {
                     let mut leader = self.leader.lock();
                     if leader.as_deref() == Some(self.url.as_str()) {
@@ -211,27 +199,16 @@ impl RemoteBackend {
     }
 }
 
-/// A status that a failed connection produced on this side (it carries the transport error as
-/// its source, and tonic gives it code UNKNOWN) means the node could not be reached or went
-/// away mid-call: UNAVAILABLE, as retry logic and callers expect. Anything else is the node's
-/// own answer.
-fn from_status(status: tonic::Status) -> Error {
-    if sluice_common::error::is_transport_failure(&status) {
-        return Error::Unavailable(format!("backend unreachable: {}", status.message()));
-    }
-    Error::from(status)
-}
-
 fn entries(results: pb::EntryResults) -> Vec<Result<()>> {
     results
         .results
         .into_iter()
-        .map(convert::entry_from_pb)
+        .map(wire::entry_from_pb)
         .collect()
 }
 
 #[async_trait]
-impl QueueBackend for RemoteBackend {
+impl QueueBackend for BackendClient {
     async fn create_queue(&self, id: QueueId, config: QueueConfig) -> Result<()> {
         self.create_partition(id, &config, 0).await
     }
@@ -265,7 +242,7 @@ impl QueueBackend for RemoteBackend {
                 c.counts(r).await
             })
             .await?;
-        Ok(convert::counts_from_pb(counts))
+        Ok(wire::counts_from_pb(counts))
     }
 
     async fn send(&self, id: QueueId, messages: Vec<NewMessage>) -> Result<Vec<SentMessage>> {
@@ -274,10 +251,7 @@ impl QueueBackend for RemoteBackend {
         let retry = messages.iter().all(|m| !m.deduplication_id.is_empty());
         let request = pb::SendRequest {
             queue_id: id,
-            messages: messages
-                .into_iter()
-                .map(convert::new_message_to_pb)
-                .collect(),
+            messages: messages.into_iter().map(wire::new_message_to_pb).collect(),
         };
         let timeout = self.options.request_timeout;
         let response = self
@@ -288,7 +262,7 @@ impl QueueBackend for RemoteBackend {
         Ok(response
             .messages
             .into_iter()
-            .map(convert::sent_from_pb)
+            .map(wire::sent_from_pb)
             .collect())
     }
 
@@ -316,7 +290,7 @@ impl QueueBackend for RemoteBackend {
         Ok(response
             .messages
             .into_iter()
-            .map(convert::received_from_pb)
+            .map(wire::received_from_pb)
             .collect())
     }
 
@@ -389,11 +363,7 @@ impl QueueBackend for RemoteBackend {
                 c.list_move_tasks(r).await
             })
             .await?;
-        response
-            .tasks
-            .into_iter()
-            .map(convert::task_from_pb)
-            .collect()
+        response.tasks.into_iter().map(wire::task_from_pb).collect()
     }
 
     async fn cancel_move_task(&self, source: QueueId, task: String) -> Result<MoveTask> {
@@ -407,6 +377,6 @@ impl QueueBackend for RemoteBackend {
                 c.cancel_move_task(r).await
             })
             .await?;
-        convert::task_from_pb(task)
+        wire::task_from_pb(task)
     }
 }

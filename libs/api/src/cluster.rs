@@ -32,6 +32,26 @@ pub fn queue_record_key(root: &str, name: &str) -> String {
     format!("{root}queues/{name}")
 }
 
+/// The counter queue ids are taken from.
+pub const QUEUE_ID_COUNTER: &str = "ids/queue";
+
+/// The key prefix and the key to list after, for queue names starting with `prefix` after
+/// `start_after` (empty: from the first).
+pub fn queue_list_range(root: &str, prefix: &str, start_after: &str) -> (String, String) {
+    let after = if start_after.is_empty() {
+        String::new()
+    } else {
+        queue_record_key(root, start_after)
+    };
+    (queue_record_key(root, prefix), after)
+}
+
+/// The queue name in a key under [`queue_record_key`]`(root, "")`.
+pub fn queue_name_of<'a>(root: &str, key: &'a str) -> &'a str {
+    let prefix_len = root.len() + "queues/".len();
+    key.get(prefix_len..).unwrap_or_default()
+}
+
 /// Under this prefix, `<queue id>`: the cluster a queue was placed on.
 pub fn placements_prefix(root: &str) -> String {
     format!("{root}placements/")

@@ -1,6 +1,6 @@
 //! The consistent-hash ring of metadata nodes. Every node builds the same ring from the same
-//! membership (the `metadata/nodes/` keys in etcd), so all agree on each key's owner once they
-//! have seen the same members. Each node stands on the ring many times (virtual nodes), so keys
+//! membership (the `metadata/nodes/` keys in etcd), and so does every client from the members
+//! the nodes report, so all agree on each key's owner once they have seen the same members. Each node stands on the ring many times (virtual nodes), so keys
 //! spread evenly and a departing node's keys spread over all the others.
 
 use std::collections::BTreeMap;
@@ -21,6 +21,9 @@ struct VirtualNode {
 struct State {
     members: BTreeMap<String, String>,
     ring: HashRing<VirtualNode>,
+    /// One more with every change of membership: what a node cached of the keys it owned under
+    /// one membership is not trusted under the next.
+    generation: u64,
 }
 
 /// Members by node id, with their URLs, and the ring they form.
@@ -39,7 +42,23 @@ impl Ring {
                 });
             }
         }
-        *self.0.write() = State { members, ring };
+        let mut state = self.0.write();
+        let generation = state.generation + 1;
+        *state = State {
+            members,
+            ring,
+            generation,
+        };
+    }
+
+    /// How many times the membership was set.
+    pub fn generation(&self) -> u64 {
+        self.0.read().generation
+    }
+
+    /// The members, node id → URL.
+    pub fn members(&self) -> BTreeMap<String, String> {
+        self.0.read().members.clone()
     }
 
     /// The owner of `key`: its node id and URL.

@@ -1,54 +1,19 @@
-//! What the frontend needs from the tier that stores messages. Standalone implements it with the
-//! engine in the same process; the network client to backend clusters implements it the same way.
+//! The engine as the tier that stores messages, for a caller in the same process
+//! (`sluice standalone`, the backend service, tests): the same [`QueueBackend`] the frontend
+//! reaches a backend cluster through over the network.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sluice_common::{Error, Result};
-use sluice_storage::{
-    Engine, MoveTask, NewMessage, QueueConfig, QueueCounts, QueueId, ReceivedMessage, SentMessage,
+use sluice_api::{
+    Error, MoveTask, NewMessage, QueueBackend, QueueConfig, QueueCounts, QueueId, ReceivedMessage,
+    Result, SentMessage,
 };
 
-#[async_trait]
-pub trait QueueBackend: Send + Sync + 'static {
-    /// Creates the queue, or updates its config if it exists.
-    async fn create_queue(&self, id: QueueId, config: QueueConfig) -> Result<()>;
-    async fn delete_queue(&self, id: QueueId) -> Result<()>;
-    async fn purge_queue(&self, id: QueueId) -> Result<u64>;
-    async fn counts(&self, id: QueueId) -> Result<QueueCounts>;
-    /// Stores all the messages durably or none.
-    async fn send(&self, id: QueueId, messages: Vec<NewMessage>) -> Result<Vec<SentMessage>>;
-    async fn receive(
-        &self,
-        id: QueueId,
-        max: usize,
-        visibility: Duration,
-        wait: Duration,
-    ) -> Result<Vec<ReceivedMessage>>;
-    /// One result per handle, in order.
-    async fn delete(&self, id: QueueId, handles: Vec<String>) -> Result<Vec<Result<()>>>;
-    /// One result per change, in order.
-    async fn change_visibility(
-        &self,
-        id: QueueId,
-        changes: Vec<(String, Duration)>,
-    ) -> Result<Vec<Result<()>>>;
-    /// Starts moving the messages now in `source` to `destination` (`None`: back to the queues
-    /// they were dead-lettered from); returns the task's id.
-    async fn start_move_task(
-        &self,
-        source: QueueId,
-        destination: Option<QueueId>,
-        max_per_second: Option<NonZeroU32>,
-    ) -> Result<String>;
-    /// The source's running task and its last ended ones, newest first.
-    async fn list_move_tasks(&self, source: QueueId) -> Result<Vec<MoveTask>>;
-    /// Stops a running task and returns it as it ended.
-    async fn cancel_move_task(&self, source: QueueId, task: String) -> Result<MoveTask>;
-}
+use crate::Engine;
 
-fn per_entry(results: Vec<sluice_storage::Result<()>>) -> Vec<Result<()>> {
+fn per_entry(results: Vec<crate::Result<()>>) -> Vec<Result<()>> {
     results
         .into_iter()
         .map(|r| r.map_err(Error::from))

@@ -1,17 +1,17 @@
-//! The typed client of the managers, for the tiers that place queues. It finds the leader
-//! through etcd, follows it across failovers, and owns timeouts, retries and error mapping.
+//! The client of the managers, for the tiers that place queues. It finds the leader through
+//! etcd, follows it across failovers, and owns timeouts, retries and error mapping.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use parking_lot::Mutex;
-use sluice_common::{cluster, Error, Result};
+use sluice_api::{cluster, Error, Result};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::manager_service_client::ManagerServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use crate::election;
+use crate::channel::{self, ChannelOptions};
 
 #[derive(Debug, Clone)]
 pub struct ManagerClientOptions {
@@ -59,18 +59,18 @@ impl ManagerClient {
         if let Some(channel) = self.channels.lock().get(url) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(url.to_owned())
-            .map_err(|err| Error::Internal(format!("leader URL {url:?}: {err}")))?
-            .connect_timeout(self.options.request_timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let options = ChannelOptions {
+            connect_timeout: self.options.request_timeout,
+            ..ChannelOptions::default()
+        };
+        let channel = channel::channel("manager leader URL", url, &options)?;
         self.channels.lock().insert(url.to_owned(), channel.clone());
         Ok(channel)
     }
 
     /// The leader's client; UNAVAILABLE while no manager leads.
     async fn leader(&self) -> Result<ManagerServiceClient<Channel>> {
-        let url = election::leader_url(&self.etcd, &self.election)
+        let url = leader_url(&self.etcd, &self.election)
             .await
             .map_err(|err| Error::Unavailable(format!("etcd: {err}")))?
             .ok_or_else(|| Error::Unavailable("no manager leads right now".into()))?;
@@ -88,23 +88,18 @@ impl ManagerClient {
     ) -> Result<String> {
         let attempt = || async {
             let mut client = self.leader().await?;
-            let mut request = tonic::Request::new(pb::PlaceQueueRequest {
+            let request = pb::PlaceQueueRequest {
                 queue_id,
                 queue: queue.to_owned(),
                 colocate_with: colocate_with.unwrap_or(0),
-            });
-            request.set_timeout(self.options.request_timeout);
-            sluice_common::telemetry::inject_trace(request.metadata_mut());
+            };
             client
-                .place_queue(request)
+                .place_queue(channel::request(request, self.options.request_timeout))
                 .await
                 .map(|r| r.into_inner().cluster)
                 .map_err(from_status)
         };
-        let backoff = ExponentialBuilder::default()
-            .with_jitter()
-            .with_min_delay(Duration::from_millis(50))
-            .with_max_delay(Duration::from_secs(1))
+        let backoff = channel::backoff(Duration::from_millis(50), Duration::from_secs(1))
             .without_max_times()
             .with_total_delay(Some(self.options.failover_timeout));
         attempt
@@ -120,11 +115,31 @@ impl ManagerClient {
 /// A transport failure (tonic's UNKNOWN with a source) or a manager that is no longer the
 /// leader both mean: find the leader again.
 fn from_status(status: tonic::Status) -> Error {
-    let unreachable = sluice_common::error::is_transport_failure(&status);
+    let unreachable = sluice_api::error::is_transport_failure(&status);
     let deposed = status.code() == tonic::Code::FailedPrecondition
         && status.message().starts_with("not the leader");
     if unreachable || deposed {
         return Error::Unavailable(format!("manager: {}", status.message()));
     }
     Error::from(status)
+}
+
+/// The URL of the manager leading in `election`, from the value its leader key holds; `None`
+/// while no manager leads.
+pub async fn leader_url(
+    client: &etcd_client::Client,
+    election: &str,
+) -> Result<Option<String>, etcd_client::Error> {
+    let mut client = client.clone();
+    match client.leader(election).await {
+        Ok(response) => Ok(response
+            .kv()
+            .and_then(|kv| kv.value_str().ok())
+            .map(str::to_owned)),
+        // etcd answers "election: no leader" as an error.
+        Err(etcd_client::Error::GRpcStatus(status)) if status.message().contains("no leader") => {
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
 }

@@ -1,0 +1,31 @@
+//! The words every Sluice tier shares: messages and queue settings as the engine stores them,
+//! queue records and their attributes as the metadata tier keeps them, placements and the etcd
+//! key layout, the limits of the public API, the one error type and its gRPC mapping, and the
+//! [`QueueBackend`] a frontend stores messages through. No storage engine, no server, no
+//! consensus here: a tier links this crate to speak to the others, not to be one of them.
+
+mod backend;
+pub mod cluster;
+mod directory;
+pub mod error;
+pub mod limits;
+mod message;
+mod queue;
+pub mod wire;
+
+pub use backend::QueueBackend;
+pub use directory::QueueDirectory;
+pub use error::{Error, Result};
+pub use message::{
+    md5_of_body, AttributeValue, DeadLetter, MoveTask, MoveTaskStatus, NewMessage, QueueConfig,
+    QueueCounts, QueueId, ReceivedMessage, Replication, SentMessage,
+};
+pub use queue::{EffectiveAttributes, QueueRecord, RedrivePolicy, Stored, Versioned};
+
+/// Milliseconds since the Unix epoch; 0 if the clock is before it.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,119 @@
+//! A queue as the metadata tier records it: its id, every attribute with defaults filled in,
+//! and its tags, stored as JSON so operators can read records with the store's own tools.
+
+use std::collections::HashMap;
+
+use sluice_proto::v1 as pb;
+
+use crate::limits::*;
+use crate::{Error, QueueId, Result};
+
+/// A queue's record, under [`crate::cluster::queue_record_key`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct QueueRecord {
+    pub id: QueueId,
+    pub name: String,
+    pub attributes: EffectiveAttributes,
+    #[serde(default)]
+    pub tags: HashMap<String, String>,
+    pub created_at_ms: u64,
+}
+
+impl QueueRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a queue record always serializes")
+    }
+
+    /// Reads the record stored under `key`; a record that does not parse is an internal error
+    /// naming the key.
+    pub fn decode(key: &str, raw: &[u8]) -> Result<QueueRecord> {
+        serde_json::from_slice(raw)
+            .map_err(|err| Error::Internal(format!("queue record {key} is corrupt: {err}")))
+    }
+}
+
+/// A value with the revision at which it was last written; a compare-and-swap names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    pub value: Vec<u8>,
+    pub revision: u64,
+}
+
+/// A record together with the store revision it was read at, for a compare-and-swap update.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub record: QueueRecord,
+    pub revision: u64,
+}
+
+impl Stored {
+    /// The record stored under `key` as `value`.
+    pub fn decode(key: &str, value: Versioned) -> Result<Stored> {
+        Ok(Stored {
+            record: QueueRecord::decode(key, &value.value)?,
+            revision: value.revision,
+        })
+    }
+}
+
+/// Every attribute of a queue, defaults filled in; what the metadata store keeps.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EffectiveAttributes {
+    pub visibility_timeout_seconds: u32,
+    pub message_retention_seconds: u32,
+    pub delay_seconds: u32,
+    pub max_message_bytes: u32,
+    pub receive_wait_time_seconds: u32,
+    pub fifo: bool,
+    pub content_based_deduplication: bool,
+    /// `pb::Replication` as its number.
+    pub replication: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive_policy: Option<RedrivePolicy>,
+}
+
+/// Where a queue's messages go after too many receives.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RedrivePolicy {
+    /// The dead-letter queue's name.
+    pub dead_letter_queue: String,
+    pub max_receive_count: u32,
+}
+
+impl Default for EffectiveAttributes {
+    fn default() -> Self {
+        EffectiveAttributes {
+            visibility_timeout_seconds: DEFAULT_VISIBILITY_TIMEOUT_SECS,
+            message_retention_seconds: DEFAULT_RETENTION_SECS,
+            delay_seconds: 0,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            receive_wait_time_seconds: 0,
+            fifo: false,
+            content_based_deduplication: false,
+            replication: pb::Replication::Sync as i32,
+            redrive_policy: None,
+        }
+    }
+}
+
+impl EffectiveAttributes {
+    pub fn to_proto(&self) -> pb::QueueAttributes {
+        pb::QueueAttributes {
+            visibility_timeout_seconds: Some(self.visibility_timeout_seconds),
+            message_retention_seconds: Some(self.message_retention_seconds),
+            delay_seconds: Some(self.delay_seconds),
+            max_message_bytes: Some(self.max_message_bytes),
+            receive_wait_time_seconds: Some(self.receive_wait_time_seconds),
+            redrive_policy: self
+                .redrive_policy
+                .as_ref()
+                .map(|policy| pb::RedrivePolicy {
+                    dead_letter_queue: policy.dead_letter_queue.clone(),
+                    max_receive_count: policy.max_receive_count,
+                }),
+            fifo: self.fifo,
+            content_based_deduplication: self.content_based_deduplication,
+            replication: self.replication,
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! One client per internal Sluice service, over one channel builder and one retry policy: a
+//! tier that calls another links this crate, never the other tier's own crate.
+//!
+//! - [`BackendClient`]: a backend node's `BackendService`, following its cluster's leader.
+//! - [`MetadataClient`]: the metadata tier; any node answers.
+//! - [`ManagerClient`]: the leading manager, found through etcd (feature `manager`).
+
+mod backend;
+pub mod channel;
+#[cfg(feature = "manager")]
+mod manager;
+mod metadata;
+mod ring;
+
+pub use backend::{node_client, BackendClient, BackendClientOptions, LeaderHint};
+#[cfg(feature = "manager")]
+pub use manager::{leader_url, ManagerClient, ManagerClientOptions};
+pub use metadata::MetadataClient;
+pub use ring::Ring;
