@@ -290,11 +290,22 @@ impl ServerProcess {
 
     /// SIGTERM, then waits for the process to exit on its own. Waits asynchronously, so this
     /// test's own gRPC connections keep being served and can close when the server says so.
-    pub async fn terminate(mut self) -> anyhow::Result<ExitStatus> {
+    pub async fn terminate(self) -> anyhow::Result<ExitStatus> {
+        self.sigterm()?;
+        self.wait_exit().await
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn sigterm(&self) -> anyhow::Result<()> {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         )?;
+        Ok(())
+    }
+
+    /// Waits (asynchronously) for the process to exit on its own.
+    pub async fn wait_exit(mut self) -> anyhow::Result<ExitStatus> {
         loop {
             if let Some(status) = self.child.try_wait()? {
                 return Ok(status);

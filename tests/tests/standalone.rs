@@ -221,6 +221,54 @@ async fn sigterm_drains_and_keeps_messages() {
     assert_eq!(bodies, ["m0", "m1", "m2", "m3", "m4"]);
 }
 
+/// With a drain period, SIGTERM first takes the server out of rotation (/readyz answers 503)
+/// while it goes on serving requests, and only then stops, keeping what it acknowledged.
+#[tokio::test]
+async fn sigterm_reports_not_ready_and_serves_through_the_drain_period() {
+    let dir = tempfile::tempdir().unwrap();
+    // Long enough that the requests below fall inside it on a slow machine.
+    let server = StandaloneProcess::start_with(dir.path(), |command| {
+        command.args(["--drain-seconds", "10"]);
+    })
+    .unwrap();
+    create_queue(&server, "draining").await;
+    let mut client = server.client().await.unwrap();
+    server.sigterm().unwrap();
+    wait_for(
+        "/readyz to report not ready",
+        Duration::from_secs(5),
+        || Ok(server.admin_get("/readyz")?.0 == 503),
+    )
+    .await
+    .unwrap();
+    let draining = Instant::now();
+    // A connection opened during the drain is served too, as one from a load balancer that has
+    // not yet seen the readiness change would be.
+    let mut late = server.client().await.unwrap();
+    for (i, client) in [&mut client, &mut late].into_iter().enumerate() {
+        client
+            .send_message(pb::SendMessageRequest {
+                queue: "draining".into(),
+                body: format!("during-drain-{i}").into(),
+                ..Default::default()
+            })
+            .await
+            .expect("served while draining");
+    }
+    let served_within = draining.elapsed();
+    let status = server.wait_exit().await.unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        served_within < Duration::from_secs(10),
+        "the requests came after the drain period ({served_within:?}); the test proved nothing"
+    );
+
+    let server = StandaloneProcess::start(dir.path()).unwrap();
+    let mut bodies = drain(&server, "draining").await;
+    bodies.sort();
+    assert_eq!(bodies, ["during-drain-0", "during-drain-1"]);
+}
+
 #[tokio::test]
 async fn cli_tour() {
     let dir = tempfile::tempdir().unwrap();

@@ -249,7 +249,10 @@ async fn one_trace_crosses_every_tier() {
         || {
             Ok(
                 in_trace("sluice-frontend", "sluice.v1.QueueService/CreateQueue")
-                    && in_trace("sluice-metadata", "sluice.v1.MetadataService/Create")
+                    && in_trace(
+                        "sluice-metadata",
+                        "sluice.v1.MetadataService/CreateQueueRecord",
+                    )
                     && in_trace("sluice-manager", "sluice.v1.ManagerService/PlaceQueue")
                     && in_trace("sluice-backend", "sluice.v1.BackendService/PutQueue"),
             )

@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use tracing::Instrument;
 
+use crate::convert::{batch_error, split_results, to_proto_message};
 use crate::metrics;
-use crate::service::{batch_error, split_results, to_proto_message};
 use crate::validate;
 
 /// Most messages one receive asks for: a window of a thousand fills in a few calls, each small

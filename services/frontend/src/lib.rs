@@ -4,9 +4,12 @@
 
 mod catalog;
 mod consume;
+mod convert;
 mod digest;
+mod messages;
 mod metrics;
 pub mod node;
+mod queues;
 mod refresh;
 mod routed;
 mod server;
@@ -17,4 +20,3 @@ pub use catalog::Catalog;
 pub use routed::RoutedBackend;
 pub use server::serve;
 pub use service::QueueServiceImpl;
-pub use sluice_api::QueueBackend;

@@ -1,0 +1,320 @@
+//! The operators' commands: backend clusters, placements and queue moves through the managers,
+//! and the membership of a replicated cluster through its nodes.
+
+use anyhow::anyhow;
+use clap::Subcommand;
+use serde_json::json;
+use sluice_proto::v1 as pb;
+use sluice_proto::v1::cluster_service_client::ClusterServiceClient;
+use sluice_proto::v1::manager_service_client::ManagerServiceClient;
+use tonic::transport::Channel;
+
+use super::failed;
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Each backend cluster's live nodes, load, queue count, and whether it takes new queues.
+    Clusters {
+        /// Any manager's gRPC URL.
+        #[arg(long, env = "SLUICE_MANAGER", default_value = "http://127.0.0.1:7090")]
+        manager: String,
+    },
+    /// Move QUEUE to backend cluster CLUSTER: its partition where it is now is sealed (no new
+    /// sends) and drained by consumers, then removed; new sends go to CLUSTER at once.
+    Place {
+        queue: String,
+        #[arg(long)]
+        cluster: String,
+        /// Wait until consumers have drained the sealed partition and it is removed.
+        #[arg(long)]
+        wait: bool,
+        /// Any manager's gRPC URL.
+        #[arg(long, env = "SLUICE_MANAGER", default_value = "http://127.0.0.1:7090")]
+        manager: String,
+    },
+    /// Where QUEUE's partitions are and how many messages each holds.
+    Placement {
+        queue: String,
+        /// Any manager's gRPC URL.
+        #[arg(long, env = "SLUICE_MANAGER", default_value = "http://127.0.0.1:7090")]
+        manager: String,
+    },
+    /// The replicated nodes of one backend cluster: who leads, who has caught up, and changes
+    /// to its membership. Any node of the cluster takes these.
+    #[command(subcommand)]
+    Cluster(ClusterAdmin),
+}
+
+#[derive(Subcommand)]
+pub enum ClusterAdmin {
+    /// The cluster's members, its leader, and how far each node has the log.
+    Status {
+        /// Any node of the cluster (its gRPC URL).
+        #[arg(long, env = "SLUICE_BACKEND", default_value = "http://127.0.0.1:7080")]
+        node: String,
+    },
+    /// Add node NAME, started with `sluice-backend --join`, reachable at --url: it catches up
+    /// as a learner first, then becomes a voting member. Returns once it votes.
+    AddNode {
+        name: String,
+        /// The new node's gRPC URL.
+        #[arg(long)]
+        url: String,
+        /// Any node of the cluster (its gRPC URL).
+        #[arg(long, env = "SLUICE_BACKEND", default_value = "http://127.0.0.1:7080")]
+        node: String,
+    },
+    /// Remove member NAME from the cluster; it no longer receives the log and can be stopped.
+    RemoveNode {
+        name: String,
+        /// Any node of the cluster (its gRPC URL).
+        #[arg(long, env = "SLUICE_BACKEND", default_value = "http://127.0.0.1:7080")]
+        node: String,
+    },
+}
+
+fn print_clusters(json_out: bool, listed: &pb::ListClustersResponse) {
+    if json_out {
+        let clusters: Vec<_> = listed
+            .clusters
+            .iter()
+            .map(|c| {
+                let load = c.load.unwrap_or_default();
+                json!({
+                    "name": c.name,
+                    "nodes": c.nodes.iter().map(|n| json!({"node": n.node, "url": n.url})).collect::<Vec<_>>(),
+                    "messages_in_per_second": load.messages_in_per_second,
+                    "messages_out_per_second": load.messages_out_per_second,
+                    "bytes_stored": load.bytes_stored,
+                    "disk_free_bytes": load.disk_free_bytes,
+                    "queue_count": c.queue_count,
+                    "accepting": c.accepting,
+                    "reason": c.reason,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({ "leader": listed.leader, "clusters": clusters })
+        );
+        return;
+    }
+    let leader = if listed.leader.is_empty() {
+        "none"
+    } else {
+        listed.leader.as_str()
+    };
+    println!("leader manager: {leader}");
+    println!(
+        "{:<12} {:>5} {:>10} {:>10} {:>14} {:>16} {:>7}  new queues",
+        "cluster", "nodes", "in msg/s", "out msg/s", "bytes stored", "disk free", "queues"
+    );
+    for c in &listed.clusters {
+        let load = c.load.unwrap_or_default();
+        let accepting = if c.accepting {
+            "yes".to_owned()
+        } else {
+            format!("no: {}", c.reason)
+        };
+        println!(
+            "{:<12} {:>5} {:>10.0} {:>10.0} {:>14} {:>16} {:>7}  {accepting}",
+            c.name,
+            c.nodes.len(),
+            load.messages_in_per_second,
+            load.messages_out_per_second,
+            load.bytes_stored,
+            load.disk_free_bytes,
+            c.queue_count
+        );
+        for n in &c.nodes {
+            println!("  {} {}", n.node, n.url);
+        }
+    }
+}
+
+fn print_placement(json_out: bool, placement: &pb::QueuePlacement) {
+    if json_out {
+        let partitions: Vec<_> = placement
+            .partitions
+            .iter()
+            .map(|p| {
+                let counts = p.counts.map(|c| {
+                    json!({"visible": c.visible, "in_flight": c.in_flight, "delayed": c.delayed})
+                });
+                json!({
+                    "partition": p.partition,
+                    "cluster": p.cluster,
+                    "sealed": p.sealed,
+                    "counts": counts,
+                    "error": p.error,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "queue": placement.queue,
+                "queue_id": placement.queue_id,
+                "moving_to": placement.moving_to,
+                "partitions": partitions,
+            })
+        );
+        return;
+    }
+    println!("queue {} (id {})", placement.queue, placement.queue_id);
+    if !placement.moving_to.is_empty() {
+        println!("moving to {}", placement.moving_to);
+    }
+    for p in &placement.partitions {
+        let state = if p.sealed {
+            "sealed, draining"
+        } else {
+            "active"
+        };
+        let counts = match p.counts {
+            Some(c) => format!(
+                "{} visible, {} in flight, {} delayed",
+                c.visible, c.in_flight, c.delayed
+            ),
+            None => format!("counts unavailable: {}", p.error),
+        };
+        println!(
+            "  partition {} on {}: {state}; {counts}",
+            p.partition, p.cluster
+        );
+    }
+}
+
+async fn manager_client(manager: &str) -> anyhow::Result<ManagerServiceClient<Channel>> {
+    ManagerServiceClient::connect(manager.to_owned())
+        .await
+        .map_err(|err| anyhow!("cannot reach the manager at {manager}: {err}"))
+}
+
+async fn cluster_client(node: &str) -> anyhow::Result<ClusterServiceClient<Channel>> {
+    ClusterServiceClient::connect(node.to_owned())
+        .await
+        .map_err(|err| anyhow!("cannot reach the backend node at {node}: {err}"))
+}
+
+fn print_cluster(json_out: bool, status: &pb::ClusterStatus) {
+    if json_out {
+        let members: Vec<_> = status
+            .members
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "name": m.name,
+                    "url": m.url,
+                    "voter": m.voter,
+                    "matched_index": m.matched_index,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "node": status.node,
+            "leader": status.leader,
+            "leader_url": status.leader_url,
+            "term": status.term,
+            "last_log_index": status.last_log_index,
+            "applied_index": status.applied_index,
+            "serving": status.serving,
+            "members": members,
+        });
+        println!("{out}");
+        return;
+    }
+    println!("leader   {} ({})", status.leader, status.leader_url);
+    println!(
+        "asked    {}: term {}, log {}, applied {}",
+        status.node, status.term, status.last_log_index, status.applied_index
+    );
+    for m in &status.members {
+        let role = if m.voter { "voter" } else { "learner" };
+        let matched = m
+            .matched_index
+            .map_or(String::new(), |i| format!("  has log to {i}"));
+        println!("  {:<8} {:<8} {}{matched}", m.name, role, m.url);
+    }
+}
+
+/// Runs an admin command; these talk to the managers (or a backend cluster's nodes), not to
+/// the queue endpoint.
+pub async fn run_admin(json_out: bool, command: AdminCommand) -> anyhow::Result<()> {
+    match command {
+        AdminCommand::Cluster(command) => {
+            let (node, status) = match command {
+                ClusterAdmin::Status { node } => {
+                    let status = cluster_client(&node)
+                        .await?
+                        .status(pb::ClusterStatusRequest {})
+                        .await;
+                    (node, status)
+                }
+                ClusterAdmin::AddNode { name, url, node } => {
+                    let status = cluster_client(&node)
+                        .await?
+                        .add_node(pb::AddNodeRequest { name, url })
+                        .await;
+                    (node, status)
+                }
+                ClusterAdmin::RemoveNode { name, node } => {
+                    let status = cluster_client(&node)
+                        .await?
+                        .remove_node(pb::RemoveNodeRequest { name })
+                        .await;
+                    (node, status)
+                }
+            };
+            let status = status.map_err(|status| failed(&node, status))?.into_inner();
+            print_cluster(json_out, &status);
+        }
+        AdminCommand::Place {
+            queue,
+            cluster,
+            wait,
+            manager,
+        } => {
+            let mut client = manager_client(&manager).await?;
+            let mut placement = client
+                .move_queue(pb::MoveQueueRequest {
+                    queue: queue.clone(),
+                    cluster,
+                })
+                .await
+                .map_err(|status| failed(&manager, status))?
+                .into_inner();
+            // The sealed partitions drain as consumers delete; the leader removes each once empty.
+            while wait && placement.partitions.iter().any(|p| p.sealed) {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                placement = client
+                    .get_placement(pb::GetPlacementRequest {
+                        queue: queue.clone(),
+                    })
+                    .await
+                    .map_err(|status| failed(&manager, status))?
+                    .into_inner();
+            }
+            print_placement(json_out, &placement);
+        }
+        AdminCommand::Placement { queue, manager } => {
+            let placement = manager_client(&manager)
+                .await?
+                .get_placement(pb::GetPlacementRequest { queue })
+                .await
+                .map_err(|status| failed(&manager, status))?
+                .into_inner();
+            print_placement(json_out, &placement);
+        }
+        AdminCommand::Clusters { manager } => {
+            let mut client = manager_client(&manager).await?;
+            let listed = client
+                .list_clusters(pb::ListClustersRequest {})
+                .await
+                .map_err(|status| failed(&manager, status))?
+                .into_inner();
+            print_clusters(json_out, &listed);
+        }
+    }
+    Ok(())
+}

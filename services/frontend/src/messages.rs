@@ -1,0 +1,301 @@
+//! Sending, receiving, deleting and changing the visibility of messages, alone or in batches:
+//! each request is checked against its queue's limits, then handed to the backend.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use sluice_api::{AttributeValue, Error, NewMessage, QueueRecord, Result};
+use sluice_proto::v1 as pb;
+
+use crate::convert::{batch_error, split_results, to_proto_message};
+use crate::service::QueueServiceImpl;
+use crate::{digest, metrics, validate};
+
+/// The fields of a send, whether it came alone or in a batch.
+pub(crate) struct SendFields<'a> {
+    body: &'a bytes::Bytes,
+    attributes: &'a HashMap<String, pb::MessageAttributeValue>,
+    delay_seconds: Option<u32>,
+    deduplication_id: &'a str,
+    group_id: &'a str,
+}
+
+impl QueueServiceImpl {
+    /// Checks one message against the queue's limits and turns it into what the engine stores.
+    pub(crate) fn message(
+        &self,
+        queue: &QueueRecord,
+        fields: SendFields<'_>,
+    ) -> Result<NewMessage> {
+        let limit = queue.attributes.max_message_bytes as usize;
+        if fields.body.is_empty() {
+            return Err(Error::invalid("body", "must not be empty"));
+        }
+        let attributes_size = validate::message_attributes(fields.attributes)?;
+        let size = fields.body.len() + attributes_size;
+        if size > limit {
+            return Err(Error::invalid(
+                "body",
+                format!(
+                    "message is {size} bytes (body {} + attributes {attributes_size}), the queue's max_message_bytes is {limit}",
+                    fields.body.len()
+                ),
+            ));
+        }
+        let fifo = queue.attributes.fifo;
+        let delay =
+            match fields.delay_seconds {
+                Some(_) if fifo => return Err(Error::invalid(
+                    "delay_seconds",
+                    "FIFO queues take no per-message delay; set the queue's delay_seconds instead",
+                )),
+                Some(secs) => validate::delay("delay_seconds", secs)?,
+                None => Duration::from_secs(queue.attributes.delay_seconds.into()),
+            };
+        validate::group_id(fields.group_id)?;
+        if fifo && fields.group_id.is_empty() {
+            return Err(Error::invalid("group_id", "required on FIFO queues"));
+        }
+        validate::deduplication_id(fields.deduplication_id)?;
+        let deduplication_id = if !fields.deduplication_id.is_empty() {
+            fields.deduplication_id.to_owned()
+        } else if fifo && queue.attributes.content_based_deduplication {
+            digest::content_deduplication_id(fields.body)
+        } else if fifo {
+            return Err(Error::invalid(
+                "deduplication_id",
+                "required on a FIFO queue without content_based_deduplication",
+            ));
+        } else {
+            String::new()
+        };
+        Ok(NewMessage {
+            body: fields.body.clone(),
+            attributes: fields
+                .attributes
+                .iter()
+                .map(|(name, v)| {
+                    (
+                        name.clone(),
+                        AttributeValue {
+                            data_type: v.data_type.clone(),
+                            string_value: v.string_value.clone(),
+                            binary_value: v.binary_value.clone(),
+                        },
+                    )
+                })
+                .collect::<BTreeMap<_, _>>(),
+            delay,
+            group_id: fields.group_id.to_owned(),
+            deduplication_id,
+        })
+    }
+
+    pub(crate) async fn send_message(
+        &self,
+        req: pb::SendMessageRequest,
+    ) -> Result<pb::SendMessageResponse> {
+        let queue = self.queue("queue", &req.queue).await?;
+        let message = self.message(
+            &queue,
+            SendFields {
+                body: &req.body,
+                attributes: &req.attributes,
+                delay_seconds: req.delay_seconds,
+                deduplication_id: &req.deduplication_id,
+                group_id: &req.group_id,
+            },
+        )?;
+        let mut sent = self.backend.send(queue.id, vec![message]).await?;
+        let sent = sent
+            .pop()
+            .ok_or_else(|| Error::Internal("engine stored no message".into()))?;
+        metrics::MESSAGES_SENT
+            .with_label_values(&[&queue.name])
+            .inc();
+        Ok(pb::SendMessageResponse {
+            message_id: sent.message_id,
+            md5_of_body: sent.md5_of_body,
+            sequence_number: sent.sequence.to_string(),
+            md5_of_message_attributes: digest::md5_of_attributes(&req.attributes),
+        })
+    }
+
+    pub(crate) async fn send_message_batch(
+        &self,
+        req: pb::SendMessageBatchRequest,
+    ) -> Result<pb::SendMessageBatchResponse> {
+        let queue = self.queue("queue", &req.queue).await?;
+        validate::batch_size("entries", req.entries.len())?;
+        validate::batch_ids("entries.id", req.entries.iter().map(|e| e.id.as_str()))?;
+        let mut failed = Vec::new();
+        let mut accepted = Vec::new();
+        let mut messages = Vec::new();
+        for entry in &req.entries {
+            let fields = SendFields {
+                body: &entry.body,
+                attributes: &entry.attributes,
+                delay_seconds: entry.delay_seconds,
+                deduplication_id: &entry.deduplication_id,
+                group_id: &entry.group_id,
+            };
+            match self.message(&queue, fields) {
+                Ok(message) => {
+                    accepted.push(entry);
+                    messages.push(message);
+                }
+                Err(err) => failed.push(batch_error(entry.id.clone(), &err)),
+            }
+        }
+        let mut successful = Vec::with_capacity(accepted.len());
+        if !messages.is_empty() {
+            match self.backend.send(queue.id, messages).await {
+                Ok(sent) => {
+                    metrics::MESSAGES_SENT
+                        .with_label_values(&[&queue.name])
+                        .inc_by(sent.len() as u64);
+                    for (entry, sent) in accepted.into_iter().zip(sent) {
+                        successful.push(pb::SendMessageBatchResultEntry {
+                            id: entry.id.clone(),
+                            message_id: sent.message_id,
+                            md5_of_body: sent.md5_of_body,
+                            sequence_number: sent.sequence.to_string(),
+                            md5_of_message_attributes: digest::md5_of_attributes(&entry.attributes),
+                        });
+                    }
+                }
+                Err(err) => {
+                    // Nothing of the batch was stored: every entry fails with the same cause.
+                    failed.extend(
+                        accepted
+                            .into_iter()
+                            .map(|e| batch_error(e.id.clone(), &err)),
+                    );
+                }
+            }
+        }
+        Ok(pb::SendMessageBatchResponse { successful, failed })
+    }
+
+    pub(crate) async fn receive_message(
+        &self,
+        req: pb::ReceiveMessageRequest,
+    ) -> Result<pb::ReceiveMessageResponse> {
+        let queue = self.queue("queue", &req.queue).await?;
+        let max = validate::max_messages(req.max_messages)?;
+        let wait = validate::wait_time(
+            "wait_time_seconds",
+            req.wait_time_seconds
+                .unwrap_or(queue.attributes.receive_wait_time_seconds),
+        )?;
+        let visibility = validate::visibility_timeout(
+            "visibility_timeout_seconds",
+            req.visibility_timeout_seconds
+                .unwrap_or(queue.attributes.visibility_timeout_seconds),
+        )?;
+        let received = self
+            .backend
+            .receive(queue.id, max, visibility, wait)
+            .await?;
+        metrics::count_received(&queue.name, received.len());
+        let messages = received.into_iter().map(to_proto_message).collect();
+        Ok(pb::ReceiveMessageResponse { messages })
+    }
+
+    pub(crate) async fn delete_message(
+        &self,
+        req: pb::DeleteMessageRequest,
+    ) -> Result<pb::DeleteMessageResponse> {
+        let queue = self.queue("queue", &req.queue).await?;
+        validate::receipt_handle("receipt_handle", &req.receipt_handle)?;
+        let mut results = self
+            .backend
+            .delete(queue.id, vec![req.receipt_handle])
+            .await?;
+        results
+            .pop()
+            .ok_or_else(|| Error::Internal("engine returned no result".into()))??;
+        metrics::MESSAGES_DELETED
+            .with_label_values(&[&queue.name])
+            .inc();
+        Ok(pb::DeleteMessageResponse {})
+    }
+
+    pub(crate) async fn delete_message_batch(
+        &self,
+        req: pb::DeleteMessageBatchRequest,
+    ) -> Result<pb::DeleteMessageBatchResponse> {
+        let queue = self.queue("queue", &req.queue).await?;
+        validate::batch_size("entries", req.entries.len())?;
+        validate::batch_ids("entries.id", req.entries.iter().map(|e| e.id.as_str()))?;
+        let mut failed = Vec::new();
+        let mut ids = Vec::new();
+        let mut handles = Vec::new();
+        for entry in req.entries {
+            match validate::receipt_handle("receipt_handle", &entry.receipt_handle) {
+                Ok(()) => {
+                    ids.push(entry.id);
+                    handles.push(entry.receipt_handle);
+                }
+                Err(err) => failed.push(batch_error(entry.id, &err)),
+            }
+        }
+        let results = self.backend.delete(queue.id, handles).await?;
+        let successful = split_results(ids, results, &mut failed);
+        metrics::MESSAGES_DELETED
+            .with_label_values(&[&queue.name])
+            .inc_by(successful.len() as u64);
+        Ok(pb::DeleteMessageBatchResponse { successful, failed })
+    }
+
+    pub(crate) async fn change_message_visibility(
+        &self,
+        req: pb::ChangeMessageVisibilityRequest,
+    ) -> Result<pb::ChangeMessageVisibilityResponse> {
+        let queue = self.queue("queue", &req.queue).await?;
+        validate::receipt_handle("receipt_handle", &req.receipt_handle)?;
+        let visibility = validate::visibility_timeout(
+            "visibility_timeout_seconds",
+            req.visibility_timeout_seconds,
+        )?;
+        let mut results = self
+            .backend
+            .change_visibility(queue.id, vec![(req.receipt_handle, visibility)])
+            .await?;
+        results
+            .pop()
+            .ok_or_else(|| Error::Internal("engine returned no result".into()))??;
+        Ok(pb::ChangeMessageVisibilityResponse {})
+    }
+
+    pub(crate) async fn change_message_visibility_batch(
+        &self,
+        req: pb::ChangeMessageVisibilityBatchRequest,
+    ) -> Result<pb::ChangeMessageVisibilityBatchResponse> {
+        let queue = self.queue("queue", &req.queue).await?;
+        validate::batch_size("entries", req.entries.len())?;
+        validate::batch_ids("entries.id", req.entries.iter().map(|e| e.id.as_str()))?;
+        let mut failed = Vec::new();
+        let mut ids = Vec::new();
+        let mut changes = Vec::new();
+        for entry in req.entries {
+            let checked = validate::receipt_handle("receipt_handle", &entry.receipt_handle)
+                .and_then(|()| {
+                    validate::visibility_timeout(
+                        "visibility_timeout_seconds",
+                        entry.visibility_timeout_seconds,
+                    )
+                });
+            match checked {
+                Ok(visibility) => {
+                    ids.push(entry.id);
+                    changes.push((entry.receipt_handle, visibility));
+                }
+                Err(err) => failed.push(batch_error(entry.id, &err)),
+            }
+        }
+        let results = self.backend.change_visibility(queue.id, changes).await?;
+        let successful = split_results(ids, results, &mut failed);
+        Ok(pb::ChangeMessageVisibilityBatchResponse { successful, failed })
+    }
+}
