@@ -124,9 +124,11 @@ impl MetadataClient {
             .lock()
             .is_some_and(|at| at.elapsed() < RING_TTL);
         if !fresh {
-            match self.read_ring().await {
-                Ok(()) => *self.ring_read.lock() = Some(Instant::now()),
-                Err(err) => tracing::debug!(error = %err, "cannot read the metadata ring"),
+            // Tried once per TTL whatever the outcome: while no node answers, requests go on
+            // with the ring as last read (or to the seeds) instead of each waiting for it.
+            *self.ring_read.lock() = Some(Instant::now());
+            if let Err(err) = self.read_ring().await {
+                tracing::debug!(error = %err, "cannot read the metadata ring");
             }
         }
         let (_, url) = self.ring.owner(key)?;
@@ -141,12 +143,15 @@ impl MetadataClient {
         Some(client)
     }
 
+    /// Reads the ring from the next seed node, once.
     async fn read_ring(&self) -> Result<()> {
-        let ring = self
-            .call(pb::MetaGetRingRequest {}, |mut c, r| async move {
-                c.get_ring(r).await
-            })
-            .await?;
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.seeds.len();
+        let ring = once(
+            self.seeds[index].clone(),
+            pb::MetaGetRingRequest {},
+            &|mut c: Client, r| async move { c.get_ring(r).await },
+        )
+        .await?;
         let members = ring.members.into_iter().map(|m| (m.node, m.url)).collect();
         if members != self.ring.members() {
             self.ring.set_members(members);

@@ -17,7 +17,6 @@ use crate::commit::{Cf, Committer, Op, Replicator};
 use crate::error::{Error, Result};
 use crate::keys::{self, dedup_key, message_key, queue_key, seq_floor_key};
 use crate::metrics;
-use crate::moves::RunningTask;
 use crate::queue::{Dedup, MessageMeta, Phase, Queue, Taken};
 use crate::receipt::{Receipt, ReceiptSigner};
 use crate::records::{DedupRecord, MessageRecord, QueueRecord, StateRecord};
@@ -53,6 +52,14 @@ impl EngineOptions {
 #[derive(Clone)]
 pub struct Engine {
     pub(crate) inner: Arc<Inner>,
+}
+
+/// A running move task (`moves.rs`), as the engine tracks it to cancel it.
+pub(crate) struct RunningTask {
+    pub(crate) source: QueueId,
+    pub(crate) cancel: CancellationToken,
+    /// Cancelled by the worker when it has stopped and written its final status.
+    pub(crate) ended: CancellationToken,
 }
 
 pub(crate) struct Inner {

@@ -18,7 +18,7 @@ use rocksdb::{Direction, IteratorMode};
 use tokio_util::sync::CancellationToken;
 
 use crate::commit::{Cf, Op};
-use crate::engine::{meta_of, Engine, Inner};
+use crate::engine::{meta_of, Engine, Inner, RunningTask};
 use crate::error::{Error, Result};
 use crate::keys::{self, message_key, task_key, task_prefix};
 use crate::metrics;
@@ -31,14 +31,6 @@ const TASK_BATCH: u32 = 100;
 
 /// Ended tasks kept per source queue for listing; older ones are forgotten.
 const ENDED_TASKS_KEPT: usize = 10;
-
-/// A running move task, as the engine tracks it to cancel it.
-pub(crate) struct RunningTask {
-    source: QueueId,
-    cancel: CancellationToken,
-    /// Cancelled by the worker when it has stopped and written its final status.
-    ended: CancellationToken,
-}
 
 /// Where the messages of one move go.
 #[derive(Debug, Clone, Copy)]

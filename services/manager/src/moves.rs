@@ -8,12 +8,9 @@
 //! twice, so a leader that dies halfway leaves the move for the next leader to finish. Every
 //! placement write is fenced by the leadership and made against the revision it read.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
-use parking_lot::Mutex;
 use sluice_api::cluster::{self, NodeRecord, Placement, SealedPartition};
 use sluice_api::{Error, QueueBackend, QueueRecord, Result};
 use sluice_client::{BackendClient, BackendClientOptions};
@@ -22,9 +19,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::service::{etcd, ManagerServiceImpl};
 use crate::{metrics, view};
-
-/// Clients of backend nodes by URL, shared by every move.
-pub(crate) type Backends = Arc<Mutex<HashMap<String, BackendClient>>>;
 
 impl ManagerServiceImpl {
     /// The id of queue `name`, from its record in etcd.

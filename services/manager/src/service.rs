@@ -1,8 +1,13 @@
 //! `ManagerService`: placement by the leader, the clusters' state from any manager.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+use parking_lot::Mutex;
 use sluice_api::cluster::{self, Placement};
 use sluice_api::{Error, Result};
+use sluice_client::BackendClient;
 use sluice_common::rpc;
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::manager_service_client::ManagerServiceClient;
@@ -19,8 +24,11 @@ pub struct ManagerServiceImpl {
     pub(crate) root: String,
     pub(crate) leadership: Leadership,
     pub(crate) limits: Limits,
-    pub(crate) backends: crate::moves::Backends,
+    pub(crate) backends: Backends,
 }
+
+/// Clients of backend nodes by URL, shared by every move.
+pub(crate) type Backends = Arc<Mutex<HashMap<String, BackendClient>>>;
 
 pub(crate) fn etcd(err: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!("etcd: {err}"))
