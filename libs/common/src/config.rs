@@ -2,12 +2,16 @@
 //! file, then `SLUICE_*` environment variables, then command-line flags, each overriding the one
 //! before.
 
+use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::grpc::Drain;
 
 /// Loads settings of type `T`. Every top-level field of `defaults` can come from the file
 /// (same name), from `SLUICE_<NAME>` in upper case, or from `flags`: a serializable struct whose
@@ -43,6 +47,79 @@ pub fn load<T: Serialize + DeserializeOwned>(
     figment
         .extract()
         .map_err(|err| anyhow::anyhow!("bad configuration: {err}"))
+}
+
+/// The settings every service has, flattened into each service's own (`FrontendOpts`,
+/// `MetadataOpts`, `NodeOpts`, `ManagerOpts`, `StandaloneOpts`), so they are named, documented
+/// and defaulted in one place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceOpts {
+    /// Where the service's gRPC API listens.
+    pub grpc_addr: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` answer.
+    pub admin_addr: SocketAddr,
+    /// The URL other tiers reach this process at; default: `http://` + the bound gRPC address.
+    #[serde(default)]
+    pub advertise_url: Option<String>,
+    /// Where traces go over OTLP/gRPC; none exports nothing.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// Seconds the service goes on serving after SIGTERM while it reports itself not ready, so
+    /// a load balancer stops sending it requests first; 0 stops accepting at once.
+    #[serde(default)]
+    pub drain_seconds: u64,
+}
+
+impl ServiceOpts {
+    /// Listening on `grpc_addr` and `admin_addr`, with no trace export and no drain period.
+    pub fn on(grpc_addr: impl Into<SocketAddr>, admin_addr: impl Into<SocketAddr>) -> Self {
+        ServiceOpts {
+            grpc_addr: grpc_addr.into(),
+            admin_addr: admin_addr.into(),
+            advertise_url: None,
+            otlp_endpoint: None,
+            drain_seconds: 0,
+        }
+    }
+
+    /// The URL to advertise for a gRPC port bound at `bound`.
+    pub fn advertised(&self, bound: SocketAddr) -> String {
+        self.advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{bound}"))
+    }
+
+    /// How the service stops: the drain period, then `timeout` for in-flight requests.
+    pub fn drain(&self, timeout: Duration) -> Drain {
+        Drain {
+            period: Duration::from_secs(self.drain_seconds),
+            timeout,
+        }
+    }
+}
+
+/// Where a service finds etcd, flattened into the settings of the services that use it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EtcdOpts {
+    /// etcd client URLs.
+    #[serde(default)]
+    pub etcd_endpoints: Vec<String>,
+    /// The root prefix of Sluice's keys in etcd.
+    #[serde(default = "default_etcd_root")]
+    pub etcd_root: String,
+}
+
+fn default_etcd_root() -> String {
+    sluice_api::cluster::DEFAULT_ETCD_ROOT.into()
+}
+
+impl Default for EtcdOpts {
+    fn default() -> Self {
+        EtcdOpts {
+            etcd_endpoints: Vec::new(),
+            etcd_root: default_etcd_root(),
+        }
+    }
 }
 
 /// The flags every distributed service takes. Each is optional; unset ones keep the file's,

@@ -53,7 +53,7 @@ struct Flags {
 
 async fn run(args: ServiceArgs<Flags>) -> anyhow::Result<()> {
     let opts = args.load(&NodeOpts::default())?;
-    let otlp = opts.otlp_endpoint.clone();
+    let otlp = opts.service.otlp_endpoint.clone();
     sluice_common::service::run(
         "sluice-backend",
         args.log_json,
@@ -109,8 +109,8 @@ mod tests {
             let opts = args.args.load(&NodeOpts::default()).unwrap();
             assert_eq!(opts.cluster, "b");
             assert_eq!(opts.node_id, "b2");
-            assert_eq!(opts.grpc_addr, "127.0.0.1:9080".parse().unwrap());
-            assert_eq!(opts.etcd_endpoints, ["http://flag:2379"]);
+            assert_eq!(opts.service.grpc_addr, "127.0.0.1:9080".parse().unwrap());
+            assert_eq!(opts.etcd.etcd_endpoints, ["http://flag:2379"]);
             assert_eq!(opts.data_dir, NodeOpts::default().data_dir);
             Ok(())
         });

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sluice_api::cluster::{self, LoadReport, NodeRecord};
 use sluice_common::admin::{self, Readiness};
+use sluice_common::config::{EtcdOpts, ServiceOpts};
 use sluice_common::grpc::{self, Drain, GrpcServer, MAX_MESSAGE_BYTES};
 use sluice_proto::v1::backend_service_server::BackendServiceServer;
 use sluice_proto::v1::cluster_service_server::ClusterServiceServer;
@@ -28,24 +29,14 @@ const LEASE_TTL_SECONDS: i64 = 5;
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NodeOpts {
     pub data_dir: PathBuf,
-    pub grpc_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
+    #[serde(flatten)]
+    pub service: ServiceOpts,
+    #[serde(flatten)]
+    pub etcd: EtcdOpts,
     /// The cluster this node belongs to, e.g. `a`.
     pub cluster: String,
     /// This node's name within its cluster, e.g. `a1`.
     pub node_id: String,
-    /// etcd client URLs; empty runs the node without registering it anywhere.
-    #[serde(default)]
-    pub etcd_endpoints: Vec<String>,
-    /// The root prefix of Sluice's keys in etcd.
-    #[serde(default = "default_etcd_root")]
-    pub etcd_root: String,
-    /// The URL other tiers reach this node's gRPC port at; default: `http://` + the bound
-    /// address.
-    #[serde(default)]
-    pub advertise_url: Option<String>,
-    #[serde(default)]
-    pub otlp_endpoint: Option<String>,
     #[serde(default = "default_dedup_window")]
     pub dedup_window_seconds: u64,
     /// How often the node writes its load report to etcd, milliseconds.
@@ -62,14 +53,6 @@ pub struct NodeOpts {
     /// `sluice admin cluster add-node`.
     #[serde(default)]
     pub join: bool,
-    /// Seconds the service goes on serving after SIGTERM while it reports itself not ready
-    /// (0: stop accepting at once).
-    #[serde(default = "default_drain_seconds")]
-    pub drain_seconds: u64,
-}
-
-fn default_drain_seconds() -> u64 {
-    0
 }
 
 fn default_load_report_interval() -> u64 {
@@ -80,10 +63,6 @@ fn default_raft_snapshot_logs() -> u64 {
     10_000
 }
 
-fn default_etcd_root() -> String {
-    cluster::DEFAULT_ETCD_ROOT.into()
-}
-
 fn default_dedup_window() -> u64 {
     sluice_storage::DEFAULT_DEDUP_WINDOW.as_secs()
 }
@@ -92,20 +71,15 @@ impl Default for NodeOpts {
     fn default() -> Self {
         NodeOpts {
             data_dir: PathBuf::from("./sluice-backend-data"),
-            grpc_addr: ([127, 0, 0, 1], 7080).into(),
-            admin_addr: ([127, 0, 0, 1], 7081).into(),
+            service: ServiceOpts::on(([127, 0, 0, 1], 7080), ([127, 0, 0, 1], 7081)),
+            etcd: EtcdOpts::default(),
             cluster: "a".into(),
             node_id: "a1".into(),
-            etcd_endpoints: Vec::new(),
-            etcd_root: default_etcd_root(),
-            advertise_url: None,
-            otlp_endpoint: None,
             dedup_window_seconds: default_dedup_window(),
             load_report_interval_ms: default_load_report_interval(),
             raft_snapshot_logs: default_raft_snapshot_logs(),
             peers: Vec::new(),
             join: false,
-            drain_seconds: default_drain_seconds(),
         }
     }
 }
@@ -151,12 +125,17 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
 
     let readiness = Readiness::default();
     let admin_shutdown = CancellationToken::new();
-    let (admin_addr, admin) =
-        admin::serve(opts.admin_addr, readiness.clone(), admin_shutdown.clone()).await?;
+    let (admin_addr, admin) = admin::serve(
+        opts.service.admin_addr,
+        readiness.clone(),
+        admin_shutdown.clone(),
+    )
+    .await?;
 
     // Bound first: the node's URL goes into the cluster's membership.
-    let listener = grpc::bind(opts.grpc_addr).await?;
+    let listener = grpc::bind(opts.service.grpc_addr).await?;
     let url = opts
+        .service
         .advertise_url
         .clone()
         .unwrap_or_else(|| format!("http://{}", listener.local_addr().expect("bound")));
@@ -211,7 +190,7 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
             readiness.set(true);
         });
     }
-    let membership = if opts.etcd_endpoints.is_empty() {
+    let membership = if opts.etcd.etcd_endpoints.is_empty() {
         None
     } else {
         let record = NodeRecord {
@@ -223,10 +202,7 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
     };
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, cluster = %opts.cluster, node = %opts.node_id, "backend node ready");
     Ok(Node {
-        drain: Drain {
-            period: Duration::from_secs(opts.drain_seconds),
-            timeout: DRAIN_TIMEOUT,
-        },
+        drain: opts.service.drain(DRAIN_TIMEOUT),
         grpc_addr,
         admin_addr,
         replica,
@@ -278,12 +254,12 @@ async fn register(
     engine: Engine,
     traffic: Arc<Traffic>,
 ) -> anyhow::Result<Membership> {
-    let mut client = etcd_client::Client::connect(&opts.etcd_endpoints, None)
+    let mut client = etcd_client::Client::connect(&opts.etcd.etcd_endpoints, None)
         .await
-        .with_context(|| format!("cannot connect to etcd at {:?}", opts.etcd_endpoints))?;
+        .with_context(|| format!("cannot connect to etcd at {:?}", opts.etcd.etcd_endpoints))?;
     let keys = Registration {
-        node_key: cluster::node_key(&opts.etcd_root, &record.cluster, &record.node),
-        load_key: cluster::load_key(&opts.etcd_root, &record.cluster, &record.node),
+        node_key: cluster::node_key(&opts.etcd.etcd_root, &record.cluster, &record.node),
+        load_key: cluster::load_key(&opts.etcd.etcd_root, &record.cluster, &record.node),
         record: serde_json::to_vec(record)?,
         report_every: Duration::from_millis(opts.load_report_interval_ms.max(1)),
     };

@@ -110,7 +110,7 @@ impl StandaloneArgs {
 
 async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     let opts = args.options()?;
-    let otlp = opts.otlp_endpoint.clone();
+    let otlp = opts.service.otlp_endpoint.clone();
     sluice_common::service::run(
         "sluice-standalone",
         args.log_json,
@@ -185,9 +185,12 @@ mod tests {
             };
             let opts = args.options().unwrap();
             assert_eq!(opts.data_dir, PathBuf::from("/from/file"));
-            assert_eq!(opts.grpc_addr, "127.0.0.1:9100".parse().unwrap());
-            assert_eq!(opts.admin_addr, "127.0.0.1:9201".parse().unwrap());
-            assert_eq!(opts.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4317"));
+            assert_eq!(opts.service.grpc_addr, "127.0.0.1:9100".parse().unwrap());
+            assert_eq!(opts.service.admin_addr, "127.0.0.1:9201".parse().unwrap());
+            assert_eq!(
+                opts.service.otlp_endpoint.as_deref(),
+                Some("http://127.0.0.1:4317")
+            );
             assert_eq!(opts.dedup_window_seconds, 2);
             Ok(())
         });

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sluice_common::admin::{self, Readiness};
+use sluice_common::config::ServiceOpts;
 use sluice_common::grpc::{Drain, GrpcServer};
 use sluice_frontend::{Catalog, QueueServiceImpl};
 use sluice_metastore::{EmbeddedStore, StoreDirectory};
@@ -20,23 +21,12 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StandaloneOpts {
     pub data_dir: PathBuf,
-    pub grpc_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
-    /// Where traces go over OTLP/gRPC; none exports nothing.
-    #[serde(default)]
-    pub otlp_endpoint: Option<String>,
+    #[serde(flatten)]
+    pub service: ServiceOpts,
     /// How long a deduplication id is remembered, seconds. SQS fixes it at 5 minutes; tests
     /// shorten it to see a send accepted again after the window.
     #[serde(default = "default_dedup_window")]
     pub dedup_window_seconds: u64,
-    /// Seconds the service goes on serving after SIGTERM while it reports itself not ready
-    /// (0: stop accepting at once).
-    #[serde(default = "default_drain_seconds")]
-    pub drain_seconds: u64,
-}
-
-fn default_drain_seconds() -> u64 {
-    0
 }
 
 fn default_dedup_window() -> u64 {
@@ -47,11 +37,8 @@ impl Default for StandaloneOpts {
     fn default() -> Self {
         StandaloneOpts {
             data_dir: PathBuf::from("./sluice-data"),
-            grpc_addr: ([127, 0, 0, 1], 7070).into(),
-            admin_addr: ([127, 0, 0, 1], 7071).into(),
-            otlp_endpoint: None,
+            service: ServiceOpts::on(([127, 0, 0, 1], 7070), ([127, 0, 0, 1], 7071)),
             dedup_window_seconds: default_dedup_window(),
-            drain_seconds: default_drain_seconds(),
         }
     }
 }
@@ -104,16 +91,18 @@ pub async fn start(
     let readiness = Readiness::default();
     // The admin port outlives the gRPC server so /metrics and /readyz answer while it drains.
     let admin_shutdown = CancellationToken::new();
-    let (admin_addr, admin) =
-        admin::serve(opts.admin_addr, readiness.clone(), admin_shutdown.clone()).await?;
-    let grpc = sluice_frontend::serve(opts.grpc_addr, service, CancellationToken::new()).await?;
+    let (admin_addr, admin) = admin::serve(
+        opts.service.admin_addr,
+        readiness.clone(),
+        admin_shutdown.clone(),
+    )
+    .await?;
+    let grpc =
+        sluice_frontend::serve(opts.service.grpc_addr, service, CancellationToken::new()).await?;
     readiness.set(true);
     tracing::info!(grpc = %grpc.local_addr, admin = %admin_addr, data_dir = %opts.data_dir.display(), "sluice standalone ready");
     Ok(Standalone {
-        drain: Drain {
-            period: Duration::from_secs(opts.drain_seconds),
-            timeout: DRAIN_TIMEOUT,
-        },
+        drain: opts.service.drain(DRAIN_TIMEOUT),
         grpc_addr: grpc.local_addr,
         admin_addr,
         engine,

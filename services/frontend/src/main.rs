@@ -54,7 +54,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.config.as_deref(),
         &args.flags,
     )?;
-    let otlp = opts.otlp_endpoint.clone();
+    let otlp = opts.service.otlp_endpoint.clone();
     sluice_common::service::run(
         "sluice-frontend",
         args.log_json,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use sluice_client::MetadataClient;
 use sluice_common::admin::{self, Readiness};
+use sluice_common::config::ServiceOpts;
 use sluice_common::grpc::{Drain, GrpcServer};
 use tokio_util::sync::CancellationToken;
 
@@ -19,12 +20,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FrontendOpts {
-    pub grpc_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
+    #[serde(flatten)]
+    pub service: ServiceOpts,
     /// gRPC URLs of metadata nodes; any of them answers.
     pub metadata_endpoints: Vec<String>,
-    #[serde(default)]
-    pub otlp_endpoint: Option<String>,
     /// How long a queue record is cached: a change made through another frontend is seen here
     /// within this bound.
     #[serde(default = "default_metadata_cache_ttl_ms")]
@@ -32,14 +31,6 @@ pub struct FrontendOpts {
     /// Calls to backends in flight at most.
     #[serde(default = "default_max_backend_calls")]
     pub max_backend_calls: usize,
-    /// Seconds the service goes on serving after SIGTERM while it reports itself not ready
-    /// (so a load balancer takes this frontend out of rotation before it stops accepting).
-    #[serde(default = "default_drain_seconds")]
-    pub drain_seconds: u64,
-}
-
-fn default_drain_seconds() -> u64 {
-    5
 }
 
 fn default_metadata_cache_ttl_ms() -> u64 {
@@ -53,13 +44,13 @@ fn default_max_backend_calls() -> usize {
 impl Default for FrontendOpts {
     fn default() -> Self {
         FrontendOpts {
-            grpc_addr: ([127, 0, 0, 1], 7070).into(),
-            admin_addr: ([127, 0, 0, 1], 7071).into(),
+            service: ServiceOpts {
+                drain_seconds: 5,
+                ..ServiceOpts::on(([127, 0, 0, 1], 7070), ([127, 0, 0, 1], 7071))
+            },
             metadata_endpoints: Vec::new(),
-            otlp_endpoint: None,
             metadata_cache_ttl_ms: default_metadata_cache_ttl_ms(),
             max_backend_calls: default_max_backend_calls(),
-            drain_seconds: default_drain_seconds(),
         }
     }
 }
@@ -90,16 +81,17 @@ pub async fn start(opts: &FrontendOpts, shutdown: CancellationToken) -> anyhow::
 
     let readiness = Readiness::default();
     let admin_shutdown = CancellationToken::new();
-    let (admin_addr, admin) =
-        admin::serve(opts.admin_addr, readiness.clone(), admin_shutdown.clone()).await?;
-    let grpc = crate::serve(opts.grpc_addr, service, CancellationToken::new()).await?;
+    let (admin_addr, admin) = admin::serve(
+        opts.service.admin_addr,
+        readiness.clone(),
+        admin_shutdown.clone(),
+    )
+    .await?;
+    let grpc = crate::serve(opts.service.grpc_addr, service, CancellationToken::new()).await?;
     readiness.set(true);
     tracing::info!(grpc = %grpc.local_addr, admin = %admin_addr, "frontend ready");
     Ok(Frontend {
-        drain: Drain {
-            period: Duration::from_secs(opts.drain_seconds),
-            timeout: DRAIN_TIMEOUT,
-        },
+        drain: opts.service.drain(DRAIN_TIMEOUT),
         grpc_addr: grpc.local_addr,
         admin_addr,
         readiness,

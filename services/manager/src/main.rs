@@ -37,7 +37,7 @@ struct Flags {
 
 async fn run(args: ServiceArgs<Flags>) -> anyhow::Result<()> {
     let opts = args.load(&ManagerOpts::default())?;
-    let otlp = opts.otlp_endpoint.clone();
+    let otlp = opts.service.otlp_endpoint.clone();
     sluice_common::service::run(
         "sluice-manager",
         args.log_json,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sluice_api::cluster;
 use sluice_common::admin::{self, Readiness};
+use sluice_common::config::{EtcdOpts, ServiceOpts};
 use sluice_common::grpc::{self, Drain, GrpcServer};
 use sluice_proto::v1::manager_service_server::ManagerServiceServer;
 use tokio_util::sync::CancellationToken;
@@ -21,17 +22,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ManagerOpts {
-    pub grpc_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
-    /// etcd client URLs; required.
-    pub etcd_endpoints: Vec<String>,
-    #[serde(default = "default_etcd_root")]
-    pub etcd_root: String,
-    /// The URL other tiers reach this manager at [default: http:// + the bound gRPC address].
-    #[serde(default)]
-    pub advertise_url: Option<String>,
-    #[serde(default)]
-    pub otlp_endpoint: Option<String>,
+    #[serde(flatten)]
+    pub service: ServiceOpts,
+    #[serde(flatten)]
+    pub etcd: EtcdOpts,
     /// High-water marks; a cluster past one takes no new queues.
     #[serde(flatten)]
     pub limits: Limits,
@@ -39,36 +33,19 @@ pub struct ManagerOpts {
     /// sealed partitions that consumers have drained.
     #[serde(default = "default_move_interval_ms")]
     pub move_interval_ms: u64,
-    /// Seconds the service goes on serving after SIGTERM while it reports itself not ready
-    /// (0: stop accepting at once).
-    #[serde(default = "default_drain_seconds")]
-    pub drain_seconds: u64,
-}
-
-fn default_drain_seconds() -> u64 {
-    0
 }
 
 fn default_move_interval_ms() -> u64 {
     1000
 }
 
-fn default_etcd_root() -> String {
-    cluster::DEFAULT_ETCD_ROOT.into()
-}
-
 impl Default for ManagerOpts {
     fn default() -> Self {
         ManagerOpts {
-            grpc_addr: ([127, 0, 0, 1], 7090).into(),
-            admin_addr: ([127, 0, 0, 1], 7091).into(),
-            etcd_endpoints: Vec::new(),
-            etcd_root: default_etcd_root(),
-            advertise_url: None,
-            otlp_endpoint: None,
+            service: ServiceOpts::on(([127, 0, 0, 1], 7090), ([127, 0, 0, 1], 7091)),
+            etcd: EtcdOpts::default(),
             limits: Limits::default(),
             move_interval_ms: default_move_interval_ms(),
-            drain_seconds: default_drain_seconds(),
         }
     }
 }
@@ -90,22 +67,26 @@ pub struct Manager {
 /// yet).
 pub async fn start(opts: &ManagerOpts, shutdown: CancellationToken) -> anyhow::Result<Manager> {
     anyhow::ensure!(
-        !opts.etcd_endpoints.is_empty(),
+        !opts.etcd.etcd_endpoints.is_empty(),
         "etcd_endpoints must name at least one etcd"
     );
-    let client = etcd_client::Client::connect(&opts.etcd_endpoints, None)
+    let client = etcd_client::Client::connect(&opts.etcd.etcd_endpoints, None)
         .await
-        .with_context(|| format!("cannot connect to etcd at {:?}", opts.etcd_endpoints))?;
+        .with_context(|| format!("cannot connect to etcd at {:?}", opts.etcd.etcd_endpoints))?;
 
     let readiness = Readiness::default();
     let admin_shutdown = CancellationToken::new();
-    let (admin_addr, admin) =
-        admin::serve(opts.admin_addr, readiness.clone(), admin_shutdown.clone()).await?;
+    let (admin_addr, admin) = admin::serve(
+        opts.service.admin_addr,
+        readiness.clone(),
+        admin_shutdown.clone(),
+    )
+    .await?;
 
     let leadership = Leadership::default();
     let service = ManagerServiceImpl {
         client: client.clone(),
-        root: opts.etcd_root.clone(),
+        root: opts.etcd.etcd_root.clone(),
         leadership: leadership.clone(),
         limits: opts.limits.clone(),
         backends: Default::default(),
@@ -117,20 +98,17 @@ pub async fn start(opts: &ManagerOpts, shutdown: CancellationToken) -> anyhow::R
     ));
     let service = ManagerServiceServer::new(service);
     let grpc = grpc::serve(
-        opts.grpc_addr,
+        opts.service.grpc_addr,
         "sluice.v1.ManagerService",
         Routes::new(service),
         CancellationToken::new(),
     )
     .await?;
     let grpc_addr = grpc.local_addr;
-    let url = opts
-        .advertise_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{grpc_addr}"));
+    let url = opts.service.advertised(grpc_addr);
     let campaign = tokio::spawn(election::run(
         client,
-        cluster::manager_election(&opts.etcd_root),
+        cluster::manager_election(&opts.etcd.etcd_root),
         url,
         leadership,
         shutdown.clone(),
@@ -138,10 +116,7 @@ pub async fn start(opts: &ManagerOpts, shutdown: CancellationToken) -> anyhow::R
     readiness.set(true);
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "manager ready");
     Ok(Manager {
-        drain: Drain {
-            period: Duration::from_secs(opts.drain_seconds),
-            timeout: DRAIN_TIMEOUT,
-        },
+        drain: opts.service.drain(DRAIN_TIMEOUT),
         grpc_addr,
         admin_addr,
         readiness,

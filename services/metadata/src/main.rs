@@ -30,7 +30,7 @@ struct Flags {
 
 async fn run(args: ServiceArgs<Flags>) -> anyhow::Result<()> {
     let opts = args.load(&MetadataOpts::default())?;
-    let otlp = opts.otlp_endpoint.clone();
+    let otlp = opts.service.otlp_endpoint.clone();
     sluice_common::service::run(
         "sluice-metadata",
         args.log_json,

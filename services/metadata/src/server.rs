@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use etcd_client::{Event, EventType, KeyValue};
-use sluice_api::cluster;
 use sluice_client::{ManagerClient, ManagerClientOptions, Ring};
 use sluice_common::admin::{self, Readiness};
+use sluice_common::config::{EtcdOpts, ServiceOpts};
 use sluice_common::grpc::{self, Drain, GrpcServer};
 use sluice_metastore::EtcdStore;
 use sluice_proto::v1::metadata_service_server::MetadataServiceServer;
@@ -28,33 +28,15 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MetadataOpts {
-    pub grpc_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
+    #[serde(flatten)]
+    pub service: ServiceOpts,
+    #[serde(flatten)]
+    pub etcd: EtcdOpts,
     /// This node's name on the ring; unique among metadata nodes.
     pub node_id: String,
-    /// etcd client URLs; required.
-    pub etcd_endpoints: Vec<String>,
-    #[serde(default = "default_etcd_root")]
-    pub etcd_root: String,
-    #[serde(default)]
-    pub advertise_url: Option<String>,
-    #[serde(default)]
-    pub otlp_endpoint: Option<String>,
     /// Queue records each node keeps cached.
     #[serde(default = "default_cache_capacity")]
     pub cache_capacity: u64,
-    /// Seconds the service goes on serving after SIGTERM while it reports itself not ready
-    /// (0: stop accepting at once).
-    #[serde(default = "default_drain_seconds")]
-    pub drain_seconds: u64,
-}
-
-fn default_drain_seconds() -> u64 {
-    0
-}
-
-fn default_etcd_root() -> String {
-    cluster::DEFAULT_ETCD_ROOT.into()
 }
 
 fn default_cache_capacity() -> u64 {
@@ -64,15 +46,10 @@ fn default_cache_capacity() -> u64 {
 impl Default for MetadataOpts {
     fn default() -> Self {
         MetadataOpts {
-            grpc_addr: ([127, 0, 0, 1], 7060).into(),
-            admin_addr: ([127, 0, 0, 1], 7061).into(),
+            service: ServiceOpts::on(([127, 0, 0, 1], 7060), ([127, 0, 0, 1], 7061)),
+            etcd: EtcdOpts::default(),
             node_id: "m1".into(),
-            etcd_endpoints: Vec::new(),
-            etcd_root: default_etcd_root(),
-            advertise_url: None,
-            otlp_endpoint: None,
             cache_capacity: default_cache_capacity(),
-            drain_seconds: default_drain_seconds(),
         }
     }
 }
@@ -155,29 +132,33 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<MetadataNode> {
     anyhow::ensure!(
-        !opts.etcd_endpoints.is_empty(),
+        !opts.etcd.etcd_endpoints.is_empty(),
         "etcd_endpoints must name at least one etcd"
     );
     anyhow::ensure!(!opts.node_id.is_empty(), "node_id must be set");
     metrics::register();
-    let store = EtcdStore::connect(&opts.etcd_endpoints, &opts.etcd_root).await?;
+    let store = EtcdStore::connect(&opts.etcd.etcd_endpoints, &opts.etcd.etcd_root).await?;
     let client = store.client().clone();
     let manager = ManagerClient::connect(
-        &opts.etcd_endpoints,
-        &opts.etcd_root,
+        &opts.etcd.etcd_endpoints,
+        &opts.etcd.etcd_root,
         ManagerClientOptions::default(),
     )
     .await?;
 
     let readiness = Readiness::default();
     let admin_shutdown = CancellationToken::new();
-    let (admin_addr, admin) =
-        admin::serve(opts.admin_addr, readiness.clone(), admin_shutdown.clone()).await?;
+    let (admin_addr, admin) = admin::serve(
+        opts.service.admin_addr,
+        readiness.clone(),
+        admin_shutdown.clone(),
+    )
+    .await?;
 
     let ring = Arc::new(Ring::default());
     let cache = RecordCache::new(
         opts.cache_capacity,
-        &opts.etcd_root,
+        &opts.etcd.etcd_root,
         ring.clone(),
         &opts.node_id,
     );
@@ -190,20 +171,17 @@ pub async fn start(
         peers: Arc::default(),
     };
     let grpc = grpc::serve(
-        opts.grpc_addr,
+        opts.service.grpc_addr,
         "sluice.v1.MetadataService",
         Routes::new(MetadataServiceServer::new(service)),
         CancellationToken::new(),
     )
     .await?;
     let grpc_addr = grpc.local_addr;
-    let url = opts
-        .advertise_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{grpc_addr}"));
+    let url = opts.service.advertised(grpc_addr);
 
     let watches = CancellationToken::new();
-    let members_prefix = member_key(&opts.etcd_root, "");
+    let members_prefix = member_key(&opts.etcd.etcd_root, "");
     let mut background = vec![tokio::spawn(watch::follow(
         client.clone(),
         members_prefix.clone(),
@@ -217,7 +195,7 @@ pub async fn start(
     for prefix in CACHED_PREFIXES {
         background.push(tokio::spawn(watch::follow(
             client.clone(),
-            format!("{}{prefix}", opts.etcd_root),
+            format!("{}{prefix}", opts.etcd.etcd_root),
             cache.clone(),
             watches.clone(),
         )));
@@ -241,7 +219,7 @@ pub async fn start(
     };
     registrar
         .put(
-            member_key(&opts.etcd_root, &opts.node_id),
+            member_key(&opts.etcd.etcd_root, &opts.node_id),
             serde_json::to_vec(&member)?,
             Some(etcd_client::PutOptions::new().with_lease(lease)),
         )
@@ -264,10 +242,7 @@ pub async fn start(
     readiness.set(true);
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, node = %opts.node_id, "metadata node ready");
     Ok(MetadataNode {
-        drain: Drain {
-            period: Duration::from_secs(opts.drain_seconds),
-            timeout: DRAIN_TIMEOUT,
-        },
+        drain: opts.service.drain(DRAIN_TIMEOUT),
         grpc_addr,
         admin_addr,
         readiness,
