@@ -14,6 +14,7 @@
 mod backend;
 pub mod background;
 mod commit;
+mod delivery;
 mod engine;
 mod error;
 mod keys;
@@ -22,6 +23,7 @@ mod moves;
 mod queue;
 mod receipt;
 mod records;
+mod recovery;
 mod replica;
 pub mod wal;
 
