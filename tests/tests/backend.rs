@@ -59,10 +59,7 @@ fn message(body: &str) -> NewMessage {
 fn client_of(node: &ServerProcess) -> BackendClient {
     BackendClient::new(
         &format!("http://{}", node.grpc_addr),
-        BackendClientOptions {
-            retries: 1,
-            ..Default::default()
-        },
+        BackendClientOptions::default(),
     )
     .unwrap()
 }

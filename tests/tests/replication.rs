@@ -8,11 +8,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use sluice_api::IdempotencyKey;
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::backend_service_client::BackendServiceClient;
 use sluice_proto::v1::cluster_service_client::ClusterServiceClient;
 use sluice_tests::{
-    backend_bin, backend_failpoints_bin, free_port_range, sluice_bin, wait_for, ServerProcess,
+    backend_bin, backend_failpoints_bin, free_port_range, queue_counts, sluice_bin, wait_for,
+    EtcdProcess, ServerProcess,
 };
 use tonic::transport::Channel;
 
@@ -30,6 +32,8 @@ struct Trio {
     nodes: Vec<Option<ServerProcess>>,
     /// The `sluice-backend` build every node runs.
     bin: PathBuf,
+    /// Flags every node gets besides its own and `--peers`.
+    extra: Vec<String>,
 }
 
 impl Trio {
@@ -60,12 +64,22 @@ impl Trio {
         bin: PathBuf,
         env: impl Fn(usize) -> Vec<(&'static str, &'static str)>,
     ) -> anyhow::Result<Trio> {
+        Self::start_with(bin, Vec::new(), env).await
+    }
+
+    /// Like [`start_of`](Self::start_of), with `extra` flags for every node.
+    async fn start_with(
+        bin: PathBuf,
+        extra: Vec<String>,
+        env: impl Fn(usize) -> Vec<(&'static str, &'static str)>,
+    ) -> anyhow::Result<Trio> {
         let mut trio = Trio {
             _one: ONE_AT_A_TIME.lock().await,
             dir: tempfile::tempdir()?,
             base: free_port_range(8)?,
             nodes: Vec::new(),
             bin,
+            extra,
         };
         for i in 0..3 {
             let node = trio.launch(i, &env(i))?;
@@ -76,12 +90,14 @@ impl Trio {
 
     fn launch(&self, i: usize, env: &[(&str, &str)]) -> anyhow::Result<ServerProcess> {
         let peers = self.peers();
+        let mut flags = vec!["--peers", peers.as_str()];
+        flags.extend(self.extra.iter().map(String::as_str));
         ServerProcess::start_replica(
             &self.bin,
             &self.dir.path().join(Self::name(i)),
             &Self::name(i),
             self.port(i),
-            &["--peers", &peers],
+            &flags,
             env,
         )
     }
@@ -164,8 +180,10 @@ impl Trio {
         Ok(())
     }
 
-    /// Sends `bodies` as one batch until some node acknowledges it.
+    /// Sends `bodies` as one batch until some node acknowledges it, every attempt with the same
+    /// idempotency key, as a frontend does.
     async fn send(&self, bodies: &[String]) -> anyhow::Result<usize> {
+        let key = bytes::Bytes::copy_from_slice(&IdempotencyKey::random().to_bytes());
         let messages: Vec<pb::NewMessage> = bodies
             .iter()
             .map(|b| pb::NewMessage {
@@ -176,10 +194,12 @@ impl Trio {
         let (_, failures) = self
             .until_ok("Send", |mut c| {
                 let messages = messages.clone();
+                let idempotency_key = key.clone();
                 async move {
                     c.send(pb::SendRequest {
                         queue_id: QUEUE,
                         messages,
+                        idempotency_key,
                     })
                     .await
                 }
@@ -514,7 +534,8 @@ async fn a_follower_behind_the_purged_log_catches_up_from_a_snapshot() -> anyhow
 }
 
 /// Crashes the first leader at `fail_point` on its first send, and checks that the cluster
-/// serves on, that every acknowledged message comes back, and how many came twice.
+/// serves on, that every acknowledged message comes back, and that none comes twice: the send
+/// tried again on the next leader carries the key of the attempt that crashed.
 async fn crash_at(fail_point: &'static str) -> anyhow::Result<()> {
     // The leader's first two proposals (the cluster's receipt key, the queue) pass; the third,
     // the first send, crashes it.
@@ -550,12 +571,89 @@ async fn crash_at(fail_point: &'static str) -> anyhow::Result<()> {
     let second = bodies("second-", 5);
     trio.send(&second).await?;
     let seen = trio.drain().await?;
-    let duplicated: u32 = seen.values().map(|n| n - 1).sum();
-    eprintln!("{fail_point}: received {seen:?}, {duplicated} duplicated");
+    eprintln!("{fail_point}: received {seen:?}");
     for body in first.iter().chain(&second) {
         assert!(seen.contains_key(body), "{body} was acknowledged and lost");
     }
     assert_eq!(seen.len(), 10, "nothing unexpected");
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "stored twice: {twice:?}");
+    Ok(())
+}
+
+/// The same crash under the whole stack: a frontend sends, the cluster's leader dies between
+/// commit and reply, and the frontend tries the send again on the next leader with the key of
+/// the attempt that died, which answers with what was stored: the message is in the queue once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_send_through_a_frontend_whose_leader_died_between_commit_and_reply_is_stored_once(
+) -> anyhow::Result<()> {
+    let etcd = EtcdProcess::start()?;
+    // The leader's first two proposals (the cluster's receipt key, the queue) pass; the third,
+    // the send, crashes it. The next leader's retry stores nothing, and counting proposes
+    // nothing, so no second node crashes.
+    let spec = "backend::after_commit_before_reply=2*off->1*return";
+    let registered = vec![
+        "--etcd".to_owned(),
+        etcd.endpoint.clone(),
+        "--load-report-interval-ms".to_owned(),
+        "200".to_owned(),
+    ];
+    let mut trio = Trio::start_with(backend_failpoints_bin(), registered, |_| {
+        vec![("FAILPOINTS", spec)]
+    })
+    .await?;
+    let leader = trio.leader().await?;
+    let metadata = ServerProcess::start_metadata(&etcd.endpoint, "m1")?;
+    let _manager = ServerProcess::start_manager(&etcd.endpoint, &[])?;
+    let frontend = ServerProcess::start_frontend(&[metadata.endpoint()], 500)?;
+    let mut client = frontend.client().await?;
+    // The manager places the queue once it has seen the cluster's nodes register.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let created = client
+            .create_queue(pb::CreateQueueRequest {
+                name: "q".into(),
+                ..Default::default()
+            })
+            .await;
+        match created {
+            Ok(_) => break,
+            Err(status) if Instant::now() < deadline => {
+                eprintln!("create: {status}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(status) => bail!("the queue was never created: {status}"),
+        }
+    }
+
+    let sent = client
+        .send_message(pb::SendMessageRequest {
+            queue: "q".into(),
+            body: "once".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    // It crashed before answering, so the answer came from another node.
+    let crashed = trio.nodes[leader].as_mut().expect("running");
+    wait_for("the leader to crash", Duration::from_secs(10), || {
+        Ok(crashed.exited()?.is_some())
+    })
+    .await?;
+    let counts = queue_counts(&mut client, "q").await;
+    assert_eq!(counts.visible, 1, "stored once: {counts:?}");
+    let got = client
+        .receive_message(pb::ReceiveMessageRequest {
+            queue: "q".into(),
+            max_messages: 10,
+            wait_time_seconds: Some(5),
+            visibility_timeout_seconds: Some(60),
+        })
+        .await?
+        .into_inner()
+        .messages;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].message_id, sent.message_id, "the first attempt's id");
     Ok(())
 }
 
@@ -580,13 +678,14 @@ async fn the_plain_build_ignores_fail_points() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_crashing_after_its_local_write_loses_no_acknowledged_message(
+async fn a_leader_crashing_after_its_local_write_loses_nothing_and_stores_the_retry_once(
 ) -> anyhow::Result<()> {
     crash_at("backend::after_local_append").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_crashing_after_commit_before_its_reply_loses_nothing() -> anyhow::Result<()> {
+async fn a_send_retried_after_its_leader_died_between_commit_and_reply_is_stored_once(
+) -> anyhow::Result<()> {
     crash_at("backend::after_commit_before_reply").await
 }
 

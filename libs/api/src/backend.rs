@@ -8,7 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::{
-    MoveTask, NewMessage, QueueConfig, QueueCounts, QueueId, ReceivedMessage, Result, SentMessage,
+    IdempotencyKey, MoveTask, NewMessage, QueueConfig, QueueCounts, QueueId, ReceivedMessage,
+    Result, SentMessage,
 };
 
 #[async_trait]
@@ -20,6 +21,15 @@ pub trait QueueBackend: Send + Sync + 'static {
     async fn counts(&self, id: QueueId) -> Result<QueueCounts>;
     /// Stores all the messages durably or none.
     async fn send(&self, id: QueueId, messages: Vec<NewMessage>) -> Result<Vec<SentMessage>>;
+    /// Like [`send`](Self::send), and safe to call again with the same `key` and messages when
+    /// the outcome was not heard: within the backend's idempotency window a send whose key was
+    /// stored stores nothing and gets the first send's message ids and sequences back.
+    async fn send_idempotent(
+        &self,
+        id: QueueId,
+        key: IdempotencyKey,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<SentMessage>>;
     async fn receive(
         &self,
         id: QueueId,

@@ -8,6 +8,7 @@ mod backend;
 pub mod cluster;
 mod directory;
 pub mod error;
+mod idempotency;
 pub mod limits;
 mod message;
 mod queue;
@@ -16,6 +17,7 @@ pub mod wire;
 pub use backend::QueueBackend;
 pub use directory::QueueDirectory;
 pub use error::{Error, Result};
+pub use idempotency::IdempotencyKey;
 pub use message::{
     md5_of_body, AttributeValue, DeadLetter, MoveTask, MoveTaskStatus, NewMessage, QueueConfig,
     QueueCounts, QueueId, ReceivedMessage, Replication, SentMessage,

@@ -1,17 +1,22 @@
-//! The client of a backend node's `BackendService`, the one place that owns its timeouts,
-//! retries and error mapping, and follows its cluster's leader as the nodes name it. It implements `QueueBackend`, so a frontend talks to a backend node over the network
-//! exactly as standalone talks to the engine in its own process.
+//! The client of a backend node's `BackendService`, the one place that owns its timeouts and
+//! error mapping, and follows its cluster's leader as the nodes name it. It implements
+//! `QueueBackend`, so a frontend talks to a backend node over the network exactly as standalone
+//! talks to the engine in its own process.
+//!
+//! Each call is one attempt. Trying again belongs to the caller that knows where else to go:
+//! the frontend's router tries the cluster's other nodes until a leader answers (sends with an
+//! idempotency key, so a retry never stores a message twice), the manager resumes an unfinished
+//! move on its next pass. Retrying here as well would multiply the attempts and the wait.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::{ExponentialBuilder, Retryable};
 use sluice_api::wire::{self, LEADER_HEADER};
 use sluice_api::{
-    Error, MoveTask, NewMessage, QueueBackend, QueueConfig, QueueCounts, QueueId, ReceivedMessage,
-    Result, SentMessage,
+    Error, IdempotencyKey, MoveTask, NewMessage, QueueBackend, QueueConfig, QueueCounts, QueueId,
+    ReceivedMessage, Result, SentMessage,
 };
 use sluice_common::grpc::MAX_MESSAGE_BYTES;
 use sluice_proto::v1 as pb;
@@ -25,11 +30,6 @@ pub struct BackendClientOptions {
     pub connect_timeout: Duration,
     /// Longest wait for an answer; a long poll gets its wait time on top.
     pub request_timeout: Duration,
-    /// Attempts after the first for a call that failed with UNAVAILABLE.
-    pub retries: usize,
-    /// First and longest pause between attempts; each pause is jittered.
-    pub min_backoff: Duration,
-    pub max_backoff: Duration,
 }
 
 impl Default for BackendClientOptions {
@@ -37,9 +37,6 @@ impl Default for BackendClientOptions {
         BackendClientOptions {
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(10),
-            retries: 3,
-            min_backoff: Duration::from_millis(20),
-            max_backoff: Duration::from_secs(1),
         }
     }
 }
@@ -114,9 +111,11 @@ impl BackendClient {
             first_sequence,
         };
         let timeout = self.options.request_timeout;
-        self.call(request, timeout, true, |mut c, r| async move {
-            c.put_queue(r).await
-        })
+        self.call(
+            request,
+            timeout,
+            |mut c, r| async move { c.put_queue(r).await },
+        )
         .await?;
         Ok(())
     }
@@ -127,9 +126,11 @@ impl BackendClient {
         let request = pb::SealQueueRequest { queue_id: id };
         let timeout = self.options.request_timeout;
         let sealed = self
-            .call(request, timeout, true, |mut c, r| async move {
-                c.seal_queue(r).await
-            })
+            .call(
+                request,
+                timeout,
+                |mut c, r| async move { c.seal_queue(r).await },
+            )
             .await?;
         Ok((
             wire::config_from_pb(sealed.config.unwrap_or_default()),
@@ -137,65 +138,59 @@ impl BackendClient {
         ))
     }
 
-    fn backoff(&self) -> ExponentialBuilder {
-        channel::backoff(self.options.min_backoff, self.options.max_backoff)
-            .with_max_times(self.options.retries)
-    }
-
-    /// Calls `rpc` with `request` under `timeout`, retrying UNAVAILABLE with jittered
-    /// exponential backoff when `retry` allows. The trace context goes along in the metadata.
-    async fn call<Req, Resp, F, Fut>(
-        &self,
-        request: Req,
-        timeout: Duration,
-        retry: bool,
-        rpc: F,
-    ) -> Result<Resp>
+    /// Calls `rpc` with `request` under `timeout`, once. Remembers the leader a follower names
+    /// in its answer, and forgets this node as the leader when it cannot be reached. The trace
+    /// context goes along in the metadata.
+    async fn call<Req, Resp, F, Fut>(&self, request: Req, timeout: Duration, rpc: F) -> Result<Resp>
     where
-        Req: Clone,
-        F: Fn(BackendServiceClient<Channel>, tonic::Request<Req>) -> Fut,
+        F: FnOnce(BackendServiceClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
-        let attempt = || {
-            let call = rpc(
-                self.client.clone(),
-                channel::request(request.clone(), timeout),
-            );
-            async move {
-                let result = call
-                    .await
-                    .map(|response| {
-                        let leader = response
-                            .metadata()
-                            .get(LEADER_HEADER)
-                            .and_then(|v| v.to_str().ok());
-                        if let Some(leader) = leader {
-                            *self.leader.lock() = Some(leader.to_owned());
-                        }
-                        response.into_inner()
-                    })
-                    .map_err(|status| channel::from_status("backend", status));
-                if matches!(result, Err(Error::Unavailable(_))) {
-                    let mut leader = self.leader.lock();
-                    if leader.as_deref() == Some(self.url.as_str()) {
-                        leader.take();
-                    }
-                }
-                result
-            }
-        };
-        let backoff = if retry {
-            self.backoff()
-        } else {
-            self.backoff().with_max_times(0)
-        };
-        attempt
-            .retry(backoff)
-            .when(|err| matches!(err, Error::Unavailable(_)))
-            .notify(
-                |err, pause| tracing::debug!(error = %err, ?pause, "backend call failed, retrying"),
-            )
+        let result = rpc(self.client.clone(), channel::request(request, timeout))
             .await
+            .map(|response| {
+                let leader = response
+                    .metadata()
+                    .get(LEADER_HEADER)
+                    .and_then(|v| v.to_str().ok());
+                if let Some(leader) = leader {
+                    *self.leader.lock() = Some(leader.to_owned());
+                }
+                response.into_inner()
+            })
+            .map_err(|status| channel::from_status("backend", status));
+        if matches!(result, Err(Error::Unavailable(_))) {
+            let mut leader = self.leader.lock();
+            if leader.as_deref() == Some(self.url.as_str()) {
+                leader.take();
+            }
+        }
+        result
+    }
+
+    async fn send_with(
+        &self,
+        id: QueueId,
+        key: Option<IdempotencyKey>,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<SentMessage>> {
+        let request = pb::SendRequest {
+            queue_id: id,
+            messages: messages.into_iter().map(wire::new_message_to_pb).collect(),
+            idempotency_key: key
+                .map(|k| k.to_bytes().to_vec())
+                .unwrap_or_default()
+                .into(),
+        };
+        let timeout = self.options.request_timeout;
+        let response = self
+            .call(request, timeout, |mut c, r| async move { c.send(r).await })
+            .await?;
+        Ok(response
+            .messages
+            .into_iter()
+            .map(wire::sent_from_pb)
+            .collect())
     }
 }
 
@@ -216,9 +211,11 @@ impl QueueBackend for BackendClient {
     async fn delete_queue(&self, id: QueueId) -> Result<()> {
         let request = pb::DropQueueRequest { queue_id: id };
         let timeout = self.options.request_timeout;
-        self.call(request, timeout, true, |mut c, r| async move {
-            c.drop_queue(r).await
-        })
+        self.call(
+            request,
+            timeout,
+            |mut c, r| async move { c.drop_queue(r).await },
+        )
         .await?;
         Ok(())
     }
@@ -227,9 +224,7 @@ impl QueueBackend for BackendClient {
         let request = pb::PurgeRequest { queue_id: id };
         let timeout = self.options.request_timeout;
         let response = self
-            .call(request, timeout, true, |mut c, r| async move {
-                c.purge(r).await
-            })
+            .call(request, timeout, |mut c, r| async move { c.purge(r).await })
             .await?;
         Ok(response.purged)
     }
@@ -238,32 +233,26 @@ impl QueueBackend for BackendClient {
         let request = pb::CountsRequest { queue_id: id };
         let timeout = self.options.request_timeout;
         let counts = self
-            .call(request, timeout, true, |mut c, r| async move {
-                c.counts(r).await
-            })
+            .call(
+                request,
+                timeout,
+                |mut c, r| async move { c.counts(r).await },
+            )
             .await?;
         Ok(wire::counts_from_pb(counts))
     }
 
     async fn send(&self, id: QueueId, messages: Vec<NewMessage>) -> Result<Vec<SentMessage>> {
-        // A send whose answer was lost may have been stored; trying again is safe only when
-        // deduplication makes the second attempt a no-op.
-        let retry = messages.iter().all(|m| !m.deduplication_id.is_empty());
-        let request = pb::SendRequest {
-            queue_id: id,
-            messages: messages.into_iter().map(wire::new_message_to_pb).collect(),
-        };
-        let timeout = self.options.request_timeout;
-        let response = self
-            .call(request, timeout, retry, |mut c, r| async move {
-                c.send(r).await
-            })
-            .await?;
-        Ok(response
-            .messages
-            .into_iter()
-            .map(wire::sent_from_pb)
-            .collect())
+        self.send_with(id, None, messages).await
+    }
+
+    async fn send_idempotent(
+        &self,
+        id: QueueId,
+        key: IdempotencyKey,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<SentMessage>> {
+        self.send_with(id, Some(key), messages).await
     }
 
     async fn receive(
@@ -279,13 +268,13 @@ impl QueueBackend for BackendClient {
             visibility_ms: visibility.as_millis() as u64,
             wait_ms: wait.as_millis() as u64,
         };
-        // Retrying a receive whose answer was lost only leaves those messages in flight until
-        // their visibility timeout: at-least-once delivery allows it.
         let timeout = self.options.request_timeout + wait;
         let response = self
-            .call(request, timeout, true, |mut c, r| async move {
-                c.receive(r).await
-            })
+            .call(
+                request,
+                timeout,
+                |mut c, r| async move { c.receive(r).await },
+            )
             .await?;
         Ok(response
             .messages
@@ -301,9 +290,11 @@ impl QueueBackend for BackendClient {
         };
         let timeout = self.options.request_timeout;
         let results = self
-            .call(request, timeout, true, |mut c, r| async move {
-                c.delete(r).await
-            })
+            .call(
+                request,
+                timeout,
+                |mut c, r| async move { c.delete(r).await },
+            )
             .await?;
         Ok(entries(results))
     }
@@ -325,7 +316,7 @@ impl QueueBackend for BackendClient {
         };
         let timeout = self.options.request_timeout;
         let results = self
-            .call(request, timeout, true, |mut c, r| async move {
+            .call(request, timeout, |mut c, r| async move {
                 c.change_visibility(r).await
             })
             .await?;
@@ -343,10 +334,9 @@ impl QueueBackend for BackendClient {
             destination_queue_id: destination.unwrap_or(0),
             max_messages_per_second: max_per_second.map(NonZeroU32::get),
         };
-        // Not retried: a second start would meet the first task and fail with a conflict.
         let timeout = self.options.request_timeout;
         let response = self
-            .call(request, timeout, false, |mut c, r| async move {
+            .call(request, timeout, |mut c, r| async move {
                 c.start_move_task(r).await
             })
             .await?;
@@ -359,7 +349,7 @@ impl QueueBackend for BackendClient {
         };
         let timeout = self.options.request_timeout;
         let response = self
-            .call(request, timeout, true, |mut c, r| async move {
+            .call(request, timeout, |mut c, r| async move {
                 c.list_move_tasks(r).await
             })
             .await?;
@@ -373,7 +363,7 @@ impl QueueBackend for BackendClient {
         };
         let timeout = self.options.request_timeout;
         let task = self
-            .call(request, timeout, true, |mut c, r| async move {
+            .call(request, timeout, |mut c, r| async move {
                 c.cancel_move_task(r).await
             })
             .await?;

@@ -1,5 +1,7 @@
-//! One client per internal Sluice service, over one channel builder and one retry policy: a
-//! tier that calls another links this crate, never the other tier's own crate.
+//! One client per internal Sluice service, over one channel builder: a tier that calls another
+//! links this crate, never the other tier's own crate. Retries (one `backon` policy each) sit
+//! at one level per call path: in the metadata and manager clients, which know the other
+//! nodes to try; for backends in the caller that routes to a cluster's nodes.
 //!
 //! - [`BackendClient`]: a backend node's `BackendService`, following its cluster's leader.
 //! - [`MetadataClient`]: the metadata tier; any node answers.

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sluice_api::{
-    Error, MoveTask, NewMessage, QueueBackend, QueueConfig, QueueCounts, QueueId, ReceivedMessage,
-    Result, SentMessage,
+    Error, IdempotencyKey, MoveTask, NewMessage, QueueBackend, QueueConfig, QueueCounts, QueueId,
+    ReceivedMessage, Result, SentMessage,
 };
 
 use crate::Engine;
@@ -40,6 +40,15 @@ impl QueueBackend for Engine {
 
     async fn send(&self, id: QueueId, messages: Vec<NewMessage>) -> Result<Vec<SentMessage>> {
         Ok(Engine::send(self, id, messages).await?)
+    }
+
+    async fn send_idempotent(
+        &self,
+        id: QueueId,
+        key: IdempotencyKey,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<SentMessage>> {
+        Ok(Engine::send_idempotent(self, id, key, messages).await?)
     }
 
     async fn receive(

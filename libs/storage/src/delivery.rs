@@ -9,12 +9,15 @@ use prost::Message as _;
 use crate::commit::{Cf, Op};
 use crate::engine::{meta_of, seq_floor_op, state_of, Engine};
 use crate::error::{Error, Result};
-use crate::keys::{self, dedup_key, message_key};
+use crate::keys::{self, dedup_key, message_key, send_key};
 use crate::metrics;
-use crate::queue::{Dedup, MessageMeta, Phase, Queue, Taken};
+use crate::queue::{MessageMeta, Phase, Queue, QueueState, Taken};
 use crate::receipt::Receipt;
-use crate::records::{DedupRecord, MessageRecord, StateRecord};
-use crate::{now_ms, NewMessage, QueueId, ReceivedMessage, Replication, SentMessage};
+use crate::records::{DedupRecord, MessageRecord, SendOnceRecord, StateRecord};
+use crate::window::{Dedup, SendOnce};
+use crate::{
+    now_ms, IdempotencyKey, NewMessage, QueueId, ReceivedMessage, Replication, SentMessage,
+};
 
 impl Engine {
     /// Stores the messages durably (fsync'd) and returns once they are; then they become
@@ -22,15 +25,40 @@ impl Engine {
     /// seen within the window stores nothing and gets the first send's answer, once that send is
     /// durable.
     pub async fn send(&self, id: QueueId, messages: Vec<NewMessage>) -> Result<Vec<SentMessage>> {
+        self.send_with(id, None, messages).await
+    }
+
+    /// Like [`send`](Self::send), remembering `key` with the messages for the idempotency
+    /// window: a send with the same key in that window, on this node or on whichever leads the
+    /// cluster after it, stores nothing and gets the first send's answer (every message marked
+    /// a duplicate) once that send is durable.
+    pub async fn send_idempotent(
+        &self,
+        id: QueueId,
+        key: IdempotencyKey,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<SentMessage>> {
+        self.send_with(id, Some(key), messages).await
+    }
+
+    async fn send_with(
+        &self,
+        id: QueueId,
+        key: Option<IdempotencyKey>,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<SentMessage>> {
         let queue = self.queue(id)?;
         let now = now_ms();
-        let dedup_expires = now + self.inner.dedup_window.as_millis() as u64;
         // Encoded and digested before taking the queue's lock: reading the body is the
         // expensive part. The digest is stored, so no receive has to compute it again.
-        let prepared: Vec<(String, Vec<u8>, NewMessage, String)> = messages
+        let prepared: Vec<Prepared> = messages
             .into_iter()
-            .map(|mut message| {
-                let message_id = uuid::Uuid::new_v4().to_string();
+            .enumerate()
+            .map(|(index, mut message)| {
+                let message_id = match key {
+                    Some(key) => key.message_id(index),
+                    None => uuid::Uuid::new_v4().to_string(),
+                };
                 let md5 = crate::md5_of_body(&message.body);
                 let record = MessageRecord {
                     message_id: message_id.clone(),
@@ -41,92 +69,40 @@ impl Engine {
                     source_queue_name: String::new(),
                     md5_of_body: md5.clone(),
                 };
-                (message_id, record.encode_to_vec(), message, md5)
+                Prepared {
+                    message_id,
+                    encoded: record.encode_to_vec(),
+                    message,
+                    md5_of_body: md5,
+                }
             })
             .collect();
 
-        let mut sent = Vec::with_capacity(prepared.len());
-        let mut metas = Vec::with_capacity(prepared.len());
-        let mut remembered = Vec::new();
         let asynchronous;
-        let pending = {
+        let (sent, write) = {
             let mut state = queue.state.lock();
-            asynchronous = self.inner.replicated && state.config.replication == Replication::Async;
             if state.deleted {
                 return Err(Error::QueueNotFound(id));
             }
             if state.sealed {
                 return Err(Error::Sealed(id));
             }
-            let mut ops = Vec::with_capacity(prepared.len() * 2);
-            for (message_id, encoded, message, md5_of_body) in prepared {
-                if !message.deduplication_id.is_empty() {
-                    if let Some(first) = state.dedup_lookup(&message.deduplication_id, now) {
-                        sent.push(SentMessage {
-                            message_id: first.message_id.clone(),
-                            sequence: first.seq,
-                            duplicate: true,
-                            md5_of_body,
-                        });
-                        continue;
-                    }
-                }
-                let seq = state.next_seq;
-                state.next_seq += 1;
-                let group = state.group(&message.group_id);
-                if let Some(group) = &group {
-                    // Claims the message's place in its group now, so a later send of the group
-                    // that commits first cannot overtake it.
-                    state.reserve(seq, group);
-                }
-                let record = StateRecord {
-                    sent_ms: now,
-                    visible_at_ms: now + message.delay.as_millis() as u64,
-                    receive_count: 0,
-                    first_receive_ms: 0,
-                    group_id: if group.is_some() {
-                        message.group_id
-                    } else {
-                        String::new()
-                    },
-                };
-                let key = message_key(id, seq).to_vec();
-                ops.push(Op::Put(Cf::Messages, key.clone(), encoded));
-                ops.push(Op::Put(Cf::State, key, record.encode_to_vec()));
-                if !message.deduplication_id.is_empty() {
-                    let dedup = DedupRecord {
-                        message_id: message_id.clone(),
-                        sequence: seq,
-                        expires_ms: dedup_expires,
-                    };
-                    ops.push(Op::Put(
-                        Cf::Dedup,
-                        dedup_key(id, &message.deduplication_id),
-                        dedup.encode_to_vec(),
-                    ));
-                    state.dedup_insert(
-                        message.deduplication_id.clone(),
-                        Dedup {
-                            message_id: message_id.clone(),
-                            seq,
-                            expires_ms: dedup_expires,
-                        },
-                    );
-                    remembered.push((message.deduplication_id, seq));
-                }
-                metas.push((seq, meta_of(&record, group)));
-                sent.push(SentMessage {
-                    message_id,
-                    sequence: seq,
-                    duplicate: false,
-                    md5_of_body,
-                });
-            }
+            asynchronous = self.inner.replicated && state.config.replication == Replication::Async;
+            let stored = key.and_then(|key| state.sends.get(&key, now).map(|s| (key, *s)));
+            let (sent, write) = match stored {
+                Some((key, first)) => (
+                    replay(&state, key, first, &prepared, now)?,
+                    Write::default(),
+                ),
+                None => self.stage(id, &mut state, key, prepared, now),
+            };
             // Submitted under the lock, so a duplicate sent after this is acknowledged only once
             // this write is done. Only duplicates: an empty write that waits for the originals.
-            let sync = !ops.is_empty();
-            self.inner.committer.submit(ops, sync)
+            let sync = !write.ops.is_empty();
+            let pending = self.inner.committer.submit(write.ops, sync);
+            (sent, (pending, write.undo))
         };
+        let (pending, undo) = write;
         let duplicates = sent.iter().filter(|s| s.duplicate).count();
         if duplicates > 0 {
             metrics::DUPLICATE_SENDS.inc_by(duplicates as u64);
@@ -138,7 +114,7 @@ impl Engine {
                 Ok(applied) => {
                     tokio::spawn(async move {
                         let result = applied.wait().await;
-                        if let Err(err) = finish_send(&queue, id, result, metas, remembered) {
+                        if let Err(err) = finish_send(&queue, id, result, undo) {
                             tracing::warn!(error = %err, queue_id = id, "an acknowledged asynchronous send was not replicated");
                         }
                     });
@@ -149,8 +125,123 @@ impl Engine {
             Ok(pending) => pending.wait().await,
             Err(err) => Err(err),
         };
-        finish_send(&queue, id, result, metas, remembered)?;
+        finish_send(&queue, id, result, undo)?;
         Ok(sent)
+    }
+
+    /// Takes sequences for the messages and stages their write, remembering their
+    /// deduplication ids and `key` (under the queue's lock, which the caller holds).
+    fn stage(
+        &self,
+        id: QueueId,
+        state: &mut QueueState,
+        key: Option<IdempotencyKey>,
+        prepared: Vec<Prepared>,
+        now: u64,
+    ) -> (Vec<SentMessage>, Write) {
+        let dedup_expires = now + self.inner.dedup_window.as_millis() as u64;
+        let first_seq = state.next_seq;
+        let mut sent = Vec::with_capacity(prepared.len());
+        let mut write = Write::default();
+        for Prepared {
+            message_id,
+            encoded,
+            message,
+            md5_of_body,
+        } in prepared
+        {
+            if !message.deduplication_id.is_empty() {
+                if let Some(first) = state.dedup.get(&message.deduplication_id, now) {
+                    sent.push(SentMessage {
+                        message_id: first.message_id.clone(),
+                        sequence: first.seq,
+                        duplicate: true,
+                        md5_of_body,
+                    });
+                    continue;
+                }
+            }
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            let group = state.group(&message.group_id);
+            if let Some(group) = &group {
+                // Claims the message's place in its group now, so a later send of the group
+                // that commits first cannot overtake it.
+                state.reserve(seq, group);
+            }
+            let record = StateRecord {
+                sent_ms: now,
+                visible_at_ms: now + message.delay.as_millis() as u64,
+                receive_count: 0,
+                first_receive_ms: 0,
+                group_id: if group.is_some() {
+                    message.group_id
+                } else {
+                    String::new()
+                },
+            };
+            let message_key = message_key(id, seq).to_vec();
+            write
+                .ops
+                .push(Op::Put(Cf::Messages, message_key.clone(), encoded));
+            write
+                .ops
+                .push(Op::Put(Cf::State, message_key, record.encode_to_vec()));
+            if !message.deduplication_id.is_empty() {
+                let dedup = DedupRecord {
+                    message_id: message_id.clone(),
+                    sequence: seq,
+                    expires_ms: dedup_expires,
+                };
+                write.ops.push(Op::Put(
+                    Cf::Dedup,
+                    dedup_key(id, &message.deduplication_id),
+                    dedup.encode_to_vec(),
+                ));
+                state.dedup.insert(
+                    message.deduplication_id.clone(),
+                    Dedup {
+                        message_id: message_id.clone(),
+                        seq,
+                        expires_ms: dedup_expires,
+                    },
+                );
+                write.undo.dedup.push((message.deduplication_id, seq));
+            }
+            write.undo.metas.push((seq, meta_of(&record, group)));
+            sent.push(SentMessage {
+                message_id,
+                sequence: seq,
+                duplicate: false,
+                md5_of_body,
+            });
+        }
+        let count = state.next_seq - first_seq;
+        if let (Some(key), true) = (key, count > 0) {
+            // A send that stored nothing needs no key: sent again, its deduplication ids give
+            // the same answer.
+            let expires_ms = now + self.inner.idempotency_window.as_millis() as u64;
+            let record = SendOnceRecord {
+                first_sequence: first_seq,
+                count,
+                expires_ms,
+            };
+            write.ops.push(Op::Put(
+                Cf::Dedup,
+                send_key(id, key),
+                record.encode_to_vec(),
+            ));
+            state.sends.insert(
+                key,
+                SendOnce {
+                    first_seq,
+                    count,
+                    expires_ms,
+                },
+            );
+            write.undo.send = Some((key, first_seq));
+        }
+        (sent, write)
     }
 
     /// Receives up to `max` messages and hides them for `visibility`. With a non-zero `wait`,
@@ -416,23 +507,82 @@ impl Engine {
     }
 }
 
-/// Makes sent messages receivable once their write is applied, or forgets what the send
-/// reserved if it failed.
-fn finish_send(
-    queue: &Queue,
-    id: QueueId,
-    result: Result<()>,
+/// A message encoded and digested, waiting for the queue's lock.
+struct Prepared {
+    message_id: String,
+    encoded: Vec<u8>,
+    message: NewMessage,
+    md5_of_body: String,
+}
+
+/// What a send writes, and what it took that a failed write gives back.
+#[derive(Default)]
+struct Write {
+    ops: Vec<Op>,
+    undo: Undo,
+}
+
+#[derive(Default)]
+struct Undo {
+    /// The messages' sequences and index entries, inserted once the write is applied.
     metas: Vec<(u64, MessageMeta)>,
-    remembered: Vec<(String, u64)>,
-) -> Result<()> {
+    dedup: Vec<(String, u64)>,
+    send: Option<(IdempotencyKey, u64)>,
+}
+
+/// The answer to a send whose idempotency key `first` remembers: the messages it stored take
+/// its sequences in order, with the ids derived from the key; a message whose deduplication id
+/// named an earlier send gets that send's answer, as it did the first time. A send that does
+/// not fit what the key stored is not a retry of it.
+fn replay(
+    state: &QueueState,
+    key: IdempotencyKey,
+    first: SendOnce,
+    prepared: &[Prepared],
+    now: u64,
+) -> Result<Vec<SentMessage>> {
+    let stored = first.first_seq..first.first_seq + first.count;
+    let mut next = first.first_seq;
+    let mut sent = Vec::with_capacity(prepared.len());
+    for (index, message) in prepared.iter().enumerate() {
+        let earlier = Some(message.message.deduplication_id.as_str())
+            .filter(|d| !d.is_empty())
+            .and_then(|d| state.dedup.get(d, now))
+            .filter(|d| !stored.contains(&d.seq));
+        let (message_id, sequence) = match earlier {
+            Some(earlier) => (earlier.message_id.clone(), earlier.seq),
+            None => {
+                next += 1;
+                (key.message_id(index), next - 1)
+            }
+        };
+        sent.push(SentMessage {
+            message_id,
+            sequence,
+            duplicate: true,
+            md5_of_body: message.md5_of_body.clone(),
+        });
+    }
+    if next != stored.end {
+        return Err(Error::IdempotencyKeyReused);
+    }
+    Ok(sent)
+}
+
+/// Makes sent messages receivable once their write is applied, or gives back what the send
+/// took if it failed.
+fn finish_send(queue: &Queue, id: QueueId, result: Result<()>, undo: Undo) -> Result<()> {
     let mut any_visible = false;
     {
         let mut state = queue.state.lock();
         if let Err(err) = result {
-            for (dedup_id, seq) in &remembered {
-                state.dedup_forget(dedup_id, *seq);
+            for (dedup_id, seq) in &undo.dedup {
+                state.dedup.forget(dedup_id.as_str(), *seq);
             }
-            for (seq, meta) in &metas {
+            if let Some((key, seq)) = undo.send {
+                state.sends.forget(&key, seq);
+            }
+            for (seq, meta) in &undo.metas {
                 if let Some(group) = &meta.group {
                     state.unreserve(*seq, group);
                 }
@@ -443,7 +593,7 @@ fn finish_send(
             return Err(Error::QueueNotFound(id));
         }
         let now = now_ms();
-        for (seq, meta) in metas {
+        for (seq, meta) in undo.metas {
             any_visible |= meta.visible_at_ms <= now;
             state.insert(seq, meta, now);
         }

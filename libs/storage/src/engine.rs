@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::commit::{Cf, Committer, Op, Replicator};
 use crate::error::{Error, Result};
-use crate::keys::{self, dedup_key, message_key, queue_key, seq_floor_key};
+use crate::keys::{self, dedup_key, message_key, queue_key, send_key, seq_floor_key};
 use crate::metrics;
 use crate::queue::{MessageMeta, Phase, Queue};
 use crate::receipt::ReceiptSigner;
@@ -31,11 +31,18 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a deduplication id is remembered by default, as in SQS.
 pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(5 * 60);
 
+/// How long a send's idempotency key is remembered by default: well past the longest a
+/// frontend keeps retrying a send (a leader election, then a request timeout).
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     pub path: PathBuf,
     /// How long a send's deduplication id is remembered.
     pub dedup_window: Duration,
+    /// How long a send's idempotency key is remembered; no longer than `dedup_window`, since a
+    /// retry's answer is partly read from the deduplication ids its send carried.
+    pub idempotency_window: Duration,
 }
 
 impl EngineOptions {
@@ -43,6 +50,7 @@ impl EngineOptions {
         EngineOptions {
             path: path.into(),
             dedup_window: DEFAULT_DEDUP_WINDOW,
+            idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
         }
     }
 }
@@ -76,6 +84,7 @@ pub(crate) struct Inner {
     pub(crate) serving: parking_lot::Mutex<CancellationToken>,
     pub(crate) sweeper: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub(crate) dedup_window: Duration,
+    pub(crate) idempotency_window: Duration,
     /// Running message move tasks by id: their source queue and how to cancel them.
     pub(crate) tasks: parking_lot::Mutex<HashMap<String, RunningTask>>,
     /// The move task workers, so closing waits for them.
@@ -137,6 +146,7 @@ impl Engine {
                 shutdown,
                 sweeper: parking_lot::Mutex::new(None),
                 dedup_window: options.dedup_window,
+                idempotency_window: options.idempotency_window.min(options.dedup_window),
                 tasks: parking_lot::Mutex::new(HashMap::new()),
                 workers: TaskTracker::new(),
                 record_writes: tokio::sync::Mutex::new(()),
@@ -462,14 +472,16 @@ impl Engine {
             let (expired, counts, name, next_seq) = {
                 let mut state = queue.state.lock();
                 state.promote_due(now);
-                let forgotten = state.take_expired_dedup(now);
-                if !forgotten.is_empty() {
+                let deletes: Vec<_> = (state.dedup.take_expired(now).iter())
+                    .map(|dedup_id| Op::Delete(Cf::Dedup, dedup_key(id, dedup_id)))
+                    .chain(
+                        (state.sends.take_expired(now).into_iter())
+                            .map(|key| Op::Delete(Cf::Dedup, send_key(id, key))),
+                    )
+                    .collect();
+                if !deletes.is_empty() {
                     // Submitted under the lock: a send that reuses an id after this must write
                     // its record after this delete, not before.
-                    let deletes = forgotten
-                        .iter()
-                        .map(|dedup_id| Op::Delete(Cf::Dedup, dedup_key(id, dedup_id)))
-                        .collect();
                     drop(self.inner.committer.submit(deletes, false)?);
                 }
                 (

@@ -21,6 +21,9 @@ pub enum Error {
     /// The queue cannot be sealed; says why.
     #[error("{0}")]
     CannotSeal(String),
+    /// A send carried an idempotency key another send with other messages stored.
+    #[error("the key was stored with a send of other messages")]
+    IdempotencyKeyReused,
     #[error("the message is no longer in the queue")]
     MessageGone,
     #[error("the message is not in flight")]
@@ -55,6 +58,7 @@ impl From<Error> for sluice_api::Error {
             Error::StaleReceipt | Error::NotInFlight => E::FailedPrecondition(err.to_string()),
             Error::Sealed(_) => E::Aborted(err.to_string()),
             Error::CannotSeal(_) => E::FailedPrecondition(err.to_string()),
+            Error::IdempotencyKeyReused => E::invalid("idempotency_key", err.to_string()),
             Error::MessageGone => E::not_found("message (deleted or expired)"),
             Error::TaskNotFound(id) => E::not_found(format!("move task {id:?}")),
             Error::TaskConflict(_) | Error::MoveFailed(_) => E::FailedPrecondition(err.to_string()),

@@ -1,5 +1,7 @@
 //! Key encodings. Big-endian so RocksDB's byte order is (queue, sequence) order.
 
+use sluice_api::IdempotencyKey;
+
 use crate::QueueId;
 
 pub(crate) const CF_QUEUES: &str = "queues";
@@ -36,10 +38,38 @@ pub(crate) fn dedup_key(queue: QueueId, dedup_id: &str) -> Vec<u8> {
     key
 }
 
-pub(crate) fn parse_dedup_key(key: &[u8]) -> Option<(QueueId, String)> {
+/// Key of an idempotency key, beside the deduplication ids: the queue, a 0xFF byte (which no
+/// UTF-8 id starts with), then the key's bytes.
+pub(crate) fn send_key(queue: QueueId, key: IdempotencyKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + IdempotencyKey::LEN);
+    out.extend_from_slice(&queue.to_be_bytes());
+    out.push(SEND_KEY_MARK);
+    out.extend_from_slice(&key.to_bytes());
+    out
+}
+
+const SEND_KEY_MARK: u8 = 0xFF;
+
+/// What a key of the deduplication column family names.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Remembered {
+    Dedup(QueueId, String),
+    Send(QueueId, IdempotencyKey),
+}
+
+pub(crate) fn parse_remembered_key(key: &[u8]) -> Option<Remembered> {
     let queue = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
-    let id = std::str::from_utf8(key.get(8..)?).ok()?;
-    Some((queue, id.to_owned()))
+    let rest = key.get(8..)?;
+    match rest.split_first() {
+        Some((&SEND_KEY_MARK, bytes)) => {
+            let key = IdempotencyKey::from_wire(bytes).ok()??;
+            Some(Remembered::Send(queue, key))
+        }
+        _ => Some(Remembered::Dedup(
+            queue,
+            std::str::from_utf8(rest).ok()?.to_owned(),
+        )),
+    }
 }
 
 /// Key of a message move task: `task/`, the source queue, then the task id, so a queue's tasks
@@ -93,11 +123,19 @@ mod tests {
     }
 
     #[test]
-    fn dedup_keys_round_trip() {
+    fn deduplication_and_idempotency_keys_round_trip_apart() {
         assert_eq!(
-            parse_dedup_key(&dedup_key(9, "order-17")),
-            Some((9, "order-17".into()))
+            parse_remembered_key(&dedup_key(9, "order-17")),
+            Some(Remembered::Dedup(9, "order-17".into()))
         );
-        assert_eq!(parse_dedup_key(b"short"), None);
+        let key = IdempotencyKey::random();
+        assert_eq!(
+            parse_remembered_key(&send_key(9, key)),
+            Some(Remembered::Send(9, key))
+        );
+        assert_eq!(parse_remembered_key(b"short"), None);
+        let mut truncated = send_key(9, key);
+        truncated.pop();
+        assert_eq!(parse_remembered_key(&truncated), None);
     }
 }

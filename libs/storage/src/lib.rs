@@ -8,7 +8,7 @@
 //! written since its last fsync (group commit).
 //!
 //! On top of that: FIFO queues (one message of a group in flight at a time, in send order),
-//! deduplication ids remembered for a window, dead-letter moves after too many receives, and
+//! deduplication ids and idempotency keys remembered for a window, dead-letter moves after too many receives, and
 //! tasks that move messages out of a dead-letter queue again.
 
 mod backend;
@@ -26,14 +26,15 @@ mod records;
 mod recovery;
 mod replica;
 pub mod wal;
+mod window;
 
 pub use commit::{Completion, Replicator};
-pub use engine::{Engine, EngineOptions, DEFAULT_DEDUP_WINDOW};
+pub use engine::{Engine, EngineOptions, DEFAULT_DEDUP_WINDOW, DEFAULT_IDEMPOTENCY_WINDOW};
 pub use error::{Error, Result};
 
 // The words the engine's API is written in come from the shared vocabulary; the modules here
 // name them as `crate::...`.
 use sluice_api::{
-    md5_of_body, now_ms, DeadLetter, MoveTask, MoveTaskStatus, NewMessage, QueueConfig,
-    QueueCounts, QueueId, ReceivedMessage, Replication, SentMessage,
+    md5_of_body, now_ms, DeadLetter, IdempotencyKey, MoveTask, MoveTaskStatus, NewMessage,
+    QueueConfig, QueueCounts, QueueId, ReceivedMessage, Replication, SentMessage,
 };

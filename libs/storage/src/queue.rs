@@ -7,12 +7,13 @@
 //! set holds group heads only, and the next message of a group joins it when the head is deleted
 //! or moved. So while a group's head is in flight, nothing else of that group is handed out.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::window::{DedupWindow, SendWindow};
 use crate::{QueueConfig, QueueCounts};
 
 /// How long a message being moved to another queue is hidden. The move normally takes one commit;
@@ -43,14 +44,6 @@ pub(crate) struct MessageMeta {
     pub group: Option<Arc<str>>,
 }
 
-/// What the first send with a deduplication id stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Dedup {
-    pub message_id: String,
-    pub seq: u64,
-    pub expires_ms: u64,
-}
-
 /// What a receive took from the visible set.
 #[derive(Debug, Default)]
 pub(crate) struct Taken {
@@ -72,9 +65,10 @@ pub(crate) struct QueueState {
     delayed: u64,
     /// FIFO queues only: each group's messages in send order.
     groups: HashMap<Arc<str>, BTreeSet<u64>>,
-    dedup: HashMap<String, Dedup>,
-    /// Deduplication ids in the order they expire.
-    dedup_expiry: VecDeque<(u64, String)>,
+    /// Deduplication ids within their window.
+    pub dedup: DedupWindow,
+    /// Idempotency keys within their window.
+    pub sends: SendWindow,
     /// Set when the queue is deleted, so waiters and late writers notice.
     pub deleted: bool,
     /// Takes no more sends: the queue continues on another backend cluster and this partition
@@ -101,8 +95,8 @@ impl Queue {
                 in_flight: 0,
                 delayed: 0,
                 groups: HashMap::new(),
-                dedup: HashMap::new(),
-                dedup_expiry: VecDeque::new(),
+                dedup: DedupWindow::default(),
+                sends: SendWindow::default(),
                 deleted: false,
                 sealed: false,
             }),
@@ -394,40 +388,6 @@ impl QueueState {
         }
         expired
     }
-
-    /// The first send's answer for a deduplication id still within its window.
-    pub(crate) fn dedup_lookup(&self, id: &str, now_ms: u64) -> Option<&Dedup> {
-        self.dedup.get(id).filter(|d| d.expires_ms > now_ms)
-    }
-
-    pub(crate) fn dedup_insert(&mut self, id: String, entry: Dedup) {
-        self.dedup_expiry.push_back((entry.expires_ms, id.clone()));
-        self.dedup.insert(id, entry);
-    }
-
-    /// Forgets an id whose send failed, so a retry is not taken for a duplicate.
-    pub(crate) fn dedup_forget(&mut self, id: &str, seq: u64) {
-        if self.dedup.get(id).is_some_and(|d| d.seq == seq) {
-            self.dedup.remove(id);
-        }
-    }
-
-    /// Removes and returns the deduplication ids whose window has passed.
-    pub(crate) fn take_expired_dedup(&mut self, now_ms: u64) -> Vec<String> {
-        let mut expired = Vec::new();
-        while let Some((expires, _)) = self.dedup_expiry.front() {
-            if *expires > now_ms {
-                break;
-            }
-            let (expires, id) = self.dedup_expiry.pop_front().expect("checked above");
-            // A forgotten id may have been sent again since, with a later expiry.
-            if self.dedup.get(&id).is_some_and(|d| d.expires_ms == expires) {
-                self.dedup.remove(&id);
-                expired.push(id);
-            }
-        }
-        expired
-    }
 }
 
 #[cfg(test)]
@@ -632,23 +592,5 @@ mod tests {
             q.remove(seq);
         }
         assert!(!q.has_up_to(3));
-    }
-
-    #[test]
-    fn dedup_ids_expire_in_order() {
-        let mut q = state();
-        let entry = |seq, expires_ms| Dedup {
-            message_id: format!("m{seq}"),
-            seq,
-            expires_ms,
-        };
-        q.dedup_insert("a".into(), entry(1, 100));
-        q.dedup_insert("b".into(), entry(2, 200));
-        assert_eq!(q.dedup_lookup("a", 50).map(|d| d.seq), Some(1));
-        assert_eq!(q.dedup_lookup("a", 100), None, "expired at its deadline");
-        assert_eq!(q.take_expired_dedup(150), vec!["a".to_string()]);
-        q.dedup_forget("b", 2);
-        assert_eq!(q.dedup_lookup("b", 150), None);
-        assert!(q.take_expired_dedup(300).is_empty());
     }
 }

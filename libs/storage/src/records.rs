@@ -77,6 +77,17 @@ pub(crate) struct DedupRecord {
     pub expires_ms: u64,
 }
 
+/// An idempotency key seen within its window, and which sequences its send stored.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct SendOnceRecord {
+    #[prost(uint64, tag = "1")]
+    pub first_sequence: u64,
+    #[prost(uint64, tag = "2")]
+    pub count: u64,
+    #[prost(uint64, tag = "3")]
+    pub expires_ms: u64,
+}
+
 /// A task moving messages out of a dead-letter queue. Its progress is written in the same batch
 /// as each move, so after a crash it resumes exactly where the last durable move left it.
 #[derive(Clone, PartialEq, prost::Message)]

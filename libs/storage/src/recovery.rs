@@ -12,10 +12,11 @@ use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, DB};
 
 use crate::engine::{meta_of, queue_config};
 use crate::error::{Error, Result};
-use crate::keys::{self, message_key, seq_floor_key};
-use crate::queue::{Dedup, Queue};
-use crate::records::{DedupRecord, QueueRecord, StateRecord};
-use crate::{now_ms, QueueId};
+use crate::keys::{self, message_key, seq_floor_key, Remembered};
+use crate::queue::Queue;
+use crate::records::{DedupRecord, QueueRecord, SendOnceRecord, StateRecord};
+use crate::window::{Dedup, SendOnce};
+use crate::{now_ms, IdempotencyKey, QueueId};
 
 /// The WAL files kept before RocksDB flushes the column families that pin the oldest one.
 const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
@@ -135,51 +136,69 @@ pub(crate) fn rebuild(db: &DB, release_in_flight: bool) -> Result<HashMap<QueueI
     tracing::info!(
         queues = queues.len(),
         messages,
-        deduplication_ids = remembered,
+        remembered_sends = remembered,
         "queue engine rebuilt its index"
     );
     Ok(queues)
 }
 
-/// Loads the deduplication ids still within their window; forgets the rest and those of
-/// deleted queues. Returns how many it kept.
+/// Loads the deduplication ids and idempotency keys still within their window; forgets the
+/// rest and those of deleted queues. Returns how many it kept.
 pub(crate) fn rebuild_dedup(
     db: &DB,
     queues: &HashMap<QueueId, Arc<Queue>>,
     now: u64,
 ) -> Result<usize> {
     let cf = db.cf_handle(keys::CF_DEDUP).expect("created at open");
-    let mut live: Vec<(u64, QueueId, String, Dedup)> = Vec::new();
+    let mut dedups: Vec<(QueueId, String, Dedup)> = Vec::new();
+    let mut sends: Vec<(QueueId, IdempotencyKey, SendOnce)> = Vec::new();
     let mut stale = Vec::new();
     for item in db.iterator_cf(cf, IteratorMode::Start) {
         let (key, value) = item?;
-        let (id, dedup_id) =
-            keys::parse_dedup_key(&key).ok_or_else(|| Error::Corrupt("dedup key".into()))?;
-        let record = DedupRecord::decode(value.as_ref())
-            .map_err(|err| Error::Corrupt(format!("dedup {id}/{dedup_id}: {err}")))?;
-        if record.expires_ms <= now || !queues.contains_key(&id) {
-            stale.push(key);
-            continue;
+        let live = |id: &QueueId, expires_ms: u64| expires_ms > now && queues.contains_key(id);
+        match keys::parse_remembered_key(&key).ok_or_else(|| Error::Corrupt("dedup key".into()))? {
+            Remembered::Dedup(id, dedup_id) => {
+                let record = DedupRecord::decode(value.as_ref())
+                    .map_err(|err| Error::Corrupt(format!("dedup {id}/{dedup_id}: {err}")))?;
+                if !live(&id, record.expires_ms) {
+                    stale.push(key);
+                    continue;
+                }
+                let entry = Dedup {
+                    message_id: record.message_id,
+                    seq: record.sequence,
+                    expires_ms: record.expires_ms,
+                };
+                dedups.push((id, dedup_id, entry));
+            }
+            Remembered::Send(id, send) => {
+                let record = SendOnceRecord::decode(value.as_ref())
+                    .map_err(|err| Error::Corrupt(format!("idempotency key of {id}: {err}")))?;
+                if !live(&id, record.expires_ms) {
+                    stale.push(key);
+                    continue;
+                }
+                let entry = SendOnce {
+                    first_seq: record.first_sequence,
+                    count: record.count,
+                    expires_ms: record.expires_ms,
+                };
+                sends.push((id, send, entry));
+            }
         }
-        live.push((
-            record.expires_ms,
-            id,
-            dedup_id,
-            Dedup {
-                message_id: record.message_id,
-                seq: record.sequence,
-                expires_ms: record.expires_ms,
-            },
-        ));
     }
     for key in stale {
         db.delete_cf(cf, key)?;
     }
+    let kept = dedups.len() + sends.len();
     // Inserted in expiry order, which is the order each queue forgets them in.
-    live.sort_by_key(|(expires, ..)| *expires);
-    let kept = live.len();
-    for (_, id, dedup_id, entry) in live {
-        queues[&id].state.lock().dedup_insert(dedup_id, entry);
+    dedups.sort_by_key(|(_, _, entry)| entry.expires_ms);
+    for (id, dedup_id, entry) in dedups {
+        queues[&id].state.lock().dedup.insert(dedup_id, entry);
+    }
+    sends.sort_by_key(|(_, _, entry)| entry.expires_ms);
+    for (id, key, entry) in sends {
+        queues[&id].state.lock().sends.insert(key, entry);
     }
     Ok(kept)
 }

@@ -6,7 +6,8 @@ use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use sluice_api::{
-    AttributeValue, DeadLetter, MoveTask, MoveTaskStatus, NewMessage, QueueConfig, ReceivedMessage,
+    AttributeValue, DeadLetter, IdempotencyKey, MoveTask, MoveTaskStatus, NewMessage, QueueConfig,
+    ReceivedMessage,
 };
 use sluice_storage::{Engine, EngineOptions, Error};
 
@@ -474,6 +475,117 @@ async fn deduplication_ids_survive_a_restart() {
     assert!(retry[0].duplicate);
     assert_eq!(retry[0].message_id, first[0].message_id);
     assert_eq!(drain(&engine, SOURCE).await.len(), 1);
+}
+
+/// The answer a client sees of a send: ids and sequences, not whether it was a retry.
+fn answers(sent: &[sluice_api::SentMessage]) -> Vec<(String, u64)> {
+    sent.iter()
+        .map(|s| (s.message_id.clone(), s.sequence))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_send_repeated_with_its_idempotency_key_stores_once_even_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = with_standard_queue(&dir).await;
+    // An earlier send's deduplication id inside the batch: its message is a duplicate the first
+    // time and must stay one, without taking a sequence, on every retry.
+    let earlier = engine
+        .send(SOURCE, vec![deduplicated("e", "order-1")])
+        .await
+        .unwrap();
+    let key = IdempotencyKey::random();
+    let batch = || {
+        vec![
+            msg("a"),
+            deduplicated("e", "order-1"),
+            deduplicated("b", "order-2"),
+            msg("c"),
+        ]
+    };
+    let first = engine.send_idempotent(SOURCE, key, batch()).await.unwrap();
+    assert_eq!(
+        first.iter().map(|s| s.duplicate).collect::<Vec<_>>(),
+        [false, true, false, false]
+    );
+    assert_eq!(answers(&first[1..2]), answers(&earlier));
+    let retry = engine.send_idempotent(SOURCE, key, batch()).await.unwrap();
+    assert_eq!(answers(&retry), answers(&first), "the first answer again");
+    assert!(retry.iter().all(|s| s.duplicate), "nothing stored again");
+
+    engine.close().await;
+    drop(engine);
+    let engine = Engine::open(EngineOptions::new(dir.path())).unwrap();
+    let after_restart = engine.send_idempotent(SOURCE, key, batch()).await.unwrap();
+    assert_eq!(answers(&after_restart), answers(&first));
+    // Another key is another send.
+    let other = engine
+        .send_idempotent(SOURCE, IdempotencyKey::random(), vec![msg("a")])
+        .await
+        .unwrap();
+    assert!(!other[0].duplicate);
+    let drained = drain(&engine, SOURCE).await;
+    assert_eq!(
+        drained.len(),
+        5,
+        "e, the first send's a, b, c, and the other a"
+    );
+    let want: HashSet<String> = ["e", "a", "b", "c"].map(String::from).into();
+    assert_eq!(bodies(&drained), want);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_with_other_messages_is_refused_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = with_standard_queue(&dir).await;
+    let key = IdempotencyKey::random();
+    engine
+        .send_idempotent(SOURCE, key, vec![msg("a"), msg("b")])
+        .await
+        .unwrap();
+    let err = engine
+        .send_idempotent(SOURCE, key, vec![msg("a"), msg("b"), msg("c")])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::IdempotencyKeyReused), "{err}");
+    let refused = sluice_api::Error::from(err);
+    assert!(
+        matches!(&refused, sluice_api::Error::InvalidArgument { field, .. } if field == "idempotency_key"),
+        "{refused}"
+    );
+    assert_eq!(drain(&engine, SOURCE).await.len(), 2);
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_forgotten_after_their_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = EngineOptions {
+        idempotency_window: Duration::from_millis(300),
+        ..EngineOptions::new(dir.path())
+    };
+    let engine = Engine::open(options).unwrap();
+    engine
+        .create_queue(SOURCE, QueueConfig::standard("q", HOUR))
+        .await
+        .unwrap();
+    let key = IdempotencyKey::random();
+    engine
+        .send_idempotent(SOURCE, key, vec![msg("a")])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sent = engine
+            .send_idempotent(SOURCE, key, vec![msg("a")])
+            .await
+            .unwrap();
+        if !sent[0].duplicate {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the key was never forgotten");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(drain(&engine, SOURCE).await.len(), 2);
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_api::wire::{self, LEADER_HEADER};
-use sluice_api::{Error, QueueBackend, Result};
+use sluice_api::{Error, IdempotencyKey, QueueBackend, Result};
 use sluice_common::rpc;
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::backend_service_server::BackendService;
@@ -127,11 +127,14 @@ fn results(results: Vec<Result<()>>) -> pb::EntryResults {
 }
 
 /// Hands the call to the leader when this node does not serve, and tells the caller where the
-/// leader is.
+/// leader is. A leader that cannot be reached or dies mid-call is UNAVAILABLE to the caller, as
+/// if it had called the leader itself, so it tries again elsewhere.
 macro_rules! forward {
     ($self:ident, $request:ident, $rpc:ident) => {
         if let Some((mut leader, url)) = $self.forward(&mut $request)? {
-            let mut response = leader.$rpc($request).await?;
+            let mut response = leader.$rpc($request).await.map_err(|status| {
+                Status::from(sluice_client::channel::from_status("the leader", status))
+            })?;
             if let Ok(url) = url.parse() {
                 response.metadata_mut().insert(LEADER_HEADER, url);
             }
@@ -240,12 +243,20 @@ impl BackendService for BackendServiceImpl {
             request,
             |r| r.queue_id,
             |r| async move {
+                let key = IdempotencyKey::from_wire(&r.idempotency_key)?;
                 let messages = r
                     .messages
                     .into_iter()
                     .map(wire::new_message_from_pb)
                     .collect();
-                let sent = self.backend().send(r.queue_id, messages).await?;
+                let sent = match key {
+                    Some(key) => {
+                        self.backend()
+                            .send_idempotent(r.queue_id, key, messages)
+                            .await?
+                    }
+                    None => self.backend().send(r.queue_id, messages).await?,
+                };
                 let stored = sent.iter().filter(|m| !m.duplicate).count() as u64;
                 self.traffic
                     .messages_in

@@ -18,8 +18,8 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use parking_lot::Mutex;
 use sluice_api::cluster::Placement;
 use sluice_api::{
-    Error, MoveTask, NewMessage, QueueBackend, QueueConfig, QueueCounts, QueueId, ReceivedMessage,
-    Result, SentMessage,
+    Error, IdempotencyKey, MoveTask, NewMessage, QueueBackend, QueueConfig, QueueCounts, QueueId,
+    ReceivedMessage, Result, SentMessage,
 };
 use sluice_client::{BackendClient, BackendClientOptions, LeaderHint, MetadataClient};
 use tokio::sync::Semaphore;
@@ -509,11 +509,24 @@ impl QueueBackend for RoutedBackend {
         .await
     }
 
+    /// Every attempt carries one idempotency key: an attempt whose answer was lost (the
+    /// leader died after commit, the connection broke) may have stored the messages, and the
+    /// key makes the backend answer the next attempt with what the first one stored.
     async fn send(&self, id: QueueId, messages: Vec<NewMessage>) -> Result<Vec<SentMessage>> {
+        self.send_idempotent(id, IdempotencyKey::random(), messages)
+            .await
+    }
+
+    async fn send_idempotent(
+        &self,
+        id: QueueId,
+        key: IdempotencyKey,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<SentMessage>> {
         let messages = &messages;
         self.with_placement(id, |placement| async move {
             let (node, _permit) = self.on(&placement.cluster).await?;
-            node.send(id, messages.clone()).await
+            node.send_idempotent(id, key, messages.clone()).await
         })
         .await
     }
