@@ -79,7 +79,7 @@ impl Engine {
             .collect();
 
         let asynchronous;
-        let (sent, write) = {
+        let (sent, pending, undo) = {
             let mut state = queue.state.lock();
             if state.deleted {
                 return Err(Error::QueueNotFound(id));
@@ -100,9 +100,8 @@ impl Engine {
             // this write is done. Only duplicates: an empty write that waits for the originals.
             let sync = !write.ops.is_empty();
             let pending = self.inner.committer.submit(write.ops, sync);
-            (sent, (pending, write.undo))
+            (sent, pending, write.undo)
         };
-        let (pending, undo) = write;
         let duplicates = sent.iter().filter(|s| s.duplicate).count();
         if duplicates > 0 {
             metrics::DUPLICATE_SENDS.inc_by(duplicates as u64);
@@ -142,7 +141,11 @@ impl Engine {
         let dedup_expires = now + self.inner.dedup_window.as_millis() as u64;
         let first_seq = state.next_seq;
         let mut sent = Vec::with_capacity(prepared.len());
-        let mut write = Write::default();
+        let mut write = Write {
+            // A payload and a state record a message, and the send's key.
+            ops: Vec::with_capacity(prepared.len() * 2 + 1),
+            undo: Undo::default(),
+        };
         for Prepared {
             message_id,
             encoded,

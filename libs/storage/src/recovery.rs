@@ -153,9 +153,9 @@ pub(crate) fn rebuild_dedup(
     let mut dedups: Vec<(QueueId, String, Dedup)> = Vec::new();
     let mut sends: Vec<(QueueId, IdempotencyKey, SendOnce)> = Vec::new();
     let mut stale = Vec::new();
+    let live = |id: &QueueId, expires_ms: u64| expires_ms > now && queues.contains_key(id);
     for item in db.iterator_cf(cf, IteratorMode::Start) {
         let (key, value) = item?;
-        let live = |id: &QueueId, expires_ms: u64| expires_ms > now && queues.contains_key(id);
         match keys::parse_remembered_key(&key).ok_or_else(|| Error::Corrupt("dedup key".into()))? {
             Remembered::Dedup(id, dedup_id) => {
                 let record = DedupRecord::decode(value.as_ref())
