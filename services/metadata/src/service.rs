@@ -60,6 +60,16 @@ fn decode_placement(key: &str, value: &[u8]) -> Result<Placement> {
         .map_err(|err| Error::Internal(format!("placement {key} is corrupt: {err}")))
 }
 
+/// Whether an owner may cache that a key has no value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Absence {
+    /// Every write of the key goes through its owner, which records it: a cached absence stays
+    /// true until the owner's own write or the watch replaces it.
+    Cache,
+    /// Another service writes the key; absence is read from etcd every time.
+    Reread,
+}
+
 impl MetadataServiceImpl {
     fn route(&self, key: &str, forwarded: bool) -> Result<Route> {
         if forwarded {
@@ -125,8 +135,9 @@ impl MetadataServiceImpl {
     }
 
     /// The value under `key`: from the cache if this node owns the key and has it, otherwise
-    /// from etcd (cached if this node owns the key).
-    async fn get_local(&self, key: &str) -> Result<Option<Versioned>> {
+    /// from etcd (cached if this node owns the key). `absence` says whether finding no value
+    /// may be cached too.
+    async fn get_local(&self, key: &str, absence: Absence) -> Result<Option<Versioned>> {
         if let Some(cached) = self.cache.get(key) {
             metrics::CACHE_HITS.inc();
             return Ok(cached.value);
@@ -147,7 +158,8 @@ impl MetadataServiceImpl {
             value: kv.value().to_vec(),
             revision: kv.mod_revision() as u64,
         });
-        if let Some(generation) = owned {
+        let cacheable = value.is_some() || absence == Absence::Cache;
+        if let (Some(generation), true) = (owned, cacheable) {
             let cached = Cached {
                 value: value.clone(),
                 seen_at: revision,
@@ -208,7 +220,7 @@ impl MetadataServiceImpl {
                     Ok(c.get_queue_record(request).await?.into_inner())
                 },
                 || async {
-                    let Some(v) = self.get_local(&key).await? else {
+                    let Some(v) = self.get_local(&key, Absence::Cache).await? else {
                         return Ok(pb::MetaGetQueueResponse::default());
                     };
                     let record = QueueRecord::decode(&key, &v.value)?;
@@ -338,7 +350,10 @@ impl MetadataServiceImpl {
                 Ok(c.get_placement(request).await?.into_inner())
             },
             || async {
-                let Some(v) = self.get_local(&key).await? else {
+                // The manager writes placements straight to etcd, not through this node, so a
+                // cached absence could hide a placement just written until the watch brought it:
+                // a frontend that places a queue and reads its placement back must find it.
+                let Some(v) = self.get_local(&key, Absence::Reread).await? else {
                     return Ok(pb::MetaGetPlacementResponse::default());
                 };
                 Ok(pb::MetaGetPlacementResponse {
