@@ -40,6 +40,14 @@ async fn wait_for_clusters(
     }
 }
 
+fn backend_of(node: &ServerProcess) -> BackendClient {
+    BackendClient::new(
+        &format!("http://{}", node.grpc_addr),
+        BackendClientOptions::default(),
+    )
+    .unwrap()
+}
+
 async fn placement_client(etcd: &EtcdProcess) -> ManagerClient {
     ManagerClient::connect(
         std::slice::from_ref(&etcd.endpoint),
@@ -161,11 +169,7 @@ async fn a_cluster_over_its_high_water_mark_gets_no_new_queues() {
         ServerProcess::start_manager(&etcd.endpoint, &["--max-bytes-stored", "1000000"]).unwrap();
 
     // About 2 MB into cluster a.
-    let backend = BackendClient::new(
-        &format!("http://{}", a1.grpc_addr),
-        BackendClientOptions::default(),
-    )
-    .unwrap();
+    let backend = backend_of(&a1);
     backend
         .create_queue(1, QueueConfig::standard("big", Duration::from_secs(3600)))
         .await
@@ -194,6 +198,48 @@ async fn a_cluster_over_its_high_water_mark_gets_no_new_queues() {
             client.place(id, &format!("q{id}"), None).await.unwrap(),
             "b"
         );
+    }
+}
+
+/// A node reports the messages it stores and the messages it delivers, so a cluster whose
+/// consumers keep up does not look half as busy as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_reports_the_messages_it_delivers_as_well_as_those_it_stores() {
+    let etcd = EtcdProcess::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a1 =
+        ServerProcess::start_backend(&dir.path().join("a1"), &etcd.endpoint, "a", "a1").unwrap();
+    let manager = ServerProcess::start_manager(&etcd.endpoint, &[]).unwrap();
+    let backend = backend_of(&a1);
+    backend
+        .create_queue(1, QueueConfig::standard("work", Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    // Rates cover one report interval, so traffic goes on until a report shows both.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let messages = (0..10).map(|_| NewMessage::default()).collect();
+        backend.send(1, messages).await.unwrap();
+        let received = backend
+            .receive(1, 10, Duration::from_secs(60), Duration::ZERO)
+            .await
+            .unwrap();
+        let handles = received.into_iter().map(|m| m.receipt_handle).collect();
+        backend.delete(1, handles).await.unwrap();
+        let listed = clusters(&manager).await;
+        let load = listed
+            .clusters
+            .iter()
+            .find(|c| c.name == "a")
+            .and_then(|c| c.load);
+        if load.is_some_and(|l| l.messages_in_per_second > 0.0 && l.messages_out_per_second > 0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no report of both stored and delivered messages: {load:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
