@@ -3,11 +3,9 @@
 //! `BackendClient`.
 
 pub mod cli;
-mod local;
 mod metrics;
 pub mod node;
 pub mod replica;
 mod service;
 
-pub use local::{NodeQueues, Traffic};
-pub use service::BackendServiceImpl;
+pub use service::{BackendServiceImpl, Traffic};

@@ -18,9 +18,8 @@ use sluice_storage::{Engine, EngineOptions};
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
-use crate::local::{NodeQueues, Traffic};
 use crate::replica::{Bootstrap, ClusterServiceImpl, Member, Replica, MAX_RAFT_MESSAGE_BYTES};
-use crate::service::BackendServiceImpl;
+use crate::service::{BackendServiceImpl, Traffic};
 
 /// How long in-flight requests get to finish after SIGTERM; a long poll lasts at most 20 s.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
@@ -160,9 +159,8 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
     .await
     .with_context(|| format!("cannot start the node in {}", opts.data_dir.display()))?;
 
-    let queues = NodeQueues::new(replica.engine.clone());
-    let traffic = queues.traffic();
-    let service = BackendServiceImpl::new(replica.clone(), queues);
+    let service = BackendServiceImpl::new(replica.clone());
+    let traffic = service.traffic();
     let service = BackendServiceServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

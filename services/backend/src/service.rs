@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,6 @@ use sluice_proto::v1::backend_service_client::BackendServiceClient;
 use sluice_storage::Engine;
 use tonic::transport::Channel;
 
-use crate::local::NodeQueues;
 use crate::metrics;
 use crate::replica::Replica;
 
@@ -28,19 +28,28 @@ const FORWARDED_HEADER: &str = "sluice-forwarded";
 #[derive(Clone)]
 pub struct BackendServiceImpl {
     engine: Engine,
-    queues: NodeQueues,
     replica: Replica,
     /// Clients of the nodes this one forwarded to, by URL.
     leaders: Arc<parking_lot::Mutex<HashMap<String, BackendServiceClient<Channel>>>>,
+    traffic: Arc<Traffic>,
+}
+
+/// Messages that went through this node, for its load reports.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Messages stored (duplicates excluded).
+    pub messages_in: AtomicU64,
+    /// Message deliveries.
+    pub messages_out: AtomicU64,
 }
 
 impl BackendServiceImpl {
-    pub fn new(replica: Replica, queues: NodeQueues) -> Self {
+    pub fn new(replica: Replica) -> Self {
         BackendServiceImpl {
             engine: replica.engine.clone(),
-            queues,
             replica,
             leaders: Arc::default(),
+            traffic: Arc::default(),
         }
     }
 
@@ -80,7 +89,11 @@ impl BackendServiceImpl {
 
     /// The engine as the frontend-facing operations see it, with their error mapping.
     fn backend(&self) -> &dyn QueueBackend {
-        &self.queues
+        &self.engine
+    }
+
+    pub fn traffic(&self) -> Arc<Traffic> {
+        self.traffic.clone()
     }
 }
 
@@ -244,6 +257,10 @@ impl BackendService for BackendServiceImpl {
                     }
                     None => self.backend().send(r.queue_id, messages).await?,
                 };
+                let stored = sent.iter().filter(|m| !m.duplicate).count() as u64;
+                self.traffic
+                    .messages_in
+                    .fetch_add(stored, Ordering::Relaxed);
                 Ok(pb::SendResponse {
                     messages: sent.into_iter().map(wire::sent_to_pb).collect(),
                 })
@@ -271,6 +288,9 @@ impl BackendService for BackendServiceImpl {
                         Duration::from_millis(r.wait_ms),
                     )
                     .await?;
+                self.traffic
+                    .messages_out
+                    .fetch_add(messages.len() as u64, Ordering::Relaxed);
                 Ok(pb::ReceiveResponse {
                     messages: messages.into_iter().map(wire::received_to_pb).collect(),
                 })
