@@ -3,9 +3,11 @@
 //! `BackendClient`.
 
 pub mod cli;
+mod local;
 mod metrics;
 pub mod node;
 pub mod replica;
 mod service;
 
-pub use service::{BackendServiceImpl, Traffic};
+pub use local::{NodeQueues, Traffic};
+pub use service::BackendServiceImpl;

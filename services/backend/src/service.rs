@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +18,7 @@ use sluice_proto::v1::backend_service_client::BackendServiceClient;
 use sluice_storage::Engine;
 use tonic::transport::Channel;
 
+use crate::local::NodeQueues;
 use crate::metrics;
 use crate::replica::Replica;
 
@@ -28,28 +28,20 @@ const FORWARDED_HEADER: &str = "sluice-forwarded";
 #[derive(Clone)]
 pub struct BackendServiceImpl {
     engine: Engine,
-    replica: Replica,
+    queues: NodeQueues,
+    /// The node's Raft group; none on an unreplicated node, whose engine always serves.
+    replica: Option<Replica>,
     /// Clients of the nodes this one forwarded to, by URL.
     leaders: Arc<parking_lot::Mutex<HashMap<String, BackendServiceClient<Channel>>>>,
-    traffic: Arc<Traffic>,
-}
-
-/// Messages that went through this node, for its load reports.
-#[derive(Debug, Default)]
-pub struct Traffic {
-    /// Messages stored (duplicates excluded).
-    pub messages_in: AtomicU64,
-    /// Message deliveries.
-    pub messages_out: AtomicU64,
 }
 
 impl BackendServiceImpl {
-    pub fn new(replica: Replica) -> Self {
+    pub fn new(queues: NodeQueues, replica: Option<Replica>) -> Self {
         BackendServiceImpl {
-            engine: replica.engine.clone(),
+            engine: queues.engine().clone(),
+            queues,
             replica,
             leaders: Arc::default(),
-            traffic: Arc::default(),
         }
     }
 
@@ -69,8 +61,12 @@ impl BackendServiceImpl {
         }
         let leader = self
             .replica
-            .leader()
-            .filter(|leader| leader.name != self.replica.me.name)
+            .as_ref()
+            .and_then(|replica| {
+                replica
+                    .leader()
+                    .filter(|leader| leader.name != replica.me.name)
+            })
             .ok_or_else(|| {
                 Error::Unavailable("the backend cluster has no serving leader yet; retry".into())
             })?;
@@ -89,11 +85,7 @@ impl BackendServiceImpl {
 
     /// The engine as the frontend-facing operations see it, with their error mapping.
     fn backend(&self) -> &dyn QueueBackend {
-        &self.engine
-    }
-
-    pub fn traffic(&self) -> Arc<Traffic> {
-        self.traffic.clone()
+        &self.queues
     }
 }
 
@@ -257,10 +249,6 @@ impl BackendService for BackendServiceImpl {
                     }
                     None => self.backend().send(r.queue_id, messages).await?,
                 };
-                let stored = sent.iter().filter(|m| !m.duplicate).count() as u64;
-                self.traffic
-                    .messages_in
-                    .fetch_add(stored, Ordering::Relaxed);
                 Ok(pb::SendResponse {
                     messages: sent.into_iter().map(wire::sent_to_pb).collect(),
                 })
@@ -288,9 +276,6 @@ impl BackendService for BackendServiceImpl {
                         Duration::from_millis(r.wait_ms),
                     )
                     .await?;
-                self.traffic
-                    .messages_out
-                    .fetch_add(messages.len() as u64, Ordering::Relaxed);
                 Ok(pb::ReceiveResponse {
                     messages: messages.into_iter().map(wire::received_to_pb).collect(),
                 })

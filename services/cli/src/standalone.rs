@@ -1,5 +1,7 @@
-//! `sluice standalone`: the frontend, the queue engine and the embedded metadata store in one
-//! process (DESIGN section 9). Same API and storage as the distributed deployment.
+//! `sluice standalone`: the frontend, a backend node and the embedded metadata store in one
+//! process (DESIGN section 9). Same API and storage as the distributed deployment. The node is
+//! the backend service's library run unreplicated (its engine fsyncs its own writes), and the
+//! frontend calls its queues in process: no port, no protobuf between the two.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +14,6 @@ use sluice_common::config::ServiceOpts;
 use sluice_common::grpc::{Drain, GrpcServer};
 use sluice_frontend::{Catalog, QueueServiceImpl};
 use sluice_metastore::{EmbeddedStore, StoreDirectory};
-use sluice_storage::{Engine, EngineOptions};
 use tokio_util::sync::CancellationToken;
 
 /// How long in-flight requests get to finish after SIGTERM; a long poll lasts at most 20 s.
@@ -30,7 +31,7 @@ pub struct StandaloneOpts {
 }
 
 fn default_dedup_window() -> u64 {
-    sluice_storage::DEFAULT_DEDUP_WINDOW.as_secs()
+    sluice_backend::node::NodeOpts::default().dedup_window_seconds
 }
 
 impl Default for StandaloneOpts {
@@ -48,7 +49,7 @@ pub struct Standalone {
     drain: Drain,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    engine: Engine,
+    storage: sluice_backend::node::Storage,
     readiness: Readiness,
     grpc: GrpcServer,
     admin: tokio::task::JoinHandle<()>,
@@ -64,19 +65,15 @@ pub async fn start(
 ) -> anyhow::Result<Standalone> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
-    if opts.dedup_window_seconds == 0 {
-        anyhow::bail!("dedup_window_seconds must be at least 1");
-    }
-    let engine = Engine::open(EngineOptions {
-        dedup_window: Duration::from_secs(opts.dedup_window_seconds),
-        ..EngineOptions::new(opts.data_dir.join("queues"))
-    })
-    .with_context(|| {
-        format!(
-            "cannot open the queue engine in {}",
-            opts.data_dir.display()
-        )
-    })?;
+    let node_opts = sluice_backend::node::NodeOpts {
+        // The engine stays where standalone always kept it (`queues/`), beside the metadata
+        // store (`meta/`).
+        data_dir: opts.data_dir.clone(),
+        dedup_window_seconds: opts.dedup_window_seconds,
+        unreplicated: true,
+        ..Default::default()
+    };
+    let storage = sluice_backend::node::Storage::open(&node_opts, "", shutdown.clone()).await?;
     let meta = EmbeddedStore::open(&opts.data_dir.join("meta")).with_context(|| {
         format!(
             "cannot open the metadata store in {}",
@@ -85,7 +82,7 @@ pub async fn start(
     })?;
     let service = QueueServiceImpl::new(
         Catalog::new(Arc::new(StoreDirectory::new(Arc::new(meta)))),
-        Arc::new(engine.clone()),
+        Arc::new(storage.queues()),
     );
 
     let readiness = Readiness::default();
@@ -105,7 +102,7 @@ pub async fn start(
         drain: opts.service.drain(DRAIN_TIMEOUT),
         grpc_addr: grpc.local_addr,
         admin_addr,
-        engine,
+        storage,
         readiness,
         grpc,
         admin,
@@ -121,7 +118,8 @@ impl Standalone {
         let readiness = self.readiness.clone();
         let leave = async move { readiness.set(false) };
         let served = self.grpc.run_until(&self.shutdown, self.drain, leave).await;
-        self.engine.close().await;
+        // Only now: the drain's requests still reach the engine.
+        self.storage.close().await;
         self.admin_shutdown.cancel();
         let _ = self.admin.await;
         tracing::info!("sluice standalone stopped");
