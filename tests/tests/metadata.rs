@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use sluice_api::cluster::{self, Placement};
-use sluice_api::{EffectiveAttributes, QueueDirectory, QueueRecord};
+use sluice_api::{EffectiveAttributes, PlacementDirectory, QueueDirectory, QueueRecord};
 use sluice_client::MetadataClient;
 use sluice_metastore::{EtcdStore, MetaStore};
 use sluice_proto::v1 as pb;

@@ -5,6 +5,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sluice_api::cluster::{self, Placement};
+use sluice_api::Stored;
+use sluice_metastore::{EmbeddedStore, MetaStore};
 use sluice_proto::v1 as pb;
 use sluice_tests::{wait_for, StandaloneProcess};
 
@@ -219,6 +222,68 @@ async fn sigterm_drains_and_keeps_messages() {
     let mut bodies = drain(&server, "graceful").await;
     bodies.sort();
     assert_eq!(bodies, ["m0", "m1", "m2", "m3", "m4"]);
+}
+
+async fn queue_id(store: &EmbeddedStore, name: &str) -> u64 {
+    let key = cluster::queue_record_key("", name);
+    let record = store.get(&key).await.unwrap().expect("the queue's record");
+    Stored::decode(&key, record).unwrap().record.id
+}
+
+/// The placement of queue `name` in a stopped standalone's data directory, and its revision.
+async fn placement_of(dir: &std::path::Path, name: &str) -> Option<(Placement, u64)> {
+    let store = EmbeddedStore::open(&dir.join("meta")).unwrap();
+    let placement = store
+        .get(&cluster::placement_key("", queue_id(&store, name).await))
+        .await
+        .unwrap()?;
+    Some((
+        serde_json::from_slice(&placement.value).unwrap(),
+        placement.revision,
+    ))
+}
+
+/// Standalone places each queue as the managers do, on its one cluster, and at start places
+/// every queue that has none: a data directory from before standalone placed queues.
+#[tokio::test]
+async fn queues_are_placed_on_the_standalone_cluster_and_unplaced_ones_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = StandaloneProcess::start(dir.path()).unwrap();
+    create_queue(&server, "placed").await;
+    let mut client = server.client().await.unwrap();
+    client
+        .send_message(pb::SendMessageRequest {
+            queue: "placed".into(),
+            body: "kept".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (_, metrics) = server.admin_get("/metrics").unwrap();
+    let placed = "sluice_manager_placements_total{cluster=\"standalone\"} 1";
+    assert!(metrics.contains(placed), "/metrics lacks {placed}");
+    assert!(server.terminate().await.unwrap().success());
+
+    let (placement, revision) = placement_of(dir.path(), "placed")
+        .await
+        .expect("placed at creation");
+    assert_eq!(placement.cluster, "standalone");
+    assert_eq!(placement.queue, "placed");
+    // What a data directory written before standalone placed its queues holds.
+    {
+        let store = EmbeddedStore::open(&dir.path().join("meta")).unwrap();
+        let key = cluster::placement_key("", queue_id(&store, "placed").await);
+        assert!(store.delete(&key, revision).await.unwrap());
+    }
+    assert!(placement_of(dir.path(), "placed").await.is_none());
+
+    let server = StandaloneProcess::start(dir.path()).unwrap();
+    assert_eq!(drain(&server, "placed").await, ["kept"]);
+    assert!(server.terminate().await.unwrap().success());
+    let (placement, _) = placement_of(dir.path(), "placed")
+        .await
+        .expect("placed again at start");
+    assert_eq!(placement.cluster, "standalone");
 }
 
 /// With a drain period, SIGTERM first takes the server out of rotation (/readyz answers 503)

@@ -5,6 +5,7 @@
 
 use async_trait::async_trait;
 
+use crate::cluster::Placement;
 use crate::{QueueId, QueueRecord, Result, Stored};
 
 #[async_trait]
@@ -33,4 +34,29 @@ pub trait QueueDirectory: Send + Sync + 'static {
 
     /// A queue id never handed out before.
     async fn allocate_queue_id(&self) -> Result<QueueId>;
+}
+
+/// Where queues live, as a frontend routes to them: each queue's placement on a backend
+/// cluster, made by the managers' policy, and each cluster's live nodes. The metadata tier over
+/// the network (`MetadataClient`), or the store and node in the same process (standalone).
+#[async_trait]
+pub trait PlacementDirectory: Send + Sync + 'static {
+    /// Where queue `id`'s partitions are, and the revision it was read at; `None` if the queue
+    /// was never placed or its placement was removed.
+    async fn placement(&self, id: QueueId) -> Result<Option<(Placement, u64)>>;
+
+    /// Places queue `id` (named `queue`) if it is not placed yet, and returns its cluster:
+    /// `colocate_with`'s cluster if given, otherwise the policy's choice.
+    async fn place(
+        &self,
+        id: QueueId,
+        queue: &str,
+        colocate_with: Option<QueueId>,
+    ) -> Result<String>;
+
+    /// Removes queue `id`'s placement if it is still at `revision`; whether it did.
+    async fn delete_placement(&self, id: QueueId, revision: u64) -> Result<bool>;
+
+    /// The live nodes of backend cluster `cluster`: (node, URL).
+    async fn cluster_nodes(&self, cluster: &str) -> Result<Vec<(String, String)>>;
 }

@@ -15,7 +15,7 @@ mod queue;
 pub mod wire;
 
 pub use backend::QueueBackend;
-pub use directory::QueueDirectory;
+pub use directory::{PlacementDirectory, QueueDirectory};
 pub use error::{Error, Result};
 pub use idempotency::IdempotencyKey;
 pub use message::{

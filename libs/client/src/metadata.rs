@@ -14,7 +14,9 @@ use async_trait::async_trait;
 use backon::Retryable;
 use parking_lot::Mutex;
 use sluice_api::cluster::{self, Placement};
-use sluice_api::{wire, Error, QueueDirectory, QueueId, QueueRecord, Result, Stored};
+use sluice_api::{
+    wire, Error, PlacementDirectory, QueueDirectory, QueueId, QueueRecord, Result, Stored,
+};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::metadata_service_client::MetadataServiceClient;
 use tonic::transport::Channel;
@@ -159,76 +161,6 @@ impl MetadataClient {
         Ok(())
     }
 
-    /// The backend cluster for a new queue (the same answer for the same id); with
-    /// `colocate_with`, the cluster of that queue.
-    pub async fn place(
-        &self,
-        queue_id: u64,
-        queue: &str,
-        colocate_with: Option<u64>,
-    ) -> Result<String> {
-        let request = pb::PlaceQueueRequest {
-            queue_id,
-            queue: queue.to_owned(),
-            colocate_with: colocate_with.unwrap_or(0),
-        };
-        let response = self
-            .call(request, |mut c, r| async move { c.place_queue(r).await })
-            .await?;
-        Ok(response.cluster)
-    }
-
-    /// The live nodes of backend cluster `cluster`: (node, URL).
-    pub async fn cluster_nodes(&self, cluster: &str) -> Result<Vec<(String, String)>> {
-        let request = pb::MetaGetClusterRequest {
-            cluster: cluster.to_owned(),
-        };
-        let response = self
-            .call(request, |mut c, r| async move { c.get_cluster(r).await })
-            .await?;
-        Ok(response
-            .nodes
-            .into_iter()
-            .map(|n| (n.node, n.url))
-            .collect())
-    }
-
-    /// Where queue `id`'s partitions are, and the revision it was read at; `None` if the queue
-    /// was never placed or its placement was removed.
-    pub async fn placement(&self, id: QueueId) -> Result<Option<(Placement, u64)>> {
-        let request = pb::MetaGetPlacementRequest {
-            queue_id: id,
-            forwarded: false,
-        };
-        let response = self
-            .keyed(
-                &cluster::placement_key("", id),
-                request,
-                |mut c, r| async move { c.get_placement(r).await },
-            )
-            .await?;
-        Ok(response
-            .placement
-            .map(|p| (wire::placement_from_pb(p), response.revision)))
-    }
-
-    /// Removes queue `id`'s placement if it is still at `revision`; whether it did.
-    pub async fn delete_placement(&self, id: QueueId, revision: u64) -> Result<bool> {
-        let request = pb::MetaDeletePlacementRequest {
-            queue_id: id,
-            revision,
-            forwarded: false,
-        };
-        let response = self
-            .keyed(
-                &cluster::placement_key("", id),
-                request,
-                |mut c, r| async move { c.delete_placement(r).await },
-            )
-            .await?;
-        Ok(response.deleted)
-    }
-
     /// How many members the ring had when this client last read it.
     pub fn ring_members(&self) -> usize {
         self.ring.members().len()
@@ -255,6 +187,73 @@ where
 
 fn write_result(response: pb::MetaWriteResponse) -> Option<u64> {
     response.written.then_some(response.revision)
+}
+
+#[async_trait]
+impl PlacementDirectory for MetadataClient {
+    async fn place(
+        &self,
+        queue_id: u64,
+        queue: &str,
+        colocate_with: Option<u64>,
+    ) -> Result<String> {
+        let request = pb::PlaceQueueRequest {
+            queue_id,
+            queue: queue.to_owned(),
+            colocate_with: colocate_with.unwrap_or(0),
+        };
+        let response = self
+            .call(request, |mut c, r| async move { c.place_queue(r).await })
+            .await?;
+        Ok(response.cluster)
+    }
+
+    async fn cluster_nodes(&self, cluster: &str) -> Result<Vec<(String, String)>> {
+        let request = pb::MetaGetClusterRequest {
+            cluster: cluster.to_owned(),
+        };
+        let response = self
+            .call(request, |mut c, r| async move { c.get_cluster(r).await })
+            .await?;
+        Ok(response
+            .nodes
+            .into_iter()
+            .map(|n| (n.node, n.url))
+            .collect())
+    }
+
+    async fn placement(&self, id: QueueId) -> Result<Option<(Placement, u64)>> {
+        let request = pb::MetaGetPlacementRequest {
+            queue_id: id,
+            forwarded: false,
+        };
+        let response = self
+            .keyed(
+                &cluster::placement_key("", id),
+                request,
+                |mut c, r| async move { c.get_placement(r).await },
+            )
+            .await?;
+        Ok(response
+            .placement
+            .map(|p| (wire::placement_from_pb(p), response.revision)))
+    }
+
+    async fn delete_placement(&self, id: QueueId, revision: u64) -> Result<bool> {
+        let request = pb::MetaDeletePlacementRequest {
+            queue_id: id,
+            revision,
+            forwarded: false,
+        };
+        let response = self
+            .keyed(
+                &cluster::placement_key("", id),
+                request,
+                |mut c, r| async move { c.delete_placement(r).await },
+            )
+            .await?;
+        Ok(response.deleted)
+    }
 }
 
 #[async_trait]

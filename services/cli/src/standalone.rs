@@ -9,11 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use sluice_api::cluster::NodeRecord;
+use sluice_api::{PlacementDirectory, QueueDirectory};
 use sluice_common::admin::{self, Readiness};
 use sluice_common::config::ServiceOpts;
 use sluice_common::grpc::{Drain, GrpcServer};
-use sluice_frontend::{Catalog, QueueServiceImpl};
-use sluice_metastore::{EmbeddedStore, StoreDirectory};
+use sluice_frontend::{Catalog, QueueServiceImpl, RoutedBackend};
+use sluice_manager::policy::{ClusterState, Limits};
+use sluice_manager::StorePlacements;
+use sluice_metastore::{EmbeddedStore, MetaStore, StoreDirectory};
 use tokio_util::sync::CancellationToken;
 
 /// How long in-flight requests get to finish after SIGTERM; a long poll lasts at most 20 s.
@@ -44,6 +48,40 @@ impl Default for StandaloneOpts {
     }
 }
 
+/// The one backend cluster (of one node) standalone places every queue on.
+const CLUSTER: &str = "standalone";
+
+/// Calls to the node in flight at most, as a frontend's `max_backend_calls` defaults to.
+const MAX_BACKEND_CALLS: usize = 4096;
+
+/// Places every queue that has no placement: data directories from before standalone placed
+/// its queues hold none, and a crash between a queue's record and its placement leaves one
+/// without.
+async fn place_unplaced_queues(
+    directory: &StoreDirectory,
+    placements: &StorePlacements,
+) -> anyhow::Result<()> {
+    const PAGE: usize = 1000;
+    let mut after = String::new();
+    loop {
+        let names = directory.list_queues("", &after, PAGE).await?;
+        for name in &names {
+            let Some(stored) = directory.get_queue(name).await? else {
+                continue;
+            };
+            let id = stored.record.id;
+            if placements.placement(id).await?.is_none() {
+                let cluster = placements.place(id, name, None).await?;
+                tracing::info!(queue = %name, queue_id = id, %cluster, "placed a queue that had no placement");
+            }
+        }
+        match names.last() {
+            Some(last) if names.len() == PAGE => after = last.clone(),
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// A running standalone server.
 pub struct Standalone {
     drain: Drain,
@@ -69,21 +107,39 @@ pub async fn start(
         // The engine stays where standalone always kept it (`queues/`), beside the metadata
         // store (`meta/`).
         data_dir: opts.data_dir.clone(),
+        cluster: CLUSTER.into(),
+        node_id: CLUSTER.into(),
         dedup_window_seconds: opts.dedup_window_seconds,
         unreplicated: true,
         ..Default::default()
     };
     let storage = sluice_backend::node::Storage::open(&node_opts, "", shutdown.clone()).await?;
-    let meta = EmbeddedStore::open(&opts.data_dir.join("meta")).with_context(|| {
-        format!(
-            "cannot open the metadata store in {}",
-            opts.data_dir.display()
-        )
-    })?;
-    let service = QueueServiceImpl::new(
-        Catalog::new(Arc::new(StoreDirectory::new(Arc::new(meta)))),
-        Arc::new(storage.queues()),
+    let meta: Arc<dyn MetaStore> = Arc::new(
+        EmbeddedStore::open(&opts.data_dir.join("meta")).with_context(|| {
+            format!(
+                "cannot open the metadata store in {}",
+                opts.data_dir.display()
+            )
+        })?,
     );
+    let directory = StoreDirectory::new(meta.clone());
+    let placements = StorePlacements::new(
+        meta,
+        vec![ClusterState {
+            name: CLUSTER.into(),
+            nodes: vec![NodeRecord {
+                cluster: CLUSTER.into(),
+                node: CLUSTER.into(),
+                url: "in-process".into(),
+            }],
+            ..Default::default()
+        }],
+        Limits::default(),
+    );
+    place_unplaced_queues(&directory, &placements).await?;
+    let backend = RoutedBackend::new(Arc::new(placements), MAX_BACKEND_CALLS)
+        .with_local(CLUSTER, Arc::new(storage.queues()));
+    let service = QueueServiceImpl::new(Catalog::new(Arc::new(directory)), Arc::new(backend));
 
     let readiness = Readiness::default();
     // The admin port outlives the gRPC server so /metrics and /readyz answer while it drains.

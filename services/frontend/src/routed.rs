@@ -18,10 +18,10 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use parking_lot::Mutex;
 use sluice_api::cluster::Placement;
 use sluice_api::{
-    Error, IdempotencyKey, MoveTask, NewMessage, QueueBackend, QueueConfig, QueueCounts, QueueId,
-    ReceivedMessage, Result, SentMessage,
+    Error, IdempotencyKey, MoveTask, NewMessage, PlacementDirectory, QueueBackend, QueueConfig,
+    QueueCounts, QueueId, ReceivedMessage, Result, SentMessage,
 };
-use sluice_client::{BackendClient, BackendClientOptions, LeaderHint, MetadataClient};
+use sluice_client::{BackendClient, BackendClientOptions, LeaderHint};
 use tokio::sync::Semaphore;
 
 use crate::refresh::Refreshing;
@@ -42,10 +42,12 @@ const MOVE_WAIT: Duration = Duration::from_secs(10);
 const FAILOVER_WAIT: Duration = Duration::from_secs(8);
 
 pub struct RoutedBackend {
-    metadata: Arc<MetadataClient>,
+    directory: Arc<dyn PlacementDirectory>,
     placements: Refreshing<QueueId, Arc<Placement>>,
     members: Refreshing<String, Arc<Vec<String>>>,
-    nodes: Mutex<std::collections::HashMap<String, BackendClient>>,
+    nodes: Mutex<std::collections::HashMap<String, Arc<dyn QueueBackend>>>,
+    /// A cluster whose node runs in this process (standalone), called without the network.
+    local: Option<(String, Arc<dyn QueueBackend>)>,
     /// Each cluster's leader as its nodes last named it; calls go straight there.
     leaders: Mutex<std::collections::HashMap<String, LeaderHint>>,
     /// Calls to backends in flight at most, apart from the limit toward the metadata tier, so a
@@ -54,19 +56,25 @@ pub struct RoutedBackend {
     next: std::sync::atomic::AtomicUsize,
 }
 
-/// Reads queue `id`'s placement through the metadata tier.
-async fn read_placement(metadata: Arc<MetadataClient>, id: QueueId) -> Result<Arc<Placement>> {
-    let (placement, _) = metadata
+/// Reads queue `id`'s placement.
+async fn read_placement(
+    directory: Arc<dyn PlacementDirectory>,
+    id: QueueId,
+) -> Result<Arc<Placement>> {
+    let (placement, _) = directory
         .placement(id)
         .await?
         .ok_or_else(|| Error::not_found("queue"))?;
     Ok(Arc::new(placement))
 }
 
-/// Reads `cluster`'s live nodes through the metadata tier.
-async fn read_members(metadata: Arc<MetadataClient>, cluster: String) -> Result<Arc<Vec<String>>> {
+/// Reads `cluster`'s live nodes.
+async fn read_members(
+    directory: Arc<dyn PlacementDirectory>,
+    cluster: String,
+) -> Result<Arc<Vec<String>>> {
     Ok(Arc::new(
-        metadata
+        directory
             .cluster_nodes(&cluster)
             .await?
             .into_iter()
@@ -113,9 +121,10 @@ fn total(counts: &QueueCounts) -> u64 {
 }
 
 impl RoutedBackend {
-    pub fn new(metadata: Arc<MetadataClient>, max_in_flight: usize) -> Self {
+    pub fn new(directory: Arc<dyn PlacementDirectory>, max_in_flight: usize) -> Self {
         RoutedBackend {
-            metadata,
+            directory,
+            local: None,
             placements: Refreshing::new(PLACEMENT_TTL),
             members: Refreshing::new(MEMBERSHIP_TTL),
             nodes: Mutex::new(std::collections::HashMap::new()),
@@ -125,28 +134,71 @@ impl RoutedBackend {
         }
     }
 
+    /// Calls to `cluster` go to `backend`, in this process: `sluice standalone`'s node.
+    pub fn with_local(mut self, cluster: &str, backend: Arc<dyn QueueBackend>) -> Self {
+        self.local = Some((cluster.to_owned(), backend));
+        self
+    }
+
+    /// Whether `cluster`'s node runs in this process.
+    fn is_local(&self, cluster: &str) -> bool {
+        self.local
+            .as_ref()
+            .is_some_and(|(local, _)| local == cluster)
+    }
+
+    /// Sends with the caller's idempotency key, if any. Every attempt over the network carries
+    /// one key: an attempt whose answer was lost (the leader died after commit, the connection
+    /// broke) may have stored the messages, and the key makes the backend answer the next
+    /// attempt with what the first one stored. A node in this process loses no answer, so a
+    /// send there needs no key of its own, nor the engine's work of remembering it.
+    async fn send_with(
+        &self,
+        id: QueueId,
+        key: Option<IdempotencyKey>,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<SentMessage>> {
+        let messages = &messages;
+        let network_key = key.unwrap_or_else(IdempotencyKey::random);
+        self.with_placement(id, |placement| async move {
+            let (node, _permit) = self.on(&placement.cluster).await?;
+            if key.is_none() && self.is_local(&placement.cluster) {
+                node.send(id, messages.clone()).await
+            } else {
+                node.send_idempotent(id, network_key, messages.clone())
+                    .await
+            }
+        })
+        .await
+    }
+
     /// Where queue `id`'s partitions are.
     async fn placement(&self, id: QueueId) -> Result<Arc<Placement>> {
-        let metadata = self.metadata.clone();
+        let directory = self.directory.clone();
         self.placements
-            .get(&id, move |id| read_placement(metadata, id))
+            .get(&id, move |id| read_placement(directory, id))
             .await
     }
 
     async fn reload_placement(&self, id: QueueId) -> Result<Arc<Placement>> {
-        let metadata = self.metadata.clone();
+        let directory = self.directory.clone();
         self.placements
-            .reload(&id, move |id| read_placement(metadata, id))
+            .reload(&id, move |id| read_placement(directory, id))
             .await
     }
 
-    /// A client of a live node of `cluster`; nodes take turns.
-    async fn node(&self, cluster: &str) -> Result<BackendClient> {
-        let metadata = self.metadata.clone();
+    /// A live node of `cluster`; nodes take turns.
+    async fn node(&self, cluster: &str) -> Result<Arc<dyn QueueBackend>> {
+        if let Some((local, backend)) = &self.local {
+            if local == cluster {
+                return Ok(backend.clone());
+            }
+        }
+        let directory = self.directory.clone();
         let urls = self
             .members
             .get(&cluster.to_owned(), move |cluster| {
-                read_members(metadata, cluster)
+                read_members(directory, cluster)
             })
             .await?;
         if urls.is_empty() {
@@ -172,13 +224,20 @@ impl RoutedBackend {
         if let Some(node) = nodes.get(url) {
             return Ok(node.clone());
         }
-        let node = BackendClient::with_leader_hint(url, BackendClientOptions::default(), hint)?;
+        let node: Arc<dyn QueueBackend> = Arc::new(BackendClient::with_leader_hint(
+            url,
+            BackendClientOptions::default(),
+            hint,
+        )?);
         nodes.insert(url.clone(), node.clone());
         Ok(node)
     }
 
     /// A node of `cluster`, with a slot among the calls in flight.
-    async fn on(&self, cluster: &str) -> Result<(BackendClient, tokio::sync::SemaphorePermit<'_>)> {
+    async fn on(
+        &self,
+        cluster: &str,
+    ) -> Result<(Arc<dyn QueueBackend>, tokio::sync::SemaphorePermit<'_>)> {
         let node = self.node(cluster).await?;
         let permit = self
             .in_flight
@@ -433,7 +492,7 @@ impl QueueBackend for RoutedBackend {
             Ok(_) => {}
             Err(Error::NotFound { .. }) => {
                 let colocate = config.dead_letter.map(|d| d.queue);
-                self.metadata.place(id, &config.name, colocate).await?;
+                self.directory.place(id, &config.name, colocate).await?;
                 self.reload_placement(id).await?;
             }
             Err(err) => return Err(err),
@@ -461,8 +520,8 @@ impl QueueBackend for RoutedBackend {
         let (node, _permit) = self.on(&placement.cluster).await?;
         node.delete_queue(id).await?;
         // The queue no longer counts toward its cluster's placements.
-        if let Some((_, revision)) = self.metadata.placement(id).await? {
-            self.metadata.delete_placement(id, revision).await?;
+        if let Some((_, revision)) = self.directory.placement(id).await? {
+            self.directory.delete_placement(id, revision).await?;
         }
         self.placements.forget(&id);
         Ok(())
@@ -509,12 +568,8 @@ impl QueueBackend for RoutedBackend {
         .await
     }
 
-    /// Every attempt carries one idempotency key: an attempt whose answer was lost (the
-    /// leader died after commit, the connection broke) may have stored the messages, and the
-    /// key makes the backend answer the next attempt with what the first one stored.
     async fn send(&self, id: QueueId, messages: Vec<NewMessage>) -> Result<Vec<SentMessage>> {
-        self.send_idempotent(id, IdempotencyKey::random(), messages)
-            .await
+        self.send_with(id, None, messages).await
     }
 
     async fn send_idempotent(
@@ -523,12 +578,7 @@ impl QueueBackend for RoutedBackend {
         key: IdempotencyKey,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<SentMessage>> {
-        let messages = &messages;
-        self.with_placement(id, |placement| async move {
-            let (node, _permit) = self.on(&placement.cluster).await?;
-            node.send_idempotent(id, key, messages.clone()).await
-        })
-        .await
+        self.send_with(id, Some(key), messages).await
     }
 
     async fn receive(

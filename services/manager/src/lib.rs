@@ -9,6 +9,8 @@ mod moves;
 pub mod policy;
 mod server;
 mod service;
+mod store;
 mod view;
 
 pub use server::{start, Manager, ManagerOpts};
+pub use store::StorePlacements;

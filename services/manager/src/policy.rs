@@ -1,7 +1,8 @@
 //! Where a new queue goes: the least-utilized healthy cluster that is under its high-water
 //! marks. Pure functions over a snapshot of the clusters, so the rule is tested on its own.
 
-use sluice_api::cluster::{LoadReport, NodeRecord};
+use sluice_api::cluster::{LoadReport, NodeRecord, Placement};
+use sluice_api::{Error, QueueId, Result};
 
 /// Message rates within one step of each other count as equal, so that report noise does not
 /// decide: within a step the cluster with fewer queues wins.
@@ -75,6 +76,41 @@ pub fn choose<'a>(clusters: &'a [ClusterState], limits: &Limits) -> Option<&'a C
                 .then(a.load.bytes_stored.cmp(&b.load.bytes_stored))
                 .then(a.name.cmp(&b.name))
         })
+}
+
+/// The cluster for a new queue: with `colocate`, the cluster of that queue (whose placement
+/// `partner` is, if it has one), so that messages can move between the two (a dead-letter
+/// queue and its source); otherwise the policy's choice among `clusters`.
+pub fn cluster_for(
+    colocate: Option<(QueueId, Option<Placement>)>,
+    clusters: &[ClusterState],
+    limits: &Limits,
+) -> Result<String> {
+    if let Some((partner, placement)) = colocate {
+        return placement
+            .map(|p| p.cluster)
+            .ok_or_else(|| Error::not_found(format!("placement of queue id {partner}")));
+    }
+    choose(clusters, limits)
+        .map(|c| c.name.clone())
+        .ok_or_else(|| {
+            Error::ResourceExhausted(format!(
+                "no backend cluster takes new queues: {}",
+                describe_refusals(clusters, limits)
+            ))
+        })
+}
+
+/// Why each cluster takes no new queues.
+fn describe_refusals(clusters: &[ClusterState], limits: &Limits) -> String {
+    if clusters.is_empty() {
+        return "none is registered".into();
+    }
+    clusters
+        .iter()
+        .map(|c| format!("{}: {}", c.name, refusal(c, limits).unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]

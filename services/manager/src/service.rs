@@ -59,28 +59,20 @@ impl ManagerServiceImpl {
                 cluster: placed.cluster,
             });
         }
-        let cluster = if req.colocate_with != 0 {
-            let partner = cluster::placement_key(&self.root, req.colocate_with);
-            self.existing(&partner)
-                .await?
-                .ok_or_else(|| {
-                    Error::not_found(format!("placement of queue id {}", req.colocate_with))
-                })?
-                .cluster
-        } else {
-            let clusters = view::read_clusters(&self.client, &self.root)
-                .await
-                .map_err(etcd)?;
-            policy::choose(&clusters, &self.limits)
-                .ok_or_else(|| {
-                    Error::ResourceExhausted(format!(
-                        "no backend cluster takes new queues: {}",
-                        describe_refusals(&clusters, &self.limits)
-                    ))
-                })?
-                .name
-                .clone()
+        let colocate = match req.colocate_with {
+            0 => None,
+            partner => {
+                let key = cluster::placement_key(&self.root, partner);
+                Some((partner, self.existing(&key).await?))
+            }
         };
+        let clusters = match colocate {
+            Some(_) => Vec::new(),
+            None => view::read_clusters(&self.client, &self.root)
+                .await
+                .map_err(etcd)?,
+        };
+        let cluster = policy::cluster_for(colocate, &clusters, &self.limits)?;
         let placement = Placement::new(&req.queue, &cluster);
         let value = serde_json::to_vec(&placement).expect("a placement serializes");
         let txn = Txn::new()
@@ -154,23 +146,6 @@ impl ManagerServiceImpl {
             leader: leader.unwrap_or_default(),
         })
     }
-}
-
-fn describe_refusals(clusters: &[ClusterState], limits: &Limits) -> String {
-    if clusters.is_empty() {
-        return "none is registered".into();
-    }
-    clusters
-        .iter()
-        .map(|c| {
-            format!(
-                "{}: {}",
-                c.name,
-                policy::refusal(c, limits).unwrap_or_default()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 fn cluster_info(c: &ClusterState, limits: &Limits) -> pb::ClusterInfo {
