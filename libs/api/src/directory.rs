@@ -1,7 +1,7 @@
 //! Where queue records live, as a frontend sees it: the metadata tier over the network
 //! (`sluice-client`'s `MetadataClient`), or the metadata store in the same process
-//! (`sluice-metastore`'s `StoreDirectory`, for standalone and tests). Every write is a
-//! compare-and-swap on the revision a record was read at.
+//! (`sluice-metastore`'s `StoreDirectory`, which the metadata tier writes etcd with too).
+//! Every write is a compare-and-swap on the revision a record was read at.
 
 use async_trait::async_trait;
 

@@ -1,6 +1,6 @@
-//! Queue records straight in a metadata store, for a frontend in the same process as its store
-//! (standalone, tests); the distributed deployment reaches the same records through the
-//! metadata tier.
+//! Queue records in a metadata store: keys, values and ids as docs/etcd-keys.md lays them out.
+//! The metadata tier writes etcd through it, and a frontend in the same process as its store
+//! (standalone, tests) uses it as its directory, so both write records alike.
 
 use std::sync::Arc;
 
@@ -16,6 +16,14 @@ pub struct StoreDirectory {
 impl StoreDirectory {
     pub fn new(store: Arc<dyn MetaStore>) -> Self {
         StoreDirectory { store }
+    }
+
+    /// Takes `count` queue ids (at least one) never handed out before; returns the first.
+    pub async fn allocate_queue_ids(&self, count: u64) -> Result<QueueId> {
+        Ok(self
+            .store
+            .next_ids(cluster::QUEUE_ID_COUNTER, count)
+            .await?)
     }
 }
 
@@ -59,7 +67,8 @@ impl QueueDirectory for StoreDirectory {
     }
 
     async fn allocate_queue_id(&self) -> Result<QueueId> {
-        // One process allocates here, with one local write per id: no block to keep.
-        Ok(self.store.next_ids(cluster::QUEUE_ID_COUNTER, 1).await?)
+        // A frontend in the same process as its store takes one id per local write: no block
+        // to keep.
+        self.allocate_queue_ids(1).await
     }
 }

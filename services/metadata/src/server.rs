@@ -12,7 +12,7 @@ use sluice_client::{ManagerClient, ManagerClientOptions, Ring};
 use sluice_common::admin::{self, Readiness};
 use sluice_common::config::{EtcdOpts, ServiceOpts};
 use sluice_common::grpc::{self, Drain, GrpcServer};
-use sluice_metastore::EtcdStore;
+use sluice_metastore::{EtcdStore, StoreDirectory};
 use sluice_proto::v1::metadata_service_server::MetadataServiceServer;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -164,6 +164,7 @@ pub async fn start(
     );
     let service = MetadataServiceImpl {
         node_id: opts.node_id.clone(),
+        records: Arc::new(StoreDirectory::new(Arc::new(store.clone()))),
         store,
         ring: ring.clone(),
         cache: cache.clone(),

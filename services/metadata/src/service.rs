@@ -10,10 +10,10 @@ use std::sync::Arc;
 use etcd_client::GetOptions;
 use parking_lot::Mutex;
 use sluice_api::cluster::{self, Placement};
-use sluice_api::{wire, Error, QueueRecord, Result, Versioned};
+use sluice_api::{wire, Error, QueueDirectory, QueueRecord, Result, Versioned};
 use sluice_client::{channel, ManagerClient, Ring};
 use sluice_common::rpc;
-use sluice_metastore::{EtcdStore, MetaStore};
+use sluice_metastore::{EtcdStore, MetaStore, StoreDirectory};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::metadata_service_client::MetadataServiceClient;
 use sluice_proto::v1::metadata_service_server::MetadataService;
@@ -36,6 +36,8 @@ const MAX_LIST: usize = 1000;
 pub struct MetadataServiceImpl {
     pub(crate) node_id: String,
     pub(crate) store: EtcdStore,
+    /// Queue records over `store`: the code standalone writes its embedded store with.
+    pub(crate) records: Arc<StoreDirectory>,
     pub(crate) ring: Arc<Ring>,
     pub(crate) cache: RecordCache,
     pub(crate) manager: Arc<ManagerClient>,
@@ -180,29 +182,23 @@ impl MetadataServiceImpl {
         }
     }
 
-    async fn create_local(&self, key: &str, value: Vec<u8>) -> Result<Option<u64>> {
-        let written = self.store.create(key, value.clone()).await?;
+    /// Records a record this node wrote at `written`, if it did.
+    fn wrote_record(&self, record: &QueueRecord, written: Option<u64>) -> Option<u64> {
         if let Some(revision) = written {
-            self.wrote(key, Some(Versioned { value, revision }), revision);
+            let key = cluster::queue_record_key("", &record.name);
+            let value = record.encode();
+            self.wrote(&key, Some(Versioned { value, revision }), revision);
         }
-        Ok(written)
+        written
     }
 
-    async fn update_local(&self, key: &str, value: Vec<u8>, expected: u64) -> Result<Option<u64>> {
-        let written = self.store.update(key, value.clone(), expected).await?;
-        if let Some(revision) = written {
-            self.wrote(key, Some(Versioned { value, revision }), revision);
-        }
-        Ok(written)
-    }
-
-    async fn delete_local(&self, key: &str, expected: u64) -> Result<bool> {
-        let deleted = self.store.delete(key, expected).await?;
+    /// Records that this node deleted `key`, if it did.
+    fn deleted(&self, key: &str, deleted: bool) -> bool {
         if deleted {
             // The watch brings the deletion's revision; until then, forget the key.
             self.cache.forget(key);
         }
-        Ok(deleted)
+        deleted
     }
 
     async fn get_queue(&self, req: pb::MetaGetQueueRequest) -> Result<pb::MetaGetQueueResponse> {
@@ -249,7 +245,10 @@ impl MetadataServiceImpl {
                     let r = c.create_queue_record(request).await?.into_inner();
                     Ok(r.written.then_some(r.revision))
                 },
-                || self.create_local(&key, record.encode()),
+                || async {
+                    let written = self.records.create_queue(&record).await?;
+                    Ok(self.wrote_record(&record, written))
+                },
             )
             .await?;
         Ok(write_response(written))
@@ -277,7 +276,10 @@ impl MetadataServiceImpl {
                     let r = c.update_queue_record(request).await?.into_inner();
                     Ok(r.written.then_some(r.revision))
                 },
-                || self.update_local(&key, record.encode(), expected),
+                || async {
+                    let written = self.records.update_queue(&record, expected).await?;
+                    Ok(self.wrote_record(&record, written))
+                },
             )
             .await?;
         Ok(write_response(written))
@@ -289,7 +291,7 @@ impl MetadataServiceImpl {
     ) -> Result<pb::MetaDeleteResponse> {
         sluice_api::limits::queue_name("name", &req.name)?;
         let key = cluster::queue_record_key("", &req.name);
-        let expected = req.revision;
+        let (name, expected) = (req.name.clone(), req.revision);
         let deleted = self
             .keyed(
                 &key,
@@ -301,7 +303,10 @@ impl MetadataServiceImpl {
                     };
                     Ok(c.delete_queue_record(request).await?.into_inner().deleted)
                 },
-                || self.delete_local(&key, expected),
+                || async {
+                    let deleted = self.records.delete_queue(&name, expected).await?;
+                    Ok(self.deleted(&key, deleted))
+                },
             )
             .await?;
         Ok(pb::MetaDeleteResponse { deleted })
@@ -312,14 +317,11 @@ impl MetadataServiceImpl {
         req: pb::MetaListQueuesRequest,
     ) -> Result<pb::MetaListQueuesResponse> {
         let limit = (req.limit as usize).clamp(1, MAX_LIST);
-        let (prefix, start_after) = cluster::queue_list_range("", &req.prefix, &req.start_after);
-        let entries = self.store.list(&prefix, &start_after, limit).await?;
-        Ok(pb::MetaListQueuesResponse {
-            names: entries
-                .into_iter()
-                .map(|(key, _)| cluster::queue_name_of("", &key).to_owned())
-                .collect(),
-        })
+        let names = self
+            .records
+            .list_queues(&req.prefix, &req.start_after, limit)
+            .await?;
+        Ok(pb::MetaListQueuesResponse { names })
     }
 
     async fn allocate_ids(
@@ -327,10 +329,7 @@ impl MetadataServiceImpl {
         req: pb::MetaAllocateQueueIdsRequest,
     ) -> Result<pb::MetaAllocateQueueIdsResponse> {
         let count = sluice_api::limits::in_range("count", req.count, 1, MAX_ID_BLOCK)?;
-        let first = self
-            .store
-            .next_ids(cluster::QUEUE_ID_COUNTER, count.into())
-            .await?;
+        let first = self.records.allocate_queue_ids(count.into()).await?;
         Ok(pb::MetaAllocateQueueIdsResponse { first, count })
     }
 
@@ -382,7 +381,10 @@ impl MetadataServiceImpl {
                     };
                     Ok(c.delete_placement(request).await?.into_inner().deleted)
                 },
-                || self.delete_local(&key, expected),
+                || async {
+                    let deleted = self.store.delete(&key, expected).await?;
+                    Ok(self.deleted(&key, deleted))
+                },
             )
             .await?;
         Ok(pb::MetaDeleteResponse { deleted })
