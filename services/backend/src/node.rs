@@ -119,6 +119,8 @@ struct Membership {
 pub struct Storage {
     queues: NodeQueues,
     replica: Option<Replica>,
+    /// The node forms a cluster of its own (or runs unreplicated), so it serves at once.
+    alone: bool,
 }
 
 impl Storage {
@@ -160,12 +162,14 @@ impl Storage {
             return Ok(Storage {
                 queues: NodeQueues::new(engine),
                 replica: None,
+                alone: true,
             });
         }
         let me = Member {
             name: opts.node_id.clone(),
             url: url.to_owned(),
         };
+        let alone = bootstrap == Bootstrap::Alone;
         let replica = Replica::start(
             &opts.data_dir,
             engine_options,
@@ -180,6 +184,7 @@ impl Storage {
         Ok(Storage {
             queues: NodeQueues::new(replica.engine.clone()),
             replica: Some(replica),
+            alone,
         })
     }
 
@@ -281,7 +286,7 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
 
     // A node alone leads at once; waiting for it keeps a fresh single-node cluster from
     // answering UNAVAILABLE to its first requests.
-    if bootstrap_of(opts)? == Bootstrap::Alone {
+    if storage.alone {
         storage.caught_up().await;
         readiness.set(true);
     } else {
