@@ -1,8 +1,9 @@
 //! Values read from the metadata tier and trusted for a while: fresh for a TTL, and past it the
 //! last value read is still served at once while one background read per key refreshes it. A
-//! stalled metadata tier therefore does not hold up requests for keys seen before.
+//! stalled metadata tier therefore does not hold up requests for keys seen before. Both caches
+//! are bounded: past `capacity` keys the least used are dropped and read again when next needed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use sluice_api::Result;
 
 pub struct Refreshing<K, V> {
     fresh: moka::sync::Cache<K, V>,
-    known: Arc<Mutex<HashMap<K, V>>>,
+    known: moka::sync::Cache<K, V>,
     refreshing: Arc<Mutex<HashSet<K>>>,
 }
 
@@ -22,10 +23,14 @@ where
     K: Hash + Eq + Clone + Send + Sync + std::fmt::Debug + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    pub fn new(ttl: Duration) -> Self {
+    /// Values are fresh for `ttl`; at most `capacity` keys are kept.
+    pub fn new(ttl: Duration, capacity: u64) -> Self {
         Refreshing {
-            fresh: moka::sync::Cache::builder().time_to_live(ttl).build(),
-            known: Arc::default(),
+            fresh: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
+            known: moka::sync::Cache::new(capacity),
             refreshing: Arc::default(),
         }
     }
@@ -40,8 +45,7 @@ where
         if let Some(value) = self.fresh.get(key) {
             return Ok(value);
         }
-        let known = self.known.lock().get(key).cloned();
-        match known {
+        match self.known.get(key) {
             Some(value) => {
                 self.refresh(key, load);
                 Ok(value)
@@ -69,11 +73,11 @@ where
     /// Forgets `key` entirely.
     pub fn forget(&self, key: &K) {
         self.fresh.invalidate(key);
-        self.known.lock().remove(key);
+        self.known.invalidate(key);
     }
 
     fn insert(&self, key: K, value: V) {
-        self.known.lock().insert(key.clone(), value.clone());
+        self.known.insert(key.clone(), value.clone());
         self.fresh.insert(key, value);
     }
 
@@ -95,7 +99,7 @@ where
         tokio::spawn(async move {
             match read.await {
                 Ok(value) => {
-                    known.lock().insert(key.clone(), value.clone());
+                    known.insert(key.clone(), value.clone());
                     fresh.insert(key.clone(), value);
                 }
                 Err(err) => {
@@ -104,5 +108,51 @@ where
             }
             refreshing.lock().remove(&key);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn keeps_at_most_its_capacity_and_reads_a_dropped_key_again() {
+        let cache = Refreshing::new(Duration::from_secs(3600), 10);
+        let reads = Arc::new(AtomicUsize::new(0));
+        let load = |reads: Arc<AtomicUsize>| {
+            move |key: u64| async move {
+                reads.fetch_add(1, Ordering::SeqCst);
+                Ok(key * 2)
+            }
+        };
+        for key in 0..1000u64 {
+            assert_eq!(cache.get(&key, load(reads.clone())).await.unwrap(), key * 2);
+        }
+        cache.fresh.run_pending_tasks();
+        cache.known.run_pending_tasks();
+        assert!(
+            cache.fresh.entry_count() <= 10,
+            "{}",
+            cache.fresh.entry_count()
+        );
+        assert!(
+            cache.known.entry_count() <= 10,
+            "{}",
+            cache.known.entry_count()
+        );
+        assert_eq!(reads.load(Ordering::SeqCst), 1000);
+
+        // Keys dropped from both caches are read again, and their values are right.
+        let dropped: Vec<u64> = (0..1000)
+            .filter(|k| !cache.fresh.contains_key(k) && !cache.known.contains_key(k))
+            .take(5)
+            .collect();
+        assert_eq!(dropped.len(), 5);
+        for key in &dropped {
+            assert_eq!(cache.get(key, load(reads.clone())).await.unwrap(), key * 2);
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1005);
     }
 }

@@ -26,6 +26,13 @@ use tokio::sync::Semaphore;
 
 use crate::refresh::Refreshing;
 
+/// Queues whose placements a frontend keeps (a few hundred bytes each); past it the least used
+/// are read again from the metadata tier when next needed.
+const MAX_PLACEMENTS: u64 = 100_000;
+
+/// Clusters whose node lists a frontend keeps.
+const MAX_CLUSTERS: u64 = 1_000;
+
 /// How long a cluster's node list is trusted before it is read again.
 const MEMBERSHIP_TTL: Duration = Duration::from_secs(2);
 
@@ -125,8 +132,8 @@ impl RoutedBackend {
         RoutedBackend {
             directory,
             local: None,
-            placements: Refreshing::new(PLACEMENT_TTL),
-            members: Refreshing::new(MEMBERSHIP_TTL),
+            placements: Refreshing::new(PLACEMENT_TTL, MAX_PLACEMENTS),
+            members: Refreshing::new(MEMBERSHIP_TTL, MAX_CLUSTERS),
             nodes: Mutex::new(std::collections::HashMap::new()),
             leaders: Mutex::new(std::collections::HashMap::new()),
             in_flight: Semaphore::new(max_in_flight.max(1)),
