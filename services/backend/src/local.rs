@@ -1,8 +1,8 @@
 //! The node's queues as the frontend-facing operations see them: the engine (replicated by the
-//! node's Raft group, unless the node runs unreplicated), counting the messages that go in and out for the node's load reports.
-//! The `BackendService` serves its RPCs through it, and `sluice standalone` hands it to its
-//! frontend in the same process, so both count alike and standalone skips protobuf and the
-//! service's span for each call (the frontend's span covers it).
+//! node's Raft group, unless the node runs unreplicated), counting the messages that go in and
+//! out for the node's load reports. The `BackendService` serves its RPCs through it, and
+//! `sluice standalone` hands it to its frontend in the same process, so standalone skips
+//! protobuf and the service's span for each call (the frontend's span covers it).
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};

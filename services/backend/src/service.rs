@@ -27,7 +27,6 @@ const FORWARDED_HEADER: &str = "sluice-forwarded";
 
 #[derive(Clone)]
 pub struct BackendServiceImpl {
-    engine: Engine,
     queues: NodeQueues,
     /// The node's Raft group; none on an unreplicated node, whose engine always serves.
     replica: Option<Replica>,
@@ -38,7 +37,6 @@ pub struct BackendServiceImpl {
 impl BackendServiceImpl {
     pub fn new(queues: NodeQueues, replica: Option<Replica>) -> Self {
         BackendServiceImpl {
-            engine: queues.engine().clone(),
             queues,
             replica,
             leaders: Arc::default(),
@@ -51,7 +49,7 @@ impl BackendServiceImpl {
         &self,
         request: &mut Request<T>,
     ) -> Result<Option<(BackendServiceClient<Channel>, String)>> {
-        if self.engine.is_active() {
+        if self.engine().is_active() {
             return Ok(None);
         }
         if request.metadata().contains_key(FORWARDED_HEADER) {
@@ -81,6 +79,10 @@ impl BackendServiceImpl {
         let client = sluice_client::node_client(&leader.url, Duration::from_secs(1))?;
         leaders.insert(leader.url.clone(), client.clone());
         Ok(Some((client, leader.url)))
+    }
+
+    fn engine(&self) -> &Engine {
+        self.queues.engine()
     }
 
     /// The engine as the frontend-facing operations see it, with their error mapping.
@@ -148,7 +150,7 @@ impl BackendService for BackendServiceImpl {
             |r| r.queue_id,
             |r| async move {
                 let config = wire::config_from_pb(r.config.unwrap_or_default());
-                self.engine
+                self.engine()
                     .create_partition(r.queue_id, config, r.first_sequence)
                     .await?;
                 Ok(pb::PutQueueResponse {})
@@ -167,7 +169,7 @@ impl BackendService for BackendServiceImpl {
             request,
             |r| r.queue_id,
             |r| async move {
-                let (config, next_sequence) = self.engine.seal_queue(r.queue_id).await?;
+                let (config, next_sequence) = self.engine().seal_queue(r.queue_id).await?;
                 Ok(pb::SealQueueResponse {
                     config: Some(wire::config_to_pb(&config)),
                     next_sequence,

@@ -51,9 +51,6 @@ impl Default for StandaloneOpts {
 /// The one backend cluster (of one node) standalone places every queue on.
 const CLUSTER: &str = "standalone";
 
-/// Calls to the node in flight at most, as a frontend's `max_backend_calls` defaults to.
-const MAX_BACKEND_CALLS: usize = 4096;
-
 /// Places every queue that has no placement: data directories from before standalone placed
 /// its queues hold none, and a crash between a queue's record and its placement leaves one
 /// without.
@@ -137,7 +134,9 @@ pub async fn start(
         Limits::default(),
     );
     place_unplaced_queues(&directory, &placements).await?;
-    let backend = RoutedBackend::new(Arc::new(placements), MAX_BACKEND_CALLS)
+    // Calls to the node in flight at most: a frontend's default.
+    let max_calls = sluice_frontend::node::FrontendOpts::default().max_backend_calls;
+    let backend = RoutedBackend::new(Arc::new(placements), max_calls)
         .with_local(CLUSTER, Arc::new(storage.queues()));
     let service = QueueServiceImpl::new(Catalog::new(Arc::new(directory)), Arc::new(backend));
 
