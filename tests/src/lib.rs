@@ -184,11 +184,21 @@ impl ServerProcess {
     /// Starts a `sluice-frontend` over the metadata nodes at `metadata` (gRPC URLs), with
     /// records cached for `cache_ttl_ms`.
     pub fn start_frontend(metadata: &[String], cache_ttl_ms: u64) -> anyhow::Result<Self> {
+        Self::start_frontend_with(metadata, cache_ttl_ms, &[])
+    }
+
+    /// [`start_frontend`](Self::start_frontend) with `extra` flags (e.g. `--config FILE`).
+    pub fn start_frontend_with(
+        metadata: &[String],
+        cache_ttl_ms: u64,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let ttl = cache_ttl_ms.to_string();
         let mut args = vec!["--metadata-cache-ttl-ms", ttl.as_str()];
         for url in metadata {
             args.extend(["--metadata", url.as_str()]);
         }
+        args.extend_from_slice(extra);
         let command = server_command(frontend_bin(), &args, None);
         Self::spawn(command, Path::new(""), "sluice-frontend ready:")
     }

@@ -22,6 +22,12 @@ pub fn load_key(root: &str, cluster: &str, node: &str) -> String {
     format!("{root}clusters/{cluster}/load/{node}")
 }
 
+/// Says a frontend is running; held by a lease it renews through the metadata tier. Frontends
+/// count these to take their share of the cluster-wide rate limits.
+pub fn frontend_key(root: &str, frontend: &str) -> String {
+    format!("{root}frontends/{frontend}")
+}
+
 /// The etcd election the managers campaign in.
 pub fn manager_election(root: &str) -> String {
     format!("{root}manager/election")

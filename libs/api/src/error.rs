@@ -22,9 +22,16 @@ pub enum Error {
     /// backend cluster: look the state up again and retry.
     #[error("{0}")]
     Aborted(String),
-    /// Throttled; retry later.
+    /// Out of a resource that frees up by itself (a cluster full of queues); retry later.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// Refused to keep a limit (a rate, a concurrency cap); nothing was done. Retry after
+    /// `retry_after`, which the status carries as the `retry-after-ms` metadata entry.
+    #[error("{message}")]
+    Throttled {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     /// Transient; retry with backoff.
     #[error("{0}")]
     Unavailable(String),
@@ -54,7 +61,7 @@ impl Error {
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Aborted(_) => Code::Aborted,
-            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::ResourceExhausted(_) | Error::Throttled { .. } => Code::ResourceExhausted,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::Internal(_) => Code::Internal,
@@ -89,10 +96,24 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// The metadata entry of a throttled request's status: milliseconds to wait before retrying.
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
-        Status::new(err.code(), err.to_string())
+        let mut status = Status::new(err.code(), err.to_string());
+        if let Error::Throttled { retry_after, .. } = err {
+            let millis = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
+            status.metadata_mut().insert(RETRY_AFTER_MS, millis.into());
+        }
+        status
     }
+}
+
+/// How long a RESOURCE_EXHAUSTED status asks the caller to wait, if it says.
+pub fn retry_after(status: &Status) -> Option<std::time::Duration> {
+    let millis = status.metadata().get(RETRY_AFTER_MS)?.to_str().ok()?;
+    millis.parse().ok().map(std::time::Duration::from_millis)
 }
 
 /// Whether a status was made on this side by a failed connection rather than sent by the peer:
@@ -124,7 +145,13 @@ impl From<Status> for Error {
             },
             Code::FailedPrecondition => Error::FailedPrecondition(message.to_owned()),
             Code::Aborted => Error::Aborted(message.to_owned()),
-            Code::ResourceExhausted => Error::ResourceExhausted(message.to_owned()),
+            Code::ResourceExhausted => match retry_after(&status) {
+                Some(retry_after) => Error::Throttled {
+                    message: message.to_owned(),
+                    retry_after,
+                },
+                None => Error::ResourceExhausted(message.to_owned()),
+            },
             Code::Unavailable => Error::Unavailable(message.to_owned()),
             Code::DeadlineExceeded | Code::Cancelled => {
                 Error::Unavailable(format!("{}: {message}", code_name(status.code())))
@@ -156,6 +183,10 @@ mod tests {
             Error::FailedPrecondition("stale receipt".into()),
             Error::Aborted("queue 7 is sealed here".into()),
             Error::ResourceExhausted("slow down".into()),
+            Error::Throttled {
+                message: "queue \"q\" is over its limit".into(),
+                retry_after: std::time::Duration::from_millis(250),
+            },
             Error::Unavailable("closed".into()),
             Error::Unimplemented("no".into()),
             Error::Internal("disk on fire".into()),
@@ -165,6 +196,16 @@ mod tests {
             assert_eq!(back, err);
             assert_eq!(Status::from(back).message(), status.message());
         }
+        let throttled = Status::from(Error::Throttled {
+            message: "over".into(),
+            retry_after: std::time::Duration::from_millis(1500),
+        });
+        assert_eq!(throttled.code(), Code::ResourceExhausted);
+        assert_eq!(
+            throttled.metadata().get(RETRY_AFTER_MS).unwrap(),
+            "1500",
+            "the status says how long to wait"
+        );
         let timeout = Error::from(Status::deadline_exceeded("backend took too long"));
         assert_eq!(timeout.code(), Code::Unavailable);
     }

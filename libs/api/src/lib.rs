@@ -22,7 +22,7 @@ pub use message::{
     md5_of_body, AttributeValue, DeadLetter, MoveTask, MoveTaskStatus, NewMessage, QueueConfig,
     QueueCounts, QueueId, ReceivedMessage, Replication, SentMessage,
 };
-pub use queue::{EffectiveAttributes, QueueRecord, RedrivePolicy, Stored, Versioned};
+pub use queue::{EffectiveAttributes, QueueRecord, RateLimits, RedrivePolicy, Stored, Versioned};
 
 /// Milliseconds since the Unix epoch; 0 if the clock is before it.
 pub fn now_ms() -> u64 {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use sluice_proto::v1 as pb;
 
-use crate::{EffectiveAttributes, Error, RedrivePolicy, Result};
+use crate::{EffectiveAttributes, Error, RateLimits, RedrivePolicy, Result};
 
 pub const MAX_QUEUE_NAME_LEN: usize = 80;
 pub const FIFO_SUFFIX: &str = ".fifo";
@@ -36,6 +36,9 @@ pub const MAX_TAG_VALUE_LEN: usize = 256;
 pub const DEFAULT_PREFETCH: u32 = 100;
 pub const MAX_PREFETCH: u32 = 1000;
 pub const MAX_ACK_HANDLES: usize = 1000;
+pub const MAX_RATE: u32 = 10_000_000;
+/// One largest message a second: a lower bytes limit could never admit one.
+pub const MIN_BYTES_RATE: u32 = MAX_MAX_MESSAGE_BYTES;
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;
 
@@ -162,7 +165,61 @@ pub fn apply_attributes(
     if let Some(policy) = &update.redrive_policy {
         next.redrive_policy = redrive_policy(name, policy)?;
     }
+    if let Some(limits) = &update.rate_limits {
+        next.rate_limits = rate_limits("attributes.rate_limits", &next.rate_limits, limits, true)?;
+    }
     Ok(next)
+}
+
+/// Applies the limits `update` sets on top of `base`, checking each; with `zero_resets`, a
+/// limit set to 0 is removed (a queue's goes back to the deployment's default).
+pub fn rate_limits(
+    field: &str,
+    base: &RateLimits,
+    update: &pb::RateLimits,
+    zero_resets: bool,
+) -> Result<RateLimits> {
+    let one = |name: &str, current: Option<u32>, given: Option<u32>, min: u32, max: u32| match given
+    {
+        None => Ok(current),
+        Some(0) if zero_resets => Ok(None),
+        Some(value) => in_range(&format!("{field}.{name}"), value, min, max).map(Some),
+    };
+    Ok(RateLimits {
+        send_messages_per_second: one(
+            "send_messages_per_second",
+            base.send_messages_per_second,
+            update.send_messages_per_second,
+            1,
+            MAX_RATE,
+        )?,
+        send_bytes_per_second: one(
+            "send_bytes_per_second",
+            base.send_bytes_per_second,
+            update.send_bytes_per_second,
+            MIN_BYTES_RATE,
+            u32::MAX,
+        )?,
+        receives_per_second: one(
+            "receives_per_second",
+            base.receives_per_second,
+            update.receives_per_second,
+            1,
+            MAX_RATE,
+        )?,
+        deletes_per_second: one(
+            "deletes_per_second",
+            base.deletes_per_second,
+            update.deletes_per_second,
+            1,
+            MAX_RATE,
+        )?,
+    })
+}
+
+/// Checks limits given in a config file (a caller's), where 0 means nothing.
+pub fn configured_rate_limits(field: &str, limits: &RateLimits) -> Result<()> {
+    rate_limits(field, &RateLimits::default(), &limits.to_proto(), false).map(|_| ())
 }
 
 /// Checks a redrive policy's own fields; an empty dead-letter queue removes the policy. Whether

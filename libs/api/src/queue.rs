@@ -70,6 +70,54 @@ pub struct EffectiveAttributes {
     pub replication: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redrive_policy: Option<RedrivePolicy>,
+    /// The queue's own rate limits; the frontends' default fills in those it does not set.
+    #[serde(default, skip_serializing_if = "RateLimits::is_empty")]
+    pub rate_limits: RateLimits,
+}
+
+/// Rate limits, each per second; `None` sets no limit of its own. A queue's bound all its
+/// callers together, a caller's (frontend config) one caller across its queues.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_messages_per_second: Option<u32>,
+    /// Bodies and message attributes, counted as `max_message_bytes` counts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_bytes_per_second: Option<u32>,
+    /// ReceiveMessage requests, and the receives of Consume streams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receives_per_second: Option<u32>,
+    /// Receipt handles deleted or whose visibility is changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletes_per_second: Option<u32>,
+}
+
+impl RateLimits {
+    pub fn is_empty(&self) -> bool {
+        *self == RateLimits::default()
+    }
+
+    /// These limits, with `default`'s where these set none.
+    pub fn or(&self, default: &RateLimits) -> RateLimits {
+        RateLimits {
+            send_messages_per_second: self
+                .send_messages_per_second
+                .or(default.send_messages_per_second),
+            send_bytes_per_second: self.send_bytes_per_second.or(default.send_bytes_per_second),
+            receives_per_second: self.receives_per_second.or(default.receives_per_second),
+            deletes_per_second: self.deletes_per_second.or(default.deletes_per_second),
+        }
+    }
+
+    pub fn to_proto(&self) -> pb::RateLimits {
+        pb::RateLimits {
+            send_messages_per_second: self.send_messages_per_second,
+            send_bytes_per_second: self.send_bytes_per_second,
+            receives_per_second: self.receives_per_second,
+            deletes_per_second: self.deletes_per_second,
+        }
+    }
 }
 
 /// Where a queue's messages go after too many receives.
@@ -92,6 +140,7 @@ impl Default for EffectiveAttributes {
             content_based_deduplication: false,
             replication: pb::Replication::Sync as i32,
             redrive_policy: None,
+            rate_limits: RateLimits::default(),
         }
     }
 }
@@ -114,6 +163,7 @@ impl EffectiveAttributes {
             fifo: self.fifo,
             content_based_deduplication: self.content_based_deduplication,
             replication: self.replication,
+            rate_limits: (!self.rate_limits.is_empty()).then(|| self.rate_limits.to_proto()),
         }
     }
 }

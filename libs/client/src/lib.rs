@@ -6,6 +6,8 @@
 //! - [`BackendClient`]: a backend node's `BackendService`, following its cluster's leader.
 //! - [`MetadataClient`]: the metadata tier; any node answers.
 //! - [`ManagerClient`]: the leading manager, found through etcd (feature `manager`).
+//!
+//! And for clients of the public API, [`retry_throttled`]: backing off when a frontend throttles.
 
 mod backend;
 pub mod channel;
@@ -13,9 +15,11 @@ pub mod channel;
 mod manager;
 mod metadata;
 mod ring;
+mod throttled;
 
 pub use backend::{node_client, BackendClient, BackendClientOptions, LeaderHint};
 #[cfg(feature = "manager")]
 pub use manager::{leader_url, ManagerClient, ManagerClientOptions};
 pub use metadata::MetadataClient;
 pub use ring::Ring;
+pub use throttled::retry_throttled;

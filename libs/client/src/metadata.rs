@@ -161,6 +161,23 @@ impl MetadataClient {
         Ok(())
     }
 
+    /// Registers frontend `id` (serving at `url`) or renews its registration under `lease` (0
+    /// at first); returns the lease to renew next time and how many frontends are registered.
+    pub async fn register_frontend(&self, id: &str, url: &str, lease: i64) -> Result<(i64, u32)> {
+        let request = pb::RegisterFrontendRequest {
+            frontend: id.to_owned(),
+            url: url.to_owned(),
+            lease,
+        };
+        let response = self
+            .call(
+                request,
+                |mut c, r| async move { c.register_frontend(r).await },
+            )
+            .await?;
+        Ok((response.lease, response.frontends))
+    }
+
     /// How many members the ring had when this client last read it.
     pub fn ring_members(&self) -> usize {
         self.ring.members().len()

@@ -62,8 +62,8 @@ enum Command {
 /// file, over the defaults shown.
 #[derive(clap::Args)]
 struct StandaloneArgs {
-    /// TOML file with data_dir, grpc_addr, admin_addr, otlp_endpoint, dedup_window_seconds and
-    /// drain_seconds.
+    /// TOML file with data_dir, grpc_addr, admin_addr, otlp_endpoint, dedup_window_seconds,
+    /// drain_seconds and a [rate_limits] table (README, "Limits").
     #[arg(long, env = "SLUICE_CONFIG")]
     config: Option<PathBuf>,
     /// Log as JSON lines instead of text.

@@ -14,6 +14,7 @@ use sluice_api::{PlacementDirectory, QueueDirectory};
 use sluice_common::admin::{self, Readiness};
 use sluice_common::config::ServiceOpts;
 use sluice_common::grpc::{Drain, GrpcServer};
+use sluice_frontend::throttle::{RateLimitOpts, RateLimiter};
 use sluice_frontend::{Catalog, QueueServiceImpl, RoutedBackend};
 use sluice_manager::policy::{ClusterState, Limits};
 use sluice_manager::StorePlacements;
@@ -32,6 +33,9 @@ pub struct StandaloneOpts {
     /// shorten it to see a send accepted again after the window.
     #[serde(default = "default_dedup_window")]
     pub dedup_window_seconds: u64,
+    /// Rate limits per queue and per caller.
+    #[serde(default)]
+    pub rate_limits: RateLimitOpts,
 }
 
 fn default_dedup_window() -> u64 {
@@ -44,6 +48,7 @@ impl Default for StandaloneOpts {
             data_dir: PathBuf::from("./sluice-data"),
             service: ServiceOpts::on(([127, 0, 0, 1], 7070), ([127, 0, 0, 1], 7071)),
             dedup_window_seconds: default_dedup_window(),
+            rate_limits: RateLimitOpts::default(),
         }
     }
 }
@@ -98,6 +103,7 @@ pub async fn start(
     opts: &StandaloneOpts,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Standalone> {
+    opts.rate_limits.check()?;
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
     let node_opts = sluice_backend::node::NodeOpts {
@@ -138,7 +144,12 @@ pub async fn start(
     let max_calls = sluice_frontend::node::FrontendOpts::default().max_backend_calls;
     let backend = RoutedBackend::new(Arc::new(placements), max_calls)
         .with_local(CLUSTER, Arc::new(storage.queues()));
-    let service = QueueServiceImpl::new(Catalog::new(Arc::new(directory)), Arc::new(backend));
+    // One frontend: it admits the whole of every limit.
+    let service = QueueServiceImpl::new(Catalog::new(Arc::new(directory)), Arc::new(backend))
+        .with_rate_limits(RateLimiter::new(
+            opts.rate_limits.clone(),
+            Default::default(),
+        ));
 
     let readiness = Readiness::default();
     // The admin port outlives the gRPC server so /metrics and /readyz answer while it drains.

@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::convert::{batch_error, split_results, to_proto_message};
 use crate::metrics;
+use crate::throttle::{Caller, Kind, RateLimiter};
 use crate::validate;
 
 /// Most messages one receive asks for: a window of a thousand fills in a few calls, each small
@@ -37,7 +38,11 @@ pub(crate) type Responses = mpsc::Receiver<Result<pb::ConsumeResponse, Status>>;
 /// acknowledged.
 pub(crate) struct Consumer {
     backend: Arc<dyn QueueBackend>,
-    queue: QueueRecord,
+    /// A stream over its rate limits waits instead of being refused: it has no request to
+    /// refuse.
+    rates: Arc<RateLimiter>,
+    caller: Caller,
+    queue: Arc<QueueRecord>,
     prefetch: usize,
     visibility: Duration,
     /// Cancelled when the server shuts down: a stream has no end of its own to wait for.
@@ -59,6 +64,7 @@ impl Consumer {
     /// Checks the stream's first request, which must be a `start`.
     pub(crate) fn new(
         backend: Arc<dyn QueueBackend>,
+        (rates, caller): (Arc<RateLimiter>, Caller),
         queue: QueueRecord,
         start: &pb::ConsumeStart,
         closing: CancellationToken,
@@ -72,7 +78,9 @@ impl Consumer {
         )?;
         Ok(Consumer {
             backend,
-            queue,
+            rates,
+            caller,
+            queue: Arc::new(queue),
             prefetch,
             visibility,
             closing,
@@ -109,8 +117,13 @@ impl Consumer {
 
     fn receive(&self, max: usize) -> BoxFuture<'static, Result<Vec<ReceivedMessage>>> {
         let backend = self.backend.clone();
-        let (id, visibility) = (self.queue.id, self.visibility);
-        async move { backend.receive(id, max, visibility, LONG_POLL).await }.boxed()
+        let (rates, caller, queue) = (self.rates.clone(), self.caller.clone(), self.queue.clone());
+        let visibility = self.visibility;
+        async move {
+            rates.wait(&caller, &queue, Kind::Receives, 1).await;
+            backend.receive(queue.id, max, visibility, LONG_POLL).await
+        }
+        .boxed()
     }
 
     /// Frees the window's places of the ack's handles and starts deleting them.
@@ -129,12 +142,15 @@ impl Consumer {
             handles.push(handle);
         }
         let backend = self.backend.clone();
-        let id = self.queue.id;
+        let (rates, caller, queue) = (self.rates.clone(), self.caller.clone(), self.queue.clone());
         Ok(async move {
             let results = if handles.is_empty() {
                 Ok(Vec::new())
             } else {
-                backend.delete(id, handles).await
+                rates
+                    .wait(&caller, &queue, Kind::Deletes, handles.len())
+                    .await;
+                backend.delete(queue.id, handles).await
             };
             AckDone {
                 ids,

@@ -92,7 +92,12 @@ pub(crate) fn to_proto_message(m: ReceivedMessage) -> pb::Message {
     }
 }
 
-pub(crate) fn to_proto_queue(record: &QueueRecord, counts: QueueCounts) -> pb::Queue {
+/// The queue as `GetQueue` shows it, with the rate `limits` in force for it.
+pub(crate) fn to_proto_queue(
+    record: &QueueRecord,
+    counts: QueueCounts,
+    limits: sluice_api::RateLimits,
+) -> pb::Queue {
     pb::Queue {
         name: record.name.clone(),
         attributes: Some(record.attributes.to_proto()),
@@ -103,5 +108,6 @@ pub(crate) fn to_proto_queue(record: &QueueRecord, counts: QueueCounts) -> pb::Q
         }),
         created_at_ms: record.created_at_ms,
         tags: record.tags.clone(),
+        rate_limits: Some(limits.to_proto()),
     }
 }

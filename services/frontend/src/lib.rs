@@ -14,6 +14,7 @@ mod refresh;
 mod routed;
 mod server;
 mod service;
+pub mod throttle;
 pub mod validate;
 
 pub use catalog::Catalog;

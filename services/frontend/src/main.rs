@@ -16,7 +16,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "sluice-frontend", version, about = "A Sluice frontend")]
 struct Args {
-    /// TOML file with any of the settings below (snake_case names).
+    /// TOML file with any of the settings below (snake_case names), and a [rate_limits] table
+    /// (README, "Limits").
     #[arg(long, env = "SLUICE_CONFIG")]
     config: Option<PathBuf>,
     /// Log as JSON lines instead of text.

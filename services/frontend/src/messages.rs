@@ -9,6 +9,7 @@ use sluice_proto::v1 as pb;
 
 use crate::convert::{batch_error, split_results, to_proto_message};
 use crate::service::QueueServiceImpl;
+use crate::throttle::{Caller, Kind};
 use crate::{digest, metrics, validate};
 
 /// The fields of a send, whether it came alone or in a batch.
@@ -21,12 +22,13 @@ pub(crate) struct SendFields<'a> {
 }
 
 impl QueueServiceImpl {
-    /// Checks one message against the queue's limits and turns it into what the engine stores.
+    /// Checks one message against the queue's limits and turns it into what the engine stores,
+    /// with its size as `max_message_bytes` counts it.
     pub(crate) fn message(
         &self,
         queue: &QueueRecord,
         fields: SendFields<'_>,
-    ) -> Result<NewMessage> {
+    ) -> Result<(NewMessage, usize)> {
         let limit = queue.attributes.max_message_bytes as usize;
         if fields.body.is_empty() {
             return Err(Error::invalid("body", "must not be empty"));
@@ -69,7 +71,7 @@ impl QueueServiceImpl {
         } else {
             String::new()
         };
-        Ok(NewMessage {
+        let message = NewMessage {
             body: fields.body.clone(),
             attributes: fields
                 .attributes
@@ -88,15 +90,17 @@ impl QueueServiceImpl {
             delay,
             group_id: fields.group_id.to_owned(),
             deduplication_id,
-        })
+        };
+        Ok((message, size))
     }
 
     pub(crate) async fn send_message(
         &self,
+        caller: Caller,
         req: pb::SendMessageRequest,
     ) -> Result<pb::SendMessageResponse> {
         let queue = self.queue("queue", &req.queue).await?;
-        let message = self.message(
+        let (message, size) = self.message(
             &queue,
             SendFields {
                 body: &req.body,
@@ -106,6 +110,7 @@ impl QueueServiceImpl {
                 group_id: &req.group_id,
             },
         )?;
+        self.rates.admit_send(&caller, &queue, 1, size)?;
         let mut sent = self.backend.send(queue.id, vec![message]).await?;
         let sent = sent
             .pop()
@@ -123,6 +128,7 @@ impl QueueServiceImpl {
 
     pub(crate) async fn send_message_batch(
         &self,
+        caller: Caller,
         req: pb::SendMessageBatchRequest,
     ) -> Result<pb::SendMessageBatchResponse> {
         let queue = self.queue("queue", &req.queue).await?;
@@ -131,6 +137,7 @@ impl QueueServiceImpl {
         let mut failed = Vec::new();
         let mut accepted = Vec::new();
         let mut messages = Vec::new();
+        let mut bytes = 0;
         for entry in &req.entries {
             let fields = SendFields {
                 body: &entry.body,
@@ -140,15 +147,19 @@ impl QueueServiceImpl {
                 group_id: &entry.group_id,
             };
             match self.message(&queue, fields) {
-                Ok(message) => {
+                Ok((message, size)) => {
                     accepted.push(entry);
                     messages.push(message);
+                    bytes += size;
                 }
                 Err(err) => failed.push(batch_error(entry.id.clone(), &err)),
             }
         }
         let mut successful = Vec::with_capacity(accepted.len());
         if !messages.is_empty() {
+            // The batch passes whole or fails whole: a client retries it as it sent it.
+            self.rates
+                .admit_send(&caller, &queue, messages.len(), bytes)?;
             match self.backend.send(queue.id, messages).await {
                 Ok(sent) => {
                     metrics::MESSAGES_SENT
@@ -179,6 +190,7 @@ impl QueueServiceImpl {
 
     pub(crate) async fn receive_message(
         &self,
+        caller: Caller,
         req: pb::ReceiveMessageRequest,
     ) -> Result<pb::ReceiveMessageResponse> {
         let queue = self.queue("queue", &req.queue).await?;
@@ -193,6 +205,7 @@ impl QueueServiceImpl {
             req.visibility_timeout_seconds
                 .unwrap_or(queue.attributes.visibility_timeout_seconds),
         )?;
+        self.rates.admit(&caller, &queue, Kind::Receives, 1)?;
         let received = self
             .backend
             .receive(queue.id, max, visibility, wait)
@@ -204,10 +217,12 @@ impl QueueServiceImpl {
 
     pub(crate) async fn delete_message(
         &self,
+        caller: Caller,
         req: pb::DeleteMessageRequest,
     ) -> Result<pb::DeleteMessageResponse> {
         let queue = self.queue("queue", &req.queue).await?;
         validate::receipt_handle("receipt_handle", &req.receipt_handle)?;
+        self.rates.admit(&caller, &queue, Kind::Deletes, 1)?;
         let mut results = self
             .backend
             .delete(queue.id, vec![req.receipt_handle])
@@ -223,6 +238,7 @@ impl QueueServiceImpl {
 
     pub(crate) async fn delete_message_batch(
         &self,
+        caller: Caller,
         req: pb::DeleteMessageBatchRequest,
     ) -> Result<pb::DeleteMessageBatchResponse> {
         let queue = self.queue("queue", &req.queue).await?;
@@ -240,6 +256,10 @@ impl QueueServiceImpl {
                 Err(err) => failed.push(batch_error(entry.id, &err)),
             }
         }
+        if !handles.is_empty() {
+            self.rates
+                .admit(&caller, &queue, Kind::Deletes, handles.len())?;
+        }
         let results = self.backend.delete(queue.id, handles).await?;
         let successful = split_results(ids, results, &mut failed);
         metrics::MESSAGES_DELETED
@@ -250,6 +270,7 @@ impl QueueServiceImpl {
 
     pub(crate) async fn change_message_visibility(
         &self,
+        caller: Caller,
         req: pb::ChangeMessageVisibilityRequest,
     ) -> Result<pb::ChangeMessageVisibilityResponse> {
         let queue = self.queue("queue", &req.queue).await?;
@@ -258,6 +279,7 @@ impl QueueServiceImpl {
             "visibility_timeout_seconds",
             req.visibility_timeout_seconds,
         )?;
+        self.rates.admit(&caller, &queue, Kind::Deletes, 1)?;
         let mut results = self
             .backend
             .change_visibility(queue.id, vec![(req.receipt_handle, visibility)])
@@ -270,6 +292,7 @@ impl QueueServiceImpl {
 
     pub(crate) async fn change_message_visibility_batch(
         &self,
+        caller: Caller,
         req: pb::ChangeMessageVisibilityBatchRequest,
     ) -> Result<pb::ChangeMessageVisibilityBatchResponse> {
         let queue = self.queue("queue", &req.queue).await?;
@@ -293,6 +316,10 @@ impl QueueServiceImpl {
                 }
                 Err(err) => failed.push(batch_error(entry.id, &err)),
             }
+        }
+        if !changes.is_empty() {
+            self.rates
+                .admit(&caller, &queue, Kind::Deletes, changes.len())?;
         }
         let results = self.backend.change_visibility(queue.id, changes).await?;
         let successful = split_results(ids, results, &mut failed);

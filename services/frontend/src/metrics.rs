@@ -74,6 +74,31 @@ pub(crate) static CONSUME_STREAMS: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+static THROTTLED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "sluice_frontend_throttled_total",
+        "Requests refused with RESOURCE_EXHAUSTED (or Consume streams slowed) by the limit they \
+         were over: a rate limit (queue_* or caller_*), a bulkhead, memory or a backend cluster's \
+         concurrency; queue is empty where no queue was known yet",
+        &["reason", "queue"]
+    )
+    .expect("metric registers once")
+});
+
+pub(crate) static FRONTENDS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "sluice_frontend_registered_frontends",
+        "Frontends registered in the metadata store, as this one last counted them: each admits \
+         this share of the cluster-wide rate limits"
+    )
+    .expect("metric registers once")
+});
+
+/// Counts a request refused by the limit named `reason`.
+pub(crate) fn throttled(reason: &str, queue: &str) {
+    THROTTLED.with_label_values(&[reason, queue]).inc();
+}
+
 /// One receive's deliveries: an empty one counts as such.
 pub(crate) fn count_received(queue: &str, messages: usize) {
     if messages == 0 {
@@ -94,4 +119,7 @@ pub(crate) fn register() {
     LazyLock::force(&MESSAGES_DELETED);
     LazyLock::force(&EMPTY_RECEIVES);
     LazyLock::force(&CONSUME_STREAMS);
+    LazyLock::force(&THROTTLED);
+    // Alone until a registration counts others.
+    FRONTENDS.set(1);
 }

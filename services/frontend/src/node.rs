@@ -13,7 +13,12 @@ use sluice_common::grpc::{Drain, GrpcServer};
 use tokio_util::sync::CancellationToken;
 
 use crate::routed::RoutedBackend;
-use crate::{Catalog, QueueServiceImpl};
+use crate::throttle::{Frontends, RateLimitOpts, RateLimiter};
+use crate::{metrics, Catalog, QueueServiceImpl};
+
+/// How often a frontend renews its registration, and so learns how many frontends share the
+/// rate limits; the registration outlives it by a few periods (10 s).
+const REGISTER_PERIOD: Duration = Duration::from_secs(3);
 
 /// How long in-flight requests get to finish after SIGTERM; a long poll lasts at most 20 s.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
@@ -31,6 +36,9 @@ pub struct FrontendOpts {
     /// Calls to backends in flight at most.
     #[serde(default = "default_max_backend_calls")]
     pub max_backend_calls: usize,
+    /// Rate limits per queue and per caller, cluster-wide (each frontend admits its share).
+    #[serde(default)]
+    pub rate_limits: RateLimitOpts,
 }
 
 fn default_metadata_cache_ttl_ms() -> u64 {
@@ -51,6 +59,7 @@ impl Default for FrontendOpts {
             metadata_endpoints: Vec::new(),
             metadata_cache_ttl_ms: default_metadata_cache_ttl_ms(),
             max_backend_calls: default_max_backend_calls(),
+            rate_limits: RateLimitOpts::default(),
         }
     }
 }
@@ -71,13 +80,17 @@ pub async fn start(opts: &FrontendOpts, shutdown: CancellationToken) -> anyhow::
         !opts.metadata_endpoints.is_empty(),
         "metadata_endpoints must name at least one metadata node"
     );
+    opts.rate_limits.check()?;
     let metadata = Arc::new(MetadataClient::new(&opts.metadata_endpoints)?);
     let catalog = Catalog::with_ttl(
         metadata.clone(),
         Duration::from_millis(opts.metadata_cache_ttl_ms),
     );
-    let backend = RoutedBackend::new(metadata, opts.max_backend_calls);
-    let service = QueueServiceImpl::new(catalog, Arc::new(backend));
+    let backend = RoutedBackend::new(metadata.clone(), opts.max_backend_calls);
+    let frontends = Frontends::default();
+    let service = QueueServiceImpl::new(catalog, Arc::new(backend)).with_rate_limits(
+        RateLimiter::new(opts.rate_limits.clone(), frontends.clone()),
+    );
 
     let readiness = Readiness::default();
     let admin_shutdown = CancellationToken::new();
@@ -88,6 +101,12 @@ pub async fn start(opts: &FrontendOpts, shutdown: CancellationToken) -> anyhow::
     )
     .await?;
     let grpc = crate::serve(opts.service.grpc_addr, service, CancellationToken::new()).await?;
+    let url = opts
+        .service
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", grpc.local_addr));
+    tokio::spawn(register(metadata, url, frontends, shutdown.clone()));
     readiness.set(true);
     tracing::info!(grpc = %grpc.local_addr, admin = %admin_addr, "frontend ready");
     Ok(Frontend {
@@ -100,6 +119,39 @@ pub async fn start(opts: &FrontendOpts, shutdown: CancellationToken) -> anyhow::
         admin_shutdown,
         shutdown,
     })
+}
+
+/// Keeps this frontend registered with the metadata tier until `shutdown`, and `frontends` set
+/// to how many are registered. While the tier cannot be reached the last count stands.
+async fn register(
+    metadata: Arc<MetadataClient>,
+    url: String,
+    frontends: Frontends,
+    shutdown: CancellationToken,
+) {
+    let id = format!("{:016x}", rand::random::<u64>());
+    let mut lease = 0;
+    let mut ticks = tokio::time::interval(REGISTER_PERIOD);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        match metadata.register_frontend(&id, &url, lease).await {
+            Ok((renewed, count)) => {
+                if count != frontends.get() {
+                    tracing::info!(frontends = count, "frontends sharing the rate limits");
+                }
+                lease = renewed;
+                frontends.set(count);
+                metrics::FRONTENDS.set(i64::from(frontends.get()));
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot renew this frontend's registration; keeping the last count of frontends")
+            }
+        }
+    }
 }
 
 impl Frontend {

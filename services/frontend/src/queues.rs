@@ -100,7 +100,11 @@ impl QueueServiceImpl {
                 }
                 let counts = self.backend.counts(existing.record.id).await?;
                 return Ok(pb::CreateQueueResponse {
-                    queue: Some(to_proto_queue(&existing.record, counts)),
+                    queue: Some(to_proto_queue(
+                        &existing.record,
+                        counts,
+                        self.rates.queue_limits(&existing.record),
+                    )),
                 });
             }
             let record = QueueRecord {
@@ -115,7 +119,11 @@ impl QueueServiceImpl {
             if self.catalog.create(&record).await? {
                 tracing::info!(queue = %record.name, id = record.id, "queue created");
                 return Ok(pb::CreateQueueResponse {
-                    queue: Some(to_proto_queue(&record, QueueCounts::default())),
+                    queue: Some(to_proto_queue(
+                        &record,
+                        QueueCounts::default(),
+                        self.rates.queue_limits(&record),
+                    )),
                 });
             }
             // Another request created the name first; drop ours and answer as for an existing one.
@@ -131,7 +139,11 @@ impl QueueServiceImpl {
         let record = self.queue("name", &req.name).await?;
         let counts = self.backend.counts(record.id).await?;
         Ok(pb::GetQueueResponse {
-            queue: Some(to_proto_queue(&record, counts)),
+            queue: Some(to_proto_queue(
+                &record,
+                counts,
+                self.rates.queue_limits(&record),
+            )),
         })
     }
 
@@ -212,7 +224,11 @@ impl QueueServiceImpl {
                 tracing::info!(queue = %record.name, "queue attributes changed");
                 let counts = self.backend.counts(record.id).await?;
                 return Ok(pb::SetQueueAttributesResponse {
-                    queue: Some(to_proto_queue(&record, counts)),
+                    queue: Some(to_proto_queue(
+                        &record,
+                        counts,
+                        self.rates.queue_limits(&record),
+                    )),
                 });
             }
         }

@@ -16,12 +16,14 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::catalog::Catalog;
 use crate::consume::Consumer;
 use crate::metrics;
+use crate::throttle::{Caller, RateLimitOpts, RateLimiter};
 use crate::validate;
 
 #[derive(Clone)]
 pub struct QueueServiceImpl {
     pub(crate) catalog: Catalog,
     pub(crate) backend: Arc<dyn QueueBackend>,
+    pub(crate) rates: Arc<RateLimiter>,
     /// Cancelled when the server shuts down, which ends the Consume streams.
     closing: CancellationToken,
 }
@@ -77,37 +79,44 @@ impl QueueName for pb::ListQueuesRequest {
 const SERVICE: &str = "sluice.v1.QueueService";
 
 /// Runs one RPC inside a span that continues the caller's trace, counts it by gRPC code and
-/// times it.
+/// times it. `work` gets the caller the request comes from.
 async fn observed<R, T, Fut>(
     method: &'static str,
     request: Request<R>,
-    work: impl FnOnce(R) -> Fut,
+    work: impl FnOnce(Caller, R) -> Fut,
 ) -> Result<Response<T>, Status>
 where
     R: QueueName,
     Fut: Future<Output = Result<T>>,
 {
+    let caller = Caller::of(request.metadata(), request.remote_addr());
     let (metadata, _, request) = request.into_parts();
     let queue = request.queue_name().to_owned();
-    rpc::observe(
-        SERVICE,
-        method,
-        &queue,
-        &metadata,
-        &metrics::RPC,
-        work(request),
-    )
+    rpc::observe(SERVICE, method, &queue, &metadata, &metrics::RPC, async {
+        work(caller?, request).await
+    })
     .await
 }
 
 impl QueueServiceImpl {
+    /// A service with the default rate limits, on a frontend alone.
     pub fn new(catalog: Catalog, backend: Arc<dyn QueueBackend>) -> Self {
         metrics::register();
         QueueServiceImpl {
             catalog,
             backend,
+            rates: Arc::new(RateLimiter::new(
+                RateLimitOpts::default(),
+                Default::default(),
+            )),
             closing: CancellationToken::new(),
         }
+    }
+
+    /// Holds requests to `rates` instead of the default limits.
+    pub fn with_rate_limits(mut self, rates: RateLimiter) -> Self {
+        self.rates = Arc::new(rates);
+        self
     }
 
     /// Ends the Consume streams once `shutdown` is cancelled; [`crate::serve`] calls it.
@@ -128,7 +137,7 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::StartMessageMoveTaskRequest>,
     ) -> Result<Response<pb::StartMessageMoveTaskResponse>, Status> {
-        observed("StartMessageMoveTask", request, |req| {
+        observed("StartMessageMoveTask", request, |_, req| {
             self.start_message_move_task(req)
         })
         .await
@@ -138,7 +147,7 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::ListMessageMoveTasksRequest>,
     ) -> Result<Response<pb::ListMessageMoveTasksResponse>, Status> {
-        observed("ListMessageMoveTasks", request, |req| {
+        observed("ListMessageMoveTasks", request, |_, req| {
             self.list_message_move_tasks(req)
         })
         .await
@@ -148,7 +157,7 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::CancelMessageMoveTaskRequest>,
     ) -> Result<Response<pb::CancelMessageMoveTaskResponse>, Status> {
-        observed("CancelMessageMoveTask", request, |req| {
+        observed("CancelMessageMoveTask", request, |_, req| {
             self.cancel_message_move_task(req)
         })
         .await
@@ -158,35 +167,35 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::CreateQueueRequest>,
     ) -> Result<Response<pb::CreateQueueResponse>, Status> {
-        observed("CreateQueue", request, |req| self.create_queue(req)).await
+        observed("CreateQueue", request, |_, req| self.create_queue(req)).await
     }
 
     async fn get_queue(
         &self,
         request: Request<pb::GetQueueRequest>,
     ) -> Result<Response<pb::GetQueueResponse>, Status> {
-        observed("GetQueue", request, |req| self.get_queue(req)).await
+        observed("GetQueue", request, |_, req| self.get_queue(req)).await
     }
 
     async fn list_queues(
         &self,
         request: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
-        observed("ListQueues", request, |req| self.list_queues(req)).await
+        observed("ListQueues", request, |_, req| self.list_queues(req)).await
     }
 
     async fn delete_queue(
         &self,
         request: Request<pb::DeleteQueueRequest>,
     ) -> Result<Response<pb::DeleteQueueResponse>, Status> {
-        observed("DeleteQueue", request, |req| self.delete_queue(req)).await
+        observed("DeleteQueue", request, |_, req| self.delete_queue(req)).await
     }
 
     async fn set_queue_attributes(
         &self,
         request: Request<pb::SetQueueAttributesRequest>,
     ) -> Result<Response<pb::SetQueueAttributesResponse>, Status> {
-        observed("SetQueueAttributes", request, |req| {
+        observed("SetQueueAttributes", request, |_, req| {
             self.set_queue_attributes(req)
         })
         .await
@@ -196,22 +205,25 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::PurgeQueueRequest>,
     ) -> Result<Response<pb::PurgeQueueResponse>, Status> {
-        observed("PurgeQueue", request, |req| self.purge_queue(req)).await
+        observed("PurgeQueue", request, |_, req| self.purge_queue(req)).await
     }
 
     async fn send_message(
         &self,
         request: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
-        observed("SendMessage", request, |req| self.send_message(req)).await
+        observed("SendMessage", request, |caller, req| {
+            self.send_message(caller, req)
+        })
+        .await
     }
 
     async fn send_message_batch(
         &self,
         request: Request<pb::SendMessageBatchRequest>,
     ) -> Result<Response<pb::SendMessageBatchResponse>, Status> {
-        observed("SendMessageBatch", request, |req| {
-            self.send_message_batch(req)
+        observed("SendMessageBatch", request, |caller, req| {
+            self.send_message_batch(caller, req)
         })
         .await
     }
@@ -220,22 +232,28 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::ReceiveMessageRequest>,
     ) -> Result<Response<pb::ReceiveMessageResponse>, Status> {
-        observed("ReceiveMessage", request, |req| self.receive_message(req)).await
+        observed("ReceiveMessage", request, |caller, req| {
+            self.receive_message(caller, req)
+        })
+        .await
     }
 
     async fn delete_message(
         &self,
         request: Request<pb::DeleteMessageRequest>,
     ) -> Result<Response<pb::DeleteMessageResponse>, Status> {
-        observed("DeleteMessage", request, |req| self.delete_message(req)).await
+        observed("DeleteMessage", request, |caller, req| {
+            self.delete_message(caller, req)
+        })
+        .await
     }
 
     async fn delete_message_batch(
         &self,
         request: Request<pb::DeleteMessageBatchRequest>,
     ) -> Result<Response<pb::DeleteMessageBatchResponse>, Status> {
-        observed("DeleteMessageBatch", request, |req| {
-            self.delete_message_batch(req)
+        observed("DeleteMessageBatch", request, |caller, req| {
+            self.delete_message_batch(caller, req)
         })
         .await
     }
@@ -244,8 +262,8 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::ChangeMessageVisibilityRequest>,
     ) -> Result<Response<pb::ChangeMessageVisibilityResponse>, Status> {
-        observed("ChangeMessageVisibility", request, |req| {
-            self.change_message_visibility(req)
+        observed("ChangeMessageVisibility", request, |caller, req| {
+            self.change_message_visibility(caller, req)
         })
         .await
     }
@@ -254,8 +272,8 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::ChangeMessageVisibilityBatchRequest>,
     ) -> Result<Response<pb::ChangeMessageVisibilityBatchResponse>, Status> {
-        observed("ChangeMessageVisibilityBatch", request, |req| {
-            self.change_message_visibility_batch(req)
+        observed("ChangeMessageVisibilityBatch", request, |caller, req| {
+            self.change_message_visibility_batch(caller, req)
         })
         .await
     }
@@ -266,6 +284,7 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<Streaming<pb::ConsumeRequest>>,
     ) -> Result<Response<Self::ConsumeStream>, Status> {
+        let caller = Caller::of(request.metadata(), request.remote_addr());
         let (metadata, _, mut requests) = request.into_parts();
         let start = match requests.message().await? {
             Some(pb::ConsumeRequest {
@@ -289,7 +308,13 @@ impl QueueService for QueueServiceImpl {
                 })?;
                 validate::queue_name("start.queue", &start.queue)?;
                 let record = self.catalog.require_fresh(&start.queue).await?.record;
-                Consumer::new(self.backend.clone(), record, &start, self.closing.clone())
+                Consumer::new(
+                    self.backend.clone(),
+                    (self.rates.clone(), caller?),
+                    record,
+                    &start,
+                    self.closing.clone(),
+                )
             },
         )
         .await?

@@ -32,6 +32,11 @@ const MAX_ID_BLOCK: u32 = 1000;
 /// Most names one list returns.
 const MAX_LIST: usize = 1000;
 
+/// How long a frontend's registration outlives its last renewal; frontends renew every 3 s.
+const FRONTEND_TTL_SECONDS: i64 = 10;
+const MAX_FRONTEND_ID_LEN: usize = 64;
+const MAX_URL_LEN: usize = 256;
+
 #[derive(Clone)]
 pub struct MetadataServiceImpl {
     pub(crate) node_id: String,
@@ -439,6 +444,86 @@ impl MetadataServiceImpl {
     }
 }
 
+impl MetadataServiceImpl {
+    /// Renews the frontend's lease (or grants a new one if it expired), writes its key under
+    /// it, and counts the frontends' keys.
+    async fn register_frontend(
+        &self,
+        req: pb::RegisterFrontendRequest,
+    ) -> Result<pb::RegisterFrontendResponse> {
+        let id = &req.frontend;
+        if id.is_empty()
+            || id.len() > MAX_FRONTEND_ID_LEN
+            || !id.chars().all(sluice_api::limits::is_name_char)
+        {
+            return Err(Error::invalid(
+                "frontend",
+                format!(
+                    "must be 1 to {MAX_FRONTEND_ID_LEN} characters of A-Z, a-z, 0-9, '_' and '-'"
+                ),
+            ));
+        }
+        if req.url.len() > MAX_URL_LEN {
+            return Err(Error::invalid(
+                "url",
+                format!(
+                    "is {} characters, the limit is {MAX_URL_LEN}",
+                    req.url.len()
+                ),
+            ));
+        }
+        if req.lease < 0 {
+            return Err(Error::invalid("lease", "must not be negative"));
+        }
+        let etcd = |err: etcd_client::Error| Error::Unavailable(format!("etcd: {err}"));
+        let mut client = self.store.client().clone();
+        let mut lease = req.lease;
+        let renewed = lease != 0 && renew_once(&mut client, lease).await.map_err(etcd)?;
+        if !renewed {
+            lease = client
+                .lease_grant(FRONTEND_TTL_SECONDS, None)
+                .await
+                .map_err(etcd)?
+                .id();
+        }
+        let record = serde_json::json!({ "frontend": id, "url": req.url });
+        client
+            .kv_client()
+            .put(
+                cluster::frontend_key(self.store.root(), id),
+                record.to_string(),
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map_err(etcd)?;
+        let counted = client
+            .kv_client()
+            .get(
+                cluster::frontend_key(self.store.root(), ""),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .map_err(etcd)?;
+        Ok(pb::RegisterFrontendResponse {
+            lease,
+            frontends: u32::try_from(counted.count()).unwrap_or(u32::MAX),
+        })
+    }
+}
+
+/// Renews `lease` once; false if etcd no longer has it.
+async fn renew_once(
+    client: &mut etcd_client::Client,
+    lease: i64,
+) -> Result<bool, etcd_client::Error> {
+    let (mut renewer, mut responses) = client.lease_keep_alive(lease).await?;
+    renewer.keep_alive().await?;
+    Ok(responses
+        .message()
+        .await?
+        .is_some_and(|response| response.ttl() > 0))
+}
+
 fn write_response(written: Option<u64>) -> pb::MetaWriteResponse {
     pb::MetaWriteResponse {
         written: written.is_some(),
@@ -610,6 +695,19 @@ impl MetadataService for MetadataServiceImpl {
             request,
             |_| String::new(),
             |_| async { Ok(self.ring()) },
+        )
+        .await
+    }
+
+    async fn register_frontend(
+        &self,
+        request: Request<pb::RegisterFrontendRequest>,
+    ) -> Result<Response<pb::RegisterFrontendResponse>, Status> {
+        observed(
+            "RegisterFrontend",
+            request,
+            |r| r.frontend.clone(),
+            |r| self.register_frontend(r),
         )
         .await
     }

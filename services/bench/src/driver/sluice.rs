@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
+use sluice_client::retry_throttled;
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::queue_service_client::QueueServiceClient;
 use std::time::Duration;
@@ -159,19 +160,22 @@ impl SluiceProducer {
 impl Producer for SluiceProducer {
     async fn send(&self, bodies: Vec<Bytes>) -> anyhow::Result<()> {
         let first = self.sent.fetch_add(bodies.len() as u64, Ordering::Relaxed);
-        let mut client = self.client.clone();
+        let client = &self.client;
         if bodies.len() == 1 {
             let (group_id, deduplication_id) = self.fifo_fields(first);
             let body = bodies.into_iter().next().expect("one body");
-            client
-                .send_message(pb::SendMessageRequest {
-                    queue: self.queue.clone(),
-                    body,
-                    group_id,
-                    deduplication_id,
-                    ..Default::default()
-                })
-                .await?;
+            let request = pb::SendMessageRequest {
+                queue: self.queue.clone(),
+                body,
+                group_id,
+                deduplication_id,
+                ..Default::default()
+            };
+            retry_throttled(|| {
+                let (mut client, request) = (client.clone(), request.clone());
+                async move { client.send_message(request).await }
+            })
+            .await?;
             return Ok(());
         }
         let entries = bodies
@@ -188,13 +192,16 @@ impl Producer for SluiceProducer {
                 }
             })
             .collect();
-        let response = client
-            .send_message_batch(pb::SendMessageBatchRequest {
-                queue: self.queue.clone(),
-                entries,
-            })
-            .await?
-            .into_inner();
+        let request = pb::SendMessageBatchRequest {
+            queue: self.queue.clone(),
+            entries,
+        };
+        let response = retry_throttled(|| {
+            let (mut client, request) = (client.clone(), request.clone());
+            async move { client.send_message_batch(request).await }
+        })
+        .await?
+        .into_inner();
         if let Some(failed) = response.failed.first() {
             anyhow::bail!(
                 "{} of the batch failed, e.g. {}: {}",

@@ -10,6 +10,7 @@ use std::io::Read;
 use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
+use sluice_client::retry_throttled;
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::queue_service_client::QueueServiceClient;
 use tonic::transport::Channel;
@@ -132,6 +133,20 @@ pub struct AttributeArgs {
     /// Receives before a message moves to the dead-letter queue (1 to 1000).
     #[arg(long, requires = "dlq")]
     max_receives: Option<u32>,
+    /// Messages sent per second at most, all callers together; 0 goes back to the frontends'
+    /// default.
+    #[arg(long)]
+    send_rate: Option<u32>,
+    /// Bytes sent per second at most (bodies and attributes; at least 1048576); 0 goes back to
+    /// the default.
+    #[arg(long)]
+    send_bytes_rate: Option<u32>,
+    /// Receives per second at most; 0 goes back to the default.
+    #[arg(long)]
+    receive_rate: Option<u32>,
+    /// Deletes and visibility changes per second at most; 0 goes back to the default.
+    #[arg(long)]
+    delete_rate: Option<u32>,
 }
 
 impl AttributeArgs {
@@ -152,6 +167,12 @@ impl AttributeArgs {
             redrive_policy: self.dlq.as_ref().map(|dlq| pb::RedrivePolicy {
                 dead_letter_queue: dlq.clone(),
                 max_receive_count: self.max_receives.unwrap_or_default(),
+            }),
+            rate_limits: Some(pb::RateLimits {
+                send_messages_per_second: self.send_rate,
+                send_bytes_per_second: self.send_bytes_rate,
+                receives_per_second: self.receive_rate,
+                deletes_per_second: self.delete_rate,
             }),
         }
     }
@@ -261,6 +282,24 @@ pub(crate) fn failed(endpoint: &str, status: tonic::Status) -> anyhow::Error {
     )
 }
 
+/// Deletes a message, backing off while throttled.
+async fn delete(
+    client: &QueueServiceClient<Channel>,
+    queue: &str,
+    receipt_handle: &str,
+) -> Result<(), tonic::Status> {
+    let request = pb::DeleteMessageRequest {
+        queue: queue.to_owned(),
+        receipt_handle: receipt_handle.to_owned(),
+    };
+    retry_throttled(|| {
+        let (mut client, request) = (client.clone(), request.clone());
+        async move { client.delete_message(request).await }
+    })
+    .await
+    .map(|_| ())
+}
+
 pub async fn run(endpoint: String, json_out: bool, command: ClientCommand) -> anyhow::Result<()> {
     let channel = Channel::from_shared(endpoint.clone())
         .with_context(|| format!("endpoint {endpoint:?} is not a URL like http://127.0.0.1:7070"))?
@@ -367,18 +406,21 @@ pub async fn run(endpoint: String, json_out: bool, command: ClientCommand) -> an
                 }
                 Some(text) => text.as_bytes().to_vec(),
             };
-            let sent = client
-                .send_message(pb::SendMessageRequest {
-                    queue: send.queue,
-                    body: body.into(),
-                    attributes: send.attributes.into_iter().collect(),
-                    delay_seconds: send.delay,
-                    deduplication_id: send.dedup_id.unwrap_or_default(),
-                    group_id: send.group.unwrap_or_default(),
-                })
-                .await
-                .map_err(err)?
-                .into_inner();
+            let request = pb::SendMessageRequest {
+                queue: send.queue,
+                body: body.into(),
+                attributes: send.attributes.into_iter().collect(),
+                delay_seconds: send.delay,
+                deduplication_id: send.dedup_id.unwrap_or_default(),
+                group_id: send.group.unwrap_or_default(),
+            };
+            let sent = retry_throttled(|| {
+                let (mut client, request) = (client.clone(), request.clone());
+                async move { client.send_message(request).await }
+            })
+            .await
+            .map_err(err)?
+            .into_inner();
             if json_out {
                 println!(
                     "{}",
@@ -394,25 +436,24 @@ pub async fn run(endpoint: String, json_out: bool, command: ClientCommand) -> an
             }
         }
         ClientCommand::Receive(receive) => {
-            let messages = client
-                .receive_message(pb::ReceiveMessageRequest {
-                    queue: receive.queue.clone(),
-                    max_messages: receive.max,
-                    wait_time_seconds: receive.wait,
-                    visibility_timeout_seconds: receive.visibility_timeout,
-                })
-                .await
-                .map_err(err)?
-                .into_inner()
-                .messages;
+            let request = pb::ReceiveMessageRequest {
+                queue: receive.queue.clone(),
+                max_messages: receive.max,
+                wait_time_seconds: receive.wait,
+                visibility_timeout_seconds: receive.visibility_timeout,
+            };
+            let messages = retry_throttled(|| {
+                let (mut client, request) = (client.clone(), request.clone());
+                async move { client.receive_message(request).await }
+            })
+            .await
+            .map_err(err)?
+            .into_inner()
+            .messages;
             for m in &messages {
                 print_message(json_out, m, !receive.delete);
                 if receive.delete {
-                    client
-                        .delete_message(pb::DeleteMessageRequest {
-                            queue: receive.queue.clone(),
-                            receipt_handle: m.receipt_handle.clone(),
-                        })
+                    delete(&client, &receive.queue, &m.receipt_handle)
                         .await
                         .map_err(err)?;
                 }
@@ -428,11 +469,7 @@ pub async fn run(endpoint: String, json_out: bool, command: ClientCommand) -> an
             queue,
             receipt_handle,
         } => {
-            client
-                .delete_message(pb::DeleteMessageRequest {
-                    queue,
-                    receipt_handle,
-                })
+            delete(&client, &queue, &receipt_handle)
                 .await
                 .map_err(err)?;
             if json_out {

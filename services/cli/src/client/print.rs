@@ -37,7 +37,9 @@ pub(crate) fn print_queue(json_out: bool, queue: &pb::Queue) {
                     "max_receive_count": p.max_receive_count,
                 })),
                 "replication": replication,
+                "rate_limits": rate_limits_json(attrs.rate_limits.unwrap_or_default()),
             },
+            "rate_limits": rate_limits_json(queue.rate_limits.unwrap_or_default()),
             "counts": {
                 "visible": counts.visible,
                 "in_flight": counts.in_flight,
@@ -86,11 +88,56 @@ pub(crate) fn print_queue(json_out: bool, queue: &pb::Queue) {
             policy.dead_letter_queue, policy.max_receive_count
         );
     }
+    // The limits in force, and whether each is the queue's own or the frontends' default.
+    let own = attrs.rate_limits.unwrap_or_default();
+    let limits = queue.rate_limits.unwrap_or_default();
+    for (what, own, limit, unit) in [
+        (
+            "send rate",
+            own.send_messages_per_second,
+            limits.send_messages_per_second,
+            "messages/s",
+        ),
+        (
+            "send bytes rate",
+            own.send_bytes_per_second,
+            limits.send_bytes_per_second,
+            "bytes/s",
+        ),
+        (
+            "receive rate",
+            own.receives_per_second,
+            limits.receives_per_second,
+            "receives/s",
+        ),
+        (
+            "delete rate",
+            own.deletes_per_second,
+            limits.deletes_per_second,
+            "deletes/s",
+        ),
+    ] {
+        let shown = match limit {
+            None => "unlimited".to_owned(),
+            Some(limit) => format!("{limit} {unit}"),
+        };
+        let source = if own.is_some() { "" } else { " (default)" };
+        println!("{what:<20}{shown}{source}");
+    }
     let mut tags: Vec<_> = queue.tags.iter().collect();
     tags.sort();
     for (k, v) in tags {
         println!("tag                 {k}={v}");
     }
+}
+
+fn rate_limits_json(limits: pb::RateLimits) -> serde_json::Value {
+    json!({
+        "send_messages_per_second": limits.send_messages_per_second,
+        "send_bytes_per_second": limits.send_bytes_per_second,
+        "receives_per_second": limits.receives_per_second,
+        "deletes_per_second": limits.deletes_per_second,
+    })
 }
 
 /// Reports a finished action on a queue, e.g. `purged orders`.
