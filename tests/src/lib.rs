@@ -137,6 +137,19 @@ impl ServerProcess {
         cluster: &str,
         node: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_backend_from(&backend_bin(), data_dir, etcd, cluster, node, &[])
+    }
+
+    /// [`start_backend`](Self::start_backend) from binary `bin` (`backend_bin()` or
+    /// `backend_failpoints_bin()`) with environment `env`.
+    pub fn start_backend_from(
+        bin: &Path,
+        data_dir: &Path,
+        etcd: &str,
+        cluster: &str,
+        node: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         // Frequent load reports, so the managers see a node's load soon after it changes.
         let args = [
             "--etcd",
@@ -148,7 +161,8 @@ impl ServerProcess {
             "--load-report-interval-ms",
             "200",
         ];
-        let command = server_command(backend_bin(), &args, Some(data_dir));
+        let mut command = server_command(bin.to_owned(), &args, Some(data_dir));
+        command.envs(env.iter().copied());
         Self::spawn(command, data_dir, "sluice-backend ready:")
     }
 
@@ -327,6 +341,17 @@ impl ServerProcess {
     /// GET on the admin port; returns the status code and body.
     pub fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         http_get(self.admin_addr, path)
+    }
+
+    /// The value of one sample named with its labels, e.g.
+    /// `sluice_frontend_in_flight{bulkhead="sends"}`; 0 if it is not exported yet.
+    pub fn metric_sample(&self, sample: &str) -> anyhow::Result<f64> {
+        let (_, body) = self.admin_get("/metrics")?;
+        body.lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+            .map_or(Ok(0.0), |value| {
+                value.trim().parse().context("metric value")
+            })
     }
 
     /// The value of a metric sample without labels, e.g. `sluice_storage_waiting_receives`.

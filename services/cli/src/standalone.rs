@@ -14,6 +14,8 @@ use sluice_api::{PlacementDirectory, QueueDirectory};
 use sluice_common::admin::{self, Readiness};
 use sluice_common::config::ServiceOpts;
 use sluice_common::grpc::{Drain, GrpcServer};
+use sluice_frontend::bulkhead::BulkheadOpts;
+use sluice_frontend::pressure::PressureOpts;
 use sluice_frontend::throttle::{RateLimitOpts, RateLimiter};
 use sluice_frontend::{Catalog, QueueServiceImpl, RoutedBackend};
 use sluice_manager::policy::{ClusterState, Limits};
@@ -36,6 +38,12 @@ pub struct StandaloneOpts {
     /// Rate limits per queue and per caller.
     #[serde(default)]
     pub rate_limits: RateLimitOpts,
+    /// Caps on the work in flight, by kind.
+    #[serde(default)]
+    pub bulkheads: BulkheadOpts,
+    /// How the cap on calls in flight to the storage engine shrinks while it answers slowly.
+    #[serde(default)]
+    pub backend_pressure: PressureOpts,
 }
 
 fn default_dedup_window() -> u64 {
@@ -49,6 +57,8 @@ impl Default for StandaloneOpts {
             service: ServiceOpts::on(([127, 0, 0, 1], 7070), ([127, 0, 0, 1], 7071)),
             dedup_window_seconds: default_dedup_window(),
             rate_limits: RateLimitOpts::default(),
+            bulkheads: BulkheadOpts::default(),
+            backend_pressure: PressureOpts::default(),
         }
     }
 }
@@ -104,6 +114,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Standalone> {
     opts.rate_limits.check()?;
+    opts.bulkheads.check()?;
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
     let node_opts = sluice_backend::node::NodeOpts {
@@ -142,14 +153,15 @@ pub async fn start(
     place_unplaced_queues(&directory, &placements).await?;
     // Calls to the node in flight at most: a frontend's default.
     let max_calls = sluice_frontend::node::FrontendOpts::default().max_backend_calls;
-    let backend = RoutedBackend::new(Arc::new(placements), max_calls)
+    let backend = RoutedBackend::new(Arc::new(placements), max_calls, &opts.backend_pressure)
         .with_local(CLUSTER, Arc::new(storage.queues()));
     // One frontend: it admits the whole of every limit.
     let service = QueueServiceImpl::new(Catalog::new(Arc::new(directory)), Arc::new(backend))
         .with_rate_limits(RateLimiter::new(
             opts.rate_limits.clone(),
             Default::default(),
-        ));
+        ))
+        .with_bulkheads(opts.bulkheads.clone());
 
     let readiness = Readiness::default();
     // The admin port outlives the gRPC server so /metrics and /readyz answer while it drains.

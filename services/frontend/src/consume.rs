@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use tracing::Instrument;
 
+use crate::bulkhead::Pass;
 use crate::convert::{batch_error, split_results, to_proto_message};
 use crate::metrics;
 use crate::throttle::{Caller, Kind, RateLimiter};
@@ -42,6 +43,8 @@ pub(crate) struct Consumer {
     /// refuse.
     rates: Arc<RateLimiter>,
     caller: Caller,
+    /// The stream's place in its bulkhead, held until it ends.
+    _pass: Pass,
     queue: Arc<QueueRecord>,
     prefetch: usize,
     visibility: Duration,
@@ -64,7 +67,7 @@ impl Consumer {
     /// Checks the stream's first request, which must be a `start`.
     pub(crate) fn new(
         backend: Arc<dyn QueueBackend>,
-        (rates, caller): (Arc<RateLimiter>, Caller),
+        (rates, caller, pass): (Arc<RateLimiter>, Caller, Pass),
         queue: QueueRecord,
         start: &pb::ConsumeStart,
         closing: CancellationToken,
@@ -80,6 +83,7 @@ impl Consumer {
             backend,
             rates,
             caller,
+            _pass: pass,
             queue: Arc::new(queue),
             prefetch,
             visibility,

@@ -2,6 +2,7 @@
 //! section 3, resolves queue names through the metadata store, and hands the work to a
 //! `QueueBackend`: the in-process engine in standalone, a backend node over the network otherwise.
 
+pub mod bulkhead;
 mod catalog;
 mod consume;
 mod convert;
@@ -9,6 +10,7 @@ mod digest;
 mod messages;
 mod metrics;
 pub mod node;
+pub mod pressure;
 mod queues;
 mod refresh;
 mod routed;

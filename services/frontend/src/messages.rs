@@ -110,6 +110,7 @@ impl QueueServiceImpl {
                 group_id: &req.group_id,
             },
         )?;
+        let _pass = self.bulkheads.send(&queue.name, size)?;
         self.rates.admit_send(&caller, &queue, 1, size)?;
         let mut sent = self.backend.send(queue.id, vec![message]).await?;
         let sent = sent
@@ -157,6 +158,7 @@ impl QueueServiceImpl {
         }
         let mut successful = Vec::with_capacity(accepted.len());
         if !messages.is_empty() {
+            let _pass = self.bulkheads.send(&queue.name, bytes)?;
             // The batch passes whole or fails whole: a client retries it as it sent it.
             self.rates
                 .admit_send(&caller, &queue, messages.len(), bytes)?;
@@ -205,6 +207,13 @@ impl QueueServiceImpl {
             req.visibility_timeout_seconds
                 .unwrap_or(queue.attributes.visibility_timeout_seconds),
         )?;
+        // A receive that waits holds its place for up to 20 s: it must not take one that quick
+        // work needs.
+        let _pass = if wait.is_zero() {
+            self.bulkheads.short(&queue.name)?
+        } else {
+            self.bulkheads.long_poll(&caller, &queue.name)?
+        };
         self.rates.admit(&caller, &queue, Kind::Receives, 1)?;
         let received = self
             .backend
@@ -222,6 +231,7 @@ impl QueueServiceImpl {
     ) -> Result<pb::DeleteMessageResponse> {
         let queue = self.queue("queue", &req.queue).await?;
         validate::receipt_handle("receipt_handle", &req.receipt_handle)?;
+        let _pass = self.bulkheads.short(&queue.name)?;
         self.rates.admit(&caller, &queue, Kind::Deletes, 1)?;
         let mut results = self
             .backend
@@ -256,6 +266,7 @@ impl QueueServiceImpl {
                 Err(err) => failed.push(batch_error(entry.id, &err)),
             }
         }
+        let _pass = self.bulkheads.short(&queue.name)?;
         if !handles.is_empty() {
             self.rates
                 .admit(&caller, &queue, Kind::Deletes, handles.len())?;
@@ -279,6 +290,7 @@ impl QueueServiceImpl {
             "visibility_timeout_seconds",
             req.visibility_timeout_seconds,
         )?;
+        let _pass = self.bulkheads.short(&queue.name)?;
         self.rates.admit(&caller, &queue, Kind::Deletes, 1)?;
         let mut results = self
             .backend
@@ -317,6 +329,7 @@ impl QueueServiceImpl {
                 Err(err) => failed.push(batch_error(entry.id, &err)),
             }
         }
+        let _pass = self.bulkheads.short(&queue.name)?;
         if !changes.is_empty() {
             self.rates
                 .admit(&caller, &queue, Kind::Deletes, changes.len())?;

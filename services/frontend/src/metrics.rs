@@ -1,8 +1,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge, HistogramVec,
-    IntCounterVec, IntGauge,
+    register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
+    HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
 };
 use sluice_common::rpc::RpcMetrics;
 
@@ -85,6 +85,35 @@ static THROTTLED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub(crate) static IN_FLIGHT: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "sluice_frontend_in_flight",
+        "Requests (and Consume streams) this frontend holds, by bulkhead: sends, short_calls, \
+         long_polls, streams",
+        &["bulkhead"]
+    )
+    .expect("metric registers once")
+});
+
+pub(crate) static BACKEND_IN_FLIGHT: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "sluice_frontend_backend_in_flight",
+        "Calls this frontend has in flight to each backend cluster, long polls aside",
+        &["cluster"]
+    )
+    .expect("metric registers once")
+});
+
+pub(crate) static BACKEND_LIMIT: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "sluice_frontend_backend_limit",
+        "The adaptive cap on calls in flight to each backend cluster: it shrinks while the \
+         cluster answers slower than the latency target and grows back as it answers in time",
+        &["cluster"]
+    )
+    .expect("metric registers once")
+});
+
 pub(crate) static FRONTENDS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "sluice_frontend_registered_frontends",
@@ -122,4 +151,7 @@ pub(crate) fn register() {
     LazyLock::force(&THROTTLED);
     // Alone until a registration counts others.
     FRONTENDS.set(1);
+    for bulkhead in ["sends", "short_calls", "long_polls", "streams"] {
+        IN_FLIGHT.with_label_values(&[bulkhead]);
+    }
 }

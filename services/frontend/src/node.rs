@@ -12,6 +12,8 @@ use sluice_common::config::ServiceOpts;
 use sluice_common::grpc::{Drain, GrpcServer};
 use tokio_util::sync::CancellationToken;
 
+use crate::bulkhead::BulkheadOpts;
+use crate::pressure::PressureOpts;
 use crate::routed::RoutedBackend;
 use crate::throttle::{Frontends, RateLimitOpts, RateLimiter};
 use crate::{metrics, Catalog, QueueServiceImpl};
@@ -33,9 +35,15 @@ pub struct FrontendOpts {
     /// within this bound.
     #[serde(default = "default_metadata_cache_ttl_ms")]
     pub metadata_cache_ttl_ms: u64,
-    /// Calls to backends in flight at most.
+    /// Calls in flight to one backend cluster at most (fewer while it answers slowly).
     #[serde(default = "default_max_backend_calls")]
     pub max_backend_calls: usize,
+    /// How a slow backend cluster's cap on calls in flight shrinks.
+    #[serde(default)]
+    pub backend_pressure: PressureOpts,
+    /// Caps on the work in flight, by kind.
+    #[serde(default)]
+    pub bulkheads: BulkheadOpts,
     /// Rate limits per queue and per caller, cluster-wide (each frontend admits its share).
     #[serde(default)]
     pub rate_limits: RateLimitOpts,
@@ -59,6 +67,8 @@ impl Default for FrontendOpts {
             metadata_endpoints: Vec::new(),
             metadata_cache_ttl_ms: default_metadata_cache_ttl_ms(),
             max_backend_calls: default_max_backend_calls(),
+            backend_pressure: PressureOpts::default(),
+            bulkheads: BulkheadOpts::default(),
             rate_limits: RateLimitOpts::default(),
         }
     }
@@ -81,16 +91,24 @@ pub async fn start(opts: &FrontendOpts, shutdown: CancellationToken) -> anyhow::
         "metadata_endpoints must name at least one metadata node"
     );
     opts.rate_limits.check()?;
+    opts.bulkheads.check()?;
     let metadata = Arc::new(MetadataClient::new(&opts.metadata_endpoints)?);
     let catalog = Catalog::with_ttl(
         metadata.clone(),
         Duration::from_millis(opts.metadata_cache_ttl_ms),
     );
-    let backend = RoutedBackend::new(metadata.clone(), opts.max_backend_calls);
-    let frontends = Frontends::default();
-    let service = QueueServiceImpl::new(catalog, Arc::new(backend)).with_rate_limits(
-        RateLimiter::new(opts.rate_limits.clone(), frontends.clone()),
+    let backend = RoutedBackend::new(
+        metadata.clone(),
+        opts.max_backend_calls,
+        &opts.backend_pressure,
     );
+    let frontends = Frontends::default();
+    let service = QueueServiceImpl::new(catalog, Arc::new(backend))
+        .with_rate_limits(RateLimiter::new(
+            opts.rate_limits.clone(),
+            frontends.clone(),
+        ))
+        .with_bulkheads(opts.bulkheads.clone());
 
     let readiness = Readiness::default();
     let admin_shutdown = CancellationToken::new();

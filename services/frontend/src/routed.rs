@@ -22,8 +22,8 @@ use sluice_api::{
     QueueCounts, QueueId, ReceivedMessage, Result, SentMessage,
 };
 use sluice_client::{BackendClient, BackendClientOptions, LeaderHint};
-use tokio::sync::Semaphore;
 
+use crate::pressure::{Pressure, PressureOpts, Slot};
 use crate::refresh::Refreshing;
 
 /// Queues whose placements a frontend keeps (a few hundred bytes each); past it the least used
@@ -57,9 +57,10 @@ pub struct RoutedBackend {
     local: Option<(String, Arc<dyn QueueBackend>)>,
     /// Each cluster's leader as its nodes last named it; calls go straight there.
     leaders: Mutex<std::collections::HashMap<String, LeaderHint>>,
-    /// Calls to backends in flight at most, apart from the limit toward the metadata tier, so a
-    /// slow metadata tier does not hold back sends to queues whose routes are cached.
-    in_flight: Semaphore,
+    /// Calls in flight to each cluster at most, adapted to how fast it answers; apart from the
+    /// metadata tier, so a slow metadata tier does not hold back sends to queues whose routes
+    /// are cached.
+    pressure: Pressure,
     next: std::sync::atomic::AtomicUsize,
 }
 
@@ -128,7 +129,13 @@ fn total(counts: &QueueCounts) -> u64 {
 }
 
 impl RoutedBackend {
-    pub fn new(directory: Arc<dyn PlacementDirectory>, max_in_flight: usize) -> Self {
+    /// Routes over `directory`, with at most `max_calls` calls in flight to one cluster (fewer
+    /// while it is slow, as `pressure` says).
+    pub fn new(
+        directory: Arc<dyn PlacementDirectory>,
+        max_calls: usize,
+        pressure: &PressureOpts,
+    ) -> Self {
         RoutedBackend {
             directory,
             local: None,
@@ -136,7 +143,7 @@ impl RoutedBackend {
             members: Refreshing::new(MEMBERSHIP_TTL, MAX_CLUSTERS),
             nodes: Mutex::new(std::collections::HashMap::new()),
             leaders: Mutex::new(std::collections::HashMap::new()),
-            in_flight: Semaphore::new(max_in_flight.max(1)),
+            pressure: Pressure::new(pressure, max_calls),
             next: std::sync::atomic::AtomicUsize::new(0),
         }
     }
@@ -168,7 +175,7 @@ impl RoutedBackend {
         let messages = &messages;
         let network_key = key.unwrap_or_else(IdempotencyKey::random);
         self.with_placement(id, |placement| async move {
-            let (node, _permit) = self.on(&placement.cluster).await?;
+            let (node, _slot) = self.on(&placement.cluster).await?;
             if key.is_none() && self.is_local(&placement.cluster) {
                 node.send(id, messages.clone()).await
             } else {
@@ -240,18 +247,10 @@ impl RoutedBackend {
         Ok(node)
     }
 
-    /// A node of `cluster`, with a slot among the calls in flight.
-    async fn on(
-        &self,
-        cluster: &str,
-    ) -> Result<(Arc<dyn QueueBackend>, tokio::sync::SemaphorePermit<'_>)> {
-        let node = self.node(cluster).await?;
-        let permit = self
-            .in_flight
-            .acquire()
-            .await
-            .map_err(|_| Error::Unavailable("shutting down".into()))?;
-        Ok((node, permit))
+    /// A node of `cluster`, with a place among the calls in flight to it.
+    async fn on(&self, cluster: &str) -> Result<(Arc<dyn QueueBackend>, Slot)> {
+        let slot = self.pressure.enter(cluster)?;
+        Ok((self.node(cluster).await?, slot))
     }
 
     /// Runs `op` on queue `id`'s placement. The cached placement may be stale: a partition
@@ -336,7 +335,13 @@ impl RoutedBackend {
         visibility: Duration,
         wait: Duration,
     ) -> Result<Vec<ReceivedMessage>> {
-        let (node, _permit) = self.on(cluster).await?;
+        // A long poll is slow on purpose: its bulkhead bounds it, not the cluster's cap.
+        let (node, _slot) = if wait.is_zero() {
+            let (node, slot) = self.on(cluster).await?;
+            (node, Some(slot))
+        } else {
+            (self.node(cluster).await?, None)
+        };
         Ok(tagged(
             partition,
             node.receive(id, max, visibility, wait).await?,
@@ -345,7 +350,7 @@ impl RoutedBackend {
 
     /// What a sealed partition still holds; nothing if it is gone.
     async fn sealed_counts(&self, id: QueueId, cluster: &str) -> Result<QueueCounts> {
-        let (node, _permit) = self.on(cluster).await?;
+        let (node, _slot) = self.on(cluster).await?;
         match node.counts(id).await {
             Err(Error::NotFound { .. }) => Ok(QueueCounts::default()),
             other => other,
@@ -443,7 +448,7 @@ impl RoutedBackend {
             }
             let outcome = match placement.cluster_of(partition) {
                 Some(cluster) => {
-                    let (node, _permit) = self.on(cluster).await?;
+                    let (node, _slot) = self.on(cluster).await?;
                     let sealed = partition != placement.partition;
                     let call = if delete {
                         node.delete(id, group.iter().map(|(_, h, _)| h.clone()).collect())
@@ -512,7 +517,7 @@ impl QueueBackend for RoutedBackend {
         // cannot take a dead-letter policy (its cluster may not hold the dead-letter queue).
         let config = &config;
         self.with_placement(id, |placement| async move {
-            let (node, _permit) = self.on(&placement.cluster).await?;
+            let (node, _slot) = self.on(&placement.cluster).await?;
             node.create_queue(id, config.clone()).await
         })
         .await
@@ -521,10 +526,10 @@ impl QueueBackend for RoutedBackend {
     async fn delete_queue(&self, id: QueueId) -> Result<()> {
         let placement = self.reload_placement(id).await?;
         for sealed in &placement.sealed {
-            let (node, _permit) = self.on(&sealed.cluster).await?;
+            let (node, _slot) = self.on(&sealed.cluster).await?;
             node.delete_queue(id).await?;
         }
-        let (node, _permit) = self.on(&placement.cluster).await?;
+        let (node, _slot) = self.on(&placement.cluster).await?;
         node.delete_queue(id).await?;
         // The queue no longer counts toward its cluster's placements.
         if let Some((_, revision)) = self.directory.placement(id).await? {
@@ -538,14 +543,14 @@ impl QueueBackend for RoutedBackend {
         self.with_placement(id, |placement| async move {
             let mut purged = 0;
             for sealed in &placement.sealed {
-                let (node, _permit) = self.on(&sealed.cluster).await?;
+                let (node, _slot) = self.on(&sealed.cluster).await?;
                 match node.purge_queue(id).await {
                     Ok(n) => purged += n,
                     Err(Error::NotFound { .. }) => {}
                     Err(err) => return Err(err),
                 }
             }
-            let (node, _permit) = self.on(&placement.cluster).await?;
+            let (node, _slot) = self.on(&placement.cluster).await?;
             Ok(purged + node.purge_queue(id).await?)
         })
         .await
@@ -553,9 +558,9 @@ impl QueueBackend for RoutedBackend {
 
     async fn counts(&self, id: QueueId) -> Result<QueueCounts> {
         self.with_placement(id, |placement| async move {
-            let (node, permit) = self.on(&placement.cluster).await?;
+            let (node, slot) = self.on(&placement.cluster).await?;
             let mut counts = node.counts(id).await?;
-            drop(permit);
+            drop(slot);
             for sealed in &placement.sealed {
                 // Counts are approximate anyway: a sealed partition that cannot be asked right
                 // now does not make the whole answer fail.
@@ -633,7 +638,7 @@ impl QueueBackend for RoutedBackend {
                 .await?;
         }
         self.with_placement(source, |placement| async move {
-            let (node, _permit) = self.on(&placement.cluster).await?;
+            let (node, _slot) = self.on(&placement.cluster).await?;
             node.start_move_task(source, destination, max_per_second)
                 .await
         })
@@ -642,7 +647,7 @@ impl QueueBackend for RoutedBackend {
 
     async fn list_move_tasks(&self, source: QueueId) -> Result<Vec<MoveTask>> {
         self.with_placement(source, |placement| async move {
-            let (node, _permit) = self.on(&placement.cluster).await?;
+            let (node, _slot) = self.on(&placement.cluster).await?;
             node.list_move_tasks(source).await
         })
         .await
@@ -651,7 +656,7 @@ impl QueueBackend for RoutedBackend {
     async fn cancel_move_task(&self, source: QueueId, task: String) -> Result<MoveTask> {
         let task = &task;
         self.with_placement(source, |placement| async move {
-            let (node, _permit) = self.on(&placement.cluster).await?;
+            let (node, _slot) = self.on(&placement.cluster).await?;
             node.cancel_move_task(source, task.clone()).await
         })
         .await

@@ -13,6 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::bulkhead::{BulkheadOpts, Bulkheads};
 use crate::catalog::Catalog;
 use crate::consume::Consumer;
 use crate::metrics;
@@ -24,6 +25,7 @@ pub struct QueueServiceImpl {
     pub(crate) catalog: Catalog,
     pub(crate) backend: Arc<dyn QueueBackend>,
     pub(crate) rates: Arc<RateLimiter>,
+    pub(crate) bulkheads: Arc<Bulkheads>,
     /// Cancelled when the server shuts down, which ends the Consume streams.
     closing: CancellationToken,
 }
@@ -109,6 +111,7 @@ impl QueueServiceImpl {
                 RateLimitOpts::default(),
                 Default::default(),
             )),
+            bulkheads: Arc::new(Bulkheads::new(BulkheadOpts::default())),
             closing: CancellationToken::new(),
         }
     }
@@ -117,6 +120,21 @@ impl QueueServiceImpl {
     pub fn with_rate_limits(mut self, rates: RateLimiter) -> Self {
         self.rates = Arc::new(rates);
         self
+    }
+
+    /// Caps work in flight by `bulkheads` instead of the default caps.
+    pub fn with_bulkheads(mut self, bulkheads: BulkheadOpts) -> Self {
+        self.bulkheads = Arc::new(Bulkheads::new(bulkheads));
+        self
+    }
+
+    /// Runs quick work (queue administration) in the short-calls bulkhead.
+    async fn quick<R: QueueName, T, Fut>(&self, req: R, work: impl FnOnce(R) -> Fut) -> Result<T>
+    where
+        Fut: Future<Output = Result<T>>,
+    {
+        let _pass = self.bulkheads.short(req.queue_name())?;
+        work(req).await
     }
 
     /// Ends the Consume streams once `shutdown` is cancelled; [`crate::serve`] calls it.
@@ -138,7 +156,7 @@ impl QueueService for QueueServiceImpl {
         request: Request<pb::StartMessageMoveTaskRequest>,
     ) -> Result<Response<pb::StartMessageMoveTaskResponse>, Status> {
         observed("StartMessageMoveTask", request, |_, req| {
-            self.start_message_move_task(req)
+            self.quick(req, |req| self.start_message_move_task(req))
         })
         .await
     }
@@ -148,7 +166,7 @@ impl QueueService for QueueServiceImpl {
         request: Request<pb::ListMessageMoveTasksRequest>,
     ) -> Result<Response<pb::ListMessageMoveTasksResponse>, Status> {
         observed("ListMessageMoveTasks", request, |_, req| {
-            self.list_message_move_tasks(req)
+            self.quick(req, |req| self.list_message_move_tasks(req))
         })
         .await
     }
@@ -158,7 +176,7 @@ impl QueueService for QueueServiceImpl {
         request: Request<pb::CancelMessageMoveTaskRequest>,
     ) -> Result<Response<pb::CancelMessageMoveTaskResponse>, Status> {
         observed("CancelMessageMoveTask", request, |_, req| {
-            self.cancel_message_move_task(req)
+            self.quick(req, |req| self.cancel_message_move_task(req))
         })
         .await
     }
@@ -167,28 +185,40 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::CreateQueueRequest>,
     ) -> Result<Response<pb::CreateQueueResponse>, Status> {
-        observed("CreateQueue", request, |_, req| self.create_queue(req)).await
+        observed("CreateQueue", request, |_, req| {
+            self.quick(req, |req| self.create_queue(req))
+        })
+        .await
     }
 
     async fn get_queue(
         &self,
         request: Request<pb::GetQueueRequest>,
     ) -> Result<Response<pb::GetQueueResponse>, Status> {
-        observed("GetQueue", request, |_, req| self.get_queue(req)).await
+        observed("GetQueue", request, |_, req| {
+            self.quick(req, |req| self.get_queue(req))
+        })
+        .await
     }
 
     async fn list_queues(
         &self,
         request: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
-        observed("ListQueues", request, |_, req| self.list_queues(req)).await
+        observed("ListQueues", request, |_, req| {
+            self.quick(req, |req| self.list_queues(req))
+        })
+        .await
     }
 
     async fn delete_queue(
         &self,
         request: Request<pb::DeleteQueueRequest>,
     ) -> Result<Response<pb::DeleteQueueResponse>, Status> {
-        observed("DeleteQueue", request, |_, req| self.delete_queue(req)).await
+        observed("DeleteQueue", request, |_, req| {
+            self.quick(req, |req| self.delete_queue(req))
+        })
+        .await
     }
 
     async fn set_queue_attributes(
@@ -196,7 +226,7 @@ impl QueueService for QueueServiceImpl {
         request: Request<pb::SetQueueAttributesRequest>,
     ) -> Result<Response<pb::SetQueueAttributesResponse>, Status> {
         observed("SetQueueAttributes", request, |_, req| {
-            self.set_queue_attributes(req)
+            self.quick(req, |req| self.set_queue_attributes(req))
         })
         .await
     }
@@ -205,7 +235,10 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::PurgeQueueRequest>,
     ) -> Result<Response<pb::PurgeQueueResponse>, Status> {
-        observed("PurgeQueue", request, |_, req| self.purge_queue(req)).await
+        observed("PurgeQueue", request, |_, req| {
+            self.quick(req, |req| self.purge_queue(req))
+        })
+        .await
     }
 
     async fn send_message(
@@ -307,10 +340,12 @@ impl QueueService for QueueServiceImpl {
                     )
                 })?;
                 validate::queue_name("start.queue", &start.queue)?;
+                let caller = caller?;
+                let pass = self.bulkheads.stream(&caller, &start.queue)?;
                 let record = self.catalog.require_fresh(&start.queue).await?.record;
                 Consumer::new(
                     self.backend.clone(),
-                    (self.rates.clone(), caller?),
+                    (self.rates.clone(), caller, pass),
                     record,
                     &start,
                     self.closing.clone(),

@@ -447,6 +447,14 @@ async fn propose_loop(
                         fail::fail_point!("backend::after_commit_before_reply", |_| {
                             std::process::abort()
                         });
+                        // A slow cluster, as a slow disk makes one: each write answers this
+                        // many milliseconds late (`return(MS)`).
+                        #[cfg(feature = "failpoints")]
+                        if let Some(Some(delay)) = fail::eval("backend::commit_delay_ms", |ms| {
+                            ms.and_then(|ms| ms.parse::<u64>().ok())
+                        }) {
+                            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                        }
                     }
                     if let Some(durable) = durable.lock().remove(&token) {
                         durable(result.clone());
