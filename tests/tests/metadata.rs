@@ -241,6 +241,19 @@ async fn the_tier_refuses_a_record_no_frontend_could_make_and_stores_nothing() {
             },
             "attributes.fifo",
         ),
+        (
+            pb::MetaQueueRecord {
+                attributes: Some(pb::QueueAttributes {
+                    rate_limits: Some(pb::RateLimits {
+                        send_bytes_per_second: Some(10),
+                        ..Default::default()
+                    }),
+                    ..good.attributes.clone().unwrap()
+                }),
+                ..good.clone()
+            },
+            "attributes.rate_limits.send_bytes_per_second",
+        ),
     ];
     for (bad, field) in cases {
         let request = pb::MetaCreateQueueRequest {
@@ -260,6 +273,42 @@ async fn the_tier_refuses_a_record_no_frontend_could_make_and_stores_nothing() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    for (bad, field) in [
+        (
+            pb::RegisterFrontendRequest {
+                frontend: String::new(),
+                ..Default::default()
+            },
+            "frontend",
+        ),
+        (
+            pb::RegisterFrontendRequest {
+                frontend: "../x".into(),
+                ..Default::default()
+            },
+            "frontend",
+        ),
+        (
+            pb::RegisterFrontendRequest {
+                frontend: "f1".into(),
+                url: "u".repeat(300),
+                lease: 0,
+            },
+            "url",
+        ),
+        (
+            pb::RegisterFrontendRequest {
+                frontend: "f1".into(),
+                url: String::new(),
+                lease: -1,
+            },
+            "lease",
+        ),
+    ] {
+        let status = raw.register_frontend(bad).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+        assert!(status.message().contains(field), "{field}: {status}");
+    }
     let direct = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint), "/sluice/")
         .await
         .unwrap();
@@ -268,7 +317,65 @@ async fn the_tier_refuses_a_record_no_frontend_could_make_and_stores_nothing() {
         .await
         .unwrap()
         .iter()
-        .all(|(k, _)| !k.starts_with("queues/")));
+        .all(|(k, _)| !k.starts_with("queues/") && !k.starts_with("frontends/")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn frontends_register_under_leases_they_renew_and_are_counted() {
+    let etcd = EtcdProcess::start().unwrap();
+    let node = ServerProcess::start_metadata(&etcd.endpoint, "m1").unwrap();
+    wait_for_ring(&[&node], 1.0).await;
+    let mut raw = MetadataServiceClient::connect(url(&node)).await.unwrap();
+    let register = |frontend: &str, lease: i64| pb::RegisterFrontendRequest {
+        frontend: frontend.into(),
+        url: format!("http://{frontend}:7070"),
+        lease,
+    };
+    let first = raw
+        .register_frontend(register("f1", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.frontends, 1);
+    assert!(first.lease > 0);
+    // Renewed under the same lease; a second frontend makes two.
+    let renewed = raw
+        .register_frontend(register("f1", first.lease))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((renewed.lease, renewed.frontends), (first.lease, 1));
+    let second = raw
+        .register_frontend(register("f2", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.frontends, 2);
+    // A lease etcd no longer has is replaced, and the registration written again.
+    let mut etcd_client = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    etcd_client.lease_revoke(second.lease).await.unwrap();
+    let back = raw
+        .register_frontend(register("f2", second.lease))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(back.lease, second.lease);
+    assert_eq!(back.frontends, 2);
+    let listed = etcd_client
+        .get(
+            "/sluice/frontends/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let keys: Vec<_> = listed
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(keys, ["/sluice/frontends/f1", "/sluice/frontends/f2"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -18,6 +18,10 @@ pub struct Catalog {
     /// slow or stalled metadata tier does not hold up requests to queues seen before.
     last_known: Option<moka::sync::Cache<String, Stored>>,
     refreshing: Arc<parking_lot::Mutex<std::collections::HashSet<String>>>,
+    /// Names the store had no queue under when last asked, for a moment: a client that keeps
+    /// calling a queue that does not exist costs the store one read per `MISSING_TTL`, not one
+    /// per request.
+    missing: moka::sync::Cache<String, ()>,
     /// Bumped by every write, so a read that raced with a write does not leave the record it read
     /// before the write in the cache.
     writes: Arc<AtomicU64>,
@@ -26,10 +30,20 @@ pub struct Catalog {
 /// Queue records kept in memory at most; each is a few hundred bytes.
 const CACHED_RECORDS: u64 = 100_000;
 
+/// How long a name with no queue is remembered as such: a queue created through another
+/// frontend is found here within this bound (or the record TTL, if shorter). A create through
+/// this catalog forgets it at once.
+const MISSING_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Catalog {
     /// A catalog that is its store's only writer (standalone): cached records never go stale.
     pub fn new(store: Arc<dyn QueueDirectory>) -> Self {
-        Self::build(store, moka::sync::Cache::new(CACHED_RECORDS), None)
+        Self::build(
+            store,
+            moka::sync::Cache::new(CACHED_RECORDS),
+            None,
+            MISSING_TTL,
+        )
     }
 
     /// A catalog beside other writers (other frontends): a cached record is trusted for `ttl` at
@@ -40,19 +54,24 @@ impl Catalog {
             .time_to_live(ttl)
             .build();
         let last_known = moka::sync::Cache::new(CACHED_RECORDS);
-        Self::build(store, cache, Some(last_known))
+        Self::build(store, cache, Some(last_known), ttl.min(MISSING_TTL))
     }
 
     fn build(
         store: Arc<dyn QueueDirectory>,
         cache: moka::sync::Cache<String, Stored>,
         last_known: Option<moka::sync::Cache<String, Stored>>,
+        missing_ttl: std::time::Duration,
     ) -> Self {
         Catalog {
             store,
             cache,
             last_known,
             refreshing: Arc::default(),
+            missing: moka::sync::Cache::builder()
+                .max_capacity(CACHED_RECORDS)
+                .time_to_live(missing_ttl)
+                .build(),
             writes: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -64,8 +83,13 @@ impl Catalog {
             if let Some(last_known) = &self.last_known {
                 last_known.invalidate(name);
             }
+            self.missing.insert(name.to_owned(), ());
+            if self.writes.load(Ordering::SeqCst) != before {
+                self.missing.invalidate(name);
+            }
             return Ok(None);
         };
+        self.missing.invalidate(name);
         self.cache.insert(name.to_owned(), stored.clone());
         if let Some(last_known) = &self.last_known {
             last_known.insert(name.to_owned(), stored.clone());
@@ -80,6 +104,7 @@ impl Catalog {
 
     fn forget(&self, name: &str) {
         self.cache.invalidate(name);
+        self.missing.invalidate(name);
         if let Some(last_known) = &self.last_known {
             last_known.invalidate(name);
         }
@@ -104,6 +129,9 @@ impl Catalog {
         if let Some(hit) = self.cache.get(name) {
             return Ok(Some(hit));
         }
+        if self.missing.contains_key(name) {
+            return Ok(None);
+        }
         if let Some(known) = self.last_known.as_ref().and_then(|l| l.get(name)) {
             self.refresh(name);
             return Ok(Some(known));
@@ -125,8 +153,9 @@ impl Catalog {
     }
 
     /// The queue's record as the store has it now, for a caller that keeps it a long time (a
-    /// Consume stream) rather than one request: a record cached from before the queue was
-    /// deleted and created again would name a queue that no longer exists.
+    /// Consume stream) rather than one request, or that found the cached one names a queue that
+    /// is gone: a record cached from before the queue was deleted and created again would name
+    /// a queue that no longer exists.
     pub async fn require_fresh(&self, name: &str) -> Result<Stored> {
         self.load(name)
             .await?

@@ -96,8 +96,8 @@ impl QueueServiceImpl {
 
     pub(crate) async fn send_message(
         &self,
-        caller: Caller,
-        req: pb::SendMessageRequest,
+        caller: &Caller,
+        req: &pb::SendMessageRequest,
     ) -> Result<pb::SendMessageResponse> {
         let queue = self.queue("queue", &req.queue).await?;
         let (message, size) = self.message(
@@ -111,7 +111,7 @@ impl QueueServiceImpl {
             },
         )?;
         let _pass = self.bulkheads.send(&queue.name, size)?;
-        self.rates.admit_send(&caller, &queue, 1, size)?;
+        self.rates.admit_send(caller, &queue, 1, size)?;
         let mut sent = self.backend.send(queue.id, vec![message]).await?;
         let sent = sent
             .pop()
@@ -129,8 +129,8 @@ impl QueueServiceImpl {
 
     pub(crate) async fn send_message_batch(
         &self,
-        caller: Caller,
-        req: pb::SendMessageBatchRequest,
+        caller: &Caller,
+        req: &pb::SendMessageBatchRequest,
     ) -> Result<pb::SendMessageBatchResponse> {
         let queue = self.queue("queue", &req.queue).await?;
         validate::batch_size("entries", req.entries.len())?;
@@ -161,7 +161,7 @@ impl QueueServiceImpl {
             let _pass = self.bulkheads.send(&queue.name, bytes)?;
             // The batch passes whole or fails whole: a client retries it as it sent it.
             self.rates
-                .admit_send(&caller, &queue, messages.len(), bytes)?;
+                .admit_send(caller, &queue, messages.len(), bytes)?;
             match self.backend.send(queue.id, messages).await {
                 Ok(sent) => {
                     metrics::MESSAGES_SENT
@@ -192,8 +192,8 @@ impl QueueServiceImpl {
 
     pub(crate) async fn receive_message(
         &self,
-        caller: Caller,
-        req: pb::ReceiveMessageRequest,
+        caller: &Caller,
+        req: &pb::ReceiveMessageRequest,
     ) -> Result<pb::ReceiveMessageResponse> {
         let queue = self.queue("queue", &req.queue).await?;
         let max = validate::max_messages(req.max_messages)?;
@@ -212,9 +212,9 @@ impl QueueServiceImpl {
         let _pass = if wait.is_zero() {
             self.bulkheads.short(&queue.name)?
         } else {
-            self.bulkheads.long_poll(&caller, &queue.name)?
+            self.bulkheads.long_poll(caller, &queue.name)?
         };
-        self.rates.admit(&caller, &queue, Kind::Receives, 1)?;
+        self.rates.admit(caller, &queue, Kind::Receives, 1)?;
         let received = self
             .backend
             .receive(queue.id, max, visibility, wait)
@@ -226,16 +226,16 @@ impl QueueServiceImpl {
 
     pub(crate) async fn delete_message(
         &self,
-        caller: Caller,
-        req: pb::DeleteMessageRequest,
+        caller: &Caller,
+        req: &pb::DeleteMessageRequest,
     ) -> Result<pb::DeleteMessageResponse> {
         let queue = self.queue("queue", &req.queue).await?;
         validate::receipt_handle("receipt_handle", &req.receipt_handle)?;
         let _pass = self.bulkheads.short(&queue.name)?;
-        self.rates.admit(&caller, &queue, Kind::Deletes, 1)?;
+        self.rates.admit(caller, &queue, Kind::Deletes, 1)?;
         let mut results = self
             .backend
-            .delete(queue.id, vec![req.receipt_handle])
+            .delete(queue.id, vec![req.receipt_handle.clone()])
             .await?;
         results
             .pop()
@@ -248,8 +248,8 @@ impl QueueServiceImpl {
 
     pub(crate) async fn delete_message_batch(
         &self,
-        caller: Caller,
-        req: pb::DeleteMessageBatchRequest,
+        caller: &Caller,
+        req: &pb::DeleteMessageBatchRequest,
     ) -> Result<pb::DeleteMessageBatchResponse> {
         let queue = self.queue("queue", &req.queue).await?;
         validate::batch_size("entries", req.entries.len())?;
@@ -257,19 +257,19 @@ impl QueueServiceImpl {
         let mut failed = Vec::new();
         let mut ids = Vec::new();
         let mut handles = Vec::new();
-        for entry in req.entries {
+        for entry in &req.entries {
             match validate::receipt_handle("receipt_handle", &entry.receipt_handle) {
                 Ok(()) => {
-                    ids.push(entry.id);
-                    handles.push(entry.receipt_handle);
+                    ids.push(entry.id.clone());
+                    handles.push(entry.receipt_handle.clone());
                 }
-                Err(err) => failed.push(batch_error(entry.id, &err)),
+                Err(err) => failed.push(batch_error(entry.id.clone(), &err)),
             }
         }
         let _pass = self.bulkheads.short(&queue.name)?;
         if !handles.is_empty() {
             self.rates
-                .admit(&caller, &queue, Kind::Deletes, handles.len())?;
+                .admit(caller, &queue, Kind::Deletes, handles.len())?;
         }
         let results = self.backend.delete(queue.id, handles).await?;
         let successful = split_results(ids, results, &mut failed);
@@ -281,8 +281,8 @@ impl QueueServiceImpl {
 
     pub(crate) async fn change_message_visibility(
         &self,
-        caller: Caller,
-        req: pb::ChangeMessageVisibilityRequest,
+        caller: &Caller,
+        req: &pb::ChangeMessageVisibilityRequest,
     ) -> Result<pb::ChangeMessageVisibilityResponse> {
         let queue = self.queue("queue", &req.queue).await?;
         validate::receipt_handle("receipt_handle", &req.receipt_handle)?;
@@ -291,10 +291,10 @@ impl QueueServiceImpl {
             req.visibility_timeout_seconds,
         )?;
         let _pass = self.bulkheads.short(&queue.name)?;
-        self.rates.admit(&caller, &queue, Kind::Deletes, 1)?;
+        self.rates.admit(caller, &queue, Kind::Deletes, 1)?;
         let mut results = self
             .backend
-            .change_visibility(queue.id, vec![(req.receipt_handle, visibility)])
+            .change_visibility(queue.id, vec![(req.receipt_handle.clone(), visibility)])
             .await?;
         results
             .pop()
@@ -304,8 +304,8 @@ impl QueueServiceImpl {
 
     pub(crate) async fn change_message_visibility_batch(
         &self,
-        caller: Caller,
-        req: pb::ChangeMessageVisibilityBatchRequest,
+        caller: &Caller,
+        req: &pb::ChangeMessageVisibilityBatchRequest,
     ) -> Result<pb::ChangeMessageVisibilityBatchResponse> {
         let queue = self.queue("queue", &req.queue).await?;
         validate::batch_size("entries", req.entries.len())?;
@@ -313,7 +313,7 @@ impl QueueServiceImpl {
         let mut failed = Vec::new();
         let mut ids = Vec::new();
         let mut changes = Vec::new();
-        for entry in req.entries {
+        for entry in &req.entries {
             let checked = validate::receipt_handle("receipt_handle", &entry.receipt_handle)
                 .and_then(|()| {
                     validate::visibility_timeout(
@@ -323,16 +323,16 @@ impl QueueServiceImpl {
                 });
             match checked {
                 Ok(visibility) => {
-                    ids.push(entry.id);
-                    changes.push((entry.receipt_handle, visibility));
+                    ids.push(entry.id.clone());
+                    changes.push((entry.receipt_handle.clone(), visibility));
                 }
-                Err(err) => failed.push(batch_error(entry.id, &err)),
+                Err(err) => failed.push(batch_error(entry.id.clone(), &err)),
             }
         }
         let _pass = self.bulkheads.short(&queue.name)?;
         if !changes.is_empty() {
             self.rates
-                .admit(&caller, &queue, Kind::Deletes, changes.len())?;
+                .admit(caller, &queue, Kind::Deletes, changes.len())?;
         }
         let results = self.backend.change_visibility(queue.id, changes).await?;
         let successful = split_results(ids, results, &mut failed);

@@ -135,7 +135,10 @@ impl QueueServiceImpl {
         )))
     }
 
-    pub(crate) async fn get_queue(&self, req: pb::GetQueueRequest) -> Result<pb::GetQueueResponse> {
+    pub(crate) async fn get_queue(
+        &self,
+        req: &pb::GetQueueRequest,
+    ) -> Result<pb::GetQueueResponse> {
         let record = self.queue("name", &req.name).await?;
         let counts = self.backend.counts(record.id).await?;
         Ok(pb::GetQueueResponse {
@@ -240,7 +243,7 @@ impl QueueServiceImpl {
 
     pub(crate) async fn purge_queue(
         &self,
-        req: pb::PurgeQueueRequest,
+        req: &pb::PurgeQueueRequest,
     ) -> Result<pb::PurgeQueueResponse> {
         let record = self.queue("name", &req.name).await?;
         let removed = self.backend.purge_queue(record.id).await?;

@@ -143,6 +143,24 @@ impl QueueServiceImpl {
         self
     }
 
+    /// Runs `work` on queue `name`, and once more if the queue's record this frontend had
+    /// names a queue that is gone: deleted and perhaps created again under the same name
+    /// through another frontend since the record was cached. Then the record is read again,
+    /// so no request is served from the old one.
+    async fn recreated<T, Fut>(&self, name: &str, work: impl Fn() -> Fut) -> Result<T>
+    where
+        Fut: Future<Output = Result<T>>,
+    {
+        match work().await {
+            Err(Error::NotFound { what }) if what == "queue" => {
+                let fresh = self.catalog.require_fresh(name).await?;
+                tracing::debug!(queue = name, queue_id = fresh.record.id, "the cached queue record was of a queue gone since; running again on the fresh one");
+                work().await
+            }
+            other => other,
+        }
+    }
+
     pub(crate) async fn queue(&self, field: &str, name: &str) -> Result<QueueRecord> {
         validate::queue_name(field, name)?;
         Ok(self.catalog.require(name).await?.record)
@@ -196,7 +214,9 @@ impl QueueService for QueueServiceImpl {
         request: Request<pb::GetQueueRequest>,
     ) -> Result<Response<pb::GetQueueResponse>, Status> {
         observed("GetQueue", request, |_, req| {
-            self.quick(req, |req| self.get_queue(req))
+            self.quick(req, |req| async move {
+                self.recreated(&req.name, || self.get_queue(&req)).await
+            })
         })
         .await
     }
@@ -236,7 +256,9 @@ impl QueueService for QueueServiceImpl {
         request: Request<pb::PurgeQueueRequest>,
     ) -> Result<Response<pb::PurgeQueueResponse>, Status> {
         observed("PurgeQueue", request, |_, req| {
-            self.quick(req, |req| self.purge_queue(req))
+            self.quick(req, |req| async move {
+                self.recreated(&req.name, || self.purge_queue(&req)).await
+            })
         })
         .await
     }
@@ -245,8 +267,9 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
-        observed("SendMessage", request, |caller, req| {
-            self.send_message(caller, req)
+        observed("SendMessage", request, |caller, req| async move {
+            self.recreated(&req.queue, || self.send_message(&caller, &req))
+                .await
         })
         .await
     }
@@ -255,8 +278,9 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::SendMessageBatchRequest>,
     ) -> Result<Response<pb::SendMessageBatchResponse>, Status> {
-        observed("SendMessageBatch", request, |caller, req| {
-            self.send_message_batch(caller, req)
+        observed("SendMessageBatch", request, |caller, req| async move {
+            self.recreated(&req.queue, || self.send_message_batch(&caller, &req))
+                .await
         })
         .await
     }
@@ -265,8 +289,9 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::ReceiveMessageRequest>,
     ) -> Result<Response<pb::ReceiveMessageResponse>, Status> {
-        observed("ReceiveMessage", request, |caller, req| {
-            self.receive_message(caller, req)
+        observed("ReceiveMessage", request, |caller, req| async move {
+            self.recreated(&req.queue, || self.receive_message(&caller, &req))
+                .await
         })
         .await
     }
@@ -275,8 +300,9 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::DeleteMessageRequest>,
     ) -> Result<Response<pb::DeleteMessageResponse>, Status> {
-        observed("DeleteMessage", request, |caller, req| {
-            self.delete_message(caller, req)
+        observed("DeleteMessage", request, |caller, req| async move {
+            self.recreated(&req.queue, || self.delete_message(&caller, &req))
+                .await
         })
         .await
     }
@@ -285,8 +311,9 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::DeleteMessageBatchRequest>,
     ) -> Result<Response<pb::DeleteMessageBatchResponse>, Status> {
-        observed("DeleteMessageBatch", request, |caller, req| {
-            self.delete_message_batch(caller, req)
+        observed("DeleteMessageBatch", request, |caller, req| async move {
+            self.recreated(&req.queue, || self.delete_message_batch(&caller, &req))
+                .await
         })
         .await
     }
@@ -295,9 +322,14 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::ChangeMessageVisibilityRequest>,
     ) -> Result<Response<pb::ChangeMessageVisibilityResponse>, Status> {
-        observed("ChangeMessageVisibility", request, |caller, req| {
-            self.change_message_visibility(caller, req)
-        })
+        observed(
+            "ChangeMessageVisibility",
+            request,
+            |caller, req| async move {
+                self.recreated(&req.queue, || self.change_message_visibility(&caller, &req))
+                    .await
+            },
+        )
         .await
     }
 
@@ -305,9 +337,16 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::ChangeMessageVisibilityBatchRequest>,
     ) -> Result<Response<pb::ChangeMessageVisibilityBatchResponse>, Status> {
-        observed("ChangeMessageVisibilityBatch", request, |caller, req| {
-            self.change_message_visibility_batch(caller, req)
-        })
+        observed(
+            "ChangeMessageVisibilityBatch",
+            request,
+            |caller, req| async move {
+                self.recreated(&req.queue, || {
+                    self.change_message_visibility_batch(&caller, &req)
+                })
+                .await
+            },
+        )
         .await
     }
 

@@ -511,12 +511,19 @@ impl MetadataServiceImpl {
     }
 }
 
-/// Renews `lease` once; false if etcd no longer has it.
+/// Renews `lease` once; false if etcd no longer has it (expired, or revoked).
 async fn renew_once(
     client: &mut etcd_client::Client,
     lease: i64,
 ) -> Result<bool, etcd_client::Error> {
-    let (mut renewer, mut responses) = client.lease_keep_alive(lease).await?;
+    let (mut renewer, mut responses) = match client.lease_keep_alive(lease).await {
+        Ok(renewal) => renewal,
+        // etcd-client reports a lease it was told is gone as an error of this kind.
+        Err(etcd_client::Error::LeaseKeepAliveError(reason)) if reason == "lease not found" => {
+            return Ok(false)
+        }
+        Err(err) => return Err(err),
+    };
     renewer.keep_alive().await?;
     Ok(responses
         .message()
