@@ -746,3 +746,79 @@ async fn lookups_of_a_queue_that_does_not_exist_are_cached_briefly() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_over_the_cap_are_refused_and_idle_ones_closed_while_streams_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        "[connections]\nmax_connections = 3\nidle_timeout_seconds = 1\n",
+    )
+    .unwrap();
+    let server = ServerProcess::start_with(&dir.path().join("data"), |command| {
+        command.arg("--config").arg(&config);
+    })
+    .unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut client = server.client().await.unwrap();
+        client
+            .list_queues(pb::ListQueuesRequest::default())
+            .await
+            .unwrap();
+        clients.push(client);
+    }
+    create_queue(&mut clients[0], "events").await;
+    // A fourth connection is closed as it is accepted.
+    match server.client().await {
+        Err(_) => {}
+        Ok(mut fourth) => {
+            let status = fourth
+                .list_queues(pb::ListQueuesRequest::default())
+                .await
+                .unwrap_err();
+            assert_ne!(status.code(), Code::Ok);
+        }
+    }
+    assert!(
+        server
+            .metric("sluice_grpc_connections_refused_total")
+            .unwrap()
+            >= 1.0
+    );
+
+    // A Consume stream keeps its connection; the others, with nothing open, are closed.
+    let (requests, rx) = tokio::sync::mpsc::unbounded_channel();
+    requests
+        .send(pb::ConsumeRequest {
+            request: Some(pb::consume_request::Request::Start(pb::ConsumeStart {
+                queue: "events".into(),
+                ..Default::default()
+            })),
+        })
+        .unwrap();
+    let mut stream = clients[2]
+        .consume(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    sluice_tests::wait_for("idle connections to close", Duration::from_secs(30), || {
+        Ok(server.metric("sluice_grpc_connections_idle_closed_total")? >= 2.0)
+    })
+    .await
+    .unwrap();
+    assert_eq!(server.metric("sluice_grpc_connections").unwrap(), 1.0);
+    // The stream, open past the idle timeout, still delivers; a closed client reconnects.
+    send_one(&mut clients[0], "events", "still here")
+        .await
+        .unwrap();
+    let delivered = loop {
+        match stream.message().await.unwrap().unwrap().response {
+            Some(pb::consume_response::Response::Messages(batch)) => break batch.messages,
+            _ => continue,
+        }
+    };
+    assert_eq!(delivered[0].body.as_ref(), b"still here");
+    drop(requests);
+}

@@ -9,8 +9,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
+
+pub use crate::connections::ConnectionOpts;
+use crate::connections::{Gate, TrackRequests};
 
 /// Room for a batch of ten 1 MiB messages plus their framing.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -54,24 +58,46 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
         .with_context(|| format!("cannot bind gRPC address {addr}"))
 }
 
-/// [`serve`] on a bound listener.
+/// [`serve`] on a bound listener, with the limits on connections of an internal API.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     service: &'static str,
     routes: Routes,
     stop: CancellationToken,
 ) -> anyhow::Result<GrpcServer> {
+    serve_limited(listener, service, routes, stop, &ConnectionOpts::internal()).await
+}
+
+/// [`serve`] on a bound listener, holding connections to `connections`.
+pub async fn serve_limited(
+    listener: tokio::net::TcpListener,
+    service: &'static str,
+    routes: Routes,
+    stop: CancellationToken,
+    connections: &ConnectionOpts,
+) -> anyhow::Result<GrpcServer> {
+    connections.check()?;
     let local_addr = listener.local_addr()?;
     let (mut health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status(service, tonic_health::ServingStatus::Serving)
         .await;
-    // Without TCP_NODELAY small responses wait for the peer's delayed ACK (~40 ms each).
-    let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
-        .map_err(|err| anyhow::anyhow!("gRPC listener: {err}"))?;
+    // Without TCP_NODELAY small responses wait for the peer's delayed ACK (~40 ms each). TCP
+    // keepalive finds a dead peer even on a connection HTTP/2 pings are not reaching.
+    let tcp_keepalive = Some(Duration::from_secs(connections.keepalive_interval_seconds));
+    let incoming =
+        tonic::transport::server::TcpIncoming::from_listener(listener, true, tcp_keepalive)
+            .map_err(|err| anyhow::anyhow!("gRPC listener: {err}"))?;
+    let gate = Gate::new(connections);
+    let incoming = incoming.filter_map(move |accepted| match accepted {
+        Ok(io) => gate.admit(io).map(Ok),
+        Err(err) => Some(Err(err)),
+    });
+    let builder = connections.apply(tonic::transport::Server::builder());
     let stopped = stop.clone();
     let task = tokio::spawn(async move {
-        let result = tonic::transport::Server::builder()
+        let result = builder
+            .layer(TrackRequests)
             .add_routes(routes.add_service(health_service))
             .serve_with_incoming_shutdown(incoming, stopped.cancelled_owned())
             .await;

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod connections;
 pub mod grpc;
 pub mod rpc;
 pub mod service;

@@ -13,7 +13,7 @@ use sluice_api::cluster::NodeRecord;
 use sluice_api::{PlacementDirectory, QueueDirectory};
 use sluice_common::admin::{self, Readiness};
 use sluice_common::config::ServiceOpts;
-use sluice_common::grpc::{Drain, GrpcServer};
+use sluice_common::grpc::{ConnectionOpts, Drain, GrpcServer};
 use sluice_frontend::bulkhead::BulkheadOpts;
 use sluice_frontend::pressure::PressureOpts;
 use sluice_frontend::throttle::{RateLimitOpts, RateLimiter};
@@ -44,6 +44,9 @@ pub struct StandaloneOpts {
     /// How the cap on calls in flight to the storage engine shrinks while it answers slowly.
     #[serde(default)]
     pub backend_pressure: PressureOpts,
+    /// Caps on clients' connections: how many, streams on each, keepalive and idle timeout.
+    #[serde(default)]
+    pub connections: ConnectionOpts,
 }
 
 fn default_dedup_window() -> u64 {
@@ -59,6 +62,7 @@ impl Default for StandaloneOpts {
             rate_limits: RateLimitOpts::default(),
             bulkheads: BulkheadOpts::default(),
             backend_pressure: PressureOpts::default(),
+            connections: ConnectionOpts::default(),
         }
     }
 }
@@ -172,8 +176,13 @@ pub async fn start(
         admin_shutdown.clone(),
     )
     .await?;
-    let grpc =
-        sluice_frontend::serve(opts.service.grpc_addr, service, CancellationToken::new()).await?;
+    let grpc = sluice_frontend::serve(
+        opts.service.grpc_addr,
+        service,
+        CancellationToken::new(),
+        &opts.connections,
+    )
+    .await?;
     readiness.set(true);
     tracing::info!(grpc = %grpc.local_addr, admin = %admin_addr, data_dir = %opts.data_dir.display(), "sluice standalone ready");
     Ok(Standalone {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use sluice_client::MetadataClient;
 use sluice_common::admin::{self, Readiness};
 use sluice_common::config::ServiceOpts;
-use sluice_common::grpc::{Drain, GrpcServer};
+use sluice_common::grpc::{ConnectionOpts, Drain, GrpcServer};
 use tokio_util::sync::CancellationToken;
 
 use crate::bulkhead::BulkheadOpts;
@@ -44,6 +44,9 @@ pub struct FrontendOpts {
     /// Caps on the work in flight, by kind.
     #[serde(default)]
     pub bulkheads: BulkheadOpts,
+    /// Caps on clients' connections: how many, streams on each, keepalive and idle timeout.
+    #[serde(default)]
+    pub connections: ConnectionOpts,
     /// Rate limits per queue and per caller, cluster-wide (each frontend admits its share).
     #[serde(default)]
     pub rate_limits: RateLimitOpts,
@@ -69,6 +72,7 @@ impl Default for FrontendOpts {
             max_backend_calls: default_max_backend_calls(),
             backend_pressure: PressureOpts::default(),
             bulkheads: BulkheadOpts::default(),
+            connections: ConnectionOpts::default(),
             rate_limits: RateLimitOpts::default(),
         }
     }
@@ -118,7 +122,13 @@ pub async fn start(opts: &FrontendOpts, shutdown: CancellationToken) -> anyhow::
         admin_shutdown.clone(),
     )
     .await?;
-    let grpc = crate::serve(opts.service.grpc_addr, service, CancellationToken::new()).await?;
+    let grpc = crate::serve(
+        opts.service.grpc_addr,
+        service,
+        CancellationToken::new(),
+        &opts.connections,
+    )
+    .await?;
     let url = opts
         .service
         .advertise_url

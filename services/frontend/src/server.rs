@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use sluice_common::grpc::{self, GrpcServer, MAX_MESSAGE_BYTES};
+use sluice_common::grpc::{self, ConnectionOpts, GrpcServer, MAX_MESSAGE_BYTES};
 use sluice_proto::v1::queue_service_server::QueueServiceServer;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -11,11 +11,12 @@ use crate::service::QueueServiceImpl;
 
 /// Binds `addr` and serves `QueueService`, with server reflection and the health service, until
 /// `stop` is cancelled; then stops accepting, ends the Consume streams and lets in-flight
-/// requests finish.
+/// requests finish. Clients' connections are held to `connections`.
 pub async fn serve(
     addr: SocketAddr,
     service: QueueServiceImpl,
     stop: CancellationToken,
+    connections: &ConnectionOpts,
 ) -> anyhow::Result<GrpcServer> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
@@ -27,5 +28,12 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let routes = Routes::new(queue_service).add_service(reflection);
-    grpc::serve(addr, "sluice.v1.QueueService", routes, stop).await
+    grpc::serve_limited(
+        grpc::bind(addr).await?,
+        "sluice.v1.QueueService",
+        routes,
+        stop,
+        connections,
+    )
+    .await
 }

@@ -26,9 +26,14 @@ struct Server {
 async fn server() -> Server {
     let (service, dir) = common::service();
     let shutdown = CancellationToken::new();
-    let server = sluice_frontend::serve(([127, 0, 0, 1], 0).into(), service, shutdown.clone())
-        .await
-        .unwrap();
+    let server = sluice_frontend::serve(
+        ([127, 0, 0, 1], 0).into(),
+        service,
+        shutdown.clone(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let client = QueueServiceClient::connect(format!("http://{}", server.local_addr))
         .await
         .unwrap();
