@@ -60,6 +60,16 @@ fn retry_after(status: &Status) -> Duration {
     Duration::from_millis(millis)
 }
 
+/// `sluice standalone` in `dir` with the config file `toml`.
+fn standalone_with_config(dir: &tempfile::TempDir, toml: &str) -> ServerProcess {
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, toml).unwrap();
+    ServerProcess::start_with(&dir.path().join("data"), |command| {
+        command.arg("--config").arg(&config);
+    })
+    .unwrap()
+}
+
 async fn create_queue(client: &mut QueueServiceClient<Channel>, name: &str) {
     client
         .create_queue(pb::CreateQueueRequest {
@@ -74,16 +84,10 @@ async fn create_queue(client: &mut QueueServiceClient<Channel>, name: &str) {
 async fn a_caller_over_its_rate_is_refused_with_retry_after_and_only_what_was_acknowledged_is_stored(
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
+    let server = standalone_with_config(
+        &dir,
         "[rate_limits.callers.noisy]\nsend_messages_per_second = 10\n",
-    )
-    .unwrap();
-    let server = ServerProcess::start_with(&dir.path().join("data"), |command| {
-        command.arg("--config").arg(&config);
-    })
-    .unwrap();
+    );
     let mut client = server.client().await.unwrap();
     create_queue(&mut client, "orders").await;
 
@@ -750,16 +754,10 @@ async fn lookups_of_a_queue_that_does_not_exist_are_cached_briefly() {
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_over_the_cap_are_refused_and_idle_ones_closed_while_streams_stay() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
+    let server = standalone_with_config(
+        &dir,
         "[connections]\nmax_connections = 3\nidle_timeout_seconds = 1\n",
-    )
-    .unwrap();
-    let server = ServerProcess::start_with(&dir.path().join("data"), |command| {
-        command.arg("--config").arg(&config);
-    })
-    .unwrap();
+    );
     let mut clients = Vec::new();
     for _ in 0..3 {
         let mut client = server.client().await.unwrap();
