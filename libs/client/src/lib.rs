@@ -22,4 +22,4 @@ pub use backend::{node_client, BackendClient, BackendClientOptions, LeaderHint};
 pub use manager::{leader_url, ManagerClient, ManagerClientOptions};
 pub use metadata::MetadataClient;
 pub use ring::Ring;
-pub use throttled::retry_throttled;
+pub use throttled::{retry_throttled, CLIENT_ID};

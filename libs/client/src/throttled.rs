@@ -8,6 +8,10 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use tonic::{Code, Status};
 
+/// The request metadata entry that names the caller, for rate limits per caller (until callers
+/// authenticate).
+pub const CLIENT_ID: &str = "sluice-client-id";
+
 /// Pauses between attempts at least this long, at most the longer of `MAX_PAUSE` and what the
 /// server asks for.
 const MIN_PAUSE: Duration = Duration::from_millis(20);

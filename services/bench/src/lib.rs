@@ -2,6 +2,7 @@
 
 pub mod chart;
 pub mod driver;
+pub mod noisy;
 pub mod runner;
 pub mod stats;
 pub mod table;

@@ -18,8 +18,9 @@ use sluice_bench::driver::nats::NatsDriver;
 use sluice_bench::driver::rabbitmq::{QueueType, RabbitDriver};
 use sluice_bench::driver::sluice::SluiceDriver;
 use sluice_bench::driver::Driver;
+use sluice_bench::noisy;
 use sluice_bench::runner::{self, Report};
-use sluice_bench::workload::Workload;
+use sluice_bench::workload::{Noisy, Workload};
 use sluice_bench::{chart, table};
 use sluice_proto::v1 as pb;
 
@@ -294,8 +295,92 @@ fn print_report(report: &Report) {
     );
 }
 
+/// A noisy-neighbour workload: the well-behaved caller alone, then beside the noisy one, and a
+/// table of what it kept.
+async fn run_noisy(args: &RunArgs, workload: &Workload, noisy: &Noisy) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.driver == DriverKind::Sluice,
+        "a noisy-neighbour workload names its callers, which only the sluice driver does"
+    );
+    let urls = args.urls("http://127.0.0.1:7070");
+    let replication = match args.replication {
+        Replication::Sync => pb::Replication::Sync,
+        Replication::Async => pb::Replication::Async,
+    };
+    let groups = args.groups.unwrap_or(0);
+    let quiet =
+        SluiceDriver::new(urls.clone(), replication, groups).with_client_id("bench-quiet")?;
+    let loud = SluiceDriver::new(urls, replication, groups).with_client_id("bench-noisy")?;
+    let options = runner::Options {
+        progress: !args.json,
+        fill_timeout: None,
+    };
+    let system = args.system.clone().unwrap_or_else(|| "Sluice".to_owned());
+    let alone = runner::run(workload, &quiet, &format!("{system}, alone"), &options).await?;
+    let load = noisy::start(workload, noisy, &loud).await?;
+    let beside = runner::run(
+        workload,
+        &quiet,
+        &format!("{system}, beside a noisy caller"),
+        &options,
+    )
+    .await;
+    let outcome = load.stop(&loud).await?;
+    let beside = beside?;
+    let refused = loud.throttled();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "alone": summary(&alone),
+                "beside_noisy": summary(&beside),
+                "noisy": outcome,
+                "noisy_refused": refused,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "{} ({} B, batches of {}, {} msgs/s): the well-behaved caller alone and beside a caller \
+         with {} producers sending as fast as it can",
+        workload.name, workload.message_size, workload.batch_size, workload.rate, noisy.producers
+    );
+    println!("| well-behaved caller | published msgs/s | consumed msgs/s | publish p50 ms | publish p99 ms | end-to-end p99 ms | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (label, report) in [("alone", &alone), ("beside the noisy caller", &beside)] {
+        println!(
+            "| {label} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+            report.publish_rate,
+            report.consume_rate,
+            report.publish_latency_ms.p50,
+            report.publish_latency_ms.p99,
+            report.end_to_end_latency_ms.p99,
+            report.publish_errors + report.consume_errors
+        );
+    }
+    println!(
+        "noisy caller: {:.0} msgs/s stored ({} messages in {:.1} s), {refused} sends refused for a \
+         limit and retried, {} failed",
+        outcome.rate, outcome.sent, outcome.seconds, outcome.errors
+    );
+    Ok(())
+}
+
+/// A report's figures without its series, for `--json`.
+fn summary(report: &Report) -> serde_json::Value {
+    let mut value = serde_json::to_value(report).expect("a report serializes");
+    value
+        .as_object_mut()
+        .expect("a report is an object")
+        .remove("series");
+    value
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let workload = args.workload()?;
+    if let Some(noisy) = workload.noisy.clone() {
+        return run_noisy(&args, &workload, &noisy).await;
+    }
     let (driver, system) = args.driver()?;
     let options = runner::Options {
         progress: !args.json,
@@ -311,13 +396,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         chart::run_charts(&report, dir)?;
     }
     if args.json {
-        let mut value = serde_json::to_value(&report)?;
-        if !args.series {
-            value
-                .as_object_mut()
-                .expect("a report is an object")
-                .remove("series");
-        }
+        let value = if args.series {
+            serde_json::to_value(&report)?
+        } else {
+            summary(&report)
+        };
         println!("{value}");
     } else {
         print_report(&report);

@@ -51,6 +51,19 @@ pub struct Workload {
     /// of `warmup` and `duration`.
     #[serde(default)]
     pub backlog: u64,
+    /// A noisy neighbour: the workload runs alone, then again beside another caller that sends
+    /// to a queue of its own as fast as it can (Sluice only; each names itself as a caller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noisy: Option<Noisy>,
+}
+
+/// The noisy neighbour of a workload.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Noisy {
+    /// Producers of the noisy caller, each with `max_in_flight` send requests in flight.
+    pub producers: usize,
+    pub max_in_flight: usize,
 }
 
 fn one() -> usize {
@@ -110,6 +123,16 @@ impl Workload {
             !self.duration.is_zero() || self.backlog > 0,
             "duration must be positive"
         );
+        if let Some(noisy) = &self.noisy {
+            anyhow::ensure!(
+                noisy.producers >= 1 && noisy.max_in_flight >= 1,
+                "noisy.producers and noisy.max_in_flight must be at least 1"
+            );
+            anyhow::ensure!(
+                self.backlog == 0,
+                "a noisy neighbour runs beside a timed workload, not a backlog"
+            );
+        }
         anyhow::ensure!(
             self.rate == 0 || self.rate >= self.producers() as u64,
             "rate {} is below one message a second per producer ({} producers)",
@@ -166,8 +189,8 @@ mod tests {
             }
         }
         assert!(
-            seen >= 4,
-            "expected workloads (a) to (d) in {}",
+            seen >= 5,
+            "expected workloads (a) to (e) in {}",
             dir.display()
         );
     }

@@ -139,3 +139,41 @@ fn bad_workloads_are_refused_by_field() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("batch_size must be 1 to 10"), "{stderr}");
 }
+
+#[test]
+fn the_noisy_neighbour_workload_runs_its_caller_alone_and_beside_a_limited_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/bench/noisy-neighbour.toml");
+    let server = StandaloneProcess::start_with(&dir.path().join("data"), |command| {
+        command.arg("--config").arg(&limits);
+    })
+    .unwrap();
+    let e = workload("e-noisy-neighbour.toml");
+    let endpoint = server.endpoint();
+    let out = bench(&[
+        "run",
+        "--url",
+        &endpoint,
+        "--json",
+        "-w",
+        &e,
+        "--warmup",
+        "1s",
+        "--duration",
+        "2s",
+    ]);
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("{result}");
+    for run in ["alone", "beside_noisy"] {
+        let report = &result[run];
+        assert!(report["consumed"].as_u64().unwrap() > 0, "{run}: {report}");
+        assert_eq!(report["publish_errors"], 0, "{run}: {report}");
+    }
+    // The noisy caller met its limit (5,000 msgs/s) and backed off as it was told.
+    assert!(result["noisy_refused"].as_u64().unwrap() > 0, "{result}");
+    assert!(result["noisy"]["sent"].as_u64().unwrap() > 0, "{result}");
+    assert_eq!(result["noisy"]["errors"], 0, "{result}");
+    // Every queue of the run is removed after it.
+    assert_eq!(queues(&server)["names"], serde_json::json!([]));
+}

@@ -28,8 +28,7 @@ use tonic::metadata::MetadataMap;
 
 use crate::metrics;
 
-/// The request metadata entry that names the caller, until callers authenticate.
-pub const CLIENT_ID: &str = "sluice-client-id";
+pub use sluice_client::CLIENT_ID;
 const MAX_CLIENT_ID_LEN: usize = 128;
 
 /// Limiters kept at most: one per queue or caller and kind of limit, a few dozen bytes each.

@@ -12,6 +12,7 @@ use sluice_proto::v1::queue_service_client::QueueServiceClient;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 use tonic::Streaming;
 
@@ -29,6 +30,10 @@ pub struct SluiceDriver {
     replication: pb::Replication,
     /// FIFO message groups per queue; 0 for standard queues.
     groups: usize,
+    /// The caller every request names (`sluice-client-id`), for rate limits per caller.
+    client_id: Option<MetadataValue<Ascii>>,
+    /// Sends the server refused for a limit, each tried again after its retry-after.
+    throttled: Arc<AtomicU64>,
 }
 
 impl SluiceDriver {
@@ -37,7 +42,23 @@ impl SluiceDriver {
             endpoints,
             replication,
             groups,
+            client_id: None,
+            throttled: Arc::default(),
         }
+    }
+
+    /// Every request names caller `id`.
+    pub fn with_client_id(mut self, id: &str) -> anyhow::Result<Self> {
+        self.client_id = Some(
+            id.parse()
+                .with_context(|| format!("client id {id:?} is not valid request metadata"))?,
+        );
+        Ok(self)
+    }
+
+    /// How many sends the server has refused for a limit so far.
+    pub fn throttled(&self) -> u64 {
+        self.throttled.load(Ordering::Relaxed)
     }
 
     async fn client(&self, index: usize) -> anyhow::Result<QueueServiceClient<Channel>> {
@@ -119,12 +140,15 @@ impl Driver for SluiceDriver {
             index,
             groups: self.groups,
             sent: AtomicU64::new(0),
+            client_id: self.client_id.clone(),
+            throttled: self.throttled.clone(),
         }))
     }
 
     async fn consumer(&self, queue: &str, index: usize) -> anyhow::Result<Box<dyn Consumer>> {
         let mut consumer = SluiceConsumer {
             client: self.client(index).await?,
+            client_id: self.client_id.clone(),
             queue: self.queue_name(queue),
             stream: None,
             receipts: Vec::new(),
@@ -142,6 +166,37 @@ struct SluiceProducer {
     groups: usize,
     /// Messages this producer sent, for unique FIFO deduplication ids.
     sent: AtomicU64,
+    client_id: Option<MetadataValue<Ascii>>,
+    throttled: Arc<AtomicU64>,
+}
+
+/// `message` as a request naming caller `client_id`, if set.
+fn named<T>(client_id: &Option<MetadataValue<Ascii>>, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(id) = client_id {
+        request
+            .metadata_mut()
+            .insert(sluice_client::CLIENT_ID, id.clone());
+    }
+    request
+}
+
+impl SluiceProducer {
+    /// Sends with `call`, trying again after each refusal for a limit, which it counts.
+    async fn sent<T, F, Fut>(&self, call: F) -> Result<T, tonic::Status>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        retry_throttled(|| async {
+            let result = call().await;
+            if matches!(&result, Err(status) if status.code() == tonic::Code::ResourceExhausted) {
+                self.throttled.fetch_add(1, Ordering::Relaxed);
+            }
+            result
+        })
+        .await
+    }
 }
 
 impl SluiceProducer {
@@ -171,8 +226,9 @@ impl Producer for SluiceProducer {
                 deduplication_id,
                 ..Default::default()
             };
-            retry_throttled(|| {
-                let (mut client, request) = (client.clone(), request.clone());
+            self.sent(|| {
+                let (mut client, request) =
+                    (client.clone(), named(&self.client_id, request.clone()));
                 async move { client.send_message(request).await }
             })
             .await?;
@@ -196,12 +252,14 @@ impl Producer for SluiceProducer {
             queue: self.queue.clone(),
             entries,
         };
-        let response = retry_throttled(|| {
-            let (mut client, request) = (client.clone(), request.clone());
-            async move { client.send_message_batch(request).await }
-        })
-        .await?
-        .into_inner();
+        let response = self
+            .sent(|| {
+                let (mut client, request) =
+                    (client.clone(), named(&self.client_id, request.clone()));
+                async move { client.send_message_batch(request).await }
+            })
+            .await?
+            .into_inner();
         if let Some(failed) = response.failed.first() {
             anyhow::bail!(
                 "{} of the batch failed, e.g. {}: {}",
@@ -220,6 +278,7 @@ impl Producer for SluiceProducer {
 /// what it delivered and was not acked goes back to the queue.
 struct SluiceConsumer {
     client: QueueServiceClient<Channel>,
+    client_id: Option<MetadataValue<Ascii>>,
     queue: String,
     stream: Option<ConsumeStream>,
     /// Receipts of what the last `receive` returned.
@@ -247,7 +306,10 @@ impl SluiceConsumer {
             .expect("the receiver is right here");
             let responses = self
                 .client
-                .consume(UnboundedReceiverStream::new(requests))
+                .consume(named(
+                    &self.client_id,
+                    UnboundedReceiverStream::new(requests),
+                ))
                 .await
                 .context("cannot start consuming")?
                 .into_inner();
