@@ -122,6 +122,8 @@ type Held = Arc<Mutex<HashMap<(Lane, Caller), usize>>>;
 
 pub(crate) struct Bulkheads {
     opts: BulkheadOpts,
+    /// Each lane's in-flight gauge, by `Lane as usize`.
+    gauges: [prometheus::IntGauge; 4],
     sends: Arc<Semaphore>,
     short: Arc<Semaphore>,
     long_polls: Arc<Semaphore>,
@@ -133,6 +135,7 @@ pub(crate) struct Bulkheads {
 /// A place in a bulkhead, given back when dropped.
 pub(crate) struct Pass {
     lane: Lane,
+    gauge: prometheus::IntGauge,
     _permit: OwnedSemaphorePermit,
     _bytes: Option<OwnedSemaphorePermit>,
     caller: Option<(Caller, Held)>,
@@ -140,9 +143,7 @@ pub(crate) struct Pass {
 
 impl Drop for Pass {
     fn drop(&mut self) {
-        metrics::IN_FLIGHT
-            .with_label_values(&[self.lane.name()])
-            .dec();
+        self.gauge.dec();
         if let Some((caller, held)) = self.caller.take() {
             let mut held = held.lock();
             let key = (self.lane, caller);
@@ -159,7 +160,14 @@ impl Drop for Pass {
 impl Bulkheads {
     pub(crate) fn new(opts: BulkheadOpts) -> Self {
         let semaphore = |n: usize| Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS)));
+        let gauge = |lane: Lane| metrics::IN_FLIGHT.with_label_values(&[lane.name()]);
         Bulkheads {
+            gauges: [
+                gauge(Lane::Sends),
+                gauge(Lane::Short),
+                gauge(Lane::LongPolls),
+                gauge(Lane::Streams),
+            ],
             sends: semaphore(opts.max_sends),
             short: semaphore(opts.max_short_calls),
             long_polls: semaphore(opts.max_long_polls),
@@ -277,9 +285,11 @@ impl Bulkheads {
             }
             None => None,
         };
-        metrics::IN_FLIGHT.with_label_values(&[lane.name()]).inc();
+        let gauge = self.gauges[lane as usize].clone();
+        gauge.inc();
         Ok(Pass {
             lane,
+            gauge,
             _permit: permit,
             _bytes: bytes,
             caller,

@@ -43,10 +43,11 @@ struct State {
     last_decrease: Option<Instant>,
 }
 
-/// One cluster's cap.
+/// One cluster's cap, and its gauges (looked up once, not on every call).
 struct ClusterLimit {
-    cluster: String,
     state: Mutex<State>,
+    in_flight: prometheus::IntGauge,
+    limit: prometheus::IntGauge,
 }
 
 /// The caps of every cluster a frontend calls.
@@ -88,11 +89,11 @@ impl Pressure {
             .lock()
             .entry(cluster.to_owned())
             .or_insert_with(|| {
-                metrics::BACKEND_LIMIT
-                    .with_label_values(&[cluster])
-                    .set(self.max as i64);
+                let limit = metrics::BACKEND_LIMIT.with_label_values(&[cluster]);
+                limit.set(self.max as i64);
                 Arc::new(ClusterLimit {
-                    cluster: cluster.to_owned(),
+                    in_flight: metrics::BACKEND_IN_FLIGHT.with_label_values(&[cluster]),
+                    limit,
                     state: Mutex::new(State {
                         limit: self.max,
                         in_flight: 0,
@@ -117,9 +118,7 @@ impl Pressure {
                 });
             }
             state.in_flight += 1;
-            metrics::BACKEND_IN_FLIGHT
-                .with_label_values(&[cluster])
-                .set(state.in_flight as i64);
+            limit.in_flight.set(state.in_flight as i64);
         }
         Ok(Slot {
             limit,
@@ -149,13 +148,8 @@ impl Drop for Slot {
         } else {
             state.limit = (state.limit + 1.0).min(self.max);
         }
-        let labels = [self.limit.cluster.as_str()];
-        metrics::BACKEND_IN_FLIGHT
-            .with_label_values(&labels)
-            .set(state.in_flight as i64);
-        metrics::BACKEND_LIMIT
-            .with_label_values(&labels)
-            .set(state.limit.floor() as i64);
+        self.limit.in_flight.set(state.in_flight as i64);
+        self.limit.limit.set(state.limit.floor() as i64);
     }
 }
 
