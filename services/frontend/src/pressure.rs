@@ -82,10 +82,9 @@ impl Pressure {
         }
     }
 
-    /// A place for a call to `cluster`, or RESOURCE_EXHAUSTED if its cap is reached.
-    pub(crate) fn enter(&self, cluster: &str) -> Result<Slot> {
-        let limit = self
-            .clusters
+    /// The cap of a cluster not called before.
+    fn add(&self, cluster: &str) -> Arc<ClusterLimit> {
+        self.clusters
             .lock()
             .entry(cluster.to_owned())
             .or_insert_with(|| {
@@ -101,7 +100,16 @@ impl Pressure {
                     }),
                 })
             })
-            .clone();
+            .clone()
+    }
+
+    /// A place for a call to `cluster`, or RESOURCE_EXHAUSTED if its cap is reached.
+    pub(crate) fn enter(&self, cluster: &str) -> Result<Slot> {
+        let found = self.clusters.lock().get(cluster).cloned();
+        let limit = match found {
+            Some(limit) => limit,
+            None => self.add(cluster),
+        };
         {
             let mut state = limit.state.lock();
             let cap = state.limit.floor() as usize;

@@ -11,7 +11,7 @@
 //! seconds), so for that long the cluster admits up to the limit times N±1 over N. Bursts of up
 //! to one second's share (at least one batch) pass at once on every frontend.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,6 +22,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::Quota;
+use parking_lot::RwLock;
 use sluice_api::limits::{MAX_BATCH_ENTRIES, MAX_MAX_MESSAGE_BYTES};
 use sluice_api::{Error, QueueId, QueueRecord, RateLimits, Result};
 use tonic::metadata::MetadataMap;
@@ -32,8 +33,8 @@ pub use sluice_client::CLIENT_ID;
 const MAX_CLIENT_ID_LEN: usize = 128;
 
 /// Limiters kept at most: one per queue or caller and kind of limit, a few dozen bytes each.
-/// One dropped while idle starts again full, which only forgives a burst.
-const MAX_LIMITERS: u64 = 200_000;
+/// Past it they are all dropped and start again full, which only forgives a burst.
+const MAX_LIMITERS: usize = 200_000;
 
 /// Who sends a request: the client id it carries, else its peer's IP address (every connection
 /// of one host is one caller).
@@ -231,7 +232,9 @@ type Limiter<C> =
 pub struct RateLimiter<C: Clock = DefaultClock> {
     opts: RateLimitOpts,
     frontends: Frontends,
-    limiters: moka::sync::Cache<Key, Arc<Limiter<C>>>,
+    /// Read on every request, so a plain map behind a read-write lock rather than a cache
+    /// that does bookkeeping on each read.
+    limiters: RwLock<HashMap<Key, Arc<Limiter<C>>>>,
     clock: C,
 }
 
@@ -258,10 +261,7 @@ where
         RateLimiter {
             opts,
             frontends,
-            limiters: moka::sync::Cache::builder()
-                .max_capacity(MAX_LIMITERS)
-                .time_to_idle(Duration::from_secs(600))
-                .build(),
+            limiters: RwLock::new(HashMap::new()),
             clock,
         }
     }
@@ -278,28 +278,6 @@ where
             .unwrap_or(&self.opts.caller_default)
     }
 
-    /// The limits `kind` of work on `queue` by `caller` is held to.
-    fn checks<'a>(&self, caller: &Caller, queue: &'a QueueRecord, kind: Kind) -> Vec<Check<'a>> {
-        let mut checks = Vec::with_capacity(2);
-        if let Some(limit) = kind.of(self.caller_limits(caller)) {
-            checks.push(Check {
-                scope: Scope::Caller(caller.clone()),
-                kind,
-                limit,
-                queue: &queue.name,
-            });
-        }
-        if let Some(limit) = kind.of(&self.queue_limits(queue)) {
-            checks.push(Check {
-                scope: Scope::Queue(queue.id),
-                kind,
-                limit,
-                queue: &queue.name,
-            });
-        }
-        checks
-    }
-
     /// Takes `n` from the limiter of `check`, or says how long until they would be there.
     fn take(&self, check: &Check<'_>, n: u32) -> std::result::Result<(), (Duration, u32)> {
         let frontends = self.frontends.get();
@@ -309,14 +287,28 @@ where
             kind: check.kind,
             share,
         };
-        let limiter = self.limiters.get_with(key, || {
-            let rate = NonZeroU32::new(share).unwrap_or(NonZeroU32::MIN);
-            let burst = NonZeroU32::new(share.max(check.kind.min_burst())).unwrap_or(rate);
-            Arc::new(governor::RateLimiter::direct_with_clock(
-                Quota::per_second(rate).allow_burst(burst),
-                self.clock.clone(),
-            ))
-        });
+        let found = self.limiters.read().get(&key).cloned();
+        let limiter = match found {
+            Some(limiter) => limiter,
+            None => {
+                let mut limiters = self.limiters.write();
+                if limiters.len() >= MAX_LIMITERS {
+                    limiters.clear();
+                }
+                limiters
+                    .entry(key)
+                    .or_insert_with(|| {
+                        let rate = NonZeroU32::new(share).unwrap_or(NonZeroU32::MIN);
+                        let burst =
+                            NonZeroU32::new(share.max(check.kind.min_burst())).unwrap_or(rate);
+                        Arc::new(governor::RateLimiter::direct_with_clock(
+                            Quota::per_second(rate).allow_burst(burst),
+                            self.clock.clone(),
+                        ))
+                    })
+                    .clone()
+            }
+        };
         let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
         match limiter.check_n(n) {
             Ok(Ok(())) => Ok(()),
@@ -364,9 +356,21 @@ where
         n: usize,
     ) -> Result<()> {
         let n = u32::try_from(n).unwrap_or(u32::MAX);
-        for check in self.checks(caller, queue, kind) {
-            if let Err((wait, share)) = self.take(&check, n) {
-                return Err(self.refusal(&check, share, wait));
+        let caller_limit = kind.of(self.caller_limits(caller)).map(|limit| Check {
+            scope: Scope::Caller(caller.clone()),
+            kind,
+            limit,
+            queue: &queue.name,
+        });
+        let queue_limit = kind.of(&self.queue_limits(queue)).map(|limit| Check {
+            scope: Scope::Queue(queue.id),
+            kind,
+            limit,
+            queue: &queue.name,
+        });
+        for check in caller_limit.iter().chain(&queue_limit) {
+            if let Err((wait, share)) = self.take(check, n) {
+                return Err(self.refusal(check, share, wait));
             }
         }
         Ok(())
