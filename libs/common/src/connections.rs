@@ -197,9 +197,11 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        if let Some(timeout) = self.idle_timeout {
-            // Checked when the timer fires: idle long enough ends the connection (EOF), else
-            // the timer is set for when it would be.
+        let read = Pin::new(&mut self.io).poll_read(cx, buf);
+        // The timer is looked at only when there is nothing to read, so a busy connection pays
+        // nothing for it. When it fires: idle long enough ends the connection (EOF, nothing
+        // read), else it is set for when it would be.
+        if let (Poll::Pending, Some(timeout)) = (&read, self.idle_timeout) {
             while self.idle_check.as_mut().poll(cx).is_ready() {
                 let idle = self.activity.idle_for();
                 if idle >= timeout {
@@ -210,7 +212,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
                 self.idle_check.as_mut().reset(next);
             }
         }
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        read
     }
 }
 
