@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod front;
+
 use anyhow::{anyhow, bail, Context};
 use sluice_proto::v1::queue_service_client::QueueServiceClient;
 use tonic::transport::Channel;
