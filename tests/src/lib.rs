@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub mod front;
 
 use anyhow::{anyhow, bail, Context};
+pub use sluice_common::tls::{ClientTls, Kind};
 use sluice_proto::v1::queue_service_client::QueueServiceClient;
 use tonic::transport::Channel;
 
@@ -85,13 +86,116 @@ pub fn set_child_env(vars: &[(&str, &str)]) {
         .collect();
 }
 
-/// A server command on free ports with its data in `data_dir` (if it keeps any), quiet logs and no stdin; callers
-/// may change any of it before it starts.
-fn server_command(bin: PathBuf, args: &[&str], data_dir: Option<&Path>) -> Command {
+/// The CA and the certificate of each kind of Sluice process that every distributed process
+/// the tests start runs with, so each real-process test exercises mutual TLS between the tiers.
+/// Made once by `sluice dev certs` under the target directory (into a temporary directory
+/// renamed into place, so test binaries running at once agree on one set), and kept.
+pub fn certs() -> &'static Path {
+    static CERTS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    CERTS.get_or_init(|| {
+        let target = sluice_bin()
+            .parent()
+            .expect("the binary is in a directory")
+            .to_owned();
+        let dir = target.join("sluice-test-certs");
+        if !dir.join("admin.key").exists() {
+            let made = tempfile::tempdir_in(&target).expect("a directory for certificates");
+            make_certs(made.path()).expect("sluice dev certs");
+            let made = made.keep();
+            // Another test binary may have won the race; its set is as good.
+            if std::fs::rename(&made, &dir).is_err() {
+                let _ = std::fs::remove_dir_all(&made);
+            }
+        }
+        dir
+    })
+}
+
+/// Runs `sluice dev certs --dir DIR`: a CA in DIR (kept if there is one) and a new certificate
+/// of each kind.
+pub fn make_certs(dir: &Path) -> anyhow::Result<()> {
+    let out = Command::new(sluice_bin())
+        .args(["dev", "certs", "--dir"])
+        .arg(dir)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "sluice dev certs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The environment that gives a process of `kind` its certificate, its key and the CA.
+pub fn tls_env(kind: Kind) -> [(String, PathBuf); 3] {
+    let dir = certs();
+    [
+        ("SLUICE_TLS_CERT".into(), dir.join(format!("{kind}.pem"))),
+        ("SLUICE_TLS_KEY".into(), dir.join(format!("{kind}.key"))),
+        ("SLUICE_TLS_CA".into(), dir.join("ca.pem")),
+    ]
+}
+
+/// The TLS of a test's calls as a process of `kind`: trusting the tests' CA, presenting that
+/// kind's certificate.
+pub fn client_tls(kind: Kind) -> std::sync::Arc<ClientTls> {
+    let dir = certs();
+    let (cert, key) = (
+        dir.join(format!("{kind}.pem")),
+        dir.join(format!("{kind}.key")),
+    );
+    std::sync::Arc::new(
+        ClientTls::new(Some(&dir.join("ca.pem")), Some((&cert, &key)))
+            .expect("test certificates load"),
+    )
+}
+
+/// The `sluice` CLI as an operator of the tests' deployment runs it: over TLS, trusting the
+/// tests' CA and presenting the `admin` certificate.
+pub fn admin_cli() -> Command {
+    let dir = certs();
+    let mut command = Command::new(sluice_bin());
+    command
+        .env("SLUICE_CA_CERT", dir.join("ca.pem"))
+        .env("SLUICE_CLIENT_CERT", dir.join("admin.pem"))
+        .env("SLUICE_CLIENT_KEY", dir.join("admin.key"));
+    command
+}
+
+/// Makes the `sluice_client` channels this test process opens from now on call as a process
+/// of `kind`, over TLS, as the services do.
+pub fn install_client_tls(kind: Kind) {
+    sluice_common::tls::install_client(Some(client_tls(kind)));
+}
+
+/// A lazily connected channel to `url`: over TLS as an operator (`admin` certificate) for an
+/// `https://` URL, plain otherwise.
+pub fn channel(url: &str) -> Channel {
+    channel_as(url, Kind::Admin)
+}
+
+/// [`channel`] presenting the certificate of `kind`.
+pub fn channel_as(url: &str, kind: Kind) -> Channel {
+    let tls = url.starts_with("https://").then(|| client_tls(kind));
+    sluice_common::tls::channel(url, tls, |endpoint| endpoint).expect("a valid URL")
+}
+
+/// A server command on free ports with its data in `data_dir` (if it keeps any), quiet logs and
+/// no stdin, and the TLS of a process of `kind` (none for standalone); callers may change any of
+/// it before it starts.
+fn server_command(
+    bin: PathBuf,
+    args: &[&str],
+    data_dir: Option<&Path>,
+    kind: Option<Kind>,
+) -> Command {
     let mut command = Command::new(bin);
     command
         .args(args)
         .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"]);
+    if let Some(kind) = kind {
+        command.envs(tls_env(kind));
+    }
     if let Some(dir) = data_dir {
         command.arg("--data-dir").arg(dir);
     }
@@ -113,6 +217,8 @@ pub struct ServerProcess {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// Whether its gRPC port serves TLS.
+    pub tls: bool,
 }
 
 impl ServerProcess {
@@ -127,7 +233,7 @@ impl ServerProcess {
         data_dir: &Path,
         configure: impl FnOnce(&mut Command),
     ) -> anyhow::Result<Self> {
-        let mut command = server_command(sluice_bin(), &["standalone"], Some(data_dir));
+        let mut command = server_command(sluice_bin(), &["standalone"], Some(data_dir), None);
         configure(&mut command);
         Self::spawn(command, data_dir, "sluice standalone ready:")
     }
@@ -163,7 +269,8 @@ impl ServerProcess {
             "--load-report-interval-ms",
             "200",
         ];
-        let mut command = server_command(bin.to_owned(), &args, Some(data_dir));
+        let mut command =
+            server_command(bin.to_owned(), &args, Some(data_dir), Some(Kind::Backend));
         command.envs(env.iter().copied());
         Self::spawn(command, data_dir, "sluice-backend ready:")
     }
@@ -191,6 +298,7 @@ impl ServerProcess {
             .args(extra)
             // openraft logs every unreachable peer as an error; these tests make many.
             .env("RUST_LOG", "warn,openraft=off")
+            .envs(tls_env(Kind::Backend))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stderr(Stdio::inherit());
@@ -215,7 +323,7 @@ impl ServerProcess {
             args.extend(["--metadata", url.as_str()]);
         }
         args.extend_from_slice(extra);
-        let command = server_command(frontend_bin(), &args, None);
+        let command = server_command(frontend_bin(), &args, None, Some(Kind::Frontend));
         Self::spawn(command, Path::new(""), "sluice-frontend ready:")
     }
 
@@ -237,7 +345,12 @@ impl ServerProcess {
 
     /// Starts metadata node `node` on the etcd at `etcd`.
     pub fn start_metadata(etcd: &str, node: &str) -> anyhow::Result<Self> {
-        let command = server_command(metadata_bin(), &["--etcd", etcd, "--node-id", node], None);
+        let command = server_command(
+            metadata_bin(),
+            &["--etcd", etcd, "--node-id", node],
+            None,
+            Some(Kind::Metadata),
+        );
         Self::spawn(command, Path::new(""), "sluice-metadata ready:")
     }
 
@@ -245,13 +358,17 @@ impl ServerProcess {
     pub fn start_manager(etcd: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let mut args = vec!["--etcd", etcd];
         args.extend_from_slice(extra);
-        let command = server_command(manager_bin(), &args, None);
+        let command = server_command(manager_bin(), &args, None, Some(Kind::Manager));
         Self::spawn(command, Path::new(""), "sluice-manager ready:")
     }
 
     /// Runs `command` and waits for the line that starts with `ready`, which carries
     /// `grpc=ADDR admin=ADDR`.
     fn spawn(mut command: Command, data_dir: &Path, ready: &str) -> anyhow::Result<Self> {
+        let tls = command
+            .get_envs()
+            .any(|(key, value)| key == "SLUICE_TLS_CERT" && value.is_some())
+            || command.get_args().any(|arg| arg == "--tls-cert");
         // The ready line is read from stdout, whatever the caller did with the command.
         command.stdout(Stdio::piped());
         let mut child = command
@@ -287,15 +404,28 @@ impl ServerProcess {
             admin_addr: field("admin")?,
             child,
             data_dir: data_dir.to_owned(),
+            tls,
         })
     }
 
+    /// The URL of its gRPC port: `https://` when it serves TLS.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.grpc_addr)
+    }
+
+    /// A channel to its gRPC port, over TLS as an operator when it serves TLS.
+    pub fn channel(&self) -> Channel {
+        channel(&self.endpoint())
+    }
+
+    /// A channel to its gRPC port presenting the certificate of `kind`.
+    pub fn channel_as(&self, kind: Kind) -> Channel {
+        channel_as(&self.endpoint(), kind)
     }
 
     pub async fn client(&self) -> anyhow::Result<QueueServiceClient<Channel>> {
-        Ok(QueueServiceClient::connect(self.endpoint()).await?)
+        Ok(QueueServiceClient::new(self.channel()))
     }
 
     pub fn pid(&self) -> u32 {
@@ -369,11 +499,13 @@ impl ServerProcess {
 
     /// Runs the `sluice` CLI against this server.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(sluice_bin())
-            .args(args)
-            .env("SLUICE_ENDPOINT", self.endpoint())
-            .output()
-            .expect("sluice CLI runs")
+        let mut command = if self.tls {
+            admin_cli()
+        } else {
+            Command::new(sluice_bin())
+        };
+        command.args(args).env("SLUICE_ENDPOINT", self.endpoint());
+        command.output().expect("sluice CLI runs")
     }
 
     /// Runs the CLI, panics with its error output if it fails, and returns its standard output.

@@ -56,12 +56,10 @@ fn message(body: &str) -> NewMessage {
     }
 }
 
+/// A client of `node` calling as a frontend does.
 fn client_of(node: &ServerProcess) -> BackendClient {
-    BackendClient::new(
-        &format!("http://{}", node.grpc_addr),
-        BackendClientOptions::default(),
-    )
-    .unwrap()
+    sluice_tests::install_client_tls(sluice_tests::Kind::Frontend);
+    BackendClient::new(&node.endpoint(), BackendClientOptions::default()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -70,7 +68,7 @@ async fn node_registers_serves_the_engine_and_keeps_acknowledged_messages_across
     let dir = tempfile::tempdir().unwrap();
     let node = ServerProcess::start_backend(dir.path(), &etcd.endpoint, "a", "a1").unwrap();
     let record = etcd_node(&etcd, "a", "a1").await.expect("registered");
-    assert_eq!(record.url, format!("http://{}", node.grpc_addr));
+    assert_eq!(record.url, node.endpoint());
 
     let backend = client_of(&node);
     backend

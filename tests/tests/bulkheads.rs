@@ -175,9 +175,7 @@ async fn a_slow_backend_cluster_is_refused_early_while_a_queue_on_another_is_ser
     let metadata = ServerProcess::start_metadata(&etcd.endpoint, "m1").unwrap();
     let manager = ServerProcess::start_manager(&etcd.endpoint, &[]).unwrap();
     let frontend = ServerProcess::start_frontend(&[metadata.endpoint()], 500).unwrap();
-    let mut managers = ManagerServiceClient::connect(manager.endpoint())
-        .await
-        .unwrap();
+    let mut managers = ManagerServiceClient::new(manager.channel());
     let deadline = Instant::now() + Duration::from_secs(30);
     while managers
         .list_clusters(pb::ListClustersRequest {})

@@ -8,7 +8,7 @@ use sluice_proto::v1 as pb;
 use sluice_proto::v1::backend_service_client::BackendServiceClient;
 use sluice_proto::v1::manager_service_client::ManagerServiceClient;
 use sluice_proto::v1::queue_service_client::QueueServiceClient;
-use sluice_tests::{get_queue, queue_counts, sluice_bin, EtcdProcess, ServerProcess};
+use sluice_tests::{get_queue, queue_counts, EtcdProcess, ServerProcess};
 use tonic::transport::Channel;
 
 /// Fields drop in order: the processes stop before the etcd they use.
@@ -39,10 +39,7 @@ impl Cluster {
         let managers = (0..2)
             .map(|_| ServerProcess::start_manager(&etcd.endpoint, &[]).unwrap())
             .collect();
-        let urls: Vec<String> = metadata
-            .iter()
-            .map(|m| format!("http://{}", m.grpc_addr))
-            .collect();
+        let urls: Vec<String> = metadata.iter().map(ServerProcess::endpoint).collect();
         let frontends = (0..2)
             .map(|_| ServerProcess::start_frontend(&urls, 500).unwrap())
             .collect();
@@ -62,9 +59,7 @@ impl Cluster {
 
     /// A client of the first manager, once both clusters are registered and a manager leads.
     async fn settled(&self) -> ManagerServiceClient<Channel> {
-        let mut manager = ManagerServiceClient::connect(self.managers[0].endpoint())
-            .await
-            .unwrap();
+        let mut manager = ManagerServiceClient::new(self.managers[0].channel());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let listed = manager
@@ -83,13 +78,12 @@ impl Cluster {
     /// Runs `sluice admin ARGS --json` against the second manager (not necessarily the
     /// leader, which is the point) and parses its output.
     fn admin(&self, args: &[&str]) -> serde_json::Value {
-        let out = std::process::Command::new(sluice_bin())
-            .arg("--json")
-            .arg("admin")
-            .args(args)
-            .env("SLUICE_MANAGER", self.managers[1].endpoint())
-            .output()
-            .unwrap();
+        let manager = &self.managers[1];
+        let url = manager.endpoint();
+        let mut all = vec!["--json", "admin"];
+        all.extend_from_slice(args);
+        all.extend(["--manager", &url]);
+        let out = manager.cli(&all);
         assert!(
             out.status.success(),
             "sluice admin {args:?} failed: {}",
@@ -542,9 +536,7 @@ async fn a_queue_moves_to_the_other_cluster_under_traffic_and_loses_nothing() {
     } else {
         &cluster.backends[1]
     };
-    let mut old = BackendServiceClient::connect(old_node.endpoint())
-        .await
-        .unwrap();
+    let mut old = BackendServiceClient::new(old_node.channel_as(sluice_tests::Kind::Frontend));
     let gone = old
         .counts(pb::CountsRequest {
             queue_id: after["queue_id"].as_u64().unwrap(),
@@ -619,7 +611,7 @@ async fn a_queue_moves_to_the_other_cluster_under_traffic_and_loses_nothing() {
         .unwrap()
         .to_owned();
     let elsewhere = if linked_on == "a" { "b" } else { "a" };
-    let refused = std::process::Command::new(sluice_bin())
+    let refused = sluice_tests::admin_cli()
         .args(["admin", "place", "linked", "--cluster", elsewhere])
         .env("SLUICE_MANAGER", cluster.managers[0].endpoint())
         .output()
@@ -631,7 +623,7 @@ async fn a_queue_moves_to_the_other_cluster_under_traffic_and_loses_nothing() {
     assert_eq!(kept["partitions"].as_array().unwrap().len(), 1, "{kept}");
     assert_eq!(kept["moving_to"], "");
     f2.send_message(send("linked", "still here")).await.unwrap();
-    let unknown = std::process::Command::new(sluice_bin())
+    let unknown = sluice_tests::admin_cli()
         .args(["admin", "place", "linked", "--cluster", "nowhere"])
         .env("SLUICE_MANAGER", cluster.managers[0].endpoint())
         .output()

@@ -2,33 +2,52 @@
 //! queues through its frontends, and stops everything on SIGINT.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::queue_service_client::QueueServiceClient;
-use sluice_tests::{free_port_range, sluice_bin};
+use sluice_tests::{free_port_range, sluice_bin, ClientTls};
+
+/// `sluice dev cluster up`, stopped with SIGINT (so it stops its parts) if the test fails first.
+struct Up(Option<Child>);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut up) = self.0.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(up.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+            let _ = up.wait();
+        }
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dev_cluster_serves_queues_and_stops_on_sigint() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_port_range(44).unwrap();
-    let mut up = Command::new(sluice_bin())
-        .args([
-            "dev",
-            "cluster",
-            "up",
-            "--base-port",
-            &base.to_string(),
-            "--dir",
-        ])
-        .arg(dir.path().join("cluster"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    let mut up = Up(Some(
+        Command::new(sluice_bin())
+            .args([
+                "dev",
+                "cluster",
+                "up",
+                "--base-port",
+                &base.to_string(),
+                "--dir",
+            ])
+            .arg(dir.path().join("cluster"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    ));
+    let stdout = up.0.as_mut().and_then(|up| up.stdout.take()).unwrap();
+    let mut lines = BufReader::new(stdout).lines();
     let ready = lines
         .by_ref()
         .map_while(Result::ok)
@@ -43,13 +62,19 @@ async fn dev_cluster_serves_queues_and_stops_on_sigint() {
         .map(str::to_owned)
         .collect();
     assert_eq!(frontends.len(), 2);
+    assert!(
+        frontends.iter().all(|url| url.starts_with("https://")),
+        "the dev cluster serves TLS: {frontends:?}"
+    );
 
-    let mut first = QueueServiceClient::connect(frontends[0].clone())
-        .await
-        .unwrap();
-    let mut second = QueueServiceClient::connect(frontends[1].clone())
-        .await
-        .unwrap();
+    // Clients trust the CA the cluster made for itself.
+    let certs = dir.path().join("cluster").join("certs");
+    let tls = Arc::new(ClientTls::new(Some(&certs.join("ca.pem")), None).unwrap());
+    let channel = |url: &str| {
+        sluice_common::tls::channel(url, Some(tls.clone()), |endpoint| endpoint).unwrap()
+    };
+    let mut first = QueueServiceClient::new(channel(&frontends[0]));
+    let mut second = QueueServiceClient::new(channel(&frontends[1]));
     first
         .create_queue(pb::CreateQueueRequest {
             name: "orders".into(),
@@ -80,6 +105,7 @@ async fn dev_cluster_serves_queues_and_stops_on_sigint() {
     assert_eq!(got[0].body.as_ref(), b"hello");
     drop((first, second));
 
+    let mut up = up.0.take().unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(up.id() as i32),
         nix::sys::signal::Signal::SIGINT,

@@ -11,9 +11,7 @@ use sluice_proto::v1::manager_service_client::ManagerServiceClient;
 use sluice_tests::{EtcdProcess, ServerProcess};
 
 async fn clusters(manager: &ServerProcess) -> pb::ListClustersResponse {
-    ManagerServiceClient::connect(format!("http://{}", manager.grpc_addr))
-        .await
-        .unwrap()
+    ManagerServiceClient::new(manager.channel())
         .list_clusters(pb::ListClustersRequest {})
         .await
         .unwrap()
@@ -40,15 +38,15 @@ async fn wait_for_clusters(
     }
 }
 
+/// A client of `node` calling as a manager does (moving queues).
 fn backend_of(node: &ServerProcess) -> BackendClient {
-    BackendClient::new(
-        &format!("http://{}", node.grpc_addr),
-        BackendClientOptions::default(),
-    )
-    .unwrap()
+    sluice_tests::install_client_tls(sluice_tests::Kind::Manager);
+    BackendClient::new(&node.endpoint(), BackendClientOptions::default()).unwrap()
 }
 
+/// A client of the leading manager, calling as another manager does.
 async fn placement_client(etcd: &EtcdProcess) -> ManagerClient {
+    sluice_tests::install_client_tls(sluice_tests::Kind::Manager);
     ManagerClient::connect(
         std::slice::from_ref(&etcd.endpoint),
         "/sluice/",
@@ -102,11 +100,13 @@ async fn queues_spread_by_utilization_and_a_standby_takes_over_from_a_killed_lea
     );
 
     // The operator's view through the CLI.
-    let out = std::process::Command::new(sluice_tests::sluice_bin())
-        .args(["admin", "clusters", "--json", "--manager"])
-        .arg(format!("http://{}", first.grpc_addr))
-        .output()
-        .unwrap();
+    let out = first.cli(&[
+        "admin",
+        "clusters",
+        "--json",
+        "--manager",
+        &first.endpoint(),
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -123,7 +123,7 @@ async fn queues_spread_by_utilization_and_a_standby_takes_over_from_a_killed_lea
     let leader_url = listed.leader.clone();
     let leader = managers
         .iter()
-        .position(|m| format!("http://{}", m.as_ref().unwrap().grpc_addr) == leader_url)
+        .position(|m| m.as_ref().unwrap().endpoint() == leader_url)
         .expect("the leader is one of ours");
     managers[leader].take().unwrap().kill9().unwrap();
     let killed = Instant::now();
@@ -134,7 +134,7 @@ async fn queues_spread_by_utilization_and_a_standby_takes_over_from_a_killed_lea
     let standby = managers[1 - leader].as_ref().unwrap();
     let listed = clusters(standby).await;
     assert_ne!(listed.leader, leader_url);
-    assert_eq!(listed.leader, format!("http://{}", standby.grpc_addr));
+    assert_eq!(listed.leader, standby.endpoint());
     let total: u64 = listed.clusters.iter().map(|c| c.queue_count).sum();
     assert_eq!(
         total, 21,
@@ -143,9 +143,7 @@ async fn queues_spread_by_utilization_and_a_standby_takes_over_from_a_killed_lea
 
     // A manager that is not the leader refuses to place and names the leader.
     let follower = ServerProcess::start_manager(&etcd.endpoint, &[]).unwrap();
-    let refused = ManagerServiceClient::connect(format!("http://{}", follower.grpc_addr))
-        .await
-        .unwrap()
+    let refused = ManagerServiceClient::new(follower.channel())
         .place_queue(pb::PlaceQueueRequest {
             queue_id: 99,
             queue: "q99".into(),
@@ -250,14 +248,14 @@ async fn sigterm_hands_the_leadership_over_at_once() {
     let leader = wait_for_clusters(&first, "a leader", |l| !l.leader.is_empty())
         .await
         .leader;
-    assert_eq!(leader, format!("http://{}", first.grpc_addr));
+    assert_eq!(leader, first.endpoint());
     let second = ServerProcess::start_manager(&etcd.endpoint, &[]).unwrap();
     let status = first.terminate().await.unwrap();
     assert!(status.success(), "{status}");
     // The leader resigned on its way out; the standby needs no lease expiry to take over.
     let started = Instant::now();
     let listed = wait_for_clusters(&second, "the standby to lead", |l| {
-        l.leader == format!("http://{}", second.grpc_addr)
+        l.leader == second.endpoint()
     })
     .await;
     println!(

@@ -11,10 +11,16 @@ use sluice_client::MetadataClient;
 use sluice_metastore::{EtcdStore, MetaStore};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::metadata_service_client::MetadataServiceClient;
-use sluice_tests::{EtcdProcess, ServerProcess};
+use sluice_tests::{EtcdProcess, Kind, ServerProcess};
 
 fn url(node: &ServerProcess) -> String {
-    format!("http://{}", node.grpc_addr)
+    node.endpoint()
+}
+
+/// The metadata tier's client, calling as a frontend does.
+fn metadata_client(urls: &[String]) -> sluice_api::Result<MetadataClient> {
+    sluice_tests::install_client_tls(Kind::Frontend);
+    MetadataClient::new(urls)
 }
 
 fn total(nodes: &[&ServerProcess], metric: &str) -> f64 {
@@ -61,7 +67,7 @@ async fn any_node_keeps_the_queue_record_contract_and_owners_cache_what_they_own
     let etcd = EtcdProcess::start().unwrap();
     let nodes = three_nodes(&etcd).await;
     let all: Vec<&ServerProcess> = nodes.iter().collect();
-    let tier = MetadataClient::new(&[url(&nodes[0])]).unwrap();
+    let tier = metadata_client(&[url(&nodes[0])]).unwrap();
 
     // Create once; a second create of the name writes nothing.
     let created = tier.create_queue(&record(1, "orders")).await.unwrap();
@@ -103,7 +109,7 @@ async fn any_node_keeps_the_queue_record_contract_and_owners_cache_what_they_own
     assert_eq!(tier.list_queues("a-", "a-2", 10).await.unwrap(), ["a-3"]);
 
     // Ids come in blocks and are never handed out twice, by one client or two.
-    let other = MetadataClient::new(&[url(&nodes[1])]).unwrap();
+    let other = metadata_client(&[url(&nodes[1])]).unwrap();
     let mut ids = HashSet::new();
     for _ in 0..150 {
         assert!(ids.insert(tier.allocate_queue_id().await.unwrap()));
@@ -140,7 +146,7 @@ async fn any_node_keeps_the_queue_record_contract_and_owners_cache_what_they_own
     // A node that does not own a key forwards a request for it to the owner.
     let forwards = total(&all, "sluice_metadata_forwards_total");
     for node in &nodes {
-        let mut raw = MetadataServiceClient::connect(url(node)).await.unwrap();
+        let mut raw = MetadataServiceClient::new(node.channel_as(Kind::Frontend));
         for name in ["a-1", "a-2", "a-3", "b-1"] {
             let request = pb::MetaGetQueueRequest {
                 name: name.into(),
@@ -161,7 +167,7 @@ async fn a_placement_written_behind_its_owner_is_found_by_the_next_read() {
     let etcd = EtcdProcess::start().unwrap();
     let node = ServerProcess::start_metadata(&etcd.endpoint, "m1").unwrap();
     wait_for_ring(&[&node], 1.0).await;
-    let tier = MetadataClient::new(&[url(&node)]).unwrap();
+    let tier = metadata_client(&[url(&node)]).unwrap();
     let direct = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint), "/sluice/")
         .await
         .unwrap();
@@ -197,7 +203,7 @@ async fn the_tier_refuses_a_record_no_frontend_could_make_and_stores_nothing() {
     let etcd = EtcdProcess::start().unwrap();
     let node = ServerProcess::start_metadata(&etcd.endpoint, "m1").unwrap();
     wait_for_ring(&[&node], 1.0).await;
-    let mut raw = MetadataServiceClient::connect(url(&node)).await.unwrap();
+    let mut raw = MetadataServiceClient::new(node.channel_as(Kind::Frontend));
     let good = sluice_api::wire::record_to_pb(&record(7, "orders"));
     let cases = [
         (
@@ -325,7 +331,7 @@ async fn frontends_register_under_leases_they_renew_and_are_counted() {
     let etcd = EtcdProcess::start().unwrap();
     let node = ServerProcess::start_metadata(&etcd.endpoint, "m1").unwrap();
     wait_for_ring(&[&node], 1.0).await;
-    let mut raw = MetadataServiceClient::connect(url(&node)).await.unwrap();
+    let mut raw = MetadataServiceClient::new(node.channel_as(Kind::Frontend));
     let register = |frontend: &str, lease: i64| pb::RegisterFrontendRequest {
         frontend: frontend.into(),
         url: format!("http://{frontend}:7070"),
@@ -384,7 +390,7 @@ async fn the_client_goes_to_each_keys_owner_and_falls_back_when_the_owner_is_kil
     let mut nodes: Vec<Option<ServerProcess>> =
         three_nodes(&etcd).await.into_iter().map(Some).collect();
     // One seed: the client learns the others from the ring.
-    let client = MetadataClient::new(&[url(nodes[0].as_ref().unwrap())]).unwrap();
+    let client = metadata_client(&[url(nodes[0].as_ref().unwrap())]).unwrap();
     let names: Vec<String> = (0..30).map(|i| format!("q{i}")).collect();
     let live: Vec<&ServerProcess> = nodes.iter().flatten().collect();
     let forwards = total(&live, "sluice_metadata_forwards_total");
@@ -441,7 +447,7 @@ async fn requests_keep_succeeding_when_a_metadata_node_is_killed() {
     let mut nodes: Vec<Option<ServerProcess>> =
         three_nodes(&etcd).await.into_iter().map(Some).collect();
     let urls: Vec<String> = nodes.iter().map(|n| url(n.as_ref().unwrap())).collect();
-    let client = MetadataClient::new(&urls).unwrap();
+    let client = metadata_client(&urls).unwrap();
     let names: Vec<String> = (0..30).map(|i| format!("k{i}")).collect();
     for (id, name) in names.iter().enumerate() {
         client
@@ -481,7 +487,7 @@ async fn requests_keep_succeeding_when_a_metadata_node_is_killed() {
         total(&survivors, "sluice_metadata_forward_fallbacks_total"),
         fallbacks
     );
-    let after = MetadataClient::new(&urls[..1]).unwrap();
+    let after = metadata_client(&urls[..1]).unwrap();
     for name in &names {
         let record = after.get_queue(name).await.unwrap().unwrap().record;
         assert_eq!(record.attributes.delay_seconds, 7);

@@ -47,7 +47,7 @@ impl Trio {
 
     fn peers(&self) -> String {
         (0..3)
-            .map(|i| format!("{}=http://127.0.0.1:{}", Self::name(i), self.port(i)))
+            .map(|i| format!("{}=https://127.0.0.1:{}", Self::name(i), self.port(i)))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -103,7 +103,7 @@ impl Trio {
     }
 
     fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.port(i))
+        format!("https://127.0.0.1:{}", self.port(i))
     }
 
     fn live(&self) -> Vec<usize> {
@@ -113,7 +113,7 @@ impl Trio {
     }
 
     async fn status(&self, i: usize) -> anyhow::Result<pb::ClusterStatus> {
-        let mut client = ClusterServiceClient::connect(self.url(i)).await?;
+        let mut client = ClusterServiceClient::new(sluice_tests::channel(&self.url(i)));
         Ok(client
             .status(pb::ClusterStatusRequest {})
             .await?
@@ -135,7 +135,9 @@ impl Trio {
     }
 
     async fn client(&self, i: usize) -> anyhow::Result<BackendServiceClient<Channel>> {
-        Ok(BackendServiceClient::connect(self.url(i)).await?)
+        // As a frontend calls it.
+        let channel = sluice_tests::channel_as(&self.url(i), sluice_tests::Kind::Frontend);
+        Ok(BackendServiceClient::new(channel))
     }
 
     /// Runs `call` on the live nodes in turn until one succeeds; returns how many failed first.
@@ -353,7 +355,7 @@ async fn a_receipt_handle_deletes_after_its_leader_dies() -> anyhow::Result<()> 
 
 /// Runs the `sluice` CLI, failing with its error output if it fails.
 fn cli(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(sluice_bin()).args(args).output()?;
+    let out = sluice_tests::admin_cli().args(args).output()?;
     if !out.status.success() {
         bail!("sluice {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }

@@ -217,11 +217,8 @@ async fn one_trace_crosses_every_tier() {
     .unwrap();
     let metadata = sluice_tests::ServerProcess::start_metadata(&etcd.endpoint, "m1").unwrap();
     let _manager = sluice_tests::ServerProcess::start_manager(&etcd.endpoint, &[]).unwrap();
-    let frontend = sluice_tests::ServerProcess::start_frontend(
-        &[format!("http://{}", metadata.grpc_addr)],
-        1000,
-    )
-    .unwrap();
+    let frontend =
+        sluice_tests::ServerProcess::start_frontend(&[metadata.endpoint()], 1000).unwrap();
     sluice_tests::set_child_env(&[]);
 
     let mut client = frontend.client().await.unwrap();

@@ -1,12 +1,12 @@
 //! How every Sluice service reaches another: one channel builder, so connect timeouts, HTTP/2
-//! keep-alive and Nagle are set in one place (and TLS will be added in one place, here), and one
-//! retry policy, so every client backs off the same way.
+//! keep-alive, Nagle and TLS (the process's own, installed at start) are set in one place, and
+//! one retry policy, so every client backs off the same way.
 
 use std::time::Duration;
 
 use backon::ExponentialBuilder;
 use sluice_api::{Error, Result};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// How a channel to a service connects and notices a peer that went silent.
 #[derive(Debug, Clone)]
@@ -30,21 +30,25 @@ impl Default for ChannelOptions {
     }
 }
 
-/// A lazily connected channel to `url` (e.g. `http://10.0.0.5:7080`): a service that is down
-/// shows up as UNAVAILABLE on the first call rather than here. `what` names the setting the URL
-/// came from, for the error a malformed one gets.
+/// A lazily connected channel to `url` (e.g. `https://10.0.0.5:7080`), over the TLS this
+/// process was started with: a service that is down shows up as UNAVAILABLE on the first call
+/// rather than here. `what` names the setting the URL came from, for the error a malformed one
+/// gets.
 pub fn channel(what: &str, url: &str, options: &ChannelOptions) -> Result<Channel> {
-    let mut endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|err| Error::invalid(what, format!("{url:?}: {err}")))?
-        .connect_timeout(options.connect_timeout)
-        .tcp_nodelay(true);
-    if let Some(interval) = options.keep_alive_interval {
-        endpoint = endpoint
-            .http2_keep_alive_interval(interval)
-            .keep_alive_timeout(options.keep_alive_timeout)
-            .keep_alive_while_idle(true);
-    }
-    Ok(endpoint.connect_lazy())
+    let options = options.clone();
+    sluice_common::tls::channel(url, None, move |endpoint| {
+        let endpoint = endpoint
+            .connect_timeout(options.connect_timeout)
+            .tcp_nodelay(true);
+        match options.keep_alive_interval {
+            Some(interval) => endpoint
+                .http2_keep_alive_interval(interval)
+                .keep_alive_timeout(options.keep_alive_timeout)
+                .keep_alive_while_idle(true),
+            None => endpoint,
+        }
+    })
+    .map_err(|err| Error::invalid(what, format!("{err:#}")))
 }
 
 /// The pauses between attempts of a call that may be retried: exponential from `min` to `max`,

@@ -3,7 +3,7 @@
 //! before.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -68,6 +68,20 @@ pub struct ServiceOpts {
     /// a load balancer stops sending it requests first; 0 stops accepting at once.
     #[serde(default)]
     pub drain_seconds: u64,
+    /// PEM certificate chain this process serves on its gRPC port and presents when it calls
+    /// other services; reloaded when the file changes.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificates of the deployment's CA: the other services' certificates chain to it.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// Serve and call in plain text, without TLS. Never in production: anyone who can reach a
+    /// port can read and change what passes through it.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 impl ServiceOpts {
@@ -79,14 +93,23 @@ impl ServiceOpts {
             advertise_url: None,
             otlp_endpoint: None,
             drain_seconds: 0,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            insecure: false,
         }
     }
 
-    /// The URL to advertise for a gRPC port bound at `bound`.
+    /// The URL to advertise for a gRPC port bound at `bound`: `https://` when it serves TLS.
     pub fn advertised(&self, bound: SocketAddr) -> String {
-        self.advertise_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{bound}"))
+        self.advertise_url.clone().unwrap_or_else(|| {
+            let scheme = if self.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{bound}")
+        })
     }
 
     /// How the service stops: the drain period, then `timeout` for in-flight requests.
@@ -148,6 +171,30 @@ pub struct ServiceFlags {
     /// stops sending requests first [default: 5 for a frontend, 0 otherwise]
     #[arg(long)]
     pub drain_seconds: Option<u64>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub tls: TlsFlags,
+}
+
+/// The TLS flags of every server binary.
+#[derive(clap::Args, Serialize, Debug, Default)]
+pub struct TlsFlags {
+    /// PEM certificate chain served on the gRPC port and presented to other services;
+    /// reloaded when the file changes [env: SLUICE_TLS_CERT]
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert [env: SLUICE_TLS_KEY]
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificates of the deployment's CA, which the other services' (and clients')
+    /// certificates chain to [env: SLUICE_TLS_CA]
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Serve (and call other services) in plain text: anyone who can reach the port can read
+    /// and change what passes through it. For trying things out only [env: SLUICE_INSECURE]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 /// The command line of a distributed service: a config file, JSON logs, the shared flags and

@@ -20,6 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::tls::{Access, Kind};
+
 static OPEN: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "sluice_grpc_connections",
@@ -32,6 +34,15 @@ static REFUSED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "sluice_grpc_connections_refused_total",
         "gRPC connections closed as they were accepted, over max_connections"
+    )
+    .expect("metric registers once")
+});
+
+static ACCESS_DENIED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "sluice_grpc_access_denied_total",
+        "Calls to an internal port refused because the caller's certificate names a kind of \
+         Sluice process that may not make them"
     )
     .expect("metric registers once")
 });
@@ -158,12 +169,19 @@ impl Drop for RequestGuard {
 }
 
 /// What a request learns of its connection: the TCP peer (tonic's own type, so
-/// `Request::remote_addr` works) and the connection's activity.
+/// `Request::remote_addr` works), the connection's activity, and the kind of Sluice process its
+/// verified client certificate names, if any.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub tcp: TcpConnectInfo,
     pub activity: Arc<Activity>,
+    pub peer: Option<Kind>,
 }
+
+/// The kind of Sluice process a request came from, by its verified client certificate; a
+/// request extension on ports served with TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerKind(pub Option<Kind>);
 
 /// An accepted connection holding its place under the cap.
 pub struct Tracked<IO> {
@@ -180,13 +198,12 @@ impl<IO> Drop for Tracked<IO> {
     }
 }
 
-impl<IO: Connected<ConnectInfo = TcpConnectInfo>> Connected for Tracked<IO> {
-    type ConnectInfo = ConnInfo;
-
-    fn connect_info(&self) -> ConnInfo {
+impl<IO: Connected<ConnectInfo = TcpConnectInfo>> Tracked<IO> {
+    fn info(&self, peer: Option<Kind>) -> ConnInfo {
         ConnInfo {
             tcp: self.io.connect_info(),
             activity: self.activity.clone(),
+            peer,
         }
     }
 }
@@ -246,6 +263,85 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
     }
 }
 
+/// A connection as the server sees it once admitted: plain, or TLS over the admitted TCP
+/// stream with the kind its client's certificate names.
+pub enum Conn<IO> {
+    Plain(Tracked<IO>),
+    Tls(
+        Box<tokio_rustls::server::TlsStream<Tracked<IO>>>,
+        Option<Kind>,
+    ),
+}
+
+impl<IO: Connected<ConnectInfo = TcpConnectInfo>> Connected for Conn<IO> {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        match self {
+            Conn::Plain(io) => io.info(None),
+            Conn::Tls(io, peer) => io.get_ref().0.info(*peer),
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Conn<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            Conn::Tls(io, _) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            Conn::Tls(io, _) => Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(io) => Pin::new(io).poll_flush(cx),
+            Conn::Tls(io, _) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            Conn::Tls(io, _) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Conn::Tls(io, _) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(io) => io.is_write_vectored(),
+            Conn::Tls(io, _) => io.is_write_vectored(),
+        }
+    }
+}
+
 /// Hands out places under the connection cap.
 pub struct Gate {
     places: Arc<Semaphore>,
@@ -282,21 +378,28 @@ impl Gate {
     }
 }
 
-/// The tower layer that counts each request open on its connection.
-#[derive(Clone, Copy, Default)]
-pub struct TrackRequests;
+/// The tower layer that counts each request open on its connection and, on an internal port,
+/// refuses a request from a kind of peer its rules do not allow.
+#[derive(Clone, Default)]
+pub struct TrackRequests {
+    pub access: Option<Arc<Access>>,
+}
 
 impl<S> tower_layer::Layer<S> for TrackRequests {
     type Service = Tracking<S>;
 
     fn layer(&self, inner: S) -> Tracking<S> {
-        Tracking { inner }
+        Tracking {
+            inner,
+            access: self.access.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct Tracking<S> {
     inner: S,
+    access: Option<Arc<Access>>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -305,6 +408,7 @@ impl<S, B> tower_service::Service<http::Request<B>> for Tracking<S>
 where
     S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::BoxBody>>,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = http::Response<tonic::body::BoxBody>;
     type Error = S::Error;
@@ -316,9 +420,23 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let info = request.extensions().get::<ConnInfo>().cloned();
+        if let Some(access) = &self.access {
+            let peer = info.as_ref().and_then(|info| info.peer);
+            if let Err(refusal) = access.check(request.uri().path(), peer) {
+                ACCESS_DENIED.inc();
+                tracing::warn!(
+                    path = request.uri().path(),
+                    peer = peer.map_or("none", Kind::name),
+                    "refused an internal call from a peer its rules do not allow"
+                );
+                let status = tonic::Status::permission_denied(refusal);
+                return Box::pin(std::future::ready(Ok(status.into_http())));
+            }
+        }
         let guard = info.map(|info| {
             // tonic finds the peer address under its own type.
             request.extensions_mut().insert(info.tcp.clone());
+            request.extensions_mut().insert(PeerKind(info.peer));
             info.activity.begin()
         });
         let response = self.inner.call(request);

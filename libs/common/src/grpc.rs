@@ -6,15 +6,64 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
 
 pub use crate::connections::ConnectionOpts;
-use crate::connections::{Gate, TrackRequests};
+use crate::connections::{Conn, Gate, TrackRequests};
+use crate::tls::{PortTls, ServerTls};
+
+type Admitted = Result<Conn<tokio::net::TcpStream>, std::io::Error>;
+
+/// Admits each accepted connection under the cap and hands it to the server, after its TLS
+/// handshake when the port has TLS; ends when the server stops taking connections.
+async fn accept(
+    incoming: TcpIncoming,
+    gate: Gate,
+    tls: Option<Arc<ServerTls>>,
+    admitted: tokio::sync::mpsc::Sender<Admitted>,
+) {
+    let mut incoming = std::pin::pin!(incoming);
+    loop {
+        let accepted = tokio::select! {
+            accepted = incoming.next() => accepted,
+            _ = admitted.closed() => return,
+        };
+        let io = match accepted {
+            None => return,
+            Some(Ok(io)) => io,
+            Some(Err(err)) => {
+                tracing::debug!(error = %err, "accepting a connection failed");
+                continue;
+            }
+        };
+        let Some(io) = gate.admit(io) else {
+            continue;
+        };
+        let Some(tls) = &tls else {
+            if admitted.send(Ok(Conn::Plain(io))).await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let (tls, admitted) = (tls.clone(), admitted.clone());
+        tokio::spawn(async move {
+            match tls.accept(io).await {
+                Ok((stream, peer)) => {
+                    let _ = admitted.send(Ok(Conn::Tls(Box::new(stream), peer))).await;
+                }
+                // Scanners and plain-text clients end here; the metric counts them.
+                Err(err) => tracing::debug!(error = %err, "TLS handshake failed"),
+            }
+        });
+    }
+}
 
 /// Room for a batch of ten 1 MiB messages plus their framing.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -46,8 +95,9 @@ pub async fn serve(
     service: &'static str,
     routes: Routes,
     stop: CancellationToken,
+    tls: &PortTls,
 ) -> anyhow::Result<GrpcServer> {
-    serve_on(bind(addr).await?, service, routes, stop).await
+    serve_on(bind(addr).await?, service, routes, stop, tls).await
 }
 
 /// Binds the gRPC port, for a service that must know its address before it can build its
@@ -64,17 +114,22 @@ pub async fn serve_on(
     service: &'static str,
     routes: Routes,
     stop: CancellationToken,
+    tls: &PortTls,
 ) -> anyhow::Result<GrpcServer> {
-    serve_limited(listener, service, routes, stop, &ConnectionOpts::internal()).await
+    let connections = ConnectionOpts::internal();
+    serve_limited(listener, service, routes, stop, &connections, tls).await
 }
 
-/// [`serve`] on a bound listener, holding connections to `connections`.
+/// [`serve`] on a bound listener, holding connections to `connections`. With TLS each
+/// connection's handshake runs on its own task once it has a place under the cap, so a slow
+/// or silent client delays no other.
 pub async fn serve_limited(
     listener: tokio::net::TcpListener,
     service: &'static str,
     routes: Routes,
     stop: CancellationToken,
     connections: &ConnectionOpts,
+    tls: &PortTls,
 ) -> anyhow::Result<GrpcServer> {
     connections.check()?;
     let local_addr = listener.local_addr()?;
@@ -85,19 +140,21 @@ pub async fn serve_limited(
     // Without TCP_NODELAY small responses wait for the peer's delayed ACK (~40 ms each). TCP
     // keepalive finds a dead peer even on a connection HTTP/2 pings are not reaching.
     let tcp_keepalive = Some(Duration::from_secs(connections.keepalive_interval_seconds));
-    let incoming =
-        tonic::transport::server::TcpIncoming::from_listener(listener, true, tcp_keepalive)
-            .map_err(|err| anyhow::anyhow!("gRPC listener: {err}"))?;
+    let incoming = TcpIncoming::from_listener(listener, true, tcp_keepalive)
+        .map_err(|err| anyhow::anyhow!("gRPC listener: {err}"))?;
     let gate = Gate::new(connections);
-    let incoming = incoming.filter_map(move |accepted| match accepted {
-        Ok(io) => gate.admit(io).map(Ok),
-        Err(err) => Some(Err(err)),
-    });
+    let (admitted, incoming_conns) = tokio::sync::mpsc::channel(64);
+    let (server_tls, access) = match tls {
+        PortTls::Plain => (None, None),
+        PortTls::Tls { server, access } => (Some(server.clone()), access.clone()),
+    };
+    tokio::spawn(accept(incoming, gate, server_tls, admitted));
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming_conns);
     let builder = connections.apply(tonic::transport::Server::builder());
     let stopped = stop.clone();
     let task = tokio::spawn(async move {
         let result = builder
-            .layer(TrackRequests)
+            .layer(TrackRequests { access })
             .add_routes(routes.add_service(health_service))
             .serve_with_incoming_shutdown(incoming, stopped.cancelled_owned())
             .await;

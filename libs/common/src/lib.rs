@@ -10,3 +10,4 @@ pub mod rpc;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;

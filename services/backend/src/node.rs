@@ -12,6 +12,7 @@ use sluice_api::cluster::{self, LoadReport, NodeRecord};
 use sluice_common::admin::{self, Readiness};
 use sluice_common::config::{EtcdOpts, ServiceOpts};
 use sluice_common::grpc::{self, Drain, GrpcServer, MAX_MESSAGE_BYTES};
+use sluice_common::tls::{self, Access, Kind};
 use sluice_proto::v1::backend_service_server::BackendServiceServer;
 use sluice_proto::v1::cluster_service_server::ClusterServiceServer;
 use sluice_storage::{Engine, EngineOptions};
@@ -239,6 +240,26 @@ fn check_layout(opts: &NodeOpts) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Who may call a backend node: Raft's messages come only from the other nodes of its
+/// cluster; its membership is changed by those nodes (a follower forwards to the leader) and by
+/// operators; queues and messages are the business of frontends, managers (moves) and the
+/// cluster's other nodes (a follower hands a request to its leader).
+fn access() -> Access {
+    Access::new(vec![
+        ("/sluice.v1.ClusterService/AppendEntries", &[Kind::Backend]),
+        ("/sluice.v1.ClusterService/Vote", &[Kind::Backend]),
+        (
+            "/sluice.v1.ClusterService/InstallSnapshot",
+            &[Kind::Backend],
+        ),
+        ("/sluice.v1.ClusterService/", &[Kind::Backend, Kind::Admin]),
+        (
+            "/sluice.v1.BackendService/",
+            &[Kind::Frontend, Kind::Manager, Kind::Backend],
+        ),
+    ])
+}
+
 /// Opens the engine, starts serving, and registers the node; returns once it is ready.
 pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Result<Node> {
     let readiness = Readiness::default();
@@ -250,13 +271,13 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
     )
     .await?;
 
+    // Before any channel is opened: it installs the TLS this process calls its peers with.
+    let tls = tls::configure(&opts.service, "sluice-backend", Some(access()))?;
     // Bound first: the node's URL goes into the cluster's membership.
     let listener = grpc::bind(opts.service.grpc_addr).await?;
     let url = opts
         .service
-        .advertise_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", listener.local_addr().expect("bound")));
+        .advertised(listener.local_addr().expect("bound"));
     let storage = Arc::new(Storage::open(opts, &url, shutdown.clone()).await?);
     let queues = storage.queues();
     let traffic = queues.traffic();
@@ -279,6 +300,7 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
         "sluice.v1.BackendService",
         routes,
         CancellationToken::new(),
+        &tls,
     )
     .await?;
     let grpc_addr = grpc.local_addr;

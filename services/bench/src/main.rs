@@ -148,6 +148,9 @@ struct RunArgs {
     /// Write the full JSON result and its charts into this folder.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// TLS to Sluice: over it with a CA or client certificate given or an https:// URL.
+    #[command(flatten)]
+    tls: sluice_common::tls::ClientFlags,
 }
 
 impl RunArgs {
@@ -209,6 +212,8 @@ impl RunArgs {
         let (driver, name): (Box<dyn Driver>, String) = match self.driver {
             DriverKind::Sluice => {
                 let urls = self.urls("http://127.0.0.1:7070");
+                let listed: Vec<&str> = urls.iter().map(String::as_str).collect();
+                self.tls.install(&listed)?;
                 let replication = match self.replication {
                     Replication::Sync => pb::Replication::Sync,
                     Replication::Async => pb::Replication::Async,
@@ -303,6 +308,8 @@ async fn run_noisy(args: &RunArgs, workload: &Workload, noisy: &Noisy) -> anyhow
         "a noisy-neighbour workload names its callers, which only the sluice driver does"
     );
     let urls = args.urls("http://127.0.0.1:7070");
+    let listed: Vec<&str> = urls.iter().map(String::as_str).collect();
+    args.tls.install(&listed)?;
     let replication = match args.replication {
         Replication::Sync => pb::Replication::Sync,
         Replication::Async => pb::Replication::Async,

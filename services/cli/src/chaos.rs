@@ -5,13 +5,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use sluice_common::tls::ClientTls;
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::queue_service_client::QueueServiceClient;
 use tokio_util::sync::CancellationToken;
@@ -131,18 +132,30 @@ pub async fn run(args: ChaosArgs, json_out: bool) -> anyhow::Result<bool> {
     result
 }
 
-async fn connect(url: &str) -> anyhow::Result<QueueServiceClient<Channel>> {
-    let channel = Channel::from_shared(url.to_owned())?
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(30))
-        .connect_lazy();
+/// A client of a frontend of the cluster in `dir`, over TLS trusting the cluster's CA.
+async fn connect(dir: &Path, url: &str) -> anyhow::Result<QueueServiceClient<Channel>> {
+    let certs = dir.join("certs");
+    let tls = ClientTls::new(Some(&certs.join("ca.pem")), None)?;
+    let channel = sluice_common::tls::channel(url, Some(Arc::new(tls)), |endpoint| {
+        endpoint
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(30))
+    })?;
     Ok(QueueServiceClient::new(channel))
 }
 
 async fn drive(args: &ChaosArgs, parts: Arc<Mutex<Parts>>, json_out: bool) -> anyhow::Result<bool> {
     let frontends = [
-        connect(&format!("http://127.0.0.1:{}", args.base_port + 10)).await?,
-        connect(&format!("http://127.0.0.1:{}", args.base_port + 12)).await?,
+        connect(
+            &args.dir,
+            &format!("https://127.0.0.1:{}", args.base_port + 10),
+        )
+        .await?,
+        connect(
+            &args.dir,
+            &format!("https://127.0.0.1:{}", args.base_port + 12),
+        )
+        .await?,
     ];
     let replication = match args.replication {
         ReplicationArg::Sync => pb::Replication::Sync,

@@ -11,12 +11,24 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
+use sluice_common::tls::Kind;
 
 #[derive(Subcommand)]
 pub enum DevCommand {
     /// Start or stop a local cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Make a CA and a certificate for each kind of Sluice process (frontend, metadata,
+    /// backend, manager, admin) in DIR: `ca.pem`, `<kind>.pem`, `<kind>.key`. Run again, it
+    /// keeps the CA and issues new certificates, which running services pick up.
+    Certs {
+        #[arg(long, default_value = "./sluice-certs")]
+        dir: PathBuf,
+        /// Another DNS name or IP address the certificates are valid for, besides localhost,
+        /// 127.0.0.1 and ::1; repeatable.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -372,6 +384,26 @@ pub(crate) fn up(
         );
         parts.netns = Some(Netns::setup(base, nodes.into())?);
     }
+    // Every part runs with mutual TLS, as a deployment does, on certificates of a CA of the
+    // cluster's own; nodes in namespaces are reached at their own addresses.
+    let certs = dir.join("certs");
+    let mut hosts = Vec::new();
+    if let Some(netns) = &parts.netns {
+        hosts.push(netns.host_ip());
+        hosts.extend((0..nodes.into()).map(|i| netns.node_ip(i)));
+    }
+    crate::certs::make(&certs, &hosts)?;
+    let tls = |kind: Kind| -> Vec<String> {
+        let file = |name: String| certs.join(name).to_string_lossy().into_owned();
+        vec![
+            "--tls-cert".into(),
+            file(format!("{kind}.pem")),
+            "--tls-key".into(),
+            file(format!("{kind}.key")),
+            "--tls-ca".into(),
+            file("ca.pem".into()),
+        ]
+    };
     let etcd_url = format!("http://{}", addr(base));
     // Nodes in namespaces reach etcd on the bridge.
     let etcd_urls = match &parts.netns {
@@ -415,10 +447,11 @@ pub(crate) fn up(
     })?;
     wait_for_port(base)?;
 
-    let service = |bin: &str, grpc: u16, extra: &[String]| {
+    let service = |bin: &str, kind: Kind, grpc: u16, extra: &[String]| {
         let mut command = Command::new(sibling(bin));
         command
             .args(["--grpc-addr", &addr(grpc), "--admin-addr", &addr(grpc + 1)])
+            .args(tls(kind))
             .args(extra);
         command
     };
@@ -445,7 +478,7 @@ pub(crate) fn up(
             None => addr(backend_port(base, nodes, c, n)),
         };
         let peers: Vec<String> = (0..nodes)
-            .map(|n| format!("{}=http://{}", name(n), host(n)))
+            .map(|n| format!("{}=https://{}", name(n), host(n)))
             .collect();
         for n in 0..nodes {
             let node = name(n);
@@ -472,6 +505,8 @@ pub(crate) fn up(
             if nodes > 1 {
                 args.extend(["--peers", &peers]);
             }
+            let tls = tls(Kind::Backend);
+            args.extend(tls.iter().map(String::as_str));
             let command = match &spaces {
                 Some(spaces) => {
                     let mut command = Command::new("ip");
@@ -500,6 +535,7 @@ pub(crate) fn up(
         let id = format!("m{}", i + 1);
         let command = service(
             "sluice-metadata",
+            Kind::Metadata,
             base + 20 + 2 * i,
             &with_etcd(&["--node-id", &id]),
         );
@@ -512,7 +548,12 @@ pub(crate) fn up(
         )?;
     }
     for i in 0..2u16 {
-        let command = service("sluice-manager", base + 40 + 2 * i, &with_etcd(&[]));
+        let command = service(
+            "sluice-manager",
+            Kind::Manager,
+            base + 40 + 2 * i,
+            &with_etcd(&[]),
+        );
         start(
             &mut parts,
             "manager",
@@ -525,12 +566,17 @@ pub(crate) fn up(
         .flat_map(|i| {
             [
                 "--metadata".to_owned(),
-                format!("http://{}", addr(base + 20 + 2 * i)),
+                format!("https://{}", addr(base + 20 + 2 * i)),
             ]
         })
         .collect();
     for i in 0..2u16 {
-        let command = service("sluice-frontend", base + 10 + 2 * i, &metadata);
+        let command = service(
+            "sluice-frontend",
+            Kind::Frontend,
+            base + 10 + 2 * i,
+            &metadata,
+        );
         start(
             &mut parts,
             "frontend",
@@ -544,18 +590,18 @@ pub(crate) fn up(
 
 fn print_endpoints(base: u16, nodes: u16, dir: &Path) {
     println!(
-        "sluice dev cluster up: frontends=http://{},http://{}",
+        "sluice dev cluster up: frontends=https://{},https://{}",
         addr(base + 10),
         addr(base + 12)
     );
     println!("  etcd        http://{}", addr(base));
     println!(
-        "  frontends   http://{}  http://{}   (admin +1)",
+        "  frontends   https://{}  https://{}   (admin +1)",
         addr(base + 10),
         addr(base + 12)
     );
     println!(
-        "  metadata    http://{}  http://{}  http://{}",
+        "  metadata    https://{}  https://{}  https://{}",
         addr(base + 20),
         addr(base + 22),
         addr(base + 24)
@@ -564,7 +610,7 @@ fn print_endpoints(base: u16, nodes: u16, dir: &Path) {
         let listed: Vec<String> = (0..nodes)
             .map(|n| {
                 format!(
-                    "{cluster}{} http://{}",
+                    "{cluster}{} https://{}",
                     n + 1,
                     addr(backend_port(base, nodes, c as u16, n))
                 )
@@ -573,13 +619,23 @@ fn print_endpoints(base: u16, nodes: u16, dir: &Path) {
         println!("  cluster {cluster}   {}", listed.join("  "));
     }
     println!(
-        "  managers    http://{}  http://{}",
+        "  managers    https://{}  https://{}",
         addr(base + 40),
         addr(base + 42)
     );
     println!("  logs        {}", dir.join("logs").display());
+    let certs = dir.join("certs");
     println!(
-        "try: SLUICE_ENDPOINT=http://{} sluice queue create orders; sluice admin clusters --manager http://{}",
+        "  certificates {} (mutual TLS between every part)",
+        certs.display()
+    );
+    println!(
+        "try: export SLUICE_CA_CERT={ca} SLUICE_CLIENT_CERT={admin}.pem SLUICE_CLIENT_KEY={admin}.key",
+        ca = certs.join("ca.pem").display(),
+        admin = certs.join("admin").display(),
+    );
+    println!(
+        "     SLUICE_ENDPOINT=https://{} sluice queue create orders; sluice admin clusters --manager https://{}",
         addr(base + 10),
         addr(base + 40)
     );
@@ -604,6 +660,11 @@ pub async fn run(command: DevCommand) -> anyhow::Result<()> {
             println!("stopping the cluster");
             tokio::task::spawn_blocking(move || drop(parts)).await?;
             println!("stopped");
+            Ok(())
+        }
+        DevCommand::Certs { dir, hosts } => {
+            crate::certs::make(&dir, &hosts)?;
+            println!("certificates in {}", dir.display());
             Ok(())
         }
         DevCommand::Cluster(ClusterCommand::Down { dir }) => {

@@ -1,5 +1,6 @@
 //! The `sluice` command: runs the standalone server and talks to any Sluice endpoint.
 
+mod certs;
 mod chaos;
 mod client;
 mod dev;
@@ -37,6 +38,8 @@ struct Cli {
     /// Print results as JSON, for scripts.
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    tls: sluice_common::tls::ClientFlags,
     #[command(subcommand)]
     command: Command,
 }
@@ -96,6 +99,9 @@ struct StandaloneFlags {
     /// env: SLUICE_DRAIN_SECONDS]
     #[arg(long)]
     drain_seconds: Option<u64>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    tls: sluice_common::config::TlsFlags,
 }
 
 impl StandaloneArgs {
@@ -133,6 +139,10 @@ async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(err) = cli.tls.install(&[&cli.endpoint]) {
+        eprintln!("error: {err:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Standalone(args) => run_standalone(args).await,
         Command::Admin(command) => client::run_admin(cli.json, command).await,

@@ -119,6 +119,7 @@ pub async fn start(
 ) -> anyhow::Result<Standalone> {
     opts.rate_limits.check()?;
     opts.bulkheads.check()?;
+    let tls = sluice_common::tls::standalone(&opts.service)?;
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
     let node_opts = sluice_backend::node::NodeOpts {
@@ -181,6 +182,7 @@ pub async fn start(
         service,
         CancellationToken::new(),
         &opts.connections,
+        &tls,
     )
     .await?;
     readiness.set(true);

@@ -47,6 +47,9 @@ struct Flags {
     /// Calls to backends in flight at most [default: 4096]
     #[arg(long)]
     max_backend_calls: Option<usize>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    tls: sluice_common::config::TlsFlags,
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

@@ -10,6 +10,7 @@ use sluice_client::MetadataClient;
 use sluice_common::admin::{self, Readiness};
 use sluice_common::config::ServiceOpts;
 use sluice_common::grpc::{ConnectionOpts, Drain, GrpcServer};
+use sluice_common::tls;
 use tokio_util::sync::CancellationToken;
 
 use crate::bulkhead::BulkheadOpts;
@@ -96,6 +97,8 @@ pub async fn start(opts: &FrontendOpts, shutdown: CancellationToken) -> anyhow::
     );
     opts.rate_limits.check()?;
     opts.bulkheads.check()?;
+    // Before any channel is opened: it installs the TLS this process calls other tiers with.
+    let tls = tls::configure(&opts.service, "sluice-frontend", None)?;
     let metadata = Arc::new(MetadataClient::new(&opts.metadata_endpoints)?);
     let catalog = Catalog::with_ttl(
         metadata.clone(),
@@ -127,13 +130,10 @@ pub async fn start(opts: &FrontendOpts, shutdown: CancellationToken) -> anyhow::
         service,
         CancellationToken::new(),
         &opts.connections,
+        &tls,
     )
     .await?;
-    let url = opts
-        .service
-        .advertise_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", grpc.local_addr));
+    let url = opts.service.advertised(grpc.local_addr);
     tokio::spawn(register(metadata, url, frontends, shutdown.clone()));
     readiness.set(true);
     tracing::info!(grpc = %grpc.local_addr, admin = %admin_addr, "frontend ready");

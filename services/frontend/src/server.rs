@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use sluice_common::grpc::{self, ConnectionOpts, GrpcServer, MAX_MESSAGE_BYTES};
+use sluice_common::tls::PortTls;
 use sluice_proto::v1::queue_service_server::QueueServiceServer;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -11,12 +12,13 @@ use crate::service::QueueServiceImpl;
 
 /// Binds `addr` and serves `QueueService`, with server reflection and the health service, until
 /// `stop` is cancelled; then stops accepting, ends the Consume streams and lets in-flight
-/// requests finish. Clients' connections are held to `connections`.
+/// requests finish. Clients' connections are held to `connections`, and served over `tls`.
 pub async fn serve(
     addr: SocketAddr,
     service: QueueServiceImpl,
     stop: CancellationToken,
     connections: &ConnectionOpts,
+    tls: &PortTls,
 ) -> anyhow::Result<GrpcServer> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
@@ -34,6 +36,7 @@ pub async fn serve(
         routes,
         stop,
         connections,
+        tls,
     )
     .await
 }

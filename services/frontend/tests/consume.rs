@@ -31,6 +31,7 @@ async fn server() -> Server {
         service,
         shutdown.clone(),
         &Default::default(),
+        &sluice_common::tls::PortTls::Plain,
     )
     .await
     .unwrap();

@@ -9,6 +9,7 @@ use sluice_api::cluster;
 use sluice_common::admin::{self, Readiness};
 use sluice_common::config::{EtcdOpts, ServiceOpts};
 use sluice_common::grpc::{self, Drain, GrpcServer};
+use sluice_common::tls::{self, Access, Kind};
 use sluice_proto::v1::manager_service_server::ManagerServiceServer;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -63,6 +64,15 @@ pub struct Manager {
     shutdown: CancellationToken,
 }
 
+/// Who may call a manager: metadata nodes placing new queues, other managers forwarding to
+/// the leader, and operators' admin commands.
+fn access() -> Access {
+    Access::new(vec![(
+        "/sluice.v1.ManagerService/",
+        &[Kind::Metadata, Kind::Manager, Kind::Admin],
+    )])
+}
+
 /// Starts serving and campaigning; returns once the manager answers requests (it may not lead
 /// yet).
 pub async fn start(opts: &ManagerOpts, shutdown: CancellationToken) -> anyhow::Result<Manager> {
@@ -70,6 +80,7 @@ pub async fn start(opts: &ManagerOpts, shutdown: CancellationToken) -> anyhow::R
         !opts.etcd.etcd_endpoints.is_empty(),
         "etcd_endpoints must name at least one etcd"
     );
+    let tls = tls::configure(&opts.service, "sluice-manager", Some(access()))?;
     let client = etcd_client::Client::connect(&opts.etcd.etcd_endpoints, None)
         .await
         .with_context(|| format!("cannot connect to etcd at {:?}", opts.etcd.etcd_endpoints))?;
@@ -102,6 +113,7 @@ pub async fn start(opts: &ManagerOpts, shutdown: CancellationToken) -> anyhow::R
         "sluice.v1.ManagerService",
         Routes::new(service),
         CancellationToken::new(),
+        &tls,
     )
     .await?;
     let grpc_addr = grpc.local_addr;

@@ -7,6 +7,7 @@ use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use parking_lot::Mutex;
 use sluice_api::cluster::{self, Placement};
 use sluice_api::{Error, Result};
+use sluice_client::channel::ChannelOptions;
 use sluice_client::BackendClient;
 use sluice_common::rpc;
 use sluice_proto::v1 as pb;
@@ -120,14 +121,18 @@ impl ManagerServiceImpl {
             .await
             .map_err(etcd)?
             .ok_or_else(|| Error::Unavailable("no manager leads right now; retry".into()))?;
-        let mut client = ManagerServiceClient::connect(leader.clone())
-            .await
-            .map_err(|err| {
-                Error::Unavailable(format!("cannot reach the leader at {leader}: {err}"))
-            })?;
+        let channel = sluice_client::channel::channel(
+            "the leader manager's URL",
+            &leader,
+            &ChannelOptions::default(),
+        )?;
+        let mut client = ManagerServiceClient::new(channel);
         let mut request = Request::new(req);
         sluice_common::telemetry::inject_trace(request.metadata_mut());
-        Ok(client.move_queue(request).await?.into_inner())
+        let moved = client.move_queue(request).await.map_err(|status| {
+            sluice_client::channel::from_status(&format!("the leader at {leader}"), status)
+        })?;
+        Ok(moved.into_inner())
     }
 
     async fn list(&self) -> Result<pb::ListClustersResponse> {

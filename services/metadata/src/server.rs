@@ -12,6 +12,7 @@ use sluice_client::{ManagerClient, ManagerClientOptions, Ring};
 use sluice_common::admin::{self, Readiness};
 use sluice_common::config::{EtcdOpts, ServiceOpts};
 use sluice_common::grpc::{self, Drain, GrpcServer};
+use sluice_common::tls::{self, Access, Kind};
 use sluice_metastore::{EtcdStore, StoreDirectory};
 use sluice_proto::v1::metadata_service_server::MetadataServiceServer;
 use tokio_util::sync::CancellationToken;
@@ -112,6 +113,15 @@ impl Follower for Membership {
     }
 }
 
+/// Who may call a metadata node: the frontends it serves and its peers on the ring, which
+/// forward to a record's owner. Nothing else writes queue records.
+fn access() -> Access {
+    Access::new(vec![(
+        "/sluice.v1.MetadataService/",
+        &[Kind::Frontend, Kind::Metadata],
+    )])
+}
+
 pub struct MetadataNode {
     drain: Drain,
     pub grpc_addr: SocketAddr,
@@ -137,6 +147,8 @@ pub async fn start(
     );
     anyhow::ensure!(!opts.node_id.is_empty(), "node_id must be set");
     metrics::register();
+    // Before any channel is opened: it installs the TLS this process calls other tiers with.
+    let tls = tls::configure(&opts.service, "sluice-metadata", Some(access()))?;
     let store = EtcdStore::connect(&opts.etcd.etcd_endpoints, &opts.etcd.etcd_root).await?;
     let client = store.client().clone();
     let manager = ManagerClient::connect(
@@ -176,6 +188,7 @@ pub async fn start(
         "sluice.v1.MetadataService",
         Routes::new(MetadataServiceServer::new(service)),
         CancellationToken::new(),
+        &tls,
     )
     .await?;
     let grpc_addr = grpc.local_addr;

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::cluster_service_client::ClusterServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::{Member, NodeId, TypeConfig};
 
@@ -22,11 +22,12 @@ use super::{Member, NodeId, TypeConfig};
 /// request that crossed the engine's cap (a batch of ten 1 MiB messages).
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
 
-pub(crate) fn client(url: &str) -> Result<ClusterServiceClient<Channel>, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(std::time::Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .connect_lazy();
+pub(crate) fn client(url: &str) -> anyhow::Result<ClusterServiceClient<Channel>> {
+    let channel = sluice_common::tls::channel(url, None, |endpoint| {
+        endpoint
+            .connect_timeout(std::time::Duration::from_secs(1))
+            .tcp_nodelay(true)
+    })?;
     Ok(ClusterServiceClient::new(channel)
         .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES))

@@ -76,9 +76,8 @@ impl SluiceDriver {
 }
 
 async fn connect(endpoint: &str) -> anyhow::Result<QueueServiceClient<Channel>> {
-    let channel = Channel::from_shared(endpoint.to_owned())?
-        .connect()
-        .await
+    // Over the TLS the command line installed, if any.
+    let channel = sluice_common::tls::channel(endpoint, None, |endpoint| endpoint)
         .with_context(|| format!("cannot reach Sluice at {endpoint}"))?;
     Ok(QueueServiceClient::new(channel)
         .max_decoding_message_size(64 << 20)

@@ -186,15 +186,15 @@ fn print_placement(json_out: bool, placement: &pb::QueuePlacement) {
 }
 
 async fn manager_client(manager: &str) -> anyhow::Result<ManagerServiceClient<Channel>> {
-    ManagerServiceClient::connect(manager.to_owned())
-        .await
-        .map_err(|err| anyhow!("cannot reach the manager at {manager}: {err}"))
+    let channel = sluice_common::tls::channel(manager, None, |endpoint| endpoint)
+        .map_err(|err| anyhow!("cannot reach the manager at {manager}: {err:#}"))?;
+    Ok(ManagerServiceClient::new(channel))
 }
 
 async fn cluster_client(node: &str) -> anyhow::Result<ClusterServiceClient<Channel>> {
-    ClusterServiceClient::connect(node.to_owned())
-        .await
-        .map_err(|err| anyhow!("cannot reach the backend node at {node}: {err}"))
+    let channel = sluice_common::tls::channel(node, None, |endpoint| endpoint)
+        .map_err(|err| anyhow!("cannot reach the backend node at {node}: {err:#}"))?;
+    Ok(ClusterServiceClient::new(channel))
 }
 
 fn print_cluster(json_out: bool, status: &pb::ClusterStatus) {

@@ -301,11 +301,8 @@ async fn delete(
 }
 
 pub async fn run(endpoint: String, json_out: bool, command: ClientCommand) -> anyhow::Result<()> {
-    let channel = Channel::from_shared(endpoint.clone())
-        .with_context(|| format!("endpoint {endpoint:?} is not a URL like http://127.0.0.1:7070"))?
-        .connect()
-        .await
-        .map_err(|err| anyhow!("cannot reach Sluice at {endpoint}: {err}"))?;
+    let channel = sluice_common::tls::channel(&endpoint, None, |endpoint| endpoint)
+        .with_context(|| format!("endpoint {endpoint:?}"))?;
     let mut client = QueueServiceClient::new(channel)
         .max_decoding_message_size(16 * 1024 * 1024)
         .max_encoding_message_size(16 * 1024 * 1024);
