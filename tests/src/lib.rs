@@ -98,7 +98,16 @@ pub fn certs() -> &'static Path {
             .expect("the binary is in a directory")
             .to_owned();
         let dir = target.join("sluice-test-certs");
-        if !dir.join("admin.key").exists() {
+        let complete = |dir: &Path| {
+            let mut files: Vec<String> = vec!["ca.pem".into(), "etcd.key".into()];
+            files.extend(Kind::ALL.iter().map(|kind| format!("{kind}.key")));
+            files.iter().all(|file| dir.join(file).exists())
+        };
+        if dir.exists() && !complete(&dir) {
+            // Made by an older `sluice dev certs`: the same CA, the certificates it lacks.
+            make_certs(&dir).expect("sluice dev certs");
+        }
+        if !dir.exists() {
             let made = tempfile::tempdir_in(&target).expect("a directory for certificates");
             make_certs(made.path()).expect("sluice dev certs");
             let made = made.keep();
@@ -162,10 +171,31 @@ pub fn admin_cli() -> Command {
     command
 }
 
-/// Makes the `sluice_client` channels this test process opens from now on call as a process
-/// of `kind`, over TLS, as the services do.
+/// Makes the `sluice_client` channels (and etcd clients) this test process opens from now on
+/// call as a process of `kind`, over TLS, as the services do.
 pub fn install_client_tls(kind: Kind) {
     sluice_common::tls::install_client(Some(client_tls(kind)));
+    sluice_common::etcd::install(Some(etcd_tls_as(kind)));
+}
+
+/// The TLS of a test's own calls to the tests' etcd, as an operator.
+pub fn etcd_tls() -> etcd_client::TlsOptions {
+    etcd_tls_as(Kind::Admin)
+}
+
+fn etcd_tls_as(kind: Kind) -> etcd_client::TlsOptions {
+    let dir = certs();
+    let (cert, key) = (
+        dir.join(format!("{kind}.pem")),
+        dir.join(format!("{kind}.key")),
+    );
+    sluice_common::etcd::tls_options(&dir.join("ca.pem"), Some((&cert, &key)))
+        .expect("test certificates load")
+}
+
+/// Connect options for a test's own etcd client.
+pub fn etcd_options() -> etcd_client::ConnectOptions {
+    etcd_client::ConnectOptions::new().with_tls(etcd_tls())
 }
 
 /// A lazily connected channel to `url`: over TLS as an operator (`admin` certificate) for an
@@ -557,7 +587,9 @@ pub fn etcd_bin() -> PathBuf {
 }
 
 /// A single-member etcd on free loopback ports with its data in a temporary directory, killed
-/// when dropped.
+/// when dropped. Its clients reach it over TLS with certificates of the tests' CA
+/// ([`certs`]), as a deployment's do; its `/health` answers in plain text on a port of its
+/// own.
 pub struct EtcdProcess {
     child: Child,
     pub endpoint: String,
@@ -580,8 +612,10 @@ impl EtcdProcess {
 
     fn try_start() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let client = format!("http://127.0.0.1:{}", free_port()?);
+        let client = format!("https://127.0.0.1:{}", free_port()?);
         let peer = format!("http://127.0.0.1:{}", free_port()?);
+        let health: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let certs = certs();
         let mut child = Command::new(etcd_bin())
             .arg("--name=sluice-test")
             .arg(format!("--data-dir={}", dir.path().join("etcd").display()))
@@ -590,6 +624,14 @@ impl EtcdProcess {
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=sluice-test={peer}"))
+            .arg(format!("--listen-metrics-urls=http://{health}"))
+            .arg(format!("--cert-file={}", certs.join("etcd.pem").display()))
+            .arg(format!("--key-file={}", certs.join("etcd.key").display()))
+            .arg(format!(
+                "--trusted-ca-file={}",
+                certs.join("ca.pem").display()
+            ))
+            .arg("--client-cert-auth")
             .args(["--logger=zap", "--log-outputs=stderr", "--log-level=error"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -601,13 +643,12 @@ impl EtcdProcess {
                     etcd_bin().display()
                 )
             })?;
-        let addr: SocketAddr = client.trim_start_matches("http://").parse()?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait()? {
                 bail!("etcd exited before it was ready: {status}");
             }
-            if matches!(http_get(addr, "/health"), Ok((200, body)) if body.contains("true")) {
+            if matches!(http_get(health, "/health"), Ok((200, body)) if body.contains("true")) {
                 break;
             }
             if Instant::now() > deadline {

@@ -9,15 +9,23 @@ use sluice_tests::EtcdProcess;
 #[tokio::test]
 async fn follows_the_store_contract() {
     let etcd = EtcdProcess::start().unwrap();
-    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint), "/sluice/")
-        .await
-        .unwrap();
+    let store = EtcdStore::connect_with(
+        std::slice::from_ref(&etcd.endpoint),
+        "/sluice/",
+        Some(sluice_tests::etcd_tls()),
+    )
+    .await
+    .unwrap();
     sluice_metastore::conformance::check(&store).await;
 
     // Another root on the same etcd sees none of it.
-    let other = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint), "/other/")
-        .await
-        .unwrap();
+    let other = EtcdStore::connect_with(
+        std::slice::from_ref(&etcd.endpoint),
+        "/other/",
+        Some(sluice_tests::etcd_tls()),
+    )
+    .await
+    .unwrap();
     assert!(other.list("", "", 100).await.unwrap().is_empty());
     assert_eq!(other.next_ids("ids/queue", 1).await.unwrap(), 1);
     assert_eq!(store.next_ids("ids/queue", 1).await.unwrap(), 14);
@@ -27,9 +35,13 @@ async fn follows_the_store_contract() {
 async fn concurrent_creates_and_counters_have_one_winner_each() {
     let etcd = EtcdProcess::start().unwrap();
     let store = Arc::new(
-        EtcdStore::connect(std::slice::from_ref(&etcd.endpoint), "/sluice/")
-            .await
-            .unwrap(),
+        EtcdStore::connect_with(
+            std::slice::from_ref(&etcd.endpoint),
+            "/sluice/",
+            Some(sluice_tests::etcd_tls()),
+        )
+        .await
+        .unwrap(),
     );
     let mut tasks = Vec::new();
     for i in 0..16u8 {
@@ -58,9 +70,13 @@ async fn concurrent_creates_and_counters_have_one_winner_each() {
 async fn an_unreachable_etcd_is_unavailable() {
     let etcd = EtcdProcess::start().unwrap();
     let endpoint = etcd.endpoint.clone();
-    let store = EtcdStore::connect(std::slice::from_ref(&endpoint), "/sluice/")
-        .await
-        .unwrap();
+    let store = EtcdStore::connect_with(
+        std::slice::from_ref(&endpoint),
+        "/sluice/",
+        Some(sluice_tests::etcd_tls()),
+    )
+    .await
+    .unwrap();
     etcd.kill9().unwrap();
     let err = store.get("queues/q").await.unwrap_err();
     let status: sluice_api::Error = err.into();

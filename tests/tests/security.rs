@@ -10,7 +10,8 @@ use sluice_proto::v1::backend_service_client::BackendServiceClient;
 use sluice_proto::v1::cluster_service_client::ClusterServiceClient;
 use sluice_proto::v1::queue_service_client::QueueServiceClient;
 use sluice_tests::{
-    backend_bin, certs, free_port, make_certs, sluice_bin, ClientTls, ServerProcess,
+    backend_bin, certs, free_port, make_certs, metadata_bin, sluice_bin, tls_env, ClientTls, Kind,
+    ServerProcess,
 };
 use tonic::transport::Channel;
 
@@ -292,6 +293,21 @@ async fn services_refuse_to_run_open_unless_told_insecure_and_then_say_so() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(line.starts_with("INSECURE:"), "it says so first: {line}");
+
+    // With TLS of its own, a service still refuses to reach etcd in plain text.
+    let out = Command::new(metadata_bin())
+        .args(["--etcd", "http://127.0.0.1:1", "--node-id", "m1"])
+        .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .envs(tls_env(Kind::Metadata))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let refused = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        refused.contains("plain text") && refused.contains("https://"),
+        "{refused}"
+    );
 
     // Standalone may run open on loopback only.
     let standalone = dir.path().join("standalone");

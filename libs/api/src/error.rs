@@ -117,12 +117,15 @@ pub fn retry_after(status: &Status) -> Option<std::time::Duration> {
 }
 
 /// Whether a status was made on this side by a failed connection rather than sent by the peer:
-/// tonic reports those as UNKNOWN (a connection that broke) or UNAVAILABLE (one a lazy channel
-/// could not open) with the transport error as the status's source, which a status decoded
-/// from a peer's answer never has. Callers treat them as UNAVAILABLE.
+/// tonic reports those as UNKNOWN (a connection that broke), UNAVAILABLE (one a lazy channel
+/// could not open) or CANCELLED (one the server closed before answering, as after refusing a
+/// TLS handshake) with the transport error as the status's source, which a status decoded from
+/// a peer's answer never has. Callers treat them as UNAVAILABLE.
 pub fn is_transport_failure(status: &Status) -> bool {
-    matches!(status.code(), Code::Unknown | Code::Unavailable)
-        && std::error::Error::source(status).is_some()
+    matches!(
+        status.code(),
+        Code::Unknown | Code::Unavailable | Code::Cancelled
+    ) && std::error::Error::source(status).is_some()
 }
 
 /// Turns a status from another Sluice tier back into the error it was made from, so a frontend

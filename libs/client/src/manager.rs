@@ -44,7 +44,7 @@ impl ManagerClient {
         root: &str,
         options: ManagerClientOptions,
     ) -> Result<Self> {
-        let etcd = etcd_client::Client::connect(endpoints, None)
+        let etcd = etcd_client::Client::connect(endpoints, Some(sluice_common::etcd::options()))
             .await
             .map_err(|err| Error::Unavailable(format!("cannot connect to etcd: {err}")))?;
         Ok(ManagerClient {

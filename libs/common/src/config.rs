@@ -130,6 +130,14 @@ pub struct EtcdOpts {
     /// The root prefix of Sluice's keys in etcd.
     #[serde(default = "default_etcd_root")]
     pub etcd_root: String,
+    /// PEM CA certificates etcd's certificate chains to; default: `tls_ca`.
+    #[serde(default)]
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM certificate (and its key) presented to etcd; default: `tls_cert` and `tls_key`.
+    #[serde(default)]
+    pub etcd_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub etcd_key: Option<PathBuf>,
 }
 
 fn default_etcd_root() -> String {
@@ -141,6 +149,9 @@ impl Default for EtcdOpts {
         EtcdOpts {
             etcd_endpoints: Vec::new(),
             etcd_root: default_etcd_root(),
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
         }
     }
 }
@@ -161,6 +172,15 @@ pub struct ServiceFlags {
     /// Root prefix of Sluice's keys in etcd [default: /sluice/]
     #[arg(long)]
     pub etcd_root: Option<String>,
+    /// PEM CA certificates etcd's certificate chains to [default: --tls-ca]
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM certificate presented to etcd [default: --tls-cert]
+    #[arg(long, requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// PEM private key of --etcd-cert [default: --tls-key]
+    #[arg(long, requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
     /// URL the other tiers reach this process at [default: http:// + the bound gRPC address]
     #[arg(long)]
     pub advertise_url: Option<String>,

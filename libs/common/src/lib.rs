@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod config;
 pub mod connections;
+pub mod etcd;
 pub mod grpc;
 pub mod rpc;
 pub mod service;

@@ -26,9 +26,21 @@ impl EtcdStore {
     /// Connects to the etcd `endpoints` (e.g. `http://127.0.0.1:2379`); every key is stored
     /// under `root`.
     pub async fn connect(endpoints: &[String], root: &str) -> Result<Self> {
-        let options = ConnectOptions::new()
+        Self::connect_with(endpoints, root, None).await
+    }
+
+    /// [`connect`](Self::connect) over TLS (`https://` endpoints) with `tls`.
+    pub async fn connect_with(
+        endpoints: &[String],
+        root: &str,
+        tls: Option<etcd_client::TlsOptions>,
+    ) -> Result<Self> {
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT);
+        if let Some(tls) = tls {
+            options = options.with_tls(tls);
+        }
         let client = Client::connect(endpoints, Some(options))
             .await
             .map_err(|err| {

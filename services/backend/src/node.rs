@@ -273,6 +273,9 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
 
     // Before any channel is opened: it installs the TLS this process calls its peers with.
     let tls = tls::configure(&opts.service, "sluice-backend", Some(access()))?;
+    if !opts.etcd.etcd_endpoints.is_empty() {
+        sluice_common::etcd::configure(&opts.etcd, &opts.service)?;
+    }
     // Bound first: the node's URL goes into the cluster's membership.
     let listener = grpc::bind(opts.service.grpc_addr).await?;
     let url = opts
@@ -383,9 +386,12 @@ async fn register(
     engine: Engine,
     traffic: Arc<Traffic>,
 ) -> anyhow::Result<Membership> {
-    let mut client = etcd_client::Client::connect(&opts.etcd.etcd_endpoints, None)
-        .await
-        .with_context(|| format!("cannot connect to etcd at {:?}", opts.etcd.etcd_endpoints))?;
+    let mut client = etcd_client::Client::connect(
+        &opts.etcd.etcd_endpoints,
+        Some(sluice_common::etcd::options()),
+    )
+    .await
+    .with_context(|| format!("cannot connect to etcd at {:?}", opts.etcd.etcd_endpoints))?;
     let keys = Registration {
         node_key: cluster::node_key(&opts.etcd.etcd_root, &record.cluster, &record.node),
         load_key: cluster::load_key(&opts.etcd.etcd_root, &record.cluster, &record.node),

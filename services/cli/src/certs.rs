@@ -65,7 +65,7 @@ fn write(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()> {
 }
 
 /// Makes (or keeps) `dir/ca.pem` and `dir/ca.key`, and issues `dir/<kind>.pem` and
-/// `dir/<kind>.key` for every kind, valid for `localhost`, 127.0.0.1, ::1 and `hosts`.
+/// `dir/<kind>.key` for every kind, and `dir/etcd.pem` and `dir/etcd.key` for etcd, valid for `localhost`, 127.0.0.1, ::1 and `hosts`.
 pub fn make(dir: &Path, hosts: &[String]) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let (ca_pem, ca_key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
@@ -85,14 +85,19 @@ pub fn make(dir: &Path, hosts: &[String]) -> anyhow::Result<()> {
     }
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".into(), "::1".into()];
     names.extend(hosts.iter().cloned());
-    for kind in Kind::ALL {
+    // etcd's own certificate names no Sluice kind: it is not a Sluice process.
+    let holders = Kind::ALL
+        .into_iter()
+        .map(|kind| (kind.name(), Some(kind.uri())))
+        .chain([("etcd", None)]);
+    for (name, uri) in holders {
         let mut params = CertificateParams::new(names.clone())?;
         params
             .distinguished_name
-            .push(DnType::CommonName, format!("sluice {kind}"));
-        params
-            .subject_alt_names
-            .push(SanType::URI(kind.uri().try_into()?));
+            .push(DnType::CommonName, format!("sluice {name}"));
+        if let Some(uri) = uri {
+            params.subject_alt_names.push(SanType::URI(uri.try_into()?));
+        }
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -105,8 +110,8 @@ pub fn make(dir: &Path, hosts: &[String]) -> anyhow::Result<()> {
         validity(&mut params);
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &ca, &ca_key)?;
-        write(&dir.join(format!("{kind}.key")), &key.serialize_pem(), true)?;
-        write(&dir.join(format!("{kind}.pem")), &cert.pem(), false)?;
+        write(&dir.join(format!("{name}.key")), &key.serialize_pem(), true)?;
+        write(&dir.join(format!("{name}.pem")), &cert.pem(), false)?;
     }
     Ok(())
 }

@@ -19,8 +19,8 @@ pub enum DevCommand {
     #[command(subcommand)]
     Cluster(ClusterCommand),
     /// Make a CA and a certificate for each kind of Sluice process (frontend, metadata,
-    /// backend, manager, admin) in DIR: `ca.pem`, `<kind>.pem`, `<kind>.key`. Run again, it
-    /// keeps the CA and issues new certificates, which running services pick up.
+    /// backend, manager, admin) and for etcd in DIR: `ca.pem`, `<kind>.pem`, `<kind>.key`. Run
+    /// again, it keeps the CA and issues new certificates, which running services pick up.
     Certs {
         #[arg(long, default_value = "./sluice-certs")]
         dir: PathBuf,
@@ -404,14 +404,15 @@ pub(crate) fn up(
             file("ca.pem".into()),
         ]
     };
-    let etcd_url = format!("http://{}", addr(base));
+    // etcd's clients, each with its own certificate, reach it over TLS too.
+    let etcd_url = format!("https://{}", addr(base));
     // Nodes in namespaces reach etcd on the bridge.
     let etcd_urls = match &parts.netns {
-        Some(netns) => format!("{etcd_url},http://{}:{base}", netns.host_ip()),
+        Some(netns) => format!("{etcd_url},https://{}:{base}", netns.host_ip()),
         None => etcd_url.clone(),
     };
     let backend_etcd = match &parts.netns {
-        Some(netns) => format!("http://{}:{base}", netns.host_ip()),
+        Some(netns) => format!("https://{}:{base}", netns.host_ip()),
         None => etcd_url.clone(),
     };
     let peer_url = format!("http://{}", addr(base + 1));
@@ -423,6 +424,13 @@ pub(crate) fn up(
         .arg(format!("--listen-peer-urls={peer_url}"))
         .arg(format!("--initial-advertise-peer-urls={peer_url}"))
         .arg(format!("--initial-cluster=sluice-dev={peer_url}"))
+        .arg(format!("--cert-file={}", certs.join("etcd.pem").display()))
+        .arg(format!("--key-file={}", certs.join("etcd.key").display()))
+        .arg(format!(
+            "--trusted-ca-file={}",
+            certs.join("ca.pem").display()
+        ))
+        .arg("--client-cert-auth")
         .args(["--logger=zap", "--log-outputs=stderr"]);
     // etcd prints no ready line on stdout; its client port answering is the sign.
     let log = std::fs::File::create(dir.join("logs").join("etcd.log"))?;
@@ -594,7 +602,7 @@ fn print_endpoints(base: u16, nodes: u16, dir: &Path) {
         addr(base + 10),
         addr(base + 12)
     );
-    println!("  etcd        http://{}", addr(base));
+    println!("  etcd        https://{}", addr(base));
     println!(
         "  frontends   https://{}  https://{}   (admin +1)",
         addr(base + 10),

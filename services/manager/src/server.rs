@@ -81,9 +81,13 @@ pub async fn start(opts: &ManagerOpts, shutdown: CancellationToken) -> anyhow::R
         "etcd_endpoints must name at least one etcd"
     );
     let tls = tls::configure(&opts.service, "sluice-manager", Some(access()))?;
-    let client = etcd_client::Client::connect(&opts.etcd.etcd_endpoints, None)
-        .await
-        .with_context(|| format!("cannot connect to etcd at {:?}", opts.etcd.etcd_endpoints))?;
+    sluice_common::etcd::configure(&opts.etcd, &opts.service)?;
+    let client = etcd_client::Client::connect(
+        &opts.etcd.etcd_endpoints,
+        Some(sluice_common::etcd::options()),
+    )
+    .await
+    .with_context(|| format!("cannot connect to etcd at {:?}", opts.etcd.etcd_endpoints))?;
 
     let readiness = Readiness::default();
     let admin_shutdown = CancellationToken::new();

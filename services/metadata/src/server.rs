@@ -149,7 +149,13 @@ pub async fn start(
     metrics::register();
     // Before any channel is opened: it installs the TLS this process calls other tiers with.
     let tls = tls::configure(&opts.service, "sluice-metadata", Some(access()))?;
-    let store = EtcdStore::connect(&opts.etcd.etcd_endpoints, &opts.etcd.etcd_root).await?;
+    sluice_common::etcd::configure(&opts.etcd, &opts.service)?;
+    let store = EtcdStore::connect_with(
+        &opts.etcd.etcd_endpoints,
+        &opts.etcd.etcd_root,
+        sluice_common::etcd::installed_tls(),
+    )
+    .await?;
     let client = store.client().clone();
     let manager = ManagerClient::connect(
         &opts.etcd.etcd_endpoints,
