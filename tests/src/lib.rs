@@ -569,7 +569,9 @@ pub fn free_port() -> anyhow::Result<u16> {
 pub fn free_port_range(count: u16) -> anyhow::Result<u16> {
     use rand::Rng;
     for _ in 0..100 {
-        let base: u16 = rand::thread_rng().gen_range(20_000..60_000);
+        // Below Linux's ephemeral range (32768 and up), where the outgoing connections of the
+        // servers a test runs would take ports of the range between the check and the bind.
+        let base: u16 = rand::thread_rng().gen_range(20_000..32_000 - count);
         let all_free = (base..base + count)
             .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
         if all_free {
