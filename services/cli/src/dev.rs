@@ -44,6 +44,10 @@ pub enum ClusterCommand {
         /// Nodes in each backend cluster, 1 to 5; they replicate through Raft.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=5))]
         nodes: u16,
+        /// Run every part (etcd too) in plain text with `--insecure`, e.g. to measure what TLS
+        /// costs.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Stop the processes of a cluster whose `up` did not stop them, and remove its directory.
     Down {
@@ -357,6 +361,7 @@ pub(crate) fn up(
     clusters: u16,
     nodes: u16,
     netns: bool,
+    insecure: bool,
 ) -> anyhow::Result<Parts> {
     anyhow::ensure!(
         base.checked_add(60).is_some(),
@@ -385,16 +390,22 @@ pub(crate) fn up(
         parts.netns = Some(Netns::setup(base, nodes.into())?);
     }
     // Every part runs with mutual TLS, as a deployment does, on certificates of a CA of the
-    // cluster's own; nodes in namespaces are reached at their own addresses.
+    // cluster's own (unless `insecure`); nodes in namespaces are reached at their own addresses.
     let certs = dir.join("certs");
     let mut hosts = Vec::new();
     if let Some(netns) = &parts.netns {
         hosts.push(netns.host_ip());
         hosts.extend((0..nodes.into()).map(|i| netns.node_ip(i)));
     }
-    crate::certs::make(&certs, &hosts)?;
+    if !insecure {
+        crate::certs::make(&certs, &hosts)?;
+    }
+    let scheme = if insecure { "http" } else { "https" };
     let tls = |kind: Kind| -> Vec<String> {
         let file = |name: String| certs.join(name).to_string_lossy().into_owned();
+        if insecure {
+            return vec!["--insecure".into()];
+        }
         vec![
             "--tls-cert".into(),
             file(format!("{kind}.pem")),
@@ -405,14 +416,14 @@ pub(crate) fn up(
         ]
     };
     // etcd's clients, each with its own certificate, reach it over TLS too.
-    let etcd_url = format!("https://{}", addr(base));
+    let etcd_url = format!("{scheme}://{}", addr(base));
     // Nodes in namespaces reach etcd on the bridge.
     let etcd_urls = match &parts.netns {
-        Some(netns) => format!("{etcd_url},https://{}:{base}", netns.host_ip()),
+        Some(netns) => format!("{etcd_url},{scheme}://{}:{base}", netns.host_ip()),
         None => etcd_url.clone(),
     };
     let backend_etcd = match &parts.netns {
-        Some(netns) => format!("https://{}:{base}", netns.host_ip()),
+        Some(netns) => format!("{scheme}://{}:{base}", netns.host_ip()),
         None => etcd_url.clone(),
     };
     let peer_url = format!("http://{}", addr(base + 1));
@@ -424,14 +435,16 @@ pub(crate) fn up(
         .arg(format!("--listen-peer-urls={peer_url}"))
         .arg(format!("--initial-advertise-peer-urls={peer_url}"))
         .arg(format!("--initial-cluster=sluice-dev={peer_url}"))
-        .arg(format!("--cert-file={}", certs.join("etcd.pem").display()))
-        .arg(format!("--key-file={}", certs.join("etcd.key").display()))
-        .arg(format!(
-            "--trusted-ca-file={}",
-            certs.join("ca.pem").display()
-        ))
-        .arg("--client-cert-auth")
         .args(["--logger=zap", "--log-outputs=stderr"]);
+    if !insecure {
+        etcd.arg(format!("--cert-file={}", certs.join("etcd.pem").display()))
+            .arg(format!("--key-file={}", certs.join("etcd.key").display()))
+            .arg(format!(
+                "--trusted-ca-file={}",
+                certs.join("ca.pem").display()
+            ))
+            .arg("--client-cert-auth");
+    }
     // etcd prints no ready line on stdout; its client port answering is the sign.
     let log = std::fs::File::create(dir.join("logs").join("etcd.log"))?;
     let program = PathBuf::from(etcd.get_program());
@@ -486,7 +499,7 @@ pub(crate) fn up(
             None => addr(backend_port(base, nodes, c, n)),
         };
         let peers: Vec<String> = (0..nodes)
-            .map(|n| format!("{}=https://{}", name(n), host(n)))
+            .map(|n| format!("{}={scheme}://{}", name(n), host(n)))
             .collect();
         for n in 0..nodes {
             let node = name(n);
@@ -574,7 +587,7 @@ pub(crate) fn up(
         .flat_map(|i| {
             [
                 "--metadata".to_owned(),
-                format!("https://{}", addr(base + 20 + 2 * i)),
+                format!("{scheme}://{}", addr(base + 20 + 2 * i)),
             ]
         })
         .collect();
@@ -596,20 +609,21 @@ pub(crate) fn up(
     Ok(parts)
 }
 
-fn print_endpoints(base: u16, nodes: u16, dir: &Path) {
+fn print_endpoints(base: u16, nodes: u16, dir: &Path, insecure: bool) {
+    let s = if insecure { "http" } else { "https" };
     println!(
-        "sluice dev cluster up: frontends=https://{},https://{}",
+        "sluice dev cluster up: frontends={s}://{},{s}://{}",
         addr(base + 10),
         addr(base + 12)
     );
-    println!("  etcd        https://{}", addr(base));
+    println!("  etcd        {s}://{}", addr(base));
     println!(
-        "  frontends   https://{}  https://{}   (admin +1)",
+        "  frontends   {s}://{}  {s}://{}   (admin +1)",
         addr(base + 10),
         addr(base + 12)
     );
     println!(
-        "  metadata    https://{}  https://{}  https://{}",
+        "  metadata    {s}://{}  {s}://{}  {s}://{}",
         addr(base + 20),
         addr(base + 22),
         addr(base + 24)
@@ -618,7 +632,7 @@ fn print_endpoints(base: u16, nodes: u16, dir: &Path) {
         let listed: Vec<String> = (0..nodes)
             .map(|n| {
                 format!(
-                    "{cluster}{} https://{}",
+                    "{cluster}{} {s}://{}",
                     n + 1,
                     addr(backend_port(base, nodes, c as u16, n))
                 )
@@ -627,23 +641,28 @@ fn print_endpoints(base: u16, nodes: u16, dir: &Path) {
         println!("  cluster {cluster}   {}", listed.join("  "));
     }
     println!(
-        "  managers    https://{}  https://{}",
+        "  managers    {s}://{}  {s}://{}",
         addr(base + 40),
         addr(base + 42)
     );
     println!("  logs        {}", dir.join("logs").display());
     let certs = dir.join("certs");
-    println!(
-        "  certificates {} (mutual TLS between every part)",
-        certs.display()
-    );
-    println!(
+    if insecure {
+        println!("  INSECURE: every part runs in plain text (--insecure)");
+    } else {
+        println!(
+            "  certificates {} (mutual TLS between every part)",
+            certs.display()
+        );
+        println!(
         "try: export SLUICE_CA_CERT={ca} SLUICE_CLIENT_CERT={admin}.pem SLUICE_CLIENT_KEY={admin}.key",
         ca = certs.join("ca.pem").display(),
         admin = certs.join("admin").display(),
     );
+    }
+    let lead = if insecure { "try:" } else { "    " };
     println!(
-        "     SLUICE_ENDPOINT=https://{} sluice queue create orders; sluice admin clusters --manager https://{}",
+        "{lead} SLUICE_ENDPOINT={s}://{} sluice queue create orders; sluice admin clusters --manager {s}://{}",
         addr(base + 10),
         addr(base + 40)
     );
@@ -656,12 +675,14 @@ pub async fn run(command: DevCommand) -> anyhow::Result<()> {
             dir,
             base_port,
             nodes,
+            insecure,
         }) => {
             let parts = {
                 let dir = dir.clone();
-                tokio::task::spawn_blocking(move || up(&dir, base_port, 2, nodes, false)).await??
+                tokio::task::spawn_blocking(move || up(&dir, base_port, 2, nodes, false, insecure))
+                    .await??
             };
-            print_endpoints(base_port, nodes, &dir);
+            print_endpoints(base_port, nodes, &dir, insecure);
             let shutdown = tokio_util::sync::CancellationToken::new();
             sluice_common::shutdown::cancel_on_signal(shutdown.clone());
             shutdown.cancelled().await;
