@@ -25,6 +25,8 @@ wait_for() {
 
 sluice_standalone_start() { # dir
     mkdir -p "$1"
+    # Standalone on loopback serves plain text; a CA left by a cluster run would ask for TLS.
+    unset SLUICE_CA_CERT
     "$RELEASE/sluice" standalone --data-dir "$1/data" --grpc-addr 127.0.0.1:27070 \
         --admin-addr 127.0.0.1:27071 >"$1/sluice.log" 2>&1 &
     echo $! >"$1/pid"
@@ -38,9 +40,11 @@ sluice_cluster_start() { # dir
         >"$1/sluice.log" 2>&1 &
     echo $! >"$1/pid"
     wait_for "grep -q Ctrl-C '$1/sluice.log'" 120
-    wait_for "'$RELEASE/sluice' --endpoint http://127.0.0.1:27110 queue list" 60
+    # The dev cluster serves TLS on certificates of its own CA; the CLI and the bench trust it.
+    export SLUICE_CA_CERT="$1/cluster/certs/ca.pem"
+    wait_for "'$RELEASE/sluice' --endpoint https://127.0.0.1:27110 queue list" 60
     # Both frontends; the bench spreads its clients over them.
-    SLUICE_URLS=http://127.0.0.1:27110,http://127.0.0.1:27112
+    SLUICE_URLS=https://127.0.0.1:27110,https://127.0.0.1:27112
 }
 
 sluice_stop() { # dir
