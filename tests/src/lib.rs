@@ -673,6 +673,24 @@ impl EtcdProcess {
         self.child.wait()?;
         Ok(())
     }
+
+    /// A test's own client of this etcd, over TLS as an operator.
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([&self.endpoint], Some(etcd_options()))
+            .await
+            .expect("etcd accepts the tests' client")
+    }
+
+    /// A store on this etcd keeping its keys under `root`, over TLS as an operator.
+    pub async fn store(&self, root: &str) -> sluice_metastore::EtcdStore {
+        sluice_metastore::EtcdStore::connect_with(
+            std::slice::from_ref(&self.endpoint),
+            root,
+            Some(etcd_tls()),
+        )
+        .await
+        .expect("etcd accepts the tests' store")
+    }
 }
 
 impl Drop for EtcdProcess {

@@ -19,10 +19,7 @@ use tonic::Request;
 const QUEUE: u64 = 1;
 
 async fn etcd_node(etcd: &EtcdProcess, cluster: &str, node: &str) -> Option<NodeRecord> {
-    let mut client =
-        etcd_client::Client::connect([&etcd.endpoint], Some(sluice_tests::etcd_options()))
-            .await
-            .unwrap();
+    let mut client = etcd.client().await;
     let response = client
         .get(node_key("/sluice/", cluster, node), None)
         .await
@@ -261,10 +258,7 @@ async fn a_node_whose_lease_is_lost_registers_again() {
     let etcd = EtcdProcess::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let _node = ServerProcess::start_backend(dir.path(), &etcd.endpoint, "a", "a1").unwrap();
-    let mut client =
-        etcd_client::Client::connect([&etcd.endpoint], Some(sluice_tests::etcd_options()))
-            .await
-            .unwrap();
+    let mut client = etcd.client().await;
     let key = node_key("/sluice/", "a", "a1");
     let lease = client.get(key.clone(), None).await.unwrap().kvs()[0].lease();
     // As if etcd had lost the node for longer than the TTL: the lease and its keys go.

@@ -657,12 +657,7 @@ async fn a_move_its_leader_left_halfway_is_finished_by_the_leader_loop() {
     let to = if from == "a" { "b" } else { "a" };
 
     // What a leader writes first and then died after: the intent, nothing sealed or opened.
-    let mut etcd = etcd_client::Client::connect(
-        [cluster.etcd.endpoint.as_str()],
-        Some(sluice_tests::etcd_options()),
-    )
-    .await
-    .unwrap();
+    let mut etcd = cluster.etcd.client().await;
     let id = before["queue_id"].as_u64().unwrap();
     let key = format!("/sluice/placements/{id:020}");
     let got = etcd.get(key.as_str(), None).await.unwrap();

@@ -3,29 +3,17 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use sluice_metastore::{EtcdStore, MetaStore};
+use sluice_metastore::MetaStore;
 use sluice_tests::EtcdProcess;
 
 #[tokio::test]
 async fn follows_the_store_contract() {
     let etcd = EtcdProcess::start().unwrap();
-    let store = EtcdStore::connect_with(
-        std::slice::from_ref(&etcd.endpoint),
-        "/sluice/",
-        Some(sluice_tests::etcd_tls()),
-    )
-    .await
-    .unwrap();
+    let store = etcd.store("/sluice/").await;
     sluice_metastore::conformance::check(&store).await;
 
     // Another root on the same etcd sees none of it.
-    let other = EtcdStore::connect_with(
-        std::slice::from_ref(&etcd.endpoint),
-        "/other/",
-        Some(sluice_tests::etcd_tls()),
-    )
-    .await
-    .unwrap();
+    let other = etcd.store("/other/").await;
     assert!(other.list("", "", 100).await.unwrap().is_empty());
     assert_eq!(other.next_ids("ids/queue", 1).await.unwrap(), 1);
     assert_eq!(store.next_ids("ids/queue", 1).await.unwrap(), 14);
@@ -34,15 +22,7 @@ async fn follows_the_store_contract() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_creates_and_counters_have_one_winner_each() {
     let etcd = EtcdProcess::start().unwrap();
-    let store = Arc::new(
-        EtcdStore::connect_with(
-            std::slice::from_ref(&etcd.endpoint),
-            "/sluice/",
-            Some(sluice_tests::etcd_tls()),
-        )
-        .await
-        .unwrap(),
-    );
+    let store = Arc::new(etcd.store("/sluice/").await);
     let mut tasks = Vec::new();
     for i in 0..16u8 {
         let store = store.clone();
@@ -69,14 +49,7 @@ async fn concurrent_creates_and_counters_have_one_winner_each() {
 #[tokio::test]
 async fn an_unreachable_etcd_is_unavailable() {
     let etcd = EtcdProcess::start().unwrap();
-    let endpoint = etcd.endpoint.clone();
-    let store = EtcdStore::connect_with(
-        std::slice::from_ref(&endpoint),
-        "/sluice/",
-        Some(sluice_tests::etcd_tls()),
-    )
-    .await
-    .unwrap();
+    let store = etcd.store("/sluice/").await;
     etcd.kill9().unwrap();
     let err = store.get("queues/q").await.unwrap_err();
     let status: sluice_api::Error = err.into();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sluice_api::cluster::{self, Placement};
 use sluice_api::{EffectiveAttributes, PlacementDirectory, QueueDirectory, QueueRecord};
 use sluice_client::MetadataClient;
-use sluice_metastore::{EtcdStore, MetaStore};
+use sluice_metastore::MetaStore;
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::metadata_service_client::MetadataServiceClient;
 use sluice_tests::{EtcdProcess, Kind, ServerProcess};
@@ -124,13 +124,7 @@ async fn any_node_keeps_the_queue_record_contract_and_owners_cache_what_they_own
     assert!(total(&all, "sluice_metadata_cache_hits_total") >= hits + 5.0);
 
     // A change made behind the tier's back (straight to etcd) reaches the cache by the watch.
-    let direct = EtcdStore::connect_with(
-        std::slice::from_ref(&etcd.endpoint),
-        "/sluice/",
-        Some(sluice_tests::etcd_tls()),
-    )
-    .await
-    .unwrap();
+    let direct = etcd.store("/sluice/").await;
     let mut behind = changed.clone();
     behind.attributes.delay_seconds = 9;
     direct
@@ -172,13 +166,7 @@ async fn a_placement_written_behind_its_owner_is_found_by_the_next_read() {
     let node = ServerProcess::start_metadata(&etcd.endpoint, "m1").unwrap();
     wait_for_ring(&[&node], 1.0).await;
     let tier = metadata_client(&[url(&node)]).unwrap();
-    let direct = EtcdStore::connect_with(
-        std::slice::from_ref(&etcd.endpoint),
-        "/sluice/",
-        Some(sluice_tests::etcd_tls()),
-    )
-    .await
-    .unwrap();
+    let direct = etcd.store("/sluice/").await;
     // The race is lost only when the watch lags (on a loaded machine), so first the mechanism:
     // the owner never answers a placement's absence from its cache.
     let hits = node.metric("sluice_metadata_cache_hits_total").unwrap();
@@ -323,13 +311,7 @@ async fn the_tier_refuses_a_record_no_frontend_could_make_and_stores_nothing() {
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
         assert!(status.message().contains(field), "{field}: {status}");
     }
-    let direct = EtcdStore::connect_with(
-        std::slice::from_ref(&etcd.endpoint),
-        "/sluice/",
-        Some(sluice_tests::etcd_tls()),
-    )
-    .await
-    .unwrap();
+    let direct = etcd.store("/sluice/").await;
     assert!(direct
         .list("", "", 10)
         .await
@@ -370,10 +352,7 @@ async fn frontends_register_under_leases_they_renew_and_are_counted() {
         .into_inner();
     assert_eq!(second.frontends, 2);
     // A lease etcd no longer has is replaced, and the registration written again.
-    let mut etcd_client =
-        etcd_client::Client::connect([etcd.endpoint.as_str()], Some(sluice_tests::etcd_options()))
-            .await
-            .unwrap();
+    let mut etcd_client = etcd.client().await;
     etcd_client.lease_revoke(second.lease).await.unwrap();
     let back = raw
         .register_frontend(register("f2", second.lease))
@@ -516,10 +495,7 @@ async fn sigterm_leaves_the_ring_at_once() {
     let status = leaving.terminate().await.unwrap();
     assert!(status.success(), "{status}");
     // The lease was revoked on the way out, not left to expire: the key is gone already.
-    let mut client =
-        etcd_client::Client::connect([&etcd.endpoint], Some(sluice_tests::etcd_options()))
-            .await
-            .unwrap();
+    let mut client = etcd.client().await;
     let key = sluice_metadata::member_key("/sluice/", "m2");
     assert!(client.get(key, None).await.unwrap().kvs().is_empty());
     wait_for_ring(&[&staying], 1.0).await;
@@ -558,10 +534,7 @@ impl sluice_metadata::watch::Follower for Recorder {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_behind_a_compaction_takes_a_snapshot_and_resumes() {
     let etcd = EtcdProcess::start().unwrap();
-    let mut client =
-        etcd_client::Client::connect([etcd.endpoint.as_str()], Some(sluice_tests::etcd_options()))
-            .await
-            .unwrap();
+    let mut client = etcd.client().await;
     let known = client.put("/w/k1", "1", None).await.unwrap();
     let known = known.header().unwrap().revision();
     client.put("/w/k2", "2", None).await.unwrap();
