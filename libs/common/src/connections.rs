@@ -178,11 +178,6 @@ pub struct ConnInfo {
     pub peer: Option<Kind>,
 }
 
-/// The kind of Sluice process a request came from, by its verified client certificate; a
-/// request extension on ports served with TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerKind(pub Option<Kind>);
-
 /// An accepted connection holding its place under the cap.
 pub struct Tracked<IO> {
     io: IO,
@@ -436,7 +431,6 @@ where
         let guard = info.map(|info| {
             // tonic finds the peer address under its own type.
             request.extensions_mut().insert(info.tcp.clone());
-            request.extensions_mut().insert(PeerKind(info.peer));
             info.activity.begin()
         });
         let response = self.inner.call(request);

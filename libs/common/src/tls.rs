@@ -579,19 +579,11 @@ pub enum PortTls {
     },
 }
 
-impl PortTls {
-    pub fn is_tls(&self) -> bool {
-        matches!(self, PortTls::Tls { .. })
-    }
-
-    /// The scheme of the URL this port is reached at.
-    pub fn scheme(&self) -> &'static str {
-        if self.is_tls() {
-            "https"
-        } else {
-            "http"
-        }
-    }
+/// Says `banner` on stderr, before anything else the process prints, and in the log: running
+/// without TLS must not pass unnoticed.
+fn announce_insecure(banner: &str) {
+    eprintln!("{banner}");
+    tracing::warn!("{banner}");
 }
 
 /// Reads the TLS settings of a service: the port's own TLS (with `access` for an internal
@@ -612,8 +604,7 @@ pub fn configure(
                  plain text",
                 opts.grpc_addr
             );
-            eprintln!("{banner}");
-            tracing::warn!("{banner}");
+            announce_insecure(&banner);
             install_client(None);
             Ok(PortTls::Plain)
         }
@@ -679,8 +670,7 @@ pub fn standalone(opts: &crate::config::ServiceOpts) -> anyhow::Result<PortTls> 
                  reach it can read and change its queues",
                 opts.grpc_addr
             );
-            eprintln!("{banner}");
-            tracing::warn!("{banner}");
+            announce_insecure(&banner);
             Ok(PortTls::Plain)
         }
         (None, None) => anyhow::bail!(
