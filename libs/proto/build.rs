@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     let protos = [
         "../../proto/sluice/v1/queue.proto",
+        "../../proto/sluice/v1/identity.proto",
         "../../proto/sluice/v1/backend.proto",
         "../../proto/sluice/v1/manager.proto",
         "../../proto/sluice/v1/metadata.proto",

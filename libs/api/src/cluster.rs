@@ -58,6 +58,19 @@ pub fn queue_name_of<'a>(root: &str, key: &'a str) -> &'a str {
     key.get(prefix_len..).unwrap_or_default()
 }
 
+/// Principals and access keys live under this prefix; the frontends' caches follow it.
+pub fn identity_prefix(root: &str) -> String {
+    format!("{root}identity/")
+}
+
+pub fn principal_key(root: &str, name: &str) -> String {
+    format!("{root}identity/principals/{name}")
+}
+
+pub fn access_key_key(root: &str, id: &str) -> String {
+    format!("{root}identity/keys/{id}")
+}
+
 /// Under this prefix, `<queue id>`: the cluster a queue was placed on.
 pub fn placements_prefix(root: &str) -> String {
     format!("{root}placements/")

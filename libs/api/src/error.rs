@@ -35,6 +35,13 @@ pub enum Error {
     /// Transient; retry with backoff.
     #[error("{0}")]
     Unavailable(String),
+    /// The caller's credentials are missing, unknown, revoked or wrong. The message never
+    /// repeats a secret.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but its policy does not allow the action on the queue.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The feature exists in the API but this deployment cannot serve it.
     #[error("{0}")]
     Unimplemented(String),
@@ -63,6 +70,8 @@ impl Error {
             Error::Aborted(_) => Code::Aborted,
             Error::ResourceExhausted(_) | Error::Throttled { .. } => Code::ResourceExhausted,
             Error::Unavailable(_) => Code::Unavailable,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::Internal(_) => Code::Internal,
         }
@@ -158,6 +167,8 @@ impl From<Status> for Error {
                 None => Error::ResourceExhausted(message.to_owned()),
             },
             Code::Unavailable => Error::Unavailable(message.to_owned()),
+            Code::Unauthenticated => Error::Unauthenticated(message.to_owned()),
+            Code::PermissionDenied => Error::PermissionDenied(message.to_owned()),
             Code::DeadlineExceeded | Code::Cancelled => {
                 Error::Unavailable(format!("{}: {message}", code_name(status.code())))
             }
@@ -193,6 +204,8 @@ mod tests {
                 retry_after: std::time::Duration::from_millis(250),
             },
             Error::Unavailable("closed".into()),
+            Error::Unauthenticated("invalid credentials".into()),
+            Error::PermissionDenied("may not purge queue \"q\"".into()),
             Error::Unimplemented("no".into()),
             Error::Internal("disk on fire".into()),
         ] {

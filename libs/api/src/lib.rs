@@ -9,6 +9,7 @@ pub mod cluster;
 mod directory;
 pub mod error;
 mod idempotency;
+pub mod identity;
 pub mod limits;
 mod message;
 mod queue;
@@ -18,6 +19,7 @@ pub use backend::QueueBackend;
 pub use directory::{PlacementDirectory, QueueDirectory};
 pub use error::{Error, Result};
 pub use idempotency::IdempotencyKey;
+pub use identity::{AccessKey, Action, IdentityDirectory, Principal};
 pub use message::{
     md5_of_body, AttributeValue, DeadLetter, MoveTask, MoveTaskStatus, NewMessage, QueueConfig,
     QueueCounts, QueueId, ReceivedMessage, Replication, SentMessage,

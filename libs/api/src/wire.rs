@@ -1,11 +1,13 @@
 //! Between the shared types and the internal APIs' messages, both ways: a service decodes what
 //! its client encodes with the same functions, so the two cannot drift apart.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use sluice_proto::v1 as pb;
 
 use crate::cluster::{Placement, SealedPartition};
+use crate::identity::{AccessKey, Action, Grant, Principal, Sealed};
 use crate::{
     limits, AttributeValue, DeadLetter, EffectiveAttributes, Error, MoveTask, MoveTaskStatus,
     NewMessage, QueueConfig, QueueCounts, QueueRecord, ReceivedMessage, Replication, Result,
@@ -312,6 +314,92 @@ pub fn placement_from_pb(placement: pb::MetaPlacement) -> Placement {
             .collect(),
         moving_to: (!placement.moving_to.is_empty()).then_some(placement.moving_to),
     }
+}
+
+/// The actions named in `names`, each checked; `field` names them in an error.
+pub fn actions_from_pb(field: &str, names: &[String]) -> Result<BTreeSet<Action>> {
+    names
+        .iter()
+        .map(|name| Action::parse(field, name))
+        .collect()
+}
+
+pub fn principal_to_pb(principal: &Principal) -> pb::MetaPrincipal {
+    pb::MetaPrincipal {
+        name: principal.name.clone(),
+        admin: principal.admin,
+        grants: principal
+            .grants
+            .iter()
+            .map(|grant| pb::MetaGrant {
+                actions: grant
+                    .actions
+                    .iter()
+                    .map(|a| a.as_str().to_owned())
+                    .collect(),
+                queues: grant.queues.clone(),
+            })
+            .collect(),
+        created_at_ms: principal.created_at_ms,
+    }
+}
+
+/// A principal from another service, checked before anything stores or trusts it.
+pub fn principal_from_pb(principal: Option<pb::MetaPrincipal>) -> Result<Principal> {
+    let principal = principal.ok_or_else(|| Error::invalid("principal", "is required"))?;
+    let grants = principal
+        .grants
+        .into_iter()
+        .map(|grant| {
+            Ok(Grant {
+                actions: actions_from_pb("principal.grants.actions", &grant.actions)?,
+                queues: grant.queues,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let principal = Principal {
+        name: principal.name,
+        admin: principal.admin,
+        grants,
+        created_at_ms: principal.created_at_ms,
+    };
+    principal.check()?;
+    Ok(principal)
+}
+
+pub fn access_key_to_pb(key: &AccessKey) -> pb::MetaAccessKey {
+    pb::MetaAccessKey {
+        id: key.id.clone(),
+        principal: key.principal.clone(),
+        secret: Some(pb::MetaSealed {
+            key: key.secret.key.clone(),
+            nonce: key.secret.nonce.clone().into(),
+            ciphertext: key.secret.ciphertext.clone().into(),
+        }),
+        created_at_ms: key.created_at_ms,
+        expires_at_ms: key.expires_at_ms,
+    }
+}
+
+/// An access key from another service, checked before anything stores or trusts it.
+pub fn access_key_from_pb(key: Option<pb::MetaAccessKey>) -> Result<AccessKey> {
+    let key = key.ok_or_else(|| Error::invalid("access_key", "is required"))?;
+    let secret = key
+        .secret
+        .ok_or_else(|| Error::invalid("access_key.secret", "is required"))?;
+    let key = AccessKey {
+        id: key.id,
+        principal: key.principal,
+        secret: Sealed {
+            key: secret.key,
+            nonce: secret.nonce.to_vec(),
+            ciphertext: secret.ciphertext.to_vec(),
+        },
+        created_at_ms: key.created_at_ms,
+        expires_at_ms: key.expires_at_ms,
+    };
+    key.check()?;
+    Ok(key)
 }
 
 #[cfg(test)]

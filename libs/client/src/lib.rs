@@ -7,13 +7,15 @@
 //! - [`MetadataClient`]: the metadata tier; any node answers.
 //! - [`ManagerClient`]: the leading manager, found through etcd (feature `manager`).
 //!
-//! And for clients of the public API, [`retry_throttled`]: backing off when a frontend throttles.
+//! And for clients of the public API, [`QueueClient`] and [`IdentityClient`], which present an
+//! access key, and [`retry_throttled`]: backing off when a frontend throttles.
 
 mod backend;
 pub mod channel;
 #[cfg(feature = "manager")]
 mod manager;
 mod metadata;
+mod public;
 mod ring;
 mod throttled;
 
@@ -21,5 +23,6 @@ pub use backend::{node_client, BackendClient, BackendClientOptions, LeaderHint};
 #[cfg(feature = "manager")]
 pub use manager::{leader_url, ManagerClient, ManagerClientOptions};
 pub use metadata::MetadataClient;
+pub use public::{identity_client, queue_client, IdentityClient, QueueClient};
 pub use ring::Ring;
 pub use throttled::{retry_throttled, CLIENT_ID};

@@ -15,7 +15,8 @@ use backon::Retryable;
 use parking_lot::Mutex;
 use sluice_api::cluster::{self, Placement};
 use sluice_api::{
-    wire, Error, PlacementDirectory, QueueDirectory, QueueId, QueueRecord, Result, Stored,
+    wire, AccessKey, Error, IdentityDirectory, PlacementDirectory, Principal, QueueDirectory,
+    QueueId, QueueRecord, Result, Stored,
 };
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::metadata_service_client::MetadataServiceClient;
@@ -388,5 +389,156 @@ impl QueueDirectory for MetadataClient {
         // Another caller may have taken a block meanwhile; keep whichever, skip the other.
         *ids = block.first..block.first + u64::from(block.count);
         Ok(ids.next().expect("a block holds at least one id"))
+    }
+}
+
+/// What the tier sends back it checked on the way in; a record that fails the checks now was
+/// stored by something else and is reported, not trusted.
+fn stored<T>(what: &str, checked: Result<T>) -> Result<T> {
+    checked.map_err(|err| Error::Internal(format!("the metadata tier's {what} is invalid: {err}")))
+}
+
+fn limit(limit: usize) -> u32 {
+    limit.min(u32::MAX as usize) as u32
+}
+
+#[async_trait]
+impl IdentityDirectory for MetadataClient {
+    async fn principal(&self, name: &str) -> Result<Option<(Principal, u64)>> {
+        let request = pb::MetaGetPrincipalRequest {
+            name: name.to_owned(),
+        };
+        let response = self
+            .call(request, |mut c, r| async move { c.get_principal(r).await })
+            .await?;
+        let Some(principal) = response.principal else {
+            return Ok(None);
+        };
+        let principal = stored("principal", wire::principal_from_pb(Some(principal)))?;
+        Ok(Some((principal, response.revision)))
+    }
+
+    async fn principals(&self, start_after: &str, limit_to: usize) -> Result<Vec<Principal>> {
+        let request = pb::MetaListPrincipalsRequest {
+            start_after: start_after.to_owned(),
+            limit: limit(limit_to),
+        };
+        let response = self
+            .call(
+                request,
+                |mut c, r| async move { c.list_principals(r).await },
+            )
+            .await?;
+        response
+            .principals
+            .into_iter()
+            .map(|p| stored("principal", wire::principal_from_pb(Some(p))))
+            .collect()
+    }
+
+    async fn put_principal(
+        &self,
+        principal: &Principal,
+        revision: Option<u64>,
+    ) -> Result<Option<u64>> {
+        let request = pb::MetaPutPrincipalRequest {
+            principal: Some(wire::principal_to_pb(principal)),
+            revision: revision.unwrap_or(0),
+        };
+        let response = self
+            .call(request, |mut c, r| async move { c.put_principal(r).await })
+            .await?;
+        Ok(write_result(response))
+    }
+
+    async fn delete_principal(&self, name: &str, revision: u64) -> Result<bool> {
+        let request = pb::MetaDeletePrincipalRequest {
+            name: name.to_owned(),
+            revision,
+        };
+        let response = self
+            .call(
+                request,
+                |mut c, r| async move { c.delete_principal(r).await },
+            )
+            .await?;
+        Ok(response.deleted)
+    }
+
+    async fn access_key(&self, id: &str) -> Result<Option<(AccessKey, u64)>> {
+        let request = pb::MetaGetAccessKeyRequest { id: id.to_owned() };
+        let response = self
+            .call(request, |mut c, r| async move { c.get_access_key(r).await })
+            .await?;
+        let Some(key) = response.key else {
+            return Ok(None);
+        };
+        let key = stored("access key", wire::access_key_from_pb(Some(key)))?;
+        Ok(Some((key, response.revision)))
+    }
+
+    async fn access_keys(
+        &self,
+        principal: Option<&str>,
+        start_after: &str,
+        limit_to: usize,
+    ) -> Result<Vec<AccessKey>> {
+        let request = pb::MetaListAccessKeysRequest {
+            principal: principal.unwrap_or_default().to_owned(),
+            start_after: start_after.to_owned(),
+            limit: limit(limit_to),
+        };
+        let response = self
+            .call(
+                request,
+                |mut c, r| async move { c.list_access_keys(r).await },
+            )
+            .await?;
+        response
+            .keys
+            .into_iter()
+            .map(|k| stored("access key", wire::access_key_from_pb(Some(k))))
+            .collect()
+    }
+
+    async fn put_access_key(&self, key: &AccessKey, revision: Option<u64>) -> Result<Option<u64>> {
+        let request = pb::MetaPutAccessKeyRequest {
+            key: Some(wire::access_key_to_pb(key)),
+            revision: revision.unwrap_or(0),
+        };
+        let response = self
+            .call(request, |mut c, r| async move { c.put_access_key(r).await })
+            .await?;
+        Ok(write_result(response))
+    }
+
+    async fn delete_access_key(&self, id: &str, revision: u64) -> Result<bool> {
+        let request = pb::MetaDeleteAccessKeyRequest {
+            id: id.to_owned(),
+            revision,
+        };
+        let response = self
+            .call(
+                request,
+                |mut c, r| async move { c.delete_access_key(r).await },
+            )
+            .await?;
+        Ok(response.deleted)
+    }
+}
+
+impl MetadataClient {
+    /// Changes to principals and access keys from now on, from the next node: a reset first,
+    /// then each change. No timeout: it lasts until either side ends it.
+    pub async fn watch_identity(&self) -> Result<tonic::Streaming<pb::MetaIdentityChange>> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.seeds.len();
+        let mut client = self.seeds[index].clone();
+        let mut request = tonic::Request::new(pb::MetaWatchIdentityRequest {});
+        sluice_common::telemetry::inject_trace(request.metadata_mut());
+        client
+            .watch_identity(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| channel::from_status("metadata node", status))
     }
 }

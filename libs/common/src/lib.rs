@@ -5,8 +5,10 @@
 pub mod admin;
 pub mod config;
 pub mod connections;
+pub mod credentials;
 pub mod etcd;
 pub mod grpc;
+pub mod keys;
 pub mod rpc;
 pub mod service;
 pub mod shutdown;

@@ -1,11 +1,15 @@
-//! Queue records in a metadata store: keys, values and ids as docs/etcd-keys.md lays them out.
-//! The metadata tier writes etcd through it, and a frontend in the same process as its store
-//! (standalone, tests) uses it as its directory, so both write records alike.
+//! Queue records, principals and access keys in a metadata store: keys, values and ids as
+//! docs/etcd-keys.md lays them out. The metadata tier writes etcd through it, and a frontend in
+//! the same process as its store (standalone, tests) uses it as its directory, so both write
+//! records alike.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sluice_api::{cluster, QueueDirectory, QueueId, QueueRecord, Result, Stored};
+use sluice_api::{
+    cluster, AccessKey, IdentityDirectory, Principal, QueueDirectory, QueueId, QueueRecord, Result,
+    Stored,
+};
 
 use crate::MetaStore;
 
@@ -70,5 +74,119 @@ impl QueueDirectory for StoreDirectory {
         // A frontend in the same process as its store takes one id per local write: no block
         // to keep.
         self.allocate_queue_ids(1).await
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T> {
+    serde_json::from_slice(value).map_err(|err| {
+        crate::Error::Corrupt {
+            key: key.to_owned(),
+            reason: err.to_string(),
+        }
+        .into()
+    })
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("identity records serialize")
+}
+
+/// A page of keys scanned at a time while filtering access keys by principal.
+const KEY_SCAN_PAGE: usize = 500;
+
+#[async_trait]
+impl IdentityDirectory for StoreDirectory {
+    async fn principal(&self, name: &str) -> Result<Option<(Principal, u64)>> {
+        let key = cluster::principal_key("", name);
+        match self.store.get(&key).await? {
+            Some(v) => Ok(Some((decode(&key, &v.value)?, v.revision))),
+            None => Ok(None),
+        }
+    }
+
+    async fn principals(&self, start_after: &str, limit: usize) -> Result<Vec<Principal>> {
+        let prefix = cluster::principal_key("", "");
+        let after = if start_after.is_empty() {
+            String::new()
+        } else {
+            cluster::principal_key("", start_after)
+        };
+        self.store
+            .list(&prefix, &after, limit)
+            .await?
+            .iter()
+            .map(|(key, v)| decode(key, &v.value))
+            .collect()
+    }
+
+    async fn put_principal(
+        &self,
+        principal: &Principal,
+        revision: Option<u64>,
+    ) -> Result<Option<u64>> {
+        let key = cluster::principal_key("", &principal.name);
+        let value = encode(principal);
+        Ok(match revision {
+            None => self.store.create(&key, value).await?,
+            Some(revision) => self.store.update(&key, value, revision).await?,
+        })
+    }
+
+    async fn delete_principal(&self, name: &str, revision: u64) -> Result<bool> {
+        let key = cluster::principal_key("", name);
+        Ok(self.store.delete(&key, revision).await?)
+    }
+
+    async fn access_key(&self, id: &str) -> Result<Option<(AccessKey, u64)>> {
+        let key = cluster::access_key_key("", id);
+        match self.store.get(&key).await? {
+            Some(v) => Ok(Some((decode(&key, &v.value)?, v.revision))),
+            None => Ok(None),
+        }
+    }
+
+    async fn access_keys(
+        &self,
+        principal: Option<&str>,
+        start_after: &str,
+        limit: usize,
+    ) -> Result<Vec<AccessKey>> {
+        let prefix = cluster::access_key_key("", "");
+        let mut after = if start_after.is_empty() {
+            String::new()
+        } else {
+            cluster::access_key_key("", start_after)
+        };
+        let mut keys = Vec::new();
+        loop {
+            let page = self.store.list(&prefix, &after, KEY_SCAN_PAGE).await?;
+            for (key, v) in &page {
+                let access_key: AccessKey = decode(key, &v.value)?;
+                if principal.is_none_or(|p| p == access_key.principal) {
+                    keys.push(access_key);
+                    if keys.len() == limit {
+                        return Ok(keys);
+                    }
+                }
+            }
+            match page.last() {
+                Some((last, _)) if page.len() == KEY_SCAN_PAGE => after = last.clone(),
+                _ => return Ok(keys),
+            }
+        }
+    }
+
+    async fn put_access_key(&self, key: &AccessKey, revision: Option<u64>) -> Result<Option<u64>> {
+        let path = cluster::access_key_key("", &key.id);
+        let value = encode(key);
+        Ok(match revision {
+            None => self.store.create(&path, value).await?,
+            Some(revision) => self.store.update(&path, value, revision).await?,
+        })
+    }
+
+    async fn delete_access_key(&self, id: &str, revision: u64) -> Result<bool> {
+        let key = cluster::access_key_key("", id);
+        Ok(self.store.delete(&key, revision).await?)
     }
 }

@@ -4,6 +4,7 @@
 //! `MetadataClient`.
 
 mod cache;
+mod identity;
 mod metrics;
 mod server;
 mod service;

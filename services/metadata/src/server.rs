@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use etcd_client::{Event, EventType, KeyValue};
+use sluice_api::cluster;
 use sluice_client::{ManagerClient, ManagerClientOptions, Ring};
 use sluice_common::admin::{self, Readiness};
 use sluice_common::config::{EtcdOpts, ServiceOpts};
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 use crate::cache::RecordCache;
+use crate::identity::{self, IdentityFollower};
 use crate::metrics;
 use crate::service::{MetadataServiceImpl, CACHED_PREFIXES};
 use crate::watch::{self, Follower};
@@ -180,6 +182,7 @@ pub async fn start(
         ring.clone(),
         &opts.node_id,
     );
+    let (identity_changes, _) = tokio::sync::broadcast::channel(identity::CHANGES_BUFFERED);
     let service = MetadataServiceImpl {
         node_id: opts.node_id.clone(),
         records: Arc::new(StoreDirectory::new(Arc::new(store.clone()))),
@@ -188,6 +191,8 @@ pub async fn start(
         cache: cache.clone(),
         manager: Arc::new(manager),
         peers: Arc::default(),
+        identity_changes: identity_changes.clone(),
+        closing: shutdown.clone(),
     };
     let grpc = grpc::serve(
         opts.service.grpc_addr,
@@ -220,6 +225,12 @@ pub async fn start(
             watches.clone(),
         )));
     }
+    background.push(tokio::spawn(watch::follow(
+        client.clone(),
+        cluster::identity_prefix(&opts.etcd.etcd_root),
+        IdentityFollower::new(&opts.etcd.etcd_root, identity_changes),
+        watches.clone(),
+    )));
     // The watches stop with the node.
     let stop_watches = shutdown.clone();
     background.push(tokio::spawn(async move {

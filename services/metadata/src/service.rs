@@ -47,6 +47,10 @@ pub struct MetadataServiceImpl {
     pub(crate) cache: RecordCache,
     pub(crate) manager: Arc<ManagerClient>,
     pub(crate) peers: Arc<Mutex<HashMap<String, MetadataServiceClient<Channel>>>>,
+    /// Changes to principals and access keys, from the node's watch of etcd.
+    pub(crate) identity_changes: tokio::sync::broadcast::Sender<crate::identity::Changed>,
+    /// Cancelled when the node shuts down, which ends the WatchIdentity streams.
+    pub(crate) closing: tokio_util::sync::CancellationToken,
 }
 
 /// Where a keyed request is served.
@@ -717,6 +721,125 @@ impl MetadataService for MetadataServiceImpl {
             |r| self.register_frontend(r),
         )
         .await
+    }
+
+    async fn get_principal(
+        &self,
+        request: Request<pb::MetaGetPrincipalRequest>,
+    ) -> Result<Response<pb::MetaGetPrincipalResponse>, Status> {
+        observed(
+            "GetPrincipal",
+            request,
+            |r| r.name.clone(),
+            |r| self.get_principal(r),
+        )
+        .await
+    }
+
+    async fn list_principals(
+        &self,
+        request: Request<pb::MetaListPrincipalsRequest>,
+    ) -> Result<Response<pb::MetaListPrincipalsResponse>, Status> {
+        observed(
+            "ListPrincipals",
+            request,
+            |_| String::new(),
+            |r| self.list_principals(r),
+        )
+        .await
+    }
+
+    async fn put_principal(
+        &self,
+        request: Request<pb::MetaPutPrincipalRequest>,
+    ) -> Result<Response<pb::MetaWriteResponse>, Status> {
+        observed(
+            "PutPrincipal",
+            request,
+            |r| {
+                r.principal
+                    .as_ref()
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default()
+            },
+            |r| self.put_principal(r),
+        )
+        .await
+    }
+
+    async fn delete_principal(
+        &self,
+        request: Request<pb::MetaDeletePrincipalRequest>,
+    ) -> Result<Response<pb::MetaDeleteResponse>, Status> {
+        observed(
+            "DeletePrincipal",
+            request,
+            |r| r.name.clone(),
+            |r| self.delete_principal(r),
+        )
+        .await
+    }
+
+    async fn get_access_key(
+        &self,
+        request: Request<pb::MetaGetAccessKeyRequest>,
+    ) -> Result<Response<pb::MetaGetAccessKeyResponse>, Status> {
+        observed(
+            "GetAccessKey",
+            request,
+            |r| r.id.clone(),
+            |r| self.get_access_key(r),
+        )
+        .await
+    }
+
+    async fn list_access_keys(
+        &self,
+        request: Request<pb::MetaListAccessKeysRequest>,
+    ) -> Result<Response<pb::MetaListAccessKeysResponse>, Status> {
+        observed(
+            "ListAccessKeys",
+            request,
+            |r| r.principal.clone(),
+            |r| self.list_access_keys(r),
+        )
+        .await
+    }
+
+    async fn put_access_key(
+        &self,
+        request: Request<pb::MetaPutAccessKeyRequest>,
+    ) -> Result<Response<pb::MetaWriteResponse>, Status> {
+        observed(
+            "PutAccessKey",
+            request,
+            |r| r.key.as_ref().map(|k| k.id.clone()).unwrap_or_default(),
+            |r| self.put_access_key(r),
+        )
+        .await
+    }
+
+    async fn delete_access_key(
+        &self,
+        request: Request<pb::MetaDeleteAccessKeyRequest>,
+    ) -> Result<Response<pb::MetaDeleteResponse>, Status> {
+        observed(
+            "DeleteAccessKey",
+            request,
+            |r| r.id.clone(),
+            |r| self.delete_access_key(r),
+        )
+        .await
+    }
+
+    type WatchIdentityStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::MetaIdentityChange, Status>>;
+
+    async fn watch_identity(
+        &self,
+        _: Request<pb::MetaWatchIdentityRequest>,
+    ) -> Result<Response<Self::WatchIdentityStream>, Status> {
+        Ok(Response::new(self.watch_identity(self.closing.clone())))
     }
 }
 
