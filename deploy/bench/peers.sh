@@ -25,8 +25,9 @@ wait_for() {
 
 sluice_standalone_start() { # dir
     mkdir -p "$1"
-    # Standalone on loopback serves plain text; a CA left by a cluster run would ask for TLS.
-    unset SLUICE_CA_CERT
+    # Standalone on loopback serves plain text and lets callers in without credentials; a CA or
+    # a key left by a cluster run would ask for TLS, or for a key it does not know.
+    unset SLUICE_CA_CERT SLUICE_ACCESS_KEY_ID SLUICE_SECRET_ACCESS_KEY
     "$RELEASE/sluice" standalone --data-dir "$1/data" --grpc-addr 127.0.0.1:27070 \
         --admin-addr 127.0.0.1:27071 >"$1/sluice.log" 2>&1 &
     echo $! >"$1/pid"
@@ -40,8 +41,12 @@ sluice_cluster_start() { # dir
         >"$1/sluice.log" 2>&1 &
     echo $! >"$1/pid"
     wait_for "grep -q Ctrl-C '$1/sluice.log'" 120
-    # The dev cluster serves TLS on certificates of its own CA; the CLI and the bench trust it.
+    # The dev cluster serves TLS on certificates of its own CA; the CLI and the bench trust it,
+    # and authenticate with the cluster's root key.
     export SLUICE_CA_CERT="$1/cluster/certs/ca.pem"
+    SLUICE_ACCESS_KEY_ID=$(cut -d: -f1 "$1/cluster/certs/root.credentials")
+    SLUICE_SECRET_ACCESS_KEY=$(cut -d: -f2 "$1/cluster/certs/root.credentials")
+    export SLUICE_ACCESS_KEY_ID SLUICE_SECRET_ACCESS_KEY
     wait_for "'$RELEASE/sluice' --endpoint https://127.0.0.1:27110 queue list" 60
     # Both frontends; the bench spreads its clients over them.
     SLUICE_URLS=https://127.0.0.1:27110,https://127.0.0.1:27112

@@ -3,9 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use sluice_client::QueueClient;
 use sluice_proto::v1 as pb;
-use sluice_proto::v1::queue_service_client::QueueServiceClient;
-use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::{EtcdProcess, ServerProcess};
@@ -21,7 +20,7 @@ pub fn as_caller<T>(caller: &str, message: T) -> tonic::Request<T> {
 
 /// Sends a batch of `n` messages as `caller`; the number stored, or the refusal.
 pub async fn send_batch(
-    client: &mut QueueServiceClient<Channel>,
+    client: &mut QueueClient,
     queue: &str,
     caller: &str,
     n: usize,
@@ -70,7 +69,7 @@ pub fn standalone_with_config(dir: &tempfile::TempDir, toml: &str) -> ServerProc
     .unwrap()
 }
 
-pub async fn create_queue(client: &mut QueueServiceClient<Channel>, name: &str) {
+pub async fn create_queue(client: &mut QueueClient, name: &str) {
     client
         .create_queue(pb::CreateQueueRequest {
             name: name.into(),
@@ -131,7 +130,7 @@ impl TwoFrontends {
 }
 
 /// Sends batches of ten through `client` until one is refused; the refusal.
-pub async fn until_refused(client: &mut QueueServiceClient<Channel>, queue: &str) -> Status {
+pub async fn until_refused(client: &mut QueueClient, queue: &str) -> Status {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Err(status) = send_batch(client, queue, "app", 10).await {
@@ -148,11 +147,7 @@ pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples[rank.clamp(1, samples.len()) - 1]
 }
 
-pub async fn send_one(
-    client: &mut QueueServiceClient<Channel>,
-    queue: &str,
-    body: &str,
-) -> Result<(), Status> {
+pub async fn send_one(client: &mut QueueClient, queue: &str, body: &str) -> Result<(), Status> {
     client
         .send_message(pb::SendMessageRequest {
             queue: queue.into(),

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 pub mod front;
 
 use anyhow::{anyhow, bail, Context};
+use sluice_client::QueueClient;
+use sluice_common::credentials::Credentials;
 pub use sluice_common::tls::{ClientTls, Kind};
-use sluice_proto::v1::queue_service_client::QueueServiceClient;
 use tonic::transport::Channel;
 
 /// The `sluice` binary: `SLUICE_BIN`, or the one cargo built next to this test executable.
@@ -99,7 +100,12 @@ pub fn certs() -> &'static Path {
             .to_owned();
         let dir = target.join("sluice-test-certs");
         let complete = |dir: &Path| {
-            let mut files: Vec<String> = vec!["ca.pem".into(), "etcd.key".into()];
+            let mut files: Vec<String> = vec![
+                "ca.pem".into(),
+                "etcd.key".into(),
+                "master.key".into(),
+                "root.credentials".into(),
+            ];
             files.extend(Kind::ALL.iter().map(|kind| format!("{kind}.key")));
             files.iter().all(|file| dir.join(file).exists())
         };
@@ -121,7 +127,7 @@ pub fn certs() -> &'static Path {
 }
 
 /// Runs `sluice dev certs --dir DIR`: a CA in DIR (kept if there is one) and a new certificate
-/// of each kind.
+/// of each kind, and (once) the frontends' master key and root access key.
 pub fn make_certs(dir: &Path) -> anyhow::Result<()> {
     let out = Command::new(sluice_bin())
         .args(["dev", "certs", "--dir"])
@@ -143,6 +149,39 @@ pub fn tls_env(kind: Kind) -> [(String, PathBuf); 3] {
         ("SLUICE_TLS_KEY".into(), dir.join(format!("{kind}.key"))),
         ("SLUICE_TLS_CA".into(), dir.join("ca.pem")),
     ]
+}
+
+/// The environment that gives a frontend the tests' master key and root access key, so that it
+/// authenticates callers as a deployment does.
+pub fn auth_env() -> [(String, PathBuf); 2] {
+    let dir = certs();
+    [
+        ("SLUICE_MASTER_KEY_FILE".into(), dir.join("master.key")),
+        (
+            "SLUICE_ROOT_CREDENTIALS_FILE".into(),
+            dir.join("root.credentials"),
+        ),
+    ]
+}
+
+/// The root access key of the tests' frontends (the principal `root`, with the admin role):
+/// its id and secret.
+pub fn root_key() -> (String, String) {
+    let text = std::fs::read_to_string(certs().join("root.credentials"))
+        .expect("the tests' root credentials");
+    let (id, secret) = text.trim().split_once(':').expect("KEY_ID:SECRET");
+    (id.to_owned(), secret.to_owned())
+}
+
+/// [`root_key`] as a client presents it.
+pub fn root_credentials() -> Credentials {
+    let (id, secret) = root_key();
+    Credentials::new(&id, &secret).expect("valid root credentials")
+}
+
+/// A client of the public API at the other end of `channel`, presenting `credentials`.
+pub fn queue_client(channel: Channel, credentials: Credentials) -> QueueClient {
+    sluice_client::queue_client(channel, credentials)
 }
 
 /// The TLS of a test's calls as a process of `kind`: trusting the tests' CA, presenting that
@@ -225,6 +264,9 @@ fn server_command(
         .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"]);
     if let Some(kind) = kind {
         command.envs(tls_env(kind));
+        if kind == Kind::Frontend {
+            command.envs(auth_env());
+        }
     }
     if let Some(dir) = data_dir {
         command.arg("--data-dir").arg(dir);
@@ -249,6 +291,9 @@ pub struct ServerProcess {
     pub data_dir: PathBuf,
     /// Whether its gRPC port serves TLS.
     pub tls: bool,
+    /// What its clients present: the root key to a frontend that authenticates, nothing to
+    /// standalone on loopback, which lets callers in without credentials.
+    pub credentials: Credentials,
 }
 
 impl ServerProcess {
@@ -399,6 +444,14 @@ impl ServerProcess {
             .get_envs()
             .any(|(key, value)| key == "SLUICE_TLS_CERT" && value.is_some())
             || command.get_args().any(|arg| arg == "--tls-cert");
+        let authenticates = command
+            .get_envs()
+            .any(|(key, value)| key == "SLUICE_ROOT_CREDENTIALS_FILE" && value.is_some());
+        let credentials = if authenticates {
+            root_credentials()
+        } else {
+            Credentials::none()
+        };
         // The ready line is read from stdout, whatever the caller did with the command.
         command.stdout(Stdio::piped());
         let mut child = command
@@ -435,6 +488,7 @@ impl ServerProcess {
             child,
             data_dir: data_dir.to_owned(),
             tls,
+            credentials,
         })
     }
 
@@ -454,8 +508,9 @@ impl ServerProcess {
         channel_as(&self.endpoint(), kind)
     }
 
-    pub async fn client(&self) -> anyhow::Result<QueueServiceClient<Channel>> {
-        Ok(QueueServiceClient::new(self.channel()))
+    /// A client of its public API, presenting [`credentials`](Self::credentials).
+    pub async fn client(&self) -> anyhow::Result<QueueClient> {
+        Ok(queue_client(self.channel(), self.credentials.clone()))
     }
 
     pub fn pid(&self) -> u32 {
@@ -534,6 +589,12 @@ impl ServerProcess {
         } else {
             Command::new(sluice_bin())
         };
+        if self.credentials.is_some() {
+            let (id, secret) = root_key();
+            command
+                .env("SLUICE_ACCESS_KEY_ID", id)
+                .env("SLUICE_SECRET_ACCESS_KEY", secret);
+        }
         command.args(args).env("SLUICE_ENDPOINT", self.endpoint());
         command.output().expect("sluice CLI runs")
     }
@@ -701,10 +762,7 @@ impl Drop for EtcdProcess {
 }
 
 /// A queue as `GetQueue` shows it; panics if the call fails.
-pub async fn get_queue(
-    client: &mut QueueServiceClient<Channel>,
-    name: &str,
-) -> sluice_proto::v1::Queue {
+pub async fn get_queue(client: &mut QueueClient, name: &str) -> sluice_proto::v1::Queue {
     client
         .get_queue(sluice_proto::v1::GetQueueRequest { name: name.into() })
         .await
@@ -715,10 +773,7 @@ pub async fn get_queue(
 }
 
 /// A queue's approximate counts; panics if the call fails.
-pub async fn queue_counts(
-    client: &mut QueueServiceClient<Channel>,
-    name: &str,
-) -> sluice_proto::v1::QueueCounts {
+pub async fn queue_counts(client: &mut QueueClient, name: &str) -> sluice_proto::v1::QueueCounts {
     get_queue(client, name)
         .await
         .counts

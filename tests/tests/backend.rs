@@ -9,6 +9,7 @@ use std::time::Duration;
 use sluice_api::cluster::{node_key, NodeRecord};
 use sluice_api::{Error, NewMessage, QueueBackend, QueueConfig};
 use sluice_client::{BackendClient, BackendClientOptions};
+use sluice_frontend::auth::{AuthOpts, Authenticator};
 use sluice_frontend::{Catalog, QueueServiceImpl};
 use sluice_metastore::{EmbeddedStore, StoreDirectory};
 use sluice_proto::v1 as pb;
@@ -156,9 +157,13 @@ async fn queue_service_works_unchanged_over_a_remote_backend() {
     let node =
         ServerProcess::start_backend(&dir.path().join("node"), &etcd.endpoint, "a", "a1").unwrap();
     let meta = EmbeddedStore::open(&dir.path().join("meta")).unwrap();
+    let directory = Arc::new(StoreDirectory::new(Arc::new(meta)));
+    // Callers without credentials are let in, as by standalone on loopback.
+    let auth = Authenticator::new(directory.clone(), None, &AuthOpts::default(), true).unwrap();
     let service = QueueServiceImpl::new(
-        Catalog::new(Arc::new(StoreDirectory::new(Arc::new(meta)))),
+        Catalog::new(directory),
         Arc::new(client_of(&node)),
+        Arc::new(auth),
     );
 
     for (name, dlq) in [("jobs-dead", None), ("jobs", Some("jobs-dead"))] {

@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use sluice_client::QueueClient;
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::backend_service_client::BackendServiceClient;
 use sluice_proto::v1::manager_service_client::ManagerServiceClient;
-use sluice_proto::v1::queue_service_client::QueueServiceClient;
 use sluice_tests::{get_queue, queue_counts, EtcdProcess, ServerProcess};
 use tonic::transport::Channel;
 
@@ -53,7 +53,7 @@ impl Cluster {
         }
     }
 
-    async fn frontend(&self, i: usize) -> QueueServiceClient<Channel> {
+    async fn frontend(&self, i: usize) -> QueueClient {
         self.frontends[i % 2].client().await.unwrap()
     }
 
@@ -108,7 +108,7 @@ fn send(queue: &str, body: &str) -> pb::SendMessageRequest {
     }
 }
 
-async fn receive_one(client: &mut QueueServiceClient<Channel>, queue: &str) -> pb::Message {
+async fn receive_one(client: &mut QueueClient, queue: &str) -> pb::Message {
     let got = client
         .receive_message(pb::ReceiveMessageRequest {
             queue: queue.into(),

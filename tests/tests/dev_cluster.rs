@@ -6,8 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_common::credentials::Credentials;
 use sluice_proto::v1 as pb;
-use sluice_proto::v1::queue_service_client::QueueServiceClient;
 use sluice_tests::{free_port_range, sluice_bin, ClientTls};
 
 /// `sluice dev cluster up`, stopped with SIGINT (so it stops its parts) if the test fails first.
@@ -73,8 +73,14 @@ async fn dev_cluster_serves_queues_and_stops_on_sigint() {
     let channel = |url: &str| {
         sluice_common::tls::channel(url, Some(tls.clone()), |endpoint| endpoint).unwrap()
     };
-    let mut first = QueueServiceClient::new(channel(&frontends[0]));
-    let mut second = QueueServiceClient::new(channel(&frontends[1]));
+    // And authenticate with its root key.
+    let root = || {
+        let text = std::fs::read_to_string(certs.join("root.credentials")).unwrap();
+        let (id, secret) = text.trim().split_once(':').unwrap();
+        Credentials::new(id, secret).unwrap()
+    };
+    let mut first = sluice_client::queue_client(channel(&frontends[0]), root());
+    let mut second = sluice_client::queue_client(channel(&frontends[1]), root());
     first
         .create_queue(pb::CreateQueueRequest {
             name: "orders".into(),

@@ -7,12 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
+use sluice_client::QueueClient;
 use sluice_proto::v1 as pb;
-use sluice_proto::v1::queue_service_client::QueueServiceClient;
 use sluice_tests::StandaloneProcess;
-use tonic::transport::Channel;
 
-type Client = QueueServiceClient<Channel>;
+type Client = QueueClient;
 
 async fn create(client: &mut Client, name: &str, attributes: pb::QueueAttributes) {
     client

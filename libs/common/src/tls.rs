@@ -581,7 +581,8 @@ pub enum PortTls {
 
 /// Says `banner` on stderr, before anything else the process prints, and in the log: running
 /// without TLS must not pass unnoticed.
-fn announce_insecure(banner: &str) {
+/// Says `banner` on stderr and in the log, for a mode that drops a protection.
+pub fn announce_insecure(banner: &str) {
     eprintln!("{banner}");
     tracing::warn!("{banner}");
 }

@@ -151,6 +151,9 @@ struct RunArgs {
     /// TLS to Sluice: over it with a CA or client certificate given or an https:// URL.
     #[command(flatten)]
     tls: sluice_common::tls::ClientFlags,
+    /// The access key to present to Sluice.
+    #[command(flatten)]
+    credentials: sluice_common::credentials::CredentialFlags,
 }
 
 impl RunArgs {
@@ -214,6 +217,7 @@ impl RunArgs {
                 let urls = self.urls("http://127.0.0.1:7070");
                 let listed: Vec<&str> = urls.iter().map(String::as_str).collect();
                 self.tls.install(&listed)?;
+                self.credentials.install()?;
                 let replication = match self.replication {
                     Replication::Sync => pb::Replication::Sync,
                     Replication::Async => pb::Replication::Async,
@@ -310,6 +314,7 @@ async fn run_noisy(args: &RunArgs, workload: &Workload, noisy: &Noisy) -> anyhow
     let urls = args.urls("http://127.0.0.1:7070");
     let listed: Vec<&str> = urls.iter().map(String::as_str).collect();
     args.tls.install(&listed)?;
+    args.credentials.install()?;
     let replication = match args.replication {
         Replication::Sync => pb::Replication::Sync,
         Replication::Async => pb::Replication::Async,

@@ -5,6 +5,8 @@
 //!
 //! Run again on the same directory, it keeps the CA and issues new certificates from it, which
 //! is how a rotation is tried: the running services pick the new files up.
+//!
+//! It also makes the frontends' secrets, once: a master key and a root access key.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,6 +16,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
 };
+use sluice_common::credentials::Credentials;
+use sluice_common::keys::MasterKeys;
 use sluice_common::tls::Kind;
 
 /// The CA's name; a CA certificate rebuilt from its key with the same name signs certificates
@@ -116,6 +120,35 @@ pub fn make(dir: &Path, hosts: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes (or keeps) the secrets of a dev deployment's frontends in `dir`: `master.key`, the
+/// master key that seals access keys' secrets, and `root.credentials`, the root access key
+/// (`KEY_ID:SECRET`), both readable by their owner only.
+pub fn make_secrets(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let master = dir.join("master.key");
+    if !master.exists() {
+        write(&master, &MasterKeys::generate(), true)?;
+    }
+    let root = dir.join("root.credentials");
+    if !root.exists() {
+        let (id, secret) = sluice_frontend::auth::new_key();
+        write(&root, &format!("{id}:{}\n", *secret), true)?;
+    }
+    Ok(())
+}
+
+/// The root access key in `dir/root.credentials`, for a client of a dev cluster.
+pub fn root_credentials(dir: &Path) -> anyhow::Result<Credentials> {
+    let path = dir.join("root.credentials");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let (id, secret) = text
+        .trim()
+        .split_once(':')
+        .ok_or_else(|| anyhow::anyhow!("{} is not KEY_ID:SECRET", path.display()))?;
+    Credentials::new(id, secret)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +184,32 @@ mod tests {
             let chain = sluice_common::tls::read_certs(&pem).unwrap();
             assert_eq!(Kind::of_certificate(&chain[0]), Some(kind));
         }
+    }
+
+    #[test]
+    fn secrets_are_made_once_and_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        make_secrets(dir.path()).unwrap();
+        let root = std::fs::read(dir.path().join("root.credentials")).unwrap();
+        let master = std::fs::read(dir.path().join("master.key")).unwrap();
+        make_secrets(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("root.credentials")).unwrap(),
+            root
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("master.key")).unwrap(),
+            master
+        );
+        for name in ["root.credentials", "master.key"] {
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+        MasterKeys::load(&dir.path().join("master.key")).unwrap();
+        assert!(root_credentials(dir.path()).unwrap().is_some());
     }
 }

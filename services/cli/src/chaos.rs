@@ -12,11 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use sluice_client::QueueClient;
 use sluice_common::tls::ClientTls;
 use sluice_proto::v1 as pb;
-use sluice_proto::v1::queue_service_client::QueueServiceClient;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use crate::client::ReplicationArg;
 use crate::dev::{self, Parts};
@@ -133,8 +132,9 @@ pub async fn run(args: ChaosArgs, json_out: bool) -> anyhow::Result<bool> {
     result
 }
 
-/// A client of a frontend of the cluster in `dir`, over TLS trusting the cluster's CA.
-async fn connect(dir: &Path, url: &str) -> anyhow::Result<QueueServiceClient<Channel>> {
+/// A client of a frontend of the cluster in `dir`, over TLS trusting the cluster's CA, with the
+/// cluster's root key.
+async fn connect(dir: &Path, url: &str) -> anyhow::Result<QueueClient> {
     let certs = dir.join("certs");
     let tls = ClientTls::new(Some(&certs.join("ca.pem")), None)?;
     let channel = sluice_common::tls::channel(url, Some(Arc::new(tls)), |endpoint| {
@@ -142,7 +142,8 @@ async fn connect(dir: &Path, url: &str) -> anyhow::Result<QueueServiceClient<Cha
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(30))
     })?;
-    Ok(QueueServiceClient::new(channel))
+    let credentials = crate::certs::root_credentials(&certs)?;
+    Ok(sluice_client::queue_client(channel, credentials))
 }
 
 async fn drive(args: &ChaosArgs, parts: Arc<Mutex<Parts>>, json_out: bool) -> anyhow::Result<bool> {
@@ -445,7 +446,7 @@ fn print_report(r: &Report) {
 /// other frontend) until it succeeds or the load stops.
 async fn produce(
     p: usize,
-    frontends: [QueueServiceClient<Channel>; 2],
+    frontends: [QueueClient; 2],
     rate: u32,
     ledger: Arc<Mutex<Ledger>>,
     stop: CancellationToken,
@@ -500,7 +501,7 @@ async fn produce(
 /// Receives, records and deletes until told to stop.
 async fn consume(
     c: usize,
-    frontends: [QueueServiceClient<Channel>; 2],
+    frontends: [QueueClient; 2],
     ledger: Arc<Mutex<Ledger>>,
     stop: CancellationToken,
 ) {

@@ -20,7 +20,9 @@ pub enum DevCommand {
     Cluster(ClusterCommand),
     /// Make a CA and a certificate for each kind of Sluice process (frontend, metadata,
     /// backend, manager, admin) and for etcd in DIR: `ca.pem`, `<kind>.pem`, `<kind>.key`. Run
-    /// again, it keeps the CA and issues new certificates, which running services pick up.
+    /// again, it keeps the CA and issues new certificates, which running services pick up. It
+    /// also makes, once, the frontends' `master.key` and the root access key,
+    /// `root.credentials` (KEY_ID:SECRET).
     Certs {
         #[arg(long, default_value = "./sluice-certs")]
         dir: PathBuf,
@@ -399,6 +401,7 @@ pub(crate) fn up(
     }
     if !insecure {
         crate::certs::make(&certs, &hosts)?;
+        crate::certs::make_secrets(&certs)?;
     }
     let scheme = if insecure { "http" } else { "https" };
     let tls = |kind: Kind| -> Vec<String> {
@@ -591,12 +594,23 @@ pub(crate) fn up(
             ]
         })
         .collect();
+    // The frontends authenticate callers: the root key is how the first principals are made.
+    let mut frontend_args = metadata;
+    if !insecure {
+        for (flag, file) in [
+            ("--master-key-file", "master.key"),
+            ("--root-credentials-file", "root.credentials"),
+        ] {
+            frontend_args.push(flag.into());
+            frontend_args.push(certs.join(file).to_string_lossy().into_owned());
+        }
+    }
     for i in 0..2u16 {
         let command = service(
             "sluice-frontend",
             Kind::Frontend,
             base + 10 + 2 * i,
-            &metadata,
+            &frontend_args,
         );
         start(
             &mut parts,
@@ -655,10 +669,14 @@ fn print_endpoints(base: u16, nodes: u16, dir: &Path, insecure: bool) {
             certs.display()
         );
         println!(
-        "try: export SLUICE_CA_CERT={ca} SLUICE_CLIENT_CERT={admin}.pem SLUICE_CLIENT_KEY={admin}.key",
-        ca = certs.join("ca.pem").display(),
-        admin = certs.join("admin").display(),
-    );
+            "try: export SLUICE_CA_CERT={ca} SLUICE_CLIENT_CERT={admin}.pem SLUICE_CLIENT_KEY={admin}.key",
+            ca = certs.join("ca.pem").display(),
+            admin = certs.join("admin").display(),
+        );
+        println!(
+            "     export SLUICE_ACCESS_KEY_ID=\"$(cut -d: -f1 {root})\" SLUICE_SECRET_ACCESS_KEY=\"$(cut -d: -f2 {root})\"",
+            root = certs.join("root.credentials").display(),
+        );
     }
     let lead = if insecure { "try:" } else { "    " };
     println!(
@@ -693,6 +711,7 @@ pub async fn run(command: DevCommand) -> anyhow::Result<()> {
         }
         DevCommand::Certs { dir, hosts } => {
             crate::certs::make(&dir, &hosts)?;
+            crate::certs::make_secrets(&dir)?;
             println!("certificates in {}", dir.display());
             Ok(())
         }

@@ -40,6 +40,8 @@ struct Cli {
     json: bool,
     #[command(flatten)]
     tls: sluice_common::tls::ClientFlags,
+    #[command(flatten)]
+    credentials: sluice_common::credentials::CredentialFlags,
     #[command(subcommand)]
     command: Command,
 }
@@ -102,6 +104,9 @@ struct StandaloneFlags {
     #[command(flatten)]
     #[serde(flatten)]
     tls: sluice_common::config::TlsFlags,
+    #[command(flatten)]
+    #[serde(flatten)]
+    auth: sluice_frontend::auth::AuthFlags,
 }
 
 impl StandaloneArgs {
@@ -139,13 +144,17 @@ async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(err) = cli.tls.install(&[&cli.endpoint]) {
+    let installed = cli
+        .tls
+        .install(&[&cli.endpoint])
+        .and_then(|()| cli.credentials.install());
+    if let Err(err) = installed {
         eprintln!("error: {err:#}");
         return ExitCode::FAILURE;
     }
     let result = match cli.command {
         Command::Standalone(args) => run_standalone(args).await,
-        Command::Admin(command) => client::run_admin(cli.json, command).await,
+        Command::Admin(command) => client::run_admin(&cli.endpoint, cli.json, command).await,
         Command::Dev(command) => dev::run(command).await,
         Command::Chaos(args) => match chaos::run(args, cli.json).await {
             Ok(true) => Ok(()),

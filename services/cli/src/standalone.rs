@@ -3,7 +3,9 @@
 //! the backend service's library run unreplicated (its engine fsyncs its own writes), and the
 //! frontend calls its queues in process: no port, no protobuf between the two.
 
+use std::io::Write;
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +16,8 @@ use sluice_api::{PlacementDirectory, QueueDirectory};
 use sluice_common::admin::{self, Readiness};
 use sluice_common::config::ServiceOpts;
 use sluice_common::grpc::{ConnectionOpts, Drain, GrpcServer};
+use sluice_common::keys::MasterKeys;
+use sluice_frontend::auth::{AuthOpts, Authenticator};
 use sluice_frontend::bulkhead::BulkheadOpts;
 use sluice_frontend::pressure::PressureOpts;
 use sluice_frontend::throttle::{RateLimitOpts, RateLimiter};
@@ -47,6 +51,8 @@ pub struct StandaloneOpts {
     /// Caps on clients' connections: how many, streams on each, keepalive and idle timeout.
     #[serde(default)]
     pub connections: ConnectionOpts,
+    #[serde(flatten)]
+    pub auth: AuthOpts,
 }
 
 fn default_dedup_window() -> u64 {
@@ -63,6 +69,7 @@ impl Default for StandaloneOpts {
             bulkheads: BulkheadOpts::default(),
             backend_pressure: PressureOpts::default(),
             connections: ConnectionOpts::default(),
+            auth: AuthOpts::default(),
         }
     }
 }
@@ -96,6 +103,60 @@ async fn place_unplaced_queues(
             _ => return Ok(()),
         }
     }
+}
+
+/// The master keys: as configured, else the key file in the data directory, made on first start.
+fn master_keys(opts: &StandaloneOpts) -> anyhow::Result<MasterKeys> {
+    if let Some(keys) = MasterKeys::configured(opts.auth.master_key_file.as_deref())? {
+        return Ok(keys);
+    }
+    let path = opts.data_dir.join("master.key");
+    if !path.exists() {
+        let text = MasterKeys::generate();
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        tracing::warn!(path = %path.display(), "made a master key in the data directory: anyone who can read the directory can open the secrets it seals; give --master-key-file to keep the key elsewhere");
+    }
+    MasterKeys::load(&path)
+}
+
+/// Callers may come in without credentials only from this machine (or with `--insecure`).
+fn authenticator(
+    opts: &StandaloneOpts,
+    directory: Arc<StoreDirectory>,
+) -> anyhow::Result<Authenticator> {
+    let keys = Arc::new(master_keys(opts)?);
+    let has_root = opts.auth.root_credentials_file.is_some();
+    let loopback = opts.service.grpc_addr.ip().is_loopback();
+    let open = !has_root && (loopback || opts.service.insecure);
+    if open && loopback {
+        let notice = format!(
+            "sluice standalone lets in callers without credentials on {}: only this machine can \
+             reach it (give --root-credentials-file to require credentials)",
+            opts.service.grpc_addr
+        );
+        eprintln!("{notice}");
+        tracing::info!("{notice}");
+    } else if open {
+        sluice_common::tls::announce_insecure(&format!(
+            "INSECURE: sluice standalone lets in callers without credentials on {} \
+             (--insecure), with every right on every queue",
+            opts.service.grpc_addr
+        ));
+    }
+    anyhow::ensure!(
+        open || has_root,
+        "sluice standalone listens on {}, which other machines can reach: give \
+         --root-credentials-file so that callers must authenticate, or --insecure",
+        opts.service.grpc_addr
+    );
+    Authenticator::new(directory, Some(keys), &opts.auth, open)
 }
 
 /// A running standalone server.
@@ -141,7 +202,8 @@ pub async fn start(
             )
         })?,
     );
-    let directory = StoreDirectory::new(meta.clone());
+    let directory = Arc::new(StoreDirectory::new(meta.clone()));
+    let auth = Arc::new(authenticator(opts, directory.clone())?);
     let placements = StorePlacements::new(
         meta,
         vec![ClusterState {
@@ -161,7 +223,7 @@ pub async fn start(
     let backend = RoutedBackend::new(Arc::new(placements), max_calls, &opts.backend_pressure)
         .with_local(CLUSTER, Arc::new(storage.queues()));
     // One frontend: it admits the whole of every limit.
-    let service = QueueServiceImpl::new(Catalog::new(Arc::new(directory)), Arc::new(backend))
+    let service = QueueServiceImpl::new(Catalog::new(directory), Arc::new(backend), auth)
         .with_rate_limits(RateLimiter::new(
             opts.rate_limits.clone(),
             Default::default(),

@@ -2,11 +2,14 @@
 //! section 3, resolves queue names through the metadata store, and hands the work to a
 //! `QueueBackend`: the in-process engine in standalone, a backend node over the network otherwise.
 
+mod audit;
+pub mod auth;
 pub mod bulkhead;
 mod catalog;
 mod consume;
 mod convert;
 mod digest;
+mod identity;
 mod messages;
 mod metrics;
 pub mod node;

@@ -50,6 +50,9 @@ struct Flags {
     #[command(flatten)]
     #[serde(flatten)]
     tls: sluice_common::config::TlsFlags,
+    #[command(flatten)]
+    #[serde(flatten)]
+    auth: sluice_frontend::auth::AuthFlags,
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

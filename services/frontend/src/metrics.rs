@@ -140,6 +140,26 @@ pub(crate) fn count_received(queue: &str, messages: usize) {
 }
 
 /// Registers every metric up front, so each is exported before its first event.
+/// Requests refused for their credentials, by why; `blocked`: the source was over its budget of
+/// failed attempts. Never the key id or the secret.
+pub(crate) static AUTH_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "sluice_auth_failures_total",
+        "Requests refused as unauthenticated, by reason",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
+
+pub(crate) static PERMISSION_DENIED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "sluice_permission_denied_total",
+        "Requests refused by the caller's policy, by action",
+        &["action"]
+    )
+    .expect("metric registers once")
+});
+
 pub(crate) fn register() {
     LazyLock::force(&RPC_REQUESTS);
     LazyLock::force(&RPC_DURATION);
@@ -149,6 +169,17 @@ pub(crate) fn register() {
     LazyLock::force(&EMPTY_RECEIVES);
     LazyLock::force(&CONSUME_STREAMS);
     LazyLock::force(&THROTTLED);
+    for reason in [
+        "missing",
+        "malformed",
+        "unknown_key",
+        "wrong_secret",
+        "expired",
+        "blocked",
+    ] {
+        AUTH_FAILURES.with_label_values(&[reason]);
+    }
+    LazyLock::force(&PERMISSION_DENIED);
     // Alone until a registration counts others.
     FRONTENDS.set(1);
     for bulkhead in ["sends", "short_calls", "long_polls", "streams"] {

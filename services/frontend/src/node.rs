@@ -6,13 +6,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_api::identity::IdentityChange;
 use sluice_client::MetadataClient;
 use sluice_common::admin::{self, Readiness};
 use sluice_common::config::ServiceOpts;
 use sluice_common::grpc::{ConnectionOpts, Drain, GrpcServer};
+use sluice_common::keys::MasterKeys;
 use sluice_common::tls;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{AuthOpts, Authenticator};
 use crate::bulkhead::BulkheadOpts;
 use crate::pressure::PressureOpts;
 use crate::routed::RoutedBackend;
@@ -22,6 +25,9 @@ use crate::{metrics, Catalog, QueueServiceImpl};
 /// How often a frontend renews its registration, and so learns how many frontends share the
 /// rate limits; the registration outlives it by a few periods (10 s).
 const REGISTER_PERIOD: Duration = Duration::from_secs(3);
+
+/// How long a frontend waits before watching identity changes again after the watch broke.
+const IDENTITY_REWATCH: Duration = Duration::from_millis(500);
 
 /// How long in-flight requests get to finish after SIGTERM; a long poll lasts at most 20 s.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
@@ -51,6 +57,8 @@ pub struct FrontendOpts {
     /// Rate limits per queue and per caller, cluster-wide (each frontend admits its share).
     #[serde(default)]
     pub rate_limits: RateLimitOpts,
+    #[serde(flatten)]
+    pub auth: AuthOpts,
 }
 
 fn default_metadata_cache_ttl_ms() -> u64 {
@@ -75,6 +83,7 @@ impl Default for FrontendOpts {
             bulkheads: BulkheadOpts::default(),
             connections: ConnectionOpts::default(),
             rate_limits: RateLimitOpts::default(),
+            auth: AuthOpts::default(),
         }
     }
 }
@@ -100,6 +109,7 @@ pub async fn start(opts: &FrontendOpts, shutdown: CancellationToken) -> anyhow::
     // Before any channel is opened: it installs the TLS this process calls other tiers with.
     let tls = tls::configure(&opts.service, "sluice-frontend", None)?;
     let metadata = Arc::new(MetadataClient::new(&opts.metadata_endpoints)?);
+    let auth = Arc::new(authenticator(opts, metadata.clone())?);
     let catalog = Catalog::with_ttl(
         metadata.clone(),
         Duration::from_millis(opts.metadata_cache_ttl_ms),
@@ -110,7 +120,7 @@ pub async fn start(opts: &FrontendOpts, shutdown: CancellationToken) -> anyhow::
         &opts.backend_pressure,
     );
     let frontends = Frontends::default();
-    let service = QueueServiceImpl::new(catalog, Arc::new(backend))
+    let service = QueueServiceImpl::new(catalog, Arc::new(backend), auth.clone())
         .with_rate_limits(RateLimiter::new(
             opts.rate_limits.clone(),
             frontends.clone(),
@@ -134,6 +144,7 @@ pub async fn start(opts: &FrontendOpts, shutdown: CancellationToken) -> anyhow::
     )
     .await?;
     let url = opts.service.advertised(grpc.local_addr);
+    tokio::spawn(follow_identity(metadata.clone(), auth, shutdown.clone()));
     tokio::spawn(register(metadata, url, frontends, shutdown.clone()));
     readiness.set(true);
     tracing::info!(grpc = %grpc.local_addr, admin = %admin_addr, "frontend ready");
@@ -147,6 +158,73 @@ pub async fn start(opts: &FrontendOpts, shutdown: CancellationToken) -> anyhow::
         admin_shutdown,
         shutdown,
     })
+}
+
+/// Callers must authenticate unless the frontend runs `--insecure`; the master key opens the
+/// stored access keys' secrets, so without one only the root key could ever authenticate.
+fn authenticator(
+    opts: &FrontendOpts,
+    metadata: Arc<MetadataClient>,
+) -> anyhow::Result<Authenticator> {
+    let keys = MasterKeys::configured(opts.auth.master_key_file.as_deref())?.map(Arc::new);
+    let open = opts.service.insecure;
+    if open {
+        tls::announce_insecure(
+            "INSECURE: sluice-frontend lets in callers without credentials (--insecure), with \
+             every right on every queue",
+        );
+    } else {
+        anyhow::ensure!(
+            keys.is_some(),
+            "sluice-frontend refuses to run without authentication: give --master-key-file (or \
+             SLUICE_MASTER_KEY), which seals the access keys' secrets, and \
+             --root-credentials-file for the first admin; or --insecure to let every caller in \
+             without credentials"
+        );
+        if opts.auth.root_credentials_file.is_none() {
+            tracing::info!("no root credentials configured: only stored access keys authenticate");
+        }
+    }
+    Authenticator::new(metadata, keys, &opts.auth, open)
+}
+
+/// Keeps `auth`'s cache true to the identity store until `shutdown`: it forgets each key or
+/// principal the metadata tier's watch says changed, and everything whenever the watch breaks
+/// (it may have missed changes), then watches again.
+async fn follow_identity(
+    metadata: Arc<MetadataClient>,
+    auth: Arc<Authenticator>,
+    shutdown: CancellationToken,
+) {
+    use sluice_proto::v1::meta_identity_change::Change;
+    let follow = async {
+        loop {
+            match metadata.watch_identity().await {
+                Ok(mut changes) => loop {
+                    let change = match changes.message().await {
+                        Ok(Some(change)) => change.change,
+                        Ok(None) => break,
+                        Err(status) => {
+                            tracing::debug!(error = %status, "the identity watch broke");
+                            break;
+                        }
+                    };
+                    auth.forget(&match change {
+                        Some(Change::Principal(name)) => IdentityChange::Principal(name),
+                        Some(Change::Key(id)) => IdentityChange::Key(id),
+                        Some(Change::Reset(_)) | None => IdentityChange::All,
+                    });
+                },
+                Err(err) => tracing::debug!(error = %err, "cannot watch identity changes"),
+            }
+            auth.forget(&IdentityChange::All);
+            tokio::time::sleep(IDENTITY_REWATCH).await;
+        }
+    };
+    tokio::select! {
+        () = follow => {}
+        () = shutdown.cancelled() => {}
+    }
 }
 
 /// Keeps this frontend registered with the metadata tier until `shutdown`, and `frontends` set

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use sluice_api::identity::Principal;
 use sluice_api::{
     DeadLetter, EffectiveAttributes, Error, QueueConfig, QueueCounts, QueueRecord, Replication,
     Result, Stored,
@@ -150,9 +151,13 @@ impl QueueServiceImpl {
         })
     }
 
+    /// A page of the queue names `principal` may do something with. The page is cut before
+    /// the names it may not see are left out, so a page can hold fewer than `page_size` names
+    /// while more follow.
     pub(crate) async fn list_queues(
         &self,
         req: pb::ListQueuesRequest,
+        principal: &Principal,
     ) -> Result<pb::ListQueuesResponse> {
         let page_size = validate::page_size(req.page_size)?;
         if !req.prefix.is_empty() {
@@ -183,6 +188,7 @@ impl QueueServiceImpl {
         } else {
             String::new()
         };
+        names.retain(|name| principal.allows_any(name));
         Ok(pb::ListQueuesResponse {
             names,
             next_page_token,

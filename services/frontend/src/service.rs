@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use sluice_api::identity::{Action, Principal};
 use sluice_api::{Error, QueueBackend, QueueRecord, Result};
 use sluice_common::rpc;
 use sluice_proto::v1 as pb;
@@ -13,6 +14,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::audit;
+use crate::auth::Authenticator;
 use crate::bulkhead::{BulkheadOpts, Bulkheads};
 use crate::catalog::Catalog;
 use crate::consume::Consumer;
@@ -26,6 +29,7 @@ pub struct QueueServiceImpl {
     pub(crate) backend: Arc<dyn QueueBackend>,
     pub(crate) rates: Arc<RateLimiter>,
     pub(crate) bulkheads: Arc<Bulkheads>,
+    pub(crate) auth: Arc<Authenticator>,
     /// Cancelled when the server shuts down, which ends the Consume streams.
     closing: CancellationToken,
 }
@@ -80,33 +84,187 @@ impl QueueName for pb::ListQueuesRequest {
 
 const SERVICE: &str = "sluice.v1.QueueService";
 
-/// Runs one RPC inside a span that continues the caller's trace, counts it by gRPC code and
-/// times it. `work` gets the caller the request comes from.
-async fn observed<R, T, Fut>(
-    method: &'static str,
-    request: Request<R>,
-    work: impl FnOnce(Caller, R) -> Fut,
-) -> Result<Response<T>, Status>
-where
-    R: QueueName,
-    Fut: Future<Output = Result<T>>,
-{
-    let caller = Caller::of(request.metadata(), request.remote_addr());
-    let (metadata, _, request) = request.into_parts();
-    let queue = request.queue_name().to_owned();
-    rpc::observe(SERVICE, method, &queue, &metadata, &metrics::RPC, async {
-        work(caller?, request).await
-    })
-    .await
+/// What a request needs its caller's policy to allow.
+pub(crate) enum Needs<'a> {
+    /// `action` on the queue named.
+    Action(Action, &'a str),
+    /// Any action on the queue named: enough to read its attributes.
+    Any(&'a str),
+}
+
+/// The permissions a request needs, checked before anything is read or written.
+pub(crate) trait Guarded {
+    fn needs(&self) -> Vec<Needs<'_>>;
+}
+
+macro_rules! guarded {
+    ($($request:ident => $action:ident),* $(,)?) => {
+        $(impl Guarded for pb::$request {
+            fn needs(&self) -> Vec<Needs<'_>> {
+                vec![Needs::Action(Action::$action, self.queue_name())]
+            }
+        })*
+    };
+}
+
+guarded! {
+    DeleteQueueRequest => DeleteQueue,
+    PurgeQueueRequest => Purge,
+    SendMessageRequest => Send,
+    SendMessageBatchRequest => Send,
+    ReceiveMessageRequest => Receive,
+    DeleteMessageRequest => Delete,
+    DeleteMessageBatchRequest => Delete,
+    ChangeMessageVisibilityRequest => ChangeVisibility,
+    ChangeMessageVisibilityBatchRequest => ChangeVisibility,
+    ListMessageMoveTasksRequest => StartMoveTask,
+    CancelMessageMoveTaskRequest => StartMoveTask,
+}
+
+/// Naming a dead-letter queue sends messages to it: the caller must be allowed to.
+fn dead_letter_queue(attributes: Option<&pb::QueueAttributes>) -> Option<&str> {
+    let dlq = attributes?
+        .redrive_policy
+        .as_ref()?
+        .dead_letter_queue
+        .as_str();
+    (!dlq.is_empty()).then_some(dlq)
+}
+
+impl Guarded for pb::CreateQueueRequest {
+    fn needs(&self) -> Vec<Needs<'_>> {
+        let mut needs = vec![Needs::Action(Action::CreateQueue, &self.name)];
+        if let Some(dlq) = dead_letter_queue(self.attributes.as_ref()) {
+            needs.push(Needs::Action(Action::Send, dlq));
+        }
+        needs
+    }
+}
+
+impl Guarded for pb::SetQueueAttributesRequest {
+    fn needs(&self) -> Vec<Needs<'_>> {
+        let mut needs = vec![Needs::Action(Action::SetAttributes, &self.name)];
+        if let Some(dlq) = dead_letter_queue(self.attributes.as_ref()) {
+            needs.push(Needs::Action(Action::Send, dlq));
+        }
+        needs
+    }
+}
+
+/// A redrive takes messages out of the source and sends them to the destination named. Without
+/// one it sends each back to the queue it came from, which could be any queue: the caller must
+/// be allowed to send to every queue (a grant on "*", or the admin role).
+impl Guarded for pb::StartMessageMoveTaskRequest {
+    fn needs(&self) -> Vec<Needs<'_>> {
+        let destination = if self.destination.is_empty() {
+            "*"
+        } else {
+            &self.destination
+        };
+        vec![
+            Needs::Action(Action::StartMoveTask, &self.source),
+            Needs::Action(Action::Send, destination),
+        ]
+    }
+}
+
+impl Guarded for pb::GetQueueRequest {
+    fn needs(&self) -> Vec<Needs<'_>> {
+        vec![Needs::Any(&self.name)]
+    }
+}
+
+/// Listing shows only the queues the caller may do something with; nothing to check first.
+impl Guarded for pb::ListQueuesRequest {
+    fn needs(&self) -> Vec<Needs<'_>> {
+        Vec::new()
+    }
+}
+
+/// The actions written to the audit log: those that change what a queue is, or empty it.
+fn audited(method: &str) -> Option<Action> {
+    match method {
+        "CreateQueue" => Some(Action::CreateQueue),
+        "DeleteQueue" => Some(Action::DeleteQueue),
+        "PurgeQueue" => Some(Action::Purge),
+        "SetQueueAttributes" => Some(Action::SetAttributes),
+        "StartMessageMoveTask" => Some(Action::StartMoveTask),
+        _ => None,
+    }
+}
+
+/// Refuses unless `principal` may do what `needs` says.
+pub(crate) fn authorize(principal: &Principal, needs: &[Needs<'_>]) -> Result<()> {
+    for need in needs {
+        let (allowed, action, queue) = match *need {
+            Needs::Action(action, queue) => {
+                (principal.allows(action, queue), action.as_str(), queue)
+            }
+            Needs::Any(queue) => (principal.allows_any(queue), "any action", queue),
+        };
+        if !allowed {
+            metrics::PERMISSION_DENIED
+                .with_label_values(&[action])
+                .inc();
+            let what = if matches!(need, Needs::Action(Action::Admin, _)) {
+                "manage principals, keys and policies (the admin action)".to_owned()
+            } else {
+                format!("{action} on queue {queue:?}")
+            };
+            return Err(Error::PermissionDenied(format!(
+                "principal {:?} may not {what}",
+                principal.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl QueueServiceImpl {
-    /// A service with the default rate limits, on a frontend alone.
-    pub fn new(catalog: Catalog, backend: Arc<dyn QueueBackend>) -> Self {
+    /// Runs one RPC inside a span that continues the caller's trace, counts it by gRPC code
+    /// and times it. The caller is authenticated and its policy checked first; `work` gets the
+    /// caller. Queue administration is written to the audit log with its outcome.
+    async fn observed<R, T, Fut>(
+        &self,
+        method: &'static str,
+        request: Request<R>,
+        work: impl FnOnce(Caller, R) -> Fut,
+    ) -> Result<Response<T>, Status>
+    where
+        R: QueueName + Guarded,
+        Fut: Future<Output = Result<T>>,
+    {
+        let peer = request.remote_addr();
+        let (metadata, _, request) = request.into_parts();
+        let queue = request.queue_name().to_owned();
+        rpc::observe(SERVICE, method, &queue, &metadata, &metrics::RPC, async {
+            let identity = self.auth.authenticate(&metadata, peer).await?;
+            let checked = authorize(&identity.principal, &request.needs());
+            let outcome = match checked {
+                Ok(()) => {
+                    let caller = Caller::of(identity.clone(), &metadata, peer)?;
+                    work(caller, request).await
+                }
+                Err(err) => Err(err),
+            };
+            if let Some(action) = audited(method) {
+                audit::record(&identity, action, &queue, &outcome);
+            }
+            outcome
+        })
+        .await
+    }
+}
+
+impl QueueServiceImpl {
+    /// A service with the default rate limits, on a frontend alone, admitting callers as
+    /// `auth` says.
+    pub fn new(catalog: Catalog, backend: Arc<dyn QueueBackend>, auth: Arc<Authenticator>) -> Self {
         metrics::register();
         QueueServiceImpl {
             catalog,
             backend,
+            auth,
             rates: Arc::new(RateLimiter::new(
                 RateLimitOpts::default(),
                 Default::default(),
@@ -173,7 +331,7 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::StartMessageMoveTaskRequest>,
     ) -> Result<Response<pb::StartMessageMoveTaskResponse>, Status> {
-        observed("StartMessageMoveTask", request, |_, req| {
+        self.observed("StartMessageMoveTask", request, |_, req| {
             self.quick(req, |req| self.start_message_move_task(req))
         })
         .await
@@ -183,7 +341,7 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::ListMessageMoveTasksRequest>,
     ) -> Result<Response<pb::ListMessageMoveTasksResponse>, Status> {
-        observed("ListMessageMoveTasks", request, |_, req| {
+        self.observed("ListMessageMoveTasks", request, |_, req| {
             self.quick(req, |req| self.list_message_move_tasks(req))
         })
         .await
@@ -193,7 +351,7 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::CancelMessageMoveTaskRequest>,
     ) -> Result<Response<pb::CancelMessageMoveTaskResponse>, Status> {
-        observed("CancelMessageMoveTask", request, |_, req| {
+        self.observed("CancelMessageMoveTask", request, |_, req| {
             self.quick(req, |req| self.cancel_message_move_task(req))
         })
         .await
@@ -203,7 +361,7 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::CreateQueueRequest>,
     ) -> Result<Response<pb::CreateQueueResponse>, Status> {
-        observed("CreateQueue", request, |_, req| {
+        self.observed("CreateQueue", request, |_, req| {
             self.quick(req, |req| self.create_queue(req))
         })
         .await
@@ -213,7 +371,7 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::GetQueueRequest>,
     ) -> Result<Response<pb::GetQueueResponse>, Status> {
-        observed("GetQueue", request, |_, req| {
+        self.observed("GetQueue", request, |_, req| {
             self.quick(req, |req| async move {
                 self.recreated(&req.name, || self.get_queue(&req)).await
             })
@@ -225,8 +383,10 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
-        observed("ListQueues", request, |_, req| {
-            self.quick(req, |req| self.list_queues(req))
+        self.observed("ListQueues", request, |caller, req| {
+            self.quick(req, |req| async move {
+                self.list_queues(req, &caller.identity().principal).await
+            })
         })
         .await
     }
@@ -235,7 +395,7 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::DeleteQueueRequest>,
     ) -> Result<Response<pb::DeleteQueueResponse>, Status> {
-        observed("DeleteQueue", request, |_, req| {
+        self.observed("DeleteQueue", request, |_, req| {
             self.quick(req, |req| self.delete_queue(req))
         })
         .await
@@ -245,7 +405,7 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::SetQueueAttributesRequest>,
     ) -> Result<Response<pb::SetQueueAttributesResponse>, Status> {
-        observed("SetQueueAttributes", request, |_, req| {
+        self.observed("SetQueueAttributes", request, |_, req| {
             self.quick(req, |req| self.set_queue_attributes(req))
         })
         .await
@@ -255,7 +415,7 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::PurgeQueueRequest>,
     ) -> Result<Response<pb::PurgeQueueResponse>, Status> {
-        observed("PurgeQueue", request, |_, req| {
+        self.observed("PurgeQueue", request, |_, req| {
             self.quick(req, |req| async move {
                 self.recreated(&req.name, || self.purge_queue(&req)).await
             })
@@ -267,7 +427,7 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
-        observed("SendMessage", request, |caller, req| async move {
+        self.observed("SendMessage", request, |caller, req| async move {
             self.recreated(&req.queue, || self.send_message(&caller, &req))
                 .await
         })
@@ -278,7 +438,7 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::SendMessageBatchRequest>,
     ) -> Result<Response<pb::SendMessageBatchResponse>, Status> {
-        observed("SendMessageBatch", request, |caller, req| async move {
+        self.observed("SendMessageBatch", request, |caller, req| async move {
             self.recreated(&req.queue, || self.send_message_batch(&caller, &req))
                 .await
         })
@@ -289,7 +449,7 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::ReceiveMessageRequest>,
     ) -> Result<Response<pb::ReceiveMessageResponse>, Status> {
-        observed("ReceiveMessage", request, |caller, req| async move {
+        self.observed("ReceiveMessage", request, |caller, req| async move {
             self.recreated(&req.queue, || self.receive_message(&caller, &req))
                 .await
         })
@@ -300,7 +460,7 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::DeleteMessageRequest>,
     ) -> Result<Response<pb::DeleteMessageResponse>, Status> {
-        observed("DeleteMessage", request, |caller, req| async move {
+        self.observed("DeleteMessage", request, |caller, req| async move {
             self.recreated(&req.queue, || self.delete_message(&caller, &req))
                 .await
         })
@@ -311,7 +471,7 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::DeleteMessageBatchRequest>,
     ) -> Result<Response<pb::DeleteMessageBatchResponse>, Status> {
-        observed("DeleteMessageBatch", request, |caller, req| async move {
+        self.observed("DeleteMessageBatch", request, |caller, req| async move {
             self.recreated(&req.queue, || self.delete_message_batch(&caller, &req))
                 .await
         })
@@ -322,7 +482,7 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::ChangeMessageVisibilityRequest>,
     ) -> Result<Response<pb::ChangeMessageVisibilityResponse>, Status> {
-        observed(
+        self.observed(
             "ChangeMessageVisibility",
             request,
             |caller, req| async move {
@@ -337,7 +497,7 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<pb::ChangeMessageVisibilityBatchRequest>,
     ) -> Result<Response<pb::ChangeMessageVisibilityBatchResponse>, Status> {
-        observed(
+        self.observed(
             "ChangeMessageVisibilityBatch",
             request,
             |caller, req| async move {
@@ -356,7 +516,7 @@ impl QueueService for QueueServiceImpl {
         &self,
         request: Request<Streaming<pb::ConsumeRequest>>,
     ) -> Result<Response<Self::ConsumeStream>, Status> {
-        let caller = Caller::of(request.metadata(), request.remote_addr());
+        let peer = request.remote_addr();
         let (metadata, _, mut requests) = request.into_parts();
         let start = match requests.message().await? {
             Some(pb::ConsumeRequest {
@@ -378,8 +538,17 @@ impl QueueService for QueueServiceImpl {
                         "the first request of a Consume stream must be a start",
                     )
                 })?;
+                let identity = self.auth.authenticate(&metadata, peer).await?;
+                // A stream receives and deletes: the caller needs both.
+                authorize(
+                    &identity.principal,
+                    &[
+                        Needs::Action(Action::Receive, &start.queue),
+                        Needs::Action(Action::Delete, &start.queue),
+                    ],
+                )?;
                 validate::queue_name("start.queue", &start.queue)?;
-                let caller = caller?;
+                let caller = Caller::of(identity, &metadata, peer)?;
                 let pass = self.bulkheads.stream(&caller, &start.queue)?;
                 let record = self.catalog.require_fresh(&start.queue).await?.record;
                 Consumer::new(

@@ -27,6 +27,7 @@ use sluice_api::limits::{MAX_BATCH_ENTRIES, MAX_MAX_MESSAGE_BYTES};
 use sluice_api::{Error, QueueId, QueueRecord, RateLimits, Result};
 use tonic::metadata::MetadataMap;
 
+use crate::auth::Identity;
 use crate::metrics;
 
 pub use sluice_client::CLIENT_ID;
@@ -36,14 +37,42 @@ const MAX_CLIENT_ID_LEN: usize = 128;
 /// Past it they are all dropped and start again full, which only forgives a burst.
 const MAX_LIMITERS: usize = 200_000;
 
-/// Who sends a request: the client id it carries, else its peer's IP address (every connection
-/// of one host is one caller).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Caller(Arc<str>);
+/// Whom the per-caller limits count a request against: its authenticated principal; a caller
+/// let in without credentials (standalone on loopback, `--insecure`) by the client id it
+/// carries, else by its peer's IP address (every connection of one host is one caller).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    id: Arc<str>,
+    identity: Identity,
+}
+
+impl PartialEq for Caller {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for Caller {}
+
+impl std::hash::Hash for Caller {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id.hash(state)
+    }
+}
 
 impl Caller {
-    pub fn of(metadata: &MetadataMap, peer: Option<SocketAddr>) -> Result<Caller> {
-        match metadata.get(CLIENT_ID) {
+    pub fn of(
+        identity: Identity,
+        metadata: &MetadataMap,
+        peer: Option<SocketAddr>,
+    ) -> Result<Caller> {
+        if !identity.anonymous {
+            return Ok(Caller {
+                id: identity.name().into(),
+                identity,
+            });
+        }
+        let id = match metadata.get(CLIENT_ID) {
             Some(value) => {
                 let id = value.to_str().unwrap_or_default();
                 let valid = (1..=MAX_CLIENT_ID_LEN).contains(&id.len())
@@ -59,23 +88,31 @@ impl Caller {
                         ),
                     ));
                 }
-                Ok(Caller(id.into()))
+                id.into()
             }
-            None => Ok(Caller(
-                peer.map_or_else(|| "unknown".to_owned(), |peer| peer.ip().to_string())
-                    .into(),
-            )),
-        }
+            None => peer
+                .map_or_else(|| "unknown".to_owned(), |peer| peer.ip().to_string())
+                .into(),
+        };
+        Ok(Caller { id, identity })
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.id
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 }
 
+/// An anonymous caller by that id, for tests of the limits.
 impl From<&str> for Caller {
     fn from(id: &str) -> Self {
-        Caller(id.into())
+        Caller {
+            id: id.into(),
+            identity: Identity::anonymous(),
+        }
     }
 }
 
@@ -87,7 +124,8 @@ pub struct RateLimitOpts {
     pub queue_default: RateLimits,
     /// Limits of each caller not named in `callers`.
     pub caller_default: RateLimits,
-    /// Limits of named callers (client ids or IP addresses), in place of `caller_default`.
+    /// Limits of named callers (principals; without authentication, client ids or IP
+    /// addresses), in place of `caller_default`.
     pub callers: BTreeMap<String, RateLimits>,
 }
 
@@ -533,20 +571,36 @@ mod tests {
     }
 
     #[test]
-    fn the_client_id_names_the_caller_else_the_peer_host() {
+    fn an_authenticated_caller_is_its_principal_else_the_client_id_or_the_peer_host() {
         let peer: SocketAddr = "10.1.2.3:5555".parse().unwrap();
+        let anonymous = Identity::anonymous;
         let mut metadata = MetadataMap::new();
         assert_eq!(
-            Caller::of(&metadata, Some(peer)).unwrap().as_str(),
+            Caller::of(anonymous(), &metadata, Some(peer))
+                .unwrap()
+                .as_str(),
             "10.1.2.3"
         );
         metadata.insert(CLIENT_ID, "team-a".parse().unwrap());
         assert_eq!(
-            Caller::of(&metadata, Some(peer)).unwrap().as_str(),
+            Caller::of(anonymous(), &metadata, Some(peer))
+                .unwrap()
+                .as_str(),
             "team-a"
         );
+        let principal = Identity {
+            principal: Arc::new(sluice_api::Principal::new("svc", false, 0)),
+            anonymous: false,
+        };
+        assert_eq!(
+            Caller::of(principal, &metadata, Some(peer))
+                .unwrap()
+                .as_str(),
+            "svc",
+            "a principal's client id does not make it another caller"
+        );
         metadata.insert(CLIENT_ID, "no spaces".parse().unwrap());
-        let err = Caller::of(&metadata, Some(peer)).unwrap_err();
+        let err = Caller::of(anonymous(), &metadata, Some(peer)).unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.to_string().contains(CLIENT_ID), "{err}");
     }

@@ -7,13 +7,12 @@ use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
 use sluice_client::retry_throttled;
+use sluice_client::QueueClient;
 use sluice_proto::v1 as pb;
-use sluice_proto::v1::queue_service_client::QueueServiceClient;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::Channel;
 use tonic::Streaming;
 
 use super::{pick, Consumer, Driver, Producer};
@@ -61,7 +60,7 @@ impl SluiceDriver {
         self.throttled.load(Ordering::Relaxed)
     }
 
-    async fn client(&self, index: usize) -> anyhow::Result<QueueServiceClient<Channel>> {
+    async fn client(&self, index: usize) -> anyhow::Result<QueueClient> {
         connect(pick(&self.endpoints, index)).await
     }
 
@@ -75,13 +74,15 @@ impl SluiceDriver {
     }
 }
 
-async fn connect(endpoint: &str) -> anyhow::Result<QueueServiceClient<Channel>> {
+async fn connect(endpoint: &str) -> anyhow::Result<QueueClient> {
     // Over the TLS the command line installed, if any.
     let channel = sluice_common::tls::channel(endpoint, None, |endpoint| endpoint)
         .with_context(|| format!("cannot reach Sluice at {endpoint}"))?;
-    Ok(QueueServiceClient::new(channel)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20))
+    Ok(
+        sluice_client::queue_client(channel, sluice_common::credentials::installed())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20),
+    )
 }
 
 #[async_trait]
@@ -159,7 +160,7 @@ impl Driver for SluiceDriver {
 }
 
 struct SluiceProducer {
-    client: QueueServiceClient<Channel>,
+    client: QueueClient,
     queue: String,
     index: usize,
     groups: usize,
@@ -276,7 +277,7 @@ impl Producer for SluiceProducer {
 /// change, a server shutting down) is opened again on the next `receive`, as a client would;
 /// what it delivered and was not acked goes back to the queue.
 struct SluiceConsumer {
-    client: QueueServiceClient<Channel>,
+    client: QueueClient,
     client_id: Option<MetadataValue<Ascii>>,
     queue: String,
     stream: Option<ConsumeStream>,

@@ -1,5 +1,6 @@
 //! The operators' commands: backend clusters, placements and queue moves through the managers,
-//! and the membership of a replicated cluster through its nodes.
+//! the membership of a replicated cluster through its nodes, and principals, access keys and
+//! policies through a frontend.
 
 use anyhow::anyhow;
 use clap::Subcommand;
@@ -10,6 +11,7 @@ use sluice_proto::v1::manager_service_client::ManagerServiceClient;
 use tonic::transport::Channel;
 
 use super::failed;
+use super::identity::{self, GrantArgs, KeyCommand, PolicyCommand, PrincipalCommand};
 
 #[derive(Subcommand)]
 pub enum AdminCommand {
@@ -43,6 +45,19 @@ pub enum AdminCommand {
     /// to its membership. Any node of the cluster takes these.
     #[command(subcommand)]
     Cluster(ClusterAdmin),
+    /// Principals: the callers access keys stand for (through the --endpoint frontend).
+    #[command(subcommand)]
+    Principal(PrincipalCommand),
+    /// Access keys: create, list, revoke and rotate (through the --endpoint frontend).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Allow a principal actions on the queues matching a pattern.
+    Grant(GrantArgs),
+    /// Take actions on exactly that pattern out of a principal's policy.
+    Revoke(GrantArgs),
+    /// Show policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
 }
 
 #[derive(Subcommand)]
@@ -238,10 +253,26 @@ fn print_cluster(json_out: bool, status: &pb::ClusterStatus) {
     }
 }
 
-/// Runs an admin command; these talk to the managers (or a backend cluster's nodes), not to
-/// the queue endpoint.
-pub async fn run_admin(json_out: bool, command: AdminCommand) -> anyhow::Result<()> {
+/// Runs an admin command. Clusters and placements are the managers' (or a backend cluster's
+/// nodes'), over the operators' certificate; principals, keys and policies go to `endpoint`, a
+/// frontend, with an access key that holds the admin action.
+pub async fn run_admin(
+    endpoint: &str,
+    json_out: bool,
+    command: AdminCommand,
+) -> anyhow::Result<()> {
     match command {
+        AdminCommand::Principal(command) => {
+            identity::principal(endpoint, json_out, command).await?
+        }
+        AdminCommand::Key(command) => identity::key(endpoint, json_out, command).await?,
+        AdminCommand::Grant(args) => {
+            identity::policy_change(endpoint, json_out, true, args).await?
+        }
+        AdminCommand::Revoke(args) => {
+            identity::policy_change(endpoint, json_out, false, args).await?
+        }
+        AdminCommand::Policy(command) => identity::policy(endpoint, json_out, command).await?,
         AdminCommand::Cluster(command) => {
             let (node, status) = match command {
                 ClusterAdmin::Status { node } => {

@@ -1,9 +1,8 @@
 //! `sluice consume`: a Consume stream that prints each message and acknowledges it once printed.
 
 use anyhow::anyhow;
+use sluice_client::QueueClient;
 use sluice_proto::v1 as pb;
-use sluice_proto::v1::queue_service_client::QueueServiceClient;
-use tonic::transport::Channel;
 
 use super::print::print_message;
 use super::{failed, ConsumeArgs};
@@ -11,7 +10,7 @@ use super::{failed, ConsumeArgs};
 /// `sluice consume`: prints messages as the server pushes them and deletes each batch once it
 /// is printed, until `--count` messages or Ctrl-C.
 pub(crate) async fn consume(
-    client: &mut QueueServiceClient<Channel>,
+    client: &mut QueueClient,
     endpoint: &str,
     args: ConsumeArgs,
     json_out: bool,

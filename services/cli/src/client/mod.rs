@@ -3,6 +3,7 @@
 
 mod admin;
 mod consume;
+mod identity;
 mod print;
 
 use std::io::Read;
@@ -11,9 +12,8 @@ use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 use sluice_client::retry_throttled;
+use sluice_client::QueueClient;
 use sluice_proto::v1 as pb;
-use sluice_proto::v1::queue_service_client::QueueServiceClient;
-use tonic::transport::Channel;
 
 pub use admin::{run_admin, AdminCommand};
 use print::{print_done, print_message, print_queue, print_task};
@@ -284,7 +284,7 @@ pub(crate) fn failed(endpoint: &str, status: tonic::Status) -> anyhow::Error {
 
 /// Deletes a message, backing off while throttled.
 async fn delete(
-    client: &QueueServiceClient<Channel>,
+    client: &QueueClient,
     queue: &str,
     receipt_handle: &str,
 ) -> Result<(), tonic::Status> {
@@ -300,10 +300,20 @@ async fn delete(
     .map(|_| ())
 }
 
+/// A client of the identity service at `endpoint`, presenting the installed access key.
+fn identity_client(endpoint: &str) -> anyhow::Result<sluice_client::IdentityClient> {
+    let channel = sluice_common::tls::channel(endpoint, None, |endpoint| endpoint)
+        .with_context(|| format!("endpoint {endpoint:?}"))?;
+    Ok(sluice_client::identity_client(
+        channel,
+        sluice_common::credentials::installed(),
+    ))
+}
+
 pub async fn run(endpoint: String, json_out: bool, command: ClientCommand) -> anyhow::Result<()> {
     let channel = sluice_common::tls::channel(&endpoint, None, |endpoint| endpoint)
         .with_context(|| format!("endpoint {endpoint:?}"))?;
-    let mut client = QueueServiceClient::new(channel)
+    let mut client = sluice_client::queue_client(channel, sluice_common::credentials::installed())
         .max_decoding_message_size(16 * 1024 * 1024)
         .max_encoding_message_size(16 * 1024 * 1024);
     let err = |status| failed(&endpoint, status);

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use sluice_frontend::auth::{AuthOpts, Authenticator};
 use sluice_frontend::{Catalog, QueueServiceImpl};
 use sluice_metastore::{EmbeddedStore, StoreDirectory};
 use sluice_storage::{Engine, EngineOptions};
@@ -24,9 +25,9 @@ pub fn service() -> (QueueServiceImpl, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(EngineOptions::new(dir.path().join("queues"))).unwrap();
     let meta = EmbeddedStore::open(&dir.path().join("meta")).unwrap();
-    let service = QueueServiceImpl::new(
-        Catalog::new(Arc::new(StoreDirectory::new(Arc::new(meta)))),
-        Arc::new(engine),
-    );
+    let directory = Arc::new(StoreDirectory::new(Arc::new(meta)));
+    // Callers without credentials are let in, as by standalone on loopback.
+    let auth = Authenticator::new(directory.clone(), None, &AuthOpts::default(), true).unwrap();
+    let service = QueueServiceImpl::new(Catalog::new(directory), Arc::new(engine), Arc::new(auth));
     (service, dir)
 }
