@@ -1,5 +1,6 @@
 //! TLS on the public port and mutual TLS on the internal ones, over real processes: who gets
-//! in, who is refused and how, certificates rotated on disk, and the refusal to run open.
+//! in, who is refused and how, certificates rotated on disk, and the refusal to run open
+//! (without TLS or without authentication). Credentials and policies are in `auth.rs`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -10,8 +11,8 @@ use sluice_proto::v1::backend_service_client::BackendServiceClient;
 use sluice_proto::v1::cluster_service_client::ClusterServiceClient;
 use sluice_proto::v1::queue_service_client::QueueServiceClient;
 use sluice_tests::{
-    backend_bin, certs, free_port, make_certs, metadata_bin, sluice_bin, tls_env, ClientTls, Kind,
-    ServerProcess,
+    backend_bin, certs, free_port, frontend_bin, make_certs, metadata_bin, sluice_bin, tls_env,
+    ClientTls, Kind, ServerProcess,
 };
 use tonic::transport::Channel;
 
@@ -306,6 +307,41 @@ async fn services_refuse_to_run_open_unless_told_insecure_and_then_say_so() {
     let refused = String::from_utf8_lossy(&out.stderr);
     assert!(
         refused.contains("plain text") && refused.contains("https://"),
+        "{refused}"
+    );
+
+    // A frontend with TLS still refuses to let callers in without credentials.
+    let out = Command::new(frontend_bin())
+        .args(["--metadata", "https://127.0.0.1:1"])
+        .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .envs(tls_env(Kind::Frontend))
+        .env_remove("SLUICE_MASTER_KEY")
+        .env_remove("SLUICE_MASTER_KEY_FILE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let refused = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        refused.contains("without authentication")
+            && refused.contains("--master-key-file")
+            && refused.contains("--insecure"),
+        "{refused}"
+    );
+
+    // Standalone reachable from other machines needs credentials as well as TLS.
+    let remote = dir.path().join("remote");
+    let out = Command::new(sluice_bin())
+        .args(["standalone", "--data-dir", remote.to_str().unwrap()])
+        .args(["--grpc-addr", "0.0.0.0:0", "--admin-addr", "127.0.0.1:0"])
+        .envs(tls_env(Kind::Frontend))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let refused = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        refused.contains("--root-credentials-file") && refused.contains("other machines"),
         "{refused}"
     );
 

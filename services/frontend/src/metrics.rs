@@ -160,6 +160,16 @@ pub(crate) static PERMISSION_DENIED: LazyLock<IntCounterVec> = LazyLock::new(|| 
     .expect("metric registers once")
 });
 
+/// Changes to principals and keys the metadata tier's watch told this frontend of.
+pub(crate) static IDENTITY_CHANGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "sluice_identity_changes_total",
+        "Identity changes heard from the metadata tier's watch, by kind (key, principal, reset)",
+        &["kind"]
+    )
+    .expect("metric registers once")
+});
+
 pub(crate) fn register() {
     LazyLock::force(&RPC_REQUESTS);
     LazyLock::force(&RPC_DURATION);
@@ -180,6 +190,9 @@ pub(crate) fn register() {
         AUTH_FAILURES.with_label_values(&[reason]);
     }
     LazyLock::force(&PERMISSION_DENIED);
+    for kind in ["key", "principal", "reset"] {
+        IDENTITY_CHANGES.with_label_values(&[kind]);
+    }
     // Alone until a registration counts others.
     FRONTENDS.set(1);
     for bulkhead in ["sends", "short_calls", "long_polls", "streams"] {

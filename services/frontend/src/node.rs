@@ -209,11 +209,15 @@ async fn follow_identity(
                             break;
                         }
                     };
-                    auth.forget(&match change {
-                        Some(Change::Principal(name)) => IdentityChange::Principal(name),
-                        Some(Change::Key(id)) => IdentityChange::Key(id),
-                        Some(Change::Reset(_)) | None => IdentityChange::All,
-                    });
+                    let (kind, change) = match change {
+                        Some(Change::Principal(name)) => {
+                            ("principal", IdentityChange::Principal(name))
+                        }
+                        Some(Change::Key(id)) => ("key", IdentityChange::Key(id)),
+                        Some(Change::Reset(_)) | None => ("reset", IdentityChange::All),
+                    };
+                    metrics::IDENTITY_CHANGES.with_label_values(&[kind]).inc();
+                    auth.forget(&change);
                 },
                 Err(err) => tracing::debug!(error = %err, "cannot watch identity changes"),
             }
