@@ -380,6 +380,42 @@ impl ServerProcess {
         Self::spawn(command, data_dir, "sluice-backend ready:")
     }
 
+    /// Starts the `nodes` nodes of replicated backend cluster `cluster`, registered in the etcd
+    /// at `etcd`, each with its data in `dir/<cluster><n>`; returns once each serves its ports.
+    pub fn start_replicated_cluster(
+        dir: &Path,
+        etcd: &str,
+        cluster: &str,
+        nodes: u16,
+    ) -> anyhow::Result<Vec<Self>> {
+        let base = free_port_range(2 * nodes)?;
+        let name = |n: u16| format!("{cluster}{}", n + 1);
+        let peers: Vec<String> = (0..nodes)
+            .map(|n| format!("{}=https://127.0.0.1:{}", name(n), base + 2 * n))
+            .collect();
+        let peers = peers.join(",");
+        (0..nodes)
+            .map(|n| {
+                let data = dir.join(name(n));
+                let mut command = Command::new(backend_bin());
+                command
+                    .args(["--etcd", etcd, "--cluster", cluster, "--node-id", &name(n)])
+                    .args(["--peers", &peers])
+                    .arg("--grpc-addr")
+                    .arg(format!("127.0.0.1:{}", base + 2 * n))
+                    .arg("--admin-addr")
+                    .arg(format!("127.0.0.1:{}", base + 2 * n + 1))
+                    .arg("--data-dir")
+                    .arg(&data)
+                    .env("RUST_LOG", "warn,openraft=off")
+                    .envs(tls_env(Kind::Backend))
+                    .stdin(Stdio::null())
+                    .stderr(Stdio::inherit());
+                Self::spawn(command, &data, "sluice-backend ready:")
+            })
+            .collect()
+    }
+
     /// Starts a `sluice-frontend` over the metadata nodes at `metadata` (gRPC URLs), with
     /// records cached for `cache_ttl_ms`.
     pub fn start_frontend(metadata: &[String], cache_ttl_ms: u64) -> anyhow::Result<Self> {

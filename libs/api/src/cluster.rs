@@ -58,6 +58,15 @@ pub fn queue_name_of<'a>(root: &str, key: &'a str) -> &'a str {
     key.get(prefix_len..).unwrap_or_default()
 }
 
+/// Under this prefix, `<queue id>`: a queue's data key, sealed under the master key.
+pub fn data_keys_prefix(root: &str) -> String {
+    format!("{root}datakeys/")
+}
+
+pub fn data_key_key(root: &str, queue_id: u64) -> String {
+    format!("{root}datakeys/{queue_id:020}")
+}
+
 /// Principals and access keys live under this prefix; the frontends' caches follow it.
 pub fn identity_prefix(root: &str) -> String {
     format!("{root}identity/")

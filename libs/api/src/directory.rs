@@ -6,6 +6,7 @@
 use async_trait::async_trait;
 
 use crate::cluster::Placement;
+use crate::identity::Sealed;
 use crate::{QueueId, QueueRecord, Result, Stored};
 
 #[async_trait]
@@ -34,6 +35,28 @@ pub trait QueueDirectory: Send + Sync + 'static {
 
     /// A queue id never handed out before.
     async fn allocate_queue_id(&self) -> Result<QueueId>;
+}
+
+/// Where queues' data keys live, sealed under the master key: the metadata tier over the
+/// network, or the store in the same process (standalone). A key outlives its queue, since
+/// messages moved to a dead-letter queue stay encrypted under it.
+#[async_trait]
+pub trait DataKeyDirectory: Send + Sync + 'static {
+    /// Queue `id`'s data key and the revision it was read at; `None` if it has none.
+    async fn data_key(&self, id: QueueId) -> Result<Option<(Sealed, u64)>>;
+
+    /// Stores queue `id`'s data key: a new one if `revision` is `None` (and the queue has
+    /// none), else only if it is still at `revision`. The new revision, or `None` if the
+    /// compare failed.
+    async fn put_data_key(
+        &self,
+        id: QueueId,
+        key: &Sealed,
+        revision: Option<u64>,
+    ) -> Result<Option<u64>>;
+
+    /// Data keys of the queues after `after` in id order, at most `limit`, with revisions.
+    async fn data_keys(&self, after: QueueId, limit: usize) -> Result<Vec<(QueueId, Sealed, u64)>>;
 }
 
 /// Where queues live, as a frontend routes to them: each queue's placement on a backend

@@ -16,7 +16,7 @@ mod queue;
 pub mod wire;
 
 pub use backend::QueueBackend;
-pub use directory::{PlacementDirectory, QueueDirectory};
+pub use directory::{DataKeyDirectory, PlacementDirectory, QueueDirectory};
 pub use error::{Error, Result};
 pub use idempotency::IdempotencyKey;
 pub use identity::{AccessKey, Action, IdentityDirectory, Principal};

@@ -74,6 +74,19 @@ pub fn queue_name(field: &str, name: &str) -> Result<()> {
 }
 
 /// `value` if it is within `min` to `max`; otherwise INVALID_ARGUMENT naming `field`.
+/// A message id a frontend chose: empty (the engine chooses), or 1 to 64 of `A-Z a-z 0-9 -`.
+pub fn message_id(field: &str, id: &str) -> Result<()> {
+    let valid = id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            field,
+            "must be at most 64 characters of A-Z, a-z, 0-9 and -",
+        ))
+    }
+}
+
 pub fn in_range(field: &str, value: u32, min: u32, max: u32) -> Result<u32> {
     if value < min || value > max {
         return Err(Error::invalid(
@@ -167,6 +180,9 @@ pub fn apply_attributes(
     }
     if let Some(limits) = &update.rate_limits {
         next.rate_limits = rate_limits("attributes.rate_limits", &next.rate_limits, limits, true)?;
+    }
+    if let Some(encrypted) = update.server_side_encryption {
+        next.server_side_encryption = encrypted;
     }
     Ok(next)
 }

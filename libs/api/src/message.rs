@@ -116,6 +116,9 @@ pub struct NewMessage {
     /// Non-empty: a send with an id already seen within the engine's window stores nothing and
     /// returns the first send's answer.
     pub deduplication_id: String,
+    /// The id the frontend chose (an encrypted body is bound to it); empty: the engine names
+    /// the message.
+    pub message_id: String,
 }
 
 /// The engine's answer to a stored message.

@@ -73,6 +73,10 @@ pub struct EffectiveAttributes {
     /// The queue's own rate limits; the frontends' default fills in those it does not set.
     #[serde(default, skip_serializing_if = "RateLimits::is_empty")]
     pub rate_limits: RateLimits,
+    /// Messages are sent encrypted under the queue's data key. Records from before encryption
+    /// existed have none.
+    #[serde(default)]
+    pub server_side_encryption: bool,
 }
 
 /// Rate limits, each per second; `None` sets no limit of its own. A queue's bound all its
@@ -138,6 +142,7 @@ impl Default for EffectiveAttributes {
             receive_wait_time_seconds: 0,
             fifo: false,
             content_based_deduplication: false,
+            server_side_encryption: false,
             replication: pb::Replication::Sync as i32,
             redrive_policy: None,
             rate_limits: RateLimits::default(),
@@ -162,6 +167,7 @@ impl EffectiveAttributes {
                 }),
             fifo: self.fifo,
             content_based_deduplication: self.content_based_deduplication,
+            server_side_encryption: Some(self.server_side_encryption),
             replication: self.replication,
             rate_limits: (!self.rate_limits.is_empty()).then(|| self.rate_limits.to_proto()),
         }

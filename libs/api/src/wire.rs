@@ -62,7 +62,7 @@ pub fn counts_from_pb(counts: pb::QueueCounts) -> QueueCounts {
     }
 }
 
-fn attribute_to_pb(value: AttributeValue) -> pb::MessageAttributeValue {
+pub fn attribute_to_pb(value: AttributeValue) -> pb::MessageAttributeValue {
     pb::MessageAttributeValue {
         data_type: value.data_type,
         string_value: value.string_value,
@@ -70,7 +70,7 @@ fn attribute_to_pb(value: AttributeValue) -> pb::MessageAttributeValue {
     }
 }
 
-fn attribute_from_pb(value: pb::MessageAttributeValue) -> AttributeValue {
+pub fn attribute_from_pb(value: pb::MessageAttributeValue) -> AttributeValue {
     AttributeValue {
         data_type: value.data_type,
         string_value: value.string_value,
@@ -89,11 +89,15 @@ pub fn new_message_to_pb(message: NewMessage) -> pb::NewMessage {
         delay_ms: millis(message.delay),
         group_id: message.group_id,
         deduplication_id: message.deduplication_id,
+        message_id: message.message_id,
     }
 }
 
-pub fn new_message_from_pb(message: pb::NewMessage) -> NewMessage {
-    NewMessage {
+/// A message another service sent to be stored; its frontend-chosen id is checked, the rest is
+/// what the frontend already checked against the queue's limits.
+pub fn new_message_from_pb(message: pb::NewMessage) -> Result<NewMessage> {
+    limits::message_id("messages.message_id", &message.message_id)?;
+    Ok(NewMessage {
         body: message.body,
         attributes: message
             .attributes
@@ -103,7 +107,8 @@ pub fn new_message_from_pb(message: pb::NewMessage) -> NewMessage {
         delay: Duration::from_millis(message.delay_ms),
         group_id: message.group_id,
         deduplication_id: message.deduplication_id,
-    }
+        message_id: message.message_id,
+    })
 }
 
 pub fn sent_to_pb(sent: SentMessage) -> pb::SentMessage {
@@ -367,15 +372,31 @@ pub fn principal_from_pb(principal: Option<pb::MetaPrincipal>) -> Result<Princip
     Ok(principal)
 }
 
+pub fn sealed_to_pb(sealed: &Sealed) -> pb::MetaSealed {
+    pb::MetaSealed {
+        key: sealed.key.clone(),
+        nonce: sealed.nonce.clone().into(),
+        ciphertext: sealed.ciphertext.clone().into(),
+    }
+}
+
+/// A sealed value from another service, checked; `field` names it in an error.
+pub fn sealed_from_pb(field: &str, sealed: Option<pb::MetaSealed>) -> Result<Sealed> {
+    let sealed = sealed.ok_or_else(|| Error::invalid(field, "is required"))?;
+    let sealed = Sealed {
+        key: sealed.key,
+        nonce: sealed.nonce.to_vec(),
+        ciphertext: sealed.ciphertext.to_vec(),
+    };
+    sealed.check(field)?;
+    Ok(sealed)
+}
+
 pub fn access_key_to_pb(key: &AccessKey) -> pb::MetaAccessKey {
     pb::MetaAccessKey {
         id: key.id.clone(),
         principal: key.principal.clone(),
-        secret: Some(pb::MetaSealed {
-            key: key.secret.key.clone(),
-            nonce: key.secret.nonce.clone().into(),
-            ciphertext: key.secret.ciphertext.clone().into(),
-        }),
+        secret: Some(sealed_to_pb(&key.secret)),
         created_at_ms: key.created_at_ms,
         expires_at_ms: key.expires_at_ms,
     }
@@ -384,17 +405,10 @@ pub fn access_key_to_pb(key: &AccessKey) -> pb::MetaAccessKey {
 /// An access key from another service, checked before anything stores or trusts it.
 pub fn access_key_from_pb(key: Option<pb::MetaAccessKey>) -> Result<AccessKey> {
     let key = key.ok_or_else(|| Error::invalid("access_key", "is required"))?;
-    let secret = key
-        .secret
-        .ok_or_else(|| Error::invalid("access_key.secret", "is required"))?;
     let key = AccessKey {
+        secret: sealed_from_pb("access_key.secret", key.secret)?,
         id: key.id,
         principal: key.principal,
-        secret: Sealed {
-            key: secret.key,
-            nonce: secret.nonce.to_vec(),
-            ciphertext: secret.ciphertext.to_vec(),
-        },
         created_at_ms: key.created_at_ms,
         expires_at_ms: key.expires_at_ms,
     };

@@ -14,9 +14,10 @@ use async_trait::async_trait;
 use backon::Retryable;
 use parking_lot::Mutex;
 use sluice_api::cluster::{self, Placement};
+use sluice_api::identity::Sealed;
 use sluice_api::{
-    wire, AccessKey, Error, IdentityDirectory, PlacementDirectory, Principal, QueueDirectory,
-    QueueId, QueueRecord, Result, Stored,
+    wire, AccessKey, DataKeyDirectory, Error, IdentityDirectory, PlacementDirectory, Principal,
+    QueueDirectory, QueueId, QueueRecord, Result, Stored,
 };
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::metadata_service_client::MetadataServiceClient;
@@ -540,5 +541,59 @@ impl MetadataClient {
             .await
             .map(tonic::Response::into_inner)
             .map_err(|status| channel::from_status("metadata node", status))
+    }
+}
+
+#[async_trait]
+impl DataKeyDirectory for MetadataClient {
+    async fn data_key(&self, id: QueueId) -> Result<Option<(Sealed, u64)>> {
+        let request = pb::MetaGetDataKeyRequest { queue_id: id };
+        let response = self
+            .call(request, |mut c, r| async move { c.get_data_key(r).await })
+            .await?;
+        if response.key.is_none() {
+            return Ok(None);
+        }
+        let key = stored("data key", wire::sealed_from_pb("key", response.key))?;
+        Ok(Some((key, response.revision)))
+    }
+
+    async fn put_data_key(
+        &self,
+        id: QueueId,
+        key: &Sealed,
+        revision: Option<u64>,
+    ) -> Result<Option<u64>> {
+        let request = pb::MetaPutDataKeyRequest {
+            queue_id: id,
+            key: Some(wire::sealed_to_pb(key)),
+            revision: revision.unwrap_or(0),
+        };
+        let response = self
+            .call(request, |mut c, r| async move { c.put_data_key(r).await })
+            .await?;
+        Ok(write_result(response))
+    }
+
+    async fn data_keys(
+        &self,
+        after: QueueId,
+        limit_to: usize,
+    ) -> Result<Vec<(QueueId, Sealed, u64)>> {
+        let request = pb::MetaListDataKeysRequest {
+            after,
+            limit: limit(limit_to),
+        };
+        let response = self
+            .call(request, |mut c, r| async move { c.list_data_keys(r).await })
+            .await?;
+        response
+            .keys
+            .into_iter()
+            .map(|k| {
+                let key = stored("data key", wire::sealed_from_pb("key", k.key))?;
+                Ok((k.queue_id, key, k.revision))
+            })
+            .collect()
     }
 }

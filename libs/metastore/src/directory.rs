@@ -6,9 +6,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use sluice_api::identity::Sealed;
 use sluice_api::{
-    cluster, AccessKey, IdentityDirectory, Principal, QueueDirectory, QueueId, QueueRecord, Result,
-    Stored,
+    cluster, AccessKey, DataKeyDirectory, IdentityDirectory, Principal, QueueDirectory, QueueId,
+    QueueRecord, Result, Stored,
 };
 
 use crate::MetaStore;
@@ -188,5 +189,53 @@ impl IdentityDirectory for StoreDirectory {
     async fn delete_access_key(&self, id: &str, revision: u64) -> Result<bool> {
         let key = cluster::access_key_key("", id);
         Ok(self.store.delete(&key, revision).await?)
+    }
+}
+
+#[async_trait]
+impl DataKeyDirectory for StoreDirectory {
+    async fn data_key(&self, id: QueueId) -> Result<Option<(Sealed, u64)>> {
+        let key = cluster::data_key_key("", id);
+        match self.store.get(&key).await? {
+            Some(v) => Ok(Some((decode(&key, &v.value)?, v.revision))),
+            None => Ok(None),
+        }
+    }
+
+    async fn put_data_key(
+        &self,
+        id: QueueId,
+        sealed: &Sealed,
+        revision: Option<u64>,
+    ) -> Result<Option<u64>> {
+        let key = cluster::data_key_key("", id);
+        let value = encode(sealed);
+        Ok(match revision {
+            None => self.store.create(&key, value).await?,
+            Some(revision) => self.store.update(&key, value, revision).await?,
+        })
+    }
+
+    async fn data_keys(&self, after: QueueId, limit: usize) -> Result<Vec<(QueueId, Sealed, u64)>> {
+        let prefix = cluster::data_keys_prefix("");
+        let start = if after == 0 {
+            String::new()
+        } else {
+            cluster::data_key_key("", after)
+        };
+        self.store
+            .list(&prefix, &start, limit)
+            .await?
+            .into_iter()
+            .map(|(key, v)| {
+                let id = key[prefix.len()..]
+                    .parse()
+                    .map_err(|_| crate::Error::Corrupt {
+                        key: key.clone(),
+                        reason: "not a queue id".into(),
+                    })?;
+                Ok((id, decode(&key, &v.value)?, v.revision))
+            })
+            .collect()
     }
 }

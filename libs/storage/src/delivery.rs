@@ -56,6 +56,7 @@ impl Engine {
             .enumerate()
             .map(|(index, mut message)| {
                 let message_id = match key {
+                    _ if !message.message_id.is_empty() => std::mem::take(&mut message.message_id),
                     Some(key) => key.message_id(index),
                     None => uuid::Uuid::new_v4().to_string(),
                 };
@@ -88,12 +89,9 @@ impl Engine {
                 return Err(Error::Sealed(id));
             }
             asynchronous = self.inner.replicated && state.config.replication == Replication::Async;
-            let stored = key.and_then(|key| state.sends.get(&key, now).map(|s| (key, *s)));
+            let stored = key.and_then(|key| state.sends.get(&key, now).copied());
             let (sent, write) = match stored {
-                Some((key, first)) => (
-                    replay(&state, key, first, &prepared, now)?,
-                    Write::default(),
-                ),
+                Some(first) => (replay(&state, first, &prepared, now)?, Write::default()),
                 None => self.stage(id, &mut state, key, prepared, now),
             };
             // Submitted under the lock, so a duplicate sent after this is acknowledged only once
@@ -533,13 +531,13 @@ struct Undo {
     send: Option<(IdempotencyKey, u64)>,
 }
 
-/// The answer to a send whose idempotency key `first` remembers: the messages it stored take
-/// its sequences in order, with the ids derived from the key; a message whose deduplication id
-/// named an earlier send gets that send's answer, as it did the first time. A send that does
-/// not fit what the key stored is not a retry of it.
+/// The answer to a send whose idempotency key remembers `first`: the messages it stored take
+/// its sequences in order, with the ids the send named or derived from the key (as the first
+/// attempt stored them); a message whose deduplication id named an earlier send gets that
+/// send's answer, as it did the first time. A send that does not fit what the key stored is
+/// not a retry of it.
 fn replay(
     state: &QueueState,
-    key: IdempotencyKey,
     first: SendOnce,
     prepared: &[Prepared],
     now: u64,
@@ -547,7 +545,7 @@ fn replay(
     let stored = first.first_seq..first.first_seq + first.count;
     let mut next = first.first_seq;
     let mut sent = Vec::with_capacity(prepared.len());
-    for (index, message) in prepared.iter().enumerate() {
+    for message in prepared {
         let earlier = Some(message.message.deduplication_id.as_str())
             .filter(|d| !d.is_empty())
             .and_then(|d| state.dedup.get(d, now))
@@ -556,7 +554,9 @@ fn replay(
             Some(earlier) => (earlier.message_id.clone(), earlier.seq),
             None => {
                 next += 1;
-                (key.message_id(index), next - 1)
+                // The id the send named, or the one derived from the key: what the first
+                // attempt stored.
+                (message.message_id.clone(), next - 1)
             }
         };
         sent.push(SentMessage {

@@ -242,7 +242,7 @@ impl BackendService for BackendServiceImpl {
                     .messages
                     .into_iter()
                     .map(wire::new_message_from_pb)
-                    .collect();
+                    .collect::<Result<_, _>>()?;
                 let sent = match key {
                     Some(key) => {
                         self.backend()

@@ -151,6 +151,9 @@ struct RunArgs {
     /// TLS to Sluice: over it with a CA or client certificate given or an https:// URL.
     #[command(flatten)]
     tls: sluice_common::tls::ClientFlags,
+    /// Sluice: create the queues with encryption at rest on or off [default: the server's].
+    #[arg(long)]
+    encrypt: Option<bool>,
     /// The access key to present to Sluice.
     #[command(flatten)]
     credentials: sluice_common::credentials::CredentialFlags,
@@ -228,7 +231,9 @@ impl RunArgs {
                     (_, Replication::Async) => "Sluice ASYNC".to_owned(),
                 };
                 let groups = self.groups.unwrap_or(0);
-                (Box::new(SluiceDriver::new(urls, replication, groups)), name)
+                let driver =
+                    SluiceDriver::new(urls, replication, groups).with_encryption(self.encrypt);
+                (Box::new(driver), name)
             }
             DriverKind::Rabbitmq => {
                 let urls = self.urls("amqp://guest:guest@127.0.0.1:5672/%2f");

@@ -20,6 +20,7 @@ use sluice_common::keys::MasterKeys;
 use sluice_frontend::auth::{AuthOpts, Authenticator};
 use sluice_frontend::bulkhead::BulkheadOpts;
 use sluice_frontend::pressure::PressureOpts;
+use sluice_frontend::sse::Encryption;
 use sluice_frontend::throttle::{RateLimitOpts, RateLimiter};
 use sluice_frontend::{Catalog, QueueServiceImpl, RoutedBackend};
 use sluice_manager::policy::{ClusterState, Limits};
@@ -129,9 +130,9 @@ fn master_keys(opts: &StandaloneOpts) -> anyhow::Result<MasterKeys> {
 /// Callers may come in without credentials only from this machine (or with `--insecure`).
 fn authenticator(
     opts: &StandaloneOpts,
+    keys: Arc<MasterKeys>,
     directory: Arc<StoreDirectory>,
 ) -> anyhow::Result<Authenticator> {
-    let keys = Arc::new(master_keys(opts)?);
     let has_root = opts.auth.root_credentials_file.is_some();
     let loopback = opts.service.grpc_addr.ip().is_loopback();
     let open = !has_root && (loopback || opts.service.insecure);
@@ -203,7 +204,9 @@ pub async fn start(
         })?,
     );
     let directory = Arc::new(StoreDirectory::new(meta.clone()));
-    let auth = Arc::new(authenticator(opts, directory.clone())?);
+    let keys = Arc::new(master_keys(opts)?);
+    let auth = Arc::new(authenticator(opts, keys.clone(), directory.clone())?);
+    let encryption = Arc::new(Encryption::new(keys, directory.clone()));
     let placements = StorePlacements::new(
         meta,
         vec![ClusterState {
@@ -228,7 +231,8 @@ pub async fn start(
             opts.rate_limits.clone(),
             Default::default(),
         ))
-        .with_bulkheads(opts.bulkheads.clone());
+        .with_bulkheads(opts.bulkheads.clone())
+        .with_encryption(encryption);
 
     let readiness = Readiness::default();
     // The admin port outlives the gRPC server so /metrics and /readyz answer while it drains.

@@ -22,6 +22,7 @@ use tracing::Instrument;
 use crate::bulkhead::Pass;
 use crate::convert::{batch_error, split_results, to_proto_message};
 use crate::metrics;
+use crate::sse::{self, Encryption};
 use crate::throttle::{Caller, Kind, RateLimiter};
 use crate::validate;
 
@@ -43,6 +44,8 @@ pub(crate) struct Consumer {
     /// refuse.
     rates: Arc<RateLimiter>,
     caller: Caller,
+    /// Opens sealed messages before they are pushed.
+    encryption: Option<Arc<Encryption>>,
     /// The stream's place in its bulkhead, held until it ends.
     _pass: Pass,
     queue: Arc<QueueRecord>,
@@ -68,6 +71,7 @@ impl Consumer {
     pub(crate) fn new(
         backend: Arc<dyn QueueBackend>,
         (rates, caller, pass): (Arc<RateLimiter>, Caller, Pass),
+        encryption: Option<Arc<Encryption>>,
         queue: QueueRecord,
         start: &pb::ConsumeStart,
         closing: CancellationToken,
@@ -83,6 +87,7 @@ impl Consumer {
             backend,
             rates,
             caller,
+            encryption,
             _pass: pass,
             queue: Arc::new(queue),
             prefetch,
@@ -122,10 +127,14 @@ impl Consumer {
     fn receive(&self, max: usize) -> BoxFuture<'static, Result<Vec<ReceivedMessage>>> {
         let backend = self.backend.clone();
         let (rates, caller, queue) = (self.rates.clone(), self.caller.clone(), self.queue.clone());
+        let encryption = self.encryption.clone();
         let visibility = self.visibility;
         async move {
             rates.wait(&caller, &queue, Kind::Receives, 1).await;
-            backend.receive(queue.id, max, visibility, LONG_POLL).await
+            let received = backend
+                .receive(queue.id, max, visibility, LONG_POLL)
+                .await?;
+            sse::opened(encryption.as_ref(), received).await
         }
         .boxed()
     }

@@ -19,6 +19,7 @@ use crate::audit;
 use crate::auth::{self, Authenticator, Identity, ANONYMOUS};
 use crate::metrics;
 use crate::service::{authorize, Needs};
+use crate::sse::Encryption;
 
 const SERVICE: &str = "sluice.v1.IdentityService";
 const DEFAULT_LIST: u32 = 100;
@@ -30,6 +31,7 @@ const CAS_ATTEMPTS: usize = 8;
 #[derive(Clone)]
 pub struct IdentityServiceImpl {
     auth: Arc<Authenticator>,
+    encryption: Option<Arc<Encryption>>,
 }
 
 fn principal_to_pb(principal: &Principal) -> pb::Principal {
@@ -95,8 +97,30 @@ fn raced(what: &str) -> Error {
 }
 
 impl IdentityServiceImpl {
-    pub fn new(auth: Arc<Authenticator>) -> Self {
-        IdentityServiceImpl { auth }
+    pub fn new(auth: Arc<Authenticator>, encryption: Option<Arc<Encryption>>) -> Self {
+        IdentityServiceImpl { auth, encryption }
+    }
+
+    async fn rotate_master_key(
+        &self,
+        _: pb::RotateMasterKeyRequest,
+    ) -> Result<pb::RotateMasterKeyResponse> {
+        let encryption = self.encryption.as_ref().ok_or_else(|| {
+            Error::FailedPrecondition(
+                "this frontend has no master key (--master-key-file) to rotate to".into(),
+            )
+        })?;
+        let (data_keys, secrets) = encryption.rewrap(self.auth.directory().as_ref()).await?;
+        // Cached keys hold the opened secrets, which did not change; forget them anyway so
+        // that the next use proves the re-wrapped ones open.
+        self.forget(IdentityChange::All);
+        let master_key = encryption.master_keys().current().to_owned();
+        tracing::info!(master_key = %master_key, data_keys, secrets, "re-wrapped under the current master key");
+        Ok(pb::RotateMasterKeyResponse {
+            master_key,
+            data_keys_rewrapped: data_keys,
+            secrets_rewrapped: secrets,
+        })
     }
 
     /// Runs one RPC in its span, counted and timed: authenticates the caller, checks it holds
@@ -484,6 +508,12 @@ impl IdentityRequest for pb::RevokeRequest {
     }
 }
 
+impl IdentityRequest for pb::RotateMasterKeyRequest {
+    fn change(&self) -> Option<(&'static str, String)> {
+        Some(("rotate_master_key", "master key".into()))
+    }
+}
+
 impl IdentityRequest for pb::GetPolicyRequest {
     fn about(&self, caller: &Identity) -> bool {
         self.principal.is_empty() || self.principal == caller.name()
@@ -560,6 +590,14 @@ impl IdentityService for IdentityServiceImpl {
         request: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
         self.observed("Revoke", request, |_, r| self.revoke(r))
+            .await
+    }
+
+    async fn rotate_master_key(
+        &self,
+        request: Request<pb::RotateMasterKeyRequest>,
+    ) -> Result<Response<pb::RotateMasterKeyResponse>, Status> {
+        self.observed("RotateMasterKey", request, |_, r| self.rotate_master_key(r))
             .await
     }
 

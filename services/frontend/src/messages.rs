@@ -90,6 +90,8 @@ impl QueueServiceImpl {
             delay,
             group_id: fields.group_id.to_owned(),
             deduplication_id,
+            // Named by the engine, or by `store` if the queue encrypts its messages.
+            message_id: String::new(),
         };
         Ok((message, size))
     }
@@ -112,7 +114,7 @@ impl QueueServiceImpl {
         )?;
         let _pass = self.bulkheads.send(&queue.name, size)?;
         self.rates.admit_send(caller, &queue, 1, size)?;
-        let mut sent = self.backend.send(queue.id, vec![message]).await?;
+        let mut sent = self.store(&queue, vec![message]).await?;
         let sent = sent
             .pop()
             .ok_or_else(|| Error::Internal("engine stored no message".into()))?;
@@ -162,7 +164,7 @@ impl QueueServiceImpl {
             // The batch passes whole or fails whole: a client retries it as it sent it.
             self.rates
                 .admit_send(caller, &queue, messages.len(), bytes)?;
-            match self.backend.send(queue.id, messages).await {
+            match self.store(&queue, messages).await {
                 Ok(sent) => {
                     metrics::MESSAGES_SENT
                         .with_label_values(&[&queue.name])
@@ -219,6 +221,7 @@ impl QueueServiceImpl {
             .backend
             .receive(queue.id, max, visibility, wait)
             .await?;
+        let received = crate::sse::opened(self.encryption.as_ref(), received).await?;
         metrics::count_received(&queue.name, received.len());
         let messages = received.into_iter().map(to_proto_message).collect();
         Ok(pb::ReceiveMessageResponse { messages })

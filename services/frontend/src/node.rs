@@ -19,6 +19,7 @@ use crate::auth::{AuthOpts, Authenticator};
 use crate::bulkhead::BulkheadOpts;
 use crate::pressure::PressureOpts;
 use crate::routed::RoutedBackend;
+use crate::sse::Encryption;
 use crate::throttle::{Frontends, RateLimitOpts, RateLimiter};
 use crate::{metrics, Catalog, QueueServiceImpl};
 
@@ -109,7 +110,8 @@ pub async fn start(opts: &FrontendOpts, shutdown: CancellationToken) -> anyhow::
     // Before any channel is opened: it installs the TLS this process calls other tiers with.
     let tls = tls::configure(&opts.service, "sluice-frontend", None)?;
     let metadata = Arc::new(MetadataClient::new(&opts.metadata_endpoints)?);
-    let auth = Arc::new(authenticator(opts, metadata.clone())?);
+    let keys = MasterKeys::configured(opts.auth.master_key_file.as_deref())?.map(Arc::new);
+    let auth = Arc::new(authenticator(opts, keys.clone(), metadata.clone())?);
     let catalog = Catalog::with_ttl(
         metadata.clone(),
         Duration::from_millis(opts.metadata_cache_ttl_ms),
@@ -120,12 +122,15 @@ pub async fn start(opts: &FrontendOpts, shutdown: CancellationToken) -> anyhow::
         &opts.backend_pressure,
     );
     let frontends = Frontends::default();
-    let service = QueueServiceImpl::new(catalog, Arc::new(backend), auth.clone())
+    let mut service = QueueServiceImpl::new(catalog, Arc::new(backend), auth.clone())
         .with_rate_limits(RateLimiter::new(
             opts.rate_limits.clone(),
             frontends.clone(),
         ))
         .with_bulkheads(opts.bulkheads.clone());
+    if let Some(keys) = keys {
+        service = service.with_encryption(Arc::new(Encryption::new(keys, metadata.clone())));
+    }
 
     let readiness = Readiness::default();
     let admin_shutdown = CancellationToken::new();
@@ -164,9 +169,9 @@ pub async fn start(opts: &FrontendOpts, shutdown: CancellationToken) -> anyhow::
 /// stored access keys' secrets, so without one only the root key could ever authenticate.
 fn authenticator(
     opts: &FrontendOpts,
+    keys: Option<Arc<MasterKeys>>,
     metadata: Arc<MetadataClient>,
 ) -> anyhow::Result<Authenticator> {
-    let keys = MasterKeys::configured(opts.auth.master_key_file.as_deref())?.map(Arc::new);
     let open = opts.service.insecure;
     if open {
         tls::announce_insecure(

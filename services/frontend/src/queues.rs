@@ -85,12 +85,18 @@ impl QueueServiceImpl {
     ) -> Result<pb::CreateQueueResponse> {
         validate::queue_name("name", &req.name)?;
         validate::tags(&req.tags)?;
+        let mut requested = req.attributes.unwrap_or_default();
+        // Encrypted unless asked otherwise, wherever this frontend can keep a data key.
+        requested
+            .server_side_encryption
+            .get_or_insert(self.encryption.is_some());
         let attributes = validate::apply_attributes(
             &EffectiveAttributes::default(),
             &req.name,
-            &req.attributes.unwrap_or_default(),
+            &requested,
             true,
         )?;
+        self.can_encrypt(&attributes)?;
         let config = self.engine_config(&req.name, &attributes).await?;
         for _ in 0..CAS_ATTEMPTS {
             if let Some(existing) = self.catalog.get(&req.name).await? {
@@ -115,7 +121,9 @@ impl QueueServiceImpl {
                 tags: req.tags.clone(),
                 created_at_ms: sluice_api::now_ms(),
             };
-            // The engine's queue first: a record in the catalog always has storage behind it.
+            // The data key and the engine's queue first: a record in the catalog always has
+            // both behind it.
+            self.ensure_data_key(&record).await?;
             self.backend.create_queue(record.id, config.clone()).await?;
             if self.catalog.create(&record).await? {
                 tracing::info!(queue = %record.name, id = record.id, "queue created");
@@ -227,6 +235,10 @@ impl QueueServiceImpl {
             } = self.catalog.require(&req.name).await?;
             record.attributes =
                 validate::apply_attributes(&record.attributes, &record.name, &update, false)?;
+            if update.server_side_encryption == Some(true) {
+                self.can_encrypt(&record.attributes)?;
+            }
+            self.ensure_data_key(&record).await?;
             let config = self.engine_config(&record.name, &record.attributes).await?;
             if self.catalog.update(&record, revision).await? {
                 self.backend.create_queue(record.id, config).await?;

@@ -30,8 +30,10 @@ pub async fn serve(
         .with_service_name("sluice.v1.IdentityService")
         .build_v1()
         .map_err(|err| anyhow::anyhow!("reflection: {err}"))?;
-    let identity_service =
-        IdentityServiceServer::new(IdentityServiceImpl::new(service.auth.clone()));
+    let identity_service = IdentityServiceServer::new(IdentityServiceImpl::new(
+        service.auth.clone(),
+        service.encryption.clone(),
+    ));
     let queue_service = QueueServiceServer::new(service.ending_streams_on(stop.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -6,7 +6,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use sluice_api::identity::{Action, Principal};
-use sluice_api::{Error, QueueBackend, QueueRecord, Result};
+use sluice_api::{
+    EffectiveAttributes, Error, NewMessage, QueueBackend, QueueRecord, Result, SentMessage,
+};
 use sluice_common::rpc;
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::queue_service_server::QueueService;
@@ -20,6 +22,7 @@ use crate::bulkhead::{BulkheadOpts, Bulkheads};
 use crate::catalog::Catalog;
 use crate::consume::Consumer;
 use crate::metrics;
+use crate::sse::{self, Encryption};
 use crate::throttle::{Caller, RateLimitOpts, RateLimiter};
 use crate::validate;
 
@@ -30,6 +33,8 @@ pub struct QueueServiceImpl {
     pub(crate) rates: Arc<RateLimiter>,
     pub(crate) bulkheads: Arc<Bulkheads>,
     pub(crate) auth: Arc<Authenticator>,
+    /// Seals and opens messages; `None` without a master key.
+    pub(crate) encryption: Option<Arc<Encryption>>,
     /// Cancelled when the server shuts down, which ends the Consume streams.
     closing: CancellationToken,
 }
@@ -265,6 +270,7 @@ impl QueueServiceImpl {
             catalog,
             backend,
             auth,
+            encryption: None,
             rates: Arc::new(RateLimiter::new(
                 RateLimitOpts::default(),
                 Default::default(),
@@ -272,6 +278,52 @@ impl QueueServiceImpl {
             bulkheads: Arc::new(Bulkheads::new(BulkheadOpts::default())),
             closing: CancellationToken::new(),
         }
+    }
+
+    /// Encrypts the messages of queues with `server_side_encryption` with `encryption`.
+    pub fn with_encryption(mut self, encryption: Arc<Encryption>) -> Self {
+        self.encryption = Some(encryption);
+        self
+    }
+
+    /// Refuses attributes asking for encryption this frontend cannot do.
+    pub(crate) fn can_encrypt(&self, attributes: &EffectiveAttributes) -> Result<()> {
+        if attributes.server_side_encryption && self.encryption.is_none() {
+            return Err(Error::FailedPrecondition(
+                "server_side_encryption needs a master key, and this frontend has none \
+                 (--master-key-file)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Makes the data key of `queue` if it encrypts its messages and has none yet.
+    pub(crate) async fn ensure_data_key(&self, queue: &QueueRecord) -> Result<()> {
+        match &self.encryption {
+            Some(encryption) if queue.attributes.server_side_encryption => {
+                encryption.ensure_key(queue.id).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Stores `messages` in `queue`, sealed if it encrypts its messages.
+    pub(crate) async fn store(
+        &self,
+        queue: &QueueRecord,
+        mut messages: Vec<NewMessage>,
+    ) -> Result<Vec<SentMessage>> {
+        let md5s = match &self.encryption {
+            Some(encryption) => encryption.seal(queue, &mut messages).await?,
+            None => {
+                self.can_encrypt(&queue.attributes)?;
+                None
+            }
+        };
+        let mut sent = self.backend.send(queue.id, messages).await?;
+        sse::plain_md5s(&mut sent, md5s);
+        Ok(sent)
     }
 
     /// Holds requests to `rates` instead of the default limits.
@@ -554,6 +606,7 @@ impl QueueService for QueueServiceImpl {
                 Consumer::new(
                     self.backend.clone(),
                     (self.rates.clone(), caller, pass),
+                    self.encryption.clone(),
                     record,
                     &start,
                     self.closing.clone(),

@@ -1,4 +1,4 @@
-//! Principals and access keys: typed reads and compare-and-swap writes in etcd through the
+//! Principals, access keys and queues' data keys: typed reads and compare-and-swap writes in etcd through the
 //! same `StoreDirectory` standalone uses, and `WatchIdentity`, which tells the frontends what
 //! changed so their caches forget it (a revoked key stops working within the stream's delay).
 //! Every record a caller sends is checked before it is stored; a sealed secret is stored as
@@ -6,6 +6,7 @@
 
 use etcd_client::{Event, EventType, KeyValue};
 use sluice_api::identity::{self, IdentityDirectory};
+use sluice_api::DataKeyDirectory;
 use sluice_api::{cluster, wire, Error, Result};
 use sluice_proto::v1 as pb;
 use tokio::sync::broadcast;
@@ -78,6 +79,13 @@ impl IdentityFollower {
             changes,
         }
     }
+}
+
+fn queue_id(id: u64) -> Result<()> {
+    if id == 0 {
+        return Err(Error::invalid("queue_id", "must be set"));
+    }
+    Ok(())
 }
 
 fn limit(requested: u32) -> usize {
@@ -207,6 +215,50 @@ impl MetadataServiceImpl {
             .delete_access_key(&req.id, req.revision)
             .await?;
         Ok(pb::MetaDeleteResponse { deleted })
+    }
+
+    pub(crate) async fn get_data_key(
+        &self,
+        req: pb::MetaGetDataKeyRequest,
+    ) -> Result<pb::MetaGetDataKeyResponse> {
+        queue_id(req.queue_id)?;
+        Ok(match self.records.data_key(req.queue_id).await? {
+            Some((key, revision)) => pb::MetaGetDataKeyResponse {
+                key: Some(wire::sealed_to_pb(&key)),
+                revision,
+            },
+            None => pb::MetaGetDataKeyResponse::default(),
+        })
+    }
+
+    pub(crate) async fn put_data_key(
+        &self,
+        req: pb::MetaPutDataKeyRequest,
+    ) -> Result<pb::MetaWriteResponse> {
+        queue_id(req.queue_id)?;
+        let key = wire::sealed_from_pb("key", req.key)?;
+        let written = self
+            .records
+            .put_data_key(req.queue_id, &key, expected(req.revision))
+            .await?;
+        Ok(write_response(written))
+    }
+
+    pub(crate) async fn list_data_keys(
+        &self,
+        req: pb::MetaListDataKeysRequest,
+    ) -> Result<pb::MetaListDataKeysResponse> {
+        let keys = self.records.data_keys(req.after, limit(req.limit)).await?;
+        Ok(pb::MetaListDataKeysResponse {
+            keys: keys
+                .iter()
+                .map(|(queue_id, key, revision)| pb::MetaDataKey {
+                    queue_id: *queue_id,
+                    key: Some(wire::sealed_to_pb(key)),
+                    revision: *revision,
+                })
+                .collect(),
+        })
     }
 
     /// A stream of the changes from now on, a reset first. It ends when the node shuts down

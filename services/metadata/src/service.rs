@@ -832,6 +832,45 @@ impl MetadataService for MetadataServiceImpl {
         .await
     }
 
+    async fn get_data_key(
+        &self,
+        request: Request<pb::MetaGetDataKeyRequest>,
+    ) -> Result<Response<pb::MetaGetDataKeyResponse>, Status> {
+        observed(
+            "GetDataKey",
+            request,
+            |r| r.queue_id.to_string(),
+            |r| self.get_data_key(r),
+        )
+        .await
+    }
+
+    async fn put_data_key(
+        &self,
+        request: Request<pb::MetaPutDataKeyRequest>,
+    ) -> Result<Response<pb::MetaWriteResponse>, Status> {
+        observed(
+            "PutDataKey",
+            request,
+            |r| r.queue_id.to_string(),
+            |r| self.put_data_key(r),
+        )
+        .await
+    }
+
+    async fn list_data_keys(
+        &self,
+        request: Request<pb::MetaListDataKeysRequest>,
+    ) -> Result<Response<pb::MetaListDataKeysResponse>, Status> {
+        observed(
+            "ListDataKeys",
+            request,
+            |_| String::new(),
+            |r| self.list_data_keys(r),
+        )
+        .await
+    }
+
     type WatchIdentityStream =
         tokio_stream::wrappers::ReceiverStream<Result<pb::MetaIdentityChange, Status>>;
 

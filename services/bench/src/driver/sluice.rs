@@ -33,6 +33,8 @@ pub struct SluiceDriver {
     client_id: Option<MetadataValue<Ascii>>,
     /// Sends the server refused for a limit, each tried again after its retry-after.
     throttled: Arc<AtomicU64>,
+    /// The queues' `server_side_encryption`; `None`: the server's default.
+    encrypt: Option<bool>,
 }
 
 impl SluiceDriver {
@@ -43,7 +45,14 @@ impl SluiceDriver {
             groups,
             client_id: None,
             throttled: Arc::default(),
+            encrypt: None,
         }
+    }
+
+    /// Creates the queues with `server_side_encryption` set to `encrypt`.
+    pub fn with_encryption(mut self, encrypt: Option<bool>) -> Self {
+        self.encrypt = encrypt;
+        self
     }
 
     /// Every request names caller `id`.
@@ -96,6 +105,7 @@ impl Driver for SluiceDriver {
                 attributes: Some(pb::QueueAttributes {
                     fifo: self.groups > 0,
                     replication: self.replication as i32,
+                    server_side_encryption: self.encrypt,
                     ..Default::default()
                 }),
                 ..Default::default()

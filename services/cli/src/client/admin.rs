@@ -58,6 +58,17 @@ pub enum AdminCommand {
     /// Show policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The master key that seals queues' data keys and access keys' secrets.
+    #[command(subcommand)]
+    MasterKey(MasterKeyCommand),
+}
+
+#[derive(Subcommand)]
+pub enum MasterKeyCommand {
+    /// Re-wrap every data key and secret under the frontends' current master key (the first
+    /// line of their key file). Run it once every frontend has the new key file with the old
+    /// key still in it; then the old key can go. Messages are not rewritten.
+    Rotate,
 }
 
 #[derive(Subcommand)]
@@ -273,6 +284,9 @@ pub async fn run_admin(
             identity::policy_change(endpoint, json_out, false, args).await?
         }
         AdminCommand::Policy(command) => identity::policy(endpoint, json_out, command).await?,
+        AdminCommand::MasterKey(MasterKeyCommand::Rotate) => {
+            identity::rotate_master_key(endpoint, json_out).await?
+        }
         AdminCommand::Cluster(command) => {
             let (node, status) = match command {
                 ClusterAdmin::Status { node } => {

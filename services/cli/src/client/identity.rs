@@ -300,6 +300,31 @@ pub async fn policy_change(
     Ok(())
 }
 
+pub async fn rotate_master_key(endpoint: &str, json_out: bool) -> anyhow::Result<()> {
+    let rotated = super::identity_client(endpoint)?
+        .rotate_master_key(pb::RotateMasterKeyRequest {})
+        .await
+        .map_err(|status| failed(endpoint, status))?
+        .into_inner();
+    if json_out {
+        println!(
+            "{}",
+            json!({
+                "master_key": rotated.master_key,
+                "data_keys_rewrapped": rotated.data_keys_rewrapped,
+                "secrets_rewrapped": rotated.secrets_rewrapped,
+            })
+        );
+    } else {
+        println!(
+            "everything is sealed under master key {} now: re-wrapped {} data key(s) and {} \
+             secret(s)",
+            rotated.master_key, rotated.data_keys_rewrapped, rotated.secrets_rewrapped
+        );
+    }
+    Ok(())
+}
+
 pub async fn policy(endpoint: &str, json_out: bool, command: PolicyCommand) -> anyhow::Result<()> {
     let PolicyCommand::Show { principal } = command;
     let shown = super::identity_client(endpoint)?

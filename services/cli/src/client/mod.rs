@@ -147,6 +147,10 @@ pub struct AttributeArgs {
     /// Deletes and visibility changes per second at most; 0 goes back to the default.
     #[arg(long)]
     delete_rate: Option<u32>,
+    /// Encrypt bodies and attributes at rest under the queue's own key [default at creation:
+    /// on wherever the frontends have a master key].
+    #[arg(long)]
+    encrypt: Option<bool>,
 }
 
 impl AttributeArgs {
@@ -164,6 +168,7 @@ impl AttributeArgs {
             } as i32,
             fifo: self.fifo,
             content_based_deduplication: self.content_dedup,
+            server_side_encryption: self.encrypt,
             redrive_policy: self.dlq.as_ref().map(|dlq| pb::RedrivePolicy {
                 dead_letter_queue: dlq.clone(),
                 max_receive_count: self.max_receives.unwrap_or_default(),

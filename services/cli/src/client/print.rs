@@ -32,6 +32,7 @@ pub(crate) fn print_queue(json_out: bool, queue: &pb::Queue) {
                 "receive_wait_time_seconds": attrs.receive_wait_time_seconds,
                 "fifo": attrs.fifo,
                 "content_based_deduplication": attrs.content_based_deduplication,
+                "server_side_encryption": attrs.server_side_encryption.unwrap_or_default(),
                 "redrive_policy": attrs.redrive_policy.as_ref().map(|p| json!({
                     "dead_letter_queue": p.dead_letter_queue,
                     "max_receive_count": p.max_receive_count,
@@ -74,6 +75,12 @@ pub(crate) fn print_queue(json_out: bool, queue: &pb::Queue) {
         attrs.max_message_bytes.unwrap_or_default()
     );
     println!("replication         {replication}");
+    let encrypted = if attrs.server_side_encryption.unwrap_or_default() {
+        "on (AES-256-GCM under the queue's data key)"
+    } else {
+        "off"
+    };
+    println!("encryption at rest  {encrypted}");
     if attrs.fifo {
         let dedup = if attrs.content_based_deduplication {
             "content-based deduplication"

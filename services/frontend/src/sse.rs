@@ -1,0 +1,396 @@
+//! Server-side encryption: a queue with `server_side_encryption` has a data key of its own
+//! (AES-256-GCM, 32 random bytes) kept sealed under the master key in the metadata store, and
+//! each message's body and attributes are encrypted with it here, before they leave the
+//! frontend: the backends' Raft log, RocksDB files and snapshots never hold them in plain text.
+//!
+//! A sealed message is what the engine stores as any other: its body is a random 96-bit nonce
+//! followed by the ciphertext of the message's body and attributes (one protobuf `NewMessage`),
+//! and its only attribute is `Sluice.SSE`, naming the queue whose data key sealed it (a message
+//! moved to a dead-letter queue stays sealed under its first queue's key). The associated data
+//! binds the ciphertext to that queue id and to the message id, which the frontend therefore
+//! chooses. Receives open any message that carries `Sluice.SSE`, so a queue's setting can change
+//! without making its messages unreadable. The body's MD5 clients see is of the plain text.
+//!
+//! Rotating the master key re-wraps the data keys (`rewrap`), never the messages.
+
+use std::sync::Arc;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use prost::Message as _;
+use rand::RngCore;
+use sluice_api::identity::NONCE_LEN;
+use sluice_api::{
+    md5_of_body, wire, AttributeValue, DataKeyDirectory, Error, NewMessage, QueueId, QueueRecord,
+    ReceivedMessage, Result, SentMessage,
+};
+use sluice_common::keys::MasterKeys;
+use sluice_proto::v1 as pb;
+use zeroize::Zeroizing;
+
+/// The attribute that marks a sealed message; names starting with `Sluice.` are not clients'.
+pub const ENVELOPE: &str = "Sluice.SSE";
+const DATA_KEY_LEN: usize = 32;
+/// Data keys kept opened; a few dozen bytes each.
+const CACHE_CAPACITY: u64 = 100_000;
+/// Data keys re-wrapped per page of the metadata store.
+const REWRAP_PAGE: usize = 500;
+
+fn data_key_aad(queue: QueueId) -> Vec<u8> {
+    format!("sluice data key {queue}").into_bytes()
+}
+
+fn message_aad(queue: QueueId, message_id: &str) -> Vec<u8> {
+    format!("sluice message {queue}/{message_id}").into_bytes()
+}
+
+pub struct Encryption {
+    keys: Arc<MasterKeys>,
+    directory: Arc<dyn DataKeyDirectory>,
+    /// Opened data keys by queue id. A data key never changes (a re-wrap seals the same bytes),
+    /// so an entry is never stale.
+    ciphers: moka::sync::Cache<QueueId, Arc<Aes256Gcm>>,
+}
+
+impl Encryption {
+    pub fn new(keys: Arc<MasterKeys>, directory: Arc<dyn DataKeyDirectory>) -> Self {
+        Encryption {
+            keys,
+            directory,
+            ciphers: moka::sync::Cache::new(CACHE_CAPACITY),
+        }
+    }
+
+    pub fn master_keys(&self) -> &Arc<MasterKeys> {
+        &self.keys
+    }
+
+    /// Makes queue `queue`'s data key unless it has one.
+    pub async fn ensure_key(&self, queue: QueueId) -> Result<()> {
+        if self.directory.data_key(queue).await?.is_some() {
+            return Ok(());
+        }
+        let mut key = Zeroizing::new([0u8; DATA_KEY_LEN]);
+        rand::rngs::OsRng.fill_bytes(key.as_mut());
+        let sealed = self.keys.seal(key.as_ref(), &data_key_aad(queue));
+        // Another frontend may have made one meanwhile: then its key is the queue's.
+        self.directory.put_data_key(queue, &sealed, None).await?;
+        Ok(())
+    }
+
+    async fn cipher(&self, queue: QueueId) -> Result<Arc<Aes256Gcm>> {
+        if let Some(cipher) = self.ciphers.get(&queue) {
+            return Ok(cipher);
+        }
+        let (sealed, _) = self.directory.data_key(queue).await?.ok_or_else(|| {
+            Error::Internal(format!(
+                "queue {queue} encrypts its messages but has no data key"
+            ))
+        })?;
+        let key = self.keys.open(&sealed, &data_key_aad(queue))?;
+        let cipher = Arc::new(
+            Aes256Gcm::new_from_slice(&key)
+                .map_err(|_| Error::Internal(format!("queue {queue}'s data key is malformed")))?,
+        );
+        self.ciphers.insert(queue, cipher.clone());
+        Ok(cipher)
+    }
+
+    /// Seals `messages` for `queue` if it encrypts its messages, giving each an id; returns
+    /// the MD5s of the plain bodies, which the answer must carry instead of the sealed ones'.
+    pub async fn seal(
+        &self,
+        queue: &QueueRecord,
+        messages: &mut [NewMessage],
+    ) -> Result<Option<Vec<String>>> {
+        if !queue.attributes.server_side_encryption {
+            return Ok(None);
+        }
+        let cipher = self.cipher(queue.id).await?;
+        let mut md5s = Vec::with_capacity(messages.len());
+        for message in messages.iter_mut() {
+            md5s.push(md5_of_body(&message.body));
+            let id = uuid::Uuid::new_v4().to_string();
+            let plain = Zeroizing::new(
+                pb::NewMessage {
+                    body: std::mem::take(&mut message.body),
+                    attributes: std::mem::take(&mut message.attributes)
+                        .into_iter()
+                        .map(|(name, value)| (name, wire::attribute_to_pb(value)))
+                        .collect(),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            );
+            let mut nonce = [0u8; NONCE_LEN];
+            rand::rngs::OsRng.fill_bytes(&mut nonce);
+            let aad = message_aad(queue.id, &id);
+            let sealed = cipher
+                .encrypt(
+                    Nonce::from_slice(&nonce),
+                    Payload {
+                        msg: &plain,
+                        aad: &aad,
+                    },
+                )
+                .map_err(|_| Error::Internal("cannot encrypt a message".into()))?;
+            let mut body = Vec::with_capacity(NONCE_LEN + sealed.len());
+            body.extend_from_slice(&nonce);
+            body.extend_from_slice(&sealed);
+            message.body = body.into();
+            message.attributes.insert(
+                ENVELOPE.to_owned(),
+                AttributeValue {
+                    data_type: "String".into(),
+                    string_value: queue.id.to_string(),
+                    binary_value: Default::default(),
+                },
+            );
+            message.message_id = id;
+        }
+        Ok(Some(md5s))
+    }
+
+    /// Opens every sealed message of `messages` in place.
+    pub async fn open(&self, messages: &mut [ReceivedMessage]) -> Result<()> {
+        for message in messages.iter_mut() {
+            let Some(envelope) = message.attributes.get(ENVELOPE) else {
+                continue;
+            };
+            let queue: QueueId = envelope.string_value.parse().map_err(|_| {
+                Error::Internal(format!(
+                    "message {} has a malformed {ENVELOPE} attribute",
+                    message.message_id
+                ))
+            })?;
+            let cipher = self.cipher(queue).await?;
+            let corrupt = || {
+                Error::Internal(format!(
+                    "message {} does not open under queue {queue}'s data key: altered, or moved \
+                     from where it was sealed",
+                    message.message_id
+                ))
+            };
+            if message.body.len() < NONCE_LEN {
+                return Err(corrupt());
+            }
+            let (nonce, sealed) = message.body.split_at(NONCE_LEN);
+            let plain = Zeroizing::new(
+                cipher
+                    .decrypt(
+                        Nonce::from_slice(nonce),
+                        Payload {
+                            msg: sealed,
+                            aad: &message_aad(queue, &message.message_id),
+                        },
+                    )
+                    .map_err(|_| corrupt())?,
+            );
+            let inner = pb::NewMessage::decode(plain.as_slice()).map_err(|_| corrupt())?;
+            message.md5_of_body = md5_of_body(&inner.body);
+            message.body = inner.body;
+            message.attributes = inner
+                .attributes
+                .into_iter()
+                .map(|(name, value)| (name, wire::attribute_from_pb(value)))
+                .collect();
+        }
+        Ok(())
+    }
+
+    /// Seals every data key and every access key's secret that is under an older master key
+    /// again under the current one; returns how many of each it re-wrapped. The messages stay
+    /// as they are: their data keys do not change.
+    pub async fn rewrap(
+        &self,
+        identities: &dyn sluice_api::IdentityDirectory,
+    ) -> Result<(u64, u64)> {
+        let mut data_keys = 0;
+        let mut after = 0;
+        loop {
+            let page = self.directory.data_keys(after, REWRAP_PAGE).await?;
+            for (queue, sealed, revision) in &page {
+                if let Some(rewrapped) = self.keys.rewrap(sealed, &data_key_aad(*queue))? {
+                    if self
+                        .directory
+                        .put_data_key(*queue, &rewrapped, Some(*revision))
+                        .await?
+                        .is_none()
+                    {
+                        return Err(Error::Aborted(format!(
+                            "queue {queue}'s data key changed while it was re-wrapped; run the \
+                             rotation again"
+                        )));
+                    }
+                    data_keys += 1;
+                }
+            }
+            match page.last() {
+                Some((last, _, _)) if page.len() == REWRAP_PAGE => after = *last,
+                _ => break,
+            }
+        }
+        let mut secrets = 0;
+        let mut after = String::new();
+        loop {
+            let page = identities.access_keys(None, &after, REWRAP_PAGE).await?;
+            for key in &page {
+                // Read again for the revision to compare-and-swap on.
+                let Some((mut current, revision)) = identities.access_key(&key.id).await? else {
+                    continue;
+                };
+                if let Some(rewrapped) = self.keys.rewrap(&current.secret, current.id.as_bytes())? {
+                    current.secret = rewrapped;
+                    if identities
+                        .put_access_key(&current, Some(revision))
+                        .await?
+                        .is_none()
+                    {
+                        return Err(Error::Aborted(format!(
+                            "access key {} changed while it was re-wrapped; run the rotation \
+                             again",
+                            current.id
+                        )));
+                    }
+                    secrets += 1;
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == REWRAP_PAGE => after = last.id.clone(),
+                _ => break,
+            }
+        }
+        Ok((data_keys, secrets))
+    }
+}
+
+/// The messages of a receive, the sealed ones opened.
+pub async fn opened(
+    encryption: Option<&Arc<Encryption>>,
+    mut messages: Vec<ReceivedMessage>,
+) -> Result<Vec<ReceivedMessage>> {
+    match encryption {
+        Some(encryption) => encryption.open(&mut messages).await?,
+        None if messages.iter().any(|m| m.attributes.contains_key(ENVELOPE)) => {
+            return Err(Error::FailedPrecondition(
+                "the messages are encrypted and this frontend has no master key \
+                 (--master-key-file)"
+                    .into(),
+            ))
+        }
+        None => {}
+    }
+    Ok(messages)
+}
+
+/// Puts the plain bodies' MD5s into the engine's answers to a sealed send.
+pub fn plain_md5s(sent: &mut [SentMessage], md5s: Option<Vec<String>>) {
+    if let Some(md5s) = md5s {
+        for (sent, md5) in sent.iter_mut().zip(md5s) {
+            sent.md5_of_body = md5;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use sluice_api::{EffectiveAttributes, QueueRecord};
+    use sluice_metastore::{EmbeddedStore, StoreDirectory};
+
+    use super::*;
+
+    fn record(id: QueueId, encrypted: bool) -> QueueRecord {
+        QueueRecord {
+            id,
+            name: format!("q{id}"),
+            attributes: EffectiveAttributes {
+                server_side_encryption: encrypted,
+                ..Default::default()
+            },
+            tags: Default::default(),
+            created_at_ms: 0,
+        }
+    }
+
+    fn message(body: &str, note: &str) -> NewMessage {
+        NewMessage {
+            body: body.as_bytes().to_vec().into(),
+            attributes: BTreeMap::from([(
+                "note".to_owned(),
+                AttributeValue {
+                    data_type: "String".into(),
+                    string_value: note.into(),
+                    binary_value: Default::default(),
+                },
+            )]),
+            ..Default::default()
+        }
+    }
+
+    /// What a receive would hand back of a stored message.
+    fn received(stored: &NewMessage) -> ReceivedMessage {
+        ReceivedMessage {
+            message_id: stored.message_id.clone(),
+            receipt_handle: "r".into(),
+            body: stored.body.clone(),
+            attributes: stored.attributes.clone(),
+            sent_timestamp_ms: 0,
+            receive_count: 1,
+            first_receive_timestamp_ms: 0,
+            group_id: String::new(),
+            sequence: 1,
+            dead_letter_source: String::new(),
+            md5_of_body: md5_of_body(&stored.body),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sealed_message_opens_only_as_what_was_sent_where_it_was_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(StoreDirectory::new(Arc::new(
+            EmbeddedStore::open(dir.path()).unwrap(),
+        )));
+        let keys = Arc::new(MasterKeys::parse(&MasterKeys::generate()).unwrap());
+        let encryption = Encryption::new(keys, store);
+        let queue = record(7, true);
+        encryption.ensure_key(7).await.unwrap();
+
+        let mut messages = vec![message("hello there", "a note")];
+        let md5s = encryption.seal(&queue, &mut messages).await.unwrap();
+        assert_eq!(md5s, Some(vec![md5_of_body(b"hello there")]));
+        let stored = &messages[0];
+        assert!(!contains(&stored.body, b"hello there"));
+        assert_eq!(stored.attributes.len(), 1, "only the envelope is left");
+        assert_eq!(stored.attributes[ENVELOPE].string_value, "7");
+        assert!(!stored.message_id.is_empty(), "the frontend names it");
+
+        let mut back = vec![received(stored)];
+        encryption.open(&mut back).await.unwrap();
+        assert_eq!(&back[0].body[..], b"hello there");
+        assert_eq!(back[0].attributes["note"].string_value, "a note");
+        assert_eq!(back[0].md5_of_body, md5_of_body(b"hello there"));
+
+        // Bound to its message id: the same ciphertext under another id does not open.
+        let mut moved = vec![ReceivedMessage {
+            message_id: "another-id".into(),
+            ..received(stored)
+        }];
+        let err = encryption.open(&mut moved).await.unwrap_err();
+        assert!(err.to_string().contains("does not open"), "{err}");
+
+        // A queue without encryption stores what it is given.
+        let mut plain = vec![message("clear", "n")];
+        assert!(encryption
+            .seal(&record(8, false), &mut plain)
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(&plain[0].body[..], b"clear");
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+}
