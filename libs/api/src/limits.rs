@@ -87,6 +87,20 @@ pub fn message_id(field: &str, id: &str) -> Result<()> {
     }
 }
 
+/// An MD5 a frontend computed: empty (the engine computes it), or 32 lowercase hex digits.
+pub fn md5(field: &str, md5: &str) -> Result<()> {
+    let valid = md5.is_empty()
+        || (md5.len() == 32 && md5.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')));
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            field,
+            "must be empty or 32 lowercase hex digits",
+        ))
+    }
+}
+
 pub fn in_range(field: &str, value: u32, min: u32, max: u32) -> Result<u32> {
     if value < min || value > max {
         return Err(Error::invalid(

@@ -119,6 +119,9 @@ pub struct NewMessage {
     /// The id the frontend chose (an encrypted body is bound to it); empty: the engine names
     /// the message.
     pub message_id: String,
+    /// The hex MD5 of the plain body, given with an encrypted one; empty: the engine computes
+    /// it from `body`.
+    pub md5_of_body: String,
 }
 
 /// The engine's answer to a stored message.

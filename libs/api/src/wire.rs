@@ -90,6 +90,7 @@ pub fn new_message_to_pb(message: NewMessage) -> pb::NewMessage {
         group_id: message.group_id,
         deduplication_id: message.deduplication_id,
         message_id: message.message_id,
+        md5_of_body: message.md5_of_body,
     }
 }
 
@@ -97,6 +98,7 @@ pub fn new_message_to_pb(message: NewMessage) -> pb::NewMessage {
 /// what the frontend already checked against the queue's limits.
 pub fn new_message_from_pb(message: pb::NewMessage) -> Result<NewMessage> {
     limits::message_id("messages.message_id", &message.message_id)?;
+    limits::md5("messages.md5_of_body", &message.md5_of_body)?;
     Ok(NewMessage {
         body: message.body,
         attributes: message
@@ -108,6 +110,7 @@ pub fn new_message_from_pb(message: pb::NewMessage) -> Result<NewMessage> {
         group_id: message.group_id,
         deduplication_id: message.deduplication_id,
         message_id: message.message_id,
+        md5_of_body: message.md5_of_body,
     })
 }
 

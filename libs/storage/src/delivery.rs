@@ -60,7 +60,12 @@ impl Engine {
                     Some(key) => key.message_id(index),
                     None => uuid::Uuid::new_v4().to_string(),
                 };
-                let md5 = crate::md5_of_body(&message.body);
+                // Given by a frontend that encrypted the body: the MD5 of the plain text.
+                let md5 = if message.md5_of_body.is_empty() {
+                    crate::md5_of_body(&message.body)
+                } else {
+                    std::mem::take(&mut message.md5_of_body)
+                };
                 let record = MessageRecord {
                     message_id: message_id.clone(),
                     body: std::mem::take(&mut message.body),

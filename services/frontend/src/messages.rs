@@ -90,8 +90,10 @@ impl QueueServiceImpl {
             delay,
             group_id: fields.group_id.to_owned(),
             deduplication_id,
-            // Named by the engine, or by `store` if the queue encrypts its messages.
+            // Named and digested by the engine, or by `store` if the queue encrypts its
+            // messages.
             message_id: String::new(),
+            md5_of_body: String::new(),
         };
         Ok((message, size))
     }

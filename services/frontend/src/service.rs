@@ -22,7 +22,7 @@ use crate::bulkhead::{BulkheadOpts, Bulkheads};
 use crate::catalog::Catalog;
 use crate::consume::Consumer;
 use crate::metrics;
-use crate::sse::{self, Encryption};
+use crate::sse::Encryption;
 use crate::throttle::{Caller, RateLimitOpts, RateLimiter};
 use crate::validate;
 
@@ -314,16 +314,11 @@ impl QueueServiceImpl {
         queue: &QueueRecord,
         mut messages: Vec<NewMessage>,
     ) -> Result<Vec<SentMessage>> {
-        let md5s = match &self.encryption {
+        match &self.encryption {
             Some(encryption) => encryption.seal(queue, &mut messages).await?,
-            None => {
-                self.can_encrypt(&queue.attributes)?;
-                None
-            }
-        };
-        let mut sent = self.backend.send(queue.id, messages).await?;
-        sse::plain_md5s(&mut sent, md5s);
-        Ok(sent)
+            None => self.can_encrypt(&queue.attributes)?,
+        }
+        self.backend.send(queue.id, messages).await
     }
 
     /// Holds requests to `rates` instead of the default limits.

@@ -4,25 +4,26 @@
 //! frontend: the backends' Raft log, RocksDB files and snapshots never hold them in plain text.
 //!
 //! A sealed message is what the engine stores as any other: its body is a random 96-bit nonce
-//! followed by the ciphertext of the message's body and attributes (one protobuf `NewMessage`),
-//! and its only attribute is `Sluice.SSE`, naming the queue whose data key sealed it (a message
+//! followed by the ciphertext of the message's body and attributes (one protobuf `NewMessage`)
+//! and the 128-bit tag, and its only attribute is `Sluice.SSE`, naming the queue whose data key sealed it (a message
 //! moved to a dead-letter queue stays sealed under its first queue's key). The associated data
 //! binds the ciphertext to that queue id and to the message id, which the frontend therefore
 //! chooses. Receives open any message that carries `Sluice.SSE`, so a queue's setting can change
-//! without making its messages unreadable. The body's MD5 clients see is of the plain text.
+//! without making its messages unreadable. The body's MD5 clients see is of the plain text: the
+//! frontend computes it and the engine stores it with the sealed body.
 //!
 //! Rotating the master key re-wraps the data keys (`rewrap`), never the messages.
 
 use std::sync::Arc;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use prost::Message as _;
 use rand::RngCore;
 use sluice_api::identity::NONCE_LEN;
 use sluice_api::{
     md5_of_body, wire, AttributeValue, DataKeyDirectory, Error, NewMessage, QueueId, QueueRecord,
-    ReceivedMessage, Result, SentMessage,
+    ReceivedMessage, Result,
 };
 use sluice_common::keys::MasterKeys;
 use sluice_proto::v1 as pb;
@@ -31,6 +32,8 @@ use zeroize::Zeroizing;
 /// The attribute that marks a sealed message; names starting with `Sluice.` are not clients'.
 pub const ENVELOPE: &str = "Sluice.SSE";
 const DATA_KEY_LEN: usize = 32;
+/// AES-GCM's authentication tag, after the ciphertext.
+const TAG_LEN: usize = 16;
 /// Data keys kept opened; a few dozen bytes each.
 const CACHE_CAPACITY: u64 = 100_000;
 /// Data keys re-wrapped per page of the metadata store.
@@ -96,47 +99,38 @@ impl Encryption {
         Ok(cipher)
     }
 
-    /// Seals `messages` for `queue` if it encrypts its messages, giving each an id; returns
-    /// the MD5s of the plain bodies, which the answer must carry instead of the sealed ones'.
-    pub async fn seal(
-        &self,
-        queue: &QueueRecord,
-        messages: &mut [NewMessage],
-    ) -> Result<Option<Vec<String>>> {
+    /// Seals `messages` for `queue` if it encrypts its messages, giving each an id and the MD5
+    /// of its plain body, which the engine stores instead of the sealed body's.
+    pub async fn seal(&self, queue: &QueueRecord, messages: &mut [NewMessage]) -> Result<()> {
         if !queue.attributes.server_side_encryption {
-            return Ok(None);
+            return Ok(());
         }
         let cipher = self.cipher(queue.id).await?;
-        let mut md5s = Vec::with_capacity(messages.len());
+        let mut rng = rand::thread_rng();
         for message in messages.iter_mut() {
-            md5s.push(md5_of_body(&message.body));
-            let id = uuid::Uuid::new_v4().to_string();
-            let plain = Zeroizing::new(
-                pb::NewMessage {
-                    body: std::mem::take(&mut message.body),
-                    attributes: std::mem::take(&mut message.attributes)
-                        .into_iter()
-                        .map(|(name, value)| (name, wire::attribute_to_pb(value)))
-                        .collect(),
-                    ..Default::default()
-                }
-                .encode_to_vec(),
-            );
-            let mut nonce = [0u8; NONCE_LEN];
-            rand::rngs::OsRng.fill_bytes(&mut nonce);
-            let aad = message_aad(queue.id, &id);
-            let sealed = cipher
-                .encrypt(
-                    Nonce::from_slice(&nonce),
-                    Payload {
-                        msg: &plain,
-                        aad: &aad,
-                    },
-                )
+            message.md5_of_body = md5_of_body(&message.body);
+            message.message_id = uuid::Uuid::new_v4().to_string();
+            let plain = pb::NewMessage {
+                body: std::mem::take(&mut message.body),
+                attributes: std::mem::take(&mut message.attributes)
+                    .into_iter()
+                    .map(|(name, value)| (name, wire::attribute_to_pb(value)))
+                    .collect(),
+                ..Default::default()
+            };
+            // One buffer: the nonce, then the plain text encrypted where it lies, then the tag.
+            let mut body = Vec::with_capacity(NONCE_LEN + plain.encoded_len() + TAG_LEN);
+            body.resize(NONCE_LEN, 0);
+            rng.fill_bytes(&mut body);
+            plain
+                .encode(&mut body)
+                .expect("a Vec grows to take the message");
+            let nonce = *Nonce::from_slice(&body[..NONCE_LEN]);
+            let aad = message_aad(queue.id, &message.message_id);
+            let tag = cipher
+                .encrypt_in_place_detached(&nonce, &aad, &mut body[NONCE_LEN..])
                 .map_err(|_| Error::Internal("cannot encrypt a message".into()))?;
-            let mut body = Vec::with_capacity(NONCE_LEN + sealed.len());
-            body.extend_from_slice(&nonce);
-            body.extend_from_slice(&sealed);
+            body.extend_from_slice(&tag);
             message.body = body.into();
             message.attributes.insert(
                 ENVELOPE.to_owned(),
@@ -146,12 +140,12 @@ impl Encryption {
                     binary_value: Default::default(),
                 },
             );
-            message.message_id = id;
         }
-        Ok(Some(md5s))
+        Ok(())
     }
 
-    /// Opens every sealed message of `messages` in place.
+    /// Opens every sealed message of `messages` in place. The MD5 the engine hands back is the
+    /// plain body's already: the frontend gave it when it sealed the message.
     pub async fn open(&self, messages: &mut [ReceivedMessage]) -> Result<()> {
         for message in messages.iter_mut() {
             let Some(envelope) = message.attributes.get(ENVELOPE) else {
@@ -171,23 +165,22 @@ impl Encryption {
                     message.message_id
                 ))
             };
-            if message.body.len() < NONCE_LEN {
+            if message.body.len() < NONCE_LEN + TAG_LEN {
                 return Err(corrupt());
             }
-            let (nonce, sealed) = message.body.split_at(NONCE_LEN);
-            let plain = Zeroizing::new(
-                cipher
-                    .decrypt(
-                        Nonce::from_slice(nonce),
-                        Payload {
-                            msg: sealed,
-                            aad: &message_aad(queue, &message.message_id),
-                        },
-                    )
-                    .map_err(|_| corrupt())?,
-            );
-            let inner = pb::NewMessage::decode(plain.as_slice()).map_err(|_| corrupt())?;
-            message.md5_of_body = md5_of_body(&inner.body);
+            let (nonce, rest) = message.body.split_at(NONCE_LEN);
+            let (sealed, tag) = rest.split_at(rest.len() - TAG_LEN);
+            let mut plain = sealed.to_vec();
+            cipher
+                .decrypt_in_place_detached(
+                    Nonce::from_slice(nonce),
+                    &message_aad(queue, &message.message_id),
+                    &mut plain,
+                    Tag::from_slice(tag),
+                )
+                .map_err(|_| corrupt())?;
+            // Decoded from shared bytes: the body is a slice of the buffer, not a copy.
+            let inner = pb::NewMessage::decode(bytes::Bytes::from(plain)).map_err(|_| corrupt())?;
             message.body = inner.body;
             message.attributes = inner
                 .attributes
@@ -283,15 +276,6 @@ pub async fn opened(
     Ok(messages)
 }
 
-/// Puts the plain bodies' MD5s into the engine's answers to a sealed send.
-pub fn plain_md5s(sent: &mut [SentMessage], md5s: Option<Vec<String>>) {
-    if let Some(md5s) = md5s {
-        for (sent, md5) in sent.iter_mut().zip(md5s) {
-            sent.md5_of_body = md5;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -342,7 +326,7 @@ mod tests {
             group_id: String::new(),
             sequence: 1,
             dead_letter_source: String::new(),
-            md5_of_body: md5_of_body(&stored.body),
+            md5_of_body: stored.md5_of_body.clone(),
         }
     }
 
@@ -358,9 +342,9 @@ mod tests {
         encryption.ensure_key(7).await.unwrap();
 
         let mut messages = vec![message("hello there", "a note")];
-        let md5s = encryption.seal(&queue, &mut messages).await.unwrap();
-        assert_eq!(md5s, Some(vec![md5_of_body(b"hello there")]));
+        encryption.seal(&queue, &mut messages).await.unwrap();
         let stored = &messages[0];
+        assert_eq!(stored.md5_of_body, md5_of_body(b"hello there"));
         assert!(!contains(&stored.body, b"hello there"));
         assert_eq!(stored.attributes.len(), 1, "only the envelope is left");
         assert_eq!(stored.attributes[ENVELOPE].string_value, "7");
@@ -382,12 +366,12 @@ mod tests {
 
         // A queue without encryption stores what it is given.
         let mut plain = vec![message("clear", "n")];
-        assert!(encryption
+        encryption
             .seal(&record(8, false), &mut plain)
             .await
-            .unwrap()
-            .is_none());
+            .unwrap();
         assert_eq!(&plain[0].body[..], b"clear");
+        assert!(plain[0].md5_of_body.is_empty(), "the engine digests it");
     }
 
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {
