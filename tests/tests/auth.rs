@@ -556,3 +556,83 @@ async fn the_cli_manages_principals_keys_and_policies_and_uses_a_key() {
     let deleted = server.cli_ok(&["admin", "principal", "delete", "svc"]);
     assert!(deleted.contains("deleted principal svc"), "{deleted}");
 }
+
+#[tokio::test]
+async fn a_dead_letter_is_read_only_by_a_caller_who_may_read_the_queue_it_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = standalone_with_root(&dir.path().join("data"), &dir.path().join("log"));
+    let mut admin = server.client().await.unwrap();
+    for (name, dlq) in [("dead", None), ("orders-1", Some("dead"))] {
+        admin
+            .create_queue(pb::CreateQueueRequest {
+                name: name.into(),
+                attributes: Some(pb::QueueAttributes {
+                    redrive_policy: dlq.map(|dlq| pb::RedrivePolicy {
+                        dead_letter_queue: dlq.into(),
+                        max_receive_count: 1,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    admin
+        .send_message(send("orders-1", "poison"))
+        .await
+        .unwrap();
+    let receive = |queue: &str| pb::ReceiveMessageRequest {
+        queue: queue.into(),
+        max_messages: 10,
+        visibility_timeout_seconds: Some(0),
+        ..Default::default()
+    };
+    // Received once and visible again at once: the next receive moves it to the dead letters.
+    let first = admin.receive_message(receive("orders-1")).await.unwrap();
+    assert_eq!(first.into_inner().messages.len(), 1);
+    let second = admin.receive_message(receive("orders-1")).await.unwrap();
+    assert!(second.into_inner().messages.is_empty());
+
+    let mut identity = sluice_client::identity_client(server.channel(), root_credentials());
+    identity
+        .create_principal(pb::CreatePrincipalRequest {
+            name: "ops".into(),
+            admin: false,
+        })
+        .await
+        .unwrap();
+    identity
+        .grant(pb::GrantRequest {
+            principal: "ops".into(),
+            actions: vec!["receive".into()],
+            queues: "dead".into(),
+        })
+        .await
+        .unwrap();
+    let (_, _, ops) = new_key(&mut identity, "ops").await;
+    let mut ops_client = sluice_client::queue_client(server.channel(), ops);
+    assert_refused(
+        ops_client.receive_message(receive("dead")).await,
+        Code::PermissionDenied,
+        &["\"ops\"", "receive", "\"orders-1\"", "\"dead\""],
+    );
+    // Withheld and visible again at once: one who may read both queues gets it.
+    let dead = admin
+        .receive_message(receive("dead"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dead.messages.len(), 1);
+    assert_eq!(&dead.messages[0].body[..], b"poison");
+    identity
+        .grant(pb::GrantRequest {
+            principal: "ops".into(),
+            actions: vec!["receive".into()],
+            queues: "orders-*".into(),
+        })
+        .await
+        .unwrap();
+    let read = ops_client.receive_message(receive("dead")).await.unwrap();
+    assert_eq!(read.into_inner().messages.len(), 1);
+}

@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::bulkhead::Pass;
 use crate::convert::{batch_error, split_results, to_proto_message};
+use crate::messages::readable;
 use crate::metrics;
 use crate::sse::{self, Encryption};
 use crate::throttle::{Caller, Kind, RateLimiter};
@@ -134,7 +135,16 @@ impl Consumer {
             let received = backend
                 .receive(queue.id, max, visibility, LONG_POLL)
                 .await?;
-            sse::opened(encryption.as_ref(), received).await
+            let received = sse::opened(encryption.as_ref(), received).await?;
+            // A message the caller may not read ends the stream, which would otherwise meet it
+            // again at once.
+            readable(
+                backend.as_ref(),
+                &caller.identity().principal,
+                &queue,
+                received,
+            )
+            .await
         }
         .boxed()
     }

@@ -4,7 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use sluice_api::{AttributeValue, Error, NewMessage, QueueRecord, Result};
+use sluice_api::identity::{Action, Principal};
+use sluice_api::{
+    AttributeValue, Error, NewMessage, QueueBackend, QueueRecord, ReceivedMessage, Result,
+};
 use sluice_proto::v1 as pb;
 
 use crate::convert::{batch_error, split_results, to_proto_message};
@@ -224,6 +227,13 @@ impl QueueServiceImpl {
             .receive(queue.id, max, visibility, wait)
             .await?;
         let received = crate::sse::opened(self.encryption.as_ref(), received).await?;
+        let received = readable(
+            self.backend.as_ref(),
+            &caller.identity().principal,
+            &queue,
+            received,
+        )
+        .await?;
         metrics::count_received(&queue.name, received.len());
         let messages = received.into_iter().map(to_proto_message).collect();
         Ok(pb::ReceiveMessageResponse { messages })
@@ -343,4 +353,42 @@ impl QueueServiceImpl {
         let successful = split_results(ids, results, &mut failed);
         Ok(pb::ChangeMessageVisibilityBatchResponse { successful, failed })
     }
+}
+
+/// Of a receive's messages, those `principal` may read. A message moved here from another queue
+/// (a dead letter, or one a redrive sent on) holds that queue's content, so reading it takes
+/// `receive` on that queue too. The others are made visible again at once, and if none is left
+/// the receive is refused, naming the queue they came from.
+pub(crate) async fn readable(
+    backend: &dyn QueueBackend,
+    principal: &Principal,
+    queue: &QueueRecord,
+    messages: Vec<ReceivedMessage>,
+) -> Result<Vec<ReceivedMessage>> {
+    let may_read = |m: &ReceivedMessage| {
+        m.dead_letter_source.is_empty()
+            || m.dead_letter_source == queue.name
+            || principal.allows(Action::Receive, &m.dead_letter_source)
+    };
+    if messages.iter().all(may_read) {
+        return Ok(messages);
+    }
+    let (readable, withheld): (Vec<_>, Vec<_>) = messages.into_iter().partition(may_read);
+    let source = withheld[0].dead_letter_source.clone();
+    let released = withheld
+        .into_iter()
+        .map(|m| (m.receipt_handle, Duration::ZERO))
+        .collect();
+    backend.change_visibility(queue.id, released).await?;
+    if readable.is_empty() {
+        metrics::PERMISSION_DENIED
+            .with_label_values(&[Action::Receive.as_str()])
+            .inc();
+        return Err(Error::PermissionDenied(format!(
+            "principal {:?} may not receive on queue {source:?}, where messages in {:?} come \
+             from",
+            principal.name, queue.name
+        )));
+    }
+    Ok(readable)
 }
