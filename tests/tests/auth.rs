@@ -83,6 +83,18 @@ async fn new_key(identity: &mut IdentityClient, principal: &str) -> (String, Str
     (id, created.secret, credentials)
 }
 
+/// Grants `principal` the `actions` on `queues`, as an admin.
+async fn grant(identity: &mut IdentityClient, principal: &str, actions: &[&str], queues: &str) {
+    identity
+        .grant(pb::GrantRequest {
+            principal: principal.into(),
+            actions: actions.iter().map(|a| a.to_string()).collect(),
+            queues: queues.into(),
+        })
+        .await
+        .unwrap();
+}
+
 /// Receives every message of `queue` (as root, which may) and returns their bodies, sorted.
 async fn bodies(client: &mut QueueClient, queue: &str) -> Vec<String> {
     let mut bodies = Vec::new();
@@ -157,14 +169,7 @@ async fn credentials_and_policies_decide_every_call_and_a_refused_call_changes_n
         })
         .await
         .unwrap();
-    identity
-        .grant(pb::GrantRequest {
-            principal: "svc".into(),
-            actions: vec!["send".into()],
-            queues: "orders-*".into(),
-        })
-        .await
-        .unwrap();
+    grant(&mut identity, "svc", &["send"], "orders-*").await;
     let (first_id, _, first) = new_key(&mut identity, "svc").await;
 
     // Allowed: send to orders-*, through either frontend.
@@ -602,14 +607,7 @@ async fn a_dead_letter_is_read_only_by_a_caller_who_may_read_the_queue_it_came_f
         })
         .await
         .unwrap();
-    identity
-        .grant(pb::GrantRequest {
-            principal: "ops".into(),
-            actions: vec!["receive".into()],
-            queues: "dead".into(),
-        })
-        .await
-        .unwrap();
+    grant(&mut identity, "ops", &["receive"], "dead").await;
     let (_, _, ops) = new_key(&mut identity, "ops").await;
     let mut ops_client = sluice_client::queue_client(server.channel(), ops);
     assert_refused(
@@ -625,14 +623,7 @@ async fn a_dead_letter_is_read_only_by_a_caller_who_may_read_the_queue_it_came_f
         .into_inner();
     assert_eq!(dead.messages.len(), 1);
     assert_eq!(&dead.messages[0].body[..], b"poison");
-    identity
-        .grant(pb::GrantRequest {
-            principal: "ops".into(),
-            actions: vec!["receive".into()],
-            queues: "orders-*".into(),
-        })
-        .await
-        .unwrap();
+    grant(&mut identity, "ops", &["receive"], "orders-*").await;
     let read = ops_client.receive_message(receive("dead")).await.unwrap();
     assert_eq!(read.into_inner().messages.len(), 1);
 }
