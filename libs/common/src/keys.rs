@@ -122,10 +122,6 @@ impl MasterKeys {
         &self.keys[0].0
     }
 
-    pub fn ids(&self) -> impl Iterator<Item = &str> {
-        self.keys.iter().map(|(id, _)| id.as_str())
-    }
-
     /// Seals `plaintext` under the current key; `aad` must be given again to open it.
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Sealed {
         let (id, cipher) = &self.keys[0];

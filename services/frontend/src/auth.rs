@@ -191,10 +191,6 @@ impl Authenticator {
         })
     }
 
-    pub fn is_open(&self) -> bool {
-        self.open
-    }
-
     pub fn master_keys(&self) -> Option<&Arc<MasterKeys>> {
         self.keys.as_ref()
     }
