@@ -8,48 +8,25 @@ use std::time::{Duration, Instant};
 use sluice_client::{IdentityClient, QueueClient};
 use sluice_common::credentials::Credentials;
 use sluice_proto::v1 as pb;
-use sluice_tests::{queue_counts, root_credentials, EtcdProcess, ServerProcess};
+use sluice_tests::front::TwoFrontends;
+use sluice_tests::{queue_counts, root_credentials, ServerProcess};
 use tonic::Code;
 
-/// Fields drop in order: the processes stop before the etcd they use.
-struct Deployment {
-    frontends: Vec<ServerProcess>,
-    _manager: ServerProcess,
-    _metadata: ServerProcess,
-    _backend: ServerProcess,
-    _etcd: EtcdProcess,
-    _dir: tempfile::TempDir,
-}
+/// The tests' deployment, `sluice_tests::front::TwoFrontends`, with a client of each public
+/// service presenting given credentials.
+struct Deployment(TwoFrontends);
 
 impl Deployment {
     fn start() -> Deployment {
-        let etcd = EtcdProcess::start().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let backend =
-            ServerProcess::start_backend(&dir.path().join("a1"), &etcd.endpoint, "a", "a1")
-                .unwrap();
-        let metadata = ServerProcess::start_metadata(&etcd.endpoint, "m1").unwrap();
-        let manager = ServerProcess::start_manager(&etcd.endpoint, &[]).unwrap();
-        let urls = [metadata.endpoint()];
-        let frontends = (0..2)
-            .map(|_| ServerProcess::start_frontend(&urls, 500).unwrap())
-            .collect();
-        Deployment {
-            frontends,
-            _manager: manager,
-            _metadata: metadata,
-            _backend: backend,
-            _etcd: etcd,
-            _dir: dir,
-        }
+        Deployment(TwoFrontends::start())
     }
 
     fn queues(&self, i: usize, credentials: &Credentials) -> QueueClient {
-        sluice_client::queue_client(self.frontends[i].channel(), credentials.clone())
+        sluice_client::queue_client(self.0.frontends[i].channel(), credentials.clone())
     }
 
     fn identity(&self, i: usize, credentials: &Credentials) -> IdentityClient {
-        sluice_client::identity_client(self.frontends[i].channel(), credentials.clone())
+        sluice_client::identity_client(self.0.frontends[i].channel(), credentials.clone())
     }
 }
 
@@ -252,7 +229,7 @@ async fn credentials_and_policies_decide_every_call_and_a_refused_call_changes_n
 
     // Rotated out at once: the old key stops on both frontends (the one that did not rotate
     // hears it from the metadata tier's watch), the new one works.
-    let heard_before = deployment.frontends[1]
+    let heard_before = deployment.0.frontends[1]
         .metric_sample("sluice_identity_changes_total{kind=\"key\"}")
         .unwrap();
     let rotated = identity
@@ -274,7 +251,7 @@ async fn credentials_and_policies_decide_every_call_and_a_refused_call_changes_n
             .unwrap();
     }
     assert!(
-        deployment.frontends[1]
+        deployment.0.frontends[1]
             .metric_sample("sluice_identity_changes_total{kind=\"key\"}")
             .unwrap()
             > heard_before,
