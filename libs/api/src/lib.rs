@@ -12,6 +12,7 @@ mod idempotency;
 pub mod identity;
 pub mod limits;
 mod message;
+pub mod metrics;
 mod queue;
 pub mod wire;
 

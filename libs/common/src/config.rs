@@ -82,6 +82,14 @@ pub struct ServiceOpts {
     /// port can read and change what passes through it.
     #[serde(default)]
     pub insecure: bool,
+    /// How many queues get a `queue` label of their own on this process's metrics; the rest
+    /// share `queue="_other"`, so the number of series stays bounded however many queues exist.
+    #[serde(default = "default_queue_labels")]
+    pub metrics_queue_labels: usize,
+}
+
+fn default_queue_labels() -> usize {
+    sluice_api::metrics::DEFAULT_QUEUE_LABELS
 }
 
 impl ServiceOpts {
@@ -97,6 +105,7 @@ impl ServiceOpts {
             tls_key: None,
             tls_ca: None,
             insecure: false,
+            metrics_queue_labels: default_queue_labels(),
         }
     }
 
@@ -191,6 +200,10 @@ pub struct ServiceFlags {
     /// stops sending requests first [default: 5 for a frontend, 0 otherwise]
     #[arg(long)]
     pub drain_seconds: Option<u64>,
+    /// Queues that get a `queue` label of their own on /metrics; the rest share
+    /// `queue="_other"` [default: 100]
+    #[arg(long)]
+    pub metrics_queue_labels: Option<usize>,
     #[command(flatten)]
     #[serde(flatten)]
     pub tls: TlsFlags,

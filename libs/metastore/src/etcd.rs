@@ -2,10 +2,13 @@
 //! prefix (e.g. `/sluice/`), so several deployments or tests can share one etcd. Revisions are
 //! etcd's own `mod_revision`s, and every compare-and-swap is a single etcd transaction.
 
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, Txn, TxnOp, TxnResponse,
 };
+use prometheus::{register_histogram_vec, register_int_counter_vec, HistogramVec, IntCounterVec};
 
 use crate::{Error, MetaStore, Result, Versioned};
 
@@ -35,6 +38,7 @@ impl EtcdStore {
         root: &str,
         tls: Option<etcd_client::TlsOptions>,
     ) -> Result<Self> {
+        register_metrics();
         let mut options = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT);
@@ -84,8 +88,53 @@ impl EtcdStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        self.client.kv_client().txn(txn).await.map_err(backend)
+        timed("txn", self.client.kv_client().txn(txn)).await
     }
+}
+
+static REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "sluice_etcd_request_duration_seconds",
+        "Latency of this process's requests to etcd through the metadata store, by operation \
+         (get, list, txn), failed ones included",
+        &["op"],
+        sluice_api::metrics::latency_buckets()
+    )
+    .expect("metric registers once")
+});
+
+static REQUEST_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "sluice_etcd_request_errors_total",
+        "Requests to etcd through the metadata store that failed (etcd unreachable, timed out or \
+         refused), by operation",
+        &["op"]
+    )
+    .expect("metric registers once")
+});
+
+/// Exports the etcd request metrics before the first request.
+fn register_metrics() {
+    for op in ["get", "list", "txn"] {
+        REQUEST_DURATION.with_label_values(&[op]);
+        REQUEST_ERRORS.with_label_values(&[op]);
+    }
+}
+
+/// Runs one etcd request `op`, timing it and counting it if it fails.
+async fn timed<T>(
+    op: &'static str,
+    request: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+) -> Result<T> {
+    let started = std::time::Instant::now();
+    let result = request.await;
+    REQUEST_DURATION
+        .with_label_values(&[op])
+        .observe(started.elapsed().as_secs_f64());
+    result.map_err(|err| {
+        REQUEST_ERRORS.with_label_values(&[op]).inc();
+        backend(err)
+    })
 }
 
 fn backend(err: etcd_client::Error) -> Error {
@@ -116,12 +165,7 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 #[async_trait]
 impl MetaStore for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>> {
-        let response = self
-            .client
-            .kv_client()
-            .get(self.full_key(key), None)
-            .await
-            .map_err(backend)?;
+        let response = timed("get", self.client.kv_client().get(self.full_key(key), None)).await?;
         response
             .kvs()
             .first()
@@ -147,12 +191,7 @@ impl MetaStore for EtcdStore {
         let options = GetOptions::new()
             .with_range(prefix_end(full_prefix.as_bytes()))
             .with_limit(limit as i64);
-        let response = self
-            .client
-            .kv_client()
-            .get(start, Some(options))
-            .await
-            .map_err(backend)?;
+        let response = timed("list", self.client.kv_client().get(start, Some(options))).await?;
         response.kvs().iter().map(|kv| self.versioned(kv)).collect()
     }
 

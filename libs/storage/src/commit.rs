@@ -303,7 +303,10 @@ fn syncer_loop(db: &DB, rx: mpsc::Receiver<Written>) {
         let mut round = vec![first];
         round.extend(rx.try_iter());
         let synced = if round.iter().any(|w| w.sync) {
-            db.flush_wal(true).map_err(CommitError::Db)
+            let started = Instant::now();
+            let synced = db.flush_wal(true).map_err(CommitError::Db);
+            crate::dbstats::observe_fsync("queues", started);
+            synced
         } else {
             Ok(())
         };

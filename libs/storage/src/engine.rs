@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::commit::{Cf, Committer, Op, Replicator};
+use crate::dbstats::DbStats;
 use crate::error::{Error, Result};
 use crate::keys::{self, dedup_key, message_key, queue_key, send_key, seq_floor_key};
 use crate::metrics;
@@ -24,6 +25,7 @@ use crate::recovery::{load_or_create_receipt_key, open_db, rebuild};
 use crate::wal::WalTrimmer;
 use crate::QueueCounts;
 use crate::{now_ms, DeadLetter, QueueConfig, QueueId, Replication};
+use sluice_api::metrics::queue_label;
 
 /// How often retention is enforced and queue depth gauges refreshed.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -93,6 +95,8 @@ pub(crate) struct Inner {
     pub(crate) record_writes: tokio::sync::Mutex<()>,
     /// Deletes the WAL files RocksDB has archived; stops when the engine is dropped.
     pub(crate) _wal_trimmer: WalTrimmer,
+    /// Samples RocksDB's state into gauges; stops when the engine is dropped.
+    pub(crate) _db_stats: DbStats,
 }
 
 impl Engine {
@@ -133,6 +137,13 @@ impl Engine {
             .map_err(|err| Error::Corrupt(format!("cannot start commit thread: {err}")))?;
         let wal_trimmer = WalTrimmer::start(&options.path, "queues")
             .map_err(|err| Error::Corrupt(format!("cannot start WAL trim thread: {err}")))?;
+        let db_stats = DbStats::start(
+            Arc::downgrade(&db),
+            options.path.clone(),
+            "queues",
+            &keys::ALL_CFS,
+        )
+        .map_err(|err| Error::Corrupt(format!("cannot start RocksDB stats thread: {err}")))?;
         let shutdown = CancellationToken::new();
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -151,6 +162,7 @@ impl Engine {
                 workers: TaskTracker::new(),
                 record_writes: tokio::sync::Mutex::new(()),
                 _wal_trimmer: wal_trimmer,
+                _db_stats: db_stats,
             }),
         };
         engine.spawn_sweeper();
@@ -369,9 +381,7 @@ impl Engine {
             state.config.name.clone()
         };
         queue.visible_notify.notify_waiters();
-        for phase in ["visible", "in_flight", "delayed"] {
-            let _ = metrics::QUEUE_MESSAGES.remove_label_values(&[&name, phase]);
-        }
+        sluice_api::metrics::forget_queue_label(&name);
         self.cancel_tasks_of(id);
         let mut ops = purge_ops(id);
         ops.push(Op::Delete(Cf::Queues, queue_key(id).to_vec()));
@@ -468,8 +478,9 @@ impl Engine {
             .collect();
         let now = now_ms();
         let mut ops = Vec::new();
+        let mut gauges = Vec::with_capacity(queues.len());
         for (id, queue) in queues {
-            let (expired, counts, name, next_seq) = {
+            let (expired, counts, oldest_sent_ms, name, next_seq) = {
                 let mut state = queue.state.lock();
                 state.promote_due(now);
                 let deletes: Vec<_> = (state.dedup.take_expired(now).iter())
@@ -487,19 +498,21 @@ impl Engine {
                 (
                     state.take_expired(now),
                     state.counts(),
+                    state.oldest_sent_ms(),
                     state.config.name.clone(),
                     state.next_seq,
                 )
             };
-            for (phase, value) in [
-                ("visible", counts.visible),
-                ("in_flight", counts.in_flight),
-                ("delayed", counts.delayed),
-            ] {
-                metrics::QUEUE_MESSAGES
-                    .with_label_values(&[&name, phase])
-                    .set(value as i64);
-            }
+            gauges.push((
+                queue_label(&name),
+                metrics::QueueGauges {
+                    visible: counts.visible,
+                    in_flight: counts.in_flight,
+                    delayed: counts.delayed,
+                    oldest_age_seconds: oldest_sent_ms
+                        .map_or(0.0, |sent| now.saturating_sub(sent) as f64 / 1000.0),
+                },
+            ));
             if !expired.is_empty() {
                 tracing::debug!(queue = %name, expired = expired.len(), "retention expired messages");
                 metrics::MESSAGES_EXPIRED.inc_by(expired.len() as u64);
@@ -511,6 +524,7 @@ impl Engine {
                 ops.push(Op::Delete(Cf::State, key));
             }
         }
+        metrics::set_queue_gauges(gauges);
         // Losing an expiry on a crash only means it is redone after restart.
         self.inner.committer.commit(ops, false).await
     }

@@ -14,6 +14,7 @@
 mod backend;
 pub mod background;
 mod commit;
+pub mod dbstats;
 mod delivery;
 mod engine;
 mod error;

@@ -1,8 +1,13 @@
 use std::sync::LazyLock;
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use prometheus::{
-    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    register_gauge_vec, register_histogram, register_int_counter, register_int_counter_vec,
+    register_int_gauge, register_int_gauge_vec, GaugeVec, Histogram, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec,
 };
 
 pub(crate) static COMMIT_BATCH_REQUESTS: LazyLock<Histogram> = LazyLock::new(|| {
@@ -17,8 +22,10 @@ pub(crate) static COMMIT_BATCH_REQUESTS: LazyLock<Histogram> = LazyLock::new(|| 
 pub(crate) static COMMIT_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         "sluice_storage_commit_duration_seconds",
-        "Time of one group-commit RocksDB write, fsync included when any request needs it",
-        prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets")
+        "Time of one group commit, from its first request taken to every request in it done: \
+         the RocksDB write and the fsync, or on a replicated node the proposal until it is \
+         durable in the local log",
+        sluice_api::metrics::latency_buckets()
     )
     .expect("metric registers once")
 });
@@ -40,7 +47,7 @@ pub(crate) static MESSAGES_EXPIRED: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub(crate) static QUEUE_MESSAGES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+static QUEUE_MESSAGES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "sluice_queue_messages",
         "Approximate messages per queue by state (visible, in_flight, delayed)",
@@ -48,6 +55,66 @@ pub(crate) static QUEUE_MESSAGES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+static OLDEST_MESSAGE_AGE: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register_gauge_vec!(
+        "sluice_queue_oldest_message_age_seconds",
+        "Age of the oldest message stored in each queue, in flight or not (0 when empty)",
+        &["queue"]
+    )
+    .expect("metric registers once")
+});
+
+/// What one queue adds to its label's gauges.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct QueueGauges {
+    pub(crate) visible: u64,
+    pub(crate) in_flight: u64,
+    pub(crate) delayed: u64,
+    pub(crate) oldest_age_seconds: f64,
+}
+
+/// The labels the last [`set_queue_gauges`] set, so a label whose queues are all gone is
+/// removed instead of showing its last values forever.
+static GAUGE_LABELS: LazyLock<Mutex<HashSet<Arc<str>>>> = LazyLock::new(Default::default);
+
+/// Sets the per-queue gauges from every queue's figures: queues that share a label (past the
+/// label cap) add up, and the oldest age is the oldest among them.
+pub(crate) fn set_queue_gauges(queues: impl IntoIterator<Item = (Arc<str>, QueueGauges)>) {
+    let mut by_label: HashMap<Arc<str>, QueueGauges> = HashMap::new();
+    for (label, gauges) in queues {
+        let sum = by_label.entry(label).or_default();
+        sum.visible += gauges.visible;
+        sum.in_flight += gauges.in_flight;
+        sum.delayed += gauges.delayed;
+        sum.oldest_age_seconds = sum.oldest_age_seconds.max(gauges.oldest_age_seconds);
+    }
+    let mut previous = GAUGE_LABELS.lock();
+    for gone in previous
+        .iter()
+        .filter(|label| !by_label.contains_key(*label))
+    {
+        for state in ["visible", "in_flight", "delayed"] {
+            let _ = QUEUE_MESSAGES.remove_label_values(&[gone, state]);
+        }
+        let _ = OLDEST_MESSAGE_AGE.remove_label_values(&[gone]);
+    }
+    for (label, gauges) in &by_label {
+        for (state, value) in [
+            ("visible", gauges.visible),
+            ("in_flight", gauges.in_flight),
+            ("delayed", gauges.delayed),
+        ] {
+            QUEUE_MESSAGES
+                .with_label_values(&[label, state])
+                .set(value as i64);
+        }
+        OLDEST_MESSAGE_AGE
+            .with_label_values(&[label])
+            .set(gauges.oldest_age_seconds);
+    }
+    *previous = by_label.into_keys().collect();
+}
 
 pub(crate) static WAITING_RECEIVES: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
@@ -57,18 +124,21 @@ pub(crate) static WAITING_RECEIVES: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub(crate) static DEAD_LETTER_MOVES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
+pub(crate) static DEAD_LETTER_MOVES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
         "sluice_storage_dead_letter_moves_total",
-        "Messages moved to a dead-letter queue after reaching their queue's max receive count"
+        "Messages moved to a dead-letter queue after reaching their queue's max receive count, \
+         by the queue they left",
+        &["queue"]
     )
     .expect("metric registers once")
 });
 
-pub(crate) static TASK_MOVES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
+pub(crate) static TASK_MOVES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
         "sluice_storage_task_moves_total",
-        "Messages moved out of a queue by message move tasks (dead-letter redrive)"
+        "Messages moved out of a queue by message move tasks (dead-letter redrive), by that queue",
+        &["queue"]
     )
     .expect("metric registers once")
 });
@@ -105,6 +175,7 @@ pub(crate) fn register() {
     LazyLock::force(&COMMITS);
     LazyLock::force(&MESSAGES_EXPIRED);
     LazyLock::force(&QUEUE_MESSAGES);
+    LazyLock::force(&OLDEST_MESSAGE_AGE);
     LazyLock::force(&WAITING_RECEIVES);
     LazyLock::force(&DEAD_LETTER_MOVES);
     LazyLock::force(&TASK_MOVES);

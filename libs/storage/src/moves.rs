@@ -15,6 +15,7 @@ use std::time::Duration;
 use governor::{Quota, RateLimiter};
 use prost::Message as _;
 use rocksdb::{Direction, IteratorMode};
+use sluice_api::metrics::queue_label;
 use tokio_util::sync::CancellationToken;
 
 use crate::commit::{Cf, Op};
@@ -76,7 +77,9 @@ impl Engine {
             )
             .await
         {
-            Ok(moved) => metrics::DEAD_LETTER_MOVES.inc_by(moved as u64),
+            Ok(moved) => metrics::DEAD_LETTER_MOVES
+                .with_label_values(&[&queue_label(&queue.state.lock().config.name)])
+                .inc_by(moved as u64),
             Err(err) => {
                 metrics::MOVE_FAILURES.inc_by(count as u64);
                 tracing::warn!(
@@ -603,7 +606,9 @@ async fn run_task(
             .move_messages(source, &queue, to, taken, Some(&mut record))
             .await
         {
-            Ok(moved) => metrics::TASK_MOVES.inc_by(moved as u64),
+            Ok(moved) => metrics::TASK_MOVES
+                .with_label_values(&[&queue_label(&queue.state.lock().config.name)])
+                .inc_by(moved as u64),
             Err(Error::Closed | Error::NotLeader(_)) => break None,
             Err(err) => {
                 metrics::MOVE_FAILURES.inc_by(count as u64);

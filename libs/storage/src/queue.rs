@@ -374,6 +374,13 @@ impl QueueState {
         }
     }
 
+    /// When the oldest message still stored was sent, if there is one.
+    pub(crate) fn oldest_sent_ms(&self) -> Option<u64> {
+        self.messages
+            .first_key_value()
+            .map(|(_, meta)| meta.sent_ms)
+    }
+
     /// Removes and returns the sequences of messages older than the retention period. Messages
     /// are stored in send order, so this stops at the first one still within it.
     pub(crate) fn take_expired(&mut self, now_ms: u64) -> Vec<u64> {

@@ -22,7 +22,7 @@ static RPC_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
         "sluice_backend_request_duration_seconds",
         "BackendService request latency by method (long polls included)",
         &["method"],
-        prometheus::exponential_buckets(0.0001, 2.0, 20).expect("valid buckets")
+        sluice_api::metrics::latency_buckets()
     )
     .expect("metric registers once")
 });

@@ -264,6 +264,7 @@ fn access() -> Access {
 pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Result<Node> {
     let readiness = Readiness::default();
     let admin_shutdown = CancellationToken::new();
+    sluice_api::metrics::set_queue_label_cap(opts.service.metrics_queue_labels);
     let (admin_addr, admin) = admin::serve(
         opts.service.admin_addr,
         readiness.clone(),

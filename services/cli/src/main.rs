@@ -101,6 +101,10 @@ struct StandaloneFlags {
     /// env: SLUICE_DRAIN_SECONDS]
     #[arg(long)]
     drain_seconds: Option<u64>,
+    /// Queues that get a `queue` label of their own on /metrics; the rest share
+    /// `queue="_other"` [default: 100; env: SLUICE_METRICS_QUEUE_LABELS]
+    #[arg(long)]
+    metrics_queue_labels: Option<usize>,
     #[command(flatten)]
     #[serde(flatten)]
     tls: sluice_common::config::TlsFlags,

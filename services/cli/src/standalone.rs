@@ -237,6 +237,7 @@ pub async fn start(
     let readiness = Readiness::default();
     // The admin port outlives the gRPC server so /metrics and /readyz answer while it drains.
     let admin_shutdown = CancellationToken::new();
+    sluice_api::metrics::set_queue_label_cap(opts.service.metrics_queue_labels);
     let (admin_addr, admin) = admin::serve(
         opts.service.admin_addr,
         readiness.clone(),

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use sluice_api::{Error, QueueDirectory, QueueId, QueueRecord, Result, Stored};
 
+use crate::metrics;
+
 /// Queue records cached by name, so a send or receive does not read and parse its queue's record
 /// from the store every time. Every write goes through this catalog and drops the entry; in
 /// standalone the catalog is the store's only writer, so the cache never serves a stale record.
@@ -127,15 +129,19 @@ impl Catalog {
 
     pub async fn get(&self, name: &str) -> Result<Option<Stored>> {
         if let Some(hit) = self.cache.get(name) {
+            metrics::cache_lookup("queues", "hit");
             return Ok(Some(hit));
         }
         if self.missing.contains_key(name) {
+            metrics::cache_lookup("queues", "hit");
             return Ok(None);
         }
         if let Some(known) = self.last_known.as_ref().and_then(|l| l.get(name)) {
+            metrics::cache_lookup("queues", "stale");
             self.refresh(name);
             return Ok(Some(known));
         }
+        metrics::cache_lookup("queues", "miss");
         self.load(name).await
     }
 

@@ -269,9 +269,7 @@ impl Consumer {
         let deleted = split_results(done.ids, done.results?, &mut failed).len();
         // Refused before the backend and refused by it, in the ack's order.
         failed.sort_by_key(|f| f.id.parse::<usize>().unwrap_or(usize::MAX));
-        metrics::MESSAGES_DELETED
-            .with_label_values(&[&self.queue.name])
-            .inc_by(deleted as u64);
+        metrics::count_deleted(&self.queue.name, deleted);
         Ok(pb::ConsumeAcked {
             deleted: deleted as u32,
             failed,

@@ -123,9 +123,7 @@ impl QueueServiceImpl {
         let sent = sent
             .pop()
             .ok_or_else(|| Error::Internal("engine stored no message".into()))?;
-        metrics::MESSAGES_SENT
-            .with_label_values(&[&queue.name])
-            .inc();
+        metrics::count_sent(&queue.name, 1);
         Ok(pb::SendMessageResponse {
             message_id: sent.message_id,
             md5_of_body: sent.md5_of_body,
@@ -171,9 +169,7 @@ impl QueueServiceImpl {
                 .admit_send(caller, &queue, messages.len(), bytes)?;
             match self.store(&queue, messages).await {
                 Ok(sent) => {
-                    metrics::MESSAGES_SENT
-                        .with_label_values(&[&queue.name])
-                        .inc_by(sent.len() as u64);
+                    metrics::count_sent(&queue.name, sent.len());
                     for (entry, sent) in accepted.into_iter().zip(sent) {
                         successful.push(pb::SendMessageBatchResultEntry {
                             id: entry.id.clone(),
@@ -255,9 +251,7 @@ impl QueueServiceImpl {
         results
             .pop()
             .ok_or_else(|| Error::Internal("engine returned no result".into()))??;
-        metrics::MESSAGES_DELETED
-            .with_label_values(&[&queue.name])
-            .inc();
+        metrics::count_deleted(&queue.name, 1);
         Ok(pb::DeleteMessageResponse {})
     }
 
@@ -288,9 +282,7 @@ impl QueueServiceImpl {
         }
         let results = self.backend.delete(queue.id, handles).await?;
         let successful = split_results(ids, results, &mut failed);
-        metrics::MESSAGES_DELETED
-            .with_label_values(&[&queue.name])
-            .inc_by(successful.len() as u64);
+        metrics::count_deleted(&queue.name, successful.len());
         Ok(pb::DeleteMessageBatchResponse { successful, failed })
     }
 

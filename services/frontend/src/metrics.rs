@@ -4,6 +4,7 @@ use prometheus::{
     register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
     HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
 };
+use sluice_api::metrics::queue_label;
 use sluice_common::rpc::RpcMetrics;
 
 pub(crate) static RPC: LazyLock<RpcMetrics> = LazyLock::new(|| RpcMetrics {
@@ -25,12 +26,12 @@ static RPC_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
         "sluice_rpc_duration_seconds",
         "QueueService request latency by method (long polls included)",
         &["method"],
-        prometheus::exponential_buckets(0.0001, 2.0, 20).expect("valid buckets")
+        sluice_api::metrics::latency_buckets()
     )
     .expect("metric registers once")
 });
 
-pub(crate) static MESSAGES_SENT: LazyLock<IntCounterVec> = LazyLock::new(|| {
+static MESSAGES_SENT: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "sluice_messages_sent_total",
         "Messages stored durably",
@@ -39,7 +40,7 @@ pub(crate) static MESSAGES_SENT: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub(crate) static MESSAGES_RECEIVED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+static MESSAGES_RECEIVED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "sluice_messages_received_total",
         "Message deliveries",
@@ -48,7 +49,7 @@ pub(crate) static MESSAGES_RECEIVED: LazyLock<IntCounterVec> = LazyLock::new(|| 
     .expect("metric registers once")
 });
 
-pub(crate) static MESSAGES_DELETED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+static MESSAGES_DELETED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "sluice_messages_deleted_total",
         "Messages deleted by receipt handle",
@@ -57,7 +58,7 @@ pub(crate) static MESSAGES_DELETED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub(crate) static EMPTY_RECEIVES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+static EMPTY_RECEIVES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "sluice_empty_receives_total",
         "Receives that returned no message",
@@ -104,6 +105,44 @@ pub(crate) static BACKEND_IN_FLIGHT: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub(crate) static BACKEND_CALL_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "sluice_frontend_backend_call_duration_seconds",
+        "Latency of this frontend's calls to each backend cluster, long polls aside, retries on \
+         other nodes included",
+        &["cluster"],
+        sluice_api::metrics::latency_buckets()
+    )
+    .expect("metric registers once")
+});
+
+pub(crate) static BACKEND_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "sluice_frontend_backend_retries_total",
+        "Calls to a backend cluster tried again, by why: unavailable (a node down or a cluster \
+         electing a leader: the next node is tried), moving (the queue's partition was sealed by \
+         a move), placement_changed (the queue is on another cluster now)",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
+
+static CACHE_LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "sluice_frontend_cache_lookups_total",
+        "Lookups in this frontend's caches of what the metadata tier holds (queues, placements, \
+         members of backend clusters), by result: hit (fresh), stale (the last value read, \
+         served while it is read again), miss (read from the metadata tier before answering)",
+        &["cache", "result"]
+    )
+    .expect("metric registers once")
+});
+
+/// Counts one lookup in cache `cache`.
+pub(crate) fn cache_lookup(cache: &'static str, result: &'static str) {
+    CACHE_LOOKUPS.with_label_values(&[cache, result]).inc();
+}
+
 pub(crate) static BACKEND_LIMIT: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "sluice_frontend_backend_limit",
@@ -125,16 +164,33 @@ pub(crate) static FRONTENDS: LazyLock<IntGauge> = LazyLock::new(|| {
 
 /// Counts a request refused by the limit named `reason`.
 pub(crate) fn throttled(reason: &str, queue: &str) {
-    THROTTLED.with_label_values(&[reason, queue]).inc();
+    THROTTLED
+        .with_label_values(&[reason, &queue_label(queue)])
+        .inc();
+}
+
+/// Messages stored durably in `queue`.
+pub(crate) fn count_sent(queue: &str, messages: usize) {
+    MESSAGES_SENT
+        .with_label_values(&[&queue_label(queue)])
+        .inc_by(messages as u64);
+}
+
+/// Messages deleted from `queue` by receipt handle.
+pub(crate) fn count_deleted(queue: &str, messages: usize) {
+    MESSAGES_DELETED
+        .with_label_values(&[&queue_label(queue)])
+        .inc_by(messages as u64);
 }
 
 /// One receive's deliveries: an empty one counts as such.
 pub(crate) fn count_received(queue: &str, messages: usize) {
+    let queue = queue_label(queue);
     if messages == 0 {
-        EMPTY_RECEIVES.with_label_values(&[queue]).inc();
+        EMPTY_RECEIVES.with_label_values(&[&queue]).inc();
     } else {
         MESSAGES_RECEIVED
-            .with_label_values(&[queue])
+            .with_label_values(&[&queue])
             .inc_by(messages as u64);
     }
 }
@@ -195,6 +251,14 @@ pub(crate) fn register() {
     }
     // Alone until a registration counts others.
     FRONTENDS.set(1);
+    for cache in ["queues", "placements", "members"] {
+        for result in ["hit", "stale", "miss"] {
+            CACHE_LOOKUPS.with_label_values(&[cache, result]);
+        }
+    }
+    for reason in ["unavailable", "moving", "placement_changed"] {
+        BACKEND_RETRIES.with_label_values(&[reason]);
+    }
     for bulkhead in ["sends", "short_calls", "long_polls", "streams"] {
         IN_FLIGHT.with_label_values(&[bulkhead]);
     }

@@ -48,6 +48,7 @@ struct ClusterLimit {
     state: Mutex<State>,
     in_flight: prometheus::IntGauge,
     limit: prometheus::IntGauge,
+    duration: prometheus::Histogram,
 }
 
 /// The caps of every cluster a frontend calls.
@@ -93,6 +94,7 @@ impl Pressure {
                 Arc::new(ClusterLimit {
                     in_flight: metrics::BACKEND_IN_FLIGHT.with_label_values(&[cluster]),
                     limit,
+                    duration: metrics::BACKEND_CALL_DURATION.with_label_values(&[cluster]),
                     state: Mutex::new(State {
                         limit: self.max,
                         in_flight: 0,
@@ -142,7 +144,9 @@ impl Pressure {
 impl Drop for Slot {
     fn drop(&mut self) {
         let now = Instant::now();
-        let slow = now.duration_since(self.started) > self.target;
+        let took = now.duration_since(self.started);
+        self.limit.duration.observe(took.as_secs_f64());
+        let slow = took > self.target;
         let mut state = self.limit.state.lock();
         state.in_flight -= 1;
         if slow {

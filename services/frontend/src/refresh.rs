@@ -12,7 +12,11 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use sluice_api::Result;
 
+use crate::metrics;
+
 pub struct Refreshing<K, V> {
+    /// The cache's name in `sluice_frontend_cache_lookups_total`.
+    name: &'static str,
     fresh: moka::sync::Cache<K, V>,
     known: moka::sync::Cache<K, V>,
     refreshing: Arc<Mutex<HashSet<K>>>,
@@ -24,8 +28,9 @@ where
     V: Clone + Send + Sync + 'static,
 {
     /// Values are fresh for `ttl`; at most `capacity` keys are kept.
-    pub fn new(ttl: Duration, capacity: u64) -> Self {
+    pub fn new(name: &'static str, ttl: Duration, capacity: u64) -> Self {
         Refreshing {
+            name,
             fresh: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(ttl)
@@ -43,14 +48,19 @@ where
         Fut: Future<Output = Result<V>> + Send + 'static,
     {
         if let Some(value) = self.fresh.get(key) {
+            metrics::cache_lookup(self.name, "hit");
             return Ok(value);
         }
         match self.known.get(key) {
             Some(value) => {
+                metrics::cache_lookup(self.name, "stale");
                 self.refresh(key, load);
                 Ok(value)
             }
-            None => self.reload(key, load).await,
+            None => {
+                metrics::cache_lookup(self.name, "miss");
+                self.reload(key, load).await
+            }
         }
     }
 
@@ -119,7 +129,7 @@ mod tests {
 
     #[tokio::test]
     async fn keeps_at_most_its_capacity_and_reads_a_dropped_key_again() {
-        let cache = Refreshing::new(Duration::from_secs(3600), 10);
+        let cache = Refreshing::new("test", Duration::from_secs(3600), 10);
         let reads = Arc::new(AtomicUsize::new(0));
         let load = |reads: Arc<AtomicUsize>| {
             move |key: u64| async move {

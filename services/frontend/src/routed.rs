@@ -23,6 +23,7 @@ use sluice_api::{
 };
 use sluice_client::{BackendClient, BackendClientOptions, LeaderHint};
 
+use crate::metrics;
 use crate::pressure::{Pressure, PressureOpts, Slot};
 use crate::refresh::Refreshing;
 
@@ -139,8 +140,8 @@ impl RoutedBackend {
         RoutedBackend {
             directory,
             local: None,
-            placements: Refreshing::new(PLACEMENT_TTL, MAX_PLACEMENTS),
-            members: Refreshing::new(MEMBERSHIP_TTL, MAX_CLUSTERS),
+            placements: Refreshing::new("placements", PLACEMENT_TTL, MAX_PLACEMENTS),
+            members: Refreshing::new("members", MEMBERSHIP_TTL, MAX_CLUSTERS),
             nodes: Mutex::new(std::collections::HashMap::new()),
             leaders: Mutex::new(std::collections::HashMap::new()),
             pressure: Pressure::new(pressure, max_calls),
@@ -287,6 +288,9 @@ impl RoutedBackend {
                         return Err(Error::Unavailable(reason));
                     };
                     tracing::debug!(%reason, ?pause, "backend unavailable; trying another node");
+                    metrics::BACKEND_RETRIES
+                        .with_label_values(&["unavailable"])
+                        .inc();
                     tokio::time::sleep(pause).await;
                 }
                 Err(Error::Aborted(reason)) => {
@@ -295,6 +299,9 @@ impl RoutedBackend {
                             "the queue is moving to another backend cluster; retry ({reason})"
                         )));
                     };
+                    metrics::BACKEND_RETRIES
+                        .with_label_values(&["moving"])
+                        .inc();
                     tokio::time::sleep(pause).await;
                     placement = self.reload_placement(id).await?;
                 }
@@ -303,6 +310,9 @@ impl RoutedBackend {
                     if fresh == placement {
                         return Err(Error::NotFound { what });
                     }
+                    metrics::BACKEND_RETRIES
+                        .with_label_values(&["placement_changed"])
+                        .inc();
                     placement = fresh;
                 }
                 other => return other,

@@ -348,16 +348,30 @@ pub(crate) async fn run(
     interval: Duration,
     shutdown: CancellationToken,
 ) {
+    let mut viewed: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.cancelled() => return,
         }
         if service.leadership.fence().is_none() {
+            metrics::forget_clusters();
             continue;
         }
         if let Err(err) = service.reconcile().await {
             tracing::warn!(error = %err, "cannot read the placements to advance moves");
         }
+        // The utilization gauges: a dashboard's view of what placement decides on, read less
+        // often than moves advance because it reads every placement.
+        if viewed.is_none_or(|at| at.elapsed() >= VIEW_EVERY) {
+            viewed = Some(std::time::Instant::now());
+            match view::read_clusters(&service.client, &service.root).await {
+                Ok(clusters) => metrics::export_clusters(&clusters, &service.limits),
+                Err(err) => tracing::warn!(error = %err, "cannot read the clusters' load"),
+            }
+        }
     }
 }
+
+/// How often the leader exports the clusters' utilization.
+const VIEW_EVERY: Duration = Duration::from_secs(5);

@@ -25,7 +25,7 @@ static RPC_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
         "sluice_metadata_request_duration_seconds",
         "MetadataService request latency by method",
         &["method"],
-        prometheus::exponential_buckets(0.0001, 2.0, 20).expect("valid buckets")
+        sluice_api::metrics::latency_buckets()
     )
     .expect("metric registers once")
 });
@@ -72,9 +72,33 @@ pub(crate) static RING_MEMBERS: LazyLock<IntGauge> = LazyLock::new(|| {
 
 /// Registers every metric now, so `/metrics` shows each from the start (at zero), not only after
 /// its first use.
+pub(crate) static WATCH_EVENTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "sluice_metadata_watch_events_total",
+        "Changes heard on this node's etcd watches (queues, placements, identity, ring)"
+    )
+    .expect("metric registers once")
+});
+
+pub(crate) static WATCH_RESTARTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "sluice_metadata_watch_restarts_total",
+        "etcd watches that broke (etcd restarted or compacted past them) and were started again \
+         from a fresh snapshot"
+    )
+    .expect("metric registers once")
+});
+
 pub(crate) fn register() {
     LazyLock::force(&RPC);
-    for counter in [&CACHE_HITS, &CACHE_MISSES, &FORWARDS, &FORWARD_FALLBACKS] {
+    for counter in [
+        &CACHE_HITS,
+        &CACHE_MISSES,
+        &FORWARDS,
+        &FORWARD_FALLBACKS,
+        &WATCH_EVENTS,
+        &WATCH_RESTARTS,
+    ] {
         LazyLock::force(counter);
     }
     LazyLock::force(&RING_MEMBERS);

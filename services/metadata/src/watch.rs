@@ -7,6 +7,8 @@ use std::time::Duration;
 use etcd_client::{Client, Event, GetOptions, KeyValue, WatchOptions};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics;
+
 /// What a follower does with what it sees.
 pub trait Follower: Send + 'static {
     /// Everything under the prefix now; replaces whatever was known.
@@ -38,6 +40,7 @@ pub async fn follow_since(
         let resumed = known.take();
         if let Err(err) = follow_once(&client, &prefix, &mut follower, &shutdown, resumed).await {
             tracing::warn!(prefix = %prefix, error = %err, "etcd watch broke; taking a new snapshot");
+            metrics::WATCH_RESTARTS.inc();
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 _ = shutdown.cancelled() => return,
@@ -88,6 +91,7 @@ async fn follow_once(
         if response.canceled() {
             anyhow::bail!("etcd cancelled the watch");
         }
+        metrics::WATCH_EVENTS.inc_by(response.events().len() as u64);
         for event in response.events() {
             follower.event(event);
         }

@@ -23,6 +23,7 @@ use rocksdb::{
     WriteOptions, DB,
 };
 use sluice_storage::background;
+use sluice_storage::dbstats::{self, DbStats};
 use sluice_storage::wal::{self, WalTrimmer};
 use sluice_storage::Completion;
 
@@ -45,6 +46,8 @@ pub(crate) struct LogStore {
     appended: Arc<AtomicU64>,
     /// Deletes the log's archived WAL files; stops when the last clone is dropped.
     _wal_trimmer: Arc<WalTrimmer>,
+    /// Samples the log's RocksDB into gauges; stops when the last clone is dropped.
+    _stats: Arc<DbStats>,
 }
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -91,12 +94,19 @@ impl LogStore {
             ColumnFamilyDescriptor::new(CF_LOGS, logs_options()),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
         ];
-        let db = DB::open_cf_descriptors(&options, path, cfs)?;
+        let db = Arc::new(DB::open_cf_descriptors(&options, path, cfs)?);
+        let stats = DbStats::start(
+            Arc::downgrade(&db),
+            path.to_owned(),
+            "raft",
+            &[CF_LOGS, CF_META],
+        )?;
         Ok(LogStore {
-            db: Arc::new(db),
+            db,
             durable,
             appended: Arc::default(),
             _wal_trimmer: Arc::new(WalTrimmer::start(path, "raft")?),
+            _stats: Arc::new(stats),
         })
     }
 
@@ -133,8 +143,13 @@ impl LogStore {
 
     /// Writes the batch fsync'd, off the async runtime: an fsync can take milliseconds.
     async fn write_synced(&self, batch: WriteBatch) -> StorageResult<()> {
-        self.off_runtime(move |db| db.write_opt(batch, &synced()))
-            .await
+        self.off_runtime(move |db| {
+            let started = std::time::Instant::now();
+            let written = db.write_opt(batch, &synced());
+            dbstats::observe_fsync("raft", started);
+            written
+        })
+        .await
     }
 
     /// Runs `write` on a blocking thread.
