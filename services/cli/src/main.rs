@@ -4,6 +4,7 @@ mod certs;
 mod chaos;
 mod client;
 mod dev;
+mod monitoring;
 mod standalone;
 
 use std::net::SocketAddr;
@@ -56,6 +57,9 @@ enum Command {
     /// Run the distributed deployment on this machine, for development.
     #[command(subcommand)]
     Dev(dev::DevCommand),
+    /// The Grafana dashboards and Prometheus alert rules.
+    #[command(subcommand)]
+    Monitoring(monitoring::MonitoringCommand),
     /// Run the local cluster under load, SIGKILL its parts on a schedule, and check that no
     /// acknowledged message was lost. Exits with 1 if one was.
     Chaos(chaos::ChaosArgs),
@@ -160,6 +164,7 @@ async fn main() -> ExitCode {
         Command::Standalone(args) => run_standalone(args).await,
         Command::Admin(command) => client::run_admin(&cli.endpoint, cli.json, command).await,
         Command::Dev(command) => dev::run(command).await,
+        Command::Monitoring(command) => monitoring::run(command),
         Command::Chaos(args) => match chaos::run(args, cli.json).await {
             Ok(true) => Ok(()),
             Ok(false) => {
