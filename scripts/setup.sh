@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing Sluice needs on Debian, only where it is missing:
 # protoc (the gRPC code generator), libclang (RocksDB's bindings are generated with it) and
-# etcd (the metadata store of the distributed deployment; the tests start their own), and the
-# font sluice-bench draws its charts with.
+# etcd (the metadata store of the distributed deployment; the tests start their own),
+# Prometheus and promtool (the monitoring tests run the alert rules and dashboards against it),
+# and the font sluice-bench draws its charts with.
 set -euo pipefail
 
 missing=()
@@ -21,6 +22,7 @@ done
 $libclang_found || missing+=(libclang-dev)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+{ command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || missing+=(prometheus)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
 
 if [ ${#missing[@]} -gt 0 ]; then
@@ -28,7 +30,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod dev;
 pub mod front;
+pub mod prometheus;
 
 use anyhow::{anyhow, bail, Context};
 use sluice_client::QueueClient;

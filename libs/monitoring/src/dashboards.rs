@@ -565,7 +565,7 @@ pub fn manager() -> Dashboard {
     };
     let mark =
         |resource: &str| format!("max(sluice_manager_high_water{{{NS}, resource=\"{resource}\"}})");
-    let unset = "the high-water mark is configured";
+    let unset = "the mark is configured (--max-messages-per-second, --max-bytes-stored, --min-disk-free-bytes)";
     Dashboard {
         uid: "sluice-manager",
         title: "Sluice / Manager",

@@ -289,6 +289,7 @@ impl Engine {
             ops.push(seq_floor_op(id, first_sequence));
         }
         self.inner.committer.commit(ops, true).await?;
+        metrics::touch_queue_counters(&config.name);
         match existing {
             Some(queue) => {
                 let mut state = queue.state.lock();

@@ -65,6 +65,14 @@ static OLDEST_MESSAGE_AGE: LazyLock<GaugeVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Creates the queue's counters at 0, so that the first move Prometheus sees is an increase
+/// (a series that first appears at 5 shows no increase to `increase()` or `rate()`).
+pub(crate) fn touch_queue_counters(queue: &str) {
+    let label = sluice_api::metrics::queue_label(queue);
+    DEAD_LETTER_MOVES.with_label_values(&[&label]);
+    TASK_MOVES.with_label_values(&[&label]);
+}
+
 /// What one queue adds to its label's gauges.
 #[derive(Default, Clone, Copy)]
 pub(crate) struct QueueGauges {

@@ -93,7 +93,9 @@ pub(crate) fn rebuild(db: &DB, release_in_flight: bool) -> Result<HashMap<QueueI
             .unwrap_or(1)
             .max(1);
         let sealed = record.sealed;
-        let queue = Queue::new(queue_config(record), floor);
+        let config = queue_config(record);
+        crate::metrics::touch_queue_counters(&config.name);
+        let queue = Queue::new(config, floor);
         queue.state.lock().sealed = sealed;
         queues.insert(id, Arc::new(queue));
     }

@@ -124,8 +124,8 @@ pub async fn run(args: ChaosArgs, json_out: bool) -> anyhow::Result<bool> {
     }
     let (dir, base) = (args.dir.clone(), args.base_port);
     let netns = args.fault == Fault::Partition;
-    let parts =
-        tokio::task::spawn_blocking(move || dev::up(&dir, base, 1, 3, netns, false)).await??;
+    let parts = tokio::task::spawn_blocking(move || dev::up(&dir, base, 1, 3, netns, false, false))
+        .await??;
     let parts = Arc::new(Mutex::new(parts));
     let result = drive(&args, parts.clone(), json_out).await;
     tokio::task::spawn_blocking(move || drop(parts)).await?;

@@ -13,6 +13,11 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use sluice_common::tls::Kind;
 
+mod observe;
+
+/// The backend clusters a dev cluster runs, by name.
+const CLUSTER_NAMES: [&str; 2] = ["a", "b"];
+
 #[derive(Subcommand)]
 pub enum DevCommand {
     /// Start or stop a local cluster.
@@ -50,6 +55,11 @@ pub enum ClusterCommand {
         /// costs.
         #[arg(long)]
         insecure: bool,
+        /// Also run Debian's Prometheus on the fourth port, scraping every part each second
+        /// with Sluice's alert rules loaded. The scrape targets are written to
+        /// DIR/prometheus/targets.json either way.
+        #[arg(long)]
+        prometheus: bool,
     },
     /// Stop the processes of a cluster whose `up` did not stop them, and remove its directory.
     Down {
@@ -330,6 +340,37 @@ fn spawn(
     Ok(child)
 }
 
+/// Starts `command` as part `kind` (also its name), which prints no ready line: it is ready when
+/// `port` answers.
+fn start_silent(
+    parts: &mut Parts,
+    kind: &'static str,
+    mut command: Command,
+    port: u16,
+) -> anyhow::Result<()> {
+    let log = std::fs::File::create(parts.dir.join("logs").join(format!("{kind}.log")))?;
+    let program = PathBuf::from(command.get_program());
+    let args = command
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start {kind} ({program:?})"))?;
+    parts.record(Part {
+        name: kind.into(),
+        child,
+        program,
+        args,
+        ready: String::new(),
+        kind,
+    })?;
+    wait_for_port(port)
+}
+
 fn wait_for_port(port: u16) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -364,6 +405,7 @@ pub(crate) fn up(
     nodes: u16,
     netns: bool,
     insecure: bool,
+    prometheus: bool,
 ) -> anyhow::Result<Parts> {
     anyhow::ensure!(
         base.checked_add(60).is_some(),
@@ -438,6 +480,8 @@ pub(crate) fn up(
         .arg(format!("--listen-peer-urls={peer_url}"))
         .arg(format!("--initial-advertise-peer-urls={peer_url}"))
         .arg(format!("--initial-cluster=sluice-dev={peer_url}"))
+        // Plain HTTP, as every part's admin port: what Prometheus scrapes.
+        .arg(format!("--listen-metrics-urls=http://{}", addr(base + 2)))
         .args(["--logger=zap", "--log-outputs=stderr"]);
     if !insecure {
         etcd.arg(format!("--cert-file={}", certs.join("etcd.pem").display()))
@@ -449,27 +493,8 @@ pub(crate) fn up(
             .arg("--client-cert-auth");
     }
     // etcd prints no ready line on stdout; its client port answering is the sign.
-    let log = std::fs::File::create(dir.join("logs").join("etcd.log"))?;
-    let program = PathBuf::from(etcd.get_program());
-    let args = etcd
-        .get_args()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    let child = etcd
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
+    start_silent(&mut parts, "etcd", etcd, base)
         .context("cannot start etcd (install Debian's etcd-server)")?;
-    parts.record(Part {
-        name: "etcd".into(),
-        child,
-        program,
-        args,
-        ready: String::new(),
-        kind: "etcd",
-    })?;
-    wait_for_port(base)?;
 
     let service = |bin: &str, kind: Kind, grpc: u16, extra: &[String]| {
         let mut command = Command::new(sibling(bin));
@@ -484,7 +509,7 @@ pub(crate) fn up(
         args.extend(rest.iter().map(|s| s.to_string()));
         args
     };
-    for (c, cluster) in ["a", "b"].iter().take(clusters.into()).enumerate() {
+    for (c, cluster) in CLUSTER_NAMES.iter().take(clusters.into()).enumerate() {
         let c = c as u16;
         let name = |n: u16| format!("{cluster}{}", n + 1);
         // Each node's address and namespace, if it runs in one.
@@ -620,10 +645,14 @@ pub(crate) fn up(
             "sluice-frontend ready:",
         )?;
     }
+    observe::write_targets(dir, base, clusters, nodes, parts.netns.as_ref())?;
+    if prometheus {
+        observe::start_prometheus(&mut parts, base)?;
+    }
     Ok(parts)
 }
 
-fn print_endpoints(base: u16, nodes: u16, dir: &Path, insecure: bool) {
+fn print_endpoints(base: u16, nodes: u16, dir: &Path, insecure: bool, prometheus: bool) {
     let s = if insecure { "http" } else { "https" };
     println!(
         "sluice dev cluster up: frontends={s}://{},{s}://{}",
@@ -642,7 +671,7 @@ fn print_endpoints(base: u16, nodes: u16, dir: &Path, insecure: bool) {
         addr(base + 22),
         addr(base + 24)
     );
-    for (c, cluster) in ["a", "b"].iter().enumerate() {
+    for (c, cluster) in CLUSTER_NAMES.iter().enumerate() {
         let listed: Vec<String> = (0..nodes)
             .map(|n| {
                 format!(
@@ -659,6 +688,17 @@ fn print_endpoints(base: u16, nodes: u16, dir: &Path, insecure: bool) {
         addr(base + 40),
         addr(base + 42)
     );
+    println!(
+        "  metrics     admin ports (gRPC port +1), etcd http://{}/metrics; targets {}",
+        addr(base + 2),
+        dir.join("prometheus").join("targets.json").display()
+    );
+    if prometheus {
+        println!(
+            "  prometheus  http://{}",
+            addr(observe::prometheus_port(base))
+        );
+    }
     println!("  logs        {}", dir.join("logs").display());
     let certs = dir.join("certs");
     if insecure {
@@ -694,13 +734,16 @@ pub async fn run(command: DevCommand) -> anyhow::Result<()> {
             base_port,
             nodes,
             insecure,
+            prometheus,
         }) => {
             let parts = {
                 let dir = dir.clone();
-                tokio::task::spawn_blocking(move || up(&dir, base_port, 2, nodes, false, insecure))
-                    .await??
+                tokio::task::spawn_blocking(move || {
+                    up(&dir, base_port, 2, nodes, false, insecure, prometheus)
+                })
+                .await??
             };
-            print_endpoints(base_port, nodes, &dir, insecure);
+            print_endpoints(base_port, nodes, &dir, insecure, prometheus);
             let shutdown = tokio_util::sync::CancellationToken::new();
             sluice_common::shutdown::cancel_on_signal(shutdown.clone());
             shutdown.cancelled().await;
