@@ -23,9 +23,9 @@ pub struct DevCluster {
 }
 
 impl DevCluster {
-    /// Starts the cluster in `dir` with `extra` flags (e.g. `--prometheus`) and waits until it
-    /// is up.
-    pub fn start(dir: &Path, extra: &[&str]) -> anyhow::Result<DevCluster> {
+    /// Starts the cluster in `dir` with `extra` flags (e.g. `--prometheus`) and `env` (which its
+    /// parts inherit, e.g. `SLUICE_*` settings), and waits until it is up.
+    pub fn start(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<DevCluster> {
         let base = free_port_range(60)?;
         let mut child = Command::new(sluice_bin())
             .args([
@@ -39,6 +39,7 @@ impl DevCluster {
             .arg(dir)
             .args(extra)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;

@@ -9,7 +9,7 @@ use sluice_tests::dev::DevCluster;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dev_cluster_serves_queues_and_stops_on_sigint() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = DevCluster::start(&dir.path().join("cluster"), &[]).unwrap();
+    let cluster = DevCluster::start(&dir.path().join("cluster"), &[], &[]).unwrap();
     let frontends = cluster.frontends.clone();
     assert_eq!(frontends.len(), 2);
     assert!(

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_monitoring::alerts::{self, Thresholds};
+use sluice_monitoring::catalog;
 use sluice_monitoring::dashboards::{self, Expect};
 use sluice_proto::v1 as pb;
 use sluice_tests::dev::DevCluster;
@@ -194,6 +195,51 @@ async fn until_alert(prometheus: &Prometheus, name: &str, label: Option<(&str, &
     .unwrap();
 }
 
+/// Between these lines `docs/metrics.md` is what the services serve.
+const DOC_START: &str =
+    "<!-- generated from the services' /metrics by tests/tests/monitoring.rs -->\n";
+const DOC_END: &str = "<!-- end of generated part -->\n";
+
+/// `docs/metrics.md` lists exactly the metrics every service of the cluster serves (all but
+/// `dead`, which was killed), after the load and faults that bring out the lazily made ones.
+/// `SLUICE_BLESS=1` writes the document instead of comparing.
+fn check_metrics_doc(cluster: &DevCluster, dead: &str) {
+    let targets: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(cluster.dir.join("prometheus").join("targets.json")).unwrap(),
+    )
+    .unwrap();
+    let mut pages = Vec::new();
+    for target in targets.as_array().unwrap() {
+        let service = target["labels"]["service"].as_str().unwrap();
+        if service == "etcd" || target["labels"]["node"] == dead {
+            continue;
+        }
+        let addr = target["targets"][0].as_str().unwrap().parse().unwrap();
+        let (status, page) = sluice_tests::http_get(addr, "/metrics").unwrap();
+        assert_eq!(status, 200, "{service} at {addr}");
+        pages.push(catalog::parse(service, &page));
+    }
+    let generated = catalog::render(&catalog::merge(pages));
+    let path = repo().join("docs").join("metrics.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let (head, rest) = doc
+        .split_once(DOC_START)
+        .expect("docs/metrics.md has its start marker");
+    let (_, tail) = rest
+        .split_once(DOC_END)
+        .expect("docs/metrics.md has its end marker");
+    let expected = format!("{head}{DOC_START}{generated}{DOC_END}{tail}");
+    if std::env::var_os("SLUICE_BLESS").is_some() {
+        std::fs::write(&path, expected).unwrap();
+        return;
+    }
+    assert!(
+        doc == expected,
+        "docs/metrics.md does not list what the services serve; the served table is:\n{generated}\n\
+         (SLUICE_BLESS=1 cargo test -p sluice-tests --test monitoring writes it)"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dashboards_and_alerts_answer_against_a_live_prometheus_under_load_and_faults() {
     let dir = tempfile::tempdir().unwrap();
@@ -210,7 +256,13 @@ async fn dashboards_and_alerts_answer_against_a_live_prometheus_under_load_and_f
         alerts::rules_file(&alerts::all(&thresholds)),
     )
     .unwrap();
-    let cluster = DevCluster::start(&cluster_dir, &["--prometheus"]).unwrap();
+    // High-water marks far above this load, so the manager exports them.
+    let marks = [
+        ("SLUICE_MAX_MESSAGES_PER_SECOND", "1000000"),
+        ("SLUICE_MAX_BYTES_STORED", "1000000000000"),
+        ("SLUICE_MIN_DISK_FREE_BYTES", "1"),
+    ];
+    let cluster = DevCluster::start(&cluster_dir, &["--prometheus"], &marks).unwrap();
     let prometheus = Prometheus {
         addr: ([127, 0, 0, 1], cluster.base + 3).into(),
     };
@@ -442,6 +494,7 @@ async fn dashboards_and_alerts_answer_against_a_live_prometheus_under_load_and_f
     for load in loads {
         load.await.unwrap();
     }
+    check_metrics_doc(&cluster, &old);
     let mut by_state = BTreeMap::new();
     for alert in prometheus.alerts().unwrap() {
         *by_state

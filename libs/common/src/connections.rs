@@ -348,6 +348,7 @@ impl Gate {
         LazyLock::force(&OPEN);
         LazyLock::force(&REFUSED);
         LazyLock::force(&IDLE_CLOSED);
+        LazyLock::force(&ACCESS_DENIED);
         Gate {
             places: Arc::new(Semaphore::new(opts.max_connections.max(1))),
             idle_timeout: opts.idle_timeout(),

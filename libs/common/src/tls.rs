@@ -596,6 +596,13 @@ pub fn configure(
     service: &str,
     access: Option<Access>,
 ) -> anyhow::Result<PortTls> {
+    // Every series exists from the start, so the first failure shows as an increase.
+    for side in ["server", "client"] {
+        HANDSHAKES_FAILED.with_label_values(&[side]);
+    }
+    for outcome in ["loaded", "failed"] {
+        RELOADS.with_label_values(&[outcome]);
+    }
     let files = (&opts.tls_cert, &opts.tls_key, &opts.tls_ca);
     match files {
         (None, None, None) if opts.insecure => {

@@ -591,10 +591,9 @@ pub fn manager() -> Dashboard {
                 "short",
                 vec![
                     q(format!("max(sluice_manager_sealed_partitions{{{NS}}})"), "draining"),
-                    q_unless(
+                    q(
                         format!("sum by (step) (increase(sluice_manager_queue_moves_total{{{NS}}}[1h]))"),
                         "{{step}}",
-                        "a queue moved",
                     ),
                 ],
             ),

@@ -9,6 +9,7 @@
 //! standalone, etcd), `node`, `cluster` on backend nodes, and `namespace` in Kubernetes.
 
 pub mod alerts;
+pub mod catalog;
 pub mod dashboards;
 mod yaml;
 

@@ -245,7 +245,9 @@ pub(crate) fn register() {
     ] {
         AUTH_FAILURES.with_label_values(&[reason]);
     }
-    LazyLock::force(&PERMISSION_DENIED);
+    for action in sluice_api::identity::Action::ALL {
+        PERMISSION_DENIED.with_label_values(&[action.as_str()]);
+    }
     for kind in ["key", "principal", "reset"] {
         IDENTITY_CHANGES.with_label_values(&[kind]);
     }

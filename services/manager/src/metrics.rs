@@ -144,3 +144,14 @@ pub(crate) fn forget_clusters() {
     CLUSTER_ACCEPTING.reset();
     HIGH_WATER.reset();
 }
+
+/// Exports the counters before their first event, so the first shows as an increase.
+pub(crate) fn register() {
+    LazyLock::force(&RPC_REQUESTS);
+    LazyLock::force(&RPC_DURATION);
+    for step in ["sealed", "removed"] {
+        MOVES.with_label_values(&[step]);
+    }
+    LazyLock::force(&SEALED_PARTITIONS);
+    LazyLock::force(&IS_LEADER);
+}

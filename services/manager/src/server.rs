@@ -89,6 +89,7 @@ pub async fn start(opts: &ManagerOpts, shutdown: CancellationToken) -> anyhow::R
     .await
     .with_context(|| format!("cannot connect to etcd at {:?}", opts.etcd.etcd_endpoints))?;
 
+    crate::metrics::register();
     let readiness = Readiness::default();
     let admin_shutdown = CancellationToken::new();
     let (admin_addr, admin) = admin::serve(
