@@ -14,22 +14,25 @@ pub struct Family {
     pub services: BTreeSet<String>,
 }
 
+/// What one line of a `/metrics` page says about a family.
+enum Line<'a> {
+    Help(&'a str),
+    Type(&'a str),
+    Labels(Vec<String>),
+}
+
 /// The families of `sluice_*` metrics on one `/metrics` page, by name, served by `service`.
 pub fn parse(service: &str, text: &str) -> BTreeMap<String, Family> {
     let mut families: BTreeMap<String, Family> = BTreeMap::new();
     for line in text.lines() {
-        let (name, update): (&str, Box<dyn Fn(&mut Family)>) = if let Some((name, help)) =
+        let (name, said) = if let Some((name, help)) =
             line.strip_prefix("# HELP ").and_then(|r| r.split_once(' '))
         {
-            let help = help.replace("\\\\", "\\");
-            (name, Box::new(move |f: &mut Family| f.help = help.clone()))
+            (name, Line::Help(help))
         } else if let Some((name, kind)) =
             line.strip_prefix("# TYPE ").and_then(|r| r.split_once(' '))
         {
-            (
-                name,
-                Box::new(move |f: &mut Family| f.kind = kind.to_owned()),
-            )
+            (name, Line::Type(kind))
         } else if line.starts_with('#') || line.is_empty() {
             continue;
         } else {
@@ -41,7 +44,7 @@ pub fn parse(service: &str, text: &str) -> BTreeMap<String, Family> {
                 .filter_map(|suffix| sample.strip_suffix(suffix))
                 .find(|base| families.get(*base).is_some_and(|f| f.kind == "histogram"))
                 .unwrap_or(sample);
-            let labels: Vec<String> = line[name_end..]
+            let labels = line[name_end..]
                 .strip_prefix('{')
                 .and_then(|rest| rest.split_once('}'))
                 .map(|(labels, _)| label_names(labels))
@@ -49,15 +52,17 @@ pub fn parse(service: &str, text: &str) -> BTreeMap<String, Family> {
                 .into_iter()
                 .filter(|l| l != "le" && l != "quantile")
                 .collect();
-            (
-                name,
-                Box::new(move |f: &mut Family| f.labels.extend(labels.iter().cloned())),
-            )
+            (name, Line::Labels(labels))
         };
-        if name.starts_with("sluice_") {
-            let family = families.entry(name.to_owned()).or_default();
-            family.services.insert(service.to_owned());
-            update(family);
+        if !name.starts_with("sluice_") {
+            continue;
+        }
+        let family = families.entry(name.to_owned()).or_default();
+        family.services.insert(service.to_owned());
+        match said {
+            Line::Help(help) => family.help = help.replace("\\\\", "\\"),
+            Line::Type(kind) => family.kind = kind.to_owned(),
+            Line::Labels(labels) => family.labels.extend(labels),
         }
     }
     families
