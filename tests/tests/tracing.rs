@@ -1,6 +1,7 @@
 //! Traces leave `sluice standalone` over OTLP, continue a caller's W3C trace context, and the
 //! request's log lines carry the trace id. The collector is a real OTLP/gRPC server on loopback.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use sluice_proto::v1 as pb;
+use sluice_tests::dev::DevCluster;
 use sluice_tests::{wait_for, StandaloneProcess};
 use tonic::{Request, Response, Status};
 
@@ -272,4 +274,148 @@ async fn one_trace_crosses_every_tier() {
             .collect();
         panic!("{err}: {seen:?}")
     });
+}
+
+/// The spans of `trace` the collector holds, by span id.
+fn trace_spans(collector: &Collector, trace: &str) -> HashMap<Vec<u8>, Exported> {
+    collector
+        .spans
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| hex(&e.span.trace_id) == trace)
+        .map(|e| (e.span.span_id.clone(), e.clone()))
+        .collect()
+}
+
+/// One send to a SYNC queue of the dev cluster (three replicas) is one trace, from the
+/// frontend's RPC down to the leader's fsync of the Raft log: the frontend's server span, its
+/// client span to the backend, the backend's server span, the group commit, the Raft
+/// replication of the commit's entry, its append to the leader's log and the fsync of that
+/// append, and its apply; each a child of the one before, each with a duration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_send_is_traced_from_the_frontend_through_raft_to_the_fsync() {
+    let (collector_addr, collector) = start_collector().await;
+    let endpoint = format!("http://{collector_addr}");
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = DevCluster::start(
+        &dir.path().join("cluster"),
+        &[],
+        &[
+            ("SLUICE_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            (
+                "RUST_LOG",
+                "warn,sluice_rpc=info,sluice_storage=info,sluice_backend=info",
+            ),
+        ],
+    )
+    .unwrap();
+    let mut client = cluster.client(0).unwrap();
+    client
+        .create_queue(pb::CreateQueueRequest {
+            name: "traced".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut request = Request::new(pb::SendMessageRequest {
+        queue: "traced".into(),
+        body: b"where does the time go".to_vec().into(),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01")
+            .parse()
+            .unwrap(),
+    );
+    client.send_message(request).await.unwrap();
+
+    // (service, span name, kind) from the top down; each is the parent of the next.
+    let chain = [
+        (
+            "sluice-frontend",
+            "sluice.v1.QueueService/SendMessage",
+            SpanKind::Server,
+        ),
+        (
+            "sluice-frontend",
+            "sluice.v1.BackendService/Send",
+            SpanKind::Client,
+        ),
+        (
+            "sluice-backend",
+            "sluice.v1.BackendService/Send",
+            SpanKind::Server,
+        ),
+        ("sluice-backend", "storage.group_commit", SpanKind::Internal),
+        ("sluice-backend", "raft.replicate", SpanKind::Internal),
+        ("sluice-backend", "raft.append", SpanKind::Internal),
+        ("sluice-backend", "storage.fsync", SpanKind::Internal),
+    ];
+    let find = |spans: &HashMap<Vec<u8>, Exported>,
+                (service, name, kind): (&str, &str, SpanKind)| {
+        spans
+            .values()
+            .find(|e| {
+                e.service_name == service && e.span.name == name && e.span.kind == kind as i32
+            })
+            .cloned()
+    };
+    let complete = || {
+        let spans = trace_spans(&collector, TRACE_ID);
+        chain.iter().all(|link| find(&spans, *link).is_some())
+            && spans.values().any(|e| e.span.name == "raft.apply")
+    };
+    wait_for(
+        "the send's trace down to the fsync",
+        Duration::from_secs(30),
+        || Ok(complete()),
+    )
+    .await
+    .unwrap_or_else(|err| {
+        let seen: Vec<_> = trace_spans(&collector, TRACE_ID)
+            .values()
+            .map(|e| (e.service_name.clone(), e.span.name.clone(), e.span.kind))
+            .collect();
+        panic!("{err}: {seen:?}")
+    });
+
+    let spans = trace_spans(&collector, TRACE_ID);
+    let mut parent_id = hex_bytes(PARENT_SPAN_ID);
+    for link in chain {
+        let span = find(&spans, link).unwrap();
+        assert_eq!(
+            span.span.parent_span_id, parent_id,
+            "{} {} is not a child of the span before it",
+            link.0, link.1
+        );
+        assert!(
+            span.span.end_time_unix_nano > span.span.start_time_unix_nano,
+            "{} has no duration",
+            link.1
+        );
+        println!(
+            "{:<16} {:<40} {:>9.3} ms",
+            link.0,
+            link.1,
+            (span.span.end_time_unix_nano - span.span.start_time_unix_nano) as f64 / 1e6
+        );
+        parent_id = span.span.span_id.clone();
+    }
+    let replicate = find(&spans, chain[4]).unwrap();
+    let apply = spans
+        .values()
+        .find(|e| e.span.name == "raft.apply")
+        .unwrap();
+    assert_eq!(apply.span.parent_span_id, replicate.span.span_id);
+    drop(cluster);
+}
+
+fn hex_bytes(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
 }

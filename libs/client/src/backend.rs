@@ -22,6 +22,7 @@ use sluice_common::grpc::MAX_MESSAGE_BYTES;
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::backend_service_client::BackendServiceClient;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use crate::channel::{self, ChannelOptions};
 
@@ -146,7 +147,10 @@ impl BackendClient {
         F: FnOnce(BackendServiceClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
-        let result = rpc(self.client.clone(), channel::request(request, timeout))
+        let span = channel::client_span::<Req>("sluice.v1.BackendService");
+        let client = self.client.clone();
+        let result = async { rpc(client, channel::request(request, timeout)).await }
+            .instrument(span)
             .await
             .map(|response| {
                 let leader = response

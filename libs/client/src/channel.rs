@@ -72,6 +72,25 @@ pub fn from_status(peer: &str, status: tonic::Status) -> Error {
 }
 
 /// A request with `timeout` and the caller's trace context in its metadata.
+/// The client span of one call to `service` with a `Req`, named as OpenTelemetry's RPC
+/// conventions name it (`sluice.v1.BackendService/Send`): the method is the request type's name
+/// without `Request`. The call's future runs in it, so [`request`] sends it as the parent of the
+/// server's span.
+pub fn client_span<Req>(service: &'static str) -> tracing::Span {
+    let type_name = std::any::type_name::<Req>();
+    let method = type_name.rsplit("::").next().unwrap_or(type_name);
+    let method = method.strip_suffix("Request").unwrap_or(method);
+    tracing::info_span!(
+        target: "sluice_rpc",
+        "rpc.client",
+        otel.name = %format_args!("{service}/{method}"),
+        otel.kind = "client",
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method
+    )
+}
+
 pub fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);

@@ -10,6 +10,7 @@ use sluice_api::{cluster, Error, Result};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::manager_service_client::ManagerServiceClient;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use crate::channel::{self, ChannelOptions};
 
@@ -93,8 +94,11 @@ impl ManagerClient {
                 queue: queue.to_owned(),
                 colocate_with: colocate_with.unwrap_or(0),
             };
-            client
-                .place_queue(channel::request(request, self.options.request_timeout))
+            let timeout = self.options.request_timeout;
+            async { client.place_queue(channel::request(request, timeout)).await }
+                .instrument(channel::client_span::<pb::PlaceQueueRequest>(
+                    "sluice.v1.ManagerService",
+                ))
                 .await
                 .map(|r| r.into_inner().cluster)
                 .map_err(from_status)

@@ -22,6 +22,7 @@ use sluice_api::{
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::metadata_service_client::MetadataServiceClient;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use crate::channel::{self, ChannelOptions};
 use crate::ring::Ring;
@@ -198,7 +199,9 @@ where
     F: Fn(Client, tonic::Request<Req>) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
 {
-    rpc(client, channel::request(request, REQUEST_TIMEOUT))
+    let span = channel::client_span::<Req>("sluice.v1.MetadataService");
+    async { rpc(client, channel::request(request, REQUEST_TIMEOUT)).await }
+        .instrument(span)
         .await
         .map(tonic::Response::into_inner)
         .map_err(|status| channel::from_status("metadata node", status))

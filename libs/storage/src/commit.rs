@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use rocksdb::{WriteBatch, WriteOptions, DB};
 use tokio::sync::oneshot;
+use tracing::Span;
 
 use crate::error::{Error, Result};
 use crate::keys::{CF_DEDUP, CF_MESSAGES, CF_META, CF_QUEUES, CF_STATE};
@@ -86,7 +87,8 @@ pub trait Replicator: Send + Sync + 'static {
     /// `durable` is called once the entry is fsync'd in this node's own log, `applied` once it
     /// is committed by the cluster and applied to this node's engine; either with an error if
     /// that will not happen (this node is not the leader).
-    fn propose(&self, batch: Vec<u8>, durable: Completion, applied: Completion);
+    /// `span` is the group commit's, the parent of the spans the log makes of this entry.
+    fn propose(&self, batch: Vec<u8>, durable: Completion, applied: Completion, span: Span);
 }
 
 struct Request {
@@ -94,6 +96,21 @@ struct Request {
     sync: bool,
     durable: Done,
     applied: Done,
+    /// The submitter's span: a group commit's span is the child of its first request's.
+    span: Span,
+}
+
+/// The span of a group commit, a child of its first request's span; none when that request
+/// was made outside any traced request (background work), which would only add root spans.
+fn group_span(requests: &[Request]) -> Span {
+    match requests.first() {
+        Some(first) if !first.span.is_none() => tracing::info_span!(
+            parent: &first.span,
+            "storage.group_commit",
+            requests = requests.len()
+        ),
+        _ => Span::none(),
+    }
 }
 
 impl Request {
@@ -175,6 +192,7 @@ impl Committer {
             sync,
             durable,
             applied,
+            span: Span::current(),
         })
         .map_err(|_| Error::Closed)?;
         Ok(Pending {
@@ -261,6 +279,8 @@ struct Written {
     sync: bool,
     result: Result<(), CommitError>,
     started: Instant,
+    /// The group commit's span; it ends when the group is done.
+    span: Span,
 }
 
 /// Writes each group without fsync and leaves the fsync to [`syncer_loop`], so the next group is
@@ -277,11 +297,13 @@ fn writer_loop(db: &DB, rx: mpsc::Receiver<Request>, written: mpsc::Sender<Writt
 fn write_group(db: &DB, requests: Vec<Request>) -> Written {
     let sync = requests.iter().any(|r| r.sync);
     let started = Instant::now();
+    let span = group_span(&requests);
     let batch = batch_of(db, &requests);
     // Only barriers make an empty batch: everything before them is already written.
     let result = if batch.is_empty() {
         Ok(())
     } else {
+        let _write = tracing::info_span!(parent: &span, "storage.write").entered();
         db.write_opt(batch, &WriteOptions::default())
             .map_err(CommitError::Db)
     };
@@ -293,6 +315,7 @@ fn write_group(db: &DB, requests: Vec<Request>) -> Written {
         sync,
         result,
         started,
+        span,
     }
 }
 
@@ -303,6 +326,11 @@ fn syncer_loop(db: &DB, rx: mpsc::Receiver<Written>) {
         let mut round = vec![first];
         round.extend(rx.try_iter());
         let synced = if round.iter().any(|w| w.sync) {
+            // The fsync serves every group of the round; its span is the first traced one's.
+            let parent = round.iter().find(|w| !w.span.is_none()).map(|w| &w.span);
+            let _fsync = parent.map(|parent| {
+                tracing::info_span!(parent: parent, "storage.fsync", groups = round.len()).entered()
+            });
             let started = Instant::now();
             let synced = db.flush_wal(true).map_err(CommitError::Db);
             crate::dbstats::observe_fsync("queues", started);
@@ -334,6 +362,8 @@ fn proposer_loop(db: &DB, replicator: &dyn Replicator, rx: mpsc::Receiver<Reques
     while let Some(requests) = next_group(&rx) {
         let started = Instant::now();
         let count = requests.len();
+        // It ends when the group is applied: what a SYNC send waits for.
+        let span = group_span(&requests);
         let batch = batch_of(db, &requests);
         let (durable_done, applied_done): (Vec<Done>, Vec<Done>) =
             requests.into_iter().map(|r| (r.durable, r.applied)).unzip();
@@ -347,12 +377,17 @@ fn proposer_loop(db: &DB, replicator: &dyn Replicator, rx: mpsc::Receiver<Reques
                 }
                 let _ = local_tx.send(());
             }),
-            Box::new(move |result| {
-                let result = result.map_err(CommitError::NotLeader);
-                for done in applied_done {
-                    let _ = done.send(result.clone());
-                }
-            }),
+            {
+                let span = span.clone();
+                Box::new(move |result| {
+                    let result = result.map_err(CommitError::NotLeader);
+                    for done in applied_done {
+                        let _ = done.send(result.clone());
+                    }
+                    drop(span);
+                })
+            },
+            span,
         );
         // A dropped completion (the replicator went away) ends the wait as well.
         let _ = local_rx.recv();

@@ -318,6 +318,7 @@ impl Engine {
 
     /// Reads the stored records of messages taken from a queue's state; `None` for one deleted
     /// meanwhile.
+    #[tracing::instrument(name = "storage.read", level = "info", skip_all, fields(messages = taken.len()))]
     pub(crate) async fn read_records(
         &self,
         id: QueueId,

@@ -26,6 +26,7 @@ use sluice_storage::background;
 use sluice_storage::dbstats::{self, DbStats};
 use sluice_storage::wal::{self, WalTrimmer};
 use sluice_storage::Completion;
+use tracing::Instrument;
 
 use super::{NodeId, TypeConfig};
 
@@ -38,10 +39,15 @@ const PURGED: &[u8] = b"purged";
 /// Proposals of this node waiting to be durable in its log, by their token.
 pub(crate) type DurableWaiters = Arc<parking_lot::Mutex<HashMap<u64, Completion>>>;
 
+/// The `raft.replicate` span of each entry this node proposed and that is not applied yet, by
+/// proposal token: the log's and the state machine's spans of the entry are its children.
+pub(crate) type Traces = Arc<parking_lot::Mutex<HashMap<u64, tracing::Span>>>;
+
 #[derive(Clone)]
 pub(crate) struct LogStore {
     db: Arc<DB>,
     durable: DurableWaiters,
+    traces: Traces,
     /// Bytes of entries appended since the node started, for the snapshot schedule.
     appended: Arc<AtomicU64>,
     /// Deletes the log's archived WAL files; stops when the last clone is dropped.
@@ -83,7 +89,11 @@ fn logs_options() -> Options {
 }
 
 impl LogStore {
-    pub(crate) fn open(path: &Path, durable: DurableWaiters) -> anyhow::Result<Self> {
+    pub(crate) fn open(
+        path: &Path,
+        durable: DurableWaiters,
+        traces: Traces,
+    ) -> anyhow::Result<Self> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
@@ -104,6 +114,7 @@ impl LogStore {
         Ok(LogStore {
             db,
             durable,
+            traces,
             appended: Arc::default(),
             _wal_trimmer: Arc::new(WalTrimmer::start(path, "raft")?),
             _stats: Arc::new(stats),
@@ -255,7 +266,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             bytes += value.len() as u64;
             batch.put_cf(self.logs(), entry.log_id.index.to_be_bytes(), value);
         }
-        let written = self.write_synced(batch).await;
+        // Entries this node proposed in a traced request get spans of their append.
+        let parent = tokens
+            .iter()
+            .find_map(|token| self.traces.lock().get(token).cloned());
+        let written = match parent {
+            Some(parent) => {
+                let append = tracing::info_span!(parent: &parent, "raft.append", bytes);
+                let fsync = tracing::info_span!(parent: &append, "storage.fsync");
+                self.write_synced(batch).instrument(fsync).await
+            }
+            None => self.write_synced(batch).await,
+        };
         callback.log_io_completed(
             written
                 .as_ref()
@@ -336,7 +358,8 @@ mod tests {
     #[tokio::test]
     async fn counts_the_bytes_it_appends_across_a_purge_and_a_reopen_keeps_the_purge() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = LogStore::open(dir.path(), DurableWaiters::default()).unwrap();
+        let mut log =
+            LogStore::open(dir.path(), DurableWaiters::default(), Traces::default()).unwrap();
         let appended = log.appended();
 
         append(&mut log, 1..=16).await;
@@ -353,7 +376,8 @@ mod tests {
         assert_eq!(appended.load(Ordering::Relaxed), 2 * sixteen);
         drop(log);
 
-        let mut log = LogStore::open(dir.path(), DurableWaiters::default()).unwrap();
+        let mut log =
+            LogStore::open(dir.path(), DurableWaiters::default(), Traces::default()).unwrap();
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id.map(|id| id.index), Some(10));
         assert_eq!(state.last_log_id.map(|id| id.index), Some(32));

@@ -36,6 +36,8 @@ struct Applied {
 
 pub(crate) struct StateMachine {
     engine: Engine,
+    /// The spans of entries this node proposed; an entry's apply is a child of its span.
+    traces: super::log::Traces,
     applied: Applied,
     /// Whether a snapshot was built or installed since this node started; see
     /// `get_current_snapshot`.
@@ -43,10 +45,11 @@ pub(crate) struct StateMachine {
 }
 
 impl StateMachine {
-    pub(crate) fn new(engine: Engine) -> anyhow::Result<Self> {
+    pub(crate) fn new(engine: Engine, traces: super::log::Traces) -> anyhow::Result<Self> {
         let applied = decode_applied(engine.applied()?)?;
         Ok(StateMachine {
             engine,
+            traces,
             applied,
             snapshotted: Arc::default(),
         })
@@ -136,6 +139,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             };
             let record = bincode::serialize(&self.applied).map_err(sm_write)?;
+            let _apply = match &entry.payload {
+                EntryPayload::Normal(proposal) => self
+                    .traces
+                    .lock()
+                    .get(&proposal.token)
+                    .map(|parent| tracing::info_span!(parent: parent, "raft.apply").entered()),
+                _ => None,
+            };
             self.engine.apply(batch, &record).map_err(sm_write)?;
             super::metrics::APPLIED_INDEX.set(entry.log_id.index as i64);
             replies.push(());

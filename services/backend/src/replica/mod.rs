@@ -26,6 +26,7 @@ use sluice_proto::v1 as pb;
 use sluice_storage::{Completion, Engine, EngineOptions, Replicator};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Span;
 
 pub use network::MAX_RAFT_MESSAGE_BYTES;
 pub use server::ClusterServiceImpl;
@@ -97,19 +98,27 @@ pub struct Replica {
 struct RaftReplicator {
     proposals: mpsc::UnboundedSender<(Proposal, Completion)>,
     durable: log::DurableWaiters,
+    traces: log::Traces,
     next_token: AtomicU64,
 }
 
 impl Replicator for RaftReplicator {
-    fn propose(&self, batch: Vec<u8>, durable: Completion, applied: Completion) {
+    fn propose(&self, batch: Vec<u8>, durable: Completion, applied: Completion, span: Span) {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         self.durable.lock().insert(token, durable);
+        if !span.is_none() {
+            // From the proposal until the entry is applied on this node (after a majority has
+            // it); `propose_loop` ends it.
+            let replicate = tracing::info_span!(parent: &span, "raft.replicate");
+            self.traces.lock().insert(token, replicate);
+        }
         if let Err(mpsc::error::SendError((_, applied))) =
             self.proposals.send((Proposal { batch, token }, applied))
         {
             if let Some(durable) = self.durable.lock().remove(&token) {
                 durable(Err("the node is shutting down".into()));
             }
+            self.traces.lock().remove(&token);
             applied(Err("the node is shutting down".into()));
         }
     }
@@ -148,18 +157,20 @@ impl Replica {
     ) -> anyhow::Result<Replica> {
         metrics::register();
         let durable: log::DurableWaiters = Arc::default();
+        let traces: log::Traces = Arc::default();
         let (proposals, proposed) = mpsc::unbounded_channel();
         let replicator = Arc::new(RaftReplicator {
             proposals,
             durable: durable.clone(),
+            traces: traces.clone(),
             next_token: AtomicU64::new(rand::rngs::OsRng.next_u64() >> 1),
         });
         let engine = Engine::open_replicated(engine_options, replicator)
             .context("cannot open the queue engine")?;
-        let log = log::LogStore::open(&data_dir.join("raft"), durable.clone())
+        let log = log::LogStore::open(&data_dir.join("raft"), durable.clone(), traces.clone())
             .context("cannot open the raft log")?;
         let appended = log.appended();
-        let machine = machine::StateMachine::new(engine.clone())?;
+        let machine = machine::StateMachine::new(engine.clone(), traces.clone())?;
         let id = node_id(&me.name);
         let raft = Raft::new(
             id,
@@ -176,7 +187,12 @@ impl Replica {
             me,
             id,
         };
-        tokio::spawn(propose_loop(replica.raft.clone(), proposed, durable));
+        tokio::spawn(propose_loop(
+            replica.raft.clone(),
+            proposed,
+            durable,
+            traces,
+        ));
         tokio::spawn(snapshots::run(
             replica.raft.clone(),
             id,
@@ -429,11 +445,13 @@ async fn propose_loop(
     raft: Raft,
     mut proposed: mpsc::UnboundedReceiver<(Proposal, Completion)>,
     durable: log::DurableWaiters,
+    traces: log::Traces,
 ) {
     while let Some((proposal, applied)) = proposed.recv().await {
         let token = proposal.token;
         metrics::PROPOSALS.inc();
         let durable = durable.clone();
+        let traces = traces.clone();
         match raft.client_write_ff(proposal).await {
             Ok(response) => {
                 tokio::spawn(async move {
@@ -459,6 +477,7 @@ async fn propose_loop(
                     if let Some(durable) = durable.lock().remove(&token) {
                         durable(result.clone());
                     }
+                    traces.lock().remove(&token);
                     applied(result);
                 });
             }
@@ -466,6 +485,7 @@ async fn propose_loop(
                 if let Some(durable) = durable.lock().remove(&token) {
                     durable(Err(fatal.to_string()));
                 }
+                traces.lock().remove(&token);
                 applied(Err(fatal.to_string()));
             }
         }
