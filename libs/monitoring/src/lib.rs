@@ -11,6 +11,7 @@
 pub mod alerts;
 pub mod catalog;
 pub mod dashboards;
+pub mod scrape;
 mod yaml;
 
 use std::path::{Path, PathBuf};

@@ -6,6 +6,7 @@ mod client;
 mod dev;
 mod monitoring;
 mod standalone;
+mod top;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,6 +58,8 @@ enum Command {
     /// Run the distributed deployment on this machine, for development.
     #[command(subcommand)]
     Dev(dev::DevCommand),
+    /// A live terminal view of a deployment: services, cluster leaders, lag, rates, backlog.
+    Top(top::TopArgs),
     /// The Grafana dashboards and Prometheus alert rules.
     #[command(subcommand)]
     Monitoring(monitoring::MonitoringCommand),
@@ -165,6 +168,10 @@ async fn main() -> ExitCode {
         Command::Admin(command) => client::run_admin(&cli.endpoint, cli.json, command).await,
         Command::Dev(command) => dev::run(command).await,
         Command::Monitoring(command) => monitoring::run(command),
+        Command::Top(args) => tokio::task::spawn_blocking(move || top::run(args))
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|result| result),
         Command::Chaos(args) => match chaos::run(args, cli.json).await {
             Ok(true) => Ok(()),
             Ok(false) => {
