@@ -70,13 +70,23 @@ pub fn standalone_with_config(dir: &tempfile::TempDir, toml: &str) -> ServerProc
 }
 
 pub async fn create_queue(client: &mut QueueClient, name: &str) {
+    create_queue_with(client, name, pb::QueueAttributes::default()).await
+}
+
+/// Creates queue `name` with `attributes`, failing the test with the status if refused.
+pub async fn create_queue_with(
+    client: &mut QueueClient,
+    name: &str,
+    attributes: pb::QueueAttributes,
+) {
     client
         .create_queue(pb::CreateQueueRequest {
             name: name.into(),
+            attributes: Some(attributes),
             ..Default::default()
         })
         .await
-        .unwrap();
+        .unwrap_or_else(|status| panic!("cannot create queue {name}: {status}"));
 }
 
 /// etcd, a backend node, a metadata node, a manager and two frontends.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use sluice_proto::v1 as pb;
 use sluice_tests::dev::DevCluster;
+use sluice_tests::front::create_queue;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dev_cluster_serves_queues_and_stops_on_sigint() {
@@ -20,13 +21,7 @@ async fn dev_cluster_serves_queues_and_stops_on_sigint() {
     // Clients trust the CA the cluster made for itself, and authenticate with its root key.
     let mut first = cluster.client(0).unwrap();
     let mut second = cluster.client(1).unwrap();
-    first
-        .create_queue(pb::CreateQueueRequest {
-            name: "orders".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    create_queue(&mut first, "orders").await;
     first
         .send_message(pb::SendMessageRequest {
             queue: "orders".into(),

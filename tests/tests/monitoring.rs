@@ -16,6 +16,7 @@ use sluice_monitoring::catalog;
 use sluice_monitoring::dashboards::{self, Expect};
 use sluice_proto::v1 as pb;
 use sluice_tests::dev::DevCluster;
+use sluice_tests::front::create_queue_with;
 use sluice_tests::prometheus::Prometheus;
 use sluice_tests::wait_for;
 
@@ -151,21 +152,6 @@ fn receive(queue: &str, max: u32, visibility: Option<u32>) -> pb::ReceiveMessage
     }
 }
 
-async fn create(
-    client: &mut sluice_client::QueueClient,
-    name: &str,
-    attributes: pb::QueueAttributes,
-) {
-    client
-        .create_queue(pb::CreateQueueRequest {
-            name: name.into(),
-            attributes: Some(attributes),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|status| panic!("cannot create {name}: {status}"));
-}
-
 fn redrive_to(dead_letter_queue: &str) -> pb::QueueAttributes {
     pb::QueueAttributes {
         redrive_policy: Some(pb::RedrivePolicy {
@@ -268,13 +254,13 @@ async fn dashboards_and_alerts_answer_against_a_live_prometheus_under_load_and_f
     };
 
     let mut client = cluster.client(0).unwrap();
-    create(&mut client, "orders-dlq", Default::default()).await;
-    create(&mut client, "orders", redrive_to("orders-dlq")).await;
-    create(&mut client, "poison-dlq", Default::default()).await;
-    create(&mut client, "poison", redrive_to("poison-dlq")).await;
-    create(&mut client, "empty", Default::default()).await;
-    create(&mut client, "backlog", Default::default()).await;
-    create(
+    create_queue_with(&mut client, "orders-dlq", Default::default()).await;
+    create_queue_with(&mut client, "orders", redrive_to("orders-dlq")).await;
+    create_queue_with(&mut client, "poison-dlq", Default::default()).await;
+    create_queue_with(&mut client, "poison", redrive_to("poison-dlq")).await;
+    create_queue_with(&mut client, "empty", Default::default()).await;
+    create_queue_with(&mut client, "backlog", Default::default()).await;
+    create_queue_with(
         &mut client,
         "limited",
         pb::QueueAttributes {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use sluice_proto::v1 as pb;
 use sluice_tests::dev::DevCluster;
+use sluice_tests::front::create_queue;
 use sluice_tests::sluice_bin;
 
 /// `sluice top --once` over the dev cluster in `dir`.
@@ -36,13 +37,7 @@ async fn sluice_top_shows_clusters_leaders_rates_and_backlog_and_a_dead_node() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = DevCluster::start(&dir.path().join("cluster"), &[], &[]).unwrap();
     let mut client = cluster.client(0).unwrap();
-    client
-        .create_queue(pb::CreateQueueRequest {
-            name: "orders".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    create_queue(&mut client, "orders").await;
     // Sends go on while top takes its two readings.
     let stop = Arc::new(AtomicBool::new(false));
     let load = {

@@ -93,6 +93,18 @@ async fn start_collector() -> (std::net::SocketAddr, Collector) {
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
 
+/// `message` as a request from a caller that is itself traced, in trace `TRACE_ID`.
+fn traced<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01")
+            .parse()
+            .unwrap(),
+    );
+    request
+}
+
 #[tokio::test]
 async fn spans_reach_the_collector_and_logs_carry_the_trace_id() {
     let (collector_addr, collector) = start_collector().await;
@@ -112,15 +124,9 @@ async fn spans_reach_the_collector_and_logs_carry_the_trace_id() {
     let mut client = server.client().await.unwrap();
 
     // A caller that is itself traced: the server's span joins its trace.
-    let mut request = Request::new(pb::GetQueueRequest {
+    let request = traced(pb::GetQueueRequest {
         name: "no-such-queue".into(),
     });
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01")
-            .parse()
-            .unwrap(),
-    );
     let status = client.get_queue(request).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound);
 
@@ -224,16 +230,10 @@ async fn one_trace_crosses_every_tier() {
     sluice_tests::set_child_env(&[]);
 
     let mut client = frontend.client().await.unwrap();
-    let mut request = Request::new(pb::CreateQueueRequest {
+    let request = traced(pb::CreateQueueRequest {
         name: "traced".into(),
         ..Default::default()
     });
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01")
-            .parse()
-            .unwrap(),
-    );
     // The manager may still be campaigning; the frontend waits for it through the ring.
     client.create_queue(request).await.unwrap();
 
@@ -319,17 +319,11 @@ async fn a_send_is_traced_from_the_frontend_through_raft_to_the_fsync() {
         })
         .await
         .unwrap();
-    let mut request = Request::new(pb::SendMessageRequest {
+    let request = traced(pb::SendMessageRequest {
         queue: "traced".into(),
         body: b"where does the time go".to_vec().into(),
         ..Default::default()
     });
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01")
-            .parse()
-            .unwrap(),
-    );
     client.send_message(request).await.unwrap();
 
     // (service, span name, kind) from the top down; each is the parent of the next.

@@ -18,7 +18,7 @@ pub struct Family {
 enum Line<'a> {
     Help(&'a str),
     Type(&'a str),
-    Labels(Vec<String>),
+    Labels(BTreeSet<String>),
 }
 
 /// The families of `sluice_*` metrics on one `/metrics` page, by name, served by `service`.
@@ -28,36 +28,35 @@ pub fn parse(service: &str, text: &str) -> BTreeMap<String, Family> {
         let (name, said) = if let Some((name, help)) =
             line.strip_prefix("# HELP ").and_then(|r| r.split_once(' '))
         {
-            (name, Line::Help(help))
+            (name.to_owned(), Line::Help(help))
         } else if let Some((name, kind)) =
             line.strip_prefix("# TYPE ").and_then(|r| r.split_once(' '))
         {
-            (name, Line::Type(kind))
+            (name.to_owned(), Line::Type(kind))
         } else if line.starts_with('#') || line.is_empty() {
             continue;
         } else {
-            let name_end = line.find(['{', ' ']).unwrap_or(line.len());
-            let sample = &line[..name_end];
+            let Some(sample) = crate::scrape::parse_line(line) else {
+                continue;
+            };
             // A histogram's samples carry its name with a suffix; its TYPE line came first.
-            let name = ["_bucket", "_sum", "_count"]
+            let base = ["_bucket", "_sum", "_count"]
                 .iter()
-                .filter_map(|suffix| sample.strip_suffix(suffix))
+                .filter_map(|suffix| sample.name.strip_suffix(suffix))
                 .find(|base| families.get(*base).is_some_and(|f| f.kind == "histogram"))
-                .unwrap_or(sample);
-            let labels = line[name_end..]
-                .strip_prefix('{')
-                .and_then(|rest| rest.split_once('}'))
-                .map(|(labels, _)| label_names(labels))
-                .unwrap_or_default()
-                .into_iter()
+                .map(str::to_owned);
+            let labels = sample
+                .labels
+                .into_keys()
                 .filter(|l| l != "le" && l != "quantile")
                 .collect();
+            let name = base.unwrap_or(sample.name);
             (name, Line::Labels(labels))
         };
         if !name.starts_with("sluice_") {
             continue;
         }
-        let family = families.entry(name.to_owned()).or_default();
+        let family = families.entry(name).or_default();
         family.services.insert(service.to_owned());
         match said {
             Line::Help(help) => family.help = help.replace("\\\\", "\\"),
@@ -66,30 +65,6 @@ pub fn parse(service: &str, text: &str) -> BTreeMap<String, Family> {
         }
     }
     families
-}
-
-fn label_names(labels: &str) -> Vec<String> {
-    // Values are quoted and may hold commas; names are what precedes each `="`.
-    let mut names = Vec::new();
-    let mut rest = labels;
-    while let Some((name, after)) = rest.split_once("=\"") {
-        names.push(name.trim_start_matches(',').trim().to_owned());
-        // Skip the value, honouring escaped quotes.
-        let mut escaped = false;
-        let mut end = after.len();
-        for (i, c) in after.char_indices() {
-            match c {
-                '\\' if !escaped => escaped = true,
-                '"' if !escaped => {
-                    end = i + 1;
-                    break;
-                }
-                _ => escaped = false,
-            }
-        }
-        rest = &after[end..];
-    }
-    names
 }
 
 /// Merges the pages of several services.

@@ -25,7 +25,8 @@ pub fn parse(page: &str) -> Vec<Sample> {
         .collect()
 }
 
-fn parse_line(line: &str) -> Option<Sample> {
+/// One sample line (not a comment).
+pub(crate) fn parse_line(line: &str) -> Option<Sample> {
     let name_end = line.find(['{', ' '])?;
     let name = line[..name_end].to_owned();
     let (labels, rest) = match line[name_end..].strip_prefix('{') {

@@ -206,21 +206,31 @@ fn sample(db: &DB, path: &std::path::Path, name: &str, cfs: &[&str]) {
         // The series exists from the first sample, so `rate()` sees it start at 0.
         STALL_SECONDS.with_label_values(&[name]).inc_by(0.0);
     }
+    if let Some((free, size)) = disk_space(path) {
+        set(&DISK_FREE, free);
+        set(&DISK_SIZE, size);
+    }
+}
+
+/// Bytes an unprivileged writer can still use on the file system that holds `path`, and its
+/// size; `None` (logged) when they cannot be read.
+fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
     match nix::sys::statvfs::statvfs(path) {
-        Ok(stats) => {
-            set(
-                &DISK_FREE,
-                stats
-                    .blocks_available()
-                    .saturating_mul(stats.fragment_size()),
-            );
-            set(
-                &DISK_SIZE,
-                stats.blocks().saturating_mul(stats.fragment_size()),
-            );
-        }
+        Ok(stats) => Some((
+            stats
+                .blocks_available()
+                .saturating_mul(stats.fragment_size()),
+            stats.blocks().saturating_mul(stats.fragment_size()),
+        )),
         Err(err) => {
-            tracing::warn!(error = %err, path = %path.display(), "cannot read free disk space")
+            tracing::warn!(error = %err, path = %path.display(), "cannot read free disk space");
+            None
         }
     }
+}
+
+/// Free bytes on the file system that holds `path`; 0 when they cannot be read, which makes a
+/// node look full rather than empty.
+pub fn disk_free(path: &std::path::Path) -> u64 {
+    disk_space(path).map_or(0, |(free, _)| free)
 }

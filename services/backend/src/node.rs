@@ -495,7 +495,7 @@ async fn report_load(
             messages_in_per_second: (messages_in - last.0) as f64 / seconds,
             messages_out_per_second: (messages_out - last.1) as f64 / seconds,
             bytes_stored: engine.stored_bytes(),
-            disk_free_bytes: disk_free(engine.path()),
+            disk_free_bytes: sluice_storage::dbstats::disk_free(engine.path()),
             reported_at_ms: sluice_api::now_ms(),
         };
         last = (messages_in, messages_out, now);
@@ -505,20 +505,6 @@ async fn report_load(
             tracing::warn!(error = %err, "cannot write the load report");
         }
         tokio::time::sleep(period).await;
-    }
-}
-
-/// Bytes an unprivileged writer can still use on the file system that holds `path`; 0 when it
-/// cannot be read, which makes the cluster look full rather than empty.
-fn disk_free(path: &std::path::Path) -> u64 {
-    match nix::sys::statvfs::statvfs(path) {
-        Ok(stats) => stats
-            .blocks_available()
-            .saturating_mul(stats.fragment_size()),
-        Err(err) => {
-            tracing::warn!(error = %err, path = %path.display(), "cannot read free disk space");
-            0
-        }
     }
 }
 
