@@ -12,6 +12,7 @@ pub mod auth;
 pub mod dev;
 pub mod front;
 pub mod prometheus;
+pub mod trio;
 
 use anyhow::{anyhow, bail, Context};
 pub use auth::*;

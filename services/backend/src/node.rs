@@ -201,6 +201,14 @@ impl Storage {
         }
     }
 
+    /// Before a planned stop: hands the lead over if this node has it (see
+    /// `Replica::hand_over`).
+    async fn hand_over(&self) {
+        if let Some(replica) = &self.replica {
+            replica.hand_over().await;
+        }
+    }
+
     /// Stops the node's Raft, if any, then flushes and closes the engine.
     pub async fn close(&self) {
         if let Some(replica) = &self.replica {
@@ -248,6 +256,7 @@ fn access() -> Access {
     Access::new(vec![
         ("/sluice.v1.ClusterService/AppendEntries", &[Kind::Backend]),
         ("/sluice.v1.ClusterService/Vote", &[Kind::Backend]),
+        ("/sluice.v1.ClusterService/Campaign", &[Kind::Backend]),
         (
             "/sluice.v1.ClusterService/InstallSnapshot",
             &[Kind::Backend],
@@ -510,11 +519,12 @@ async fn report_load(
 
 impl Node {
     /// Waits for the shutdown token, then drains: the node leaves its cluster first (so no new
-    /// work is routed to it), the gRPC server finishes in-flight requests, the engine flushes,
+    /// work is routed to it) and hands the lead over if it has it, the gRPC server finishes in-flight requests, the engine flushes,
     /// and the admin port closes last.
     pub async fn wait(mut self) -> anyhow::Result<()> {
         let readiness = self.readiness.clone();
         let membership = self.membership.take();
+        let storage = self.storage.clone();
         let leave = async move {
             readiness.set(false);
             if let Some(mut membership) = membership {
@@ -524,6 +534,9 @@ impl Node {
                     tracing::warn!(error = %err, "cannot revoke the node's etcd lease; it expires on its own");
                 }
             }
+            // While the gRPC port still serves: the successor's vote requests and the new
+            // leader's appends reach this node through it.
+            storage.hand_over().await;
         };
         let served = self.grpc.run_until(&self.shutdown, self.drain, leave).await;
         self.storage.close().await;

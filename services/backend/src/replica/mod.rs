@@ -3,6 +3,8 @@
 //! operation; the followers' engines follow the log in RocksDB and take over when elected.
 //! See docs/replication.md for the design and its safety argument.
 
+mod formation;
+mod identity;
 mod log;
 mod machine;
 pub(crate) mod metrics;
@@ -13,14 +15,13 @@ mod snapshots;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 use sluice_api::{Error, Result};
 use sluice_proto::v1 as pb;
 use sluice_storage::{Completion, Engine, EngineOptions, Replicator};
@@ -68,18 +69,13 @@ openraft::declare_raft_types!(
 
 pub type Raft = openraft::Raft<TypeConfig>;
 
-/// A node's Raft id, from its name: stable, and the same on every node.
-pub fn node_id(name: &str) -> NodeId {
-    let digest = Sha256::digest(name.as_bytes());
-    u64::from_be_bytes(digest[..8].try_into().expect("eight bytes"))
-}
-
 /// How a node joins its cluster when its log is empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Bootstrap {
     /// A cluster of this node alone.
     Alone,
-    /// The cluster of these members; the first of them proposes it.
+    /// The cluster of these members: formed with them if none of them has a log yet, joined
+    /// (or rejoined, replacing the member of this node's name) if it runs (see `formation`).
     Members(Vec<Member>),
     /// Nothing: an operator adds the node to a running cluster (`sluice admin cluster add-node`).
     Join,
@@ -92,6 +88,8 @@ pub struct Replica {
     pub engine: Engine,
     pub me: Member,
     id: NodeId,
+    /// Set when the node stops on purpose: it no longer takes the lead (see `hand_over`).
+    stepping_down: Arc<AtomicBool>,
 }
 
 /// Hands the engine's batches to Raft in order (see `propose_loop`).
@@ -124,6 +122,41 @@ impl Replicator for RaftReplicator {
     }
 }
 
+/// Also the length of a leader's lease in openraft: voters refuse other candidates this long
+/// after its last heartbeat.
+const ELECTION_TIMEOUT_MAX_MS: u64 = 1000;
+/// How long a stopping leader waits for its successor to catch up, and then to lead.
+const HAND_OVER_WAIT: Duration = Duration::from_secs(5);
+
+/// The Raft id of the running node `member` says it is, from its own status.
+async fn raft_id_of(member: &Member) -> Result<NodeId> {
+    let unreachable = |err: String| {
+        Error::Unavailable(format!(
+            "cannot reach node {} at {} to learn its Raft id: {err}",
+            member.name, member.url
+        ))
+    };
+    let mut client = network::client(&member.url).map_err(|err| unreachable(err.to_string()))?;
+    let status = client
+        .status(pb::ClusterStatusRequest {})
+        .await
+        .map_err(|status| unreachable(status.message().to_owned()))?
+        .into_inner();
+    if status.node != member.name {
+        return Err(Error::FailedPrecondition(format!(
+            "the node at {} is named {:?}, not {:?}",
+            member.url, status.node, member.name
+        )));
+    }
+    if status.raft_id == 0 {
+        return Err(Error::FailedPrecondition(format!(
+            "node {} runs a version that does not report its Raft id; upgrade it first",
+            member.name
+        )));
+    }
+    Ok(status.raft_id)
+}
+
 fn raft_config(cluster: &str, snapshot_logs: u64) -> anyhow::Result<Arc<Config>> {
     let config = Config {
         cluster_name: cluster.to_owned(),
@@ -132,7 +165,7 @@ fn raft_config(cluster: &str, snapshot_logs: u64) -> anyhow::Result<Arc<Config>>
         // then its own timeout. A leader merely slow for this long on a busy machine causes an
         // election too, which costs a moment of unavailability, not data.
         election_timeout_min: 500,
-        election_timeout_max: 1000,
+        election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
         max_payload_entries: 16,
         // `snapshots::run` asks for them, each node at its own turn.
         snapshot_policy: SnapshotPolicy::Never,
@@ -165,13 +198,14 @@ impl Replica {
             traces: traces.clone(),
             next_token: AtomicU64::new(rand::rngs::OsRng.next_u64() >> 1),
         });
+        let raft_dir = data_dir.join("raft");
+        let id = identity::load_or_create(data_dir, &me.name, raft_dir.exists())?;
         let engine = Engine::open_replicated(engine_options, replicator)
             .context("cannot open the queue engine")?;
-        let log = log::LogStore::open(&data_dir.join("raft"), durable.clone(), traces.clone())
+        let log = log::LogStore::open(&raft_dir, durable.clone(), traces.clone())
             .context("cannot open the raft log")?;
         let appended = log.appended();
         let machine = machine::StateMachine::new(engine.clone(), traces.clone())?;
-        let id = node_id(&me.name);
         let raft = Raft::new(
             id,
             raft_config(cluster, snapshot_logs)?,
@@ -186,6 +220,7 @@ impl Replica {
             engine,
             me,
             id,
+            stepping_down: Arc::default(),
         };
         tokio::spawn(propose_loop(
             replica.raft.clone(),
@@ -200,25 +235,26 @@ impl Replica {
             appended,
             shutdown.clone(),
         ));
-        tokio::spawn(replica.clone().lead(shutdown));
-        replica.bootstrap(bootstrap).await?;
+        tokio::spawn(replica.clone().lead(shutdown.clone()));
+        if !replica.raft.is_initialized().await? {
+            match bootstrap {
+                Bootstrap::Join => {}
+                Bootstrap::Alone => {
+                    replica
+                        .initialize([(replica.id, replica.me.clone())].into())
+                        .await?
+                }
+                // In the background: the others ask this node's status to form the cluster,
+                // so it must serve while it waits for them.
+                Bootstrap::Members(members) => {
+                    tokio::spawn(formation::run(replica.clone(), members, shutdown));
+                }
+            }
+        }
         Ok(replica)
     }
 
-    async fn bootstrap(&self, bootstrap: Bootstrap) -> anyhow::Result<()> {
-        if self.raft.is_initialized().await? {
-            return Ok(());
-        }
-        let members: BTreeMap<NodeId, Member> = match bootstrap {
-            Bootstrap::Join => return Ok(()),
-            Bootstrap::Alone => [(self.id, self.me.clone())].into(),
-            Bootstrap::Members(members) => {
-                if members.first().map(|m| &m.name) != Some(&self.me.name) {
-                    return Ok(());
-                }
-                members.into_iter().map(|m| (node_id(&m.name), m)).collect()
-            }
-        };
+    async fn initialize(&self, members: BTreeMap<NodeId, Member>) -> anyhow::Result<()> {
         tracing::info!(members = members.len(), "initializing the cluster");
         match self.raft.initialize(members).await {
             Ok(()) => Ok(()),
@@ -244,7 +280,8 @@ impl Replica {
                 )
             };
             metrics::IS_LEADER.set(i64::from(leading && self.engine.is_active()));
-            if leading && !self.engine.is_active() {
+            let stepping_down = self.stepping_down.load(Ordering::SeqCst);
+            if leading && !stepping_down && !self.engine.is_active() {
                 match self.raft.ensure_linearizable().await {
                     Ok(_) => match self.engine.activate().await {
                         Ok(()) => tracing::info!(term, "leading the cluster; serving"),
@@ -255,7 +292,7 @@ impl Replica {
                     },
                     Err(err) => tracing::info!(error = %err, "elected, but not confirmed yet"),
                 }
-            } else if !leading && self.engine.is_active() {
+            } else if (!leading || stepping_down) && self.engine.is_active() {
                 tracing::info!(term, "no longer leading the cluster");
                 self.engine.deactivate();
             }
@@ -326,6 +363,7 @@ impl Replica {
             .map(|(id, member)| pb::ClusterMember {
                 name: member.name.clone(),
                 url: member.url.clone(),
+                raft_id: *id,
                 voter: voters.contains(id),
                 matched_index: m
                     .replication
@@ -343,39 +381,176 @@ impl Replica {
             applied_index: m.last_applied.map_or(0, |l| l.index),
             serving: self.engine.is_active(),
             members,
+            raft_id: self.id,
         }
     }
 
-    /// Adds `member`: as a learner until it has caught up, then as a voter. Leader only.
+    /// Adds `member`, which must be running: as a learner until it has caught up, then as a
+    /// voter. A member of the same name with another id (the node before it lost its volume)
+    /// leaves in the same joint change, so the cluster never needs more nodes than it had.
+    /// Leader only; adding a member again changes nothing.
     pub async fn add_node(&self, member: Member) -> Result<()> {
-        let id = node_id(&member.name);
+        let id = raft_id_of(&member).await?;
+        let (voters, replaced) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            let replaced: BTreeSet<NodeId> = membership
+                .nodes()
+                .filter(|(other, node)| node.name == member.name && **other != id)
+                .map(|(other, _)| *other)
+                .collect();
+            (membership.voter_ids().collect::<BTreeSet<_>>(), replaced)
+        };
+        if voters.contains(&id) && replaced.is_empty() {
+            return Ok(());
+        }
+        if !replaced.is_empty() {
+            tracing::info!(name = %member.name, new = id, old = ?replaced, "replacing a member that came back on an empty volume");
+        }
         self.raft
             .add_learner(id, member, true)
             .await
             .map_err(membership_error)?;
+        let mut next: BTreeSet<NodeId> = voters.difference(&replaced).copied().collect();
+        next.insert(id);
         self.raft
-            .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+            .change_membership(ChangeMembers::ReplaceAllVoters(next), false)
             .await
             .map_err(membership_error)?;
+        // A replaced member that was only a learner is not a voter the change above removed.
+        let learners: BTreeSet<NodeId> = replaced.difference(&voters).copied().collect();
+        if !learners.is_empty() {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(learners), false)
+                .await
+                .map_err(membership_error)?;
+        }
         Ok(())
     }
 
     /// Removes the member named `name`. Leader only.
     pub async fn remove_node(&self, name: &str) -> Result<()> {
-        let id = node_id(name);
-        let known = {
+        let ids: BTreeSet<NodeId> = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
-            m.membership_config.membership().get_node(&id).is_some()
+            m.membership_config
+                .membership()
+                .nodes()
+                .filter(|(_, node)| node.name == name)
+                .map(|(id, _)| *id)
+                .collect()
         };
-        if !known {
+        if ids.is_empty() {
             return Err(Error::not_found(format!("cluster member {name:?}")));
         }
         self.raft
-            .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
+            .change_membership(ChangeMembers::RemoveVoters(ids), false)
             .await
             .map_err(membership_error)?;
         Ok(())
+    }
+
+    /// Before a planned stop: if this node leads, it stops serving, waits (a bounded time) for
+    /// the voter furthest ahead to hold its whole log, stops its heartbeats and asks that voter
+    /// to campaign, then waits for a new leader. A rolling restart so costs one election with a
+    /// chosen, caught-up winner instead of a leader vanishing mid-write.
+    pub async fn hand_over(&self) {
+        self.stepping_down.store(true, Ordering::SeqCst);
+        if !self.is_leader() {
+            return;
+        }
+        self.engine.deactivate();
+        let (successor, last) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            let matched = |id: &NodeId| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .map(|log_id| log_id.index)
+            };
+            let successor = membership
+                .voter_ids()
+                .filter(|id| *id != self.id)
+                .max_by_key(|id| matched(id))
+                .and_then(|id| Some((id, membership.get_node(&id)?.clone())));
+            (successor, m.last_log_index)
+        };
+        let Some((successor, member)) = successor else {
+            return;
+        };
+        let caught_up = self
+            .raft
+            .wait(Some(HAND_OVER_WAIT))
+            .metrics(
+                |m| {
+                    let matched = m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(&successor).cloned().flatten())
+                        .map(|log_id| log_id.index);
+                    matched >= last
+                },
+                "the successor holds the whole log",
+            )
+            .await;
+        if caught_up.is_err() {
+            tracing::warn!(successor = %member, "the successor did not catch up in time; stopping anyway");
+        }
+        self.raft.runtime_config().heartbeat(false);
+        let asked = match network::client(&member.url) {
+            Ok(mut client) => client
+                .campaign(pb::CampaignRequest {})
+                .await
+                .map_err(|status| status.to_string()),
+            Err(err) => Err(err.to_string()),
+        };
+        if let Err(err) = asked {
+            tracing::warn!(successor = %member, error = %err, "cannot ask the successor to campaign");
+        }
+        let me = self.id;
+        let handed = self
+            .raft
+            .wait(Some(HAND_OVER_WAIT))
+            .metrics(
+                |m| m.current_leader.is_some_and(|leader| leader != me),
+                "another node leads",
+            )
+            .await;
+        match handed {
+            Ok(_) => tracing::info!(successor = %member, "handed the lead over"),
+            Err(_) => tracing::warn!(successor = %member, "no new leader yet; stopping anyway"),
+        }
+    }
+
+    /// Stands for election once the stopping leader's lease has lapsed on the other voters, and
+    /// again until this node leads or the attempts run out; returns at once.
+    pub fn campaign(&self) {
+        let raft = self.raft.clone();
+        tokio::spawn(async move {
+            let term = raft.metrics().borrow().current_term;
+            // The voters refuse a candidate while they still honour the old leader's lease,
+            // which runs for the longest election timeout after its last heartbeat.
+            tokio::time::sleep(Duration::from_millis(ELECTION_TIMEOUT_MAX_MS)).await;
+            for _ in 0..10 {
+                let elected = {
+                    let metrics = raft.metrics();
+                    let m = metrics.borrow();
+                    m.current_term > term && m.current_leader.is_some()
+                };
+                // This node or another: either way the cluster has a new leader.
+                if elected {
+                    return;
+                }
+                if let Err(err) = raft.trigger().elect().await {
+                    tracing::warn!(error = %err, "cannot stand for election");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
     }
 
     pub async fn shutdown(&self) {

@@ -79,6 +79,7 @@ impl Peer {
             bincode::serialize(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut call = tonic::Request::new(pb::RaftMessage {
             payload: payload.into(),
+            target: self.target,
         });
         call.set_timeout(option.hard_ttl());
         let answer = rpc(client, call)
@@ -133,8 +134,19 @@ impl RaftNetwork<TypeConfig> for Peer {
     }
 }
 
-/// Decodes a Raft message of the peer.
-pub(crate) fn decode<T: DeserializeOwned>(message: pb::RaftMessage) -> sluice_api::Result<T> {
+/// Decodes a Raft message of the peer, if it was meant for node `me`.
+pub(crate) fn decode<T: DeserializeOwned>(
+    message: pb::RaftMessage,
+    me: NodeId,
+) -> sluice_api::Result<T> {
+    if message.target != 0 && message.target != me {
+        // The sender's member of this URL is an earlier node of this name, which lost its
+        // volume; this one must not answer for it (see `identity`).
+        return Err(sluice_api::Error::FailedPrecondition(format!(
+            "this node is Raft member {me}, not {}: it replaces that member",
+            message.target
+        )));
+    }
     bincode::deserialize(&message.payload)
         .map_err(|err| sluice_api::Error::invalid("payload", format!("not a raft message: {err}")))
 }
@@ -144,6 +156,7 @@ pub(crate) fn encode<T: Serialize>(answer: &T) -> sluice_api::Result<pb::RaftMes
     bincode::serialize(answer)
         .map(|payload| pb::RaftMessage {
             payload: payload.into(),
+            target: 0,
         })
         .map_err(|err| sluice_api::Error::Internal(format!("cannot encode a raft answer: {err}")))
 }

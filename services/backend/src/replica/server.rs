@@ -40,19 +40,19 @@ type Answer = std::result::Result<Response<pb::RaftMessage>, Status>;
 #[tonic::async_trait]
 impl ClusterService for ClusterServiceImpl {
     async fn append_entries(&self, request: Request<pb::RaftMessage>) -> Answer {
-        let rpc = network::decode(request.into_inner())?;
+        let rpc = network::decode(request.into_inner(), self.replica.id)?;
         let answer = self.replica.raft.append_entries(rpc).await;
         Ok(Response::new(network::encode(&answer)?))
     }
 
     async fn vote(&self, request: Request<pb::RaftMessage>) -> Answer {
-        let rpc = network::decode(request.into_inner())?;
+        let rpc = network::decode(request.into_inner(), self.replica.id)?;
         let answer = self.replica.raft.vote(rpc).await;
         Ok(Response::new(network::encode(&answer)?))
     }
 
     async fn install_snapshot(&self, request: Request<pb::RaftMessage>) -> Answer {
-        let rpc = network::decode(request.into_inner())?;
+        let rpc = network::decode(request.into_inner(), self.replica.id)?;
         let answer = self.replica.raft.install_snapshot(rpc).await;
         Ok(Response::new(network::encode(&answer)?))
     }
@@ -92,6 +92,15 @@ impl ClusterService for ClusterServiceImpl {
         let name = request.into_inner().name;
         tracing::info!(%name, "removing a node from the cluster");
         self.replica.remove_node(&name).await?;
+        Ok(Response::new(self.replica.status()))
+    }
+
+    async fn campaign(
+        &self,
+        _request: Request<pb::CampaignRequest>,
+    ) -> std::result::Result<Response<pb::ClusterStatus>, Status> {
+        tracing::info!("the leader is stopping and asked this node to take over");
+        self.replica.campaign();
         Ok(Response::new(self.replica.status()))
     }
 }
