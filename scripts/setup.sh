@@ -3,7 +3,8 @@
 # protoc (the gRPC code generator), libclang (RocksDB's bindings are generated with it) and
 # etcd (the metadata store of the distributed deployment; the tests start their own),
 # Prometheus and promtool (the monitoring tests run the alert rules and dashboards against it),
-# and the font sluice-bench draws its charts with.
+# the font sluice-bench draws its charts with, and Python with venv (the chart checks install
+# their tools from PyPI into a virtualenv).
 set -euo pipefail
 
 missing=()
@@ -24,6 +25,7 @@ command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || missing+=(prometheus)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3 python3-venv)
 
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}" >&2

