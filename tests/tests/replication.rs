@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use sluice_proto::v1 as pb;
+use sluice_tests::dev::DevCluster;
 use sluice_tests::trio::{bodies, Trio, ONE_AT_A_TIME, QUEUE};
 use sluice_tests::{
     backend_failpoints_bin, free_port_range, queue_counts, sluice_bin, wait_for, EtcdProcess,
@@ -447,23 +448,23 @@ async fn chaos(replication: &'static str) -> anyhow::Result<serde_json::Value> {
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir()?;
     let base = free_port_range(60)?.to_string();
-    let run_dir = dir.path().join("chaos");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(sluice_bin())
-            .args([
-                "--json",
-                "chaos",
-                "--duration",
-                "100s",
-                "--kill-every",
-                "15s",
-            ])
-            .args(["--replication", replication, "--base-port", &base])
-            .arg("--dir")
-            .arg(&run_dir)
-            .output()
-    })
-    .await??;
+    let mut command = Command::new(sluice_bin());
+    command
+        .args(["--json", "chaos"])
+        .args(CHAOS_SCHEDULE)
+        .args(["--replication", replication, "--base-port", &base])
+        .arg("--dir")
+        .arg(dir.path().join("chaos"));
+    chaos_report(command).await
+}
+
+/// How long every chaos run of the suite goes on, and how often it kills.
+const CHAOS_SCHEDULE: [&str; 4] = ["--duration", "100s", "--kill-every", "15s"];
+
+/// Runs `sluice chaos` as `command` says and returns its report, once it is plausible: enough
+/// kills, enough load, nothing received that was never sent.
+async fn chaos_report(mut command: Command) -> anyhow::Result<serde_json::Value> {
+    let output = tokio::task::spawn_blocking(move || command.output()).await??;
     eprintln!("{}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout)
         .with_context(|| format!("no report: {}", String::from_utf8_lossy(&output.stdout)))?;
@@ -478,6 +479,54 @@ async fn chaos(replication: &'static str) -> anyhow::Result<serde_json::Value> {
     assert!(report["acknowledged"].as_u64() > Some(1000), "the load ran");
     assert_eq!(report["unexpected"], 0);
     Ok(report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_with_a_kill_command_against_a_running_dev_cluster_loses_no_acknowledged_message(
+) -> anyhow::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir()?;
+    let cluster_dir = dir.path().join("cluster");
+    // Started on its own, restarting what dies, as Kubernetes would.
+    let cluster = tokio::task::spawn_blocking(move || {
+        DevCluster::start(&cluster_dir, &["--restart-after", "3s"], &[])
+    })
+    .await??;
+    let pids = cluster.dir.join("pids");
+    let backends = |cluster: &DevCluster| -> anyhow::Result<Vec<i32>> {
+        ["a1", "a2", "a3", "b1", "b2", "b3"]
+            .iter()
+            .map(|node| cluster.pid(&format!("backend-{node}")))
+            .collect()
+    };
+    let before = backends(&cluster)?;
+    // SIGKILLs a random process of the part chaos names, found in the cluster's pids file.
+    let kill = format!(
+        "pid=$(grep \" $SLUICE_CHAOS_PART-\" '{}' | shuf -n 1 | cut -d' ' -f1) && kill -9 \"$pid\"",
+        pids.display()
+    );
+    let root = std::fs::read_to_string(cluster.certs().join("root.credentials"))?;
+    let (id, secret) = root.trim().split_once(':').context("KEY_ID:SECRET")?;
+    let mut command = Command::new(sluice_bin());
+    command
+        .args(["--json", "--endpoint", &cluster.frontends.join(",")])
+        .arg("--ca-cert")
+        .arg(cluster.certs().join("ca.pem"))
+        .args(["chaos", "--kill-command", &kill])
+        .args(CHAOS_SCHEDULE)
+        .env("SLUICE_ACCESS_KEY_ID", id)
+        .env("SLUICE_SECRET_ACCESS_KEY", secret);
+    let report = chaos_report(command).await?;
+    assert_eq!(report["lost"], 0, "acknowledged messages were lost");
+    // The kills were real: the backends the command killed run as new processes.
+    assert!(
+        report["kills"]["backend"].as_u64() > Some(0),
+        "no backend was killed: {report}"
+    );
+    let after = backends(&cluster)?;
+    assert_ne!(before, after, "no backend process was replaced");
+    assert!(cluster.stop()?, "the cluster stopped cleanly");
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

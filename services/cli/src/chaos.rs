@@ -1,7 +1,12 @@
-//! `sluice chaos`: runs the local cluster (`sluice dev cluster`, with one backend cluster of 3
-//! replicated nodes, so that every backend kill hits the queue's cluster) under a steady load of producers and consumers, SIGKILLs a random part on
-//! a schedule and starts it again, and at the end checks the ledger the producers and consumers
+//! `sluice chaos`: runs a deployment under a steady load of producers and consumers, kills a
+//! random part on a schedule, and at the end checks the ledger the producers and consumers
 //! kept: every acknowledged message must have been received.
+//!
+//! By default it starts the local cluster itself (`sluice dev cluster`, with one backend
+//! cluster of 3 replicated nodes, so that every backend kill hits the queue's cluster),
+//! SIGKILLs its processes and starts them again. With `--kill-command` or `--chaos-mesh` it
+//! runs against a deployment that is already running (the frontends of `--endpoint`) and
+//! leaves restarting what it killed to that deployment, as Kubernetes does.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -19,8 +24,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::ReplicationArg;
 use crate::dev::{self, Parts};
-
-const QUEUE: &str = "chaos";
 
 #[derive(clap::Args)]
 pub struct ChaosArgs {
@@ -64,6 +67,33 @@ pub struct ChaosArgs {
     /// After the load stops, how long consumers may take to receive what is left.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// Runs against the deployment whose frontends `--endpoint` lists (comma-separated)
+    /// instead of starting one, and kills with this shell command: each fault runs it with
+    /// SLUICE_CHAOS_PART set to the part to kill (backend, frontend or metadata), e.g.
+    /// `kubectl -n sluice delete pod --wait=false $(kubectl -n sluice get pod -o name -l
+    /// app.kubernetes.io/component=$SLUICE_CHAOS_PART | shuf -n1)`. The deployment starts
+    /// what was killed again.
+    #[arg(long, value_name = "CMD", conflicts_with = "chaos_mesh")]
+    kill_command: Option<String>,
+    /// Like --kill-command, with the Chaos Mesh experiments in DIR (k8s/chaos): each fault
+    /// applies DIR/pod-kill-<part>.yaml with kubectl, after deleting what an earlier fault
+    /// left of it.
+    #[arg(long, value_name = "DIR")]
+    chaos_mesh: Option<PathBuf>,
+}
+
+impl ChaosArgs {
+    /// The shell command that kills a part of a running deployment, if the run is against one.
+    fn kill_command(&self) -> Option<String> {
+        if let Some(command) = &self.kill_command {
+            return Some(command.clone());
+        }
+        let dir = self.chaos_mesh.as_ref()?;
+        let experiment = format!("{}/pod-kill-$SLUICE_CHAOS_PART.yaml", dir.display());
+        Some(format!(
+            "kubectl delete --ignore-not-found --wait=true -f \"{experiment}\" && kubectl apply -f \"{experiment}\""
+        ))
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -117,7 +147,21 @@ struct Report {
     lost_examples: Vec<String>,
 }
 
-pub async fn run(args: ChaosArgs, json_out: bool) -> anyhow::Result<bool> {
+/// Runs the chaos test; `endpoint` is the CLI's `--endpoint`, the frontends of a running
+/// deployment when the run is against one. Returns whether the ledger balanced.
+pub async fn run(args: ChaosArgs, json_out: bool, endpoint: &str) -> anyhow::Result<bool> {
+    if let Some(command) = args.kill_command() {
+        let mut frontends = Vec::new();
+        for url in endpoint.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            frontends.push(connect_to(url)?);
+        }
+        anyhow::ensure!(
+            !frontends.is_empty(),
+            "--endpoint names no frontend to load"
+        );
+        let faults = Faults::Command(command);
+        return drive(&args, frontends, faults, json_out).await;
+    }
     if args.dir.exists() {
         std::fs::remove_dir_all(&args.dir)
             .with_context(|| format!("cannot empty {}", args.dir.display()))?;
@@ -127,9 +171,62 @@ pub async fn run(args: ChaosArgs, json_out: bool) -> anyhow::Result<bool> {
     let parts = tokio::task::spawn_blocking(move || dev::up(&dir, base, 1, 3, netns, false, false))
         .await??;
     let parts = Arc::new(Mutex::new(parts));
-    let result = drive(&args, parts.clone(), json_out).await;
+    let result = async {
+        let frontends = vec![
+            connect(
+                &args.dir,
+                &format!("https://127.0.0.1:{}", args.base_port + 10),
+            )
+            .await?,
+            connect(
+                &args.dir,
+                &format!("https://127.0.0.1:{}", args.base_port + 12),
+            )
+            .await?,
+        ];
+        drive(&args, frontends, Faults::Local(parts.clone()), json_out).await
+    }
+    .await;
     tokio::task::spawn_blocking(move || drop(parts)).await?;
     result
+}
+
+/// How faults are made: on the processes this run started, or by a command against a running
+/// deployment.
+enum Faults {
+    Local(Arc<Mutex<Parts>>),
+    Command(String),
+}
+
+/// A client of a running deployment's frontend, with the CLI's TLS and credentials.
+fn connect_to(url: &str) -> anyhow::Result<QueueClient> {
+    let channel = sluice_common::tls::channel(url, None, |endpoint| {
+        endpoint
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(30))
+    })
+    .with_context(|| format!("endpoint {url:?}"))?;
+    Ok(sluice_client::queue_client(
+        channel,
+        sluice_common::credentials::installed(),
+    ))
+}
+
+/// Runs `command` through the shell with SLUICE_CHAOS_PART set to `part`.
+async fn run_kill_command(command: &str, part: &str) -> anyhow::Result<()> {
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .env("SLUICE_CHAOS_PART", part)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .await
+        .context("cannot run the kill command")?;
+    anyhow::ensure!(
+        status.success(),
+        "the kill command failed ({status}) for part {part}"
+    );
+    Ok(())
 }
 
 /// A client of a frontend of the cluster in `dir`, over TLS trusting the cluster's CA, with the
@@ -146,19 +243,14 @@ async fn connect(dir: &Path, url: &str) -> anyhow::Result<QueueClient> {
     Ok(sluice_client::queue_client(channel, credentials))
 }
 
-async fn drive(args: &ChaosArgs, parts: Arc<Mutex<Parts>>, json_out: bool) -> anyhow::Result<bool> {
-    let frontends = [
-        connect(
-            &args.dir,
-            &format!("https://127.0.0.1:{}", args.base_port + 10),
-        )
-        .await?,
-        connect(
-            &args.dir,
-            &format!("https://127.0.0.1:{}", args.base_port + 12),
-        )
-        .await?,
-    ];
+async fn drive(
+    args: &ChaosArgs,
+    frontends: Vec<QueueClient>,
+    faults: Faults,
+    json_out: bool,
+) -> anyhow::Result<bool> {
+    // A queue of its own for each run, so a run against a long-lived deployment starts empty.
+    let queue = format!("chaos-{:08x}", rand::random::<u32>());
     let replication = match args.replication {
         ReplicationArg::Sync => pb::Replication::Sync,
         ReplicationArg::Async => pb::Replication::Async,
@@ -166,7 +258,7 @@ async fn drive(args: &ChaosArgs, parts: Arc<Mutex<Parts>>, json_out: bool) -> an
     frontends[0]
         .clone()
         .create_queue(pb::CreateQueueRequest {
-            name: QUEUE.into(),
+            name: queue.clone(),
             attributes: Some(pb::QueueAttributes {
                 visibility_timeout_seconds: Some(10),
                 replication: replication as i32,
@@ -176,17 +268,22 @@ async fn drive(args: &ChaosArgs, parts: Arc<Mutex<Parts>>, json_out: bool) -> an
         })
         .await
         .context("cannot create the chaos queue")?;
-    let admin_ports: Vec<String> = {
-        let parts = parts.lock().expect("not poisoned");
-        (0..3)
-            .map(|n| {
-                let ip = match &parts.netns {
-                    Some(netns) => netns.node_ip(n.into()),
-                    None => "127.0.0.1".to_owned(),
-                };
-                format!("{ip}:{}", dev::backend_port(args.base_port, 3, 0, n) + 1)
-            })
-            .collect()
+    // The backend nodes' admin ports, to aim at the leader and sample the lag: known only for
+    // the processes this run started.
+    let admin_ports: Vec<String> = match &faults {
+        Faults::Command(_) => Vec::new(),
+        Faults::Local(parts) => {
+            let parts = parts.lock().expect("not poisoned");
+            (0..3)
+                .map(|n| {
+                    let ip = match &parts.netns {
+                        Some(netns) => netns.node_ip(n.into()),
+                        None => "127.0.0.1".to_owned(),
+                    };
+                    format!("{ip}:{}", dev::backend_port(args.base_port, 3, 0, n) + 1)
+                })
+                .collect()
+        }
     };
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -198,6 +295,7 @@ async fn drive(args: &ChaosArgs, parts: Arc<Mutex<Parts>>, json_out: bool) -> an
         producers.push(tokio::spawn(produce(
             p,
             frontends.clone(),
+            queue.clone(),
             args.rate,
             ledger.clone(),
             producing.clone(),
@@ -208,6 +306,7 @@ async fn drive(args: &ChaosArgs, parts: Arc<Mutex<Parts>>, json_out: bool) -> an
         consumers.push(tokio::spawn(consume(
             c,
             frontends.clone(),
+            queue.clone(),
             ledger.clone(),
             consuming.clone(),
         )));
@@ -238,6 +337,21 @@ async fn drive(args: &ChaosArgs, parts: Arc<Mutex<Parts>>, json_out: bool) -> an
             break;
         }
         tokio::time::sleep_until(next).await;
+        let parts = match &faults {
+            Faults::Local(parts) => parts,
+            Faults::Command(command) => {
+                let kind = pick_part(&mut rng);
+                eprintln!(
+                    "chaos: {:>5.1}s killing a {kind} with the kill command",
+                    started.elapsed().as_secs_f64()
+                );
+                run_kill_command(command, kind).await?;
+                *kills.entry(kind).or_default() += 1;
+                // The deployment starts it again meanwhile.
+                tokio::time::sleep(args.down_for).await;
+                continue;
+            }
+        };
         if args.fault == Fault::Partition {
             let ports = admin_ports.clone();
             let leader = tokio::task::spawn_blocking(move || leader_of(&ports)).await?;
@@ -272,12 +386,7 @@ async fn drive(args: &ChaosArgs, parts: Arc<Mutex<Parts>>, json_out: bool) -> an
             );
             continue;
         }
-        // Backend nodes are what replication is about; the stateless tiers get a turn too.
-        let kind = match rng.gen_range(0..10) {
-            0 => "frontend",
-            1 => "metadata",
-            _ => "backend",
-        };
+        let kind = pick_part(&mut rng);
         // Half the backend kills go to the leader: a failover is what is worth proving. The
         // leader is looked up for the other half too, since a node picked at random may be it.
         let leader = if kind == "backend" {
@@ -412,6 +521,15 @@ async fn drive(args: &ChaosArgs, parts: Arc<Mutex<Parts>>, json_out: bool) -> an
     Ok(report.lost == 0 && report.unexpected == 0)
 }
 
+/// Backend nodes are what replication is about; the stateless tiers get a turn too.
+fn pick_part(rng: &mut StdRng) -> &'static str {
+    match rng.gen_range(0..10) {
+        0 => "frontend",
+        1 => "metadata",
+        _ => "backend",
+    }
+}
+
 fn print_report(r: &Report) {
     println!(
         "chaos report ({} replication, {:.0} s)",
@@ -446,7 +564,8 @@ fn print_report(r: &Report) {
 /// other frontend) until it succeeds or the load stops.
 async fn produce(
     p: usize,
-    frontends: [QueueClient; 2],
+    frontends: Vec<QueueClient>,
+    queue: String,
     rate: u32,
     ledger: Arc<Mutex<Ledger>>,
     stop: CancellationToken,
@@ -469,11 +588,14 @@ async fn produce(
         let first_try = Instant::now();
         loop {
             let request = pb::SendMessageRequest {
-                queue: QUEUE.into(),
+                queue: queue.clone(),
                 body: body.clone().into(),
                 ..Default::default()
             };
-            let sent = frontends[turn % 2].clone().send_message(request).await;
+            let sent = frontends[turn % frontends.len()]
+                .clone()
+                .send_message(request)
+                .await;
             let mut ledger = ledger.lock().expect("not poisoned");
             match sent {
                 Ok(_) => {
@@ -501,15 +623,16 @@ async fn produce(
 /// Receives, records and deletes until told to stop.
 async fn consume(
     c: usize,
-    frontends: [QueueClient; 2],
+    frontends: Vec<QueueClient>,
+    queue: String,
     ledger: Arc<Mutex<Ledger>>,
     stop: CancellationToken,
 ) {
     let mut turn = c;
     while !stop.is_cancelled() {
-        let mut client = frontends[turn % 2].clone();
+        let mut client = frontends[turn % frontends.len()].clone();
         let request = pb::ReceiveMessageRequest {
-            queue: QUEUE.into(),
+            queue: queue.clone(),
             max_messages: 10,
             wait_time_seconds: Some(1),
             visibility_timeout_seconds: None,
@@ -544,7 +667,7 @@ async fn consume(
         // counts.
         let _ = client
             .delete_message_batch(pb::DeleteMessageBatchRequest {
-                queue: QUEUE.into(),
+                queue: queue.clone(),
                 entries,
             })
             .await;

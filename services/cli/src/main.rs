@@ -172,7 +172,7 @@ async fn main() -> ExitCode {
             .await
             .map_err(anyhow::Error::from)
             .and_then(|result| result),
-        Command::Chaos(args) => match chaos::run(args, cli.json).await {
+        Command::Chaos(args) => match chaos::run(args, cli.json, &cli.endpoint).await {
             Ok(true) => Ok(()),
             Ok(false) => {
                 eprintln!("chaos: acknowledged messages were lost, or unknown ones received");

@@ -4,9 +4,11 @@
 //! `up` prints the endpoints and runs until Ctrl-C or SIGTERM, then stops everything; `down`
 //! stops a cluster whose `up` was killed, from the pids it left in its directory.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -60,6 +62,11 @@ pub enum ClusterCommand {
         /// DIR/prometheus/targets.json either way.
         #[arg(long)]
         prometheus: bool,
+        /// Start a part that died (was killed) again this long after, as Kubernetes restarts
+        /// a pod, e.g. 3s; without it a dead part stays dead. For `sluice chaos
+        /// --kill-command` against this cluster.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        restart_after: Option<Duration>,
     },
     /// Stop the processes of a cluster whose `up` did not stop them, and remove its directory.
     Down {
@@ -225,6 +232,13 @@ impl Parts {
         part.child.kill()?;
         part.child.wait()?;
         Ok(())
+    }
+
+    /// The parts that have exited, by index.
+    fn dead(&mut self) -> Vec<usize> {
+        (0..self.parts.len())
+            .filter(|&i| !matches!(self.parts[i].child.try_wait(), Ok(None)))
+            .collect()
     }
 
     /// Starts part `index` again, as it was started first, and waits until it is ready.
@@ -727,6 +741,45 @@ fn print_endpoints(base: u16, nodes: u16, dir: &Path, insecure: bool, prometheus
     println!("Ctrl-C stops everything.");
 }
 
+/// Until `shutdown`: starts each part that died again `after` it was first seen dead.
+async fn supervise(
+    parts: Arc<Mutex<Parts>>,
+    after: Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let mut dead_since: HashMap<usize, Instant> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        let dead = {
+            let parts = parts.clone();
+            tokio::task::spawn_blocking(move || parts.lock().expect("not poisoned").dead()).await?
+        };
+        dead_since.retain(|i, _| dead.contains(i));
+        for i in dead {
+            let since = *dead_since.entry(i).or_insert_with(Instant::now);
+            if since.elapsed() < after || shutdown.is_cancelled() {
+                continue;
+            }
+            let parts = parts.clone();
+            let name = tokio::task::spawn_blocking(move || {
+                let mut parts = parts.lock().expect("not poisoned");
+                let name = parts.parts[i].name.clone();
+                parts.restart(i).map(|()| name)
+            })
+            .await?;
+            match name {
+                Ok(name) => println!("restarted {name}, which had died"),
+                // Tried again on the next round, as Kubernetes retries a crashing pod.
+                Err(err) => eprintln!("cannot restart a dead part: {err:#}"),
+            }
+            dead_since.remove(&i);
+        }
+    }
+}
+
 pub async fn run(command: DevCommand) -> anyhow::Result<()> {
     match command {
         DevCommand::Cluster(ClusterCommand::Up {
@@ -735,6 +788,7 @@ pub async fn run(command: DevCommand) -> anyhow::Result<()> {
             nodes,
             insecure,
             prometheus,
+            restart_after,
         }) => {
             let parts = {
                 let dir = dir.clone();
@@ -746,7 +800,11 @@ pub async fn run(command: DevCommand) -> anyhow::Result<()> {
             print_endpoints(base_port, nodes, &dir, insecure, prometheus);
             let shutdown = tokio_util::sync::CancellationToken::new();
             sluice_common::shutdown::cancel_on_signal(shutdown.clone());
-            shutdown.cancelled().await;
+            let parts = Arc::new(Mutex::new(parts));
+            match restart_after {
+                Some(after) => supervise(parts.clone(), after, &shutdown).await?,
+                None => shutdown.cancelled().await,
+            }
             println!("stopping the cluster");
             tokio::task::spawn_blocking(move || drop(parts)).await?;
             println!("stopped");
