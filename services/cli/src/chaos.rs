@@ -719,3 +719,77 @@ fn metric_of(addr: &str, name: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse::<f64>().ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ChaosArgs,
+    }
+
+    #[tokio::test]
+    async fn chaos_mesh_deletes_then_applies_the_experiment_of_the_part_picked() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let experiments = repo.join("k8s/chaos");
+        let cli = Cli::parse_from([
+            "chaos".as_ref(),
+            "--chaos-mesh".as_ref(),
+            experiments.as_os_str(),
+        ]);
+        let command = cli.args.kill_command().expect("a kill command");
+        // A kubectl that records what it is asked to do.
+        let bin = tempfile::tempdir().unwrap();
+        let log = bin.path().join("calls");
+        let kubectl = bin.path().join("kubectl");
+        std::fs::write(
+            &kubectl,
+            format!("#!/bin/sh\necho \"$@\" >> '{}'\n", log.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&kubectl, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap());
+        let with_path = format!("PATH='{path}'; {command}");
+        for part in ["backend", "frontend", "metadata"] {
+            run_kill_command(&with_path, part).await.unwrap();
+            let experiment = experiments.join(format!("pod-kill-{part}.yaml"));
+            assert!(experiment.exists(), "{} is missing", experiment.display());
+        }
+        let calls = std::fs::read_to_string(&log).unwrap();
+        let calls: Vec<&str> = calls.lines().collect();
+        let file = |part: &str| format!("{}/pod-kill-{part}.yaml", experiments.display());
+        assert_eq!(
+            calls,
+            ["backend", "frontend", "metadata"]
+                .iter()
+                .flat_map(|part| [
+                    format!("delete --ignore-not-found --wait=true -f {}", file(part)),
+                    format!("apply -f {}", file(part)),
+                ])
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_kill_command_and_chaos_mesh_exclude_each_other() {
+        let parsed = Cli::try_parse_from([
+            "chaos",
+            "--kill-command",
+            "true",
+            "--chaos-mesh",
+            "k8s/chaos",
+        ]);
+        assert!(parsed.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_failing_kill_command_fails_the_run_and_names_the_part() {
+        let err = run_kill_command("exit 3", "frontend").await.unwrap_err();
+        assert!(format!("{err:#}").contains("part frontend"), "{err:#}");
+    }
+}
