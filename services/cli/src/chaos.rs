@@ -751,9 +751,16 @@ mod tests {
             format!("#!/bin/sh\necho \"$@\" >> '{}'\n", log.display()),
         )
         .unwrap();
-        std::fs::set_permissions(&kubectl, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap());
+        std::fs::set_permissions(
+            &kubectl,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let path = format!(
+            "{}:{}",
+            bin.path().display(),
+            std::env::var("PATH").unwrap()
+        );
         let with_path = format!("PATH='{path}'; {command}");
         for part in ["backend", "frontend", "metadata"] {
             run_kill_command(&with_path, part).await.unwrap();
