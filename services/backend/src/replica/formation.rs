@@ -43,16 +43,22 @@ pub(super) async fn run(replica: Replica, members: Vec<Member>, shutdown: Cancel
         if replica.raft.is_initialized().await.unwrap_or(false) {
             return;
         }
+        // Each reason is logged once when it changes, not every half second.
         match step(&replica, &members).await {
             Ok(Step::Done) => return,
             Ok(Step::Wait(why)) => {
-                // Once per change of reason, not every half second.
                 if why != last {
                     tracing::info!(reason = %why, "waiting to form or join the cluster");
                     last = why;
                 }
             }
-            Err(err) => tracing::warn!(error = %err, "cannot join the cluster yet; retrying"),
+            Err(err) => {
+                let why = format!("{err:#}");
+                if why != last {
+                    tracing::warn!(error = %why, "cannot join the cluster yet; retrying");
+                    last = why;
+                }
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
