@@ -13,6 +13,8 @@ real Helm engine (helm-python-sdk embeds Helm's Go SDK) and the real schemas:
   containers with read-only root file systems.
 - Values of the wrong type or unknown keys are refused.
 - The chart's copies of the dashboards and alert rules are those of deploy/.
+- Every command the chart runs is a binary the image (deploy/docker/Dockerfile) installs, and
+  the image's user is the one the chart runs pods as.
 
 Run by scripts/test.sh in a virtualenv; exits non-zero with a list of what failed.
 """
@@ -20,6 +22,7 @@ Run by scripts/test.sh in a virtualenv; exits non-zero with a list of what faile
 import copy
 import json
 import pathlib
+import re
 import sys
 
 import helm_python
@@ -346,6 +349,24 @@ def check_monitoring_copies() -> None:
             fail(f"{copy_.relative_to(ROOT)} differs from {original.relative_to(ROOT)}: run `sluice monitoring render`")
 
 
+def check_image(objects: list[dict], values: dict) -> None:
+    dockerfile = (ROOT / "deploy" / "docker" / "Dockerfile").read_text()
+    listed = re.search(r"for bin in ([^;]+);", dockerfile)
+    installed = set(listed.group(1).split()) if listed else set()
+    if "etcd-server" in dockerfile:
+        installed.add("etcd")
+    for obj in objects:
+        if obj["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        for container in obj["spec"]["template"]["spec"]["containers"]:
+            command = container.get("command", ["<none>"])[0]
+            if command not in installed:
+                fail(f"{obj['kind']}/{obj['metadata']['name']} runs {command}, which the image does not install")
+    user = values["podSecurityContext"]["runAsUser"]
+    if f"USER {user}:" not in dockerfile:
+        fail(f"the image does not run as user {user}, which the chart runs pods as")
+
+
 def main() -> int:
     crds = crd_schemas()
     defaults = None
@@ -362,6 +383,8 @@ def main() -> int:
         check_wiring(objects, label)
         if label == "defaults":
             defaults = objects
+            chart_values = yaml.safe_load((CHART / "values.yaml").read_text())
+            check_image(objects, chart_values)
         if label == "values-big.yaml":
             for kind in ("ServiceMonitor", "PrometheusRule", "Certificate", "HorizontalPodAutoscaler"):
                 if kind not in kinds:
