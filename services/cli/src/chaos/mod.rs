@@ -9,7 +9,6 @@
 //! leaves restarting what it killed to that deployment, as Kubernetes does.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +20,10 @@ use sluice_client::QueueClient;
 use sluice_common::tls::ClientTls;
 use sluice_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
+
+mod probe;
+
+use probe::{leader_of, sample_lag};
 
 use crate::client::ReplicationArg;
 use crate::dev::{self, Parts};
@@ -672,52 +675,6 @@ async fn consume(
             })
             .await;
     }
-}
-
-/// Keeps the largest `sluice_backend_replication_lag_entries` any backend reports.
-async fn sample_lag(
-    admin_ports: Vec<String>,
-    max: Arc<std::sync::atomic::AtomicU64>,
-    stop: CancellationToken,
-) {
-    while !stop.is_cancelled() {
-        let ports = admin_ports.clone();
-        let seen = tokio::task::spawn_blocking(move || {
-            ports
-                .iter()
-                .filter_map(|addr| {
-                    metric_of(addr, "sluice_backend_replication_lag_entries").map(|v| v as u64)
-                })
-                .max()
-                .unwrap_or(0)
-        })
-        .await
-        .unwrap_or(0);
-        max.fetch_max(seen, std::sync::atomic::Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Which of the backend nodes (by their admin addresses) leads and serves.
-fn leader_of(admin: &[String]) -> Option<usize> {
-    admin
-        .iter()
-        .position(|addr| metric_of(addr, "sluice_backend_raft_leader") == Some(1.0))
-}
-
-/// A metric without labels from the admin address `addr`.
-fn metric_of(addr: &str, name: &str) -> Option<f64> {
-    let addr: std::net::SocketAddr = addr.parse().ok()?;
-    // A node cut off the network does not answer: give up soon.
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse::<f64>().ok())
 }
 
 #[cfg(test)]
