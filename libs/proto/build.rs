@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_build::configure()
         // Bodies arrive as slices of the HTTP/2 receive buffer instead of fresh copies.
         .bytes(["."])
+        // A request that does not decode is the caller's error (src/codec.rs).
+        .codec_path("crate::codec::SluiceCodec")
         .file_descriptor_set_path(out_dir.join("sluice_descriptor.bin"))
         .compile_protos(&protos, &["../../proto"])?;
     for proto in protos {

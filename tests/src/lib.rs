@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub mod auth;
 pub mod dev;
 pub mod front;
+pub mod hostile;
 pub mod prometheus;
 pub mod trio;
 

@@ -6,6 +6,7 @@
 
 mod backend;
 pub mod cluster;
+pub mod content;
 mod directory;
 pub mod error;
 mod idempotency;

@@ -21,6 +21,12 @@ pub const MIN_MAX_MESSAGE_BYTES: u32 = 1024;
 pub const MAX_MAX_MESSAGE_BYTES: u32 = 1024 * 1024;
 pub const MAX_WAIT_TIME_SECS: u32 = 20;
 pub const MAX_BATCH_ENTRIES: usize = 10;
+/// The most a batch of sends may hold in all, bodies and attributes, as SQS allows: a batch is
+/// one write of the queue's log, and ten largest messages in one entry would hold up every
+/// other write of the cluster while the leader sends 10 MiB to each follower.
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// The most messages a frontend asks a backend for at once (a consume stream's pull).
+pub const MAX_FORWARDED_RECEIVE: u32 = 100;
 pub const MAX_RECEIVE_MESSAGES: u32 = 10;
 pub const MAX_MESSAGE_ATTRIBUTES: usize = 10;
 pub const MAX_ATTRIBUTE_NAME_LEN: usize = 256;

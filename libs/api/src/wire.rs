@@ -33,8 +33,25 @@ pub fn config_to_pb(config: &QueueConfig) -> pb::EngineQueueConfig {
     }
 }
 
-pub fn config_from_pb(config: pb::EngineQueueConfig) -> QueueConfig {
-    QueueConfig {
+/// A queue's settings as another service sent them, checked against the public limits.
+pub fn config_from_pb(config: pb::EngineQueueConfig) -> Result<QueueConfig> {
+    limits::queue_name("config.name", &config.name)?;
+    let retention = u32::try_from(config.retention_seconds).unwrap_or(u32::MAX);
+    limits::in_range(
+        "config.retention_seconds",
+        retention,
+        limits::MIN_RETENTION_SECS,
+        limits::MAX_RETENTION_SECS,
+    )?;
+    if config.dead_letter_queue_id != 0 {
+        limits::in_range(
+            "config.max_receive_count",
+            config.max_receive_count,
+            limits::MIN_MAX_RECEIVE_COUNT,
+            limits::MAX_MAX_RECEIVE_COUNT,
+        )?;
+    }
+    Ok(QueueConfig {
         name: config.name,
         retention: Duration::from_secs(config.retention_seconds),
         fifo: config.fifo,
@@ -43,7 +60,7 @@ pub fn config_from_pb(config: pb::EngineQueueConfig) -> QueueConfig {
             max_receive_count: config.max_receive_count,
         }),
         replication: Replication::from_async(config.async_replication),
-    }
+    })
 }
 
 pub fn counts_to_pb(counts: QueueCounts) -> pb::QueueCounts {
@@ -471,9 +488,16 @@ mod tests {
             }),
             replication: Replication::Async,
         };
-        assert_eq!(config_from_pb(config_to_pb(&config)), config);
+        assert_eq!(config_from_pb(config_to_pb(&config)).unwrap(), config);
         let standard = QueueConfig::standard("q", Duration::from_secs(60));
-        assert_eq!(config_from_pb(config_to_pb(&standard)), standard);
+        assert_eq!(config_from_pb(config_to_pb(&standard)).unwrap(), standard);
+        let mut short = config_to_pb(&standard);
+        short.retention_seconds = u64::MAX;
+        let err = config_from_pb(short).unwrap_err();
+        assert!(
+            err.to_string().contains("config.retention_seconds"),
+            "{err}"
+        );
 
         let task = MoveTask {
             id: "t".into(),

@@ -134,7 +134,7 @@ impl BackendClient {
             )
             .await?;
         Ok((
-            wire::config_from_pb(sealed.config.unwrap_or_default()),
+            wire::config_from_pb(sealed.config.unwrap_or_default())?,
             sealed.next_sequence,
         ))
     }

@@ -1,5 +1,7 @@
 //! Generated types and gRPC stubs for every Sluice API, from the `.proto` files in `proto/`.
 
+pub mod codec;
+
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("sluice.v1");

@@ -1,5 +1,7 @@
-//! The `BackendService` server: each RPC decodes its request, calls the queue engine, and
-//! encodes the answer. Validation happened at the frontend; the engine still refuses what it
+//! The `BackendService` server: each RPC decodes its request, checks it, calls the queue engine,
+//! and encodes the answer. The frontend checked the client's request already; a backend checks
+//! again what reaches it (counts, sizes, durations the engine adds to its clock, attribute
+//! values), because anything that can reach its port can call it. The engine refuses what it
 //! cannot do (unknown queue, stale receipt) with the codes the frontend passes on.
 
 use std::collections::HashMap;
@@ -7,6 +9,11 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_api::content;
+use sluice_api::limits::{
+    self, MAX_ACK_HANDLES, MAX_FORWARDED_RECEIVE, MAX_MOVE_RATE, MAX_VISIBILITY_TIMEOUT_SECS,
+    MAX_WAIT_TIME_SECS,
+};
 use sluice_api::wire::{self, LEADER_HEADER};
 use sluice_api::{Error, IdempotencyKey, QueueBackend, Result};
 use sluice_common::rpc;
@@ -137,6 +144,29 @@ macro_rules! forward {
     };
 }
 
+/// A duration in milliseconds another service sent, at most `max_secs` seconds: the engine adds
+/// it to the clock, which must not overflow.
+fn millis_within(field: &str, ms: u64, max_secs: u32) -> Result<Duration> {
+    let max = u64::from(max_secs) * 1000;
+    if ms > max {
+        return Err(Error::invalid(field, format!("{ms} is more than {max}")));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// Deletes and visibility changes name at most [`MAX_ACK_HANDLES`] receipt handles: a consume
+/// stream's ack is the largest. None is a call that does nothing, which a batch whose every
+/// entry failed the frontend's checks makes.
+fn handle_count(field: &str, len: usize) -> Result<()> {
+    if len > MAX_ACK_HANDLES {
+        return Err(Error::invalid(
+            field,
+            format!("at most {MAX_ACK_HANDLES} receipt handles, got {len}"),
+        ));
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl BackendService for BackendServiceImpl {
     async fn put_queue(
@@ -149,7 +179,13 @@ impl BackendService for BackendServiceImpl {
             request,
             |r| r.queue_id,
             |r| async move {
-                let config = wire::config_from_pb(r.config.unwrap_or_default());
+                let config = wire::config_from_pb(r.config.unwrap_or_default())?;
+                if config.dead_letter.is_some_and(|d| d.queue == r.queue_id) {
+                    return Err(Error::invalid(
+                        "config.dead_letter_queue_id",
+                        "a queue cannot be its own dead-letter queue",
+                    ));
+                }
                 self.engine()
                     .create_partition(r.queue_id, config, r.first_sequence)
                     .await?;
@@ -238,6 +274,7 @@ impl BackendService for BackendServiceImpl {
             |r| r.queue_id,
             |r| async move {
                 let key = IdempotencyKey::from_wire(&r.idempotency_key)?;
+                content::forwarded_messages(&r.messages)?;
                 let messages = r
                     .messages
                     .into_iter()
@@ -269,14 +306,17 @@ impl BackendService for BackendServiceImpl {
             request,
             |r| r.queue_id,
             |r| async move {
+                let max =
+                    limits::in_range("max_messages", r.max_messages, 1, MAX_FORWARDED_RECEIVE)?;
+                let visibility = millis_within(
+                    "visibility_ms",
+                    r.visibility_ms,
+                    MAX_VISIBILITY_TIMEOUT_SECS,
+                )?;
+                let wait = millis_within("wait_ms", r.wait_ms, MAX_WAIT_TIME_SECS)?;
                 let messages = self
                     .backend()
-                    .receive(
-                        r.queue_id,
-                        r.max_messages as usize,
-                        Duration::from_millis(r.visibility_ms),
-                        Duration::from_millis(r.wait_ms),
-                    )
+                    .receive(r.queue_id, max as usize, visibility, wait)
                     .await?;
                 Ok(pb::ReceiveResponse {
                     messages: messages.into_iter().map(wire::received_to_pb).collect(),
@@ -296,6 +336,7 @@ impl BackendService for BackendServiceImpl {
             request,
             |r| r.queue_id,
             |r| async move {
+                handle_count("receipt_handles", r.receipt_handles.len())?;
                 Ok(results(
                     self.backend().delete(r.queue_id, r.receipt_handles).await?,
                 ))
@@ -314,11 +355,18 @@ impl BackendService for BackendServiceImpl {
             request,
             |r| r.queue_id,
             |r| async move {
+                handle_count("changes", r.changes.len())?;
                 let changes = r
                     .changes
                     .into_iter()
-                    .map(|c| (c.receipt_handle, Duration::from_millis(c.visibility_ms)))
-                    .collect();
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let field = format!("changes[{i}].visibility_ms");
+                        let visibility =
+                            millis_within(&field, c.visibility_ms, MAX_VISIBILITY_TIMEOUT_SECS)?;
+                        Ok((c.receipt_handle, visibility))
+                    })
+                    .collect::<Result<_>>()?;
                 Ok(results(
                     self.backend()
                         .change_visibility(r.queue_id, changes)
@@ -340,7 +388,11 @@ impl BackendService for BackendServiceImpl {
             |r| r.source_queue_id,
             |r| async move {
                 let destination = (r.destination_queue_id != 0).then_some(r.destination_queue_id);
-                let rate = r.max_messages_per_second.and_then(NonZeroU32::new);
+                let rate = r
+                    .max_messages_per_second
+                    .map(|rate| limits::in_range("max_messages_per_second", rate, 1, MAX_MOVE_RATE))
+                    .transpose()?
+                    .and_then(NonZeroU32::new);
                 let task_id = self
                     .backend()
                     .start_move_task(r.source_queue_id, destination, rate)

@@ -29,7 +29,7 @@ use crate::validate;
 
 /// Most messages one receive asks for: a window of a thousand fills in a few calls, each small
 /// enough to go out as one response frame.
-const MAX_PER_RECEIVE: usize = 100;
+const MAX_PER_RECEIVE: usize = sluice_api::limits::MAX_FORWARDED_RECEIVE as usize;
 /// How long one receive waits for messages when the queue is empty; the stream then asks again.
 const LONG_POLL: Duration = Duration::from_secs(sluice_api::limits::MAX_WAIT_TIME_SECS as u64);
 /// Responses queued for a client that reads slowly; the window bounds what can pile up anyway.

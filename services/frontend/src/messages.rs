@@ -140,6 +140,21 @@ impl QueueServiceImpl {
         let queue = self.queue("queue", &req.queue).await?;
         validate::batch_size("entries", req.entries.len())?;
         validate::batch_ids("entries.id", req.entries.iter().map(|e| e.id.as_str()))?;
+        validate::batch_bytes(
+            "entries",
+            req.entries.iter().map(|e| {
+                e.body.len()
+                    + e.attributes
+                        .iter()
+                        .map(|(name, v)| {
+                            name.len()
+                                + v.data_type.len()
+                                + v.string_value.len()
+                                + v.binary_value.len()
+                        })
+                        .sum::<usize>()
+            }),
+        )?;
         let mut failed = Vec::new();
         let mut accepted = Vec::new();
         let mut messages = Vec::new();

@@ -7,6 +7,7 @@ use std::time::Duration;
 // metadata tier checks every record it is sent with the same ones.
 pub use sluice_api::limits::{apply_attributes, queue_name, tags};
 
+use sluice_api::content;
 use sluice_api::limits::*;
 use sluice_api::{Error, Result};
 use sluice_proto::v1 as pb;
@@ -66,6 +67,20 @@ pub fn batch_size(field: &str, len: usize) -> Result<()> {
     Ok(())
 }
 
+/// A batch of sends holds at most [`MAX_BATCH_BYTES`] of bodies and attributes in all, or
+/// fails whole (SQS's `BatchRequestTooLong`): `sizes` are its entries' sizes as
+/// `max_message_bytes` counts them.
+pub fn batch_bytes(field: &str, sizes: impl Iterator<Item = usize>) -> Result<()> {
+    let total: usize = sizes.sum();
+    if total > MAX_BATCH_BYTES {
+        return Err(Error::invalid(
+            field,
+            format!("the batch's messages add up to {total} bytes, a batch may hold {MAX_BATCH_BYTES} in all"),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks batch entry ids: each present, well formed and unique in the batch.
 pub fn batch_ids<'a>(field: &str, ids: impl Iterator<Item = &'a str>) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
@@ -90,98 +105,15 @@ pub fn batch_ids<'a>(field: &str, ids: impl Iterator<Item = &'a str>) -> Result<
 pub fn message_attributes(
     attributes: &std::collections::HashMap<String, pb::MessageAttributeValue>,
 ) -> Result<usize> {
-    if attributes.len() > MAX_MESSAGE_ATTRIBUTES {
-        return Err(Error::invalid(
-            "attributes",
-            format!(
-                "{} attributes, the limit is {MAX_MESSAGE_ATTRIBUTES}",
-                attributes.len()
-            ),
-        ));
-    }
-    let mut size = 0;
-    for (name, value) in attributes {
-        let field = format!("attributes[{name:?}]");
-        let lower = name.to_ascii_lowercase();
-        if name.is_empty()
-            || name.len() > MAX_ATTRIBUTE_NAME_LEN
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        {
-            return Err(Error::invalid(
-                field,
-                format!("attribute names are 1 to {MAX_ATTRIBUTE_NAME_LEN} characters of A-Z, a-z, 0-9, '_', '-' and '.'"),
-            ));
-        }
-        if lower.starts_with("aws.") || lower.starts_with("sluice.") {
-            return Err(Error::invalid(
-                field,
-                "attribute names starting with \"AWS.\" or \"Sluice.\" are reserved",
-            ));
-        }
-        let base = value.data_type.split('.').next().unwrap_or_default();
-        match base {
-            "String" | "Number" => {
-                if value.string_value.is_empty() {
-                    return Err(Error::invalid(
-                        field,
-                        format!("a {} attribute needs a string_value", value.data_type),
-                    ));
-                }
-                if base == "Number" && value.string_value.parse::<f64>().is_err() {
-                    return Err(Error::invalid(
-                        field,
-                        format!("{:?} is not a number", value.string_value),
-                    ));
-                }
-            }
-            "Binary" => {
-                if value.binary_value.is_empty() {
-                    return Err(Error::invalid(
-                        field,
-                        "a Binary attribute needs a binary_value",
-                    ));
-                }
-            }
-            _ => {
-                return Err(Error::invalid(
-                    field,
-                    format!(
-                    "data_type {:?} must be String, Number or Binary, optionally with a .suffix",
-                    value.data_type
-                ),
-                ))
-            }
-        }
-        size += name.len()
-            + value.data_type.len()
-            + value.string_value.len()
-            + value.binary_value.len();
-    }
-    Ok(size)
-}
-
-/// Checks an id a client chooses: a group or deduplication id. Empty means none was given.
-fn client_id(field: &str, value: &str, max: usize) -> Result<()> {
-    if value.len() > max || !value.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(Error::invalid(
-            field,
-            format!(
-                "must be 1 to {max} printable ASCII characters, got {} characters",
-                value.chars().count()
-            ),
-        ));
-    }
-    Ok(())
+    content::message_attributes("attributes", attributes, content::Origin::Client)
 }
 
 pub fn group_id(value: &str) -> Result<()> {
-    client_id("group_id", value, MAX_GROUP_ID_LEN)
+    content::group_id("group_id", value)
 }
 
 pub fn deduplication_id(value: &str) -> Result<()> {
-    client_id("deduplication_id", value, MAX_DEDUPLICATION_ID_LEN)
+    content::deduplication_id("deduplication_id", value)
 }
 
 pub fn move_rate(value: Option<u32>) -> Result<Option<std::num::NonZeroU32>> {
@@ -198,17 +130,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn client_chosen_ids() {
-        assert!(deduplication_id(&"x".repeat(128)).is_ok());
-        for bad in ["x".repeat(129), "has space".into(), "caf\u{e9}".into()] {
-            let err = deduplication_id(&bad).unwrap_err();
-            assert_eq!(err.code(), tonic::Code::InvalidArgument);
-            assert!(
-                err.to_string().starts_with("invalid deduplication_id:"),
-                "{err}"
-            );
-        }
-        assert!(group_id("orders/eu-1").is_ok());
+    fn move_rates() {
         assert!(move_rate(Some(0)).is_err());
         assert!(move_rate(Some(1001)).is_err());
         assert_eq!(move_rate(None).unwrap(), None);
