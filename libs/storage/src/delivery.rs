@@ -120,6 +120,10 @@ impl Engine {
                             tracing::warn!(error = %err, queue_id = id, "an acknowledged asynchronous send was not replicated");
                         }
                     });
+                    // Only this node's log holds it yet: acknowledged only while no other node
+                    // can lead. Refused, it may still commit; the frontend's retry with the same
+                    // idempotency key then finds it instead of storing it twice.
+                    self.check_lease()?;
                     return Ok(sent);
                 }
                 Err(err) => Err(err),
@@ -420,6 +424,10 @@ impl Engine {
         if !ops.is_empty() {
             drop(self.inner.committer.submit(ops, false)?);
         }
+        // The messages leave this node's index for the consumer: only while no other leader can
+        // be handing them out too. Refused, they are back after their visibility timeout here,
+        // and visible at once on the next leader.
+        self.check_lease()?;
         Ok(delivered)
     }
 

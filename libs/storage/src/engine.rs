@@ -17,6 +17,7 @@ use crate::commit::{Cf, Committer, Op, Replicator};
 use crate::dbstats::DbStats;
 use crate::error::{Error, Result};
 use crate::keys::{self, dedup_key, message_key, queue_key, send_key, seq_floor_key};
+use crate::lease::Lease;
 use crate::metrics;
 use crate::queue::{MessageMeta, Phase, Queue};
 use crate::receipt::ReceiptSigner;
@@ -79,6 +80,9 @@ pub(crate) struct Inner {
     /// cluster; meanwhile its RocksDB follows the log and its in-memory index is not kept.
     pub(crate) active: AtomicBool,
     pub(crate) replicated: bool,
+    /// A replicated engine's leader lease; none on an unreplicated one, which needs no other
+    /// node to vouch for it.
+    pub(crate) lease: Option<Arc<Lease>>,
     pub(crate) queues: RwLock<HashMap<QueueId, Arc<Queue>>>,
     pub(crate) shutdown: CancellationToken,
     /// Cancelled when the engine stops serving (or closes): move tasks stop without recording
@@ -106,28 +110,38 @@ impl Engine {
         let db = Arc::new(open_db(&options.path, false)?);
         let signer = ReceiptSigner::new(load_or_create_receipt_key(&db)?);
         let queues = rebuild(&db, false)?;
-        let engine = Self::assemble(options, db, None, signer, queues)?;
+        let engine = Self::assemble(options, db, None, None, signer, queues)?;
         engine.resume_move_tasks()?;
         Ok(engine)
     }
 
     /// Opens (or creates) a replicated engine: its writes go through `replicator`, and its
     /// RocksDB takes what the cluster's log applies (see [`Engine::apply`]). It serves nothing
-    /// until [`Engine::activate`], when its node has become the leader.
+    /// until [`Engine::activate`], when its node has become the leader, and while it serves it
+    /// acknowledges what a majority does not vouch for only while `lease` holds.
     pub fn open_replicated(
         options: EngineOptions,
         replicator: Arc<dyn Replicator>,
+        lease: Arc<Lease>,
     ) -> Result<Self> {
         let db = Arc::new(open_db(&options.path, true)?);
         // The real key is the cluster's, read when the node leads.
         let signer = ReceiptSigner::new([0; 32]);
-        Self::assemble(options, db, Some(replicator), signer, HashMap::new())
+        Self::assemble(
+            options,
+            db,
+            Some(replicator),
+            Some(lease),
+            signer,
+            HashMap::new(),
+        )
     }
 
     fn assemble(
         options: EngineOptions,
         db: Arc<DB>,
         replicator: Option<Arc<dyn Replicator>>,
+        lease: Option<Arc<Lease>>,
         signer: ReceiptSigner,
         queues: HashMap<QueueId, Arc<Queue>>,
     ) -> Result<Self> {
@@ -153,6 +167,7 @@ impl Engine {
                 signer: RwLock::new(signer),
                 active: AtomicBool::new(!replicated),
                 replicated,
+                lease,
                 queues: RwLock::new(queues),
                 shutdown,
                 sweeper: parking_lot::Mutex::new(None),
@@ -227,11 +242,27 @@ impl Engine {
 
     fn check_active(&self) -> Result<()> {
         if self.is_active() {
-            Ok(())
+            self.check_lease()
         } else {
             Err(Error::NotLeader(
                 "this node does not lead its cluster".into(),
             ))
+        }
+    }
+
+    /// Refuses while this node leads without a lease: it has not heard from a majority for so
+    /// long that the others may have elected another leader, which it must not contradict.
+    /// Checked again right before an acknowledgement no majority vouches for (an asynchronous
+    /// send, a receive), since the lease may have run out while the request was under way.
+    pub(crate) fn check_lease(&self) -> Result<()> {
+        match &self.inner.lease {
+            Some(lease) if lease.remaining().is_none() => {
+                metrics::LEASE_REFUSALS.inc();
+                Err(Error::NotLeader(
+                    "this node has lost contact with a majority of its cluster (its leader lease ran out); another node may lead now: try it".into(),
+                ))
+            }
+            _ => Ok(()),
         }
     }
 

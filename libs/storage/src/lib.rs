@@ -19,6 +19,7 @@ mod delivery;
 mod engine;
 mod error;
 mod keys;
+mod lease;
 mod metrics;
 mod moves;
 mod queue;
@@ -32,6 +33,7 @@ mod window;
 pub use commit::{Completion, Replicator};
 pub use engine::{Engine, EngineOptions, DEFAULT_DEDUP_WINDOW, DEFAULT_IDEMPOTENCY_WINDOW};
 pub use error::{Error, Result};
+pub use lease::Lease;
 
 // The words the engine's API is written in come from the shared vocabulary; the modules here
 // name them as `crate::...`.

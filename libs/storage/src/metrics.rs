@@ -159,6 +159,15 @@ pub(crate) static DUPLICATE_SENDS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub(crate) static LEASE_REFUSALS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "sluice_storage_lease_refusals_total",
+        "Requests a leader refused because its lease had run out: it had not heard from a \
+         majority of its cluster for long enough that another node may lead"
+    )
+    .expect("metric registers once")
+});
+
 pub(crate) static MOVE_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "sluice_storage_move_failures_total",
@@ -188,6 +197,7 @@ pub(crate) fn register() {
     LazyLock::force(&DEAD_LETTER_MOVES);
     LazyLock::force(&TASK_MOVES);
     LazyLock::force(&DUPLICATE_SENDS);
+    LazyLock::force(&LEASE_REFUSALS);
     LazyLock::force(&MOVE_FAILURES);
     LazyLock::force(&WAL_TRIMMED_BYTES);
 }

@@ -49,6 +49,12 @@ metric!(
     "The last index purged from this node's log, which its engine's files hold from then on"
 );
 metric!(
+    Gauge,
+    LEASE_REMAINING,
+    "sluice_backend_raft_lease_remaining_seconds",
+    "How long this node's leader lease still holds: it acknowledges what no majority vouches for (asynchronous sends, receives) only while this is above 0; 0 on a follower"
+);
+metric!(
     IntGauge,
     TERM,
     "sluice_backend_raft_term",
@@ -106,6 +112,7 @@ pub(crate) fn register() {
         LazyLock::force(gauge);
     }
     LazyLock::force(&LAG_SECONDS);
+    LazyLock::force(&LEASE_REMAINING);
     for counter in [
         &PROPOSALS,
         &SNAPSHOTS_BUILT,

@@ -5,6 +5,7 @@
 
 mod formation;
 mod identity;
+mod lease;
 mod log;
 mod machine;
 pub(crate) mod metrics;
@@ -24,7 +25,7 @@ use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use rand::RngCore;
 use sluice_api::{Error, Result};
 use sluice_proto::v1 as pb;
-use sluice_storage::{Completion, Engine, EngineOptions, Replicator};
+use sluice_storage::{Completion, Engine, EngineOptions, Lease, Replicator};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Span;
@@ -123,7 +124,7 @@ impl Replicator for RaftReplicator {
 }
 
 /// Also the length of a leader's lease in openraft: voters refuse other candidates this long
-/// after its last heartbeat.
+/// after its last heartbeat (`lease.rs`).
 const ELECTION_TIMEOUT_MAX_MS: u64 = 1000;
 /// How long a stopping leader waits for its successor to catch up, and then to lead.
 const HAND_OVER_WAIT: Duration = Duration::from_secs(5);
@@ -200,7 +201,8 @@ impl Replica {
         });
         let raft_dir = data_dir.join("raft");
         let id = identity::load_or_create(data_dir, &me.name, raft_dir.exists())?;
-        let engine = Engine::open_replicated(engine_options, replicator)
+        let lease = Arc::new(Lease::default());
+        let engine = Engine::open_replicated(engine_options, replicator, lease.clone())
             .context("cannot open the queue engine")?;
         let log = log::LogStore::open(&raft_dir, durable.clone(), traces.clone())
             .context("cannot open the raft log")?;
@@ -233,6 +235,12 @@ impl Replica {
             id,
             snapshot_logs,
             appended,
+            shutdown.clone(),
+        ));
+        tokio::spawn(lease::keep(
+            replica.raft.clone(),
+            id,
+            lease,
             shutdown.clone(),
         ));
         tokio::spawn(replica.clone().lead(shutdown.clone()));

@@ -58,6 +58,8 @@ type RpcResult<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>>;
 
 impl Peer {
+    // The error type is openraft's; the fail point's closure returns it as `call` does.
+    #[allow(clippy::result_large_err)]
     async fn call<Req, Resp, E, F, Fut>(
         &mut self,
         request: &Req,
@@ -71,6 +73,11 @@ impl Peer {
         F: FnOnce(ClusterServiceClient<Channel>, tonic::Request<pb::RaftMessage>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<pb::RaftMessage>, tonic::Status>>,
     {
+        // A test's partition (`sluice-backend-failpoints`, SIGUSR1): nothing leaves.
+        fail::fail_point!("backend::raft_cut", |_| {
+            let err = std::io::Error::other("cut off by fail point backend::raft_cut");
+            Err(RPCError::Unreachable(Unreachable::new(&err)))
+        });
         let Some(client) = self.client.clone() else {
             let err = std::io::Error::other(format!("bad member URL {:?}", self.url));
             return Err(RPCError::Unreachable(Unreachable::new(&err)));

@@ -37,21 +37,32 @@ impl ClusterServiceImpl {
 
 type Answer = std::result::Result<Response<pb::RaftMessage>, Status>;
 
+/// What a node cut off by a test's partition (`backend::raft_cut`) answers its peers.
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+fn cut() -> Status {
+    Status::unavailable("cut off by fail point backend::raft_cut")
+}
+
+// The fail points' closures return a `tonic::Status`, as the handlers do.
+#[allow(clippy::result_large_err)]
 #[tonic::async_trait]
 impl ClusterService for ClusterServiceImpl {
     async fn append_entries(&self, request: Request<pb::RaftMessage>) -> Answer {
+        fail::fail_point!("backend::raft_cut", |_| Err(cut()));
         let rpc = network::decode(request.into_inner(), self.replica.id)?;
         let answer = self.replica.raft.append_entries(rpc).await;
         Ok(Response::new(network::encode(&answer)?))
     }
 
     async fn vote(&self, request: Request<pb::RaftMessage>) -> Answer {
+        fail::fail_point!("backend::raft_cut", |_| Err(cut()));
         let rpc = network::decode(request.into_inner(), self.replica.id)?;
         let answer = self.replica.raft.vote(rpc).await;
         Ok(Response::new(network::encode(&answer)?))
     }
 
     async fn install_snapshot(&self, request: Request<pb::RaftMessage>) -> Answer {
+        fail::fail_point!("backend::raft_cut", |_| Err(cut()));
         let rpc = network::decode(request.into_inner(), self.replica.id)?;
         let answer = self.replica.raft.install_snapshot(rpc).await;
         Ok(Response::new(network::encode(&answer)?))

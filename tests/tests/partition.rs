@@ -1,0 +1,225 @@
+//! A leader cut off from its followers while its clients still reach it, with real processes:
+//! the `sluice-backend-failpoints` build drops all Raft traffic of a node on SIGUSR1 and lets it
+//! flow again on SIGUSR2. The old leader must stop acknowledging (asynchronous sends, receives)
+//! once its lease runs out, before the majority elects another leader, and say why.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use sluice_proto::v1 as pb;
+use sluice_tests::trio::{bodies, Trio};
+use tonic::Code;
+
+const ASYNC: u64 = 1;
+const SYNC: u64 = 2;
+
+async fn put_queue(trio: &Trio, id: u64, asynchronous: bool) -> anyhow::Result<()> {
+    trio.until_ok("PutQueue", |mut c| async move {
+        c.put_queue(pb::PutQueueRequest {
+            queue_id: id,
+            config: Some(pb::EngineQueueConfig {
+                name: format!("q{id}"),
+                retention_seconds: 3600,
+                async_replication: asynchronous,
+                ..Default::default()
+            }),
+            first_sequence: 0,
+        })
+        .await
+    })
+    .await?;
+    Ok(())
+}
+
+fn send(id: u64, body: &str) -> tonic::Request<pb::SendRequest> {
+    let mut request = tonic::Request::new(pb::SendRequest {
+        queue_id: id,
+        messages: vec![pb::NewMessage {
+            body: body.to_owned().into_bytes().into(),
+            ..Default::default()
+        }],
+        idempotency_key: Default::default(),
+    });
+    // A SYNC send to a leader without a majority waits for a commit that cannot come.
+    request.set_timeout(Duration::from_secs(2));
+    request
+}
+
+/// Every body queue `id` holds, received through whichever node leads.
+async fn drain(trio: &Trio, id: u64) -> anyhow::Result<Vec<String>> {
+    let mut found = Vec::new();
+    loop {
+        let (received, _) = trio
+            .until_ok("Receive", |mut c| async move {
+                c.receive(pb::ReceiveRequest {
+                    queue_id: id,
+                    max_messages: 100,
+                    visibility_ms: 600_000,
+                    wait_ms: 0,
+                })
+                .await
+            })
+            .await?;
+        if received.messages.is_empty() {
+            return Ok(found);
+        }
+        found.extend(
+            received
+                .messages
+                .into_iter()
+                .map(|m| String::from_utf8_lossy(&m.body).into_owned()),
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_its_followers_stops_acknowledging_before_they_elect_another(
+) -> anyhow::Result<()> {
+    let mut trio = Trio::start_of(sluice_tests::backend_failpoints_bin(), |_| Vec::new()).await?;
+    let old = trio.leader().await?;
+    put_queue(&trio, ASYNC, true).await?;
+    put_queue(&trio, SYNC, false).await?;
+    for body in bodies("before-", 20) {
+        trio.until_ok("Send", |mut c| {
+            let body = body.clone();
+            async move { c.send(send(ASYNC, &body).into_inner()).await }
+        })
+        .await?;
+    }
+    for body in bodies("sync-before-", 5) {
+        trio.until_ok("Send", |mut c| {
+            let body = body.clone();
+            async move { c.send(send(SYNC, &body).into_inner()).await }
+        })
+        .await?;
+    }
+    // Everything sent so far is on every node, so only what comes after the cut is at stake.
+    let last = trio.status(old).await?.last_log_index;
+    for i in 0..3 {
+        sluice_tests::wait_for(
+            "the followers to hold the log",
+            Duration::from_secs(20),
+            || Ok(futures_ready(trio.status(i)).is_some_and(|s| s.applied_index >= last)),
+        )
+        .await?;
+    }
+
+    let pid = Pid::from_raw(trio.nodes[old].as_ref().expect("running").pid() as i32);
+    kill(pid, Signal::SIGUSR1)?;
+    let cut = Instant::now();
+    let mut old_client = trio.client(old).await?;
+    let mut acked_after_cut = Vec::new();
+    let mut sync_acked_after_cut = 0;
+    let mut first_refusal: Option<(Duration, tonic::Status)> = None;
+    let mut new_leader: Option<(usize, Duration)> = None;
+    let mut receive_refused = None;
+    for n in 0.. {
+        assert!(
+            cut.elapsed() < Duration::from_secs(30),
+            "after 30 s: refusal {first_refusal:?}, new leader {new_leader:?}"
+        );
+        let body = format!("after-{n}");
+        match old_client.send(send(ASYNC, &body)).await {
+            Ok(_) => {
+                assert!(
+                    first_refusal.is_none(),
+                    "the old leader acknowledged {body} after it had refused a send"
+                );
+                acked_after_cut.push((body, cut.elapsed()));
+            }
+            Err(status) if first_refusal.is_none() => {
+                first_refusal = Some((cut.elapsed(), status));
+            }
+            Err(_) => {}
+        }
+        if first_refusal.is_some() && receive_refused.is_none() {
+            let refused = old_client
+                .receive(pb::ReceiveRequest {
+                    queue_id: ASYNC,
+                    max_messages: 10,
+                    visibility_ms: 30_000,
+                    wait_ms: 0,
+                })
+                .await
+                .expect_err("a leader past its lease hands out no messages");
+            receive_refused = Some(refused);
+            if old_client
+                .send(send(SYNC, &format!("sync-after-{n}")))
+                .await
+                .is_ok()
+            {
+                sync_acked_after_cut += 1;
+            }
+        }
+        if new_leader.is_none() {
+            for i in (0..3).filter(|&i| i != old) {
+                if trio.status(i).await.is_ok_and(|s| s.serving) {
+                    new_leader = Some((i, cut.elapsed()));
+                }
+            }
+        }
+        if first_refusal.is_some() && new_leader.is_some() && receive_refused.is_some() {
+            break;
+        }
+    }
+    let (refused_at, refusal) = first_refusal.expect("set before the loop ends");
+    let (leader, elected_seen_at) = new_leader.expect("set before the loop ends");
+    let last_ack_at = acked_after_cut.last().map(|(_, at)| *at);
+    println!(
+        "after the cut: {} ASYNC sends acknowledged by the old leader, the last at {last_ack_at:?}; \
+         its first refusal at {refused_at:?}; a{} seen leading at {elected_seen_at:?}",
+        acked_after_cut.len(),
+        leader + 1
+    );
+    for status in [&refusal, receive_refused.as_ref().expect("set")] {
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("lease"), "{status:?}");
+    }
+    assert_eq!(
+        sync_acked_after_cut, 0,
+        "a SYNC send was acknowledged without a majority"
+    );
+    if let Some(last_ack_at) = last_ack_at {
+        assert!(
+            last_ack_at < elected_seen_at,
+            "the old leader acknowledged at {last_ack_at:?}, after the other side led at {elected_seen_at:?}"
+        );
+    }
+    assert!(
+        refused_at < elected_seen_at,
+        "the old leader still acknowledged when the other side already led"
+    );
+
+    kill(pid, Signal::SIGUSR2)?;
+    sluice_tests::wait_for("the old leader to follow", Duration::from_secs(20), || {
+        Ok(futures_ready(trio.status(old)).is_some_and(|s| !s.serving && !s.leader.is_empty()))
+    })
+    .await?;
+    let found = drain(&trio, ASYNC).await?;
+    for body in bodies("before-", 20) {
+        assert!(
+            found.contains(&body),
+            "{body}, acknowledged before the cut, is lost"
+        );
+    }
+    let lost: Vec<_> = acked_after_cut
+        .iter()
+        .filter(|(body, _)| !found.contains(body))
+        .collect();
+    println!(
+        "ASYNC sends the old leader acknowledged within its lease and the majority never got: {}",
+        lost.len()
+    );
+    let sync = drain(&trio, SYNC).await?;
+    for body in bodies("sync-before-", 5) {
+        assert!(sync.contains(&body), "{body}, a SYNC send, is lost");
+    }
+    trio.nodes.iter_mut().for_each(|n| drop(n.take()));
+    Ok(())
+}
+
+/// Polls `future` once on the current runtime thread: the helpers of `wait_for` are sync.
+fn futures_ready<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> Option<T> {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future)).ok()
+}
