@@ -1,7 +1,9 @@
 //! A leader cut off from its followers while its clients still reach it, with real processes:
 //! the `sluice-backend-failpoints` build drops all Raft traffic of a node on SIGUSR1 and lets it
 //! flow again on SIGUSR2. The old leader must stop acknowledging (asynchronous sends, receives)
-//! once its lease runs out, before the majority elects another leader, and say why.
+//! once its lease runs out, before the majority elects another leader, and say why. And
+//! bounded ASYNC: sends wait once the leader's log runs the bound ahead of a majority, so a
+//! leader's crash loses at most that many acknowledged entries.
 
 use std::time::{Duration, Instant};
 
@@ -222,4 +224,84 @@ async fn a_leader_cut_off_from_its_followers_stops_acknowledging_before_they_ele
 /// Polls `future` once on the current runtime thread: the helpers of `wait_for` are sync.
 fn futures_ready<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> Option<T> {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future)).ok()
+}
+
+/// Bounded ASYNC: followers whose appends arrive 40 ms late (within openraft's deadline for an
+/// append) let the leader's log run ahead,
+/// and past `--async-max-lag-entries` ASYNC sends wait for them instead of piling up entries a
+/// crash would lose; a SIGKILL of the leader then loses no more acknowledged sends than the
+/// bound (one sender, one message per entry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn async_sends_wait_at_the_lag_bound_and_a_leader_kill_loses_at_most_the_bound(
+) -> anyhow::Result<()> {
+    const BOUND: usize = 4;
+    let mut trio = Trio::start_with(
+        sluice_tests::backend_failpoints_bin(),
+        vec!["--async-max-lag-entries".into(), BOUND.to_string()],
+        |_| vec![("FAILPOINTS", "backend::follower_append_delay_ms=return(40)")],
+    )
+    .await?;
+    let leader = trio.leader().await?;
+    put_queue(&trio, ASYNC, true).await?;
+    let node = trio.nodes[leader].as_ref().expect("running");
+    assert_eq!(
+        node.metric("sluice_backend_replication_async_max_lag_entries")?,
+        BOUND as f64
+    );
+    let mut client = trio.client(leader).await?;
+    let mut acked = Vec::new();
+    let mut n = 0;
+    // Until the bound has held sends back a good many times; every send still goes through.
+    while node.metric("sluice_backend_replication_async_waits_total")? < 20.0 {
+        let body = format!("m{n}");
+        client.send(send(ASYNC, &body)).await?;
+        acked.push(body);
+        n += 1;
+        assert!(n < 5_000, "the bound never held a send back");
+    }
+    println!(
+        "{} sends acknowledged before the bound held one back 20 times",
+        acked.len()
+    );
+
+    // Now a crash mid-stream: a second task keeps sending while the leader is killed.
+    let sender = {
+        let mut client = trio.client(leader).await?;
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for n in 0.. {
+                let body = format!("k{n}");
+                match client.send(send(ASYNC, &body)).await {
+                    Ok(_) => acked.push(body),
+                    Err(_) => return acked,
+                }
+            }
+            acked
+        })
+    };
+    // Enough sends under way that the log has run up to the bound ahead.
+    sluice_tests::wait_for(
+        "the leader to hold sends back again",
+        Duration::from_secs(30),
+        || Ok(node.metric("sluice_backend_replication_async_waits_total")? >= 40.0),
+    )
+    .await?;
+    trio.nodes[leader].take().expect("running").kill9()?;
+    let killed_acked = sender.await?;
+    acked.extend(killed_acked.iter().cloned());
+    trio.leader().await?;
+    let found = drain(&trio, ASYNC).await?;
+    let lost: Vec<_> = acked.iter().filter(|b| !found.contains(b)).collect();
+    println!(
+        "{} acknowledged in all, {} of them around the kill; lost: {lost:?}",
+        acked.len(),
+        killed_acked.len()
+    );
+    assert!(
+        lost.len() <= BOUND,
+        "{} acknowledged ASYNC sends lost, more than the bound of {BOUND} entries",
+        lost.len()
+    );
+    trio.nodes.iter_mut().for_each(|n| drop(n.take()));
+    Ok(())
 }

@@ -24,11 +24,21 @@ impl Default for Lease {
 }
 
 impl Lease {
-    /// Makes the lease hold until `until` (it never moves back: an older quorum ack observed late
-    /// must not shorten what a newer one granted).
-    pub fn extend_to(&self, until: Instant) {
-        let us = until.saturating_duration_since(self.origin).as_micros() as u64;
-        self.until_us.fetch_max(us, Ordering::SeqCst);
+    /// A majority acknowledged what this node sent at `acked`: the lease holds until
+    /// `acked + length`. It never moves back (an older acknowledgement reported late must not
+    /// shorten what a newer one granted). A lease that has run out takes only an
+    /// acknowledgement from the last half of a lease: the same old one, estimated again a little
+    /// later (the estimate is only as exact as the report's delivery), must not bring it back for
+    /// a moment, so that a leader that stopped acknowledging stays stopped until it hears from a
+    /// majority again.
+    pub fn renew(&self, acked: Instant, length: Duration) {
+        let now = Instant::now();
+        if self.remaining().is_none() && now.saturating_duration_since(acked) > length / 2 {
+            return;
+        }
+        let until = (acked + length).saturating_duration_since(self.origin);
+        self.until_us
+            .fetch_max(until.as_micros() as u64, Ordering::SeqCst);
     }
 
     /// Ends the lease: the node no longer leads.
@@ -48,20 +58,32 @@ impl Lease {
 mod tests {
     use super::*;
 
+    const LENGTH: Duration = Duration::from_secs(60);
+
     #[test]
     fn holds_until_it_runs_out_and_never_moves_back() {
         let lease = Lease::default();
         assert!(lease.remaining().is_none(), "a new lease does not hold");
         let now = Instant::now();
-        lease.extend_to(now + Duration::from_secs(60));
-        lease.extend_to(now + Duration::from_secs(1));
+        lease.renew(now, LENGTH);
+        lease.renew(now - Duration::from_secs(29), LENGTH);
         assert!(lease.remaining().unwrap() > Duration::from_secs(59));
         lease.revoke();
         assert!(lease.remaining().is_none());
-        lease.extend_to(now - Duration::from_millis(1));
+    }
+
+    #[test]
+    fn a_lease_that_ran_out_takes_only_a_fresh_acknowledgement() {
+        let lease = Lease::default();
+        let now = Instant::now();
+        // An acknowledgement 59 s old, as a late report would show the last one before a
+        // partition: it would hold for another second, but the lease had run out.
+        lease.renew(now - Duration::from_secs(59), LENGTH);
+        assert!(lease.remaining().is_none());
+        lease.renew(now - Duration::from_secs(10), LENGTH);
         assert!(
-            lease.remaining().is_none(),
-            "a lease in the past does not hold"
+            lease.remaining().is_some(),
+            "a fresh acknowledgement renews it"
         );
     }
 }

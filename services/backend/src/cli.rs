@@ -40,6 +40,11 @@ struct Flags {
     /// purged [default: 10000]
     #[arg(long)]
     raft_snapshot_logs: Option<u64>,
+    /// How many log entries (group commits) the leader may hold that a majority does not,
+    /// before ASYNC sends wait for the followers: what a leader's crash can lose of them; 0 for
+    /// no bound [default: 256]
+    #[arg(long)]
+    async_max_lag_entries: Option<u64>,
     /// The members of a new replicated cluster, as name=url, the same list on each member
     /// (comma-separated); without it a node forms a cluster of its own
     #[arg(long, value_delimiter = ',')]

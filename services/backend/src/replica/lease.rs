@@ -41,7 +41,7 @@ pub(super) async fn keep(raft: Raft, id: NodeId, lease: Arc<Lease>, shutdown: Ca
                 .millis_since_quorum_ack
                 .and_then(|ms| now.checked_sub(Duration::from_millis(ms)));
             match (leading, acked) {
-                (true, Some(acked)) => lease.extend_to(acked + LEASE),
+                (true, Some(acked)) => lease.renew(acked, LEASE),
                 _ => lease.revoke(),
             }
             let remaining = lease.remaining().unwrap_or_default();

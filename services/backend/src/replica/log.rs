@@ -25,7 +25,6 @@ use rocksdb::{
 use sluice_storage::background;
 use sluice_storage::dbstats::{self, DbStats};
 use sluice_storage::wal::{self, WalTrimmer};
-use sluice_storage::Completion;
 use tracing::Instrument;
 
 use super::{NodeId, TypeConfig};
@@ -36,8 +35,11 @@ const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const PURGED: &[u8] = b"purged";
 
+/// Told once a proposal is durable in this node's log, with its entry's index.
+pub(crate) type Durable = Box<dyn FnOnce(Result<u64, String>) + Send>;
+
 /// Proposals of this node waiting to be durable in its log, by their token.
-pub(crate) type DurableWaiters = Arc<parking_lot::Mutex<HashMap<u64, Completion>>>;
+pub(crate) type DurableWaiters = Arc<parking_lot::Mutex<HashMap<u64, Durable>>>;
 
 /// The `raft.replicate` span of each entry this node proposed and that is not applied yet, by
 /// proposal token: the log's and the state machine's spans of the entry are its children.
@@ -260,7 +262,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut bytes = 0;
         for entry in entries {
             if let EntryPayload::Normal(proposal) = &entry.payload {
-                tokens.push(proposal.token);
+                tokens.push((proposal.token, entry.log_id.index));
             }
             let value = bincode::serialize(&entry).map_err(write_err)?;
             bytes += value.len() as u64;
@@ -269,7 +271,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Entries this node proposed in a traced request get spans of their append.
         let parent = tokens
             .iter()
-            .find_map(|token| self.traces.lock().get(token).cloned());
+            .find_map(|(token, _)| self.traces.lock().get(token).cloned());
         let written = match parent {
             Some(parent) => {
                 let append = tracing::info_span!(parent: &parent, "raft.append", bytes);
@@ -286,16 +288,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         );
         written?;
         self.appended.fetch_add(bytes, Ordering::Relaxed);
-        let mine: Vec<Completion> = {
+        let mine: Vec<(Durable, u64)> = {
             let mut waiting = self.durable.lock();
-            tokens.iter().filter_map(|t| waiting.remove(t)).collect()
+            tokens
+                .iter()
+                .filter_map(|(t, index)| Some((waiting.remove(t)?, *index)))
+                .collect()
         };
         if !mine.is_empty() {
             // A leader that dies here holds writes no other node has and nobody was told of.
             fail::fail_point!("backend::after_local_append", |_| std::process::abort());
         }
-        for durable in mine {
-            durable(Ok(()));
+        for (durable, index) in mine {
+            durable(Ok(index));
         }
         Ok(())
     }

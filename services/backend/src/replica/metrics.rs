@@ -49,6 +49,24 @@ metric!(
     "The last index purged from this node's log, which its engine's files hold from then on"
 );
 metric!(
+    IntGauge,
+    ASYNC_MAX_LAG,
+    "sluice_backend_replication_async_max_lag_entries",
+    "The most entries the leader's log may run ahead of a majority before acknowledgements of ASYNC sends wait (--async-max-lag-entries; 0: no bound): what a leader crash can lose of them"
+);
+metric!(
+    IntGauge,
+    ASYNC_HELD,
+    "sluice_backend_replication_async_held_entries",
+    "On the leader: entries durable in its log whose acknowledgements wait for a majority to catch up to within the bound"
+);
+metric!(
+    IntCounter,
+    ASYNC_WAITS,
+    "sluice_backend_replication_async_waits_total",
+    "Entries whose acknowledgements waited because the leader's log had run the bound ahead of a majority: backpressure on ASYNC sends"
+);
+metric!(
     Gauge,
     LEASE_REMAINING,
     "sluice_backend_raft_lease_remaining_seconds",
@@ -108,12 +126,15 @@ pub(crate) fn register() {
         &PURGED_INDEX,
         &TERM,
         &LAG_ENTRIES,
+        &ASYNC_MAX_LAG,
+        &ASYNC_HELD,
     ] {
         LazyLock::force(gauge);
     }
     LazyLock::force(&LAG_SECONDS);
     LazyLock::force(&LEASE_REMAINING);
     for counter in [
+        &ASYNC_WAITS,
         &PROPOSALS,
         &SNAPSHOTS_BUILT,
         &SNAPSHOTS_DUMPED,

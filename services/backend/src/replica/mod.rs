@@ -4,6 +4,7 @@
 //! See docs/replication.md for the design and its safety argument.
 
 mod formation;
+mod gate;
 mod identity;
 mod lease;
 mod log;
@@ -97,6 +98,9 @@ pub struct Replica {
 struct RaftReplicator {
     proposals: mpsc::UnboundedSender<(Proposal, Completion)>,
     durable: log::DurableWaiters,
+    /// Holds back what a durable entry lets go on while the log runs too far ahead of a
+    /// majority (bounded ASYNC).
+    gate: Arc<gate::AsyncGate>,
     traces: log::Traces,
     next_token: AtomicU64,
 }
@@ -104,7 +108,14 @@ struct RaftReplicator {
 impl Replicator for RaftReplicator {
     fn propose(&self, batch: Vec<u8>, durable: Completion, applied: Completion, span: Span) {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        self.durable.lock().insert(token, durable);
+        let gate = self.gate.clone();
+        self.durable.lock().insert(
+            token,
+            Box::new(move |result| match result {
+                Ok(index) => gate.durable(index, durable),
+                Err(err) => durable(Err(err)),
+            }),
+        );
         if !span.is_none() {
             // From the proposal until the entry is applied on this node (after a majority has
             // it); `propose_loop` ends it.
@@ -178,23 +189,41 @@ fn raft_config(cluster: &str, snapshot_logs: u64) -> anyhow::Result<Arc<Config>>
     Ok(Arc::new(config.validate()?))
 }
 
+/// How a node's replica runs.
+#[derive(Debug, Clone)]
+pub struct ReplicaOptions {
+    /// The cluster's name.
+    pub cluster: String,
+    /// Entries applied between two snapshots of the engine.
+    pub snapshot_logs: u64,
+    /// How many entries the leader's log may run ahead of a majority before acknowledgements of
+    /// durable entries (ASYNC sends) wait; 0: no bound.
+    pub async_max_lag_entries: u64,
+}
+
 impl Replica {
     /// Opens the engine and the log under `data_dir` and starts this node's Raft.
     pub async fn start(
         data_dir: &Path,
         engine_options: EngineOptions,
-        cluster: &str,
-        snapshot_logs: u64,
+        options: ReplicaOptions,
         me: Member,
         bootstrap: Bootstrap,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Replica> {
         metrics::register();
+        let ReplicaOptions {
+            cluster,
+            snapshot_logs,
+            async_max_lag_entries,
+        } = options;
         let durable: log::DurableWaiters = Arc::default();
         let traces: log::Traces = Arc::default();
         let (proposals, proposed) = mpsc::unbounded_channel();
+        let gate = Arc::new(gate::AsyncGate::new(async_max_lag_entries));
         let replicator = Arc::new(RaftReplicator {
             proposals,
+            gate: gate.clone(),
             durable: durable.clone(),
             traces: traces.clone(),
             next_token: AtomicU64::new(rand::rngs::OsRng.next_u64() >> 1),
@@ -210,7 +239,7 @@ impl Replica {
         let machine = machine::StateMachine::new(engine.clone(), traces.clone())?;
         let raft = Raft::new(
             id,
-            raft_config(cluster, snapshot_logs)?,
+            raft_config(&cluster, snapshot_logs)?,
             network::Factory,
             log,
             machine,
@@ -243,7 +272,7 @@ impl Replica {
             lease,
             shutdown.clone(),
         ));
-        tokio::spawn(replica.clone().lead(shutdown.clone()));
+        tokio::spawn(replica.clone().lead(gate, shutdown.clone()));
         if !replica.raft.is_initialized().await? {
             match bootstrap {
                 Bootstrap::Join => {}
@@ -275,17 +304,21 @@ impl Replica {
 
     /// Activates the engine while this node leads and has applied everything committed before
     /// its term; deactivates it when the node stops leading.
-    async fn lead(self, shutdown: CancellationToken) {
+    /// Also releases the ASYNC acknowledgements `gate` holds as the applied index moves.
+    async fn lead(self, gate: Arc<gate::AsyncGate>, shutdown: CancellationToken) {
         let mut metrics = self.raft.metrics();
         let mut lag = Lag::default();
         loop {
             let (leading, term) = {
                 let m = metrics.borrow_and_update();
                 lag.observe(&m);
-                (
-                    m.state == ServerState::Leader && m.current_leader == Some(self.id),
-                    m.current_term,
-                )
+                let leading = m.state == ServerState::Leader && m.current_leader == Some(self.id);
+                if leading {
+                    gate.applied(m.last_applied.map_or(0, |l| l.index));
+                } else {
+                    gate.fail_all("this node stopped leading its cluster");
+                }
+                (leading, m.current_term)
             };
             metrics::IS_LEADER.set(i64::from(leading && self.engine.is_active()));
             let stepping_down = self.stepping_down.load(Ordering::SeqCst);
@@ -658,7 +691,9 @@ async fn propose_loop(
                         }
                     }
                     if let Some(durable) = durable.lock().remove(&token) {
-                        durable(result.clone());
+                        // Applied before this node's log said it was durable (it always says
+                        // so first on a leader): index 0, which no bound holds back.
+                        durable(result.clone().map(|()| 0));
                     }
                     traces.lock().remove(&token);
                     applied(result);

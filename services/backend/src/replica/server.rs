@@ -49,6 +49,14 @@ fn cut() -> Status {
 impl ClusterService for ClusterServiceImpl {
     async fn append_entries(&self, request: Request<pb::RaftMessage>) -> Answer {
         fail::fail_point!("backend::raft_cut", |_| Err(cut()));
+        // A follower with a slow disk or link: each append reaches its log this many
+        // milliseconds late (`return(MS)`); only followers take appends.
+        #[cfg(feature = "failpoints")]
+        if let Some(Some(delay)) = fail::eval("backend::follower_append_delay_ms", |ms| {
+            ms.and_then(|ms| ms.parse::<u64>().ok())
+        }) {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
         let rpc = network::decode(request.into_inner(), self.replica.id)?;
         let answer = self.replica.raft.append_entries(rpc).await;
         Ok(Response::new(network::encode(&answer)?))
