@@ -325,26 +325,22 @@ fn syncer_loop(db: &DB, rx: mpsc::Receiver<Written>) {
     while let Ok(first) = rx.recv() {
         let mut round = vec![first];
         round.extend(rx.try_iter());
-        let synced = if round.iter().any(|w| w.sync) {
+        if round.iter().any(|w| w.sync) {
             // The fsync serves every group of the round; its span is the first traced one's.
             let parent = round.iter().find(|w| !w.span.is_none()).map(|w| &w.span);
             let _fsync = parent.map(|parent| {
                 tracing::info_span!(parent: parent, "storage.fsync", groups = round.len()).entered()
             });
             let started = Instant::now();
-            let synced = db.flush_wal(true).map_err(CommitError::Db);
+            let synced = crate::disk::fsync_outcome("storage::wal_fsync_error", db.flush_wal(true));
             crate::dbstats::observe_fsync("queues", started);
-            synced
-        } else {
-            Ok(())
-        };
-        if let Err(err) = &synced {
-            tracing::error!(error = ?err, "WAL fsync failed");
+            // Never a reply saying durable after it: the node stops instead.
+            if let Err(err) = synced {
+                crate::disk::stop_on_failed_fsync("queue engine's write-ahead log", &err);
+            }
         }
         for written in round {
-            // A failed fsync fails every group of the round: a later one must not be done when
-            // an earlier one is not.
-            let result = written.result.and(synced.clone());
+            let result = written.result;
             observe(written.started, written.requests.len(), written.sync);
             for request in written.requests {
                 // The caller may have gone away (cancelled request); the write stands regardless.

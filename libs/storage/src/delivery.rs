@@ -48,6 +48,7 @@ impl Engine {
         messages: Vec<NewMessage>,
     ) -> Result<Vec<SentMessage>> {
         let queue = self.queue(id)?;
+        self.inner.disk.check()?;
         let now = now_ms();
         // Encoded and digested before taking the queue's lock: reading the body is the
         // expensive part. The digest is stored, so no receive has to compute it again.

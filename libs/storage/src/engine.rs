@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::commit::{Cf, Committer, Op, Replicator};
 use crate::dbstats::DbStats;
+use crate::disk::DiskGuard;
 use crate::error::{Error, Result};
 use crate::keys::{self, dedup_key, message_key, queue_key, send_key, seq_floor_key};
 use crate::lease::Lease;
@@ -46,6 +47,9 @@ pub struct EngineOptions {
     /// How long a send's idempotency key is remembered; no longer than `dedup_window`, since a
     /// retry's answer is partly read from the deduplication ids its send carried.
     pub idempotency_window: Duration,
+    /// Sends are refused while less than this many bytes are free on the engine's disk; 0: no
+    /// reserve.
+    pub min_free_disk_bytes: u64,
 }
 
 impl EngineOptions {
@@ -54,6 +58,7 @@ impl EngineOptions {
             path: path.into(),
             dedup_window: DEFAULT_DEDUP_WINDOW,
             idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
+            min_free_disk_bytes: crate::disk::DEFAULT_MIN_FREE_DISK_BYTES,
         }
     }
 }
@@ -101,6 +106,7 @@ pub(crate) struct Inner {
     pub(crate) _wal_trimmer: WalTrimmer,
     /// Samples RocksDB's state into gauges; stops when the engine is dropped.
     pub(crate) _db_stats: DbStats,
+    pub(crate) disk: DiskGuard,
 }
 
 impl Engine {
@@ -178,6 +184,7 @@ impl Engine {
                 record_writes: tokio::sync::Mutex::new(()),
                 _wal_trimmer: wal_trimmer,
                 _db_stats: db_stats,
+                disk: DiskGuard::new(options.path.clone(), options.min_free_disk_bytes),
             }),
         };
         engine.spawn_sweeper();

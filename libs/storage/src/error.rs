@@ -34,6 +34,9 @@ pub enum Error {
     Corrupt(String),
     #[error("the engine is shutting down")]
     Closed,
+    /// Less than the configured reserve is free on the engine's disk: sends wait for space.
+    #[error("the node's disk is nearly full: {free} bytes free, below the {reserve} bytes it keeps for deletes and compactions; sends are refused until space is freed (delete messages, purge a queue or add disk)")]
+    DiskFull { free: u64, reserve: u64 },
     /// A replicated engine on a node that does not lead its cluster (any more).
     #[error("not the leader of the backend cluster: {0}")]
     NotLeader(String),
@@ -63,6 +66,7 @@ impl From<Error> for sluice_api::Error {
             Error::TaskNotFound(id) => E::not_found(format!("move task {id:?}")),
             Error::TaskConflict(_) | Error::MoveFailed(_) => E::FailedPrecondition(err.to_string()),
             Error::Closed | Error::NotLeader(_) => E::Unavailable(err.to_string()),
+            Error::DiskFull { .. } => E::ResourceExhausted(err.to_string()),
             Error::Db(_) | Error::Corrupt(_) => E::Internal(err.to_string()),
         }
     }

@@ -16,6 +16,7 @@ pub mod background;
 mod commit;
 pub mod dbstats;
 mod delivery;
+pub mod disk;
 mod engine;
 mod error;
 mod keys;
@@ -31,6 +32,7 @@ pub mod wal;
 mod window;
 
 pub use commit::{Completion, Replicator};
+pub use disk::DEFAULT_MIN_FREE_DISK_BYTES;
 pub use engine::{Engine, EngineOptions, DEFAULT_DEDUP_WINDOW, DEFAULT_IDEMPOTENCY_WINDOW};
 pub use error::{Error, Result};
 pub use lease::Lease;

@@ -159,6 +159,15 @@ pub(crate) static DUPLICATE_SENDS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub(crate) static DISK_FULL_REFUSALS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "sluice_storage_disk_full_refusals_total",
+        "Sends refused because less than the reserve (--min-free-disk-bytes) was free on the \
+         engine's disk"
+    )
+    .expect("metric registers once")
+});
+
 pub(crate) static LEASE_REFUSALS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "sluice_storage_lease_refusals_total",
@@ -198,6 +207,7 @@ pub(crate) fn register() {
     LazyLock::force(&TASK_MOVES);
     LazyLock::force(&DUPLICATE_SENDS);
     LazyLock::force(&LEASE_REFUSALS);
+    LazyLock::force(&DISK_FULL_REFUSALS);
     LazyLock::force(&MOVE_FAILURES);
     LazyLock::force(&WAL_TRIMMED_BYTES);
 }

@@ -45,6 +45,10 @@ struct Flags {
     /// no bound [default: 256]
     #[arg(long)]
     async_max_lag_entries: Option<u64>,
+    /// Bytes kept free on the data directory's disk: below it sends are refused with
+    /// RESOURCE_EXHAUSTED while receives and deletes go on; 0 for none [default: 268435456]
+    #[arg(long)]
+    min_free_disk_bytes: Option<u64>,
     /// The members of a new replicated cluster, as name=url, the same list on each member
     /// (comma-separated); without it a node forms a cluster of its own
     #[arg(long, value_delimiter = ',')]

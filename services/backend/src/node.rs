@@ -49,6 +49,11 @@ pub struct NodeOpts {
     /// Entries applied between two snapshots of the engine; the log is purged up to each one.
     #[serde(default = "default_raft_snapshot_logs")]
     pub raft_snapshot_logs: u64,
+    /// Sends are refused (RESOURCE_EXHAUSTED) while less than this many bytes are free on the
+    /// data directory's file system, so that receives, deletes and compactions can go on; 0
+    /// turns the reserve off.
+    #[serde(default = "default_min_free_disk_bytes")]
+    pub min_free_disk_bytes: u64,
     /// How many entries (group commits) a leader's log may run ahead of a majority before
     /// ASYNC sends wait: what a leader's crash can lose of them. 0: no bound.
     #[serde(default = "default_async_max_lag_entries")]
@@ -78,6 +83,10 @@ fn default_raft_snapshot_logs() -> u64 {
     10_000
 }
 
+fn default_min_free_disk_bytes() -> u64 {
+    sluice_storage::DEFAULT_MIN_FREE_DISK_BYTES
+}
+
 /// Some 0.1 s of entries at the most a 3-node cluster commits on modest hardware (about 2,500
 /// group commits a second): a follower that falls further behind slows ASYNC sends down to its
 /// pace instead of widening what a crash loses.
@@ -101,6 +110,7 @@ impl Default for NodeOpts {
             load_report_interval_ms: default_load_report_interval(),
             raft_snapshot_logs: default_raft_snapshot_logs(),
             async_max_lag_entries: default_async_max_lag_entries(),
+            min_free_disk_bytes: default_min_free_disk_bytes(),
             peers: Vec::new(),
             join: false,
             unreplicated: false,
@@ -165,6 +175,7 @@ impl Storage {
         check_layout(opts)?;
         let engine_options = EngineOptions {
             dedup_window: Duration::from_secs(opts.dedup_window_seconds),
+            min_free_disk_bytes: opts.min_free_disk_bytes,
             ..EngineOptions::new(opts.data_dir.join(QUEUES_DIR))
         };
         if opts.unreplicated {

@@ -75,7 +75,7 @@ enum Command {
 #[derive(clap::Args)]
 struct StandaloneArgs {
     /// TOML file with data_dir, grpc_addr, admin_addr, otlp_endpoint, dedup_window_seconds,
-    /// drain_seconds and a [rate_limits] table (README, "Limits").
+    /// min_free_disk_bytes, drain_seconds and a [rate_limits] table (README, "Limits").
     #[arg(long, env = "SLUICE_CONFIG")]
     config: Option<PathBuf>,
     /// Log as JSON lines instead of text.
@@ -104,6 +104,11 @@ struct StandaloneFlags {
     /// env: SLUICE_DEDUP_WINDOW_SECONDS]
     #[arg(long)]
     dedup_window_seconds: Option<u64>,
+    /// Bytes kept free on the data directory's disk: below it sends are refused with
+    /// RESOURCE_EXHAUSTED while receives and deletes go on; 0 for none [default: 268435456;
+    /// env: SLUICE_MIN_FREE_DISK_BYTES]
+    #[arg(long)]
+    min_free_disk_bytes: Option<u64>,
     /// Seconds to go on serving after SIGTERM while /readyz reports not ready [default: 0;
     /// env: SLUICE_DRAIN_SECONDS]
     #[arg(long)]

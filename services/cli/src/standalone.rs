@@ -40,6 +40,9 @@ pub struct StandaloneOpts {
     /// shorten it to see a send accepted again after the window.
     #[serde(default = "default_dedup_window")]
     pub dedup_window_seconds: u64,
+    /// Sends are refused while less than this many bytes are free on the data directory's disk.
+    #[serde(default = "default_min_free_disk_bytes")]
+    pub min_free_disk_bytes: u64,
     /// Rate limits per queue and per caller.
     #[serde(default)]
     pub rate_limits: RateLimitOpts,
@@ -60,12 +63,17 @@ fn default_dedup_window() -> u64 {
     sluice_backend::node::NodeOpts::default().dedup_window_seconds
 }
 
+fn default_min_free_disk_bytes() -> u64 {
+    sluice_backend::node::NodeOpts::default().min_free_disk_bytes
+}
+
 impl Default for StandaloneOpts {
     fn default() -> Self {
         StandaloneOpts {
             data_dir: PathBuf::from("./sluice-data"),
             service: ServiceOpts::on(([127, 0, 0, 1], 7070), ([127, 0, 0, 1], 7071)),
             dedup_window_seconds: default_dedup_window(),
+            min_free_disk_bytes: default_min_free_disk_bytes(),
             rate_limits: RateLimitOpts::default(),
             bulkheads: BulkheadOpts::default(),
             backend_pressure: PressureOpts::default(),
@@ -191,6 +199,7 @@ pub async fn start(
         cluster: CLUSTER.into(),
         node_id: CLUSTER.into(),
         dedup_window_seconds: opts.dedup_window_seconds,
+        min_free_disk_bytes: opts.min_free_disk_bytes,
         unreplicated: true,
         ..Default::default()
     };

@@ -24,6 +24,7 @@ use rocksdb::{
 };
 use sluice_storage::background;
 use sluice_storage::dbstats::{self, DbStats};
+use sluice_storage::disk::{fsync_outcome, stop_on_failed_fsync};
 use sluice_storage::wal::{self, WalTrimmer};
 use tracing::Instrument;
 
@@ -160,6 +161,19 @@ impl LogStore {
             let started = std::time::Instant::now();
             let written = db.write_opt(batch, &synced());
             dbstats::observe_fsync("raft", started);
+            // A synced write that fails on I/O may have failed in its fsync, which leaves the
+            // log's state on disk unknown: the node stops (`stop_on_failed_fsync`). A full disk
+            // is reported instead: restarting would not free it.
+            let full = written
+                .as_ref()
+                .is_err_and(|err| err.to_string().contains("No space left"));
+            let io = written
+                .as_ref()
+                .is_err_and(|err| err.kind() == rocksdb::ErrorKind::IOError);
+            let outcome = if io && !full { written.clone() } else { Ok(()) };
+            if let Err(err) = fsync_outcome("backend::log_fsync_error", outcome) {
+                stop_on_failed_fsync("Raft log", &err);
+            }
             written
         })
         .await
