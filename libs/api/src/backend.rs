@@ -14,6 +14,11 @@ use crate::{
 
 #[async_trait]
 pub trait QueueBackend: Send + Sync + 'static {
+    /// True while this backend could not be reached lately (a node cut off or gone): a router
+    /// tries the cluster's other nodes first. A backend in this process is always reachable.
+    fn unreachable(&self) -> bool {
+        false
+    }
     /// Creates the queue, or updates its config if it exists.
     async fn create_queue(&self, id: QueueId, config: QueueConfig) -> Result<()>;
     async fn delete_queue(&self, id: QueueId) -> Result<()>;

@@ -10,7 +10,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sluice_api::wire::{self, LEADER_HEADER};
@@ -36,11 +36,22 @@ pub struct BackendClientOptions {
 impl Default for BackendClientOptions {
     fn default() -> Self {
         BackendClientOptions {
-            connect_timeout: Duration::from_secs(2),
+            // Backend nodes sit in the frontends' network: a connection takes well under a
+            // millisecond there. A node cut off answers nothing at all, so every attempt on it
+            // costs the whole timeout (a send's longest stall through a partition).
+            connect_timeout: Duration::from_millis(500),
             request_timeout: Duration::from_secs(10),
         }
     }
 }
+
+/// How a connection to a backend node notices that the node went silent (cut off, frozen):
+/// a ping every half second that must be answered within a second. A call under way on it
+/// then fails as UNAVAILABLE within 1.5 s, and is tried on another node, instead of waiting
+/// out its timeout. A node merely busy answers pings from its connection task, which does not
+/// wait behind its requests or its disk.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(500);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Where a caller keeps the URL of a cluster's leader, as its nodes name it (see
 /// [`BackendClient::with_leader_hint`]).
@@ -54,7 +65,8 @@ pub fn node_client(
 ) -> Result<BackendServiceClient<Channel>> {
     let options = ChannelOptions {
         connect_timeout,
-        ..ChannelOptions::default()
+        keep_alive_interval: Some(KEEP_ALIVE_INTERVAL),
+        keep_alive_timeout: KEEP_ALIVE_TIMEOUT,
     };
     let channel = channel::channel("backend endpoint", endpoint, &options)?;
     Ok(BackendServiceClient::new(channel)
@@ -69,7 +81,14 @@ pub struct BackendClient {
     options: BackendClientOptions,
     url: String,
     leader: LeaderHint,
+    /// Until when this node counts as unreachable, after a call failed to reach it.
+    unreachable_until: Arc<parking_lot::Mutex<Option<Instant>>>,
 }
+
+/// How long a node that could not be reached is passed over: about the time a partitioned or
+/// dead node takes to lose its place (a new leader elected, its etcd key expired), after which
+/// it is tried again.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
 
 impl BackendClient {
     /// A client of the node at `endpoint` (e.g. `http://10.0.0.5:7080`). Connects lazily, so a
@@ -81,6 +100,7 @@ impl BackendClient {
             options,
             url: endpoint.to_owned(),
             leader: LeaderHint::default(),
+            unreachable_until: Arc::default(),
         })
     }
 
@@ -162,7 +182,15 @@ impl BackendClient {
                 }
                 response.into_inner()
             })
-            .map_err(|status| channel::from_status("backend", status));
+            .map_err(|status| {
+                if sluice_api::error::is_transport_failure(&status) {
+                    *self.unreachable_until.lock() = Some(Instant::now() + UNREACHABLE_FOR);
+                }
+                channel::from_status("backend", status)
+            });
+        if result.is_ok() {
+            self.unreachable_until.lock().take();
+        }
         if matches!(result, Err(Error::Unavailable(_))) {
             let mut leader = self.leader.lock();
             if leader.as_deref() == Some(self.url.as_str()) {
@@ -208,6 +236,12 @@ fn entries(results: pb::EntryResults) -> Vec<Result<()>> {
 
 #[async_trait]
 impl QueueBackend for BackendClient {
+    fn unreachable(&self) -> bool {
+        self.unreachable_until
+            .lock()
+            .is_some_and(|until| Instant::now() < until)
+    }
+
     async fn create_queue(&self, id: QueueId, config: QueueConfig) -> Result<()> {
         self.create_partition(id, &config, 0).await
     }

@@ -75,6 +75,17 @@ impl BackendServiceImpl {
             .ok_or_else(|| {
                 Error::Unavailable("the backend cluster has no serving leader yet; retry".into())
             })?;
+        if let Some(silent) = self
+            .replica
+            .as_ref()
+            .and_then(|replica| replica.leader_contact.silent_for())
+        {
+            return Err(Error::Unavailable(format!(
+                "this node has not heard from its leader {} for {} ms; the cluster may be electing another: retry",
+                leader.name,
+                silent.as_millis()
+            )));
+        }
         request.metadata_mut().insert(
             FORWARDED_HEADER,
             tonic::metadata::MetadataValue::from_static("1"),
@@ -83,7 +94,10 @@ impl BackendServiceImpl {
         if let Some(client) = leaders.get(&leader.url) {
             return Ok(Some((client.clone(), leader.url)));
         }
-        let client = sluice_client::node_client(&leader.url, Duration::from_secs(1))?;
+        let client = sluice_client::node_client(
+            &leader.url,
+            sluice_client::BackendClientOptions::default().connect_timeout,
+        )?;
         leaders.insert(leader.url.clone(), client.clone());
         Ok(Some((client, leader.url)))
     }

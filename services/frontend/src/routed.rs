@@ -227,15 +227,25 @@ impl RoutedBackend {
             .entry(cluster.to_owned())
             .or_default()
             .clone();
-        let leader = hint.lock().clone().filter(|url| urls.contains(url));
+        let mut nodes = self.nodes.lock();
+        // A node a call could not reach lately is passed over while another may serve.
+        let reachable = |url: &String| nodes.get(url).is_none_or(|node| !node.unreachable());
+        let leader = hint
+            .lock()
+            .clone()
+            .filter(|url| urls.contains(url) && reachable(url));
         let url = match &leader {
             Some(url) => url,
             None => {
                 let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                &urls[turn % urls.len()]
+                let candidates: Vec<&String> = urls.iter().filter(|url| reachable(url)).collect();
+                if candidates.is_empty() {
+                    &urls[turn % urls.len()]
+                } else {
+                    candidates[turn % candidates.len()]
+                }
             }
         };
-        let mut nodes = self.nodes.lock();
         if let Some(node) = nodes.get(url) {
             return Ok(node.clone());
         }
@@ -277,7 +287,9 @@ impl RoutedBackend {
         let mut failover = ExponentialBuilder::default()
             .with_jitter()
             .with_min_delay(Duration::from_millis(20))
-            .with_max_delay(Duration::from_millis(500))
+            // Short: the other nodes answer at once while the cluster elects, and a send should
+            // go through within a pause of the new leader serving.
+            .with_max_delay(Duration::from_millis(200))
             .without_max_times()
             .with_total_delay(Some(FAILOVER_WAIT))
             .build();

@@ -10,6 +10,7 @@
 //! cut off from its majority stops acknowledging before the others can have a new leader.
 //! docs/replication.md states the clock assumptions.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,5 +55,46 @@ pub(super) async fn keep(raft: Raft, id: NodeId, lease: Arc<Lease>, shutdown: Ca
             // they stop, which is when the lease runs out.
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
+    }
+}
+
+/// How long a follower may go without an append or heartbeat from its leader (sent every
+/// 100 ms) before it stops forwarding requests to it: the leader is gone or cut off, and a
+/// forwarded call would hang until the connection's keep-alive gives up. Refused at once, the
+/// caller tries the other nodes until one leads.
+const LEADER_SILENCE: Duration = Duration::from_millis(500);
+
+/// When a follower last heard from its leader.
+pub(crate) struct LeaderContact {
+    origin: Instant,
+    /// Milliseconds since `origin`; `u64::MAX` before the first contact.
+    last_ms: AtomicU64,
+}
+
+impl Default for LeaderContact {
+    fn default() -> Self {
+        LeaderContact {
+            origin: Instant::now(),
+            last_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl LeaderContact {
+    /// An append or heartbeat arrived from a leader.
+    pub(crate) fn heard(&self) {
+        let now = self.origin.elapsed().as_millis() as u64;
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// How long since the last contact, if that is longer than a leader stays silent.
+    pub(crate) fn silent_for(&self) -> Option<Duration> {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if last == u64::MAX {
+            return None;
+        }
+        let silent =
+            Duration::from_millis((self.origin.elapsed().as_millis() as u64).saturating_sub(last));
+        (silent > LEADER_SILENCE).then_some(silent)
     }
 }

@@ -92,6 +92,8 @@ pub struct Replica {
     id: NodeId,
     /// Set when the node stops on purpose: it no longer takes the lead (see `hand_over`).
     stepping_down: Arc<AtomicBool>,
+    /// When this node last heard from a leader, as a follower.
+    pub(crate) leader_contact: Arc<lease::LeaderContact>,
 }
 
 /// Hands the engine's batches to Raft in order (see `propose_loop`).
@@ -252,6 +254,7 @@ impl Replica {
             me,
             id,
             stepping_down: Arc::default(),
+            leader_contact: Arc::default(),
         };
         tokio::spawn(propose_loop(
             replica.raft.clone(),

@@ -49,6 +49,7 @@ fn cut() -> Status {
 impl ClusterService for ClusterServiceImpl {
     async fn append_entries(&self, request: Request<pb::RaftMessage>) -> Answer {
         fail::fail_point!("backend::raft_cut", |_| Err(cut()));
+        self.replica.leader_contact.heard();
         // A follower with a slow disk or link: each append reaches its log this many
         // milliseconds late (`return(MS)`); only followers take appends.
         #[cfg(feature = "failpoints")]
