@@ -216,7 +216,12 @@ async fn a_node_reports_the_messages_it_delivers_as_well_as_those_it_stores() {
     // Rates cover one report interval, so traffic goes on until a report shows both.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let messages = (0..10).map(|_| NewMessage::default()).collect();
+        let messages = (0..10)
+            .map(|_| NewMessage {
+                body: b"work".to_vec().into(),
+                ..Default::default()
+            })
+            .collect();
         backend.send(1, messages).await.unwrap();
         let received = backend
             .receive(1, 10, Duration::from_secs(60), Duration::ZERO)
