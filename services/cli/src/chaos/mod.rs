@@ -8,7 +8,7 @@
 //! runs against a deployment that is already running (the frontends of `--endpoint`) and
 //! leaves restarting what it killed to that deployment, as Kubernetes does.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,8 +22,10 @@ use sluice_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
 mod probe;
+mod report;
 
 use probe::{leader_of, sample_lag};
+use report::{print_report, Ledger, Report};
 
 use crate::client::ReplicationArg;
 use crate::dev::{self, Parts};
@@ -61,12 +63,16 @@ pub struct ChaosArgs {
     /// What happens on the schedule: `kill` SIGKILLs a random part and starts it again;
     /// `partition` cuts the backend cluster's leader off the network for --partition-for, then
     /// joins it again (each backend node runs in a network namespace of its own; needs root and
-    /// iproute2).
+    /// iproute2); `pause` freezes the leader (SIGSTOP) for --pause-for, longer than an
+    /// election takes, then lets it go on (SIGCONT) as a deposed leader.
     #[arg(long, value_enum, default_value = "kill")]
     fault: Fault,
     /// How long a partitioned leader stays cut off.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     partition_for: Duration,
+    /// How long a paused leader stays frozen.
+    #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+    pause_for: Duration,
     /// After the load stops, how long consumers may take to receive what is left.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
@@ -103,51 +109,7 @@ impl ChaosArgs {
 enum Fault {
     Kill,
     Partition,
-}
-
-/// What the producers and consumers saw.
-#[derive(Default)]
-struct Ledger {
-    sent: HashSet<String>,
-    acknowledged: HashSet<String>,
-    /// Deliveries of each body.
-    received: HashMap<String, u32>,
-    /// How long each spell of failing sends lasted, from a producer's first failed attempt to
-    /// its next success.
-    failure_windows: Vec<Duration>,
-    /// How long each acknowledged send took, from its first attempt: a send that waited out a
-    /// failover inside the frontend shows here rather than as a failure.
-    send_times: Vec<Duration>,
-}
-
-/// Sends that took this long or longer waited out a failover.
-const STALL: Duration = Duration::from_millis(500);
-
-#[derive(serde::Serialize)]
-struct Report {
-    replication: &'static str,
-    seconds: f64,
-    kills: HashMap<&'static str, u32>,
-    sent: usize,
-    acknowledged: usize,
-    received: usize,
-    lost: usize,
-    duplicated: u64,
-    unexpected: usize,
-    send_failure_windows: usize,
-    send_failure_p50_ms: u128,
-    send_failure_max_ms: u128,
-    send_p50_ms: u128,
-    send_p99_ms: u128,
-    send_max_ms: u128,
-    /// Sends that took 500 ms or more (they waited out a failover), and the p50 of their times.
-    stalled_sends: usize,
-    stalled_send_p50_ms: u128,
-    /// The most log entries any leader held that a majority did not yet have (what a leader
-    /// crash can lose of ASYNC sends), sampled every 200 ms.
-    max_replication_lag_entries: u64,
-    /// Some lost messages, to look for in the logs.
-    lost_examples: Vec<String>,
+    Pause,
 }
 
 /// Runs the chaos test; `endpoint` is the CLI's `--endpoint`, the frontends of a running
@@ -331,6 +293,7 @@ async fn drive(
     let outage = match args.fault {
         Fault::Kill => args.down_for,
         Fault::Partition => args.partition_for,
+        Fault::Pause => args.pause_for,
     };
     // Faults come every --kill-every from the start, whatever each one took.
     let mut next = tokio::time::Instant::now();
@@ -386,6 +349,40 @@ async fn drive(
             eprintln!(
                 "chaos: {:>5.1}s joined again",
                 started.elapsed().as_secs_f64()
+            );
+            continue;
+        }
+        if args.fault == Fault::Pause {
+            let ports = admin_ports.clone();
+            let leader = tokio::task::spawn_blocking(move || leader_of(&ports)).await?;
+            let Some(leader) = leader else {
+                eprintln!(
+                    "chaos: {:>5.1}s no leader to pause",
+                    started.elapsed().as_secs_f64()
+                );
+                continue;
+            };
+            let index = {
+                let parts = parts.lock().expect("not poisoned");
+                let name = format!("backend-a{}", leader + 1);
+                (0..parts.parts.len())
+                    .find(|&i| parts.parts[i].name == name)
+                    .with_context(|| format!("no part named {name}"))?
+            };
+            eprintln!(
+                "chaos: {:>5.1}s SIGSTOP the leader a{} for {:?}",
+                started.elapsed().as_secs_f64(),
+                leader + 1,
+                args.pause_for
+            );
+            parts.lock().expect("not poisoned").pause(index, true)?;
+            *kills.entry("pause").or_default() += 1;
+            tokio::time::sleep(args.pause_for).await;
+            parts.lock().expect("not poisoned").pause(index, false)?;
+            eprintln!(
+                "chaos: {:>5.1}s SIGCONT a{}",
+                started.elapsed().as_secs_f64(),
+                leader + 1
             );
             continue;
         }
@@ -468,54 +465,16 @@ async fn drive(
     sampling.cancel();
     sampler.await?;
 
-    let ledger = ledger.lock().expect("not poisoned");
-    let mut windows = ledger.failure_windows.clone();
-    windows.sort();
-    let mut times = ledger.send_times.clone();
-    times.sort();
-    let at = |q: f64| {
-        times
-            .get(((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1)))
-            .map_or(0, |d| d.as_millis())
-    };
-    let stalled: Vec<Duration> = times.iter().copied().filter(|t| *t >= STALL).collect();
-    let lost: Vec<&String> = ledger
-        .acknowledged
-        .iter()
-        .filter(|body| !ledger.received.contains_key(*body))
-        .collect();
-    let report = Report {
-        replication: match args.replication {
+    let report = Report::of(
+        &ledger.lock().expect("not poisoned"),
+        match args.replication {
             ReplicationArg::Sync => "sync",
             ReplicationArg::Async => "async",
         },
-        seconds: started.elapsed().as_secs_f64(),
+        started.elapsed(),
         kills,
-        sent: ledger.sent.len(),
-        acknowledged: ledger.acknowledged.len(),
-        received: ledger.received.len(),
-        lost: lost.len(),
-        duplicated: ledger
-            .received
-            .values()
-            .map(|&n| u64::from(n.saturating_sub(1)))
-            .sum(),
-        unexpected: ledger
-            .received
-            .keys()
-            .filter(|body| !ledger.sent.contains(*body))
-            .count(),
-        send_failure_windows: windows.len(),
-        send_failure_p50_ms: windows.get(windows.len() / 2).map_or(0, |d| d.as_millis()),
-        send_failure_max_ms: windows.last().map_or(0, |d| d.as_millis()),
-        send_p50_ms: at(0.5),
-        send_p99_ms: at(0.99),
-        send_max_ms: times.last().map_or(0, |d| d.as_millis()),
-        stalled_sends: stalled.len(),
-        stalled_send_p50_ms: stalled.get(stalled.len() / 2).map_or(0, |d| d.as_millis()),
-        max_replication_lag_entries: lag.load(std::sync::atomic::Ordering::Relaxed),
-        lost_examples: lost.iter().take(10).map(|s| s.to_string()).collect(),
-    };
+        lag.load(std::sync::atomic::Ordering::Relaxed),
+    );
     if json_out {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -531,36 +490,6 @@ fn pick_part(rng: &mut StdRng) -> &'static str {
         1 => "metadata",
         _ => "backend",
     }
-}
-
-fn print_report(r: &Report) {
-    println!(
-        "chaos report ({} replication, {:.0} s)",
-        r.replication, r.seconds
-    );
-    let mut kills: Vec<_> = r.kills.iter().collect();
-    kills.sort();
-    for (kind, n) in kills {
-        println!("  killed        {n} {kind}");
-    }
-    println!("  sent          {}", r.sent);
-    println!("  acknowledged  {}", r.acknowledged);
-    println!("  received      {}", r.received);
-    println!("  lost          {}", r.lost);
-    println!("  duplicated    {}", r.duplicated);
-    println!("  unexpected    {}", r.unexpected);
-    println!(
-        "  send failures {} windows, p50 {} ms, longest {} ms",
-        r.send_failure_windows, r.send_failure_p50_ms, r.send_failure_max_ms
-    );
-    println!(
-        "  send time     p50 {} ms, p99 {} ms, longest {} ms; {} took 500 ms or more (p50 {} ms)",
-        r.send_p50_ms, r.send_p99_ms, r.send_max_ms, r.stalled_sends, r.stalled_send_p50_ms
-    );
-    println!(
-        "  max replication lag {} entries",
-        r.max_replication_lag_entries
-    );
 }
 
 /// Sends `p0-0`, `p0-1`, ... at `rate` per second; a failed send is tried again (through the

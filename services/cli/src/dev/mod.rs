@@ -121,6 +121,22 @@ impl Parts {
         Ok(())
     }
 
+    /// Freezes part `index` (SIGSTOP) or lets it go on (SIGCONT): a stop-the-world pause, as a
+    /// long garbage collection or a VM frozen by its host makes one.
+    pub(crate) fn pause(&self, index: usize, paused: bool) -> anyhow::Result<()> {
+        use nix::sys::signal::{kill, Signal};
+        let pid = nix::unistd::Pid::from_raw(self.parts[index].child.id() as i32);
+        kill(
+            pid,
+            if paused {
+                Signal::SIGSTOP
+            } else {
+                Signal::SIGCONT
+            },
+        )?;
+        Ok(())
+    }
+
     /// The parts that have exited, by index.
     fn dead(&mut self) -> Vec<usize> {
         (0..self.parts.len())
