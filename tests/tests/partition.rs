@@ -99,12 +99,7 @@ async fn a_leader_cut_off_from_its_followers_stops_acknowledging_before_they_ele
     // Everything sent so far is on every node, so only what comes after the cut is at stake.
     let last = trio.status(old).await?.last_log_index;
     for i in 0..3 {
-        sluice_tests::wait_for(
-            "the followers to hold the log",
-            Duration::from_secs(20),
-            || Ok(futures_ready(trio.status(i)).is_some_and(|s| s.applied_index >= last)),
-        )
-        .await?;
+        until_status(&trio, i, "to hold the log", |s| s.applied_index >= last).await?;
     }
 
     let pid = Pid::from_raw(trio.nodes[old].as_ref().expect("running").pid() as i32);
@@ -194,8 +189,8 @@ async fn a_leader_cut_off_from_its_followers_stops_acknowledging_before_they_ele
     );
 
     kill(pid, Signal::SIGUSR2)?;
-    sluice_tests::wait_for("the old leader to follow", Duration::from_secs(20), || {
-        Ok(futures_ready(trio.status(old)).is_some_and(|s| !s.serving && !s.leader.is_empty()))
+    until_status(&trio, old, "to follow", |s| {
+        !s.serving && !s.leader.is_empty()
     })
     .await?;
     let found = drain(&trio, ASYNC).await?;
@@ -221,9 +216,19 @@ async fn a_leader_cut_off_from_its_followers_stops_acknowledging_before_they_ele
     Ok(())
 }
 
-/// Polls `future` once on the current runtime thread: the helpers of `wait_for` are sync.
-fn futures_ready<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> Option<T> {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future)).ok()
+/// Polls node `i`'s status until `check` holds, for up to 20 s.
+async fn until_status(
+    trio: &Trio,
+    i: usize,
+    what: &str,
+    check: impl Fn(&pb::ClusterStatus) -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !trio.status(i).await.is_ok_and(|s| check(&s)) {
+        anyhow::ensure!(Instant::now() < deadline, "a{} never came {what}", i + 1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 /// Bounded ASYNC: followers whose appends arrive 40 ms late (within openraft's deadline for an

@@ -42,7 +42,6 @@ pub fn message_attributes(
             format!("{} attributes, the limit is {limit}", attributes.len()),
         ));
     }
-    let mut size = 0;
     for (name, value) in attributes {
         let field = format!("{field}[{name:?}]");
         if name.is_empty()
@@ -64,12 +63,18 @@ pub fn message_attributes(
             ));
         }
         attribute_value(&field, value)?;
-        size += name.len()
-            + value.data_type.len()
-            + value.string_value.len()
-            + value.binary_value.len();
     }
-    Ok(size)
+    Ok(attributes_size(attributes))
+}
+
+/// The bytes attributes count toward a message's size limit: names, types and values.
+pub fn attributes_size(attributes: &HashMap<String, pb::MessageAttributeValue>) -> usize {
+    attributes
+        .iter()
+        .map(|(name, value)| {
+            name.len() + value.data_type.len() + value.string_value.len() + value.binary_value.len()
+        })
+        .sum()
 }
 
 fn attribute_value(field: &str, value: &pb::MessageAttributeValue) -> Result<()> {

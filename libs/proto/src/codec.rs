@@ -2,8 +2,6 @@
 //! not decode is refused with INVALID_ARGUMENT (the caller sent bad bytes) instead of tonic's
 //! INTERNAL, which tells a caller the server failed and invites it to retry the same bytes.
 
-use std::marker::PhantomData;
-
 use tonic::codec::{Codec, DecodeBuf, Decoder, ProstCodec};
 use tonic::Status;
 
@@ -30,11 +28,11 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        RequestDecoder(self.0.decoder(), PhantomData)
+        RequestDecoder(self.0.decoder())
     }
 }
 
-pub struct RequestDecoder<U>(<ProstCodec<(), U> as Codec>::Decoder, PhantomData<U>)
+pub struct RequestDecoder<U>(<ProstCodec<(), U> as Codec>::Decoder)
 where
     U: prost::Message + Default + Send + 'static;
 

@@ -142,18 +142,9 @@ impl QueueServiceImpl {
         validate::batch_ids("entries.id", req.entries.iter().map(|e| e.id.as_str()))?;
         validate::batch_bytes(
             "entries",
-            req.entries.iter().map(|e| {
-                e.body.len()
-                    + e.attributes
-                        .iter()
-                        .map(|(name, v)| {
-                            name.len()
-                                + v.data_type.len()
-                                + v.string_value.len()
-                                + v.binary_value.len()
-                        })
-                        .sum::<usize>()
-            }),
+            req.entries
+                .iter()
+                .map(|e| e.body.len() + sluice_api::content::attributes_size(&e.attributes)),
         )?;
         let mut failed = Vec::new();
         let mut accepted = Vec::new();

@@ -164,14 +164,16 @@ impl LogStore {
             // A synced write that fails on I/O may have failed in its fsync, which leaves the
             // log's state on disk unknown: the node stops (`stop_on_failed_fsync`). A full disk
             // is reported instead: restarting would not free it.
-            let full = written
-                .as_ref()
-                .is_err_and(|err| err.to_string().contains("No space left"));
-            let io = written
-                .as_ref()
-                .is_err_and(|err| err.kind() == rocksdb::ErrorKind::IOError);
-            let outcome = if io && !full { written.clone() } else { Ok(()) };
-            if let Err(err) = fsync_outcome("backend::log_fsync_error", outcome) {
+            let fsync = match &written {
+                Err(err)
+                    if err.kind() == rocksdb::ErrorKind::IOError
+                        && !err.to_string().contains("No space left") =>
+                {
+                    Err(err)
+                }
+                _ => Ok(()),
+            };
+            if let Err(err) = fsync_outcome("backend::log_fsync_error", fsync) {
                 stop_on_failed_fsync("Raft log", &err);
             }
             written

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 mod probe;
 mod report;
 
-use probe::{leader_of, sample_lag};
+use probe::{current_leader, sample_lag};
 use report::{print_report, Ledger, Report};
 
 use crate::client::ReplicationArg;
@@ -319,8 +319,7 @@ async fn drive(
             }
         };
         if args.fault == Fault::Partition {
-            let ports = admin_ports.clone();
-            let leader = tokio::task::spawn_blocking(move || leader_of(&ports)).await?;
+            let leader = current_leader(&admin_ports).await?;
             let Some(leader) = leader else {
                 eprintln!(
                     "chaos: {:>5.1}s no leader to cut off",
@@ -353,8 +352,7 @@ async fn drive(
             continue;
         }
         if args.fault == Fault::Pause {
-            let ports = admin_ports.clone();
-            let leader = tokio::task::spawn_blocking(move || leader_of(&ports)).await?;
+            let leader = current_leader(&admin_ports).await?;
             let Some(leader) = leader else {
                 eprintln!(
                     "chaos: {:>5.1}s no leader to pause",
@@ -390,8 +388,7 @@ async fn drive(
         // Half the backend kills go to the leader: a failover is what is worth proving. The
         // leader is looked up for the other half too, since a node picked at random may be it.
         let leader = if kind == "backend" {
-            let ports = admin_ports.clone();
-            tokio::task::spawn_blocking(move || leader_of(&ports))
+            current_leader(&admin_ports)
                 .await?
                 .map(|n| format!("backend-a{}", n + 1))
         } else {

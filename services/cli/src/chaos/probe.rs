@@ -32,7 +32,7 @@ pub(super) async fn sample_lag(
 }
 
 /// Which of the backend nodes (by their admin addresses) leads and serves.
-pub(super) fn leader_of(admin: &[String]) -> Option<usize> {
+fn leader_of(admin: &[String]) -> Option<usize> {
     admin
         .iter()
         .position(|addr| metric_of(addr, "sluice_backend_raft_leader") == Some(1.0))
@@ -51,4 +51,11 @@ fn metric_of(addr: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse::<f64>().ok())
+}
+
+/// The node that leads now, by index, read off the admin ports `admin` (blocking I/O, on a
+/// blocking thread).
+pub(super) async fn current_leader(admin: &[String]) -> anyhow::Result<Option<usize>> {
+    let admin = admin.to_vec();
+    Ok(tokio::task::spawn_blocking(move || leader_of(&admin)).await?)
 }
