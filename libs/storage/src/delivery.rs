@@ -417,17 +417,27 @@ impl Engine {
                 dead_letter_source: record.source_queue_name,
             });
         }
-        // Delivery state need not be fsync'd, nor even written before the messages go out:
-        // losing it only makes a message visible early and its receive count approximate,
-        // which at-least-once delivery allows. So a receive does not wait behind the group
-        // commit (and its fsync) that carries it. Writes apply in the order they are
-        // submitted, so a delete of these messages still lands after their state.
+        // In a standard queue delivery state need not be fsync'd, nor even written before the
+        // messages go out: losing it only makes a message visible early and its receive count
+        // approximate, which at-least-once delivery allows. So a receive does not wait behind
+        // the group commit (and its fsync) that carries it. Writes apply in the order they
+        // are submitted, so a delete of these messages still lands after their state.
+        //
+        // A FIFO queue promises that a group's message is with one consumer at a time, so its
+        // deliveries are durable (fsync'd, or committed by a majority) before they go out: a
+        // restarted node or the next leader keeps them in flight until their timeout.
         if !ops.is_empty() {
-            drop(self.inner.committer.submit(ops, false)?);
+            let fifo = queue.state.lock().config.fifo;
+            if fifo {
+                self.inner.committer.commit(ops, true).await?;
+            } else {
+                drop(self.inner.committer.submit(ops, false)?);
+            }
         }
         // The messages leave this node's index for the consumer: only while no other leader can
         // be handing them out too. Refused, they are back after their visibility timeout here,
-        // and visible at once on the next leader.
+        // and on the next leader at once (a standard queue's) or after that timeout (a FIFO
+        // queue's, whose delivery was committed).
         self.check_lease()?;
         Ok(delivered)
     }

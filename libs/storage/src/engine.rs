@@ -193,7 +193,8 @@ impl Engine {
 
     /// Starts serving on a replicated engine whose node has just become the leader, once
     /// everything committed before is applied here: rebuilds the index from RocksDB, with every
-    /// message that was in flight on the previous leader visible again, and resumes move tasks.
+    /// message of a standard queue that was in flight on the previous leader visible again (a
+    /// FIFO queue's deliveries were committed and stay in flight), and resumes move tasks.
     /// The first leader of a cluster makes the cluster's receipt key.
     pub async fn activate(&self) -> Result<()> {
         let db = self.inner.db.clone();

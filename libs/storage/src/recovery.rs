@@ -70,7 +70,8 @@ pub(crate) fn load_or_create_receipt_key(db: &DB) -> Result<[u8; 32]> {
 
 /// Rebuilds every queue's in-memory index from the state records. Records of queues that no
 /// longer exist (a delete interrupted by a crash) are removed. With `release_in_flight`, a
-/// message in flight is visible at once: it was received from a leader that is gone.
+/// message of a standard queue in flight is visible at once: it was received from a leader
+/// that is gone, which may not have written its delivery state.
 pub(crate) fn rebuild(db: &DB, release_in_flight: bool) -> Result<HashMap<QueueId, Arc<Queue>>> {
     let now = now_ms();
     let meta_cf = db.cf_handle(keys::CF_META).expect("created at open");
@@ -117,7 +118,10 @@ pub(crate) fn rebuild(db: &DB, release_in_flight: bool) -> Result<HashMap<QueueI
         };
         let mut record = StateRecord::decode(value.as_ref())
             .map_err(|err| Error::Corrupt(format!("state {id}/{seq}: {err}")))?;
-        if release_in_flight && record.receive_count > 0 && record.visible_at_ms > now {
+        // A FIFO queue's deliveries were committed before they went out: whoever received
+        // one still holds it, and the group waits.
+        let fifo = queue.state.lock().config.fifo;
+        if release_in_flight && !fifo && record.receive_count > 0 && record.visible_at_ms > now {
             record.visible_at_ms = now;
         }
         let mut state = queue.state.lock();

@@ -1,8 +1,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
-    HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 use sluice_api::metrics::queue_label;
 use sluice_common::rpc::RpcMetrics;
@@ -123,6 +123,15 @@ pub(crate) static BACKEND_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
          electing a leader: the next node is tried), moving (the queue's partition was sealed by \
          a move), placement_changed (the queue is on another cluster now)",
         &["reason"]
+    )
+    .expect("metric registers once")
+});
+
+pub(crate) static BACKEND_CUT_OFF: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "sluice_frontend_backend_cut_off_total",
+        "Calls given up early because this frontend reached no node of the queue's backend \
+         cluster: answered UNAVAILABLE so that the client tries another frontend"
     )
     .expect("metric registers once")
 });
@@ -261,6 +270,7 @@ pub(crate) fn register() {
     for reason in ["unavailable", "moving", "placement_changed"] {
         BACKEND_RETRIES.with_label_values(&[reason]);
     }
+    LazyLock::force(&BACKEND_CUT_OFF);
     for bulkhead in ["sends", "short_calls", "long_polls", "streams"] {
         IN_FLIGHT.with_label_values(&[bulkhead]);
     }

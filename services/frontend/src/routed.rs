@@ -49,6 +49,10 @@ const MOVE_WAIT: Duration = Duration::from_secs(10);
 /// a leader election (a few seconds) and a dead node's lease running out of etcd (5 s).
 const FAILOVER_WAIT: Duration = Duration::from_secs(8);
 
+/// How long a call keeps trying once this frontend reaches none of the cluster's nodes: it is
+/// then likely cut off itself, and the client does better through another frontend.
+const CUT_OFF_WAIT: Duration = Duration::from_millis(500);
+
 pub struct RoutedBackend {
     directory: Arc<dyn PlacementDirectory>,
     placements: Refreshing<QueueId, Arc<Placement>>,
@@ -258,6 +262,29 @@ impl RoutedBackend {
         Ok(node)
     }
 
+    /// Whether every node of `cluster` failed to answer this frontend lately (each has a
+    /// client, and each is marked unreachable).
+    async fn reaches_no_node(&self, cluster: &str) -> bool {
+        if self.is_local(cluster) {
+            return false;
+        }
+        let directory = self.directory.clone();
+        let Ok(urls) = self
+            .members
+            .get(&cluster.to_owned(), move |cluster| {
+                read_members(directory, cluster)
+            })
+            .await
+        else {
+            return false;
+        };
+        let nodes = self.nodes.lock();
+        !urls.is_empty()
+            && urls
+                .iter()
+                .all(|url| nodes.get(url).is_some_and(|node| node.unreachable()))
+    }
+
     /// A node of `cluster`, with a place among the calls in flight to it.
     async fn on(&self, cluster: &str) -> Result<(Arc<dyn QueueBackend>, Slot)> {
         let slot = self.pressure.enter(cluster)?;
@@ -293,9 +320,24 @@ impl RoutedBackend {
             .without_max_times()
             .with_total_delay(Some(FAILOVER_WAIT))
             .build();
+        // Since when every node of the cluster has been out of this frontend's reach.
+        let mut cut_off_since: Option<std::time::Instant> = None;
         loop {
             match op(placement.clone()).await {
                 Err(Error::Unavailable(reason)) => {
+                    if self.reaches_no_node(&placement.cluster).await {
+                        let since = *cut_off_since.get_or_insert_with(std::time::Instant::now);
+                        if since.elapsed() >= CUT_OFF_WAIT {
+                            metrics::BACKEND_CUT_OFF.inc();
+                            return Err(Error::Unavailable(format!(
+                                "this frontend reaches no node of backend cluster {}; another \
+                                 frontend may ({reason})",
+                                placement.cluster
+                            )));
+                        }
+                    } else {
+                        cut_off_since = None;
+                    }
                     let Some(pause) = failover.next() else {
                         return Err(Error::Unavailable(reason));
                     };

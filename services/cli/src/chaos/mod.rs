@@ -15,16 +15,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use sluice_client::QueueClient;
 use sluice_common::tls::ClientTls;
 use sluice_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
+mod faults;
+mod load;
 mod probe;
 mod report;
 
-use probe::{current_leader, sample_lag};
+use faults::{pick_part, Fault, Schedule, Target};
+use probe::sample_lag;
 use report::{print_report, Ledger, Report};
 
 use crate::client::ReplicationArg;
@@ -41,7 +44,8 @@ pub struct ChaosArgs {
     /// How long the load and the kills go on, e.g. 2m or 30m.
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Time between kills.
+    /// Time between faults, from the start of one to the start of the next (a fault that
+    /// takes longer delays the next).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     kill_every: Duration,
     /// How long a killed part stays down before it is started again.
@@ -50,8 +54,13 @@ pub struct ChaosArgs {
     /// The replication of the queue under load.
     #[arg(long, value_enum, default_value = "sync")]
     replication: ReplicationArg,
+    /// Producers of the standard queue.
     #[arg(long, default_value_t = 4)]
     producers: usize,
+    /// Message groups of the FIFO queue, each with a producer of its own.
+    #[arg(long, default_value_t = 4)]
+    fifo_groups: usize,
+    /// Consumers of each queue.
     #[arg(long, default_value_t = 2)]
     consumers: usize,
     /// Sends per second of each producer.
@@ -60,12 +69,12 @@ pub struct ChaosArgs {
     /// Seeds the choice of victims, to repeat a run.
     #[arg(long)]
     seed: Option<u64>,
-    /// What happens on the schedule: `kill` SIGKILLs a random part and starts it again;
-    /// `partition` cuts the backend cluster's leader off the network for --partition-for, then
-    /// joins it again (each backend node runs in a network namespace of its own; needs root and
-    /// iproute2); `pause` freezes the leader (SIGSTOP) for --pause-for, longer than an
-    /// election takes, then lets it go on (SIGCONT) as a deposed leader.
-    #[arg(long, value_enum, default_value = "kill")]
+    /// What happens on the schedule: every kind in turn (`mix`), or one kind. The partitions
+    /// (and so the mix) run each backend node in a network namespace of its own, which needs
+    /// root and iproute2. A pause freezes the leader for longer than an election takes, then
+    /// lets it go on as a deposed leader. Against a running deployment (--kill-command,
+    /// --chaos-mesh) the faults are kills.
+    #[arg(long, value_enum, default_value = "mix")]
     fault: Fault,
     /// How long a partitioned leader stays cut off.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
@@ -105,13 +114,6 @@ impl ChaosArgs {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Fault {
-    Kill,
-    Partition,
-    Pause,
-}
-
 /// Runs the chaos test; `endpoint` is the CLI's `--endpoint`, the frontends of a running
 /// deployment when the run is against one. Returns whether the ledger balanced.
 pub async fn run(args: ChaosArgs, json_out: bool, endpoint: &str) -> anyhow::Result<bool> {
@@ -132,23 +134,24 @@ pub async fn run(args: ChaosArgs, json_out: bool, endpoint: &str) -> anyhow::Res
             .with_context(|| format!("cannot empty {}", args.dir.display()))?;
     }
     let (dir, base) = (args.dir.clone(), args.base_port);
-    let netns = args.fault == Fault::Partition;
+    let netns = args.fault.needs_netns();
     let parts = tokio::task::spawn_blocking(move || dev::up(&dir, base, 1, 3, netns, false, false))
         .await??;
     let parts = Arc::new(Mutex::new(parts));
     let result = async {
-        let frontends = vec![
-            connect(
-                &args.dir,
-                &format!("https://127.0.0.1:{}", args.base_port + 10),
-            )
-            .await?,
-            connect(
-                &args.dir,
-                &format!("https://127.0.0.1:{}", args.base_port + 12),
-            )
-            .await?,
-        ];
+        let urls: Vec<String> = {
+            let parts = parts.lock().expect("not poisoned");
+            (0..dev::FRONTENDS)
+                .map(|f| {
+                    let host = dev::frontend_host(parts.netns.as_ref(), f);
+                    format!("https://{host}:{}", dev::frontend_port(args.base_port, f))
+                })
+                .collect()
+        };
+        let mut frontends = Vec::new();
+        for url in urls {
+            frontends.push(connect(&args.dir, &url).await?);
+        }
         drive(&args, frontends, Faults::Local(parts.clone()), json_out).await
     }
     .await;
@@ -208,78 +211,110 @@ async fn connect(dir: &Path, url: &str) -> anyhow::Result<QueueClient> {
     Ok(sluice_client::queue_client(channel, credentials))
 }
 
+/// The visibility timeout of the queues under load.
+const VISIBILITY: Duration = Duration::from_secs(10);
+
 async fn drive(
     args: &ChaosArgs,
     frontends: Vec<QueueClient>,
     faults: Faults,
     json_out: bool,
 ) -> anyhow::Result<bool> {
-    // A queue of its own for each run, so a run against a long-lived deployment starts empty.
-    let queue = format!("chaos-{:08x}", rand::random::<u32>());
+    // Queues of their own for each run, so a run against a long-lived deployment starts empty:
+    // a standard queue, and a FIFO queue whose groups' order is checked.
+    let name = format!("chaos-{:08x}", rand::random::<u32>());
+    let fifo_queue = format!("{name}.fifo");
     let replication = match args.replication {
         ReplicationArg::Sync => pb::Replication::Sync,
         ReplicationArg::Async => pb::Replication::Async,
     };
-    frontends[0]
-        .clone()
-        .create_queue(pb::CreateQueueRequest {
-            name: queue.clone(),
-            attributes: Some(pb::QueueAttributes {
-                visibility_timeout_seconds: Some(10),
-                replication: replication as i32,
-                ..Default::default()
-            }),
-            tags: Default::default(),
-        })
-        .await
-        .context("cannot create the chaos queue")?;
-    // The backend nodes' admin ports, to aim at the leader and sample the lag: known only for
-    // the processes this run started.
-    let admin_ports: Vec<String> = match &faults {
-        Faults::Command(_) => Vec::new(),
+    for (queue, fifo) in [(&name, false), (&fifo_queue, true)] {
+        frontends[0]
+            .clone()
+            .create_queue(pb::CreateQueueRequest {
+                name: queue.clone(),
+                attributes: Some(pb::QueueAttributes {
+                    visibility_timeout_seconds: Some(VISIBILITY.as_secs() as u32),
+                    replication: replication as i32,
+                    fifo,
+                    ..Default::default()
+                }),
+                tags: Default::default(),
+            })
+            .await
+            .with_context(|| format!("cannot create the chaos queue {queue}"))?;
+    }
+    let started = Instant::now();
+    // The backend nodes' and managers' admin ports, to aim at leaders and sample the lag:
+    // known only for the processes this run started.
+    let target = match &faults {
+        Faults::Command(_) => None,
         Faults::Local(parts) => {
-            let parts = parts.lock().expect("not poisoned");
-            (0..3)
-                .map(|n| {
-                    let ip = match &parts.netns {
-                        Some(netns) => netns.node_ip(n.into()),
-                        None => "127.0.0.1".to_owned(),
-                    };
-                    format!("{ip}:{}", dev::backend_port(args.base_port, 3, 0, n) + 1)
-                })
-                .collect()
+            let backends = {
+                let parts = parts.lock().expect("not poisoned");
+                (0..3)
+                    .map(|n| {
+                        let ip = match &parts.netns {
+                            Some(netns) => netns.node_ip(n.into()),
+                            None => "127.0.0.1".to_owned(),
+                        };
+                        format!("{ip}:{}", dev::backend_port(args.base_port, 3, 0, n) + 1)
+                    })
+                    .collect()
+            };
+            let managers = (0..2)
+                .map(|i| format!("127.0.0.1:{}", args.base_port + 41 + 2 * i))
+                .collect();
+            Some(Target {
+                parts: parts.clone(),
+                backends,
+                managers,
+                started,
+            })
         }
     };
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let producing = CancellationToken::new();
     let consuming = CancellationToken::new();
-    let started = Instant::now();
     let mut producers = Vec::new();
-    for p in 0..args.producers {
-        producers.push(tokio::spawn(produce(
-            p,
-            frontends.clone(),
-            queue.clone(),
-            args.rate,
-            ledger.clone(),
-            producing.clone(),
-        )));
+    let load = [
+        (&name, false, args.producers),
+        (&fifo_queue, true, args.fifo_groups),
+    ];
+    for (queue, fifo, n) in load {
+        for p in 0..n {
+            producers.push(tokio::spawn(load::produce(
+                p,
+                fifo,
+                frontends.clone(),
+                queue.clone(),
+                args.rate,
+                ledger.clone(),
+                producing.clone(),
+            )));
+        }
     }
     let mut consumers = Vec::new();
-    for c in 0..args.consumers {
-        consumers.push(tokio::spawn(consume(
-            c,
-            frontends.clone(),
-            queue.clone(),
-            ledger.clone(),
-            consuming.clone(),
-        )));
+    for (queue, fifo, _) in load {
+        for c in 0..args.consumers {
+            consumers.push(tokio::spawn(load::consume(
+                c,
+                fifo,
+                frontends.clone(),
+                queue.clone(),
+                ledger.clone(),
+                consuming.clone(),
+            )));
+        }
     }
     let lag = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let sampling = CancellationToken::new();
     let sampler = tokio::spawn(sample_lag(
-        admin_ports.clone(),
+        target
+            .as_ref()
+            .map(|t| t.backends.clone())
+            .unwrap_or_default(),
         lag.clone(),
         sampling.clone(),
     ));
@@ -290,144 +325,43 @@ async fn drive(
     };
     let mut kills: HashMap<&'static str, u32> = HashMap::new();
     let deadline = tokio::time::Instant::now() + args.duration;
-    let outage = match args.fault {
-        Fault::Kill => args.down_for,
-        Fault::Partition => args.partition_for,
-        Fault::Pause => args.pause_for,
-    };
+    let mut schedule = Schedule::new(args.fault);
     // Faults come every --kill-every from the start, whatever each one took.
     let mut next = tokio::time::Instant::now();
     loop {
         next = (next + args.kill_every).max(tokio::time::Instant::now());
-        if next + outage > deadline {
-            break;
-        }
-        tokio::time::sleep_until(next).await;
-        let parts = match &faults {
-            Faults::Local(parts) => parts,
-            Faults::Command(command) => {
+        let (Faults::Local(_), Some(target)) = (&faults, &target) else {
+            if next + args.down_for > deadline {
+                break;
+            }
+            tokio::time::sleep_until(next).await;
+            if let Faults::Command(command) = &faults {
                 let kind = pick_part(&mut rng);
                 eprintln!(
                     "chaos: {:>5.1}s killing a {kind} with the kill command",
                     started.elapsed().as_secs_f64()
                 );
+                let began = Instant::now();
                 run_kill_command(command, kind).await?;
                 *kills.entry(kind).or_default() += 1;
+                ledger
+                    .lock()
+                    .expect("not poisoned")
+                    .faults
+                    .push((began, kind));
                 // The deployment starts it again meanwhile.
                 tokio::time::sleep(args.down_for).await;
-                continue;
             }
-        };
-        if args.fault == Fault::Partition {
-            let leader = current_leader(&admin_ports).await?;
-            let Some(leader) = leader else {
-                eprintln!(
-                    "chaos: {:>5.1}s no leader to cut off",
-                    started.elapsed().as_secs_f64()
-                );
-                continue;
-            };
-            eprintln!(
-                "chaos: {:>5.1}s cutting off the leader a{} for {:?}",
-                started.elapsed().as_secs_f64(),
-                leader + 1,
-                args.partition_for
-            );
-            let cut = |on: bool| -> anyhow::Result<()> {
-                let parts = parts.lock().expect("not poisoned");
-                parts
-                    .netns
-                    .as_ref()
-                    .expect("set up for partitions")
-                    .cut(leader, on)
-            };
-            cut(true)?;
-            *kills.entry("partition").or_default() += 1;
-            tokio::time::sleep(args.partition_for).await;
-            cut(false)?;
-            eprintln!(
-                "chaos: {:>5.1}s joined again",
-                started.elapsed().as_secs_f64()
-            );
             continue;
-        }
-        if args.fault == Fault::Pause {
-            let leader = current_leader(&admin_ports).await?;
-            let Some(leader) = leader else {
-                eprintln!(
-                    "chaos: {:>5.1}s no leader to pause",
-                    started.elapsed().as_secs_f64()
-                );
-                continue;
-            };
-            let index = {
-                let parts = parts.lock().expect("not poisoned");
-                let name = format!("backend-a{}", leader + 1);
-                (0..parts.parts.len())
-                    .find(|&i| parts.parts[i].name == name)
-                    .with_context(|| format!("no part named {name}"))?
-            };
-            eprintln!(
-                "chaos: {:>5.1}s SIGSTOP the leader a{} for {:?}",
-                started.elapsed().as_secs_f64(),
-                leader + 1,
-                args.pause_for
-            );
-            parts.lock().expect("not poisoned").pause(index, true)?;
-            *kills.entry("pause").or_default() += 1;
-            tokio::time::sleep(args.pause_for).await;
-            parts.lock().expect("not poisoned").pause(index, false)?;
-            eprintln!(
-                "chaos: {:>5.1}s SIGCONT a{}",
-                started.elapsed().as_secs_f64(),
-                leader + 1
-            );
-            continue;
-        }
-        let kind = pick_part(&mut rng);
-        // Half the backend kills go to the leader: a failover is what is worth proving. The
-        // leader is looked up for the other half too, since a node picked at random may be it.
-        let leader = if kind == "backend" {
-            current_leader(&admin_ports)
-                .await?
-                .map(|n| format!("backend-a{}", n + 1))
-        } else {
-            None
         };
-        let aim_at_leader = leader.is_some() && rng.gen_bool(0.5);
-        let (index, name) = {
-            let parts = parts.lock().expect("not poisoned");
-            let candidates: Vec<usize> = (0..parts.parts.len())
-                .filter(|&i| parts.parts[i].kind == kind)
-                .filter(|&i| !aim_at_leader || leader.as_ref() == Some(&parts.parts[i].name))
-                .collect();
-            let index = candidates[rng.gen_range(0..candidates.len())];
-            (index, parts.parts[index].name.clone())
-        };
-        // Counted as a leader kill whenever it was one: an ASYNC run may lose what the leader
-        // had not replicated, and the loss is judged against these.
-        let leading = leader.as_ref() == Some(&name);
-        eprintln!(
-            "chaos: {:>5.1}s SIGKILL {name}{}",
-            started.elapsed().as_secs_f64(),
-            if leading { " (the leader)" } else { "" }
-        );
-        {
-            let parts = parts.clone();
-            tokio::task::spawn_blocking(move || parts.lock().expect("not poisoned").kill(index))
-                .await??;
+        let fault = schedule.next(&mut rng);
+        if next + fault.outage(args) > deadline {
+            break;
         }
-        let label = if leading { "leader" } else { kind };
-        *kills.entry(label).or_default() += 1;
-        tokio::time::sleep(args.down_for).await;
-        let parts = parts.clone();
-        tokio::task::spawn_blocking(move || parts.lock().expect("not poisoned").restart(index))
-            .await?
-            .with_context(|| format!("cannot start {name} again"))?;
-        eprintln!(
-            "chaos: {:>5.1}s {name} is back",
-            started.elapsed().as_secs_f64()
-        );
+        tokio::time::sleep_until(next).await;
+        target
+            .inject(fault, args, &mut rng, &mut kills, &ledger)
+            .await?;
     }
     tokio::time::sleep_until(deadline).await;
     producing.cancel();
@@ -471,136 +405,14 @@ async fn drive(
         started.elapsed(),
         kills,
         lag.load(std::sync::atomic::Ordering::Relaxed),
+        VISIBILITY,
     );
     if json_out {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report);
     }
-    Ok(report.lost == 0 && report.unexpected == 0)
-}
-
-/// Backend nodes are what replication is about; the stateless tiers get a turn too.
-fn pick_part(rng: &mut StdRng) -> &'static str {
-    match rng.gen_range(0..10) {
-        0 => "frontend",
-        1 => "metadata",
-        _ => "backend",
-    }
-}
-
-/// Sends `p0-0`, `p0-1`, ... at `rate` per second; a failed send is tried again (through the
-/// other frontend) until it succeeds or the load stops.
-async fn produce(
-    p: usize,
-    frontends: Vec<QueueClient>,
-    queue: String,
-    rate: u32,
-    ledger: Arc<Mutex<Ledger>>,
-    stop: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut turn = p;
-    for n in 0u64.. {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let body = format!("p{p}-{n}");
-        ledger
-            .lock()
-            .expect("not poisoned")
-            .sent
-            .insert(body.clone());
-        let mut failing_since: Option<Instant> = None;
-        let first_try = Instant::now();
-        loop {
-            let request = pb::SendMessageRequest {
-                queue: queue.clone(),
-                body: body.clone().into(),
-                ..Default::default()
-            };
-            let sent = frontends[turn % frontends.len()]
-                .clone()
-                .send_message(request)
-                .await;
-            let mut ledger = ledger.lock().expect("not poisoned");
-            match sent {
-                Ok(_) => {
-                    ledger.acknowledged.insert(body);
-                    ledger.send_times.push(first_try.elapsed());
-                    if let Some(since) = failing_since {
-                        ledger.failure_windows.push(since.elapsed());
-                    }
-                    break;
-                }
-                Err(_) => {
-                    failing_since.get_or_insert_with(Instant::now);
-                    turn += 1;
-                }
-            }
-            drop(ledger);
-            if stop.is_cancelled() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// Receives, records and deletes until told to stop.
-async fn consume(
-    c: usize,
-    frontends: Vec<QueueClient>,
-    queue: String,
-    ledger: Arc<Mutex<Ledger>>,
-    stop: CancellationToken,
-) {
-    let mut turn = c;
-    while !stop.is_cancelled() {
-        let mut client = frontends[turn % frontends.len()].clone();
-        let request = pb::ReceiveMessageRequest {
-            queue: queue.clone(),
-            max_messages: 10,
-            wait_time_seconds: Some(1),
-            visibility_timeout_seconds: None,
-        };
-        let messages = match client.receive_message(request).await {
-            Ok(response) => response.into_inner().messages,
-            Err(_) => {
-                turn += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if messages.is_empty() {
-            continue;
-        }
-        {
-            let mut ledger = ledger.lock().expect("not poisoned");
-            for message in &messages {
-                let body = String::from_utf8_lossy(&message.body).into_owned();
-                *ledger.received.entry(body).or_default() += 1;
-            }
-        }
-        let entries = messages
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| pb::DeleteMessageBatchEntry {
-                id: i.to_string(),
-                receipt_handle: m.receipt_handle,
-            })
-            .collect();
-        // A delete that fails leaves the message to come back: a duplicate, which the report
-        // counts.
-        let _ = client
-            .delete_message_batch(pb::DeleteMessageBatchRequest {
-                queue: queue.clone(),
-                entries,
-            })
-            .await;
-    }
+    Ok(report.lost == 0 && report.unexpected == 0 && report.fifo_order_violations == 0)
 }
 
 #[cfg(test)]

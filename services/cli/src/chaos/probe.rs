@@ -1,5 +1,5 @@
-//! What a chaos run reads off the backend nodes it started: which one leads, and the largest
-//! replication lag any reports, from their admin ports' /metrics.
+//! What a chaos run reads off the processes it started: which backend node and which manager
+//! lead, and the largest replication lag any backend reports, from their admin ports' /metrics.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -31,11 +31,11 @@ pub(super) async fn sample_lag(
     }
 }
 
-/// Which of the backend nodes (by their admin addresses) leads and serves.
-fn leader_of(admin: &[String]) -> Option<usize> {
+/// Which of the processes (by their admin addresses) reports 1 for the gauge `metric`.
+fn leader_of(admin: &[String], metric: &str) -> Option<usize> {
     admin
         .iter()
-        .position(|addr| metric_of(addr, "sluice_backend_raft_leader") == Some(1.0))
+        .position(|addr| metric_of(addr, metric) == Some(1.0))
 }
 
 /// A metric without labels from the admin address `addr`.
@@ -57,5 +57,14 @@ fn metric_of(addr: &str, name: &str) -> Option<f64> {
 /// blocking thread).
 pub(super) async fn current_leader(admin: &[String]) -> anyhow::Result<Option<usize>> {
     let admin = admin.to_vec();
-    Ok(tokio::task::spawn_blocking(move || leader_of(&admin)).await?)
+    Ok(
+        tokio::task::spawn_blocking(move || leader_of(&admin, "sluice_backend_raft_leader"))
+            .await?,
+    )
+}
+
+/// The manager that leads now, by index, read off the managers' admin ports `admin`.
+pub(super) async fn leading_manager(admin: &[String]) -> anyhow::Result<Option<usize>> {
+    let admin = admin.to_vec();
+    Ok(tokio::task::spawn_blocking(move || leader_of(&admin, "sluice_manager_is_leader")).await?)
 }

@@ -1,5 +1,5 @@
 //! `sluice dev cluster up|down`: the whole distributed deployment on loopback, each part its own
-//! process: etcd, 2 frontends, 3 metadata nodes, 2 backend clusters of 3 replicated nodes (or
+//! process: etcd (3 members), 2 frontends, 3 metadata nodes, 2 backend clusters of 3 replicated nodes (or
 //! `--nodes`), 2 managers.
 //! `up` prints the endpoints and runs until Ctrl-C or SIGTERM, then stops everything; `down`
 //! stops a cluster whose `up` was killed, from the pids it left in its directory.
@@ -84,10 +84,19 @@ pub(crate) struct Part {
     child: Child,
     program: PathBuf,
     args: Vec<String>,
-    /// The line it prints when ready; empty for etcd, which prints none.
-    ready: String,
+    /// How to tell it is ready.
+    ready: Ready,
     /// What kind of part it is: `backend`, `frontend`, ...
     pub(crate) kind: &'static str,
+}
+
+/// How a started part shows it is ready.
+#[derive(Clone)]
+enum Ready {
+    /// It prints a line starting with this.
+    Line(String),
+    /// It prints no such line (etcd, Prometheus): this port answers.
+    Port(u16),
 }
 
 /// The cluster's processes; dropping it stops them, newest first, then removes the network
@@ -150,9 +159,31 @@ impl Parts {
         let mut command = Command::new(&part.program);
         command.args(&part.args);
         let (name, ready) = (part.name.clone(), part.ready.clone());
-        let child = spawn(&self.dir, &name, command, &ready, true)?;
+        let child = match ready {
+            Ready::Line(line) => spawn(&self.dir, &name, command, &line, true)?,
+            Ready::Port(port) => {
+                let child = spawn_logged(&self.dir, &name, command, true)?;
+                self.parts[index].child = child;
+                self.write_pids()?;
+                return wait_for_port(port);
+            }
+        };
         self.parts[index].child = child;
         self.write_pids()
+    }
+
+    /// Stops part `index` as an operator or Kubernetes would (SIGTERM, then SIGKILL after 30
+    /// s) and waits for it to be gone.
+    pub(crate) fn stop(&mut self, index: usize) {
+        stop_child(&mut self.parts[index].child);
+    }
+
+    /// The index of the part named `name`.
+    pub(crate) fn index_of(&self, name: &str) -> anyhow::Result<usize> {
+        self.parts
+            .iter()
+            .position(|part| part.name == name)
+            .with_context(|| format!("no part named {name}"))
     }
 }
 
@@ -160,16 +191,21 @@ impl Drop for Parts {
     fn drop(&mut self) {
         // Front to back: frontends first, etcd last, so nothing loses its store before it stops.
         for part in self.parts.iter_mut().rev() {
-            terminate(part.child.id());
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while matches!(part.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = part.child.kill();
-            let _ = part.child.wait();
+            stop_child(&mut part.child);
         }
         let _ = std::fs::remove_file(&self.pids);
     }
+}
+
+/// SIGTERM, and SIGKILL if it has not exited 30 s later.
+fn stop_child(child: &mut Child) {
+    terminate(child.id());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn terminate(pid: u32) {
@@ -207,7 +243,7 @@ fn start(
         child,
         program,
         args,
-        ready: ready.to_owned(),
+        ready: Ready::Line(ready.to_owned()),
         kind,
     })
 }
@@ -262,30 +298,57 @@ fn spawn(
 fn start_silent(
     parts: &mut Parts,
     kind: &'static str,
-    mut command: Command,
+    command: Command,
     port: u16,
 ) -> anyhow::Result<()> {
-    let log = std::fs::File::create(parts.dir.join("logs").join(format!("{kind}.log")))?;
+    spawn_silent(parts, kind, kind, command, port)?;
+    wait_for_port(port)
+}
+
+/// Starts `command` as part `name` of kind `kind`, which is ready when `port` answers, and does
+/// not wait for that.
+fn spawn_silent(
+    parts: &mut Parts,
+    kind: &'static str,
+    name: &str,
+    command: Command,
+    port: u16,
+) -> anyhow::Result<()> {
     let program = PathBuf::from(command.get_program());
     let args = command
         .get_args()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    let child = command
+    let child = spawn_logged(&parts.dir, name, command, false)?;
+    parts.record(Part {
+        name: name.into(),
+        child,
+        program,
+        args,
+        ready: Ready::Port(port),
+        kind,
+    })
+}
+
+/// Spawns `command` with all its output in `logs/<name>.log` (appended to with `append`).
+fn spawn_logged(
+    dir: &Path,
+    name: &str,
+    mut command: Command,
+    append: bool,
+) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(append)
+        .write(true)
+        .truncate(!append)
+        .open(dir.join("logs").join(format!("{name}.log")))?;
+    command
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
-        .with_context(|| format!("cannot start {kind} ({program:?})"))?;
-    parts.record(Part {
-        name: kind.into(),
-        child,
-        program,
-        args,
-        ready: String::new(),
-        kind,
-    })?;
-    wait_for_port(port)
+        .with_context(|| format!("cannot start {name} ({:?})", command.get_program()))
 }
 
 fn wait_for_port(port: u16) -> anyhow::Result<()> {
@@ -313,8 +376,61 @@ pub(crate) fn backend_port(base: u16, nodes: u16, cluster: u16, node: u16) -> u1
     }
 }
 
-/// Starts the deployment; with `netns`, the backend nodes of the first cluster run in network
-/// namespaces of their own.
+/// The frontends a dev cluster runs.
+pub(crate) const FRONTENDS: u16 = 2;
+
+/// The gRPC port of frontend `f` (0-based).
+pub(crate) fn frontend_port(base: u16, f: u16) -> u16 {
+    base + 10 + 2 * f
+}
+
+/// Where frontend `f` serves: loopback, or its namespace's address.
+pub(crate) fn frontend_host(netns: Option<&Netns>, f: u16) -> String {
+    match netns {
+        Some(netns) => netns.frontend_ip(f.into()),
+        None => "127.0.0.1".to_owned(),
+    }
+}
+
+/// `command`, run in the network namespace `namespace` (`ip netns exec` execs it, so the
+/// process started is the command's own: signals reach it).
+fn in_namespace(namespace: &str, command: Command) -> Command {
+    let mut wrapped = Command::new("ip");
+    wrapped
+        .args(["netns", "exec", namespace])
+        .arg(command.get_program())
+        .args(command.get_args());
+    wrapped
+}
+
+/// The members of the dev cluster's etcd.
+pub(crate) const ETCD_MEMBERS: usize = 3;
+
+pub(crate) fn etcd_name(member: usize) -> String {
+    format!("etcd-{}", member + 1)
+}
+
+#[derive(Clone, Copy)]
+pub(crate) enum EtcdPort {
+    Client,
+    Peer,
+    Metrics,
+}
+
+/// The ports of etcd member `member` (0-based): the first takes the first three ports, the
+/// others `base + 4` to `base + 9` (`base + 3` is Prometheus's).
+pub(crate) fn etcd_port(base: u16, member: usize, port: EtcdPort) -> u16 {
+    let first = if member == 0 {
+        base
+    } else {
+        base + 1 + 3 * member as u16
+    };
+    first + port as u16
+}
+
+/// Starts the deployment; with `netns`, the backend nodes of the first cluster and the
+/// frontends run in network namespaces of their own, and the metadata nodes serve on the
+/// bridge for the frontends to reach them.
 pub(crate) fn up(
     dir: &Path,
     base: u16,
@@ -348,7 +464,7 @@ pub(crate) fn up(
             clusters == 1,
             "network namespaces are for one backend cluster"
         );
-        parts.netns = Some(Netns::setup(base, nodes.into())?);
+        parts.netns = Some(Netns::setup(base, nodes.into(), FRONTENDS.into())?);
     }
     // Every part runs with mutual TLS, as a deployment does, on certificates of a CA of the
     // cluster's own (unless `insecure`); nodes in namespaces are reached at their own addresses.
@@ -357,6 +473,7 @@ pub(crate) fn up(
     if let Some(netns) = &parts.netns {
         hosts.push(netns.host_ip());
         hosts.extend((0..nodes.into()).map(|i| netns.node_ip(i)));
+        hosts.extend((0..FRONTENDS.into()).map(|f| netns.frontend_ip(f)));
     }
     if !insecure {
         crate::certs::make(&certs, &hosts)?;
@@ -377,52 +494,98 @@ pub(crate) fn up(
             file("ca.pem".into()),
         ]
     };
-    // etcd's clients, each with its own certificate, reach it over TLS too.
-    let etcd_url = format!("{scheme}://{}", addr(base));
-    // Nodes in namespaces reach etcd on the bridge.
-    let etcd_urls = match &parts.netns {
-        Some(netns) => format!("{etcd_url},{scheme}://{}:{base}", netns.host_ip()),
-        None => etcd_url.clone(),
+    // etcd's clients, each with its own certificate, reach it over TLS too; every member is
+    // given, so a client goes on through the others when one is down. Nodes in namespaces
+    // reach etcd on the bridge.
+    let etcd_host = match &parts.netns {
+        Some(netns) => netns.host_ip(),
+        None => "127.0.0.1".to_owned(),
     };
-    let backend_etcd = match &parts.netns {
-        Some(netns) => format!("{scheme}://{}:{base}", netns.host_ip()),
-        None => etcd_url.clone(),
+    let etcd_endpoints = |host: &str| -> Vec<String> {
+        (0..ETCD_MEMBERS)
+            .flat_map(|m| {
+                [
+                    "--etcd".to_owned(),
+                    format!("{scheme}://{host}:{}", etcd_port(base, m, EtcdPort::Client)),
+                ]
+            })
+            .collect()
     };
-    let peer_url = format!("http://{}", addr(base + 1));
-    let mut etcd = Command::new("etcd");
-    etcd.arg("--name=sluice-dev")
-        .arg(format!("--data-dir={}", dir.join("etcd").display()))
-        .arg(format!("--listen-client-urls={etcd_urls}"))
-        .arg(format!("--advertise-client-urls={etcd_url}"))
-        .arg(format!("--listen-peer-urls={peer_url}"))
-        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-        .arg(format!("--initial-cluster=sluice-dev={peer_url}"))
-        // Plain HTTP, as every part's admin port: what Prometheus scrapes.
-        .arg(format!("--listen-metrics-urls=http://{}", addr(base + 2)))
-        .args(["--logger=zap", "--log-outputs=stderr"]);
-    if !insecure {
-        etcd.arg(format!("--cert-file={}", certs.join("etcd.pem").display()))
-            .arg(format!("--key-file={}", certs.join("etcd.key").display()))
+    let backend_etcd = etcd_endpoints(&etcd_host);
+    // Three members, so that losing one loses nothing: etcd's majority goes on.
+    let members: Vec<(String, String)> = (0..ETCD_MEMBERS)
+        .map(|m| {
+            let (name, peer) = (etcd_name(m), etcd_port(base, m, EtcdPort::Peer));
+            (name, format!("http://{}", addr(peer)))
+        })
+        .collect();
+    let initial_cluster = members
+        .iter()
+        .map(|(name, peer)| format!("{name}={peer}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    for (m, (name, peer_url)) in members.iter().enumerate() {
+        let client = etcd_port(base, m, EtcdPort::Client);
+        let local = format!("{scheme}://{}", addr(client));
+        let listen = match &parts.netns {
+            Some(netns) => format!("{local},{scheme}://{}:{client}", netns.host_ip()),
+            None => local.clone(),
+        };
+        let mut etcd = Command::new("etcd");
+        etcd.arg(format!("--name={name}"))
+            .arg(format!("--data-dir={}", dir.join(name).display()))
+            .arg(format!("--listen-client-urls={listen}"))
+            .arg(format!("--advertise-client-urls={local}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster={initial_cluster}"))
+            .arg("--initial-cluster-state=new")
+            // Plain HTTP, as every part's admin port: what Prometheus scrapes.
             .arg(format!(
-                "--trusted-ca-file={}",
-                certs.join("ca.pem").display()
+                "--listen-metrics-urls=http://{}",
+                addr(etcd_port(base, m, EtcdPort::Metrics))
             ))
-            .arg("--client-cert-auth");
+            .args(["--logger=zap", "--log-outputs=stderr"]);
+        if !insecure {
+            etcd.arg(format!("--cert-file={}", certs.join("etcd.pem").display()))
+                .arg(format!("--key-file={}", certs.join("etcd.key").display()))
+                .arg(format!(
+                    "--trusted-ca-file={}",
+                    certs.join("ca.pem").display()
+                ))
+                .arg("--client-cert-auth");
+        }
+        spawn_silent(&mut parts, "etcd", name, etcd, client)
+            .context("cannot start etcd (install Debian's etcd-server)")?;
     }
-    // etcd prints no ready line on stdout; its client port answering is the sign.
-    start_silent(&mut parts, "etcd", etcd, base)
-        .context("cannot start etcd (install Debian's etcd-server)")?;
+    // A member serves once a majority has met, so all are started before any is waited for;
+    // its client port answering is the sign, as etcd prints no ready line on stdout.
+    for m in 0..ETCD_MEMBERS {
+        wait_for_port(etcd_port(base, m, EtcdPort::Client))?;
+    }
 
-    let service = |bin: &str, kind: Kind, grpc: u16, extra: &[String]| {
-        let mut command = Command::new(sibling(bin));
-        command
-            .args(["--grpc-addr", &addr(grpc), "--admin-addr", &addr(grpc + 1)])
-            .args(tls(kind))
-            .args(extra);
-        command
+    // A service with its gRPC port on `host` and its admin port on `admin_host`.
+    let service =
+        |bin: &str, kind: Kind, (host, admin_host): (&str, &str), grpc: u16, extra: &[String]| {
+            let mut command = Command::new(sibling(bin));
+            let (grpc, admin) = (
+                format!("{host}:{grpc}"),
+                format!("{admin_host}:{}", grpc + 1),
+            );
+            command
+                .args(["--grpc-addr", &grpc, "--admin-addr", &admin])
+                .args(tls(kind))
+                .args(extra);
+            command
+        };
+    let local = ("127.0.0.1", "127.0.0.1");
+    // In namespaces the frontends reach the metadata nodes on the bridge.
+    let metadata_host = match &parts.netns {
+        Some(netns) => netns.host_ip(),
+        None => "127.0.0.1".to_owned(),
     };
     let with_etcd = |rest: &[&str]| -> Vec<String> {
-        let mut args = vec!["--etcd".to_owned(), etcd_url.clone()];
+        let mut args = etcd_endpoints("127.0.0.1");
         args.extend(rest.iter().map(|s| s.to_string()));
         args
     };
@@ -465,29 +628,18 @@ pub(crate) fn up(
                 &grpc,
                 "--admin-addr",
                 &admin,
-                "--etcd",
-                &backend_etcd,
             ];
+            args.extend(backend_etcd.iter().map(String::as_str));
             if nodes > 1 {
                 args.extend(["--peers", &peers]);
             }
             let tls = tls(Kind::Backend);
             args.extend(tls.iter().map(String::as_str));
-            let command = match &spaces {
-                Some(spaces) => {
-                    let mut command = Command::new("ip");
-                    command
-                        .args(["netns", "exec", &spaces[n as usize].1])
-                        .arg(sibling("sluice-backend"))
-                        .args(&args);
-                    command
-                }
-                None => {
-                    let mut command = Command::new(sibling("sluice-backend"));
-                    command.args(&args);
-                    command
-                }
-            };
+            let mut command = Command::new(sibling("sluice-backend"));
+            command.args(&args);
+            if let Some(spaces) = &spaces {
+                command = in_namespace(&spaces[n as usize].1, command);
+            }
             start(
                 &mut parts,
                 "backend",
@@ -502,6 +654,7 @@ pub(crate) fn up(
         let command = service(
             "sluice-metadata",
             Kind::Metadata,
+            (&metadata_host, "127.0.0.1"),
             base + 20 + 2 * i,
             &with_etcd(&["--node-id", &id]),
         );
@@ -517,6 +670,7 @@ pub(crate) fn up(
         let command = service(
             "sluice-manager",
             Kind::Manager,
+            local,
             base + 40 + 2 * i,
             &with_etcd(&[]),
         );
@@ -532,7 +686,7 @@ pub(crate) fn up(
         .flat_map(|i| {
             [
                 "--metadata".to_owned(),
-                format!("{scheme}://{}", addr(base + 20 + 2 * i)),
+                format!("{scheme}://{metadata_host}:{}", base + 20 + 2 * i),
             ]
         })
         .collect();
@@ -547,13 +701,19 @@ pub(crate) fn up(
             frontend_args.push(certs.join(file).to_string_lossy().into_owned());
         }
     }
-    for i in 0..2u16 {
-        let command = service(
+    for i in 0..FRONTENDS {
+        let host = frontend_host(parts.netns.as_ref(), i);
+        let service = service(
             "sluice-frontend",
             Kind::Frontend,
-            base + 10 + 2 * i,
+            (&host, &host),
+            frontend_port(base, i),
             &frontend_args,
         );
+        let command = match &parts.netns {
+            Some(netns) => in_namespace(&netns.frontend_name(i.into()), service),
+            None => service,
+        };
         start(
             &mut parts,
             "frontend",
@@ -576,7 +736,10 @@ fn print_endpoints(base: u16, nodes: u16, dir: &Path, insecure: bool, prometheus
         addr(base + 10),
         addr(base + 12)
     );
-    println!("  etcd        {s}://{}", addr(base));
+    let etcd: Vec<String> = (0..ETCD_MEMBERS)
+        .map(|m| format!("{s}://{}", addr(etcd_port(base, m, EtcdPort::Client))))
+        .collect();
+    println!("  etcd        {}", etcd.join("  "));
     println!(
         "  frontends   {s}://{}  {s}://{}   (admin +1)",
         addr(base + 10),
@@ -606,8 +769,7 @@ fn print_endpoints(base: u16, nodes: u16, dir: &Path, insecure: bool, prometheus
         addr(base + 42)
     );
     println!(
-        "  metrics     admin ports (gRPC port +1), etcd http://{}/metrics; targets {}",
-        addr(base + 2),
+        "  metrics     admin ports (gRPC port +1), etcd's on its client port +2; targets {}",
         dir.join("prometheus").join("targets.json").display()
     );
     if prometheus {

@@ -9,31 +9,46 @@ use std::process::Command;
 use anyhow::Context;
 use serde_json::json;
 
-use super::{addr, backend_port, start_silent, Netns, Parts, CLUSTER_NAMES};
+use super::{
+    addr, backend_port, etcd_name, etcd_port, frontend_host, frontend_port, start_silent, EtcdPort,
+    Netns, Parts, CLUSTER_NAMES, ETCD_MEMBERS, FRONTENDS,
+};
 
-/// The Prometheus web port: `base + 3` (etcd takes the first three: client, peer, metrics).
+/// The Prometheus web port: `base + 3` (etcd's first member takes the first three: client, peer, metrics).
 pub(crate) fn prometheus_port(base: u16) -> u16 {
     base + 3
 }
 
 /// Every part's admin address with its labels.
 fn targets(base: u16, clusters: u16, nodes: u16, netns: Option<&Netns>) -> serde_json::Value {
-    let mut targets = vec![json!({
-        "targets": [addr(base + 2)],
-        "labels": {"service": "etcd", "node": "etcd"},
-    })];
-    let mut add = |service: &str, node: String, port: u16| {
+    let mut targets: Vec<serde_json::Value> = (0..ETCD_MEMBERS)
+        .map(|m| {
+            json!({
+                "targets": [addr(etcd_port(base, m, EtcdPort::Metrics))],
+                "labels": {"service": "etcd", "node": etcd_name(m)},
+            })
+        })
+        .collect();
+    let mut add = |service: &str, node: String, target: String| {
         targets.push(json!({
-            "targets": [addr(port)],
+            "targets": [target],
             "labels": {"service": service, "node": node},
         }));
     };
+    for i in 0..FRONTENDS {
+        let admin = frontend_port(base, i) + 1;
+        let target = format!("{}:{admin}", frontend_host(netns, i));
+        add("frontend", format!("frontend-{}", i + 1), target);
+    }
     for i in 0..2u16 {
-        add("frontend", format!("frontend-{}", i + 1), base + 11 + 2 * i);
-        add("manager", format!("manager-{}", i + 1), base + 41 + 2 * i);
+        add(
+            "manager",
+            format!("manager-{}", i + 1),
+            addr(base + 41 + 2 * i),
+        );
     }
     for i in 0..3u16 {
-        add("metadata", format!("m{}", i + 1), base + 21 + 2 * i);
+        add("metadata", format!("m{}", i + 1), addr(base + 21 + 2 * i));
     }
     for (c, cluster) in CLUSTER_NAMES.iter().take(clusters.into()).enumerate() {
         for n in 0..nodes {
