@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
 cargo build --locked --workspace --bins
+# What was built and runs: the commit, and whether the work tree differed from it.
+commit="$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (with uncommitted changes)')"
 
 DURATION="${DURATION:-30m}"
 REPORT="${REPORT:-docs/chaos-long-run.md}"
@@ -18,7 +20,6 @@ args=(chaos --fault mix --duration "$DURATION" --kill-every 15s --down-for 5s
       --partition-for 8s --pause-for 4s --base-port "${BASE_PORT:-7400}")
 status=0
 "$CARGO_TARGET_DIR/debug/sluice" "${args[@]}" --dir "$work/chaos" > "$work/report.txt" 2> "$work/chaos.log" || status=$?
-commit="$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (with uncommitted changes)')"
 {
   echo "# The long chaos run"
   echo

@@ -129,6 +129,18 @@ impl Engine {
                 }
                 Err(err) => Err(err),
             },
+            // A replicated send waits for a majority only while this node may still lead; the
+            // write is finished (kept or undone in the index) whatever the caller is told.
+            Ok(pending) if self.inner.lease.is_some() => {
+                let finishing = tokio::spawn(async move {
+                    let result = pending.wait().await;
+                    finish_send(&queue, id, result, undo)
+                });
+                self.unless_lease_lost(finishing).await?.map_err(|err| {
+                    Error::Corrupt(format!("a send's completion failed: {err}"))
+                })??;
+                return Ok(sent);
+            }
             Ok(pending) => pending.wait().await,
             Err(err) => Err(err),
         };
@@ -429,7 +441,8 @@ impl Engine {
         if !ops.is_empty() {
             let fifo = queue.state.lock().config.fifo;
             if fifo {
-                self.inner.committer.commit(ops, true).await?;
+                self.unless_lease_lost(self.inner.committer.commit(ops, true))
+                    .await??;
             } else {
                 drop(self.inner.committer.submit(ops, false)?);
             }
@@ -484,7 +497,8 @@ impl Engine {
                 ops.push(seq_floor_op(id, state.next_seq));
             }
         }
-        self.inner.committer.commit(ops, true).await?;
+        self.unless_lease_lost(self.inner.committer.commit(ops, true))
+            .await??;
         Ok(results)
     }
 

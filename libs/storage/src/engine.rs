@@ -264,13 +264,33 @@ impl Engine {
     /// send, a receive), since the lease may have run out while the request was under way.
     pub(crate) fn check_lease(&self) -> Result<()> {
         match &self.inner.lease {
-            Some(lease) if lease.remaining().is_none() => {
-                metrics::LEASE_REFUSALS.inc();
-                Err(Error::NotLeader(
-                    "this node has lost contact with a majority of its cluster (its leader lease ran out); another node may lead now: try it".into(),
-                ))
-            }
+            Some(lease) if lease.remaining().is_none() => Err(lease_refusal()),
             _ => Ok(()),
+        }
+    }
+
+    /// Waits for `work` while this node holds its leader lease (for as long as it takes on a
+    /// standalone engine). Past the lease a majority may follow another leader, and a write
+    /// waiting for this one's majority may not commit until a partition heals: the caller is
+    /// told to try another node instead. `work` is dropped, not undone: a write it waited for
+    /// may still commit, which a retry with the same idempotency key (a send) or receipt (a
+    /// delete) finds.
+    pub(crate) async fn unless_lease_lost<F: std::future::Future>(
+        &self,
+        work: F,
+    ) -> Result<F::Output> {
+        let Some(lease) = &self.inner.lease else {
+            return Ok(work.await);
+        };
+        tokio::pin!(work);
+        loop {
+            let Some(left) = lease.remaining() else {
+                return Err(lease_refusal());
+            };
+            tokio::select! {
+                done = &mut work => return Ok(done),
+                () = tokio::time::sleep(left) => {}
+            }
         }
     }
 
@@ -632,5 +652,15 @@ pub(crate) fn seq_floor_op(id: QueueId, next_seq: u64) -> Op {
         Cf::Meta,
         seq_floor_key(id).to_vec(),
         next_seq.to_be_bytes().to_vec(),
+    )
+}
+
+/// The refusal of a node whose leader lease ran out, counted.
+fn lease_refusal() -> Error {
+    metrics::LEASE_REFUSALS.inc();
+    Error::NotLeader(
+        "this node has lost contact with a majority of its cluster (its leader lease ran out); \
+         another node may lead now: try it"
+            .into(),
     )
 }

@@ -89,12 +89,17 @@ impl LeaderContact {
 
     /// How long since the last contact, if that is longer than a leader stays silent.
     pub(crate) fn silent_for(&self) -> Option<Duration> {
+        self.silence().filter(|silent| *silent > LEADER_SILENCE)
+    }
+
+    /// How long since the last contact; `None` before the first.
+    pub(crate) fn silence(&self) -> Option<Duration> {
         let last = self.last_ms.load(Ordering::Relaxed);
         if last == u64::MAX {
             return None;
         }
-        let silent =
-            Duration::from_millis((self.origin.elapsed().as_millis() as u64).saturating_sub(last));
-        (silent > LEADER_SILENCE).then_some(silent)
+        Some(Duration::from_millis(
+            (self.origin.elapsed().as_millis() as u64).saturating_sub(last),
+        ))
     }
 }

@@ -74,6 +74,18 @@ metric!(
 );
 metric!(
     IntGauge,
+    MAY_STAND,
+    "sluice_backend_raft_may_stand",
+    "1 while this node may stand for election: it has run long enough to hear from a leader and reaches a majority of the voters (a node cut off does not stand, so that its return does not depose the leader)"
+);
+metric!(
+    IntCounter,
+    EARLY_ELECTIONS,
+    "sluice_backend_raft_early_elections_total",
+    "Elections this follower stood for as soon as its silent leader's lease on the voters ran out, ahead of openraft's own timer"
+);
+metric!(
+    IntGauge,
     TERM,
     "sluice_backend_raft_term",
     "The Raft term this node is in"
@@ -128,12 +140,14 @@ pub(crate) fn register() {
         &LAG_ENTRIES,
         &ASYNC_MAX_LAG,
         &ASYNC_HELD,
+        &MAY_STAND,
     ] {
         LazyLock::force(gauge);
     }
     LazyLock::force(&LAG_SECONDS);
     LazyLock::force(&LEASE_REMAINING);
     for counter in [
+        &EARLY_ELECTIONS,
         &ASYNC_WAITS,
         &PROPOSALS,
         &SNAPSHOTS_BUILT,

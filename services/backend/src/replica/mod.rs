@@ -11,6 +11,7 @@ mod log;
 mod machine;
 pub(crate) mod metrics;
 mod network;
+mod reach;
 mod server;
 mod snapshots;
 
@@ -248,6 +249,8 @@ impl Replica {
         )
         .await
         .context("cannot start raft")?;
+        // Not on its own timer until the gate below has seen the others (`reach` says why).
+        raft.runtime_config().elect(false);
         let replica = Replica {
             raft,
             engine,
@@ -273,6 +276,12 @@ impl Replica {
             replica.raft.clone(),
             id,
             lease,
+            shutdown.clone(),
+        ));
+        tokio::spawn(reach::gate_elections(
+            replica.raft.clone(),
+            id,
+            replica.leader_contact.clone(),
             shutdown.clone(),
         ));
         tokio::spawn(replica.clone().lead(gate, shutdown.clone()));
