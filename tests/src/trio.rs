@@ -164,17 +164,26 @@ impl Trio {
     }
 
     pub async fn put_queue(&self) -> anyhow::Result<()> {
-        self.until_ok("PutQueue", |mut c| async move {
-            c.put_queue(pb::PutQueueRequest {
-                queue_id: QUEUE,
-                config: Some(pb::EngineQueueConfig {
-                    name: "q".into(),
-                    retention_seconds: 3600,
-                    ..Default::default()
-                }),
-                first_sequence: 0,
-            })
-            .await
+        let config = pb::EngineQueueConfig {
+            name: "q".into(),
+            retention_seconds: 3600,
+            ..Default::default()
+        };
+        self.put_queue_as(QUEUE, config).await
+    }
+
+    /// Creates queue `id` with `config` through whichever node takes it.
+    pub async fn put_queue_as(&self, id: u64, config: pb::EngineQueueConfig) -> anyhow::Result<()> {
+        self.until_ok("PutQueue", |mut c| {
+            let config = config.clone();
+            async move {
+                c.put_queue(pb::PutQueueRequest {
+                    queue_id: id,
+                    config: Some(config),
+                    first_sequence: 0,
+                })
+                .await
+            }
         })
         .await?;
         Ok(())

@@ -19,8 +19,8 @@ use crate::dev::Parts;
 pub(super) enum Fault {
     /// Every fault below in turn, in an order shuffled anew each round.
     Mix,
-    /// SIGKILL a backend node (half the time the leader), a frontend or a metadata node, and
-    /// start it again after --down-for.
+    /// SIGKILL a backend node (8 times in 10, half of those the leader), a frontend or a
+    /// metadata node, and start it again after --down-for.
     Kill,
     /// Cut the backend leader off the network for --partition-for.
     Partition,
@@ -193,13 +193,13 @@ impl Target {
         Ok(())
     }
 
-    /// SIGKILLs a backend node, frontend or metadata node and starts it again.
+    /// SIGKILLs a part of a kind [`pick_part`] picks and starts it again.
     async fn kill_any(
         &self,
         args: &ChaosArgs,
         rng: &mut StdRng,
     ) -> anyhow::Result<Option<&'static str>> {
-        let kind = pick_part(rng);
+        let kind = pick_part(rng, false);
         // Half the backend kills go to the leader: a failover is what is worth proving. The
         // leader is looked up for the other half too, since a node picked at random may be it.
         let leader = if kind == "backend" {
@@ -363,11 +363,14 @@ impl Target {
     }
 }
 
-/// Backend nodes are what replication is about; the stateless tiers get a turn too.
-pub(super) fn pick_part(rng: &mut StdRng) -> &'static str {
+/// Backend nodes are what replication is about; the other tiers get a turn too, etcd and the
+/// managers only `with_control_plane` (a run of its own kills those in faults of their own).
+pub(super) fn pick_part(rng: &mut StdRng, with_control_plane: bool) -> &'static str {
     match rng.gen_range(0..10) {
         0 => "frontend",
         1 => "metadata",
+        2 if with_control_plane => "etcd",
+        3 if with_control_plane => "manager",
         _ => "backend",
     }
 }

@@ -1,12 +1,14 @@
-//! `sluice chaos`: runs a deployment under a steady load of producers and consumers, kills a
-//! random part on a schedule, and at the end checks the ledger the producers and consumers
-//! kept: every acknowledged message must have been received.
+//! `sluice chaos`: runs a deployment under a steady load of producers and consumers (a standard
+//! queue and a FIFO queue), makes a fault on a schedule, and at the end checks the ledger the
+//! producers and consumers kept: every acknowledged message must have been received, and no
+//! FIFO group delivered out of order.
 //!
 //! By default it starts the local cluster itself (`sluice dev cluster`, with one backend
-//! cluster of 3 replicated nodes, so that every backend kill hits the queue's cluster),
-//! SIGKILLs its processes and starts them again. With `--kill-command` or `--chaos-mesh` it
-//! runs against a deployment that is already running (the frontends of `--endpoint`) and
-//! leaves restarting what it killed to that deployment, as Kubernetes does.
+//! cluster of 3 replicated nodes, so that every backend fault hits the queues' cluster), and
+//! makes every kind of fault in `faults` on its processes and network namespaces. With
+//! `--kill-command` or `--chaos-mesh` it runs against a deployment that is already running (the
+//! frontends of `--endpoint`), kills parts of it, and leaves restarting them to that
+//! deployment, as Kubernetes does.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -41,7 +43,7 @@ pub struct ChaosArgs {
     /// The first of the cluster's 60 consecutive ports.
     #[arg(long, default_value_t = 7400)]
     base_port: u16,
-    /// How long the load and the kills go on, e.g. 2m or 30m.
+    /// How long the load and the faults go on, e.g. 2m or 30m.
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Time between faults, from the start of one to the start of the next (a fault that
@@ -58,8 +60,13 @@ pub struct ChaosArgs {
     #[arg(long, default_value_t = 4)]
     producers: usize,
     /// Message groups of the FIFO queue, each with a producer of its own.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     fifo_groups: usize,
+    /// Sends per second of each FIFO group's producer. A group's messages are delivered one at
+    /// a time, each once the one before is deleted, so a group drains at a few dozen a second
+    /// at most: more would build a backlog that a long run cannot drain.
+    #[arg(long, default_value_t = 10)]
+    fifo_rate: u32,
     /// Consumers of each queue.
     #[arg(long, default_value_t = 2)]
     consumers: usize,
@@ -76,7 +83,7 @@ pub struct ChaosArgs {
     /// --chaos-mesh) the faults are kills.
     #[arg(long, value_enum, default_value = "mix")]
     fault: Fault,
-    /// How long a partitioned leader stays cut off.
+    /// How long a partition lasts.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     partition_for: Duration,
     /// How long a paused leader stays frozen.
@@ -87,7 +94,8 @@ pub struct ChaosArgs {
     drain_timeout: Duration,
     /// Runs against the deployment whose frontends `--endpoint` lists (comma-separated)
     /// instead of starting one, and kills with this shell command: each fault runs it with
-    /// SLUICE_CHAOS_PART set to the part to kill (backend, frontend or metadata), e.g.
+    /// SLUICE_CHAOS_PART set to the part to kill (backend, frontend, metadata, etcd or
+    /// manager), e.g.
     /// `kubectl -n sluice delete pod --wait=false $(kubectl -n sluice get pod -o name -l
     /// app.kubernetes.io/component=$SLUICE_CHAOS_PART | shuf -n1)`. The deployment starts
     /// what was killed again.
@@ -279,24 +287,24 @@ async fn drive(
     let consuming = CancellationToken::new();
     let mut producers = Vec::new();
     let load = [
-        (&name, false, args.producers),
-        (&fifo_queue, true, args.fifo_groups),
+        (&name, false, args.producers, args.rate),
+        (&fifo_queue, true, args.fifo_groups, args.fifo_rate),
     ];
-    for (queue, fifo, n) in load {
+    for (queue, fifo, n, rate) in load {
         for p in 0..n {
             producers.push(tokio::spawn(load::produce(
                 p,
                 fifo,
                 frontends.clone(),
                 queue.clone(),
-                args.rate,
+                rate,
                 ledger.clone(),
                 producing.clone(),
             )));
         }
     }
     let mut consumers = Vec::new();
-    for (queue, fifo, _) in load {
+    for (queue, fifo, _, _) in load {
         for c in 0..args.consumers {
             consumers.push(tokio::spawn(load::consume(
                 c,
@@ -336,7 +344,7 @@ async fn drive(
             }
             tokio::time::sleep_until(next).await;
             if let Faults::Command(command) = &faults {
-                let kind = pick_part(&mut rng);
+                let kind = pick_part(&mut rng, true);
                 eprintln!(
                     "chaos: {:>5.1}s killing a {kind} with the kill command",
                     started.elapsed().as_secs_f64()
@@ -457,7 +465,8 @@ mod tests {
             std::env::var("PATH").unwrap()
         );
         let with_path = format!("PATH='{path}'; {command}");
-        for part in ["backend", "frontend", "metadata"] {
+        let parts = ["backend", "frontend", "metadata", "etcd", "manager"];
+        for part in parts {
             run_kill_command(&with_path, part).await.unwrap();
             let experiment = experiments.join(format!("pod-kill-{part}.yaml"));
             assert!(experiment.exists(), "{} is missing", experiment.display());
@@ -467,7 +476,7 @@ mod tests {
         let file = |part: &str| format!("{}/pod-kill-{part}.yaml", experiments.display());
         assert_eq!(
             calls,
-            ["backend", "frontend", "metadata"]
+            parts
                 .iter()
                 .flat_map(|part| [
                     format!("delete --ignore-not-found --wait=true -f {}", file(part)),

@@ -157,8 +157,10 @@ pub(super) struct Report {
     pub(super) max_replication_lag_entries: u64,
     /// Some lost messages, to look for in the logs.
     pub(super) lost_examples: Vec<String>,
-    /// Acknowledged sends to the FIFO queue (counted in `acknowledged` too).
+    /// Acknowledged sends to the FIFO queue, and those of them lost (counted in `acknowledged`
+    /// and `lost` too).
     pub(super) fifo_acknowledged: usize,
+    pub(super) fifo_lost: usize,
     /// FIFO messages delivered before the one before them in their group was deleted, in all
     /// and by group.
     pub(super) fifo_order_violations: u32,
@@ -241,6 +243,7 @@ impl Report {
                 .iter()
                 .filter(|body| body.starts_with('f'))
                 .count(),
+            fifo_lost: lost.iter().filter(|body| body.starts_with('f')).count(),
             fifo_order_violations: deliveries.fifo_violations.values().sum(),
             fifo_order_violations_by_group: deliveries.fifo_violations,
             double_deliveries: deliveries.double_deliveries,
@@ -263,7 +266,16 @@ pub(super) fn print_report(r: &Report) {
     println!("  sent          {}", r.sent);
     println!("  acknowledged  {}", r.acknowledged);
     println!("  received      {}", r.received);
-    println!("  lost          {}", r.lost);
+    println!(
+        "  lost          {} ({} of the FIFO queue){}",
+        r.lost,
+        r.fifo_lost,
+        if r.lost_examples.is_empty() {
+            String::new()
+        } else {
+            format!(", e.g. {}", r.lost_examples.join(" "))
+        }
+    );
     println!("  duplicated    {}", r.duplicated);
     println!("  unexpected    {}", r.unexpected);
     println!(
