@@ -697,6 +697,38 @@ async fn sync_chaos_run_of_every_fault_loses_nothing_and_keeps_fifo_order() -> a
     Ok(())
 }
 
+/// The leader cut off its peers under load while the frontends still reach it, with the
+/// standard queue ASYNC: what the cut-off leader acknowledged within its lease is sent again
+/// once the partition heals, so every acknowledged message is received. The FIFO queue is SYNC (a deposed leader does
+/// not send a FIFO queue's messages again: docs/replication.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_chaos_run_of_leaders_cut_off_their_peers_loses_no_acknowledged_message(
+) -> anyhow::Result<()> {
+    let report = chaos_with(
+        "async",
+        &[
+            "--fifo-replication",
+            "sync",
+            "--fault",
+            "partition-peers",
+            "--duration",
+            "100s",
+            "--kill-every",
+            "15s",
+            "--partition-for",
+            "6s",
+        ],
+    )
+    .await?;
+    assert!(
+        report["kills"]["partition_peers"].as_u64() >= Some(5),
+        "the leader was cut off 5 times: {report}"
+    );
+    assert_eq!(report["lost"], 0, "acknowledged messages were lost");
+    assert_eq!(report["fifo_order_violations"], 0, "{report}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_chaos_run_loses_at_most_what_was_not_yet_replicated() -> anyhow::Result<()> {
     let mut extra = vec!["--fault", "kill"];

@@ -9,9 +9,9 @@ use sluice_proto::v1 as pb;
 use crate::cluster::{Placement, SealedPartition};
 use crate::identity::{AccessKey, Action, Grant, Principal, Sealed};
 use crate::{
-    limits, AttributeValue, DeadLetter, EffectiveAttributes, Error, MoveTask, MoveTaskStatus,
-    NewMessage, QueueConfig, QueueCounts, QueueRecord, ReceivedMessage, Replication, Result,
-    SentMessage,
+    limits, AttributeValue, DeadLetter, EffectiveAttributes, Error, IdempotencyKey, MoveTask,
+    MoveTaskStatus, NewMessage, QueueConfig, QueueCounts, QueueId, QueueRecord, ReceivedMessage,
+    Replication, Result, SentMessage,
 };
 
 /// The response header in which a backend node that forwarded a call names its cluster's
@@ -108,6 +108,22 @@ pub fn new_message_to_pb(message: NewMessage) -> pb::NewMessage {
         deduplication_id: message.deduplication_id,
         message_id: message.message_id,
         md5_of_body: message.md5_of_body,
+    }
+}
+
+/// The internal send of `messages` to queue `id`, under `key` when the sender has one.
+pub fn send_request(
+    id: QueueId,
+    key: Option<IdempotencyKey>,
+    messages: Vec<NewMessage>,
+) -> pb::SendRequest {
+    pb::SendRequest {
+        queue_id: id,
+        messages: messages.into_iter().map(new_message_to_pb).collect(),
+        idempotency_key: key
+            .map(|k| k.to_bytes().to_vec())
+            .unwrap_or_default()
+            .into(),
     }
 }
 

@@ -206,14 +206,7 @@ impl BackendClient {
         key: Option<IdempotencyKey>,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<SentMessage>> {
-        let request = pb::SendRequest {
-            queue_id: id,
-            messages: messages.into_iter().map(wire::new_message_to_pb).collect(),
-            idempotency_key: key
-                .map(|k| k.to_bytes().to_vec())
-                .unwrap_or_default()
-                .into(),
-        };
+        let request = wire::send_request(id, key, messages);
         let timeout = self.options.request_timeout;
         let response = self
             .call(request, timeout, |mut c, r| async move { c.send(r).await })

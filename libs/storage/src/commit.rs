@@ -224,15 +224,23 @@ impl Pending {
         Ok(self.applied.await.map_err(|_| Error::Closed)??)
     }
 
-    /// Waits until the write is durable on this node; then returns what waits for it to be
+    /// Parts the wait until the write is durable on this node from the wait until it is
     /// applied. On a standalone engine both happen at once.
-    pub(crate) async fn durable(self) -> Result<Applied> {
-        self.durable.await.map_err(|_| Error::Closed)??;
-        Ok(Applied(self.applied))
+    pub(crate) fn split(self) -> (Durable, Applied) {
+        (Durable(self.durable), Applied(self.applied))
     }
 }
 
-/// A write durable on this node, on its way to being applied.
+/// A write on its way to being durable on this node.
+pub(crate) struct Durable(oneshot::Receiver<Result<(), CommitError>>);
+
+impl Durable {
+    pub(crate) async fn wait(self) -> Result<()> {
+        Ok(self.0.await.map_err(|_| Error::Closed)??)
+    }
+}
+
+/// A write on its way to being applied.
 pub(crate) struct Applied(oneshot::Receiver<Result<(), CommitError>>);
 
 impl Applied {

@@ -75,6 +75,7 @@ impl Engine {
                     source_queue: 0,
                     source_queue_name: String::new(),
                     md5_of_body: md5.clone(),
+                    moved_ms: 0,
                 };
                 Prepared {
                     message_id,
@@ -110,41 +111,40 @@ impl Engine {
         if duplicates > 0 {
             metrics::DUPLICATE_SENDS.inc_by(duplicates as u64);
         }
-        let result = match pending {
-            // Acknowledged once durable in the leader's log; receivable once applied, which is
-            // when the payload is in RocksDB to be read.
-            Ok(pending) if asynchronous => match pending.durable().await {
-                Ok(applied) => {
-                    tokio::spawn(async move {
-                        let result = applied.wait().await;
-                        if let Err(err) = finish_send(&queue, id, result, undo) {
-                            tracing::warn!(error = %err, queue_id = id, "an acknowledged asynchronous send was not replicated");
-                        }
-                    });
-                    // Only this node's log holds it yet: acknowledged only while no other node
-                    // can lead. Refused, it may still commit; the frontend's retry with the same
-                    // idempotency key then finds it instead of storing it twice.
-                    self.check_lease()?;
-                    return Ok(sent);
-                }
-                Err(err) => Err(err),
-            },
-            // A replicated send waits for a majority only while this node may still lead; the
-            // write is finished (kept or undone in the index) whatever the caller is told.
-            Ok(pending) if self.inner.lease.is_some() => {
-                let finishing = tokio::spawn(async move {
-                    let result = pending.wait().await;
-                    finish_send(&queue, id, result, undo)
-                });
-                self.unless_lease_lost(finishing).await?.map_err(|err| {
-                    Error::Corrupt(format!("a send's completion failed: {err}"))
-                })??;
-                return Ok(sent);
-            }
-            Ok(pending) => pending.wait().await,
-            Err(err) => Err(err),
+        let (durable, applied) = match pending {
+            Ok(pending) => pending.split(),
+            Err(err) => return finish_send(&queue, id, Err(err), undo).map(|()| sent),
         };
-        finish_send(&queue, id, result, undo)?;
+        // The write is finished (kept in the index or undone) in a task of its own, whatever
+        // becomes of this call: a caller that gives up (a cancelled RPC drops this future) or
+        // is told UNAVAILABLE must not leave stored messages out of the index, nor their FIFO
+        // groups held for them.
+        let finishing = tokio::spawn(async move {
+            let result = applied.wait().await;
+            let failed = result.is_err();
+            let finished = finish_send(&queue, id, result, undo);
+            if asynchronous && failed {
+                tracing::warn!(
+                    queue_id = id,
+                    "an asynchronous send was not applied here: this node stopped leading before a majority had it"
+                );
+            }
+            finished
+        });
+        if asynchronous {
+            // Acknowledged once durable in the leader's log; receivable once applied, which is
+            // when the payload is in RocksDB to be read. Only this node's log holds it yet:
+            // acknowledged only while no other node can lead. Refused, it may still commit; the
+            // frontend's retry with the same idempotency key then finds it instead of storing
+            // it twice.
+            durable.wait().await?;
+            self.check_lease()?;
+            return Ok(sent);
+        }
+        // A replicated send waits for a majority only while this node may still lead.
+        self.unless_lease_lost(finishing)
+            .await?
+            .map_err(|err| Error::Corrupt(format!("a send's completion failed: {err}")))??;
         Ok(sent)
     }
 

@@ -13,10 +13,12 @@
 
 mod backend;
 pub mod background;
+mod batch;
 mod commit;
 pub mod dbstats;
 mod delivery;
 pub mod disk;
+mod dropped;
 mod engine;
 mod error;
 mod keys;
@@ -33,6 +35,7 @@ mod window;
 
 pub use commit::{Completion, Replicator};
 pub use disk::DEFAULT_MIN_FREE_DISK_BYTES;
+pub use dropped::DroppedSend;
 pub use engine::{Engine, EngineOptions, DEFAULT_DEDUP_WINDOW, DEFAULT_IDEMPOTENCY_WINDOW};
 pub use error::{Error, Result};
 pub use lease::Lease;

@@ -198,6 +198,7 @@ impl Engine {
                 if group.is_none() {
                     record.group_id.clear();
                 }
+                record.moved_ms = now;
                 let state = StateRecord {
                     sent_ms: meta.sent_ms,
                     visible_at_ms: now,

@@ -47,6 +47,11 @@ pub(crate) struct MessageRecord {
     /// records stored before it was kept; those are digested when read.
     #[prost(string, tag = "7")]
     pub md5_of_body: String,
+    /// When the engine last moved the message to another queue (a dead-letter redrive, a move
+    /// task); 0 for a message where it was sent. A dropped log entry's moved messages are no
+    /// sends to make again: their source still holds them (`dropped.rs`).
+    #[prost(uint64, tag = "8")]
+    pub moved_ms: u64,
 }
 
 /// The small, mutable part of a message: rewritten on every receive and visibility change, and

@@ -118,13 +118,16 @@ pub(crate) fn rebuild(db: &DB, release_in_flight: bool) -> Result<HashMap<QueueI
         };
         let mut record = StateRecord::decode(value.as_ref())
             .map_err(|err| Error::Corrupt(format!("state {id}/{seq}: {err}")))?;
+        let mut state = queue.state.lock();
         // A FIFO queue's deliveries were committed before they went out: whoever received
         // one still holds it, and the group waits.
-        let fifo = queue.state.lock().config.fifo;
-        if release_in_flight && !fifo && record.receive_count > 0 && record.visible_at_ms > now {
+        if release_in_flight
+            && !state.config.fifo
+            && record.receive_count > 0
+            && record.visible_at_ms > now
+        {
             record.visible_at_ms = now;
         }
-        let mut state = queue.state.lock();
         state.next_seq = state.next_seq.max(seq + 1);
         let group = state.group(&record.group_id);
         state.insert(seq, meta_of(&record, group), now);

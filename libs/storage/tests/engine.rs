@@ -392,3 +392,61 @@ async fn deleted_queue_refuses_work_and_leaves_nothing() {
     let reopened = Engine::open(EngineOptions::new(dir.path())).unwrap();
     assert!(matches!(reopened.counts(Q), Err(Error::QueueNotFound(Q))));
 }
+
+/// A caller that gives up on a send once it is submitted (a cancelled RPC drops its future)
+/// does not take the send back: it is stored, and it must be receivable too, and a FIFO group
+/// must not stay held for it.
+#[tokio::test]
+async fn a_send_whose_caller_gives_up_mid_commit_is_receivable_and_frees_its_fifo_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine_with_queue(&dir).await;
+    const FIFO: u64 = 2;
+    engine
+        .create_queue(
+            FIFO,
+            QueueConfig {
+                fifo: true,
+                ..QueueConfig::standard("q.fifo", Duration::from_secs(3600))
+            },
+        )
+        .await
+        .unwrap();
+    let grouped = |body: &str| NewMessage {
+        group_id: "g".into(),
+        deduplication_id: body.into(),
+        ..msg(body)
+    };
+    // Each polled once, up to its wait for the commit (no fsync is that quick), then dropped.
+    let _ = tokio::time::timeout(Duration::ZERO, engine.send(Q, vec![msg("a")])).await;
+    let _ = tokio::time::timeout(Duration::ZERO, engine.send(FIFO, vec![grouped("f1")])).await;
+    engine.send(FIFO, vec![grouped("f2")]).await.unwrap();
+
+    let wait = Duration::from_secs(5);
+    let got = engine
+        .receive(Q, 10, Duration::from_secs(60), wait)
+        .await
+        .unwrap();
+    assert_eq!(bodies(&got), ["a"]);
+    // A group's messages go out one at a time, each once the one before is deleted.
+    for expected in ["f1", "f2"] {
+        let got = engine
+            .receive(FIFO, 10, Duration::from_secs(60), wait)
+            .await
+            .unwrap();
+        assert_eq!(bodies(&got), [expected], "the group goes on, in order");
+        for deleted in engine
+            .delete(FIFO, &[got[0].receipt_handle.as_str()])
+            .await
+            .unwrap()
+        {
+            deleted.unwrap();
+        }
+    }
+}
+
+fn bodies(messages: &[sluice_api::ReceivedMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect()
+}

@@ -7,6 +7,7 @@ mod local;
 mod metrics;
 pub mod node;
 pub mod replica;
+mod resend;
 mod service;
 
 pub use local::{NodeQueues, Traffic};

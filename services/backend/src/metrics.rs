@@ -26,3 +26,26 @@ static RPC_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+static RESENT: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let resent = register_int_counter_vec!(
+        "sluice_backend_resent_messages_total",
+        "Messages of acknowledged ASYNC sends in log entries this node dropped, sent again through the leader, by outcome: stored, duplicate (the leader had them already) or refused (the queue was deleted or moved: lost)",
+        &["outcome"]
+    )
+    .expect("metric registers once");
+    for outcome in ["stored", "duplicate", "refused"] {
+        resent.with_label_values(&[outcome]);
+    }
+    resent
+});
+
+/// Counts `n` messages of dropped sends by what became of them.
+pub(crate) fn resent(outcome: &str, n: u64) {
+    RESENT.with_label_values(&[outcome]).inc_by(n);
+}
+
+/// Registers the metrics that are not written at start, so that each shows from the start.
+pub(crate) fn register() {
+    LazyLock::force(&RESENT);
+}

@@ -322,12 +322,19 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
     let storage = Arc::new(Storage::open(opts, &url, shutdown.clone()).await?);
     let queues = storage.queues();
     let traffic = queues.traffic();
-    let service = BackendServiceServer::new(BackendServiceImpl::new(
-        queues.clone(),
-        storage.replica.clone(),
-    ))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let service = BackendServiceImpl::new(queues.clone(), storage.replica.clone());
+    if let Some(replica) = &storage.replica {
+        crate::metrics::register();
+        tokio::spawn(crate::resend::run(
+            replica.dropped.clone(),
+            replica.engine.clone(),
+            service.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let service = BackendServiceServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let mut routes = Routes::new(service);
     if let Some(replica) = &storage.replica {
         routes = routes.add_service(

@@ -32,6 +32,9 @@ use super::{NodeId, TypeConfig};
 
 const CF_LOGS: &str = "logs";
 const CF_META: &str = "meta";
+/// The batches of entries truncated from this log, until their ASYNC sends are made again
+/// through the leader (`Dropped`).
+const CF_DROPPED: &str = "dropped";
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const PURGED: &[u8] = b"purged";
@@ -57,6 +60,55 @@ pub(crate) struct LogStore {
     _wal_trimmer: Arc<WalTrimmer>,
     /// Samples the log's RocksDB into gauges; stops when the last clone is dropped.
     _stats: Arc<DbStats>,
+    /// Woken when a truncation kept entries in `CF_DROPPED`.
+    dropped: Arc<tokio::sync::Notify>,
+}
+
+/// The batches of the entries this node's log dropped: entries a leader appended that no
+/// majority took, truncated when the node learns of the leader that replaced it. They may
+/// hold ASYNC sends that were acknowledged; `resend.rs` makes those again. Kept in the same
+/// fsync'd write that truncates them, so a crash between the two loses none.
+#[derive(Clone)]
+pub struct Dropped {
+    db: Arc<DB>,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl Dropped {
+    /// The entries kept, oldest first: by term, then index. Each with the key that forgets it.
+    pub fn entries(&self) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let cf = self.db.cf_handle(CF_DROPPED).expect("created at open");
+        let entries = self
+            .db
+            .iterator_cf(cf, IteratorMode::Start)
+            .map(|item| item.map(|(key, batch)| (key.into_vec(), batch.into_vec())))
+            .collect::<Result<Vec<_>, _>>()?;
+        super::metrics::DROPPED_ENTRIES.set(entries.len() as i64);
+        Ok(entries)
+    }
+
+    /// Forgets an entry whose sends are made again. Not fsync'd: forgotten again after a crash,
+    /// its sends are made once more, and those with an idempotency key are stored once.
+    pub fn forget(&self, key: &[u8]) -> anyhow::Result<()> {
+        let cf = self.db.cf_handle(CF_DROPPED).expect("created at open");
+        self.db.delete_cf(cf, key)?;
+        super::metrics::DROPPED_ENTRIES.dec();
+        Ok(())
+    }
+
+    /// Waits until a truncation keeps entries.
+    pub async fn kept(&self) {
+        self.notify.notified().await
+    }
+}
+
+/// A dropped entry's key: its term then its index, so that an older leader's entries come
+/// first and a leader's in the order it appended them.
+fn dropped_key(log_id: &LogId<NodeId>) -> [u8; 16] {
+    let mut key = [0; 16];
+    key[..8].copy_from_slice(&log_id.leader_id.term.to_be_bytes());
+    key[8..].copy_from_slice(&log_id.index.to_be_bytes());
+    key
 }
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -106,13 +158,14 @@ impl LogStore {
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_LOGS, logs_options()),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
+            ColumnFamilyDescriptor::new(CF_DROPPED, Options::default()),
         ];
         let db = Arc::new(DB::open_cf_descriptors(&options, path, cfs)?);
         let stats = DbStats::start(
             Arc::downgrade(&db),
             path.to_owned(),
             "raft",
-            &[CF_LOGS, CF_META],
+            &[CF_LOGS, CF_META, CF_DROPPED],
         )?;
         Ok(LogStore {
             db,
@@ -121,7 +174,16 @@ impl LogStore {
             appended: Arc::default(),
             _wal_trimmer: Arc::new(WalTrimmer::start(path, "raft")?),
             _stats: Arc::new(stats),
+            dropped: Arc::default(),
         })
+    }
+
+    /// What this log dropped, for the node to send again.
+    pub(crate) fn dropped(&self) -> Dropped {
+        Dropped {
+            db: self.db.clone(),
+            notify: self.dropped.clone(),
+        }
     }
 
     /// Counts the bytes of the entries this log appends.
@@ -321,14 +383,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
+    /// Keeps the batches of the truncated entries (`Dropped`) in the same write.
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let truncated = self.try_get_log_entries(log_id.index..).await?;
+        let dropped = self.db.cf_handle(CF_DROPPED).expect("created at open");
         let mut batch = WriteBatch::default();
+        let mut kept = 0;
+        for entry in &truncated {
+            if let EntryPayload::Normal(proposal) = &entry.payload {
+                batch.put_cf(dropped, dropped_key(&entry.log_id), &proposal.batch);
+                kept += 1;
+            }
+        }
         batch.delete_range_cf(
             self.logs(),
             log_id.index.to_be_bytes(),
             u64::MAX.to_be_bytes(),
         );
-        self.write_synced(batch).await
+        self.write_synced(batch).await?;
+        if kept > 0 {
+            tracing::warn!(
+                from = log_id.index,
+                entries = truncated.len(),
+                kept,
+                "truncated entries no majority took; their ASYNC sends go to the leader again"
+            );
+            super::metrics::DROPPED_ENTRIES_KEPT.inc_by(kept);
+            self.dropped.notify_one();
+        }
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {

@@ -112,6 +112,18 @@ metric!(
 );
 metric!(
     IntCounter,
+    DROPPED_ENTRIES_KEPT,
+    "sluice_backend_raft_dropped_entries_total",
+    "Entries truncated from this node's log because no majority took them (a deposed leader's), kept so that their ASYNC sends are made again through the leader"
+);
+metric!(
+    IntGauge,
+    DROPPED_ENTRIES,
+    "sluice_backend_raft_dropped_entries",
+    "Truncated entries whose ASYNC sends are still to be made again through the leader"
+);
+metric!(
+    IntCounter,
     SNAPSHOTS_BUILT,
     "sluice_backend_raft_snapshots_built_total",
     "Snapshots built: each flushes the engine so that the log can be purged up to it"
@@ -141,6 +153,7 @@ pub(crate) fn register() {
         &ASYNC_MAX_LAG,
         &ASYNC_HELD,
         &MAY_STAND,
+        &DROPPED_ENTRIES,
     ] {
         LazyLock::force(gauge);
     }
@@ -149,6 +162,7 @@ pub(crate) fn register() {
     for counter in [
         &EARLY_ELECTIONS,
         &ASYNC_WAITS,
+        &DROPPED_ENTRIES_KEPT,
         &PROPOSALS,
         &SNAPSHOTS_BUILT,
         &SNAPSHOTS_DUMPED,

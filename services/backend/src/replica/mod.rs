@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Span;
 
+pub use log::Dropped;
 pub use network::MAX_RAFT_MESSAGE_BYTES;
 pub use server::ClusterServiceImpl;
 
@@ -95,6 +96,8 @@ pub struct Replica {
     stepping_down: Arc<AtomicBool>,
     /// When this node last heard from a leader, as a follower.
     pub(crate) leader_contact: Arc<lease::LeaderContact>,
+    /// The entries its log truncated, whose ASYNC sends `resend.rs` makes again.
+    pub dropped: Dropped,
 }
 
 /// Hands the engine's batches to Raft in order (see `propose_loop`).
@@ -239,6 +242,7 @@ impl Replica {
         let log = log::LogStore::open(&raft_dir, durable.clone(), traces.clone())
             .context("cannot open the raft log")?;
         let appended = log.appended();
+        let dropped = log.dropped();
         let machine = machine::StateMachine::new(engine.clone(), traces.clone())?;
         let raft = Raft::new(
             id,
@@ -258,6 +262,7 @@ impl Replica {
             id,
             stepping_down: Arc::default(),
             leader_contact: Arc::default(),
+            dropped,
         };
         tokio::spawn(propose_loop(
             replica.raft.clone(),

@@ -53,9 +53,15 @@ pub struct ChaosArgs {
     /// How long a killed part stays down before it is started again.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     down_for: Duration,
-    /// The replication of the queue under load.
+    /// The replication of the queues under load.
     #[arg(long, value_enum, default_value = "sync")]
     replication: ReplicationArg,
+    /// The replication of the FIFO queue, when it differs from --replication. A deposed
+    /// leader sends again the ASYNC sends no majority took, but not a FIFO queue's (they could
+    /// overtake later messages of their group): an ASYNC FIFO queue may lose what its leader
+    /// acknowledged last before a crash or a partition.
+    #[arg(long, value_enum)]
+    fifo_replication: Option<ReplicationArg>,
     /// Producers of the standard queue.
     #[arg(long, default_value_t = 4)]
     producers: usize,
@@ -232,11 +238,15 @@ async fn drive(
     // a standard queue, and a FIFO queue whose groups' order is checked.
     let name = format!("chaos-{:08x}", rand::random::<u32>());
     let fifo_queue = format!("{name}.fifo");
-    let replication = match args.replication {
+    let replication = |arg: ReplicationArg| match arg {
         ReplicationArg::Sync => pb::Replication::Sync,
         ReplicationArg::Async => pb::Replication::Async,
     };
     for (queue, fifo) in [(&name, false), (&fifo_queue, true)] {
+        let replication = replication(match args.fifo_replication {
+            Some(arg) if fifo => arg,
+            _ => args.replication,
+        });
         frontends[0]
             .clone()
             .create_queue(pb::CreateQueueRequest {
