@@ -27,6 +27,15 @@ enum Outcome {
     Later(tonic::Status),
 }
 
+/// Messages sent again in one pass, by what became of them.
+#[derive(Default)]
+struct Tally {
+    entries: u64,
+    stored: u64,
+    duplicates: u64,
+    refused: u64,
+}
+
 /// Sends the dropped entries' sends again as they are kept, until `shutdown`. Entries kept
 /// before a restart are sent at start.
 pub(crate) async fn run(
@@ -63,6 +72,8 @@ async fn resend_all(
     engine: &Engine,
     service: &BackendServiceImpl,
 ) -> anyhow::Result<bool> {
+    let mut tally = Tally::default();
+    let mut pending = false;
     for (key, batch) in dropped.entries()? {
         let sends = match engine.dropped_sends(&batch) {
             Ok(sends) => sends,
@@ -73,18 +84,35 @@ async fn resend_all(
                 continue;
             }
         };
-        match resend_entry(service, sends).await {
-            Outcome::Done => dropped.forget(&key)?,
+        match resend_entry(service, sends, &mut tally).await {
+            Outcome::Done => {
+                dropped.forget(&key)?;
+                tally.entries += 1;
+            }
             Outcome::Later(status) => {
                 tracing::info!(code = ?status.code(), message = status.message(), "the leader cannot take dropped sends yet; trying again");
-                return Ok(true);
+                pending = true;
+                break;
             }
         }
     }
-    Ok(false)
+    if tally.entries > 0 {
+        tracing::info!(
+            entries = tally.entries,
+            stored = tally.stored,
+            duplicates = tally.duplicates,
+            refused = tally.refused,
+            "sent again the ASYNC sends of dropped log entries"
+        );
+    }
+    Ok(pending)
 }
 
-async fn resend_entry(service: &BackendServiceImpl, sends: Vec<DroppedSend>) -> Outcome {
+async fn resend_entry(
+    service: &BackendServiceImpl,
+    sends: Vec<DroppedSend>,
+    tally: &mut Tally,
+) -> Outcome {
     for send in sends {
         let DroppedSend {
             queue,
@@ -97,24 +125,22 @@ async fn resend_entry(service: &BackendServiceImpl, sends: Vec<DroppedSend>) -> 
             Ok(response) => {
                 let sent = response.into_inner().messages;
                 let duplicates = sent.iter().filter(|m| m.duplicate).count() as u64;
-                metrics::resent("stored", sent.len() as u64 - duplicates);
+                let stored = sent.len() as u64 - duplicates;
+                metrics::resent("stored", stored);
                 metrics::resent("duplicate", duplicates);
-                tracing::info!(
-                    queue_id = queue,
-                    stored = sent.len() as u64 - duplicates,
-                    duplicates,
-                    "sent again what a dropped log entry held"
-                );
+                tally.stored += stored;
+                tally.duplicates += duplicates;
             }
             Err(status) if transient(status.code()) => return Outcome::Later(status),
             Err(status) => {
                 metrics::resent("refused", count);
+                tally.refused += count;
                 tracing::warn!(
                     queue_id = queue,
                     messages = count,
                     code = ?status.code(),
                     message = status.message(),
-                    "the leader refused acknowledged ASYNC sends of a dropped log entry; they are lost"
+                    "the leader refused the ASYNC sends of a dropped log entry: those that were acknowledged are lost"
                 );
             }
         }
