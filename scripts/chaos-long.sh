@@ -3,7 +3,8 @@
 # every 15 s (about 120 faults), then its report, with the date, the commit and the fault
 # timeline, written to docs/chaos-long-run.md (REPORT). Needs root (the partitions run backend
 # nodes in network namespaces) and exits 1 if the run lost an acknowledged message, received an
-# unknown one or broke a FIFO group's order.
+# unknown one or broke a FIFO group's order. REPLICATION=async runs the queues ASYNC (the FIFO
+# queue too, unless FIFO_REPLICATION=sync). KEEP=DIR keeps the run's data and logs in DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -14,10 +15,17 @@ commit="$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (with unc
 
 DURATION="${DURATION:-30m}"
 REPORT="${REPORT:-docs/chaos-long-run.md}"
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+if [ -n "${KEEP:-}" ]; then
+  work="$KEEP"
+  mkdir -p "$work"
+else
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+fi
 args=(chaos --fault mix --duration "$DURATION" --kill-every 15s --down-for 5s
-      --partition-for 8s --pause-for 4s --base-port "${BASE_PORT:-7400}")
+      --partition-for 8s --pause-for 4s --base-port "${BASE_PORT:-7400}"
+      --replication "${REPLICATION:-sync}")
+[ -z "${FIFO_REPLICATION:-}" ] || args+=(--fifo-replication "$FIFO_REPLICATION")
 status=0
 "$CARGO_TARGET_DIR/debug/sluice" "${args[@]}" --dir "$work/chaos" > "$work/report.txt" 2> "$work/chaos.log" || status=$?
 {
