@@ -152,7 +152,11 @@ pub async fn run(args: ChaosArgs, json_out: bool, endpoint: &str) -> anyhow::Res
     let parts = tokio::task::spawn_blocking(move || dev::up(&dir, base, 1, 3, netns, false, false))
         .await??;
     let parts = Arc::new(Mutex::new(parts));
-    let result = async {
+    // Interrupted (Ctrl-C, SIGTERM), the run stops its deployment before it exits: the
+    // processes it started and the network namespaces it made would outlive it otherwise.
+    let interrupted = CancellationToken::new();
+    sluice_common::shutdown::cancel_on_signal(interrupted.clone());
+    let run = async {
         let urls: Vec<String> = {
             let parts = parts.lock().expect("not poisoned");
             (0..dev::FRONTENDS)
@@ -167,8 +171,19 @@ pub async fn run(args: ChaosArgs, json_out: bool, endpoint: &str) -> anyhow::Res
             frontends.push(connect(&args.dir, &url).await?);
         }
         drive(&args, frontends, Faults::Local(parts.clone()), json_out).await
-    }
-    .await;
+    };
+    let result = tokio::select! {
+        result = run => result,
+        () = interrupted.cancelled() => {
+            // Fault tasks still hold the parts: stop them here, then leave without waiting for
+            // those tasks.
+            eprintln!("chaos: interrupted; stopping the deployment it started (each part gets 30 s to stop)");
+            tokio::task::spawn_blocking(move || parts.lock().expect("not poisoned").shut_down())
+                .await?;
+            eprintln!("chaos: the deployment is stopped");
+            std::process::exit(130);
+        }
+    };
     tokio::task::spawn_blocking(move || drop(parts)).await?;
     result
 }

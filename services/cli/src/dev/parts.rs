@@ -119,18 +119,31 @@ impl Parts {
     }
 }
 
-impl Drop for Parts {
-    fn drop(&mut self) {
-        // Front to back: frontends first, etcd last, so nothing loses its store before it stops.
+impl Parts {
+    /// Stops every part and removes the network namespaces; once done, doing it again does
+    /// nothing. Front to back: frontends first, etcd last, so nothing loses its store before
+    /// it stops.
+    pub(crate) fn shut_down(&mut self) {
         for part in self.parts.iter_mut().rev() {
             stop_child(&mut part.child);
         }
         let _ = std::fs::remove_file(&self.pids);
+        self.netns.take();
     }
 }
 
-/// SIGTERM, and SIGKILL if it has not exited 30 s later.
+impl Drop for Parts {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// SIGTERM, and SIGKILL if it has not exited 30 s later. Nothing for a child already reaped:
+/// its pid may be another process's by now.
 fn stop_child(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
     terminate(child.id());
     let deadline = Instant::now() + Duration::from_secs(30);
     while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
