@@ -650,8 +650,8 @@ const EVERY_FAULT: [&str; 9] = [
     "restart",
 ];
 
-/// A SYNC run of every fault in turn loses no acknowledged message, and no FIFO group is ever
-/// delivered out of order.
+/// A SYNC run of every fault in turn loses no acknowledged message, no FIFO group is ever
+/// delivered out of order, and no FIFO message is with two consumers at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_chaos_run_of_every_fault_loses_nothing_and_keeps_fifo_order() -> anyhow::Result<()> {
     let report = chaos_with(
@@ -686,13 +686,16 @@ async fn sync_chaos_run_of_every_fault_loses_nothing_and_keeps_fifo_order() -> a
     }
     assert_eq!(report["lost"], 0, "acknowledged messages were lost");
     assert_eq!(report["fifo_order_violations"], 0, "{report}");
+    // A FIFO message's delivery is committed before it goes out, so no failover hands it to a
+    // second consumer while the first holds it. A standard queue's may (at-least-once).
+    assert_eq!(report["fifo_double_deliveries"], 0, "{report}");
     assert!(
         report["fifo_acknowledged"].as_u64() > Some(1000),
         "the FIFO load ran: {report}"
     );
     println!(
-        "longest send {} ms; delivered again within the visibility timeout: {} standard, {} FIFO",
-        report["send_max_ms"], report["double_deliveries"], report["fifo_double_deliveries"]
+        "longest send {} ms; delivered again within the visibility timeout: {} standard",
+        report["send_max_ms"], report["double_deliveries"]
     );
     Ok(())
 }
@@ -726,6 +729,7 @@ async fn async_chaos_run_of_leaders_cut_off_their_peers_loses_no_acknowledged_me
     );
     assert_eq!(report["lost"], 0, "acknowledged messages were lost");
     assert_eq!(report["fifo_order_violations"], 0, "{report}");
+    assert_eq!(report["fifo_double_deliveries"], 0, "{report}");
     Ok(())
 }
 
