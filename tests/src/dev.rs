@@ -88,6 +88,32 @@ impl DevCluster {
         Ok(sluice_client::queue_client(channel, self.root()?))
     }
 
+    /// The gRPC URL of manager `i` (0 or 1).
+    pub fn manager(&self, i: u16) -> String {
+        format!("https://127.0.0.1:{}", self.base + 40 + 2 * i)
+    }
+
+    /// Runs `sluice --json admin ARGS --manager <manager 1>` as the cluster's admin and parses
+    /// what it prints; panics with its error output if it fails.
+    pub fn admin(&self, args: &[&str]) -> serde_json::Value {
+        let certs = self.certs();
+        let out = Command::new(sluice_bin())
+            .args(["--json", "admin"])
+            .args(args)
+            .args(["--manager", &self.manager(1)])
+            .env("SLUICE_CA_CERT", certs.join("ca.pem"))
+            .env("SLUICE_CLIENT_CERT", certs.join("admin.pem"))
+            .env("SLUICE_CLIENT_KEY", certs.join("admin.key"))
+            .output()
+            .expect("sluice CLI runs");
+        assert!(
+            out.status.success(),
+            "sluice admin {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("the CLI prints JSON")
+    }
+
     /// The pid of part `name` (e.g. `backend-a1`), from the pids file the cluster keeps.
     pub fn pid(&self, name: &str) -> anyhow::Result<i32> {
         let pids = std::fs::read_to_string(self.dir.join("pids"))?;

@@ -190,3 +190,15 @@ pub fn consume_start(
         tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
     )
 }
+
+/// Delete-batch entries for `messages`, numbered from 0.
+pub fn delete_entries(messages: &[pb::Message]) -> Vec<pb::DeleteMessageBatchEntry> {
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| pb::DeleteMessageBatchEntry {
+            id: i.to_string(),
+            receipt_handle: m.receipt_handle.clone(),
+        })
+        .collect()
+}

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub mod auth;
 pub mod dev;
+pub mod disk;
 pub mod front;
 pub mod hostile;
 pub mod prometheus;

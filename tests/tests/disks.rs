@@ -3,50 +3,14 @@
 //! no real disk fails on demand).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::backend_service_client::BackendServiceClient;
+use sluice_tests::disk::SmallDisk;
 use sluice_tests::{free_port_range, queue_counts, Kind, ServerProcess};
 use tonic::Code;
-
-/// A tmpfs of `mib` MiB mounted at a new directory, unmounted when dropped. Needs root, as the
-/// suite has (it also makes network namespaces).
-struct SmallDisk {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl SmallDisk {
-    fn mount(mib: u64) -> SmallDisk {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("disk");
-        std::fs::create_dir(&path).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(&path)
-            .status()
-            .expect("mount runs");
-        assert!(
-            status.success(),
-            "cannot mount a tmpfs (the suite runs as root)"
-        );
-        SmallDisk { _dir: dir, path }
-    }
-
-    fn free(&self) -> u64 {
-        let stats = nix::sys::statvfs::statvfs(&self.path).unwrap();
-        stats.blocks_available() * stats.fragment_size()
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
 
 /// Writes a file of `bytes` real bytes (a sparse file would take no space).
 fn ballast(path: &Path, bytes: u64) {

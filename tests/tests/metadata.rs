@@ -510,7 +510,7 @@ struct Seen {
 
 struct Recorder(std::sync::Arc<std::sync::Mutex<Seen>>);
 
-impl sluice_metadata::watch::Follower for Recorder {
+impl sluice_metastore::watch::Follower for Recorder {
     fn snapshot(&mut self, kvs: &[etcd_client::KeyValue]) {
         let mut seen = self.0.lock().unwrap();
         seen.snapshots += 1;
@@ -548,10 +548,19 @@ async fn a_watch_behind_a_compaction_takes_a_snapshot_and_resumes() {
 
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let follower = tokio::spawn(sluice_metadata::watch::follow_since(
+    static EVENTS: std::sync::LazyLock<prometheus::IntCounter> =
+        std::sync::LazyLock::new(|| prometheus::IntCounter::new("events", "events").unwrap());
+    static RESTARTS: std::sync::LazyLock<prometheus::IntCounter> =
+        std::sync::LazyLock::new(|| prometheus::IntCounter::new("restarts", "restarts").unwrap());
+    let counters = sluice_metastore::watch::WatchCounters {
+        events: &EVENTS,
+        restarts: &RESTARTS,
+    };
+    let follower = tokio::spawn(sluice_metastore::watch::follow_since(
         client.clone(),
         "/w/".into(),
         Recorder(seen.clone()),
+        counters,
         shutdown.clone(),
         Some(known),
     ));

@@ -9,6 +9,7 @@ use sluice_api::cluster::{self, Placement};
 use sluice_api::Stored;
 use sluice_metastore::{EmbeddedStore, MetaStore};
 use sluice_proto::v1 as pb;
+use sluice_tests::front::delete_entries;
 use sluice_tests::{wait_for, StandaloneProcess};
 
 async fn create_queue(server: &StandaloneProcess, name: &str) {
@@ -46,14 +47,7 @@ async fn drain(server: &StandaloneProcess, queue: &str) -> Vec<String> {
             assert_eq!(counts.visible + counts.delayed, 0);
             return bodies;
         }
-        let entries = got
-            .iter()
-            .enumerate()
-            .map(|(i, m)| pb::DeleteMessageBatchEntry {
-                id: i.to_string(),
-                receipt_handle: m.receipt_handle.clone(),
-            })
-            .collect();
+        let entries = delete_entries(&got);
         bodies.extend(
             got.iter()
                 .map(|m| String::from_utf8(m.body.to_vec()).unwrap()),

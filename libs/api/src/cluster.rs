@@ -33,6 +33,18 @@ pub fn manager_election(root: &str) -> String {
     format!("{root}manager/election")
 }
 
+/// Whether the leader manager's rebalancer is paused: `{"paused": true}`. Kept in etcd so a
+/// pause outlives a change of leader.
+pub fn rebalance_key(root: &str) -> String {
+    format!("{root}manager/rebalance")
+}
+
+/// The value under [`rebalance_key`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RebalanceSwitch {
+    pub paused: bool,
+}
+
 /// A queue's record (id, attributes), owned by the metadata tier.
 pub fn queue_record_key(root: &str, name: &str) -> String {
     format!("{root}queues/{name}")
@@ -116,6 +128,64 @@ pub struct LoadReport {
     pub bytes_stored: u64,
     pub disk_free_bytes: u64,
     pub reported_at_ms: u64,
+    /// Message bytes (bodies and attributes) stored and delivered per second.
+    #[serde(default)]
+    pub bytes_in_per_second: f64,
+    #[serde(default)]
+    pub bytes_out_per_second: f64,
+    /// CPU time the node's process used per second of the period, in cores.
+    #[serde(default)]
+    pub cpu_cores_used: f64,
+    /// Cores the process may run on.
+    #[serde(default)]
+    pub cores: u32,
+    /// Mean time of the period's group commits (write and fsync, or proposal until durable),
+    /// seconds; 0 when the node committed nothing.
+    #[serde(default)]
+    pub commit_seconds: f64,
+    /// Size of the file system that holds the data directory.
+    #[serde(default)]
+    pub disk_total_bytes: u64,
+    /// The node led its cluster's Raft group when it reported (an unreplicated node always
+    /// does): its rates are the cluster's, since the leader serves every request.
+    #[serde(default)]
+    pub leader: bool,
+    /// The cluster's members as this node knows them, so that a member that stopped reporting
+    /// shows as missing rather than as absent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
+    /// How often the node reports, so a reader can tell a stale report.
+    #[serde(default)]
+    pub period_ms: u64,
+    /// The leader only: its busiest and its largest queues, so the manager can choose which to
+    /// move by what each takes away.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<QueueLoad>,
+}
+
+/// One queue's share of a node's load over a report period.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueueLoad {
+    pub queue_id: u64,
+    pub messages_in_per_second: f64,
+    pub messages_out_per_second: f64,
+    pub bytes_in_per_second: f64,
+    pub bytes_out_per_second: f64,
+    /// Messages stored now.
+    pub messages: u64,
+    /// An estimate: the queue's messages times their mean size (the queue's own sends since the
+    /// node started, else the node's stored bytes per message).
+    pub bytes_stored: u64,
+}
+
+impl QueueLoad {
+    pub fn messages_per_second(&self) -> f64 {
+        self.messages_in_per_second + self.messages_out_per_second
+    }
+
+    pub fn bytes_per_second(&self) -> f64 {
+        self.bytes_in_per_second + self.bytes_out_per_second
+    }
 }
 
 /// The value under [`placement_key`]: where a queue's partitions live. A queue has one active
@@ -138,6 +208,9 @@ pub struct Placement {
     /// Set while a move to this cluster is under way; the leader manager finishes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moving_to: Option<String>,
+    /// When the queue last moved, so the rebalancer leaves a queue that just moved alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_at_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -167,6 +240,7 @@ impl Placement {
             partition: 0,
             sealed: Vec::new(),
             moving_to: None,
+            moved_at_ms: None,
         }
     }
 

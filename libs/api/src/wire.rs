@@ -334,6 +334,7 @@ pub fn placement_to_pb(placement: &Placement) -> pb::MetaPlacement {
             })
             .collect(),
         moving_to: placement.moving_to.clone().unwrap_or_default(),
+        moved_at_ms: placement.moved_at_ms.unwrap_or_default(),
     }
 }
 
@@ -354,6 +355,7 @@ pub fn placement_from_pb(placement: pb::MetaPlacement) -> Placement {
             })
             .collect(),
         moving_to: (!placement.moving_to.is_empty()).then_some(placement.moving_to),
+        moved_at_ms: (placement.moved_at_ms != 0).then_some(placement.moved_at_ms),
     }
 }
 

@@ -10,6 +10,7 @@ mod directory;
 mod embedded;
 mod etcd;
 pub mod lease;
+pub mod watch;
 
 pub use directory::StoreDirectory;
 #[cfg(feature = "embedded")]

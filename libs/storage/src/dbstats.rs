@@ -214,7 +214,7 @@ fn sample(db: &DB, path: &std::path::Path, name: &str, cfs: &[&str]) {
 
 /// Bytes an unprivileged writer can still use on the file system that holds `path`, and its
 /// size; `None` (logged) when they cannot be read.
-fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
+pub fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
     match nix::sys::statvfs::statvfs(path) {
         Ok(stats) => Some((
             stats

@@ -502,6 +502,22 @@ impl Engine {
         Ok(state.counts())
     }
 
+    /// How many messages each queue holds, in every state: what a load report weighs queues
+    /// by.
+    pub fn message_counts(&self) -> Vec<(QueueId, u64)> {
+        let queues: Vec<(QueueId, Arc<Queue>)> = self
+            .inner
+            .queues
+            .read()
+            .iter()
+            .map(|(id, queue)| (*id, queue.clone()))
+            .collect();
+        queues
+            .into_iter()
+            .map(|(id, queue)| (id, queue.state.lock().messages.len() as u64))
+            .collect()
+    }
+
     /// Holds the engine weakly, so dropping the last handle closes RocksDB without waiting for
     /// the sweeper to notice.
     fn spawn_sweeper(&self) {

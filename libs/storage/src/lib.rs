@@ -39,6 +39,7 @@ pub use dropped::DroppedSend;
 pub use engine::{Engine, EngineOptions, DEFAULT_DEDUP_WINDOW, DEFAULT_IDEMPOTENCY_WINDOW};
 pub use error::{Error, Result};
 pub use lease::Lease;
+pub use metrics::commit_totals;
 
 // The words the engine's API is written in come from the shared vocabulary; the modules here
 // name them as `crate::...`.

@@ -30,6 +30,15 @@ pub(crate) static COMMIT_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// The group commits this process made so far and their summed time in seconds, so a load
+/// report can give the mean over its period.
+pub fn commit_totals() -> (u64, f64) {
+    (
+        COMMIT_DURATION.get_sample_count(),
+        COMMIT_DURATION.get_sample_sum(),
+    )
+}
+
 pub(crate) static COMMITS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "sluice_storage_commits_total",

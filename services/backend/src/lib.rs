@@ -3,6 +3,7 @@
 //! `BackendClient`.
 
 pub mod cli;
+mod load;
 mod local;
 mod metrics;
 pub mod node;

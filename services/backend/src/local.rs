@@ -4,15 +4,17 @@
 //! `sluice standalone` hands it to its frontend in the same process, so standalone skips
 //! protobuf and the service's span for each call (the frontend's span covers it).
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use sluice_api::{
-    IdempotencyKey, MoveTask, NewMessage, QueueBackend, QueueConfig, QueueCounts, QueueId,
-    ReceivedMessage, Result, SentMessage,
+    AttributeValue, IdempotencyKey, MoveTask, NewMessage, QueueBackend, QueueConfig, QueueCounts,
+    QueueId, ReceivedMessage, Result, SentMessage,
 };
 use sluice_storage::Engine;
 
@@ -23,6 +25,80 @@ pub struct Traffic {
     pub messages_in: AtomicU64,
     /// Message deliveries.
     pub messages_out: AtomicU64,
+    /// Bytes of those messages: bodies and attributes.
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// The same per queue since the last load report took them.
+    queues: Mutex<HashMap<QueueId, QueueTraffic>>,
+    /// Each queue's bytes and messages stored since the node started, for its mean message
+    /// size.
+    sizes: Mutex<HashMap<QueueId, (u64, u64)>>,
+}
+
+/// One queue's traffic over a report period.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QueueTraffic {
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl Traffic {
+    fn count_in(&self, id: QueueId, messages: u64, bytes: u64) {
+        self.messages_in.fetch_add(messages, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+        let mut queues = self.queues.lock();
+        let queue = queues.entry(id).or_default();
+        queue.messages_in += messages;
+        queue.bytes_in += bytes;
+        drop(queues);
+        let mut sizes = self.sizes.lock();
+        let size = sizes.entry(id).or_default();
+        size.0 += bytes;
+        size.1 += messages;
+    }
+
+    fn count_out(&self, id: QueueId, messages: u64, bytes: u64) {
+        self.messages_out.fetch_add(messages, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+        let mut queues = self.queues.lock();
+        let queue = queues.entry(id).or_default();
+        queue.messages_out += messages;
+        queue.bytes_out += bytes;
+    }
+
+    /// Every queue's traffic since the last call.
+    pub fn take_queues(&self) -> HashMap<QueueId, QueueTraffic> {
+        std::mem::take(&mut *self.queues.lock())
+    }
+
+    /// The mean size of the messages sent to queue `id` since the node started, if any were.
+    pub fn mean_size(&self, id: QueueId) -> Option<u64> {
+        let sizes = self.sizes.lock();
+        let (bytes, messages) = sizes.get(&id).copied()?;
+        (messages > 0).then(|| bytes / messages)
+    }
+
+    /// Forgets a deleted queue.
+    fn forget(&self, id: QueueId) {
+        self.sizes.lock().remove(&id);
+        self.queues.lock().remove(&id);
+    }
+}
+
+/// What a message weighs in the load reports: its body, and its attributes' names and values.
+fn message_bytes<'a>(
+    body: &[u8],
+    attributes: impl IntoIterator<Item = (&'a String, &'a AttributeValue)>,
+) -> u64 {
+    let attributes: usize = attributes
+        .into_iter()
+        .map(|(name, value)| {
+            name.len() + value.data_type.len() + value.string_value.len() + value.binary_value.len()
+        })
+        .sum();
+    (body.len() + attributes) as u64
 }
 
 #[derive(Clone)]
@@ -47,12 +123,22 @@ impl NodeQueues {
         self.traffic.clone()
     }
 
-    fn stored(&self, sent: Result<Vec<SentMessage>>) -> Result<Vec<SentMessage>> {
+    /// Counts the messages, of the sizes given, that `sent` says were stored (not duplicates).
+    fn stored(
+        &self,
+        id: QueueId,
+        sizes: &[u64],
+        sent: Result<Vec<SentMessage>>,
+    ) -> Result<Vec<SentMessage>> {
         if let Ok(sent) = &sent {
-            let stored = sent.iter().filter(|m| !m.duplicate).count() as u64;
-            self.traffic
-                .messages_in
-                .fetch_add(stored, Ordering::Relaxed);
+            let (count, bytes) = sent
+                .iter()
+                .zip(sizes)
+                .filter(|(m, _)| !m.duplicate)
+                .fold((0, 0), |(count, bytes), (_, size)| {
+                    (count + 1, bytes + size)
+                });
+            self.traffic.count_in(id, count, bytes);
         }
         sent
     }
@@ -62,6 +148,14 @@ impl NodeQueues {
     }
 }
 
+/// Each message's weight, taken before the send consumes them.
+fn sizes(messages: &[NewMessage]) -> Vec<u64> {
+    messages
+        .iter()
+        .map(|m| message_bytes(&m.body, &m.attributes))
+        .collect()
+}
+
 #[async_trait]
 impl QueueBackend for NodeQueues {
     async fn create_queue(&self, id: QueueId, config: QueueConfig) -> Result<()> {
@@ -69,7 +163,9 @@ impl QueueBackend for NodeQueues {
     }
 
     async fn delete_queue(&self, id: QueueId) -> Result<()> {
-        self.backend().delete_queue(id).await
+        self.backend().delete_queue(id).await?;
+        self.traffic.forget(id);
+        Ok(())
     }
 
     async fn purge_queue(&self, id: QueueId) -> Result<u64> {
@@ -81,7 +177,8 @@ impl QueueBackend for NodeQueues {
     }
 
     async fn send(&self, id: QueueId, messages: Vec<NewMessage>) -> Result<Vec<SentMessage>> {
-        self.stored(self.backend().send(id, messages).await)
+        let sizes = sizes(&messages);
+        self.stored(id, &sizes, self.backend().send(id, messages).await)
     }
 
     async fn send_idempotent(
@@ -90,7 +187,12 @@ impl QueueBackend for NodeQueues {
         key: IdempotencyKey,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<SentMessage>> {
-        self.stored(self.backend().send_idempotent(id, key, messages).await)
+        let sizes = sizes(&messages);
+        self.stored(
+            id,
+            &sizes,
+            self.backend().send_idempotent(id, key, messages).await,
+        )
     }
 
     async fn receive(
@@ -101,9 +203,11 @@ impl QueueBackend for NodeQueues {
         wait: Duration,
     ) -> Result<Vec<ReceivedMessage>> {
         let received = self.backend().receive(id, max, visibility, wait).await?;
-        self.traffic
-            .messages_out
-            .fetch_add(received.len() as u64, Ordering::Relaxed);
+        let bytes = received
+            .iter()
+            .map(|m| message_bytes(&m.body, &m.attributes))
+            .sum();
+        self.traffic.count_out(id, received.len() as u64, bytes);
         Ok(received)
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sluice_api::cluster::{self, LoadReport, NodeRecord};
+use sluice_api::cluster::{self, NodeRecord};
 use sluice_common::admin::{self, Readiness};
 use sluice_common::config::{EtcdOpts, ServiceOpts};
 use sluice_common::grpc::{self, Drain, GrpcServer, MAX_MESSAGE_BYTES};
@@ -19,7 +19,8 @@ use sluice_storage::{Engine, EngineOptions};
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
-use crate::local::{NodeQueues, Traffic};
+use crate::load::LoadSource;
+use crate::local::NodeQueues;
 use crate::replica::{
     Bootstrap, ClusterServiceImpl, Member, Replica, ReplicaOptions, MAX_RAFT_MESSAGE_BYTES,
 };
@@ -321,7 +322,6 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
         .advertised(listener.local_addr().expect("bound"));
     let storage = Arc::new(Storage::open(opts, &url, shutdown.clone()).await?);
     let queues = storage.queues();
-    let traffic = queues.traffic();
     let service = BackendServiceImpl::new(queues.clone(), storage.replica.clone());
     if let Some(replica) = &storage.replica {
         crate::metrics::register();
@@ -352,7 +352,13 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
     )
     .await?;
     let grpc_addr = grpc.local_addr;
-    let engine = queues.engine().clone();
+    let load = LoadSource {
+        engine: queues.engine().clone(),
+        traffic: queues.traffic(),
+        replica: storage.replica.clone(),
+        node: opts.node_id.clone(),
+        period: Duration::from_millis(opts.load_report_interval_ms.max(1)),
+    };
 
     // A node alone leads at once; waiting for it keeps a fresh single-node cluster from
     // answering UNAVAILABLE to its first requests.
@@ -375,7 +381,7 @@ pub async fn start(opts: &NodeOpts, shutdown: CancellationToken) -> anyhow::Resu
             node: opts.node_id.clone(),
             url,
         };
-        Some(register(opts, &record, engine, traffic).await?)
+        Some(register(opts, &record, load).await?)
     };
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, cluster = %opts.cluster, node = %opts.node_id, "backend node ready");
     Ok(Node {
@@ -428,8 +434,7 @@ fn bootstrap_of(opts: &NodeOpts) -> anyhow::Result<Bootstrap> {
 async fn register(
     opts: &NodeOpts,
     record: &NodeRecord,
-    engine: Engine,
-    traffic: Arc<Traffic>,
+    load: LoadSource,
 ) -> anyhow::Result<Membership> {
     let mut client = etcd_client::Client::connect(
         &opts.etcd.etcd_endpoints,
@@ -441,11 +446,10 @@ async fn register(
         node_key: cluster::node_key(&opts.etcd.etcd_root, &record.cluster, &record.node),
         load_key: cluster::load_key(&opts.etcd.etcd_root, &record.cluster, &record.node),
         record: serde_json::to_vec(record)?,
-        report_every: Duration::from_millis(opts.load_report_interval_ms.max(1)),
     };
     let lease = keys.register(&mut client).await?;
     let current = Arc::new(AtomicI64::new(lease));
-    let holder = tokio::spawn(keys.hold(client.clone(), lease, current.clone(), engine, traffic));
+    let holder = tokio::spawn(keys.hold(client.clone(), lease, current.clone(), load));
     Ok(Membership {
         client,
         lease: current,
@@ -458,7 +462,6 @@ struct Registration {
     node_key: String,
     load_key: String,
     record: Vec<u8>,
-    report_every: Duration,
 }
 
 impl Registration {
@@ -488,21 +491,13 @@ impl Registration {
         mut client: etcd_client::Client,
         mut lease: i64,
         current: Arc<AtomicI64>,
-        engine: Engine,
-        traffic: Arc<Traffic>,
+        load: LoadSource,
     ) {
         let ttl = Duration::from_secs(LEASE_TTL_SECONDS as u64);
         loop {
             tokio::select! {
                 _ = sluice_metastore::lease::keep_alive(client.clone(), lease, ttl) => {}
-                _ = report_load(
-                    client.clone(),
-                    lease,
-                    self.load_key.clone(),
-                    engine.clone(),
-                    traffic.clone(),
-                    self.report_every,
-                ) => {}
+                _ = crate::load::report(client.clone(), lease, self.load_key.clone(), load.clone()) => {}
             }
             tracing::warn!(lease, "the node's etcd lease was lost; registering again");
             lease = loop {
@@ -516,39 +511,6 @@ impl Registration {
             };
             current.store(lease, Ordering::SeqCst);
         }
-    }
-}
-
-/// Writes the node's load under `key` every `period`: message rates since the last report,
-/// bytes stored and the free space of the data directory's file system.
-async fn report_load(
-    mut client: etcd_client::Client,
-    lease: i64,
-    key: String,
-    engine: Engine,
-    traffic: Arc<Traffic>,
-    period: Duration,
-) {
-    let mut last = (0, 0, std::time::Instant::now());
-    loop {
-        let now = std::time::Instant::now();
-        let messages_in = traffic.messages_in.load(Ordering::Relaxed);
-        let messages_out = traffic.messages_out.load(Ordering::Relaxed);
-        let seconds = now.duration_since(last.2).as_secs_f64().max(1e-3);
-        let report = LoadReport {
-            messages_in_per_second: (messages_in - last.0) as f64 / seconds,
-            messages_out_per_second: (messages_out - last.1) as f64 / seconds,
-            bytes_stored: engine.stored_bytes(),
-            disk_free_bytes: sluice_storage::dbstats::disk_free(engine.path()),
-            reported_at_ms: sluice_api::now_ms(),
-        };
-        last = (messages_in, messages_out, now);
-        let value = serde_json::to_vec(&report).expect("a load report serializes");
-        let options = etcd_client::PutOptions::new().with_lease(lease);
-        if let Err(err) = client.put(key.clone(), value, Some(options)).await {
-            tracing::warn!(error = %err, "cannot write the load report");
-        }
-        tokio::time::sleep(period).await;
     }
 }
 

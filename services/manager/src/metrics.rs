@@ -1,13 +1,15 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_gauge_vec, register_histogram_vec, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, GaugeVec, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    register_gauge, register_gauge_vec, register_histogram_vec, register_int_counter,
+    register_int_counter_vec, register_int_gauge, register_int_gauge_vec, Gauge, GaugeVec,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 use sluice_common::rpc::RpcMetrics;
 
-use crate::policy::{ClusterState, Limits};
+use crate::policy::{ClusterState, Limits, ScoreConfig};
+use crate::rebalance::Plan;
 
 pub(crate) static RPC: LazyLock<RpcMetrics> = LazyLock::new(|| RpcMetrics {
     requests: &RPC_REQUESTS,
@@ -32,6 +34,30 @@ static RPC_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+static WATCH_EVENTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "sluice_manager_watch_events_total",
+        "Changes heard on this manager's etcd watches (clusters' nodes and load, placements)"
+    )
+    .expect("metric registers once")
+});
+
+static WATCH_RESTARTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "sluice_manager_watch_restarts_total",
+        "etcd watches that broke (etcd restarted or compacted past them) and were started again \
+         from a fresh snapshot"
+    )
+    .expect("metric registers once")
+});
+
+/// The counters the manager's watches feed.
+pub(crate) const WATCHES: sluice_metastore::watch::WatchCounters =
+    sluice_metastore::watch::WatchCounters {
+        events: &WATCH_EVENTS,
+        restarts: &WATCH_RESTARTS,
+    };
 
 pub(crate) static IS_LEADER: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
@@ -73,9 +99,71 @@ static CLUSTER_UTILIZATION: LazyLock<GaugeVec> = LazyLock::new(|| {
     register_gauge_vec!(
         "sluice_manager_cluster_utilization",
         "Each backend cluster's load as the leader manager sees it, by resource: \
-         messages_per_second (in and out), bytes_stored, disk_free_bytes, queues; only the \
-         leader exports it",
+         messages_per_second and bytes_per_second (the leader's, in and out), cpu (the \
+         leader's share of its cores), commit_seconds (the slowest member's mean), bytes_stored \
+         (the fullest member), disk_free_bytes (the least free), queues; only the leader exports \
+         it",
         &["cluster", "resource"]
+    )
+    .expect("metric registers once")
+});
+
+static CLUSTER_SCORE: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register_gauge_vec!(
+        "sluice_manager_cluster_score",
+        "Each backend cluster's score (part total) and its parts (cpu, messages, bytes, storage, \
+         latency), each a share of its configured capacity; absent while the cluster's load is \
+         unknown; only the leader exports it",
+        &["cluster", "part"]
+    )
+    .expect("metric registers once")
+});
+
+static CLUSTER_LOAD_KNOWN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "sluice_manager_cluster_load_known",
+        "1 while every member of a backend cluster reports its load in time; 0 while one is \
+         missing, silent or stale (the cluster then takes no new queues)",
+        &["cluster"]
+    )
+    .expect("metric registers once")
+});
+
+static CLUSTER_HOT_SECONDS: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register_gauge_vec!(
+        "sluice_manager_cluster_hot_seconds",
+        "How long a backend cluster's score has been over the fleet's mean by the rebalance \
+         threshold; 0 when it is not",
+        &["cluster"]
+    )
+    .expect("metric registers once")
+});
+
+static MEAN_SCORE: LazyLock<Gauge> = LazyLock::new(|| {
+    register_gauge!(
+        "sluice_manager_mean_score",
+        "The mean score of the backend clusters whose load is known"
+    )
+    .expect("metric registers once")
+});
+
+/// Rebalancer decisions: `moved`, `refused` (a dead-letter link holds the queue),
+/// `move_failed`, and why a hot cluster shed less than it should (`budget_spent`,
+/// `no_destination`, `no_movable_queue`; counted when the reason first appears).
+pub(crate) static REBALANCE_DECISIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "sluice_manager_rebalance_decisions_total",
+        "Rebalancer decisions by kind: moved, refused, move_failed, budget_spent, \
+         no_destination, no_movable_queue",
+        &["decision"]
+    )
+    .expect("metric registers once")
+});
+
+pub(crate) static REBALANCE_PAUSED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "sluice_manager_rebalance_paused",
+        "1 while an operator has paused the rebalancer (sluice admin rebalance pause)"
     )
     .expect("metric registers once")
 });
@@ -101,16 +189,16 @@ static HIGH_WATER: LazyLock<GaugeVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// Exports the clusters' utilization and the marks they are held against.
-pub(crate) fn export_clusters(clusters: &[ClusterState], limits: &Limits) {
+/// Exports the clusters' utilization, scores, and the marks they are held against.
+pub(crate) fn export_clusters(clusters: &[ClusterState], limits: &Limits, config: &ScoreConfig) {
     forget_clusters();
     for cluster in clusters {
         let load = &cluster.load;
         for (resource, value) in [
-            (
-                "messages_per_second",
-                load.messages_in_per_second + load.messages_out_per_second,
-            ),
+            ("messages_per_second", load.messages_per_second()),
+            ("bytes_per_second", load.bytes_per_second()),
+            ("cpu", load.cpu),
+            ("commit_seconds", load.commit_seconds),
             ("bytes_stored", load.bytes_stored as f64),
             ("disk_free_bytes", load.disk_free_bytes as f64),
             ("queues", cluster.queue_count as f64),
@@ -122,6 +210,24 @@ pub(crate) fn export_clusters(clusters: &[ClusterState], limits: &Limits) {
         CLUSTER_ACCEPTING
             .with_label_values(&[&cluster.name])
             .set(i64::from(crate::policy::refusal(cluster, limits).is_none()));
+        CLUSTER_LOAD_KNOWN
+            .with_label_values(&[&cluster.name])
+            .set(i64::from(cluster.unknown.is_none()));
+        if cluster.unknown.is_none() {
+            let score = crate::policy::score(load, config);
+            for (part, value) in [
+                ("total", score.total),
+                ("cpu", score.cpu),
+                ("messages", score.messages),
+                ("bytes", score.bytes),
+                ("storage", score.storage),
+                ("latency", score.latency),
+            ] {
+                CLUSTER_SCORE
+                    .with_label_values(&[&cluster.name, part])
+                    .set(value);
+            }
+        }
     }
     for (resource, mark) in [
         ("messages_per_second", limits.max_messages_per_second),
@@ -142,7 +248,21 @@ pub(crate) fn export_clusters(clusters: &[ClusterState], limits: &Limits) {
 pub(crate) fn forget_clusters() {
     CLUSTER_UTILIZATION.reset();
     CLUSTER_ACCEPTING.reset();
+    CLUSTER_LOAD_KNOWN.reset();
+    CLUSTER_SCORE.reset();
+    CLUSTER_HOT_SECONDS.reset();
     HIGH_WATER.reset();
+}
+
+/// Exports the rebalancer's view: the mean score and how long each cluster has been hot.
+pub(crate) fn export_balance(plan: &Plan) {
+    MEAN_SCORE.set(plan.mean);
+    CLUSTER_HOT_SECONDS.reset();
+    for (name, (_, hot_ms)) in &plan.clusters {
+        CLUSTER_HOT_SECONDS
+            .with_label_values(&[name])
+            .set(*hot_ms as f64 / 1000.0);
+    }
 }
 
 /// Exports the counters before their first event, so the first shows as an increase.
@@ -154,4 +274,18 @@ pub(crate) fn register() {
     }
     LazyLock::force(&SEALED_PARTITIONS);
     LazyLock::force(&IS_LEADER);
+    for decision in [
+        "moved",
+        "refused",
+        "move_failed",
+        "budget_spent",
+        "no_destination",
+        "no_movable_queue",
+    ] {
+        REBALANCE_DECISIONS.with_label_values(&[decision]);
+    }
+    LazyLock::force(&REBALANCE_PAUSED);
+    LazyLock::force(&MEAN_SCORE);
+    LazyLock::force(&WATCH_EVENTS);
+    LazyLock::force(&WATCH_RESTARTS);
 }

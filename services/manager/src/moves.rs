@@ -17,8 +17,8 @@ use sluice_client::{BackendClient, BackendClientOptions};
 use sluice_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics;
 use crate::service::{etcd, ManagerServiceImpl};
-use crate::{metrics, view};
 
 impl ManagerServiceImpl {
     /// The id of queue `name`, from its record in etcd.
@@ -121,9 +121,8 @@ impl ManagerServiceImpl {
             return Err(Error::invalid("cluster", "must name a backend cluster"));
         }
         let id = self.queue_id(name).await?;
-        let clusters = view::read_clusters(&self.client, &self.root)
-            .await
-            .map_err(etcd)?;
+        self.fleet.ready().await?;
+        let clusters = self.fleet.clusters(self.stale_after);
         match clusters.iter().find(|c| c.name == target) {
             None => return Err(Error::not_found(format!("backend cluster {target:?}"))),
             Some(c) if c.nodes.is_empty() => {
@@ -198,6 +197,7 @@ impl ManagerServiceImpl {
             placement.sealed.push(sealed);
             placement.partition += 1;
             placement.moving_to = None;
+            placement.moved_at_ms = Some(sluice_api::now_ms());
             if self.write_placement(id, &placement, revision).await? {
                 metrics::MOVES.with_label_values(&["sealed"]).inc();
                 tracing::info!(queue = %placement.queue, queue_id = id, cluster = %target, partition = placement.partition, "queue moved; its old partition drains");
@@ -361,14 +361,12 @@ pub(crate) async fn run(
         if let Err(err) = service.reconcile().await {
             tracing::warn!(error = %err, "cannot read the placements to advance moves");
         }
-        // The utilization gauges: a dashboard's view of what placement decides on, read less
-        // often than moves advance because it reads every placement.
-        if viewed.is_none_or(|at| at.elapsed() >= VIEW_EVERY) {
+        // The utilization gauges: a dashboard's view of what placement decides on.
+        if viewed.is_none_or(|at| at.elapsed() >= VIEW_EVERY) && service.fleet.ready().await.is_ok()
+        {
             viewed = Some(std::time::Instant::now());
-            match view::read_clusters(&service.client, &service.root).await {
-                Ok(clusters) => metrics::export_clusters(&clusters, &service.limits),
-                Err(err) => tracing::warn!(error = %err, "cannot read the clusters' load"),
-            }
+            let clusters = service.fleet.clusters(service.stale_after);
+            metrics::export_clusters(&clusters, &service.limits, &service.score);
         }
     }
 }

@@ -10,12 +10,15 @@ use sluice_common::admin::{self, Readiness};
 use sluice_common::config::{EtcdOpts, ServiceOpts};
 use sluice_common::grpc::{self, Drain, GrpcServer};
 use sluice_common::tls::{self, Access, Kind};
+use sluice_metastore::watch;
 use sluice_proto::v1::manager_service_server::ManagerServiceServer;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 use crate::election::{self, Leadership};
-use crate::policy::Limits;
+use crate::fleet::Fleet;
+use crate::policy::{Limits, ScoreConfig};
+use crate::rebalance::RebalanceOpts;
 use crate::service::ManagerServiceImpl;
 
 /// How long in-flight requests get to finish after SIGTERM.
@@ -30,6 +33,14 @@ pub struct ManagerOpts {
     /// High-water marks; a cluster past one takes no new queues.
     #[serde(flatten)]
     pub limits: Limits,
+    /// How a cluster's score is made.
+    #[serde(flatten)]
+    pub score: ScoreConfig,
+    #[serde(flatten)]
+    pub rebalance: RebalanceOpts,
+    /// A member whose load report is older than this makes its cluster's load unknown, ms.
+    #[serde(default = "default_stale_report_ms")]
+    pub stale_report_ms: u64,
     /// How often the leader advances queue moves: finishes interrupted ones and removes
     /// sealed partitions that consumers have drained.
     #[serde(default = "default_move_interval_ms")]
@@ -40,12 +51,20 @@ fn default_move_interval_ms() -> u64 {
     1000
 }
 
+/// Five of a node's default report periods (2 s).
+fn default_stale_report_ms() -> u64 {
+    10_000
+}
+
 impl Default for ManagerOpts {
     fn default() -> Self {
         ManagerOpts {
             service: ServiceOpts::on(([127, 0, 0, 1], 7090), ([127, 0, 0, 1], 7091)),
             etcd: EtcdOpts::default(),
             limits: Limits::default(),
+            score: ScoreConfig::default(),
+            rebalance: RebalanceOpts::default(),
+            stale_report_ms: default_stale_report_ms(),
             move_interval_ms: default_move_interval_ms(),
         }
     }
@@ -59,6 +78,8 @@ pub struct Manager {
     grpc: GrpcServer,
     campaign: tokio::task::JoinHandle<()>,
     mover: tokio::task::JoinHandle<()>,
+    rebalancer: tokio::task::JoinHandle<()>,
+    watches: [tokio::task::JoinHandle<()>; 2],
     admin: tokio::task::JoinHandle<()>,
     admin_shutdown: CancellationToken,
     shutdown: CancellationToken,
@@ -80,6 +101,12 @@ pub async fn start(opts: &ManagerOpts, shutdown: CancellationToken) -> anyhow::R
         !opts.etcd.etcd_endpoints.is_empty(),
         "etcd_endpoints must name at least one etcd"
     );
+    opts.score.validate()?;
+    opts.rebalance.validate()?;
+    anyhow::ensure!(
+        opts.stale_report_ms > 0,
+        "stale_report_ms must be at least 1"
+    );
     let tls = tls::configure(&opts.service, "sluice-manager", Some(access()))?;
     sluice_common::etcd::configure(&opts.etcd, &opts.service)?;
     let client = etcd_client::Client::connect(
@@ -100,11 +127,34 @@ pub async fn start(opts: &ManagerOpts, shutdown: CancellationToken) -> anyhow::R
     .await?;
 
     let leadership = Leadership::default();
+    let fleet = Fleet::new();
+    let root = &opts.etcd.etcd_root;
+    let watches = [
+        tokio::spawn(watch::follow(
+            client.clone(),
+            cluster::clusters_prefix(root),
+            fleet.clusters_follower(root),
+            crate::metrics::WATCHES,
+            shutdown.clone(),
+        )),
+        tokio::spawn(watch::follow(
+            client.clone(),
+            cluster::placements_prefix(root),
+            fleet.placements_follower(),
+            crate::metrics::WATCHES,
+            shutdown.clone(),
+        )),
+    ];
     let service = ManagerServiceImpl {
         client: client.clone(),
-        root: opts.etcd.etcd_root.clone(),
+        root: root.clone(),
         leadership: leadership.clone(),
         limits: opts.limits.clone(),
+        score: opts.score.clone(),
+        rebalance: opts.rebalance.clone(),
+        stale_after: Duration::from_millis(opts.stale_report_ms),
+        fleet,
+        rebalancer: Default::default(),
         backends: Default::default(),
     };
     let mover = tokio::spawn(crate::moves::run(
@@ -112,6 +162,7 @@ pub async fn start(opts: &ManagerOpts, shutdown: CancellationToken) -> anyhow::R
         Duration::from_millis(opts.move_interval_ms.max(10)),
         shutdown.clone(),
     ));
+    let rebalancer = tokio::spawn(crate::rebalancer::run(service.clone(), shutdown.clone()));
     let service = ManagerServiceServer::new(service);
     let grpc = grpc::serve(
         opts.service.grpc_addr,
@@ -140,6 +191,8 @@ pub async fn start(opts: &ManagerOpts, shutdown: CancellationToken) -> anyhow::R
         grpc,
         campaign,
         mover,
+        rebalancer,
+        watches,
         admin,
         admin_shutdown,
         shutdown,
@@ -151,11 +204,16 @@ impl Manager {
     /// lease), drains the gRPC server, and closes the admin port last.
     pub async fn wait(self) -> anyhow::Result<()> {
         let readiness = self.readiness.clone();
-        let (campaign, mover) = (self.campaign, self.mover);
+        let (campaign, mover, rebalancer) = (self.campaign, self.mover, self.rebalancer);
+        let watches = self.watches;
         let leave = async move {
             readiness.set(false);
             let _ = mover.await;
+            let _ = rebalancer.await;
             let _ = campaign.await;
+            for watch in watches {
+                let _ = watch.await;
+            }
         };
         let served = self.grpc.run_until(&self.shutdown, self.drain, leave).await;
         self.admin_shutdown.cancel();

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use parking_lot::Mutex;
@@ -16,8 +17,11 @@ use sluice_proto::v1::manager_service_server::ManagerService;
 use tonic::{Request, Response, Status};
 
 use crate::election::Leadership;
-use crate::policy::{self, ClusterState, Limits};
-use crate::{metrics, view};
+use crate::fleet::Fleet;
+use crate::metrics;
+use crate::policy::{self, ClusterState, Limits, ScoreConfig};
+use crate::rebalance::RebalanceOpts;
+use crate::rebalancer::Rebalancer;
 
 #[derive(Clone)]
 pub struct ManagerServiceImpl {
@@ -25,6 +29,12 @@ pub struct ManagerServiceImpl {
     pub(crate) root: String,
     pub(crate) leadership: Leadership,
     pub(crate) limits: Limits,
+    pub(crate) score: ScoreConfig,
+    pub(crate) rebalance: RebalanceOpts,
+    /// A load report older than this makes its cluster's load unknown.
+    pub(crate) stale_after: Duration,
+    pub(crate) fleet: Fleet,
+    pub(crate) rebalancer: Arc<Mutex<Rebalancer>>,
     pub(crate) backends: Backends,
 }
 
@@ -69,11 +79,12 @@ impl ManagerServiceImpl {
         };
         let clusters = match colocate {
             Some(_) => Vec::new(),
-            None => view::read_clusters(&self.client, &self.root)
-                .await
-                .map_err(etcd)?,
+            None => {
+                self.fleet.ready().await?;
+                self.fleet.clusters(self.stale_after)
+            }
         };
-        let cluster = policy::cluster_for(colocate, &clusters, &self.limits)?;
+        let cluster = policy::cluster_for(colocate, &clusters, &self.limits, &self.score)?;
         let placement = Placement::new(&req.queue, &cluster);
         let value = serde_json::to_vec(&placement).expect("a placement serializes");
         let txn = Txn::new()
@@ -111,11 +122,8 @@ impl ManagerServiceImpl {
         }
     }
 
-    /// MoveQueue: done by the leader; another manager hands it over.
-    async fn move_to(&self, req: pb::MoveQueueRequest) -> Result<pb::QueuePlacement> {
-        if self.leadership.fence().is_some() {
-            return self.move_queue(&req.queue, &req.cluster).await;
-        }
+    /// A client of the leader manager, for a request this manager does not lead.
+    async fn leader(&self) -> Result<(String, ManagerServiceClient<tonic::transport::Channel>)> {
         let election = cluster::manager_election(&self.root);
         let leader = sluice_client::leader_url(&self.client, &election)
             .await
@@ -126,7 +134,15 @@ impl ManagerServiceImpl {
             &leader,
             &ChannelOptions::default(),
         )?;
-        let mut client = ManagerServiceClient::new(channel);
+        Ok((leader, ManagerServiceClient::new(channel)))
+    }
+
+    /// MoveQueue: done by the leader; another manager hands it over.
+    async fn move_to(&self, req: pb::MoveQueueRequest) -> Result<pb::QueuePlacement> {
+        if self.leadership.fence().is_some() {
+            return self.move_queue(&req.queue, &req.cluster).await;
+        }
+        let (leader, mut client) = self.leader().await?;
         let mut request = Request::new(req);
         sluice_common::telemetry::inject_trace(request.metadata_mut());
         let moved = client.move_queue(request).await.map_err(|status| {
@@ -135,10 +151,39 @@ impl ManagerServiceImpl {
         Ok(moved.into_inner())
     }
 
+    /// Rebalance: the leader plans (and pauses, and resumes); another manager hands it over.
+    async fn rebalance_request(&self, req: pb::RebalanceRequest) -> Result<pb::RebalanceResponse> {
+        if self.leadership.fence().is_none() {
+            let (leader, mut client) = self.leader().await?;
+            let mut request = Request::new(req);
+            sluice_common::telemetry::inject_trace(request.metadata_mut());
+            let answer = client.rebalance(request).await.map_err(|status| {
+                sluice_client::channel::from_status(&format!("the leader at {leader}"), status)
+            })?;
+            return Ok(answer.into_inner());
+        }
+        use pb::rebalance_request::Action;
+        let action = Action::try_from(req.action)
+            .map_err(|_| Error::invalid("action", format!("unknown action {}", req.action)))?;
+        match action {
+            Action::Plan => {}
+            Action::Pause => self.set_paused(true).await?,
+            Action::Resume => self.set_paused(false).await?,
+        }
+        self.fleet.ready().await?;
+        let paused = self.paused().await?;
+        let (plan, budget) = self.plan_now();
+        Ok(crate::rebalancer::describe(
+            &plan,
+            paused,
+            budget,
+            &self.rebalance,
+        ))
+    }
+
     async fn list(&self) -> Result<pb::ListClustersResponse> {
-        let clusters = view::read_clusters(&self.client, &self.root)
-            .await
-            .map_err(etcd)?;
+        self.fleet.ready().await?;
+        let clusters = self.fleet.clusters(self.stale_after);
         let leader =
             sluice_client::leader_url(&self.client, &cluster::manager_election(&self.root))
                 .await
@@ -146,15 +191,16 @@ impl ManagerServiceImpl {
         Ok(pb::ListClustersResponse {
             clusters: clusters
                 .iter()
-                .map(|c| cluster_info(c, &self.limits))
+                .map(|c| cluster_info(c, &self.limits, &self.score))
                 .collect(),
             leader: leader.unwrap_or_default(),
         })
     }
 }
 
-fn cluster_info(c: &ClusterState, limits: &Limits) -> pb::ClusterInfo {
+fn cluster_info(c: &ClusterState, limits: &Limits, config: &ScoreConfig) -> pb::ClusterInfo {
     let refusal = policy::refusal(c, limits);
+    let score = policy::score(&c.load, config);
     pb::ClusterInfo {
         name: c.name.clone(),
         nodes: c
@@ -170,10 +216,23 @@ fn cluster_info(c: &ClusterState, limits: &Limits) -> pb::ClusterInfo {
             messages_out_per_second: c.load.messages_out_per_second,
             bytes_stored: c.load.bytes_stored,
             disk_free_bytes: c.load.disk_free_bytes,
+            bytes_in_per_second: c.load.bytes_in_per_second,
+            bytes_out_per_second: c.load.bytes_out_per_second,
+            cpu: c.load.cpu,
+            commit_seconds: c.load.commit_seconds,
         }),
         queue_count: c.queue_count,
         accepting: refusal.is_none(),
         reason: refusal.unwrap_or_default(),
+        score: c.unknown.is_none().then_some(pb::ClusterScore {
+            total: score.total,
+            cpu: score.cpu,
+            messages: score.messages,
+            bytes: score.bytes,
+            storage: score.storage,
+            latency: score.latency,
+        }),
+        unknown: c.unknown.clone().unwrap_or_default(),
     }
 }
 
@@ -225,6 +284,22 @@ impl ManagerService for ManagerServiceImpl {
             &metadata,
             &metrics::RPC,
             self.placement_of(&req.queue),
+        )
+        .await
+    }
+
+    async fn rebalance(
+        &self,
+        request: Request<pb::RebalanceRequest>,
+    ) -> Result<Response<pb::RebalanceResponse>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        rpc::observe(
+            "sluice.v1.ManagerService",
+            "Rebalance",
+            "",
+            &metadata,
+            &metrics::RPC,
+            self.rebalance_request(req),
         )
         .await
     }

@@ -11,7 +11,7 @@ use sluice_api::{Error, PlacementDirectory, QueueId, Result};
 use sluice_metastore::MetaStore;
 
 use crate::metrics;
-use crate::policy::{self, ClusterState, Limits};
+use crate::policy::{self, ClusterState, Limits, ScoreConfig};
 
 pub struct StorePlacements {
     store: Arc<dyn MetaStore>,
@@ -68,7 +68,12 @@ impl PlacementDirectory for StorePlacements {
             None => None,
             Some(partner) => Some((partner, self.read(partner).await?.map(|(p, _)| p))),
         };
-        let cluster = policy::cluster_for(colocate, &self.clusters, &self.limits)?;
+        let cluster = policy::cluster_for(
+            colocate,
+            &self.clusters,
+            &self.limits,
+            &ScoreConfig::default(),
+        )?;
         let value =
             serde_json::to_vec(&Placement::new(queue, &cluster)).expect("a placement serializes");
         if self.store.create(&key, value).await?.is_some() {
@@ -99,10 +104,11 @@ impl PlacementDirectory for StorePlacements {
 
 #[cfg(test)]
 mod tests {
-    use sluice_api::cluster::{LoadReport, NodeRecord};
+    use sluice_api::cluster::NodeRecord;
     use sluice_metastore::EmbeddedStore;
 
     use super::*;
+    use crate::policy::ClusterLoad;
 
     fn cluster(name: &str, bytes_stored: u64) -> ClusterState {
         ClusterState {
@@ -112,11 +118,11 @@ mod tests {
                 node: format!("{name}1"),
                 url: format!("http://{name}1"),
             }],
-            load: LoadReport {
+            load: ClusterLoad {
                 bytes_stored,
                 ..Default::default()
             },
-            queue_count: 0,
+            ..Default::default()
         }
     }
 
@@ -168,7 +174,10 @@ mod tests {
         let store = placements(dir.path(), vec![cluster("a", 500)]);
         let full = store.place(1, "q1", None).await.unwrap_err();
         assert_eq!(full.code(), tonic::Code::ResourceExhausted, "{full}");
-        assert!(full.to_string().contains("a: 500 bytes stored"), "{full}");
+        assert!(
+            full.to_string().contains("a: a node stores 500 bytes"),
+            "{full}"
+        );
         let zero = store.place(0, "q0", None).await.unwrap_err();
         assert_eq!(zero.code(), tonic::Code::InvalidArgument, "{zero}");
         assert!(zero.to_string().contains("queue_id"), "{zero}");

@@ -14,7 +14,7 @@ use moka::sync::Cache;
 use sluice_api::Versioned;
 use sluice_client::Ring;
 
-use crate::watch::Follower;
+use sluice_metastore::watch::Follower;
 
 /// A record as of etcd revision `seen_at`; `None` if the key was absent then.
 #[derive(Debug, Clone)]

@@ -47,7 +47,7 @@ pub struct IdentityFollower {
     pub changes: broadcast::Sender<Changed>,
 }
 
-impl crate::watch::Follower for IdentityFollower {
+impl sluice_metastore::watch::Follower for IdentityFollower {
     fn snapshot(&mut self, _: &[KeyValue]) {
         // A new snapshot means the watch broke and changes may have been missed.
         let _ = self.changes.send(Changed::Reset);

@@ -8,6 +8,5 @@ mod identity;
 mod metrics;
 mod server;
 mod service;
-pub mod watch;
 
 pub use server::{member_key, start, MetadataNode, MetadataOpts};

@@ -80,6 +80,13 @@ pub(crate) static WATCH_EVENTS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// The counters every watch of this node feeds.
+pub(crate) const WATCHES: sluice_metastore::watch::WatchCounters =
+    sluice_metastore::watch::WatchCounters {
+        events: &WATCH_EVENTS,
+        restarts: &WATCH_RESTARTS,
+    };
+
 pub(crate) static WATCH_RESTARTS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "sluice_metadata_watch_restarts_total",

@@ -23,7 +23,7 @@ use crate::cache::RecordCache;
 use crate::identity::{self, IdentityFollower};
 use crate::metrics;
 use crate::service::{MetadataServiceImpl, CACHED_PREFIXES};
-use crate::watch::{self, Follower};
+use sluice_metastore::watch::{self, Follower};
 
 /// A dead node leaves the ring this long after its last renewal.
 const LEASE_TTL: Duration = Duration::from_secs(5);
@@ -215,6 +215,7 @@ pub async fn start(
             members: BTreeMap::new(),
             prefix: members_prefix,
         },
+        crate::metrics::WATCHES,
         watches.clone(),
     ))];
     for prefix in CACHED_PREFIXES {
@@ -222,6 +223,7 @@ pub async fn start(
             client.clone(),
             format!("{}{prefix}", opts.etcd.etcd_root),
             cache.clone(),
+            crate::metrics::WATCHES,
             watches.clone(),
         )));
     }
@@ -229,6 +231,7 @@ pub async fn start(
         client.clone(),
         cluster::identity_prefix(&opts.etcd.etcd_root),
         IdentityFollower::new(&opts.etcd.etcd_root, identity_changes),
+        crate::metrics::WATCHES,
         watches.clone(),
     )));
     // The watches stop with the node.

@@ -400,6 +400,17 @@ impl Replica {
         m.membership_config.membership().get_node(&leader).cloned()
     }
 
+    /// The names of the cluster's members, as this node knows them.
+    pub fn member_names(&self) -> Vec<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(_, member)| member.name.clone())
+            .collect()
+    }
+
     pub fn is_leader(&self) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();

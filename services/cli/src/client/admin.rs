@@ -15,8 +15,21 @@ use super::identity::{self, GrantArgs, KeyCommand, PolicyCommand, PrincipalComma
 
 #[derive(Subcommand)]
 pub enum AdminCommand {
-    /// Each backend cluster's live nodes, load, queue count, and whether it takes new queues.
+    /// Each backend cluster's live nodes, load, score and its parts, queue count, and whether
+    /// it takes new queues.
     Clusters {
+        /// Any manager's gRPC URL.
+        #[arg(long, env = "SLUICE_MANAGER", default_value = "http://127.0.0.1:7090")]
+        manager: String,
+    },
+    /// The leader manager's rebalancer: with --dry-run (the default) the moves it would start
+    /// now; `pause` and `resume` stop and restart it.
+    Rebalance {
+        #[arg(value_enum, default_value_t = RebalanceAction::Plan)]
+        action: RebalanceAction,
+        /// Show the plan without moving anything (what `plan` does; accepted for clarity).
+        #[arg(long)]
+        dry_run: bool,
         /// Any manager's gRPC URL.
         #[arg(long, env = "SLUICE_MANAGER", default_value = "http://127.0.0.1:7090")]
         manager: String,
@@ -63,6 +76,16 @@ pub enum AdminCommand {
     MasterKey(MasterKeyCommand),
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum RebalanceAction {
+    /// Show the moves the rebalancer would start now.
+    Plan,
+    /// Stop starting moves (moves under way finish).
+    Pause,
+    /// Start moving again.
+    Resume,
+}
+
 #[derive(Subcommand)]
 pub enum MasterKeyCommand {
     /// Re-wrap every data key and secret under the frontends' current master key (the first
@@ -106,13 +129,25 @@ fn print_clusters(json_out: bool, listed: &pb::ListClustersResponse) {
             .iter()
             .map(|c| {
                 let load = c.load.unwrap_or_default();
+                let score = c.score.map(|s| {
+                    json!({
+                        "total": s.total, "cpu": s.cpu, "messages": s.messages,
+                        "bytes": s.bytes, "storage": s.storage, "latency": s.latency,
+                    })
+                });
                 json!({
                     "name": c.name,
                     "nodes": c.nodes.iter().map(|n| json!({"node": n.node, "url": n.url})).collect::<Vec<_>>(),
                     "messages_in_per_second": load.messages_in_per_second,
                     "messages_out_per_second": load.messages_out_per_second,
+                    "bytes_in_per_second": load.bytes_in_per_second,
+                    "bytes_out_per_second": load.bytes_out_per_second,
+                    "cpu": load.cpu,
+                    "commit_seconds": load.commit_seconds,
                     "bytes_stored": load.bytes_stored,
                     "disk_free_bytes": load.disk_free_bytes,
+                    "score": score,
+                    "unknown": c.unknown,
                     "queue_count": c.queue_count,
                     "accepting": c.accepting,
                     "reason": c.reason,
@@ -132,8 +167,17 @@ fn print_clusters(json_out: bool, listed: &pb::ListClustersResponse) {
     };
     println!("leader manager: {leader}");
     println!(
-        "{:<12} {:>5} {:>10} {:>10} {:>14} {:>16} {:>7}  new queues",
-        "cluster", "nodes", "in msg/s", "out msg/s", "bytes stored", "disk free", "queues"
+        "{:<12} {:>5} {:>7} {:>10} {:>10} {:>5} {:>9} {:>14} {:>16} {:>7}  new queues",
+        "cluster",
+        "nodes",
+        "score",
+        "in msg/s",
+        "out msg/s",
+        "cpu",
+        "commit",
+        "bytes stored",
+        "disk free",
+        "queues"
     );
     for c in &listed.clusters {
         let load = c.load.unwrap_or_default();
@@ -142,19 +186,92 @@ fn print_clusters(json_out: bool, listed: &pb::ListClustersResponse) {
         } else {
             format!("no: {}", c.reason)
         };
+        let score = c
+            .score
+            .map_or("?".to_owned(), |s| format!("{:.3}", s.total));
         println!(
-            "{:<12} {:>5} {:>10.0} {:>10.0} {:>14} {:>16} {:>7}  {accepting}",
+            "{:<12} {:>5} {:>7} {:>10.0} {:>10.0} {:>4.0}% {:>7.1}ms {:>14} {:>16} {:>7}  {accepting}",
             c.name,
             c.nodes.len(),
+            score,
             load.messages_in_per_second,
             load.messages_out_per_second,
+            load.cpu * 100.0,
+            load.commit_seconds * 1000.0,
             load.bytes_stored,
             load.disk_free_bytes,
             c.queue_count
         );
+        match c.score {
+            Some(s) => println!(
+                "  score parts: cpu {:.3}  messages {:.3}  bytes {:.3}  storage {:.3}  latency {:.3}",
+                s.cpu, s.messages, s.bytes, s.storage, s.latency
+            ),
+            None => println!("  load unknown: {}", c.unknown),
+        }
         for n in &c.nodes {
             println!("  {} {}", n.node, n.url);
         }
+    }
+}
+
+fn print_rebalance(json_out: bool, plan: &pb::RebalanceResponse) {
+    if json_out {
+        let clusters: Vec<_> = plan
+            .clusters
+            .iter()
+            .map(
+                |c| json!({"name": c.name, "score": c.score, "hot_for_seconds": c.hot_for_seconds}),
+            )
+            .collect();
+        let moves: Vec<_> = plan
+            .moves
+            .iter()
+            .map(|m| {
+                json!({
+                    "queue": m.queue, "queue_id": m.queue_id, "from": m.from, "to": m.to,
+                    "score": m.score, "reason": m.reason,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "paused": plan.paused, "mean_score": plan.mean_score, "threshold": plan.threshold,
+                "sustain_seconds": plan.sustain_seconds, "budget": plan.budget,
+                "clusters": clusters, "moves": moves, "notes": plan.notes,
+            })
+        );
+        return;
+    }
+    println!(
+        "rebalancer: {}; mean score {:.3}; hot above {:.3} for {:.0} s; {} moves allowed now",
+        if plan.paused { "paused" } else { "running" },
+        plan.mean_score,
+        plan.mean_score + plan.threshold,
+        plan.sustain_seconds,
+        plan.budget
+    );
+    for c in &plan.clusters {
+        let score = c.score.map_or("unknown".to_owned(), |s| format!("{s:.3}"));
+        let hot = if c.hot_for_seconds > 0.0 {
+            format!("  hot for {:.0} s", c.hot_for_seconds)
+        } else {
+            String::new()
+        };
+        println!("  {:<12} {score}{hot}", c.name);
+    }
+    if plan.moves.is_empty() {
+        println!("no moves planned");
+    }
+    for m in &plan.moves {
+        println!(
+            "move {} from {} to {} (score {:.3}): {}",
+            m.queue, m.from, m.to, m.score, m.reason
+        );
+    }
+    for note in &plan.notes {
+        println!("note: {note}");
     }
 }
 
@@ -350,6 +467,30 @@ pub async fn run_admin(
                 .map_err(|status| failed(&manager, status))?
                 .into_inner();
             print_placement(json_out, &placement);
+        }
+        AdminCommand::Rebalance {
+            action,
+            dry_run,
+            manager,
+        } => {
+            use pb::rebalance_request::Action;
+            let action = match action {
+                RebalanceAction::Plan => Action::Plan,
+                RebalanceAction::Pause | RebalanceAction::Resume if dry_run => {
+                    return Err(anyhow!("--dry-run only goes with plan"));
+                }
+                RebalanceAction::Pause => Action::Pause,
+                RebalanceAction::Resume => Action::Resume,
+            };
+            let plan = manager_client(&manager)
+                .await?
+                .rebalance(pb::RebalanceRequest {
+                    action: action.into(),
+                })
+                .await
+                .map_err(|status| failed(&manager, status))?
+                .into_inner();
+            print_rebalance(json_out, &plan);
         }
         AdminCommand::Clusters { manager } => {
             let mut client = manager_client(&manager).await?;

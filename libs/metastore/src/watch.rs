@@ -2,12 +2,19 @@
 //! (etcd restarted, or compacted the revision the watch needs), a fresh snapshot is taken and
 //! the watch resumes from its revision, so a follower never silently misses a change.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use etcd_client::{Client, Event, GetOptions, KeyValue, WatchOptions};
+use prometheus::IntCounter;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics;
+/// The follower's service's counters of changes heard and of watches started again.
+#[derive(Clone, Copy)]
+pub struct WatchCounters {
+    pub events: &'static LazyLock<IntCounter>,
+    pub restarts: &'static LazyLock<IntCounter>,
+}
 
 /// What a follower does with what it sees.
 pub trait Follower: Send + 'static {
@@ -21,9 +28,10 @@ pub async fn follow(
     client: Client,
     prefix: String,
     follower: impl Follower,
+    counters: WatchCounters,
     shutdown: CancellationToken,
 ) {
-    follow_since(client, prefix, follower, shutdown, None).await
+    follow_since(client, prefix, follower, counters, shutdown, None).await
 }
 
 /// Follows `prefix` until `shutdown`, for a follower that already holds the state at revision
@@ -33,14 +41,24 @@ pub async fn follow_since(
     client: Client,
     prefix: String,
     mut follower: impl Follower,
+    counters: WatchCounters,
     shutdown: CancellationToken,
     mut known: Option<i64>,
 ) {
     while !shutdown.is_cancelled() {
         let resumed = known.take();
-        if let Err(err) = follow_once(&client, &prefix, &mut follower, &shutdown, resumed).await {
+        if let Err(err) = follow_once(
+            &client,
+            &prefix,
+            &mut follower,
+            counters,
+            &shutdown,
+            resumed,
+        )
+        .await
+        {
             tracing::warn!(prefix = %prefix, error = %err, "etcd watch broke; taking a new snapshot");
-            metrics::WATCH_RESTARTS.inc();
+            counters.restarts.inc();
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 _ = shutdown.cancelled() => return,
@@ -53,6 +71,7 @@ async fn follow_once(
     client: &Client,
     prefix: &str,
     follower: &mut impl Follower,
+    counters: WatchCounters,
     shutdown: &CancellationToken,
     known: Option<i64>,
 ) -> anyhow::Result<()> {
@@ -91,7 +110,7 @@ async fn follow_once(
         if response.canceled() {
             anyhow::bail!("etcd cancelled the watch");
         }
-        metrics::WATCH_EVENTS.inc_by(response.events().len() as u64);
+        counters.events.inc_by(response.events().len() as u64);
         for event in response.events() {
             follower.event(event);
         }
