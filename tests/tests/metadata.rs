@@ -594,3 +594,38 @@ async fn a_watch_behind_a_compaction_takes_a_snapshot_and_resumes() {
     shutdown.cancel();
     follower.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_larger_than_a_grpc_message_is_read_whole_at_one_revision() {
+    let etcd = EtcdProcess::start().unwrap();
+    let mut client = etcd.client().await;
+    // 3,000 keys of 2 KB: 6 MB, past the 4 MiB a client takes in one message.
+    let value = "v".repeat(2000);
+    for i in 0..3000 {
+        client
+            .put(format!("/big/{i:05}"), value.clone(), None)
+            .await
+            .unwrap();
+    }
+    client
+        .put("/bigger", "outside the prefix", None)
+        .await
+        .unwrap();
+    let whole = client
+        .get("/big/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await;
+    assert!(whole.is_err(), "one message would have held it all");
+
+    let (kvs, revision) = sluice_metastore::watch::snapshot(&client, "/big/")
+        .await
+        .unwrap();
+    assert_eq!(kvs.len(), 3000);
+    let keys: Vec<String> = kvs
+        .iter()
+        .map(|kv| kv.key_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = (0..3000).map(|i| format!("/big/{i:05}")).collect();
+    assert_eq!(keys, expected);
+    let last = client.get("/bigger", None).await.unwrap();
+    assert_eq!(revision, last.header().unwrap().revision());
+}

@@ -178,6 +178,24 @@ pub struct QueueLoad {
     pub bytes_stored: u64,
 }
 
+/// The busiest queues a leader's report names, and as many of the largest: enough for the
+/// manager to find moves that close a gap, few enough that a report stays small with
+/// thousands of queues on the node.
+pub const REPORTED_QUEUES: usize = 32;
+
+/// The queues a leader's load report names: its `n` busiest (messages in and out) and its `n`
+/// largest of the rest (bytes stored), each once, leaving out queues with neither messages nor
+/// traffic.
+pub fn top_queues(mut loads: Vec<QueueLoad>, n: usize) -> Vec<QueueLoad> {
+    loads.sort_by(|a, b| b.messages_per_second().total_cmp(&a.messages_per_second()));
+    let mut rest = loads.split_off(loads.len().min(n));
+    rest.sort_by_key(|q| std::cmp::Reverse(q.bytes_stored));
+    rest.truncate(n);
+    loads.extend(rest.into_iter().filter(|q| q.messages > 0));
+    loads.retain(|q| q.messages > 0 || q.messages_per_second() > 0.0);
+    loads
+}
+
 impl QueueLoad {
     pub fn messages_per_second(&self) -> f64 {
         self.messages_in_per_second + self.messages_out_per_second

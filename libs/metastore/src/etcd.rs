@@ -150,7 +150,7 @@ fn written_revision(response: &TxnResponse) -> Result<u64> {
 }
 
 /// The first key after every key that starts with `prefix`, as etcd's range ends want it.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

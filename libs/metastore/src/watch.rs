@@ -67,6 +67,43 @@ pub async fn follow_since(
     }
 }
 
+/// Keys read per request of a snapshot: a response stays far below the client's 4 MiB limit
+/// on a message, however many keys the prefix holds.
+const SNAPSHOT_PAGE: i64 = 1000;
+
+/// Everything under `prefix` at one revision, read a page at a time; and that revision.
+pub async fn snapshot(client: &Client, prefix: &str) -> anyhow::Result<(Vec<KeyValue>, i64)> {
+    let end = crate::etcd::prefix_end(prefix.as_bytes());
+    let mut kvs: Vec<KeyValue> = Vec::new();
+    let mut start = prefix.as_bytes().to_vec();
+    let mut revision = 0;
+    loop {
+        let mut options = GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(SNAPSHOT_PAGE);
+        // Every page at the first page's revision, so the snapshot is one moment of etcd.
+        if revision > 0 {
+            options = options.with_revision(revision);
+        }
+        let page = client.kv_client().get(start.clone(), Some(options)).await?;
+        if revision == 0 {
+            revision = page
+                .header()
+                .map(|h| h.revision())
+                .ok_or_else(|| anyhow::anyhow!("snapshot without a revision"))?;
+        }
+        let Some(last) = page.kvs().last() else { break };
+        // The next page starts just after the last key: the key with a zero byte appended.
+        start = last.key().to_vec();
+        start.push(0);
+        kvs.extend_from_slice(page.kvs());
+        if !page.more() {
+            break;
+        }
+    }
+    Ok((kvs, revision))
+}
+
 async fn follow_once(
     client: &Client,
     prefix: &str,
@@ -78,15 +115,9 @@ async fn follow_once(
     let revision = match known {
         Some(revision) => revision,
         None => {
-            let snapshot = client
-                .kv_client()
-                .get(prefix, Some(GetOptions::new().with_prefix()))
-                .await?;
-            follower.snapshot(snapshot.kvs());
-            snapshot
-                .header()
-                .map(|h| h.revision())
-                .ok_or_else(|| anyhow::anyhow!("snapshot without a revision"))?
+            let (kvs, revision) = snapshot(client, prefix).await?;
+            follower.snapshot(&kvs);
+            revision
         }
     };
     let options = WatchOptions::new()

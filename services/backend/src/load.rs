@@ -7,17 +7,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_api::cluster::{LoadReport, QueueLoad};
+use sluice_api::cluster::{self, LoadReport, QueueLoad};
 use sluice_api::QueueId;
 use sluice_storage::Engine;
 
 use crate::local::{QueueTraffic, Traffic};
 use crate::replica::Replica;
-
-/// The busiest queues a leader's report names, and as many of the largest: enough for the
-/// manager to find moves that close a gap, few enough that a report stays small with
-/// thousands of queues on the node.
-const REPORTED_QUEUES: usize = 32;
 
 /// What a node reads its load from.
 #[derive(Clone)]
@@ -108,7 +103,7 @@ impl LoadProbe {
         let total: u64 = counts.iter().map(|(_, n)| n).sum();
         // A queue with no sends since the node started weighs the node's mean message.
         let node_mean = bytes_stored.checked_div(total).unwrap_or(0);
-        let mut loads: Vec<QueueLoad> = counts
+        let loads: Vec<QueueLoad> = counts
             .into_iter()
             .map(|(id, messages)| {
                 let t = traffic.get(&id).copied().unwrap_or_default();
@@ -124,13 +119,7 @@ impl LoadProbe {
                 }
             })
             .collect();
-        loads.sort_by(|a, b| b.messages_per_second().total_cmp(&a.messages_per_second()));
-        let mut rest = loads.split_off(loads.len().min(REPORTED_QUEUES));
-        rest.sort_by_key(|q| std::cmp::Reverse(q.bytes_stored));
-        rest.truncate(REPORTED_QUEUES);
-        loads.extend(rest.into_iter().filter(|q| q.messages > 0));
-        loads.retain(|q| q.messages > 0 || q.messages_per_second() > 0.0);
-        loads
+        cluster::top_queues(loads, cluster::REPORTED_QUEUES)
     }
 }
 

@@ -13,6 +13,7 @@ pub mod rebalance;
 mod rebalancer;
 mod server;
 mod service;
+pub mod simulate;
 mod store;
 
 pub use server::{start, Manager, ManagerOpts};
