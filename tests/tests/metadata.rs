@@ -599,11 +599,17 @@ async fn a_watch_behind_a_compaction_takes_a_snapshot_and_resumes() {
 async fn a_snapshot_larger_than_a_grpc_message_is_read_whole_at_one_revision() {
     let etcd = EtcdProcess::start().unwrap();
     let mut client = etcd.client().await;
-    // 3,000 keys of 2 KB: 6 MB, past the 4 MiB a client takes in one message.
-    let value = "v".repeat(2000);
-    for i in 0..3000 {
+    // 12,000 keys of 500 bytes: 6 MB, past the 4 MiB a client takes in one message, and more
+    // keys than one page of a snapshot.
+    let value = "v".repeat(500);
+    for batch in 0..120 {
+        let puts = (0..100)
+            .map(|i| {
+                etcd_client::TxnOp::put(format!("/big/{:05}", batch * 100 + i), value.clone(), None)
+            })
+            .collect::<Vec<_>>();
         client
-            .put(format!("/big/{i:05}"), value.clone(), None)
+            .txn(etcd_client::Txn::new().and_then(puts))
             .await
             .unwrap();
     }
@@ -619,12 +625,12 @@ async fn a_snapshot_larger_than_a_grpc_message_is_read_whole_at_one_revision() {
     let (kvs, revision) = sluice_metastore::watch::snapshot(&client, "/big/")
         .await
         .unwrap();
-    assert_eq!(kvs.len(), 3000);
+    assert_eq!(kvs.len(), 12_000);
     let keys: Vec<String> = kvs
         .iter()
         .map(|kv| kv.key_str().unwrap().to_owned())
         .collect();
-    let expected: Vec<String> = (0..3000).map(|i| format!("/big/{i:05}")).collect();
+    let expected: Vec<String> = (0..12_000).map(|i| format!("/big/{i:05}")).collect();
     assert_eq!(keys, expected);
     let last = client.get("/bigger", None).await.unwrap();
     assert_eq!(revision, last.header().unwrap().revision());

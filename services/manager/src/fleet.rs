@@ -99,6 +99,12 @@ impl Fleet {
             .collect()
     }
 
+    /// Takes in a placement this manager just wrote, before its watch brings it: the next
+    /// placement counts it. The watch's copy of it changes nothing more.
+    pub fn note_placement(&self, id: QueueId, placement: Placement) {
+        self.state.write().insert_placement(id, placement);
+    }
+
     pub fn placement(&self, id: QueueId) -> Option<Placement> {
         self.state.read().placements.get(&id).cloned()
     }
@@ -203,13 +209,15 @@ impl State {
     fn put_placement(&mut self, kv: &KeyValue) {
         let Some(id) = queue_id_of(kv) else { return };
         match serde_json::from_slice::<Placement>(kv.value()) {
-            Ok(placement) => {
-                *self.counts.entry(placement.cluster.clone()).or_default() += 1;
-                if let Some(old) = self.placements.insert(id, placement) {
-                    self.uncount(&old.cluster);
-                }
-            }
+            Ok(placement) => self.insert_placement(id, placement),
             Err(err) => tracing::warn!(key = ?kv.key_str(), error = %err, "unreadable placement"),
+        }
+    }
+
+    fn insert_placement(&mut self, id: QueueId, placement: Placement) {
+        *self.counts.entry(placement.cluster.clone()).or_default() += 1;
+        if let Some(old) = self.placements.insert(id, placement) {
+            self.uncount(&old.cluster);
         }
     }
 

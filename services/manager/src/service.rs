@@ -87,6 +87,7 @@ impl ManagerServiceImpl {
         let cluster = policy::cluster_for(colocate, &clusters, &self.limits, &self.score)?;
         let placement = Placement::new(&req.queue, &cluster);
         let value = serde_json::to_vec(&placement).expect("a placement serializes");
+        let placed = placement;
         let txn = Txn::new()
             .when([
                 fence,
@@ -95,6 +96,7 @@ impl ManagerServiceImpl {
             .and_then([TxnOp::put(key.clone(), value, None)]);
         let written = self.client.kv_client().txn(txn).await.map_err(etcd)?;
         if written.succeeded() {
+            self.fleet.note_placement(req.queue_id, placed);
             metrics::PLACEMENTS.with_label_values(&[&cluster]).inc();
             tracing::info!(queue = %req.queue, queue_id = req.queue_id, cluster = %cluster, "queue placed");
             return Ok(pb::PlaceQueueResponse { cluster });
