@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 # Build outside the clone so repeated runs reuse the (slow) RocksDB build.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
+# No incremental caches: a test run builds each crate once, and the caches took 10 GB.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 # The Helm chart and the chaos experiments, with Helm's engine and Kubernetes' schemas from
 # PyPI, in a virtualenv kept outside the clone.
