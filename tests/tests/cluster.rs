@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use sluice_client::QueueClient;
+use sluice_api::{IdempotencyKey, NewMessage, QueueBackend};
+use sluice_client::{BackendClient, BackendClientOptions, QueueClient};
 use sluice_proto::v1 as pb;
 use sluice_proto::v1::backend_service_client::BackendServiceClient;
 use sluice_proto::v1::manager_service_client::ManagerServiceClient;
@@ -631,6 +632,76 @@ async fn a_queue_moves_to_the_other_cluster_under_traffic_and_loses_nothing() {
     assert!(
         String::from_utf8_lossy(&unknown.stderr).contains("backend cluster \"nowhere\" not found")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_send_retried_across_a_move_is_answered_by_the_old_partition_and_stored_once() {
+    let cluster = Cluster::start().await;
+    cluster.settled().await;
+    let mut f1 = cluster.frontend(0).await;
+    f1.create_queue(pb::CreateQueueRequest {
+        name: "retried".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let before = cluster.admin(&["placement", "retried"]);
+    let id = before["queue_id"].as_u64().unwrap();
+    let from = before["partitions"][0]["cluster"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let to = if from == "a" { "b" } else { "a" };
+    let old_node = &cluster.backends[usize::from(from == "b")];
+
+    // A frontend's send to the old partition, whose answer it never got.
+    sluice_tests::install_client_tls(sluice_tests::Kind::Frontend);
+    let old = BackendClient::new(&old_node.endpoint(), BackendClientOptions::default()).unwrap();
+    let key = IdempotencyKey::random();
+    let message = || {
+        vec![NewMessage {
+            body: "sent once".into(),
+            ..Default::default()
+        }]
+    };
+    let first = old.send_idempotent(id, key, message()).await.unwrap();
+    cluster.admin(&["place", "retried", "--cluster", to]);
+
+    // Its retry after the move: the sealed partition answers it from its record of the key.
+    let retry = old.send_idempotent(id, key, message()).await.unwrap();
+    assert_eq!(retry[0].message_id, first[0].message_id);
+    assert!(retry[0].duplicate, "the retry stored nothing");
+    // A send the old partition never saw is refused there, and goes to the new one.
+    let refused = old
+        .send_idempotent(id, IdempotencyKey::random(), message())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, sluice_api::Error::Aborted(_)),
+        "{refused:?}"
+    );
+    f1.send_message(send("retried", "after the move"))
+        .await
+        .unwrap();
+
+    let mut seen = std::collections::HashSet::new();
+    let deliveries = drain_bodies(&cluster, "retried", 2, &mut seen).await;
+    assert_eq!(deliveries, 2, "{seen:?}");
+    assert_eq!(
+        seen,
+        ["sent once", "after the move"].map(String::from).into()
+    );
+    // Nothing else in either partition: the retry was not stored again anywhere.
+    let placement = cluster.admin(&["placement", "retried"]);
+    for partition in placement["partitions"].as_array().unwrap() {
+        let counts = &partition["counts"];
+        if counts.is_null() {
+            continue; // drained and removed meanwhile
+        }
+        for state in ["visible", "in_flight", "delayed"] {
+            assert_eq!(counts[state], 0, "{placement}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

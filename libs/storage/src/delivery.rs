@@ -92,11 +92,14 @@ impl Engine {
             if state.deleted {
                 return Err(Error::QueueNotFound(id));
             }
-            if state.sealed {
+            let stored = key.and_then(|key| state.sends.get(&key, now).copied());
+            // A send whose key this partition stored before it was sealed is answered from
+            // here: a frontend that lost the first answer and retries after the move must not
+            // store the messages again on the queue's new partition.
+            if state.sealed && stored.is_none() {
                 return Err(Error::Sealed(id));
             }
             asynchronous = self.inner.replicated && state.config.replication == Replication::Async;
-            let stored = key.and_then(|key| state.sends.get(&key, now).copied());
             let (sent, write) = match stored {
                 Some(first) => (replay(&state, first, &prepared, now)?, Write::default()),
                 None => self.stage(id, &mut state, key, prepared, now),

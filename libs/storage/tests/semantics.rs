@@ -640,6 +640,38 @@ async fn a_sealed_queue_refuses_sends_drains_and_stays_sealed_across_a_restart()
 }
 
 #[tokio::test]
+async fn a_send_retried_after_the_seal_is_answered_by_the_sealed_partition_not_stored_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = with_standard_queue(&dir).await;
+    let key = IdempotencyKey::random();
+    let first = engine
+        .send_idempotent(SOURCE, key, vec![msg("a"), msg("b")])
+        .await
+        .unwrap();
+    engine.seal_queue(SOURCE).await.unwrap();
+
+    // The frontend lost the first answer and retries on the partition it sent to.
+    let retry = engine
+        .send_idempotent(SOURCE, key, vec![msg("a"), msg("b")])
+        .await
+        .unwrap();
+    assert_eq!(answers(&retry), answers(&first), "the first answer again");
+    assert!(retry.iter().all(|s| s.duplicate), "nothing stored again");
+    // A send this partition never stored goes to the queue's new partition.
+    assert!(matches!(
+        engine
+            .send_idempotent(SOURCE, IdempotencyKey::random(), vec![msg("c")])
+            .await,
+        Err(Error::Sealed(SOURCE))
+    ));
+    assert!(matches!(
+        engine.send(SOURCE, vec![msg("d")]).await,
+        Err(Error::Sealed(SOURCE))
+    ));
+    assert_eq!(drain(&engine, SOURCE).await.len(), 2);
+}
+
+#[tokio::test]
 async fn a_partition_continues_the_sealed_one_s_sequence() {
     let old = tempfile::tempdir().unwrap();
     let new = tempfile::tempdir().unwrap();
