@@ -191,7 +191,7 @@ static HIGH_WATER: LazyLock<GaugeVec> = LazyLock::new(|| {
 
 /// Exports the clusters' utilization, scores, and the marks they are held against.
 pub(crate) fn export_clusters(clusters: &[ClusterState], limits: &Limits, config: &ScoreConfig) {
-    forget_clusters();
+    forget_utilization();
     for cluster in clusters {
         let load = &cluster.load;
         for (resource, value) in [
@@ -246,11 +246,17 @@ pub(crate) fn export_clusters(clusters: &[ClusterState], limits: &Limits, config
 /// Drops the utilization series: a manager that is not the leader has no view to show, and a
 /// cluster that is gone must not linger.
 pub(crate) fn forget_clusters() {
+    forget_utilization();
+    CLUSTER_HOT_SECONDS.reset();
+}
+
+/// The series `export_clusters` makes; the rebalancer's own (`export_balance`) stay, so a
+/// scrape between the two finds both.
+fn forget_utilization() {
     CLUSTER_UTILIZATION.reset();
     CLUSTER_ACCEPTING.reset();
     CLUSTER_LOAD_KNOWN.reset();
     CLUSTER_SCORE.reset();
-    CLUSTER_HOT_SECONDS.reset();
     HIGH_WATER.reset();
 }
 
