@@ -95,7 +95,7 @@ impl LoadProbe {
     /// The busiest queues over the period and the largest ones, each once.
     fn queues(
         &self,
-        traffic: HashMap<QueueId, QueueTraffic>,
+        traffic: HashMap<QueueId, (QueueTraffic, Option<u64>)>,
         seconds: f64,
         bytes_stored: u64,
     ) -> Vec<QueueLoad> {
@@ -106,8 +106,8 @@ impl LoadProbe {
         let loads: Vec<QueueLoad> = counts
             .into_iter()
             .map(|(id, messages)| {
-                let t = traffic.get(&id).copied().unwrap_or_default();
-                let mean = self.source.traffic.mean_size(id).unwrap_or(node_mean);
+                let (t, mean) = traffic.get(&id).copied().unwrap_or_default();
+                let mean = mean.unwrap_or(node_mean);
                 QueueLoad {
                     queue_id: id,
                     messages_in_per_second: t.messages_in as f64 / seconds,
@@ -156,7 +156,15 @@ pub(crate) async fn report(
     let mut probe = LoadProbe::new(source);
     // The first report goes out at once, so a new node's cluster has a known load.
     loop {
-        let report = probe.sample();
+        // Off the runtime's threads: the sample reads RocksDB's properties, the file system's
+        // size and every queue's count.
+        let sampled = tokio::task::spawn_blocking(move || {
+            let report = probe.sample();
+            (probe, report)
+        })
+        .await;
+        let report;
+        (probe, report) = sampled.expect("sampling the load does not panic");
         let value = serde_json::to_vec(&report).expect("a load report serializes");
         let options = etcd_client::PutOptions::new().with_lease(lease);
         if let Err(err) = client.put(key.clone(), value, Some(options)).await {

@@ -28,11 +28,8 @@ pub struct Traffic {
     /// Bytes of those messages: bodies and attributes.
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
-    /// The same per queue since the last load report took them.
-    queues: Mutex<HashMap<QueueId, QueueTraffic>>,
-    /// Each queue's bytes and messages stored since the node started, for its mean message
-    /// size.
-    sizes: Mutex<HashMap<QueueId, (u64, u64)>>,
+    /// The same per queue, one lock a send.
+    queues: Mutex<HashMap<QueueId, QueueCounters>>,
 }
 
 /// One queue's traffic over a report period.
@@ -44,45 +41,51 @@ pub struct QueueTraffic {
     pub bytes_out: u64,
 }
 
+#[derive(Debug, Default)]
+struct QueueCounters {
+    /// Since the last load report took it.
+    period: QueueTraffic,
+    /// Bytes and messages stored since the node started, for the mean message size.
+    bytes_stored_in: u64,
+    messages_stored_in: u64,
+}
+
 impl Traffic {
     fn count_in(&self, id: QueueId, messages: u64, bytes: u64) {
         self.messages_in.fetch_add(messages, Ordering::Relaxed);
         self.bytes_in.fetch_add(bytes, Ordering::Relaxed);
         let mut queues = self.queues.lock();
         let queue = queues.entry(id).or_default();
-        queue.messages_in += messages;
-        queue.bytes_in += bytes;
-        drop(queues);
-        let mut sizes = self.sizes.lock();
-        let size = sizes.entry(id).or_default();
-        size.0 += bytes;
-        size.1 += messages;
+        queue.period.messages_in += messages;
+        queue.period.bytes_in += bytes;
+        queue.messages_stored_in += messages;
+        queue.bytes_stored_in += bytes;
     }
 
     fn count_out(&self, id: QueueId, messages: u64, bytes: u64) {
         self.messages_out.fetch_add(messages, Ordering::Relaxed);
         self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
         let mut queues = self.queues.lock();
-        let queue = queues.entry(id).or_default();
+        let queue = &mut queues.entry(id).or_default().period;
         queue.messages_out += messages;
         queue.bytes_out += bytes;
     }
 
-    /// Every queue's traffic since the last call.
-    pub fn take_queues(&self) -> HashMap<QueueId, QueueTraffic> {
-        std::mem::take(&mut *self.queues.lock())
-    }
-
-    /// The mean size of the messages sent to queue `id` since the node started, if any were.
-    pub fn mean_size(&self, id: QueueId) -> Option<u64> {
-        let sizes = self.sizes.lock();
-        let (bytes, messages) = sizes.get(&id).copied()?;
-        (messages > 0).then(|| bytes / messages)
+    /// Every queue's traffic since the last call, with the mean size of the messages sent to it
+    /// since the node started (`None` if none were).
+    pub fn take_queues(&self) -> HashMap<QueueId, (QueueTraffic, Option<u64>)> {
+        self.queues
+            .lock()
+            .iter_mut()
+            .map(|(id, queue)| {
+                let mean = queue.bytes_stored_in.checked_div(queue.messages_stored_in);
+                (*id, (std::mem::take(&mut queue.period), mean))
+            })
+            .collect()
     }
 
     /// Forgets a deleted queue.
     fn forget(&self, id: QueueId) {
-        self.sizes.lock().remove(&id);
         self.queues.lock().remove(&id);
     }
 }

@@ -76,20 +76,13 @@ impl Fleet {
         names
             .into_iter()
             .map(|name| {
-                let in_cluster = |(c, _): &&(String, String)| c == name;
-                let nodes = state
-                    .nodes
-                    .iter()
-                    .filter(|(k, _)| in_cluster(k))
+                let nodes = in_cluster(&state.nodes, name)
                     .map(|(_, n)| n.clone())
                     .collect();
-                let heard: Vec<Heard> = state
-                    .reports
-                    .iter()
-                    .filter(|(k, _)| in_cluster(k))
-                    .map(|((_, node), (report, at))| Heard {
-                        node: node.clone(),
-                        report: report.clone(),
+                let heard: Vec<Heard<'_>> = in_cluster(&state.reports, name)
+                    .map(|(node, (report, at))| Heard {
+                        node,
+                        report,
                         age: now.duration_since(*at),
                     })
                     .collect();
@@ -123,6 +116,16 @@ impl Fleet {
             fleet: self.clone(),
         }
     }
+}
+
+/// The entries of `cluster`'s nodes in a map keyed by (cluster, node), with their node names.
+fn in_cluster<'a, V>(
+    map: &'a BTreeMap<(String, String), V>,
+    cluster: &'a str,
+) -> impl Iterator<Item = (&'a str, &'a V)> {
+    map.range((cluster.to_owned(), String::new())..)
+        .take_while(move |((c, _), _)| c == cluster)
+        .map(|((_, node), v)| (node.as_str(), v))
 }
 
 struct ClustersFollower {

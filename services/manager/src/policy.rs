@@ -57,10 +57,10 @@ impl ClusterLoad {
 }
 
 /// One member's latest report and how long ago the manager heard it.
-#[derive(Debug, Clone)]
-pub struct Heard {
-    pub node: String,
-    pub report: LoadReport,
+#[derive(Debug, Clone, Copy)]
+pub struct Heard<'a> {
+    pub node: &'a str,
+    pub report: &'a LoadReport,
     pub age: Duration,
 }
 
@@ -70,7 +70,7 @@ pub struct Heard {
 pub fn aggregate(
     name: &str,
     nodes: Vec<NodeRecord>,
-    heard: &[Heard],
+    heard: &[Heard<'_>],
     queue_count: u64,
     stale_after: Duration,
 ) -> ClusterState {
@@ -95,7 +95,7 @@ pub fn aggregate(
             Some(_) => {}
         }
     }
-    let live: Vec<&Heard> = heard
+    let live: Vec<&Heard<'_>> = heard
         .iter()
         .filter(|h| nodes.iter().any(|n| n.node == h.node))
         .collect();
@@ -103,7 +103,7 @@ pub fn aggregate(
     let leader = live.iter().find(|h| h.report.leader).or_else(|| {
         live.iter().max_by(|a, b| {
             let rate =
-                |h: &Heard| h.report.messages_in_per_second + h.report.messages_out_per_second;
+                |h: &Heard<'_>| h.report.messages_in_per_second + h.report.messages_out_per_second;
             rate(a).total_cmp(&rate(b))
         })
     });
@@ -411,9 +411,9 @@ mod tests {
         }
     }
 
-    fn heard(node: &str, report: LoadReport, age_ms: u64) -> Heard {
+    fn heard<'a>(node: &'a str, report: &'a LoadReport, age_ms: u64) -> Heard<'a> {
         Heard {
-            node: node.into(),
+            node,
             report,
             age: Duration::from_millis(age_ms),
         }
@@ -425,10 +425,15 @@ mod tests {
     fn a_cluster_is_as_full_as_its_fullest_node_and_as_busy_as_its_leader() {
         let members = ["a1", "a2", "a3"];
         let nodes = members.iter().map(|m| node("a", m)).collect();
+        let reports = [
+            report(&members, false, 0.0, 900, 5 << 30),
+            report(&members, true, 700.0, 1000, 80 << 30),
+            report(&members, false, 0.0, 800, 1 << 30),
+        ];
         let heard = [
-            heard("a1", report(&members, false, 0.0, 900, 5 << 30), 100),
-            heard("a2", report(&members, true, 700.0, 1000, 80 << 30), 100),
-            heard("a3", report(&members, false, 0.0, 800, 1 << 30), 100),
+            heard("a1", &reports[0], 100),
+            heard("a2", &reports[1], 100),
+            heard("a3", &reports[2], 100),
         ];
         let state = aggregate("a", nodes, &heard, 4, STALE);
         assert_eq!(state.unknown, None);
@@ -455,7 +460,9 @@ mod tests {
     fn a_missing_silent_or_stale_member_makes_the_load_unknown() {
         let members = ["a1", "a2", "a3"];
         let all = || members.iter().map(|m| node("a", m)).collect::<Vec<_>>();
-        let fresh = |n: &str| heard(n, report(&members, n == "a1", 10.0, 0, 1 << 40), 100);
+        let leading = report(&members, true, 10.0, 0, 1 << 40);
+        let following = report(&members, false, 10.0, 0, 1 << 40);
+        let fresh = |n: &'static str| heard(n, if n == "a1" { &leading } else { &following }, 100);
 
         let gone: Vec<_> = all().into_iter().filter(|n| n.node != "a3").collect();
         let state = aggregate("a", gone, &[fresh("a1"), fresh("a2")], 0, STALE);
@@ -465,7 +472,8 @@ mod tests {
         let state = aggregate("a", all(), &[fresh("a1"), fresh("a2")], 0, STALE);
         assert!(state.unknown.unwrap().contains("a3 has not reported"));
 
-        let stale = heard("a3", report(&members, false, 0.0, 0, 1 << 40), 12_000);
+        let old = report(&members, false, 0.0, 0, 1 << 40);
+        let stale = heard("a3", &old, 12_000);
         let state = aggregate("a", all(), &[fresh("a1"), fresh("a2"), stale], 0, STALE);
         assert!(state.unknown.unwrap().contains("a3 last reported 12 s ago"));
 

@@ -296,8 +296,8 @@ impl<'a> Fleet<'a> {
                 url: String::new(),
             };
             let heard = [Heard {
-                node: cluster.name.clone(),
-                report,
+                node: &cluster.name,
+                report: &report,
                 age: Duration::ZERO,
             }];
             self.states[c] = policy::aggregate(
