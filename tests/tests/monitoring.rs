@@ -247,6 +247,11 @@ async fn dashboards_and_alerts_answer_against_a_live_prometheus_under_load_and_f
         ("SLUICE_MAX_MESSAGES_PER_SECOND", "1000000"),
         ("SLUICE_MAX_BYTES_STORED", "1000000000000"),
         ("SLUICE_MIN_DISK_FREE_BYTES", "1"),
+        // Idle clusters differ in CPU and commit time by noise alone; without those parts the
+        // queues spread over both clusters, so killing cluster a's leader leaves cluster b's
+        // queue gauges served while a's new leader builds its index.
+        ("SLUICE_WEIGHT_CPU", "0"),
+        ("SLUICE_WEIGHT_LATENCY", "0"),
     ];
     let cluster = DevCluster::start(&cluster_dir, &["--prometheus"], &marks).unwrap();
     let prometheus = Prometheus {
