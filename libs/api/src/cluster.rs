@@ -207,9 +207,10 @@ impl QueueLoad {
 }
 
 /// The value under [`placement_key`]: where a queue's partitions live. A queue has one active
-/// partition, which takes every send; moving the queue (`sluice admin place`) seals the active
-/// partition and opens the next one on another cluster. A sealed partition takes no sends;
-/// consumers drain it, and the leader manager removes it once it is empty.
+/// partition, or several on different clusters when it is bigger than one (`spread`); sends go
+/// to the active ones. Moving the queue (`sluice admin place`) seals the active partition and
+/// opens the next one on another cluster. A sealed partition takes no sends; consumers drain
+/// it, and the leader manager removes it once it is empty.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Placement {
     pub queue: String,
@@ -226,9 +227,82 @@ pub struct Placement {
     /// Set while a move to this cluster is under way; the leader manager finishes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moving_to: Option<String>,
-    /// When the queue last moved, so the rebalancer leaves a queue that just moved alone.
+    /// When the queue last moved or changed its partitions, so the rebalancer leaves a queue
+    /// that just moved alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moved_at_ms: Option<u64>,
+    /// The active partitions besides the one above, each on a cluster of its own, when the
+    /// queue is bigger than one cluster: sends spread over all active partitions, receives
+    /// take from all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spread: Vec<SpreadPartition>,
+    /// Set when the queue first spread: partitions numbered from here on are stored under
+    /// their own id ([`storage_id`]), so one cluster can hold an active partition of the queue
+    /// next to a sealed one. Partitions before it are stored under the queue's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread_from: Option<u32>,
+    /// The share of sends the active partition above takes, relative to the spread ones'
+    /// weights (its cluster's headroom when the manager last weighed); 1 when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
+    /// Set while the leader manager changes the queue's partitions; it finishes the change.
+    /// The manager's own record: frontends do not need it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<Resize>,
+}
+
+/// A change of a queue's active partitions the leader manager has decided on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Resize {
+    /// Opens another active partition on this cluster.
+    Add(String),
+    /// Retires this active partition: it takes no more sends and drains.
+    Retire(u32),
+}
+
+/// An active partition of a queue spread over several clusters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpreadPartition {
+    pub partition: u32,
+    pub cluster: String,
+    /// The share of sends it takes, relative to the other active partitions' weights.
+    pub weight: f64,
+    pub opened_at_ms: u64,
+}
+
+/// Where one partition of a queue is, and the id its cluster stores it under.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Route<'a> {
+    pub partition: u32,
+    pub cluster: &'a str,
+    pub storage: u64,
+    pub weight: f64,
+    pub sealed: bool,
+}
+
+/// Queue ids stay below this, so that a partition's own storage id can hold the queue's id.
+pub const MAX_QUEUE_ID: u64 = (1 << 40) - 1;
+
+/// Set in the storage id of a partition stored under an id of its own.
+const OWN_ID: u64 = 1 << 63;
+
+/// The id a cluster stores partition `partition` of queue `id` under: the queue's id, or for
+/// a partition numbered from `spread_from` on, an id of its own made of both numbers.
+pub fn storage_id(id: u64, partition: u32, spread_from: Option<u32>) -> u64 {
+    if spread_from.is_some_and(|from| partition >= from) {
+        OWN_ID | (u64::from(partition) << 40) | (id & MAX_QUEUE_ID)
+    } else {
+        id
+    }
+}
+
+/// The queue a storage id belongs to (the inverse of [`storage_id`]).
+pub fn queue_of_storage(storage: u64) -> u64 {
+    if storage & OWN_ID != 0 {
+        storage & MAX_QUEUE_ID
+    } else {
+        storage
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -243,10 +317,13 @@ pub struct SealedPartition {
 }
 
 impl Placement {
-    /// Whether the leader has work left on this placement: a move to finish or a sealed
-    /// partition to remove.
+    /// Whether the leader has work left on this placement: a move to finish, a sealed
+    /// partition to remove, or spread partitions to weigh and retire once the queue cools.
     pub fn unsettled(&self) -> bool {
-        self.moving_to.is_some() || !self.sealed.is_empty()
+        self.moving_to.is_some()
+            || self.resize.is_some()
+            || !self.sealed.is_empty()
+            || !self.spread.is_empty()
     }
 
     /// A queue's first placement.
@@ -259,18 +336,66 @@ impl Placement {
             sealed: Vec::new(),
             moving_to: None,
             moved_at_ms: None,
+            spread: Vec::new(),
+            spread_from: None,
+            weight: None,
+            resize: None,
         }
     }
 
-    /// The cluster holding partition `partition`, if it is the active or a sealed one.
-    pub fn cluster_of(&self, partition: u32) -> Option<&str> {
-        if partition == self.partition {
-            return Some(&self.cluster);
-        }
-        self.sealed
-            .iter()
-            .find(|p| p.partition == partition)
-            .map(|p| p.cluster.as_str())
+    /// The active partitions of queue `id`: the first one above, then the spread ones.
+    pub fn active(&self, id: u64) -> Vec<Route<'_>> {
+        let first = Route {
+            partition: self.partition,
+            cluster: &self.cluster,
+            storage: storage_id(id, self.partition, self.spread_from),
+            weight: self.weight.unwrap_or(1.0),
+            sealed: false,
+        };
+        std::iter::once(first)
+            .chain(self.spread.iter().map(|p| Route {
+                partition: p.partition,
+                cluster: &p.cluster,
+                storage: storage_id(id, p.partition, self.spread_from),
+                weight: p.weight,
+                sealed: false,
+            }))
+            .collect()
+    }
+
+    /// The sealed partitions of queue `id`, oldest first.
+    pub fn sealed_routes(&self, id: u64) -> impl Iterator<Item = Route<'_>> {
+        self.sealed.iter().map(move |p| Route {
+            partition: p.partition,
+            cluster: &p.cluster,
+            storage: storage_id(id, p.partition, self.spread_from),
+            weight: 0.0,
+            sealed: true,
+        })
+    }
+
+    /// Partition `partition` of queue `id`, if it is an active or a sealed one.
+    pub fn locate(&self, id: u64, partition: u32) -> Option<Route<'_>> {
+        self.active(id)
+            .into_iter()
+            .chain(self.sealed_routes(id))
+            .find(|r| r.partition == partition)
+    }
+
+    /// The number the queue's next new partition takes: past every partition it has had.
+    pub fn next_partition(&self) -> u32 {
+        let spread = self.spread.iter().map(|p| p.partition);
+        let sealed = self.sealed.iter().map(|p| p.partition);
+        spread.chain(sealed).fold(self.partition, u32::max) + 1
+    }
+
+    /// Whether queue `id` keeps a partition (active or sealed) on `cluster` under the queue's
+    /// own id, which a new partition there could not share.
+    pub fn holds_queue_id_on(&self, id: u64, cluster: &str) -> bool {
+        self.active(id)
+            .into_iter()
+            .chain(self.sealed_routes(id))
+            .any(|r| r.cluster == cluster && r.storage == id)
     }
 }
 
@@ -323,12 +448,54 @@ mod tests {
         // A placement written before partitions existed reads as partition 0.
         let old: Placement =
             serde_json::from_str(r#"{"queue":"q","cluster":"a","placed_at_ms":1}"#).unwrap();
-        assert_eq!((old.partition, old.cluster_of(0)), (0, Some("a")));
-        assert_eq!(old.cluster_of(1), None);
+        assert_eq!(
+            old.locate(9, 0).map(|r| (r.cluster, r.storage)),
+            Some(("a", 9))
+        );
+        assert_eq!(old.locate(9, 1), None);
         assert_eq!(parse_cluster_key(root, "/sluice/queues/a"), None);
         assert!(
             placement_key(root, 7) < placement_key(root, 10),
             "ids sort numerically"
         );
+    }
+
+    #[test]
+    fn partitions_of_a_spread_queue_have_ids_of_their_own() {
+        let mut placement = Placement::new("q", "a");
+        placement.sealed.push(SealedPartition {
+            partition: 0,
+            cluster: "a".into(),
+            sealed_at_ms: 1,
+            fifo: false,
+        });
+        placement.partition = 1;
+        placement.cluster = "b".into();
+        assert_eq!(placement.next_partition(), 2);
+        placement.spread_from = Some(2);
+        placement.spread.push(SpreadPartition {
+            partition: 2,
+            cluster: "a".into(),
+            weight: 0.5,
+            opened_at_ms: 2,
+        });
+        let active = placement.active(7);
+        assert_eq!(active.len(), 2);
+        assert_eq!((active[0].cluster, active[0].storage), ("b", 7));
+        // Cluster a holds the sealed partition 0 under the queue's id and the active 2 under
+        // its own.
+        assert_eq!(active[1].cluster, "a");
+        assert_ne!(active[1].storage, 7);
+        assert_eq!(queue_of_storage(active[1].storage), 7);
+        assert_ne!(active[1].storage, storage_id(7, 3, Some(2)));
+        assert!(placement.holds_queue_id_on(7, "a"));
+        assert!(placement.holds_queue_id_on(7, "b"));
+        assert!(!placement.holds_queue_id_on(7, "c"));
+        let sealed = placement.locate(7, 0).unwrap();
+        assert!(sealed.sealed);
+        assert_eq!(sealed.storage, 7);
+        assert_eq!(placement.locate(7, 2).unwrap().weight, 0.5);
+        assert_eq!(placement.next_partition(), 3);
+        assert_eq!(queue_of_storage(MAX_QUEUE_ID), MAX_QUEUE_ID);
     }
 }

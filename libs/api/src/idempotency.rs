@@ -38,6 +38,19 @@ impl IdempotencyKey {
         self.0.to_be_bytes()
     }
 
+    /// The key of the part of a send made of the messages at `indices`, when the send is split
+    /// over the partitions of a queue spread over clusters: the same part of a retried send
+    /// gets the same key, so each partition answers the retry of what it stored.
+    pub fn part(self, indices: &[usize]) -> Self {
+        // A multiplicative mix (odd constant, the 128-bit golden ratio): a different set of
+        // indices gives an unrelated key.
+        const MIX: u128 = 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835;
+        let mixed = indices
+            .iter()
+            .fold(self.0, |h, &i| (h ^ (i as u128 + 1)).wrapping_mul(MIX));
+        IdempotencyKey(mixed)
+    }
+
     /// The id of the send's `index`th message. Derived from the key rather than drawn, so a
     /// retry is answered with the ids the first attempt gave without the backend keeping them:
     /// the key is random, and so is every id made from it.
@@ -64,6 +77,15 @@ mod tests {
         let err = IdempotencyKey::from_wire(&[1, 2, 3]).unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.to_string().contains("idempotency_key"), "{err}");
+    }
+
+    #[test]
+    fn parts_of_a_send_have_keys_of_their_own() {
+        let key = IdempotencyKey::random();
+        assert_eq!(key.part(&[0, 2]), key.part(&[0, 2]));
+        assert_ne!(key.part(&[0, 2]), key.part(&[1]));
+        assert_ne!(key.part(&[0, 2]), key);
+        assert_ne!(key.part(&[0]), IdempotencyKey::random().part(&[0]));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sluice_proto::v1 as pb;
 
-use crate::cluster::{Placement, SealedPartition};
+use crate::cluster::{Placement, SealedPartition, SpreadPartition};
 use crate::identity::{AccessKey, Action, Grant, Principal, Sealed};
 use crate::{
     limits, AttributeValue, DeadLetter, EffectiveAttributes, Error, IdempotencyKey, MoveTask,
@@ -335,6 +335,18 @@ pub fn placement_to_pb(placement: &Placement) -> pb::MetaPlacement {
             .collect(),
         moving_to: placement.moving_to.clone().unwrap_or_default(),
         moved_at_ms: placement.moved_at_ms.unwrap_or_default(),
+        spread: placement
+            .spread
+            .iter()
+            .map(|p| pb::MetaSpreadPartition {
+                partition: p.partition,
+                cluster: p.cluster.clone(),
+                weight: p.weight,
+                opened_at_ms: p.opened_at_ms,
+            })
+            .collect(),
+        spread_from: placement.spread_from.unwrap_or_default(),
+        weight: placement.weight.unwrap_or_default(),
     }
 }
 
@@ -356,6 +368,19 @@ pub fn placement_from_pb(placement: pb::MetaPlacement) -> Placement {
             .collect(),
         moving_to: (!placement.moving_to.is_empty()).then_some(placement.moving_to),
         moved_at_ms: (placement.moved_at_ms != 0).then_some(placement.moved_at_ms),
+        spread: placement
+            .spread
+            .into_iter()
+            .map(|p| SpreadPartition {
+                partition: p.partition,
+                cluster: p.cluster,
+                weight: p.weight,
+                opened_at_ms: p.opened_at_ms,
+            })
+            .collect(),
+        spread_from: (placement.spread_from != 0).then_some(placement.spread_from),
+        weight: (placement.weight != 0.0).then_some(placement.weight),
+        resize: None,
     }
 }
 
@@ -488,6 +513,14 @@ mod tests {
             cluster: "a".into(),
             sealed_at_ms: 3,
             fifo: true,
+        });
+        placement.spread_from = Some(3);
+        placement.weight = Some(0.25);
+        placement.spread.push(SpreadPartition {
+            partition: 3,
+            cluster: "c".into(),
+            weight: 0.75,
+            opened_at_ms: 4,
         });
         assert_eq!(placement_from_pb(placement_to_pb(&placement)), placement);
         let settled = Placement::new("orders", "a");

@@ -25,10 +25,18 @@ impl StoreDirectory {
 
     /// Takes `count` queue ids (at least one) never handed out before; returns the first.
     pub async fn allocate_queue_ids(&self, count: u64) -> Result<QueueId> {
-        Ok(self
+        let first = self
             .store
             .next_ids(cluster::QUEUE_ID_COUNTER, count)
-            .await?)
+            .await?;
+        // A spread queue's partitions are stored under ids that hold the queue's id in 40 bits.
+        if first.saturating_add(count.max(1) - 1) > cluster::MAX_QUEUE_ID {
+            return Err(sluice_api::Error::ResourceExhausted(format!(
+                "queue ids are used up (at most {})",
+                cluster::MAX_QUEUE_ID
+            )));
+        }
+        Ok(first)
     }
 }
 

@@ -19,6 +19,7 @@ mod refresh;
 mod routed;
 mod server;
 mod service;
+mod spread;
 pub mod sse;
 pub mod throttle;
 pub mod validate;

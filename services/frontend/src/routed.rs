@@ -3,9 +3,11 @@
 //!
 //! A queue moved to another cluster (`sluice admin place`) has one active partition, which takes
 //! every send, and sealed partitions that consumers drain: receives take from the sealed ones
-//! first, and a receipt handle names its partition so deletes reach the right cluster. The
-//! placement is cached briefly; a call that finds it stale (a sealed or a removed partition)
-//! reads it again at once and runs again.
+//! first, and a receipt handle names its partition so deletes reach the right cluster. A queue
+//! bigger than one cluster has several active partitions on different clusters: sends spread
+//! over them (`spread`), receives take from all of them in turn, and a long poll waits on all.
+//! The placement is cached briefly; a call that finds it stale (a sealed or a removed
+//! partition) reads it again at once and runs again.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -16,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use parking_lot::Mutex;
-use sluice_api::cluster::Placement;
+use sluice_api::cluster::{self, Placement, Route};
 use sluice_api::{
     Error, IdempotencyKey, MoveTask, NewMessage, PlacementDirectory, QueueBackend, QueueConfig,
     QueueCounts, QueueId, ReceivedMessage, Result, SentMessage,
@@ -26,6 +28,7 @@ use sluice_client::{BackendClient, BackendClientOptions, LeaderHint};
 use crate::metrics;
 use crate::pressure::{Pressure, PressureOpts, Slot};
 use crate::refresh::Refreshing;
+use crate::spread;
 
 /// Queues whose placements a frontend keeps (a few hundred bytes each); past it the least used
 /// are read again from the metadata tier when next needed.
@@ -180,15 +183,60 @@ impl RoutedBackend {
         let messages = &messages;
         let network_key = key.unwrap_or_else(IdempotencyKey::random);
         self.with_placement(id, |placement| async move {
-            let (node, _slot) = self.on(&placement.cluster).await?;
-            if key.is_none() && self.is_local(&placement.cluster) {
-                node.send(id, messages.clone()).await
+            let routes = placement.active(id);
+            let [route] = routes.as_slice() else {
+                return self.send_spread(&routes, network_key, messages).await;
+            };
+            let (node, _slot) = self.on(route.cluster).await?;
+            if key.is_none() && self.is_local(route.cluster) {
+                node.send(route.storage, messages.clone()).await
             } else {
-                node.send_idempotent(id, network_key, messages.clone())
+                node.send_idempotent(route.storage, network_key, messages.clone())
                     .await
             }
         })
         .await
+    }
+
+    /// Sends to a queue with several active partitions: each part of the send to the
+    /// partition `spread::split` routes it to, all parts at once. A part's key is derived
+    /// from the send's, and so are the message ids, so a retry of the whole send (after one
+    /// part failed) is answered by each partition with what it stored.
+    async fn send_spread(
+        &self,
+        routes: &[Route<'_>],
+        key: IdempotencyKey,
+        messages: &[NewMessage],
+    ) -> Result<Vec<SentMessage>> {
+        let parts = spread::split(routes, messages, key);
+        let calls = parts.iter().map(|(route, indices)| {
+            let route = routes[*route];
+            let batch: Vec<NewMessage> = indices
+                .iter()
+                .map(|&i| {
+                    let mut message = messages[i].clone();
+                    if message.message_id.is_empty() {
+                        message.message_id = key.message_id(i);
+                    }
+                    message
+                })
+                .collect();
+            let part_key = key.part(indices);
+            async move {
+                let (node, _slot) = self.on(route.cluster).await?;
+                node.send_idempotent(route.storage, part_key, batch).await
+            }
+        });
+        let answers = futures::future::join_all(calls).await;
+        let mut sent: Vec<Option<SentMessage>> = vec![None; messages.len()];
+        for ((_, indices), answer) in parts.iter().zip(answers) {
+            for (&i, message) in indices.iter().zip(answer?) {
+                sent[i] = Some(message);
+            }
+        }
+        sent.into_iter()
+            .map(|s| s.ok_or_else(|| Error::Internal("a partition answered fewer messages".into())))
+            .collect()
     }
 
     /// Where queue `id`'s partitions are.
@@ -375,9 +423,17 @@ impl RoutedBackend {
     }
 
     /// Refuses to link two queues that live on different clusters: messages move between a
-    /// queue and its dead-letter queue (or a redrive's destination) inside one cluster.
-    async fn same_cluster(&self, id: QueueId, other: QueueId, what: &str) -> Result<()> {
+    /// queue and its dead-letter queue (or a redrive's destination) inside one cluster. Returns
+    /// the id `other` is stored under there, which the link names.
+    async fn same_cluster(&self, id: QueueId, other: QueueId, what: &str) -> Result<QueueId> {
         let (mine, theirs) = (self.placement(id).await?, self.placement(other).await?);
+        if let Some(spread) = [&mine, &theirs].into_iter().find(|p| !p.spread.is_empty()) {
+            return Err(Error::FailedPrecondition(format!(
+                "queue {} is spread over several backend clusters; messages do not move between \
+                 clusters, so it cannot be linked to another queue until it shrinks to one",
+                spread.queue
+            )));
+        }
         if mine.cluster != theirs.cluster {
             return Err(Error::FailedPrecondition(format!(
                 "the {what} is on backend cluster {} and this queue on {}; messages do not move \
@@ -385,39 +441,108 @@ impl RoutedBackend {
                 theirs.cluster, mine.cluster
             )));
         }
-        Ok(())
+        Ok(cluster::storage_id(
+            other,
+            theirs.partition,
+            theirs.spread_from,
+        ))
     }
 
-    /// Receives from one partition; a sealed partition that is gone (drained and removed since
-    /// the placement was read) gives nothing.
+    /// Receives from one partition.
     async fn receive_from(
         &self,
-        id: QueueId,
-        cluster: &str,
-        partition: u32,
+        route: &Route<'_>,
         max: usize,
         visibility: Duration,
         wait: Duration,
     ) -> Result<Vec<ReceivedMessage>> {
         // A long poll is slow on purpose: its bulkhead bounds it, not the cluster's cap.
         let (node, _slot) = if wait.is_zero() {
-            let (node, slot) = self.on(cluster).await?;
+            let (node, slot) = self.on(route.cluster).await?;
             (node, Some(slot))
         } else {
-            (self.node(cluster).await?, None)
+            (self.node(route.cluster).await?, None)
         };
         Ok(tagged(
-            partition,
-            node.receive(id, max, visibility, wait).await?,
+            route.partition,
+            node.receive(route.storage, max, visibility, wait).await?,
         ))
     }
 
-    /// What a sealed partition still holds; nothing if it is gone.
-    async fn sealed_counts(&self, id: QueueId, cluster: &str) -> Result<QueueCounts> {
-        let (node, _slot) = self.on(cluster).await?;
-        match node.counts(id).await {
-            Err(Error::NotFound { .. }) => Ok(QueueCounts::default()),
+    /// What a partition holds; nothing if it is sealed and gone (drained and removed since the
+    /// placement was read).
+    async fn partition_counts(&self, route: &Route<'_>) -> Result<QueueCounts> {
+        let (node, _slot) = self.on(route.cluster).await?;
+        match node.counts(route.storage).await {
+            Err(Error::NotFound { .. }) if route.sealed => Ok(QueueCounts::default()),
             other => other,
+        }
+    }
+
+    /// Receives from the active partitions of a spread queue: each in turn without waiting,
+    /// starting from a different one each call so that no partition is drained before the
+    /// others; then, if none had a message and the caller waits, a long poll on all of them at
+    /// once, answered by the first that gets a message. The polls left waiting are cancelled
+    /// before they take any message; in the rare case one took messages just as it was
+    /// cancelled, those become visible again when their visibility timeout ends.
+    async fn receive_spread(
+        &self,
+        id: QueueId,
+        routes: &[Route<'_>],
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
+    ) -> Result<Vec<ReceivedMessage>> {
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut got = Vec::new();
+        let (mut failures, mut failed) = (0, None);
+        for k in 0..routes.len() {
+            let route = &routes[(start + k) % routes.len()];
+            match self
+                .receive_from(route, max - got.len(), visibility, Duration::ZERO)
+                .await
+            {
+                Ok(messages) => got.extend(messages),
+                Err(err) => {
+                    if matches!(err, Error::NotFound { .. }) {
+                        self.placements.expire(&id);
+                    }
+                    // One cluster out of reach does not stop the others' messages.
+                    tracing::debug!(queue_id = id, cluster = %route.cluster, error = %err, "cannot receive from a partition");
+                    failures += 1;
+                    failed = Some(err);
+                }
+            }
+            if got.len() >= max {
+                break;
+            }
+        }
+        if let Some(err) = failed.filter(|_| failures == routes.len()) {
+            return Err(err);
+        }
+        if !got.is_empty() || wait.is_zero() {
+            return Ok(got);
+        }
+        let mut polls: Vec<_> = routes
+            .iter()
+            .map(|route| Box::pin(self.receive_from(route, max, visibility, wait)))
+            .collect();
+        let (mut failures, mut failed) = (0, None);
+        while !polls.is_empty() {
+            let (answer, _, rest) = futures::future::select_all(polls).await;
+            match answer {
+                Ok(messages) if !messages.is_empty() => return Ok(messages),
+                Ok(_) => {}
+                Err(err) => {
+                    failures += 1;
+                    failed = Some(err);
+                }
+            }
+            polls = rest;
+        }
+        match failed.filter(|_| failures == routes.len()) {
+            Some(err) => Err(err),
+            None => Ok(Vec::new()),
         }
     }
 
@@ -431,25 +556,19 @@ impl RoutedBackend {
         visibility: Duration,
         wait: Duration,
     ) -> Result<Vec<ReceivedMessage>> {
+        if placement.sealed.iter().any(|p| p.fifo) {
+            return self
+                .receive_fifo(id, placement, max, visibility, wait)
+                .await;
+        }
         let mut got = Vec::new();
-        let mut fifo = false;
-        for sealed in &placement.sealed {
-            fifo |= sealed.fifo;
+        for sealed in placement.sealed_routes(id) {
             match self
-                .receive_from(
-                    id,
-                    &sealed.cluster,
-                    sealed.partition,
-                    max - got.len(),
-                    visibility,
-                    Duration::ZERO,
-                )
+                .receive_from(&sealed, max - got.len(), visibility, Duration::ZERO)
                 .await
             {
                 Ok(messages) => got.extend(messages),
                 Err(Error::NotFound { .. }) => self.placements.expire(&id),
-                // A FIFO queue must not skip a partition: its groups would go out of order.
-                Err(err) if sealed.fifo => return Err(err),
                 Err(err) => {
                     tracing::warn!(queue_id = id, cluster = %sealed.cluster, error = %err, "cannot receive from a sealed partition; receiving from the active one")
                 }
@@ -461,26 +580,71 @@ impl RoutedBackend {
         if !got.is_empty() {
             return Ok(got);
         }
-        if fifo {
-            // The new partition's messages come after every message of the sealed ones: while
-            // one still holds messages (in flight, say), wait on it instead.
-            for sealed in &placement.sealed {
-                if total(&self.sealed_counts(id, &sealed.cluster).await?) > 0 {
-                    return self
-                        .receive_from(id, &sealed.cluster, sealed.partition, max, visibility, wait)
-                        .await;
+        self.receive_active(id, placement, max, visibility, wait)
+            .await
+    }
+
+    /// Receives from a FIFO queue with sealed partitions. Partitions sealed together (by one
+    /// move or one change of partitions) are a generation; every message of a generation was
+    /// sent before any of the next, so each generation is drained before the next one, and
+    /// the active partitions come last. A partition must not be skipped, or its groups would
+    /// go out of order: an error is the answer.
+    async fn receive_fifo(
+        &self,
+        id: QueueId,
+        placement: &Placement,
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
+    ) -> Result<Vec<ReceivedMessage>> {
+        let mut generations: BTreeMap<u64, Vec<Route<'_>>> = BTreeMap::new();
+        for (route, sealed) in placement.sealed_routes(id).zip(&placement.sealed) {
+            generations
+                .entry(sealed.sealed_at_ms)
+                .or_default()
+                .push(route);
+        }
+        for routes in generations.values() {
+            let mut got = Vec::new();
+            for route in routes {
+                match self
+                    .receive_from(route, max - got.len(), visibility, Duration::ZERO)
+                    .await
+                {
+                    Ok(messages) => got.extend(messages),
+                    Err(Error::NotFound { .. }) => self.placements.expire(&id),
+                    Err(err) => return Err(err),
+                }
+                if got.len() >= max {
+                    break;
+                }
+            }
+            if !got.is_empty() {
+                return Ok(got);
+            }
+            // Messages in flight (or delayed) hold their groups in this generation: wait on it.
+            for route in routes {
+                if total(&self.partition_counts(route).await?) > 0 {
+                    return self.receive_from(route, max, visibility, wait).await;
                 }
             }
         }
-        self.receive_from(
-            id,
-            &placement.cluster,
-            placement.partition,
-            max,
-            visibility,
-            wait,
-        )
-        .await
+        self.receive_active(id, placement, max, visibility, wait)
+            .await
+    }
+
+    async fn receive_active(
+        &self,
+        id: QueueId,
+        placement: &Placement,
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
+    ) -> Result<Vec<ReceivedMessage>> {
+        match placement.active(id).as_slice() {
+            [route] => self.receive_from(route, max, visibility, wait).await,
+            routes => self.receive_spread(id, routes, max, visibility, wait).await,
+        }
     }
 
     /// Deletes (`visibility` is `None`) or changes the visibility of messages by their receipt
@@ -506,30 +670,33 @@ impl RoutedBackend {
             }
         }
         for (partition, group) in groups {
-            if partition > placement.partition {
+            if placement.locate(id, partition).is_none() && partition >= placement.next_partition()
+            {
                 // A handle from a partition this frontend has not seen yet.
                 placement = self.reload_placement(id).await?;
             }
-            let outcome = match placement.cluster_of(partition) {
-                Some(cluster) => {
-                    let (node, _slot) = self.on(cluster).await?;
-                    let sealed = partition != placement.partition;
+            let outcome = match placement.locate(id, partition) {
+                Some(route) => {
+                    let (node, _slot) = self.on(route.cluster).await?;
                     let call = if delete {
-                        node.delete(id, group.iter().map(|(_, h, _)| h.clone()).collect())
-                            .await
+                        node.delete(
+                            route.storage,
+                            group.iter().map(|(_, h, _)| h.clone()).collect(),
+                        )
+                        .await
                     } else {
                         node.change_visibility(
-                            id,
+                            route.storage,
                             group.iter().map(|(_, h, v)| (h.clone(), *v)).collect(),
                         )
                         .await
                     };
                     match call {
-                        Err(Error::NotFound { .. }) if sealed => None,
+                        Err(Error::NotFound { .. }) if route.sealed => None,
                         other => Some(other?),
                     }
                 }
-                None if partition < placement.partition => None,
+                None if partition < placement.next_partition() => None,
                 None => {
                     let err = Error::invalid("receipt_handle", "names no partition of this queue");
                     Some(group.iter().map(|_| Err(err.clone())).collect())
@@ -573,28 +740,34 @@ impl QueueBackend for RoutedBackend {
             }
             Err(err) => return Err(err),
         }
-        if let Some(dead_letter) = config.dead_letter {
-            self.same_cluster(id, dead_letter.queue, "dead-letter queue")
+        let mut config = config;
+        if let Some(dead_letter) = &mut config.dead_letter {
+            dead_letter.queue = self
+                .same_cluster(id, dead_letter.queue, "dead-letter queue")
                 .await?;
         }
-        // Only the active partition: a sealed one keeps the config it was sealed with, and it
+        // Only the active partitions: a sealed one keeps the config it was sealed with, and it
         // cannot take a dead-letter policy (its cluster may not hold the dead-letter queue).
         let config = &config;
         self.with_placement(id, |placement| async move {
-            let (node, _slot) = self.on(&placement.cluster).await?;
-            node.create_queue(id, config.clone()).await
+            for route in placement.active(id) {
+                let (node, _slot) = self.on(route.cluster).await?;
+                node.create_queue(route.storage, config.clone()).await?;
+            }
+            Ok(())
         })
         .await
     }
 
     async fn delete_queue(&self, id: QueueId) -> Result<()> {
         let placement = self.reload_placement(id).await?;
-        for sealed in &placement.sealed {
-            let (node, _slot) = self.on(&sealed.cluster).await?;
-            node.delete_queue(id).await?;
+        for route in placement.sealed_routes(id).chain(placement.active(id)) {
+            let (node, _slot) = self.on(route.cluster).await?;
+            match node.delete_queue(route.storage).await {
+                Err(Error::NotFound { .. }) if route.sealed => {}
+                other => other?,
+            }
         }
-        let (node, _slot) = self.on(&placement.cluster).await?;
-        node.delete_queue(id).await?;
         // The queue no longer counts toward its cluster's placements.
         if let Some((_, revision)) = self.directory.placement(id).await? {
             self.directory.delete_placement(id, revision).await?;
@@ -606,32 +779,30 @@ impl QueueBackend for RoutedBackend {
     async fn purge_queue(&self, id: QueueId) -> Result<u64> {
         self.with_placement(id, |placement| async move {
             let mut purged = 0;
-            for sealed in &placement.sealed {
-                let (node, _slot) = self.on(&sealed.cluster).await?;
-                match node.purge_queue(id).await {
+            for route in placement.sealed_routes(id).chain(placement.active(id)) {
+                let (node, _slot) = self.on(route.cluster).await?;
+                match node.purge_queue(route.storage).await {
                     Ok(n) => purged += n,
-                    Err(Error::NotFound { .. }) => {}
+                    Err(Error::NotFound { .. }) if route.sealed => {}
                     Err(err) => return Err(err),
                 }
             }
-            let (node, _slot) = self.on(&placement.cluster).await?;
-            Ok(purged + node.purge_queue(id).await?)
+            Ok(purged)
         })
         .await
     }
 
     async fn counts(&self, id: QueueId) -> Result<QueueCounts> {
         self.with_placement(id, |placement| async move {
-            let (node, slot) = self.on(&placement.cluster).await?;
-            let mut counts = node.counts(id).await?;
-            drop(slot);
-            for sealed in &placement.sealed {
-                // Counts are approximate anyway: a sealed partition that cannot be asked right
-                // now does not make the whole answer fail.
-                let more = match self.sealed_counts(id, &sealed.cluster).await {
+            let active = placement.active(id);
+            let mut counts = self.partition_counts(&active[0]).await?;
+            for route in active[1..].iter().copied().chain(placement.sealed_routes(id)) {
+                // Counts are approximate anyway: a partition other than the first that cannot
+                // be asked right now does not make the whole answer fail.
+                let more = match self.partition_counts(&route).await {
                     Ok(more) => more,
                     Err(err) => {
-                        tracing::warn!(queue_id = id, cluster = %sealed.cluster, error = %err, "cannot count a sealed partition");
+                        tracing::warn!(queue_id = id, cluster = %route.cluster, error = %err, "cannot count a partition");
                         continue;
                     }
                 };
@@ -697,12 +868,16 @@ impl QueueBackend for RoutedBackend {
         destination: Option<QueueId>,
         max_per_second: Option<NonZeroU32>,
     ) -> Result<String> {
-        if let Some(destination) = destination {
-            self.same_cluster(source, destination, "destination")
-                .await?;
-        }
+        let destination = match destination {
+            Some(destination) => Some(
+                self.same_cluster(source, destination, "destination")
+                    .await?,
+            ),
+            None => None,
+        };
         self.with_placement(source, |placement| async move {
             let (node, _slot) = self.on(&placement.cluster).await?;
+            let source = cluster::storage_id(source, placement.partition, placement.spread_from);
             node.start_move_task(source, destination, max_per_second)
                 .await
         })
@@ -712,6 +887,7 @@ impl QueueBackend for RoutedBackend {
     async fn list_move_tasks(&self, source: QueueId) -> Result<Vec<MoveTask>> {
         self.with_placement(source, |placement| async move {
             let (node, _slot) = self.on(&placement.cluster).await?;
+            let source = cluster::storage_id(source, placement.partition, placement.spread_from);
             node.list_move_tasks(source).await
         })
         .await
@@ -721,6 +897,7 @@ impl QueueBackend for RoutedBackend {
         let task = &task;
         self.with_placement(source, |placement| async move {
             let (node, _slot) = self.on(&placement.cluster).await?;
+            let source = cluster::storage_id(source, placement.partition, placement.spread_from);
             node.cancel_move_task(source, task.clone()).await
         })
         .await

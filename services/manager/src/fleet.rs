@@ -4,7 +4,7 @@
 //! load report is measured on the manager's own clock, so a node whose clock is off cannot
 //! pass a stale report for a fresh one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,8 @@ struct State {
     placements: HashMap<QueueId, Placement>,
     /// Active partitions per cluster.
     counts: HashMap<String, u64>,
+    /// Queues with more than one active partition, or a change of partitions under way.
+    spread: BTreeSet<QueueId>,
 }
 
 /// The shared picture; cheap to clone.
@@ -100,6 +102,17 @@ impl Fleet {
 
     pub fn placement(&self, id: QueueId) -> Option<Placement> {
         self.state.read().placements.get(&id).cloned()
+    }
+
+    /// The queues spread over several clusters or changing their partitions, with their
+    /// placements.
+    pub fn spread_queues(&self) -> Vec<(QueueId, Placement)> {
+        let state = self.state.read();
+        state
+            .spread
+            .iter()
+            .filter_map(|id| Some((*id, state.placements.get(id)?.clone())))
+            .collect()
     }
 
     /// The follower of `clusters/`.
@@ -218,17 +231,33 @@ impl State {
     }
 
     fn insert_placement(&mut self, id: QueueId, placement: Placement) {
-        *self.counts.entry(placement.cluster.clone()).or_default() += 1;
+        for route in placement.active(id) {
+            *self.counts.entry(route.cluster.to_owned()).or_default() += 1;
+        }
+        if placement.spread.is_empty() && placement.resize.is_none() {
+            self.spread.remove(&id);
+        } else {
+            self.spread.insert(id);
+        }
         if let Some(old) = self.placements.insert(id, placement) {
-            self.uncount(&old.cluster);
+            self.uncount(id, &old);
         }
     }
 
-    fn uncount(&mut self, cluster: &str) {
-        if let Some(count) = self.counts.get_mut(cluster) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                self.counts.remove(cluster);
+    fn remove_placement(&mut self, id: QueueId) {
+        self.spread.remove(&id);
+        if let Some(old) = self.placements.remove(&id) {
+            self.uncount(id, &old);
+        }
+    }
+
+    fn uncount(&mut self, id: QueueId, placement: &Placement) {
+        for route in placement.active(id) {
+            if let Some(count) = self.counts.get_mut(route.cluster) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.counts.remove(route.cluster);
+                }
             }
         }
     }
@@ -240,6 +269,7 @@ impl Follower for PlacementsFollower {
             let mut state = self.fleet.state.write();
             state.placements.clear();
             state.counts.clear();
+            state.spread.clear();
             for kv in kvs {
                 state.put_placement(kv);
             }
@@ -255,8 +285,8 @@ impl Follower for PlacementsFollower {
         match event.event_type() {
             EventType::Put => state.put_placement(kv),
             EventType::Delete => {
-                if let Some(old) = queue_id_of(kv).and_then(|id| state.placements.remove(&id)) {
-                    state.uncount(&old.cluster);
+                if let Some(id) = queue_id_of(kv) {
+                    state.remove_placement(id);
                 }
             }
         }

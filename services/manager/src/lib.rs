@@ -11,9 +11,11 @@ mod moves;
 pub mod policy;
 pub mod rebalance;
 mod rebalancer;
+mod resize;
 mod server;
 mod service;
 pub mod simulate;
+pub mod spread;
 mod store;
 
 pub use server::{start, Manager, ManagerOpts};

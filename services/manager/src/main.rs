@@ -231,6 +231,14 @@ struct Flags {
     /// How often the leader's rebalancer looks, in ms [default: 5000]
     #[arg(long)]
     rebalance_interval_ms: Option<u64>,
+    /// A queue gets another active partition on another cluster when its messages/s (in +
+    /// out) per partition pass this share of capacity_messages_per_second; 0: never
+    /// [default: 0.25]
+    #[arg(long)]
+    partition_share: Option<f64>,
+    /// Active partitions one queue has at most [default: 8]
+    #[arg(long)]
+    max_partitions: Option<u32>,
 }
 
 async fn run(args: ServiceArgs<Flags>) -> anyhow::Result<()> {

@@ -160,6 +160,25 @@ pub(crate) static REBALANCE_DECISIONS: LazyLock<IntCounterVec> = LazyLock::new(|
     .expect("metric registers once")
 });
 
+/// Changes of queues' active partitions: `added`, `retired`, `refused` (the queue has a
+/// dead-letter queue, or is one), `failed` (tried again later).
+pub(crate) static SPREAD_CHANGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "sluice_manager_partition_changes_total",
+        "Changes of queues' active partitions by kind: added, retired, refused, failed",
+        &["change"]
+    )
+    .expect("metric registers once")
+});
+
+pub(crate) static SPREAD_QUEUES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "sluice_manager_spread_queues",
+        "Queues with more than one active partition, as the leader last saw them"
+    )
+    .expect("metric registers once")
+});
+
 pub(crate) static REBALANCE_PAUSED: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "sluice_manager_rebalance_paused",
@@ -291,6 +310,10 @@ pub(crate) fn register() {
         REBALANCE_DECISIONS.with_label_values(&[decision]);
     }
     LazyLock::force(&REBALANCE_PAUSED);
+    for change in ["added", "retired", "refused", "failed"] {
+        SPREAD_CHANGES.with_label_values(&[change]);
+    }
+    LazyLock::force(&SPREAD_QUEUES);
     LazyLock::force(&MEAN_SCORE);
     LazyLock::force(&WATCH_EVENTS);
     LazyLock::force(&WATCH_RESTARTS);

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use sluice_api::cluster::{self, NodeRecord, Placement, SealedPartition};
-use sluice_api::{Error, QueueBackend, QueueRecord, Result};
+use sluice_api::{Error, QueueBackend, QueueConfig, QueueRecord, Replication, Result};
 use sluice_client::{BackendClient, BackendClientOptions};
 use sluice_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +23,33 @@ use crate::service::{etcd, ManagerServiceImpl};
 impl ManagerServiceImpl {
     /// The id of queue `name`, from its record in etcd.
     async fn queue_id(&self, name: &str) -> Result<u64> {
+        Ok(self.queue_record(name).await?.id)
+    }
+
+    /// What a new partition of queue `name` is created with, from its record in etcd. A queue
+    /// linked to a dead-letter queue cannot spread: messages move to it inside one cluster.
+    pub(crate) async fn partition_config(&self, name: &str) -> Result<QueueConfig> {
+        let record = self.queue_record(name).await?;
+        let attributes = &record.attributes;
+        if let Some(policy) = &attributes.redrive_policy {
+            return Err(Error::FailedPrecondition(format!(
+                "queue {name} has the dead-letter queue {}; a queue spreads over clusters only \
+                 without one",
+                policy.dead_letter_queue
+            )));
+        }
+        Ok(QueueConfig {
+            name: record.name.clone(),
+            retention: Duration::from_secs(attributes.message_retention_seconds.into()),
+            fifo: attributes.fifo,
+            dead_letter: None,
+            replication: Replication::from_async(
+                attributes.replication == pb::Replication::Async as i32,
+            ),
+        })
+    }
+
+    async fn queue_record(&self, name: &str) -> Result<QueueRecord> {
         sluice_api::limits::queue_name("queue", name)?;
         let key = cluster::queue_record_key(&self.root, name);
         let got = self
@@ -35,11 +62,11 @@ impl ManagerServiceImpl {
             .kvs()
             .first()
             .ok_or_else(|| Error::not_found(format!("queue {name:?}")))?;
-        Ok(QueueRecord::decode(&key, kv.value())?.id)
+        QueueRecord::decode(&key, kv.value())
     }
 
     /// The queue's placement and the revision it was read at.
-    async fn read_placement(&self, id: u64) -> Result<Option<(Placement, i64)>> {
+    pub(crate) async fn read_placement(&self, id: u64) -> Result<Option<(Placement, i64)>> {
         let key = cluster::placement_key(&self.root, id);
         let got = self
             .client
@@ -59,7 +86,12 @@ impl ManagerServiceImpl {
 
     /// Replaces the placement read at `revision`; false if it changed since (or was deleted
     /// with its queue). Fails if this manager no longer leads.
-    async fn write_placement(&self, id: u64, placement: &Placement, revision: i64) -> Result<bool> {
+    pub(crate) async fn write_placement(
+        &self,
+        id: u64,
+        placement: &Placement,
+        revision: i64,
+    ) -> Result<bool> {
         let fence = self
             .leadership
             .fence()
@@ -91,7 +123,7 @@ impl ManagerServiceImpl {
     }
 
     /// A client of a live node of `cluster`.
-    async fn backend(&self, cluster_name: &str) -> Result<BackendClient> {
+    pub(crate) async fn backend(&self, cluster_name: &str) -> Result<BackendClient> {
         let prefix = format!("{}clusters/{cluster_name}/nodes/", self.root);
         let listed = self
             .client
@@ -147,7 +179,15 @@ impl ManagerServiceImpl {
                     )));
                 }
             } else {
-                if placement.sealed.iter().any(|p| p.cluster == target) {
+                if placement.spread.len() + usize::from(placement.resize.is_some()) > 0 {
+                    return Err(Error::FailedPrecondition(format!(
+                        "queue {name} is spread over several backend clusters; the manager \
+                         retires its partitions when it cools, and it can move once it has one"
+                    )));
+                }
+                let next =
+                    cluster::storage_id(id, placement.next_partition(), placement.spread_from);
+                if next == id && placement.holds_queue_id_on(id, target) {
                     return Err(Error::FailedPrecondition(format!(
                         "queue {name} still has a sealed partition on cluster {target}; move it \
                          there again once that partition is drained (sluice admin placement {name})"
@@ -175,7 +215,8 @@ impl ManagerServiceImpl {
                 return Ok(placement);
             };
             let old = self.backend(&placement.cluster).await?;
-            let (config, next_sequence) = match old.seal(id).await {
+            let storage = cluster::storage_id(id, placement.partition, placement.spread_from);
+            let (config, next_sequence) = match old.seal(storage).await {
                 Ok(sealed) => sealed,
                 Err(refused @ Error::FailedPrecondition(_)) => {
                     placement.moving_to = None;
@@ -184,9 +225,14 @@ impl ManagerServiceImpl {
                 }
                 Err(err) => return Err(err),
             };
+            let next = placement.next_partition();
             self.backend(&target)
                 .await?
-                .create_partition(id, &config, next_sequence)
+                .create_partition(
+                    cluster::storage_id(id, next, placement.spread_from),
+                    &config,
+                    next_sequence,
+                )
                 .await?;
             let sealed = SealedPartition {
                 partition: placement.partition,
@@ -195,7 +241,7 @@ impl ManagerServiceImpl {
                 fifo: config.fifo,
             };
             placement.sealed.push(sealed);
-            placement.partition += 1;
+            placement.partition = next;
             placement.moving_to = None;
             placement.moved_at_ms = Some(sluice_api::now_ms());
             if self.write_placement(id, &placement, revision).await? {
@@ -212,7 +258,14 @@ impl ManagerServiceImpl {
     async fn remove_drained(&self, id: u64, placement: &Placement) -> Result<()> {
         for partition in &placement.sealed {
             let backend = self.backend(&partition.cluster).await?;
-            let empty = match backend.counts(id).await {
+            let storage = cluster::storage_id(id, partition.partition, placement.spread_from);
+            // A retired partition is sealed after the placement says so (frontends stop
+            // sending to it first); sealing again changes nothing.
+            match backend.seal(storage).await {
+                Ok(_) | Err(Error::NotFound { .. }) => {}
+                Err(err) => return Err(err),
+            }
+            let empty = match backend.counts(storage).await {
                 Ok(counts) => counts.visible + counts.in_flight + counts.delayed == 0,
                 Err(Error::NotFound { .. }) => true,
                 Err(err) => return Err(err),
@@ -223,7 +276,7 @@ impl ManagerServiceImpl {
             // Sealed, so nothing new arrives. A send that got in just before the seal and is
             // still being written fails with NOT_FOUND once the queue is dropped: its sender
             // was never told it was stored.
-            backend.delete_queue(id).await?;
+            backend.delete_queue(storage).await?;
             loop {
                 let Some((mut current, revision)) = self.read_placement(id).await? else {
                     return Ok(());
@@ -268,9 +321,12 @@ impl ManagerServiceImpl {
                     kv.clone().delete(entry.key(), None).await.map_err(etcd)?;
                     return Ok(0);
                 };
-                let placement = match placement.moving_to {
-                    Some(_) => self.finish_move(id).await?,
-                    None => placement,
+                let placement = if placement.moving_to.is_some() {
+                    self.finish_move(id).await?
+                } else if placement.resize.is_some() {
+                    self.finish_resize(id).await?
+                } else {
+                    placement
                 };
                 self.remove_drained(id, &placement).await?;
                 Ok::<_, Error>(placement.sealed.len())
@@ -303,15 +359,14 @@ impl ManagerServiceImpl {
         placement: &Placement,
     ) -> Result<pb::QueuePlacement> {
         let mut partitions = Vec::with_capacity(1 + placement.sealed.len());
-        let all = std::iter::once((placement.partition, placement.cluster.as_str(), false)).chain(
-            placement
-                .sealed
-                .iter()
-                .map(|p| (p.partition, p.cluster.as_str(), true)),
-        );
-        for (partition, cluster_name, sealed) in all {
+        for route in placement
+            .active(id)
+            .into_iter()
+            .chain(placement.sealed_routes(id))
+        {
+            let (partition, cluster_name, sealed) = (route.partition, route.cluster, route.sealed);
             let counts = match self.backend(cluster_name).await {
-                Ok(backend) => backend.counts(id).await,
+                Ok(backend) => backend.counts(route.storage).await,
                 Err(err) => Err(err),
             };
             let (counts, error) = match counts {

@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics;
 use crate::rebalance::{self, Budget, Hysteresis, Plan, RebalanceOpts};
 use crate::service::{etcd, ManagerServiceImpl};
+use crate::spread::{self, Change};
+use sluice_api::cluster::Resize;
 
 /// A queue whose move was refused (a dead-letter link holds it to its cluster) is not tried
 /// again for this long, ms.
@@ -141,6 +143,100 @@ impl ManagerServiceImpl {
         (plan, budget)
     }
 
+    /// The changes of queues' partitions the leader would make now.
+    pub(crate) fn spread_plan(&self) -> Vec<Change> {
+        let clusters = self.fleet.clusters(self.stale_after);
+        let rates = spread::rates(&clusters);
+        let one = self.spread.partition_share * self.score.capacity_messages_per_second;
+        let mut candidates = self.fleet.spread_queues();
+        metrics::SPREAD_QUEUES.set(
+            candidates
+                .iter()
+                .filter(|(_, p)| !p.spread.is_empty())
+                .count() as i64,
+        );
+        for (id, rate) in &rates {
+            if *rate > one && !candidates.iter().any(|(c, _)| c == id) {
+                if let Some(placement) = self.fleet.placement(*id) {
+                    candidates.push((*id, placement));
+                }
+            }
+        }
+        {
+            // A queue that refused a change (a dead-letter link) is left alone a while.
+            let state = self.rebalancer.lock();
+            let now = state.now_ms();
+            candidates.retain(|(id, _)| state.refused.get(id).is_none_or(|until| now >= *until));
+        }
+        spread::plan(
+            &clusters,
+            &rates,
+            &candidates,
+            &self.limits,
+            &self.score,
+            &self.spread,
+            self.rebalance.rebalance_queue_rest_ms,
+            sluice_api::now_ms(),
+        )
+    }
+
+    /// Carries out the partition changes planned now, within the move budget, and weighs the
+    /// spread queues' partitions again.
+    async fn spread_round(&self) {
+        for change in self.spread_plan() {
+            let available = {
+                let mut state = self.rebalancer.lock();
+                let now = state.now_ms();
+                let available = state
+                    .budget
+                    .available(self.rebalance.rebalance_moves_per_minute, now);
+                if available > 0 {
+                    state.budget.spend(now);
+                }
+                available
+            };
+            if available == 0 {
+                break;
+            }
+            let (id, resize) = match &change {
+                Change::Add { queue_id, to, .. } => (*queue_id, Resize::Add(to.clone())),
+                Change::Retire {
+                    queue_id,
+                    partition,
+                    ..
+                } => (*queue_id, Resize::Retire(*partition)),
+            };
+            tracing::info!("rebalancer: {}", describe_change(&change));
+            match self.resize(id, resize).await {
+                Ok(_) => {}
+                Err(err @ Error::FailedPrecondition(_)) => {
+                    metrics::SPREAD_CHANGES
+                        .with_label_values(&["refused"])
+                        .inc();
+                    tracing::info!(queue_id = id, error = %err, "rebalancer: the queue cannot change its partitions");
+                    let mut state = self.rebalancer.lock();
+                    let until = state.now_ms() + REFUSED_REST_MS;
+                    state.refused.insert(id, until);
+                }
+                Err(err) => {
+                    metrics::SPREAD_CHANGES.with_label_values(&["failed"]).inc();
+                    tracing::warn!(queue_id = id, error = %err, "rebalancer: cannot change the queue's partitions; the next round plans again");
+                }
+            }
+        }
+        let clusters = self.fleet.clusters(self.stale_after);
+        for (id, placement) in self.fleet.spread_queues() {
+            if placement.resize.is_some() || placement.spread.is_empty() {
+                continue;
+            }
+            if let Some(weights) = spread::reweigh(id, &placement, &clusters, &self.score) {
+                if let Err(err) = self.reweigh(id, &weights).await {
+                    tracing::warn!(queue_id = id, error = %err, "cannot weigh the queue's partitions again");
+                }
+            }
+        }
+    }
+
     /// One round of the leader: plans, then starts the planned moves one after another.
     async fn rebalance_round(&self) -> Result<()> {
         if self.paused().await? {
@@ -196,13 +292,36 @@ impl ManagerServiceImpl {
                 }
             }
         }
-        let mut state = self.rebalancer.lock();
-        let now = state.now_ms();
-        for cluster in shed {
-            state.hysteresis.shed(&cluster, now);
+        {
+            let mut state = self.rebalancer.lock();
+            let now = state.now_ms();
+            for cluster in shed {
+                state.hysteresis.shed(&cluster, now);
+            }
+            state.refused.retain(|_, until| *until > now);
         }
-        state.refused.retain(|_, until| *until > now);
+        self.spread_round().await;
         Ok(())
+    }
+}
+
+/// One planned change of a queue's partitions, in words.
+pub(crate) fn describe_change(change: &Change) -> String {
+    match change {
+        Change::Add {
+            queue, to, reason, ..
+        } => {
+            format!("queue {queue} spreads to cluster {to}: {reason}")
+        }
+        Change::Retire {
+            queue,
+            partition,
+            cluster,
+            reason,
+            ..
+        } => format!(
+            "queue {queue} retires its partition {partition} on cluster {cluster}: {reason}"
+        ),
     }
 }
 

@@ -20,6 +20,7 @@ use crate::fleet::Fleet;
 use crate::policy::{Limits, ScoreConfig};
 use crate::rebalance::RebalanceOpts;
 use crate::service::ManagerServiceImpl;
+use crate::spread::SpreadOpts;
 
 /// How long in-flight requests get to finish after SIGTERM.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,6 +39,9 @@ pub struct ManagerOpts {
     pub score: ScoreConfig,
     #[serde(flatten)]
     pub rebalance: RebalanceOpts,
+    /// When a queue spreads over more clusters, and how far.
+    #[serde(flatten)]
+    pub spread: SpreadOpts,
     /// A member whose load report is older than this makes its cluster's load unknown, ms.
     #[serde(default = "default_stale_report_ms")]
     pub stale_report_ms: u64,
@@ -64,6 +68,7 @@ impl Default for ManagerOpts {
             limits: Limits::default(),
             score: ScoreConfig::default(),
             rebalance: RebalanceOpts::default(),
+            spread: SpreadOpts::default(),
             stale_report_ms: default_stale_report_ms(),
             move_interval_ms: default_move_interval_ms(),
         }
@@ -103,6 +108,7 @@ pub async fn start(opts: &ManagerOpts, shutdown: CancellationToken) -> anyhow::R
     );
     opts.score.validate()?;
     opts.rebalance.validate()?;
+    opts.spread.validate()?;
     anyhow::ensure!(
         opts.stale_report_ms > 0,
         "stale_report_ms must be at least 1"
@@ -152,6 +158,7 @@ pub async fn start(opts: &ManagerOpts, shutdown: CancellationToken) -> anyhow::R
         limits: opts.limits.clone(),
         score: opts.score.clone(),
         rebalance: opts.rebalance.clone(),
+        spread: opts.spread.clone(),
         stale_after: Duration::from_millis(opts.stale_report_ms),
         fleet,
         rebalancer: Default::default(),

@@ -22,6 +22,7 @@ use crate::metrics;
 use crate::policy::{self, ClusterState, Limits, ScoreConfig};
 use crate::rebalance::RebalanceOpts;
 use crate::rebalancer::Rebalancer;
+use crate::spread::SpreadOpts;
 
 #[derive(Clone)]
 pub struct ManagerServiceImpl {
@@ -31,6 +32,7 @@ pub struct ManagerServiceImpl {
     pub(crate) limits: Limits,
     pub(crate) score: ScoreConfig,
     pub(crate) rebalance: RebalanceOpts,
+    pub(crate) spread: SpreadOpts,
     /// A load report older than this makes its cluster's load unknown.
     pub(crate) stale_after: Duration,
     pub(crate) fleet: Fleet,
@@ -175,12 +177,13 @@ impl ManagerServiceImpl {
         self.fleet.ready().await?;
         let paused = self.paused().await?;
         let (plan, budget) = self.plan_now();
-        Ok(crate::rebalancer::describe(
-            &plan,
-            paused,
-            budget,
-            &self.rebalance,
-        ))
+        let mut answer = crate::rebalancer::describe(&plan, paused, budget, &self.rebalance);
+        answer.notes.extend(
+            self.spread_plan()
+                .iter()
+                .map(crate::rebalancer::describe_change),
+        );
+        Ok(answer)
     }
 
     async fn list(&self) -> Result<pb::ListClustersResponse> {
