@@ -638,7 +638,8 @@ async fn a_queue_moves_to_the_other_cluster_under_traffic_and_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_send_retried_across_a_move_is_answered_by_the_old_partition_and_stored_once() {
+async fn a_send_retried_across_a_move_by_key_or_by_deduplication_id_is_answered_by_the_old_partition_and_stored_once(
+) {
     let cluster = Cluster::start().await;
     cluster.settled().await;
     let mut f1 = cluster.frontend(0).await;
@@ -668,6 +669,12 @@ async fn a_send_retried_across_a_move_is_answered_by_the_old_partition_and_store
         }]
     };
     let first = old.send_idempotent(id, key, message()).await.unwrap();
+    // A client's send with a deduplication id, which it will send again as a new request.
+    let deduplicated = || pb::SendMessageRequest {
+        deduplication_id: "order-1".into(),
+        ..send("retried", "deduplicated")
+    };
+    let by_client = f1.send_message(deduplicated()).await.unwrap().into_inner();
     cluster.admin(&["place", "retried", "--cluster", to]);
 
     // Its retry after the move: the sealed partition answers it from its record of the key.
@@ -686,13 +693,21 @@ async fn a_send_retried_across_a_move_is_answered_by_the_old_partition_and_store
     f1.send_message(send("retried", "after the move"))
         .await
         .unwrap();
+    // The client's retry, through the other frontend, after the move: the sealed partition
+    // answers it by its deduplication id.
+    let mut f2 = cluster.frontend(1).await;
+    let again = f2.send_message(deduplicated()).await.unwrap().into_inner();
+    assert_eq!(again.message_id, by_client.message_id);
+    assert_eq!(again.sequence_number, by_client.sequence_number);
 
     let mut seen = std::collections::HashSet::new();
-    let deliveries = drain_bodies(&cluster, "retried", 2, &mut seen).await;
-    assert_eq!(deliveries, 2, "{seen:?}");
+    let deliveries = drain_bodies(&cluster, "retried", 3, &mut seen).await;
+    assert_eq!(deliveries, 3, "{seen:?}");
     assert_eq!(
         seen,
-        ["sent once", "after the move"].map(String::from).into()
+        ["sent once", "deduplicated", "after the move"]
+            .map(String::from)
+            .into()
     );
     // Nothing else in either partition: the retry was not stored again anywhere.
     let placement = cluster.admin(&["placement", "retried"]);

@@ -389,3 +389,307 @@ async fn load_skewed_onto_one_cluster_is_spread_by_moves_that_lose_and_duplicate
     drop(client);
     cluster.stop().unwrap();
 }
+
+/// The partitions `admin placement` lists for `queue`: (cluster, sealed, visible messages).
+fn partitions(cluster: &DevCluster, queue: &str) -> Vec<(String, bool, u64)> {
+    let placement = cluster.admin(&["placement", queue]);
+    placement["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["cluster"].as_str().unwrap().to_owned(),
+                p["sealed"].as_bool().unwrap(),
+                p["counts"]["visible"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// Polls `queue`'s partitions until `check` holds.
+async fn until_partitions(
+    cluster: &DevCluster,
+    queue: &str,
+    what: &str,
+    check: impl Fn(&[(String, bool, u64)]) -> bool,
+) -> Vec<(String, bool, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let shown = partitions(cluster, queue);
+        if check(&shown) {
+            return shown;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {queue}: {what}: {shown:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn active_clusters(shown: &[(String, bool, u64)]) -> Vec<&str> {
+    let mut active: Vec<&str> = shown
+        .iter()
+        .filter(|(_, sealed, _)| !sealed)
+        .map(|(c, _, _)| c.as_str())
+        .collect();
+    active.sort_unstable();
+    active
+}
+
+/// Sends batches of 10 to `queue` every 100 ms while `sending`, until `stop`. On a FIFO queue
+/// each message has one of 10 groups and a body `<group>/<n>`, n counting up in the group.
+async fn produce_spread(
+    mut client: QueueClient,
+    queue: String,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+) {
+    let fifo = queue.ends_with(".fifo");
+    let mut n = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let bodies: Vec<(String, String)> = (0..10)
+            .map(|g| (format!("g{g}"), format!("{queue}/g{g}/{n}")))
+            .collect();
+        let entries = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, (group, body))| pb::SendMessageBatchEntry {
+                id: i.to_string(),
+                body: body.as_bytes().to_vec().into(),
+                group_id: if fifo { group.clone() } else { String::new() },
+                deduplication_id: if fifo { body.clone() } else { String::new() },
+                ..Default::default()
+            })
+            .collect();
+        let sent = client
+            .send_message_batch(pb::SendMessageBatchRequest {
+                queue: queue.clone(),
+                entries,
+            })
+            .await;
+        match sent {
+            Ok(sent) => {
+                let sent = sent.into_inner();
+                let mut ledger = ledger.lock().unwrap();
+                for ok in sent.successful {
+                    let i: usize = ok.id.parse().unwrap();
+                    ledger.acked.push(bodies[i].1.clone());
+                }
+            }
+            // A FIFO group's next message must come after this one: a send that failed is
+            // not followed by later ones of the same count, so the order checked holds.
+            Err(status) => println!("{queue}: a batch failed: {status}"),
+        }
+        n += 1;
+    }
+}
+
+/// Receives and deletes from `queue` while `consuming`, until `stop` and then until it has
+/// been empty for 3 s. Records each FIFO group's order breaks: a message of a group whose
+/// number is not above the last one received.
+async fn consume_spread(
+    mut client: QueueClient,
+    queue: String,
+    ledger: Arc<Mutex<Ledger>>,
+    consuming: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    out_of_order: Arc<Mutex<Vec<String>>>,
+) {
+    let mut last: HashMap<String, u64> = HashMap::new();
+    let mut empty_since: Option<Instant> = None;
+    loop {
+        if stop.load(Ordering::Relaxed)
+            && empty_since.is_some_and(|at| at.elapsed() > Duration::from_secs(3))
+        {
+            return;
+        }
+        if !consuming.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let got = client
+            .receive_message(pb::ReceiveMessageRequest {
+                queue: queue.clone(),
+                max_messages: 10,
+                wait_time_seconds: Some(1),
+                visibility_timeout_seconds: Some(60),
+            })
+            .await;
+        let Ok(got) = got else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let messages = got.into_inner().messages;
+        if messages.is_empty() {
+            empty_since.get_or_insert_with(Instant::now);
+            continue;
+        }
+        empty_since = None;
+        {
+            let mut ledger = ledger.lock().unwrap();
+            for m in &messages {
+                let body = String::from_utf8(m.body.to_vec()).unwrap();
+                let mut parts = body.rsplitn(3, '/');
+                let (n, group) = (parts.next().unwrap(), parts.next().unwrap());
+                let n: u64 = n.parse().unwrap();
+                if let Some(before) = last.insert(group.to_owned(), n) {
+                    if queue.ends_with(".fifo") && n <= before {
+                        out_of_order
+                            .lock()
+                            .unwrap()
+                            .push(format!("{body} after {before}"));
+                    }
+                }
+                *ledger.received.entry(body).or_default() += 1;
+            }
+        }
+        let _ = client
+            .delete_message_batch(pb::DeleteMessageBatchRequest {
+                queue: queue.clone(),
+                entries: delete_entries(&messages),
+            })
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hot_queue_spreads_to_the_other_cluster_and_back_losing_nothing_and_keeping_groups_in_order(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    // Against a capacity of 1,000 messages/s, a partition carries 100/s (in and out) at most:
+    // 100/s sent and received makes a queue spread. The rebalancer's threshold is out of reach,
+    // so no queue moves.
+    let env = [
+        ("SLUICE_LOAD_REPORT_INTERVAL_MS", "500"),
+        ("SLUICE_WEIGHT_CPU", "0"),
+        ("SLUICE_WEIGHT_BYTES", "0"),
+        ("SLUICE_WEIGHT_STORAGE", "0"),
+        ("SLUICE_WEIGHT_LATENCY", "0"),
+        ("SLUICE_CAPACITY_MESSAGES_PER_SECOND", "1000"),
+        ("SLUICE_PARTITION_SHARE", "0.1"),
+        ("SLUICE_REBALANCE_THRESHOLD", "100"),
+        ("SLUICE_REBALANCE_INTERVAL_MS", "1000"),
+        ("SLUICE_REBALANCE_QUEUE_REST_MS", "2000"),
+    ];
+    let cluster = DevCluster::start(&dir.path().join("cluster"), &[], &env).unwrap();
+    let mut client = cluster.client(0).unwrap();
+    let queues = ["wide".to_owned(), "wide.fifo".to_owned()];
+    create_queue(&mut client, "wide").await;
+    sluice_tests::front::create_queue_with(
+        &mut client,
+        "wide.fifo",
+        pb::QueueAttributes {
+            fifo: true,
+            ..Default::default()
+        },
+    )
+    .await;
+
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let out_of_order = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let consuming = Arc::new(AtomicBool::new(true));
+    let mut tasks = Vec::new();
+    for (i, queue) in queues.iter().enumerate() {
+        tasks.push(tokio::spawn(produce_spread(
+            cluster.client(i % 2).unwrap(),
+            queue.clone(),
+            ledger.clone(),
+            stop.clone(),
+        )));
+        tasks.push(tokio::spawn(consume_spread(
+            cluster.client((i + 1) % 2).unwrap(),
+            queue.clone(),
+            ledger.clone(),
+            consuming.clone(),
+            stop.clone(),
+            out_of_order.clone(),
+        )));
+    }
+
+    for queue in &queues {
+        let shown = until_partitions(
+            &cluster,
+            queue,
+            "an active partition on each cluster",
+            |p| active_clusters(p) == ["a", "b"],
+        )
+        .await;
+        println!("{queue} spread: {shown:?}");
+    }
+    // The FIFO queue sealed its first partition when it spread; let the consumers drain it.
+    until_partitions(&cluster, "wide.fifo", "the sealed partition drained", |p| {
+        p.iter().all(|(_, sealed, _)| !sealed)
+    })
+    .await;
+
+    // With the consumers held, what is sent piles up on both clusters.
+    consuming.store(false, Ordering::Relaxed);
+    for queue in &queues {
+        let shown = until_partitions(&cluster, queue, "messages on both partitions", |p| {
+            p.iter()
+                .filter(|(_, sealed, visible)| !sealed && *visible >= 20)
+                .count()
+                == 2
+        })
+        .await;
+        println!("{queue} with consumers held: {shown:?}");
+    }
+
+    // The sends stop with the consumers still held: the queues cool and retire a partition
+    // that still holds messages. It is sealed and drained once the consumers go on, and then
+    // removed.
+    stop.store(true, Ordering::Relaxed);
+    for queue in &queues {
+        let shown = until_partitions(&cluster, queue, "a partition retired with messages", |p| {
+            active_clusters(p).len() == 1 && p.iter().any(|(_, sealed, n)| *sealed && *n > 0)
+        })
+        .await;
+        println!("{queue} retired a partition: {shown:?}");
+    }
+    consuming.store(true, Ordering::Relaxed);
+    for queue in &queues {
+        let shown =
+            until_partitions(&cluster, queue, "one partition again", |p| p.len() == 1).await;
+        println!("{queue} shrank back: {shown:?}");
+    }
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(120), task)
+            .await
+            .expect("the load stops")
+            .unwrap();
+    }
+    let ledger = ledger.lock().unwrap();
+    let lost: Vec<&String> = ledger
+        .acked
+        .iter()
+        .filter(|b| !ledger.received.contains_key(*b))
+        .collect();
+    let twice: Vec<(&String, &u32)> = ledger.received.iter().filter(|(_, n)| **n > 1).collect();
+    let out_of_order = out_of_order.lock().unwrap();
+    println!(
+        "{} acknowledged, {} received, {} lost, {} received twice, {} out of order",
+        ledger.acked.len(),
+        ledger.received.len(),
+        lost.len(),
+        twice.len(),
+        out_of_order.len()
+    );
+    assert!(lost.is_empty(), "lost: {:?}", &lost[..lost.len().min(10)]);
+    assert!(
+        twice.is_empty(),
+        "received twice: {:?}",
+        &twice[..twice.len().min(10)]
+    );
+    assert!(
+        out_of_order.is_empty(),
+        "out of order: {:?}",
+        &out_of_order[..out_of_order.len().min(10)]
+    );
+    drop(client);
+    cluster.stop().unwrap();
+}

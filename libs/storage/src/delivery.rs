@@ -95,8 +95,9 @@ impl Engine {
             let stored = key.and_then(|key| state.sends.get(&key, now).copied());
             // A send whose key this partition stored before it was sealed is answered from
             // here: a frontend that lost the first answer and retries after the move must not
-            // store the messages again on the queue's new partition.
-            if state.sealed && stored.is_none() {
+            // store the messages again on the queue's new partition. So is one whose every
+            // message has a deduplication id this partition stored: a client's own retry.
+            if state.sealed && stored.is_none() && !all_deduplicated(&state, &prepared, now) {
                 return Err(Error::Sealed(id));
             }
             asynchronous = self.inner.replicated && state.config.replication == Replication::Async;
@@ -578,6 +579,15 @@ struct Undo {
 /// attempt stored them); a message whose deduplication id named an earlier send gets that
 /// send's answer, as it did the first time. A send that does not fit what the key stored is
 /// not a retry of it.
+/// Whether every message has a deduplication id seen within the window.
+fn all_deduplicated(state: &QueueState, prepared: &[Prepared], now: u64) -> bool {
+    !prepared.is_empty()
+        && prepared.iter().all(|p| {
+            let id = &p.message.deduplication_id;
+            !id.is_empty() && state.dedup.get(id, now).is_some()
+        })
+}
+
 fn replay(
     state: &QueueState,
     first: SendOnce,

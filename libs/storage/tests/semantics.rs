@@ -672,6 +672,45 @@ async fn a_send_retried_after_the_seal_is_answered_by_the_sealed_partition_not_s
 }
 
 #[tokio::test]
+async fn a_client_retry_by_deduplication_id_after_the_seal_is_answered_by_the_sealed_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = with_standard_queue(&dir).await;
+    let deduped = |body: &str| NewMessage {
+        deduplication_id: format!("d-{body}"),
+        ..msg(body)
+    };
+    let first = engine
+        .send(SOURCE, vec![deduped("a"), deduped("b")])
+        .await
+        .unwrap();
+    engine.seal_queue(SOURCE).await.unwrap();
+
+    // The client's own retry: a new request (another key), the same deduplication ids.
+    let retry = engine
+        .send_idempotent(
+            SOURCE,
+            IdempotencyKey::random(),
+            vec![deduped("a"), deduped("b")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(answers(&retry), answers(&first), "the first answer again");
+    assert!(retry.iter().all(|s| s.duplicate), "nothing stored again");
+    // One message it has not seen makes the whole send the new partition's.
+    assert!(matches!(
+        engine
+            .send(SOURCE, vec![deduped("a"), deduped("new")])
+            .await,
+        Err(Error::Sealed(SOURCE))
+    ));
+    assert!(matches!(
+        engine.send(SOURCE, vec![msg("a")]).await,
+        Err(Error::Sealed(SOURCE))
+    ));
+    assert_eq!(drain(&engine, SOURCE).await.len(), 2);
+}
+
+#[tokio::test]
 async fn a_partition_continues_the_sealed_one_s_sequence() {
     let old = tempfile::tempdir().unwrap();
     let new = tempfile::tempdir().unwrap();

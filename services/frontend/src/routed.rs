@@ -48,6 +48,10 @@ const PLACEMENT_TTL: Duration = Duration::from_secs(1);
 /// few writes, but one interrupted by a manager failover waits for the next leader.
 const MOVE_WAIT: Duration = Duration::from_secs(10);
 
+/// How long after a partition is sealed a send with deduplication ids asks it first whether it
+/// stored them: the backends' default deduplication window.
+const SEALED_DEDUP_WINDOW_MS: u64 = 5 * 60 * 1000;
+
 /// How long a call that found no serving node keeps trying the cluster's other nodes: covers
 /// a leader election (a few seconds) and a dead node's lease running out of etcd (5 s).
 const FAILOVER_WAIT: Duration = Duration::from_secs(8);
@@ -183,6 +187,12 @@ impl RoutedBackend {
         let messages = &messages;
         let network_key = key.unwrap_or_else(IdempotencyKey::random);
         self.with_placement(id, |placement| async move {
+            if let Some(sent) = self
+                .sent_before_seal(id, &placement, network_key, messages)
+                .await
+            {
+                return Ok(sent);
+            }
             let routes = placement.active(id);
             let [route] = routes.as_slice() else {
                 return self.send_spread(&routes, network_key, messages).await;
@@ -196,6 +206,48 @@ impl RoutedBackend {
             }
         })
         .await
+    }
+
+    /// The answer of a sealed partition to a send whose every message has a deduplication id,
+    /// if it stored every one of them: a client's retry after a move (a new request with the
+    /// same deduplication ids) must not be stored again on the new partition. Asked only of
+    /// partitions sealed within the deduplication window, newest first; one that did not store
+    /// them all refuses, and the send goes on to the active partitions.
+    async fn sent_before_seal(
+        &self,
+        id: QueueId,
+        placement: &Placement,
+        key: IdempotencyKey,
+        messages: &[NewMessage],
+    ) -> Option<Vec<SentMessage>> {
+        if messages.is_empty() || messages.iter().any(|m| m.deduplication_id.is_empty()) {
+            return None;
+        }
+        let now = sluice_api::now_ms();
+        let recent = placement
+            .sealed_routes(id)
+            .zip(&placement.sealed)
+            .filter(|(_, p)| now.saturating_sub(p.sealed_at_ms) < SEALED_DEDUP_WINDOW_MS)
+            .map(|(route, _)| route)
+            .collect::<Vec<_>>();
+        for route in recent.iter().rev() {
+            let answer = match self.on(route.cluster).await {
+                Ok((node, _slot)) => {
+                    node.send_idempotent(route.storage, key, messages.to_vec())
+                        .await
+                }
+                Err(err) => Err(err),
+            };
+            match answer {
+                Ok(sent) => return Some(sent),
+                // Not all stored there, or the partition is drained and gone.
+                Err(Error::Aborted(_) | Error::NotFound { .. }) => {}
+                Err(err) => {
+                    tracing::warn!(queue_id = id, cluster = %route.cluster, error = %err, "cannot ask a sealed partition for a send's deduplication ids; sending to the active partitions");
+                }
+            }
+        }
+        None
     }
 
     /// Sends to a queue with several active partitions: each part of the send to the

@@ -386,6 +386,7 @@ impl ManagerServiceImpl {
                 sealed,
                 counts,
                 error,
+                weight: route.weight,
             });
         }
         Ok(pb::QueuePlacement {

@@ -288,6 +288,7 @@ fn print_placement(json_out: bool, placement: &pb::QueuePlacement) {
                     "partition": p.partition,
                     "cluster": p.cluster,
                     "sealed": p.sealed,
+                    "weight": p.weight,
                     "counts": counts,
                     "error": p.error,
                 })
@@ -310,9 +311,9 @@ fn print_placement(json_out: bool, placement: &pb::QueuePlacement) {
     }
     for p in &placement.partitions {
         let state = if p.sealed {
-            "sealed, draining"
+            "sealed, draining".to_owned()
         } else {
-            "active"
+            format!("active, weight {:.2}", p.weight)
         };
         let counts = match p.counts {
             Some(c) => format!(
