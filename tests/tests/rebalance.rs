@@ -268,6 +268,8 @@ async fn load_skewed_onto_one_cluster_is_spread_by_moves_that_lose_and_duplicate
         ("SLUICE_REBALANCE_SUSTAIN_MS", "4000"),
         ("SLUICE_REBALANCE_INTERVAL_MS", "1000"),
         ("SLUICE_REBALANCE_QUEUE_REST_MS", "1000"),
+        // A queue placed by hand has its drained partition removed at once, so it may move.
+        ("SLUICE_SEALED_KEEP_MS", "0"),
     ];
     let cluster = DevCluster::start(&dir.path().join("cluster"), &[], &env).unwrap();
     let mut client = cluster.client(0).unwrap();
@@ -390,7 +392,8 @@ async fn load_skewed_onto_one_cluster_is_spread_by_moves_that_lose_and_duplicate
     cluster.stop().unwrap();
 }
 
-/// The partitions `admin placement` lists for `queue`: (cluster, sealed, visible messages).
+/// The partitions `admin placement` lists for `queue`: (cluster, sealed, messages visible,
+/// in flight or delayed).
 fn partitions(cluster: &DevCluster, queue: &str) -> Vec<(String, bool, u64)> {
     let placement = cluster.admin(&["placement", queue]);
     placement["partitions"]
@@ -401,7 +404,10 @@ fn partitions(cluster: &DevCluster, queue: &str) -> Vec<(String, bool, u64)> {
             (
                 p["cluster"].as_str().unwrap().to_owned(),
                 p["sealed"].as_bool().unwrap(),
-                p["counts"]["visible"].as_u64().unwrap_or(0),
+                ["visible", "in_flight", "delayed"]
+                    .iter()
+                    .map(|state| p["counts"][state].as_u64().unwrap_or(0))
+                    .sum(),
             )
         })
         .collect()
@@ -574,6 +580,8 @@ async fn a_hot_queue_spreads_to_the_other_cluster_and_back_losing_nothing_and_ke
         ("SLUICE_REBALANCE_THRESHOLD", "100"),
         ("SLUICE_REBALANCE_INTERVAL_MS", "1000"),
         ("SLUICE_REBALANCE_QUEUE_REST_MS", "2000"),
+        // Drained partitions stay 15 s, answering retries by deduplication id meanwhile.
+        ("SLUICE_SEALED_KEEP_MS", "15000"),
     ];
     let cluster = DevCluster::start(&dir.path().join("cluster"), &[], &env).unwrap();
     let mut client = cluster.client(0).unwrap();
@@ -590,6 +598,38 @@ async fn a_hot_queue_spreads_to_the_other_cluster_and_back_losing_nothing_and_ke
     .await;
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
+    // Before the load: messages with deduplication ids, which a client sends again after the
+    // queues spread. On the FIFO queue they are a group of their own.
+    let deduplicated = |queue: &str| pb::SendMessageBatchRequest {
+        queue: queue.to_owned(),
+        entries: (0..10)
+            .map(|i| pb::SendMessageBatchEntry {
+                id: i.to_string(),
+                body: format!("{queue}/retried/{i}").into_bytes().into(),
+                deduplication_id: format!("retried-{i}"),
+                group_id: if queue.ends_with(".fifo") {
+                    "retried".into()
+                } else {
+                    String::new()
+                },
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let mut first_ids = HashMap::new();
+    for queue in &queues {
+        let sent = client
+            .send_message_batch(deduplicated(queue))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(sent.successful.len(), 10, "{sent:?}");
+        let mut ledger = ledger.lock().unwrap();
+        for ok in sent.successful {
+            ledger.acked.push(format!("{queue}/retried/{}", ok.id));
+            first_ids.insert(format!("{queue}/{}", ok.id), ok.message_id);
+        }
+    }
     let out_of_order = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let consuming = Arc::new(AtomicBool::new(true));
@@ -621,8 +661,32 @@ async fn a_hot_queue_spreads_to_the_other_cluster_and_back_losing_nothing_and_ke
         .await;
         println!("{queue} spread: {shown:?}");
     }
-    // The FIFO queue sealed its first partition when it spread; let the consumers drain it.
+    // The FIFO queue sealed its first partition when it spread; the consumers drain it, and
+    // the manager keeps it a while for its deduplication ids.
     until_partitions(&cluster, "wide.fifo", "the sealed partition drained", |p| {
+        p.iter().any(|(_, sealed, n)| *sealed && *n == 0)
+    })
+    .await;
+    // The client's retry, a new request with the same deduplication ids, through the other
+    // frontend: answered from wherever the first send went, stored nowhere again.
+    let mut other = cluster.client(1).unwrap();
+    for queue in &queues {
+        let again = other
+            .send_message_batch(deduplicated(queue))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(again.successful.len(), 10, "{again:?}");
+        for ok in again.successful {
+            assert_eq!(
+                Some(&ok.message_id),
+                first_ids.get(&format!("{queue}/{}", ok.id)),
+                "{queue}: the retry of entry {} has the first send's id",
+                ok.id
+            );
+        }
+    }
+    until_partitions(&cluster, "wide.fifo", "the sealed partition removed", |p| {
         p.iter().all(|(_, sealed, _)| !sealed)
     })
     .await;
@@ -690,6 +754,6 @@ async fn a_hot_queue_spreads_to_the_other_cluster_and_back_losing_nothing_and_ke
         "out of order: {:?}",
         &out_of_order[..out_of_order.len().min(10)]
     );
-    drop(client);
+    drop((client, other));
     cluster.stop().unwrap();
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::{
-    IdempotencyKey, MoveTask, NewMessage, QueueConfig, QueueCounts, QueueId, ReceivedMessage,
-    Result, SentMessage,
+    FirstSend, IdempotencyKey, MoveTask, NewMessage, QueueConfig, QueueCounts, QueueId,
+    ReceivedMessage, Result, SentMessage,
 };
 
 #[async_trait]
@@ -35,6 +35,9 @@ pub trait QueueBackend: Send + Sync + 'static {
         key: IdempotencyKey,
         messages: Vec<NewMessage>,
     ) -> Result<Vec<SentMessage>>;
+    /// For each deduplication id, the first send's answer if the queue stored a message with
+    /// it within its deduplication window. Answers only once those sends are durable.
+    async fn deduplicated(&self, id: QueueId, ids: Vec<String>) -> Result<Vec<Option<FirstSend>>>;
     async fn receive(
         &self,
         id: QueueId,

@@ -164,6 +164,28 @@ pub fn deduplication_id(field: &str, value: &str) -> Result<()> {
     client_id(field, value, MAX_DEDUPLICATION_ID_LEN)
 }
 
+/// The deduplication ids one internal lookup asks about: 1 to 10 (a send's messages), each one
+/// a send could carry.
+pub fn deduplication_ids(ids: &[String]) -> Result<()> {
+    if ids.is_empty() || ids.len() > MAX_BATCH_ENTRIES {
+        return Err(Error::invalid(
+            "deduplication_ids",
+            format!(
+                "a lookup holds 1 to {MAX_BATCH_ENTRIES} ids, got {}",
+                ids.len()
+            ),
+        ));
+    }
+    for (index, id) in ids.iter().enumerate() {
+        let field = format!("deduplication_ids[{index}]");
+        if id.is_empty() {
+            return Err(Error::invalid(field, "must not be empty"));
+        }
+        deduplication_id(&field, id)?;
+    }
+    Ok(())
+}
+
 /// The messages of one internal send, as a frontend forwards them: 1 to 10 of them, each within
 /// the public limits plus what a frontend adds, and all together within the batch limit plus the
 /// same. The queue's own `max_message_bytes` is the frontend's to apply: the engine does not
@@ -274,6 +296,24 @@ mod tests {
             );
         }
         assert!(group_id("group_id", "orders/eu-1").is_ok());
+    }
+
+    #[test]
+    fn a_deduplication_lookup_names_its_bad_id() {
+        let ids = |n: usize| (0..n).map(|i| format!("d{i}")).collect::<Vec<_>>();
+        assert!(deduplication_ids(&ids(10)).is_ok());
+        for bad in [ids(0), ids(11)] {
+            let err = deduplication_ids(&bad).unwrap_err().to_string();
+            assert!(err.contains("1 to 10 ids"), "{err}");
+        }
+        let mut empty = ids(3);
+        empty[1].clear();
+        let err = deduplication_ids(&empty).unwrap_err().to_string();
+        assert!(err.contains("deduplication_ids[1]"), "{err}");
+        let mut spaced = ids(3);
+        spaced[2] = "has space".into();
+        let err = deduplication_ids(&spaced).unwrap_err().to_string();
+        assert!(err.contains("deduplication_ids[2]"), "{err}");
     }
 
     #[test]

@@ -23,8 +23,8 @@ pub use error::{Error, Result};
 pub use idempotency::IdempotencyKey;
 pub use identity::{AccessKey, Action, IdentityDirectory, Principal};
 pub use message::{
-    md5_of_body, AttributeValue, DeadLetter, MoveTask, MoveTaskStatus, NewMessage, QueueConfig,
-    QueueCounts, QueueId, ReceivedMessage, Replication, SentMessage,
+    md5_of_body, AttributeValue, DeadLetter, FirstSend, MoveTask, MoveTaskStatus, NewMessage,
+    QueueConfig, QueueCounts, QueueId, ReceivedMessage, Replication, SentMessage,
 };
 pub use queue::{EffectiveAttributes, QueueRecord, RateLimits, RedrivePolicy, Stored, Versioned};
 

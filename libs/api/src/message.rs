@@ -124,6 +124,13 @@ pub struct NewMessage {
     pub md5_of_body: String,
 }
 
+/// What the first send of a deduplication id was answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirstSend {
+    pub message_id: String,
+    pub sequence: u64,
+}
+
 /// The engine's answer to a stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentMessage {

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use sluice_api::wire::{self, LEADER_HEADER};
 use sluice_api::{
-    Error, IdempotencyKey, MoveTask, NewMessage, QueueBackend, QueueConfig, QueueCounts, QueueId,
-    ReceivedMessage, Result, SentMessage,
+    Error, FirstSend, IdempotencyKey, MoveTask, NewMessage, QueueBackend, QueueConfig, QueueCounts,
+    QueueId, ReceivedMessage, Result, SentMessage,
 };
 use sluice_common::grpc::MAX_MESSAGE_BYTES;
 use sluice_proto::v1 as pb;
@@ -284,6 +284,37 @@ impl QueueBackend for BackendClient {
         messages: Vec<NewMessage>,
     ) -> Result<Vec<SentMessage>> {
         self.send_with(id, Some(key), messages).await
+    }
+
+    async fn deduplicated(&self, id: QueueId, ids: Vec<String>) -> Result<Vec<Option<FirstSend>>> {
+        let asked = ids.len();
+        let request = pb::DeduplicatedRequest {
+            queue_id: id,
+            deduplication_ids: ids,
+        };
+        let timeout = self.options.request_timeout;
+        let response = self
+            .call(request, timeout, |mut c, r| async move {
+                c.deduplicated(r).await
+            })
+            .await?;
+        // The backend answers each id asked; a reply that does not is not trusted.
+        if response.entries.len() != asked {
+            return Err(Error::Internal(format!(
+                "a backend answered {} of {asked} deduplication ids",
+                response.entries.len()
+            )));
+        }
+        Ok(response
+            .entries
+            .into_iter()
+            .map(|e| {
+                e.found.then_some(FirstSend {
+                    message_id: e.message_id,
+                    sequence: e.sequence,
+                })
+            })
+            .collect())
     }
 
     async fn receive(

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sluice_api::{
-    Error, IdempotencyKey, MoveTask, NewMessage, QueueBackend, QueueConfig, QueueCounts, QueueId,
-    ReceivedMessage, Result, SentMessage,
+    Error, FirstSend, IdempotencyKey, MoveTask, NewMessage, QueueBackend, QueueConfig, QueueCounts,
+    QueueId, ReceivedMessage, Result, SentMessage,
 };
 
 use crate::Engine;
@@ -49,6 +49,19 @@ impl QueueBackend for Engine {
         messages: Vec<NewMessage>,
     ) -> Result<Vec<SentMessage>> {
         Ok(Engine::send_idempotent(self, id, key, messages).await?)
+    }
+
+    async fn deduplicated(&self, id: QueueId, ids: Vec<String>) -> Result<Vec<Option<FirstSend>>> {
+        Ok(Engine::deduplicated(self, id, &ids)
+            .await?
+            .into_iter()
+            .map(|found| {
+                found.map(|(message_id, sequence)| FirstSend {
+                    message_id,
+                    sequence,
+                })
+            })
+            .collect())
     }
 
     async fn receive(

@@ -95,9 +95,8 @@ impl Engine {
             let stored = key.and_then(|key| state.sends.get(&key, now).copied());
             // A send whose key this partition stored before it was sealed is answered from
             // here: a frontend that lost the first answer and retries after the move must not
-            // store the messages again on the queue's new partition. So is one whose every
-            // message has a deduplication id this partition stored: a client's own retry.
-            if state.sealed && stored.is_none() && !all_deduplicated(&state, &prepared, now) {
+            // store the messages again on the queue's new partition.
+            if state.sealed && stored.is_none() {
                 return Err(Error::Sealed(id));
             }
             asynchronous = self.inner.replicated && state.config.replication == Replication::Async;
@@ -150,6 +149,44 @@ impl Engine {
             .await?
             .map_err(|err| Error::Corrupt(format!("a send's completion failed: {err}")))??;
         Ok(sent)
+    }
+
+    /// For each deduplication id, the first send's message id and sequence if this queue
+    /// stored a message with it within the window. An id is remembered when its send is
+    /// staged: this waits for the writes staged so far, as a duplicate send does, and looks
+    /// again, so a send that failed meanwhile is not counted.
+    pub async fn deduplicated(
+        &self,
+        id: QueueId,
+        ids: &[String],
+    ) -> Result<Vec<Option<(String, u64)>>> {
+        let queue = self.queue(id)?;
+        let pending = {
+            let state = queue.state.lock();
+            if state.deleted {
+                return Err(Error::QueueNotFound(id));
+            }
+            let now = now_ms();
+            let any = ids
+                .iter()
+                .any(|d| state.dedup.get(d.as_str(), now).is_some());
+            any.then(|| self.inner.committer.submit(Vec::new(), false))
+        };
+        if let Some(pending) = pending {
+            let (_, applied) = pending?.split();
+            applied.wait().await?;
+        }
+        let state = queue.state.lock();
+        let now = now_ms();
+        Ok(ids
+            .iter()
+            .map(|d| {
+                state
+                    .dedup
+                    .get(d.as_str(), now)
+                    .map(|first| (first.message_id.clone(), first.seq))
+            })
+            .collect())
     }
 
     /// Takes sequences for the messages and stages their write, remembering their
@@ -579,15 +616,6 @@ struct Undo {
 /// attempt stored them); a message whose deduplication id named an earlier send gets that
 /// send's answer, as it did the first time. A send that does not fit what the key stored is
 /// not a retry of it.
-/// Whether every message has a deduplication id seen within the window.
-fn all_deduplicated(state: &QueueState, prepared: &[Prepared], now: u64) -> bool {
-    !prepared.is_empty()
-        && prepared.iter().all(|p| {
-            let id = &p.message.deduplication_id;
-            !id.is_empty() && state.dedup.get(id, now).is_some()
-        })
-}
-
 fn replay(
     state: &QueueState,
     first: SendOnce,

@@ -672,7 +672,7 @@ async fn a_send_retried_after_the_seal_is_answered_by_the_sealed_partition_not_s
 }
 
 #[tokio::test]
-async fn a_client_retry_by_deduplication_id_after_the_seal_is_answered_by_the_sealed_partition() {
+async fn a_sealed_partition_tells_which_deduplication_ids_it_stored() {
     let dir = tempfile::tempdir().unwrap();
     let engine = with_standard_queue(&dir).await;
     let deduped = |body: &str| NewMessage {
@@ -685,29 +685,28 @@ async fn a_client_retry_by_deduplication_id_after_the_seal_is_answered_by_the_se
         .unwrap();
     engine.seal_queue(SOURCE).await.unwrap();
 
-    // The client's own retry: a new request (another key), the same deduplication ids.
-    let retry = engine
-        .send_idempotent(
-            SOURCE,
-            IdempotencyKey::random(),
-            vec![deduped("a"), deduped("b")],
-        )
-        .await
-        .unwrap();
-    assert_eq!(answers(&retry), answers(&first), "the first answer again");
-    assert!(retry.iter().all(|s| s.duplicate), "nothing stored again");
-    // One message it has not seen makes the whole send the new partition's.
+    // A frontend asks before a client's retry (a new request, the same deduplication ids)
+    // goes to the queue's new partition.
+    let ids = ["d-a", "d-new", "d-b"].map(String::from);
+    let found = engine.deduplicated(SOURCE, &ids).await.unwrap();
+    assert_eq!(
+        found,
+        vec![
+            Some((first[0].message_id.clone(), first[0].sequence)),
+            None,
+            Some((first[1].message_id.clone(), first[1].sequence)),
+        ]
+    );
+    // Sends are still refused: the lookup stores nothing.
     assert!(matches!(
-        engine
-            .send(SOURCE, vec![deduped("a"), deduped("new")])
-            .await,
-        Err(Error::Sealed(SOURCE))
-    ));
-    assert!(matches!(
-        engine.send(SOURCE, vec![msg("a")]).await,
+        engine.send(SOURCE, vec![deduped("a")]).await,
         Err(Error::Sealed(SOURCE))
     ));
     assert_eq!(drain(&engine, SOURCE).await.len(), 2);
+    assert!(matches!(
+        engine.deduplicated(7_777, &ids).await,
+        Err(Error::QueueNotFound(7_777))
+    ));
 }
 
 #[tokio::test]

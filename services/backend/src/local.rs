@@ -13,8 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use sluice_api::{
-    AttributeValue, IdempotencyKey, MoveTask, NewMessage, QueueBackend, QueueConfig, QueueCounts,
-    QueueId, ReceivedMessage, Result, SentMessage,
+    AttributeValue, FirstSend, IdempotencyKey, MoveTask, NewMessage, QueueBackend, QueueConfig,
+    QueueCounts, QueueId, ReceivedMessage, Result, SentMessage,
 };
 use sluice_storage::Engine;
 
@@ -196,6 +196,10 @@ impl QueueBackend for NodeQueues {
             &sizes,
             self.backend().send_idempotent(id, key, messages).await,
         )
+    }
+
+    async fn deduplicated(&self, id: QueueId, ids: Vec<String>) -> Result<Vec<Option<FirstSend>>> {
+        self.backend().deduplicated(id, ids).await
     }
 
     async fn receive(

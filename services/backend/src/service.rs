@@ -277,6 +277,39 @@ impl BackendService for BackendServiceImpl {
         .await
     }
 
+    async fn deduplicated(
+        &self,
+        mut request: Request<pb::DeduplicatedRequest>,
+    ) -> Result<Response<pb::DeduplicatedResponse>, Status> {
+        forward!(self, request, deduplicated);
+        observed(
+            "Deduplicated",
+            request,
+            |r| r.queue_id,
+            |r| async move {
+                content::deduplication_ids(&r.deduplication_ids)?;
+                let found = self
+                    .backend()
+                    .deduplicated(r.queue_id, r.deduplication_ids)
+                    .await?;
+                Ok(pb::DeduplicatedResponse {
+                    entries: found
+                        .into_iter()
+                        .map(|f| match f {
+                            Some(first) => pb::DeduplicatedEntry {
+                                found: true,
+                                message_id: first.message_id,
+                                sequence: first.sequence,
+                            },
+                            None => pb::DeduplicatedEntry::default(),
+                        })
+                        .collect(),
+                })
+            },
+        )
+        .await
+    }
+
     async fn send(
         &self,
         mut request: Request<pb::SendRequest>,

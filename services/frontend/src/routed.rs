@@ -20,8 +20,8 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use parking_lot::Mutex;
 use sluice_api::cluster::{self, Placement, Route};
 use sluice_api::{
-    Error, IdempotencyKey, MoveTask, NewMessage, PlacementDirectory, QueueBackend, QueueConfig,
-    QueueCounts, QueueId, ReceivedMessage, Result, SentMessage,
+    Error, FirstSend, IdempotencyKey, MoveTask, NewMessage, PlacementDirectory, QueueBackend,
+    QueueConfig, QueueCounts, QueueId, ReceivedMessage, Result, SentMessage,
 };
 use sluice_client::{BackendClient, BackendClientOptions, LeaderHint};
 
@@ -48,9 +48,10 @@ const PLACEMENT_TTL: Duration = Duration::from_secs(1);
 /// few writes, but one interrupted by a manager failover waits for the next leader.
 const MOVE_WAIT: Duration = Duration::from_secs(10);
 
-/// How long after a partition is sealed a send with deduplication ids asks it first whether it
-/// stored them: the backends' default deduplication window.
-const SEALED_DEDUP_WINDOW_MS: u64 = 5 * 60 * 1000;
+/// How long after a queue moved or changed its partitions a send with deduplication ids asks
+/// the other partitions first whether they stored them: the backends' default deduplication
+/// window.
+const DEDUP_WINDOW_MS: u64 = 5 * 60 * 1000;
 
 /// How long a call that found no serving node keeps trying the cluster's other nodes: covers
 /// a leader election (a few seconds) and a dead node's lease running out of etcd (5 s).
@@ -136,6 +137,21 @@ fn tagged(partition: u32, messages: Vec<ReceivedMessage>) -> Vec<ReceivedMessage
         .collect()
 }
 
+/// The messages at `indices`, each named by its place in the whole send (as the backend would
+/// name it from `key` had the send gone whole), so a part keeps the ids of the whole.
+fn part_of(messages: &[NewMessage], indices: &[usize], key: IdempotencyKey) -> Vec<NewMessage> {
+    indices
+        .iter()
+        .map(|&i| {
+            let mut message = messages[i].clone();
+            if message.message_id.is_empty() {
+                message.message_id = key.message_id(i);
+            }
+            message
+        })
+        .collect()
+}
+
 fn total(counts: &QueueCounts) -> u64 {
     counts.visible + counts.in_flight + counts.delayed
 }
@@ -187,92 +203,143 @@ impl RoutedBackend {
         let messages = &messages;
         let network_key = key.unwrap_or_else(IdempotencyKey::random);
         self.with_placement(id, |placement| async move {
-            if let Some(sent) = self
-                .sent_before_seal(id, &placement, network_key, messages)
-                .await
-            {
-                return Ok(sent);
-            }
+            let mut answered = self.answered_elsewhere(id, &placement, messages).await;
+            let remaining: Vec<usize> = (0..messages.len())
+                .filter(|&i| answered[i].is_none())
+                .collect();
             let routes = placement.active(id);
-            let [route] = routes.as_slice() else {
-                return self.send_spread(&routes, network_key, messages).await;
+            let sent = match routes.as_slice() {
+                _ if remaining.is_empty() => Vec::new(),
+                [route] if remaining.len() == messages.len() => {
+                    let (node, _slot) = self.on(route.cluster).await?;
+                    let sent = if key.is_none() && self.is_local(route.cluster) {
+                        node.send(route.storage, messages.clone()).await?
+                    } else {
+                        node.send_idempotent(route.storage, network_key, messages.clone())
+                            .await?
+                    };
+                    remaining.iter().copied().zip(sent).collect()
+                }
+                [route] => {
+                    let (node, _slot) = self.on(route.cluster).await?;
+                    let part = part_of(messages, &remaining, network_key);
+                    let sent = node
+                        .send_idempotent(route.storage, network_key.part(&remaining), part)
+                        .await?;
+                    remaining.iter().copied().zip(sent).collect()
+                }
+                routes => {
+                    self.send_spread(routes, network_key, messages, &remaining)
+                        .await?
+                }
             };
-            let (node, _slot) = self.on(route.cluster).await?;
-            if key.is_none() && self.is_local(route.cluster) {
-                node.send(route.storage, messages.clone()).await
-            } else {
-                node.send_idempotent(route.storage, network_key, messages.clone())
-                    .await
+            for (i, message) in sent {
+                answered[i] = Some(message);
             }
+            answered
+                .into_iter()
+                .map(|s| {
+                    s.ok_or_else(|| Error::Internal("a partition answered fewer messages".into()))
+                })
+                .collect()
         })
         .await
     }
 
-    /// The answer of a sealed partition to a send whose every message has a deduplication id,
-    /// if it stored every one of them: a client's retry after a move (a new request with the
-    /// same deduplication ids) must not be stored again on the new partition. Asked only of
-    /// partitions sealed within the deduplication window, newest first; one that did not store
-    /// them all refuses, and the send goes on to the active partitions.
-    async fn sent_before_seal(
+    /// The messages of a send that another partition of the queue already stored by their
+    /// deduplication ids, answered as duplicates from there: a client's retry (a new request
+    /// with the same deduplication ids) after a move or a change of the queue's partitions
+    /// must not be stored again where the ids now route. Asked only within the deduplication
+    /// window after such a change, of the partitions sealed in that window and, when the
+    /// queue has several active ones, of those. A partition that cannot be asked is passed
+    /// over with a warning: the send goes on rather than fail.
+    async fn answered_elsewhere(
         &self,
         id: QueueId,
         placement: &Placement,
-        key: IdempotencyKey,
         messages: &[NewMessage],
-    ) -> Option<Vec<SentMessage>> {
-        if messages.is_empty() || messages.iter().any(|m| m.deduplication_id.is_empty()) {
-            return None;
-        }
+    ) -> Vec<Option<SentMessage>> {
+        let mut answers: Vec<Option<SentMessage>> = vec![None; messages.len()];
         let now = sluice_api::now_ms();
-        let recent = placement
+        let recent = |at: u64| now.saturating_sub(at) < DEDUP_WINDOW_MS;
+        if !placement.moved_at_ms.is_some_and(recent) {
+            return answers;
+        }
+        let mut routes: Vec<Route<'_>> = placement
             .sealed_routes(id)
             .zip(&placement.sealed)
-            .filter(|(_, p)| now.saturating_sub(p.sealed_at_ms) < SEALED_DEDUP_WINDOW_MS)
+            .filter(|(_, p)| recent(p.sealed_at_ms))
             .map(|(route, _)| route)
-            .collect::<Vec<_>>();
-        for route in recent.iter().rev() {
-            let answer = match self.on(route.cluster).await {
-                Ok((node, _slot)) => {
-                    node.send_idempotent(route.storage, key, messages.to_vec())
-                        .await
-                }
+            .collect();
+        let active = placement.active(id);
+        if active.len() > 1 {
+            routes.extend(active);
+        }
+        for route in routes {
+            let asked: Vec<usize> = (0..messages.len())
+                .filter(|&i| answers[i].is_none() && !messages[i].deduplication_id.is_empty())
+                .collect();
+            if asked.is_empty() {
+                break;
+            }
+            let ids = asked
+                .iter()
+                .map(|&i| messages[i].deduplication_id.clone())
+                .collect();
+            let found = match self.on(route.cluster).await {
+                Ok((node, _slot)) => node.deduplicated(route.storage, ids).await,
                 Err(err) => Err(err),
             };
-            match answer {
-                Ok(sent) => return Some(sent),
-                // Not all stored there, or the partition is drained and gone.
-                Err(Error::Aborted(_) | Error::NotFound { .. }) => {}
+            match found {
+                Ok(found) => {
+                    for (i, first) in asked.into_iter().zip(found) {
+                        answers[i] = first.map(|first| SentMessage {
+                            message_id: first.message_id,
+                            sequence: first.sequence,
+                            duplicate: true,
+                            md5_of_body: match messages[i].md5_of_body.as_str() {
+                                "" => sluice_api::md5_of_body(&messages[i].body),
+                                given => given.to_owned(),
+                            },
+                        });
+                    }
+                }
+                // A sealed partition drained and removed since the placement was read.
+                Err(Error::NotFound { .. }) => {}
                 Err(err) => {
-                    tracing::warn!(queue_id = id, cluster = %route.cluster, error = %err, "cannot ask a sealed partition for a send's deduplication ids; sending to the active partitions");
+                    tracing::warn!(queue_id = id, cluster = %route.cluster, error = %err, "cannot ask a partition for a send's deduplication ids; sending on");
                 }
             }
         }
-        None
+        answers
     }
 
-    /// Sends to a queue with several active partitions: each part of the send to the
-    /// partition `spread::split` routes it to, all parts at once. A part's key is derived
-    /// from the send's, and so are the message ids, so a retry of the whole send (after one
-    /// part failed) is answered by each partition with what it stored.
+    /// Sends the messages at `remaining` to a queue with several active partitions: each part
+    /// of the send to the partition `spread::split` routes it to, all parts at once. A part's
+    /// key is derived from the send's and its messages' places in it, and so are the message
+    /// ids, so a retry of the whole send (after one part failed) is answered by each partition
+    /// with what it stored. Returns each message's place with its answer.
     async fn send_spread(
         &self,
         routes: &[Route<'_>],
         key: IdempotencyKey,
         messages: &[NewMessage],
-    ) -> Result<Vec<SentMessage>> {
-        let parts = spread::split(routes, messages, key);
+        remaining: &[usize],
+    ) -> Result<Vec<(usize, SentMessage)>> {
+        let parts: Vec<(usize, Vec<usize>)> = spread::split(routes, messages, key)
+            .into_iter()
+            .map(|(route, indices)| {
+                let indices: Vec<usize> = indices
+                    .into_iter()
+                    .filter(|i| remaining.contains(i))
+                    .collect();
+                (route, indices)
+            })
+            .filter(|(_, indices)| !indices.is_empty())
+            .collect();
         let calls = parts.iter().map(|(route, indices)| {
             let route = routes[*route];
-            let batch: Vec<NewMessage> = indices
-                .iter()
-                .map(|&i| {
-                    let mut message = messages[i].clone();
-                    if message.message_id.is_empty() {
-                        message.message_id = key.message_id(i);
-                    }
-                    message
-                })
-                .collect();
+            let batch = part_of(messages, indices, key);
             let part_key = key.part(indices);
             async move {
                 let (node, _slot) = self.on(route.cluster).await?;
@@ -280,15 +347,11 @@ impl RoutedBackend {
             }
         });
         let answers = futures::future::join_all(calls).await;
-        let mut sent: Vec<Option<SentMessage>> = vec![None; messages.len()];
+        let mut sent = Vec::with_capacity(remaining.len());
         for ((_, indices), answer) in parts.iter().zip(answers) {
-            for (&i, message) in indices.iter().zip(answer?) {
-                sent[i] = Some(message);
-            }
+            sent.extend(indices.iter().copied().zip(answer?));
         }
-        sent.into_iter()
-            .map(|s| s.ok_or_else(|| Error::Internal("a partition answered fewer messages".into())))
-            .collect()
+        Ok(sent)
     }
 
     /// Where queue `id`'s partitions are.
@@ -878,6 +941,34 @@ impl QueueBackend for RoutedBackend {
         messages: Vec<NewMessage>,
     ) -> Result<Vec<SentMessage>> {
         self.send_with(id, Some(key), messages).await
+    }
+
+    /// Across every partition of the queue, active and sealed.
+    async fn deduplicated(&self, id: QueueId, ids: Vec<String>) -> Result<Vec<Option<FirstSend>>> {
+        let ids = &ids;
+        self.with_placement(id, |placement| async move {
+            let mut found: Vec<Option<FirstSend>> = vec![None; ids.len()];
+            for route in placement
+                .active(id)
+                .into_iter()
+                .chain(placement.sealed_routes(id))
+            {
+                let (node, _slot) = self.on(route.cluster).await?;
+                match node.deduplicated(route.storage, ids.clone()).await {
+                    Ok(here) => {
+                        for (slot, first) in found.iter_mut().zip(here) {
+                            if slot.is_none() {
+                                *slot = first;
+                            }
+                        }
+                    }
+                    Err(Error::NotFound { .. }) if route.sealed => {}
+                    Err(err) => return Err(err),
+                }
+            }
+            Ok(found)
+        })
+        .await
     }
 
     async fn receive(

@@ -185,6 +185,11 @@ struct Flags {
     /// How often the leader advances queue moves, in ms [default: 1000]
     #[arg(long)]
     move_interval_ms: Option<u64>,
+    /// A drained sealed partition is removed only this long after its seal, in ms, so it still
+    /// answers a client's retry by deduplication id; match the backends' dedup window
+    /// [default: 300000]
+    #[arg(long)]
+    sealed_keep_ms: Option<u64>,
     /// A member whose load report is older than this makes its cluster's load unknown (no new
     /// queues there), in ms [default: 10000]
     #[arg(long)]

@@ -256,6 +256,7 @@ impl ManagerServiceImpl {
     /// the old cluster, then takes the partition out of the placement. A partition already
     /// dropped (a leader died in between) is taken out too.
     async fn remove_drained(&self, id: u64, placement: &Placement) -> Result<()> {
+        let now = sluice_api::now_ms();
         for partition in &placement.sealed {
             let backend = self.backend(&partition.cluster).await?;
             let storage = cluster::storage_id(id, partition.partition, placement.spread_from);
@@ -270,7 +271,8 @@ impl ManagerServiceImpl {
                 Err(Error::NotFound { .. }) => true,
                 Err(err) => return Err(err),
             };
-            if !empty {
+            // Kept a while when empty: its deduplication ids answer a client's retry.
+            if !empty || now.saturating_sub(partition.sealed_at_ms) < self.sealed_keep_ms {
                 continue;
             }
             // Sealed, so nothing new arrives. A send that got in just before the seal and is

@@ -49,6 +49,15 @@ pub struct ManagerOpts {
     /// sealed partitions that consumers have drained.
     #[serde(default = "default_move_interval_ms")]
     pub move_interval_ms: u64,
+    /// A drained sealed partition is removed only this long after its seal, so that it can
+    /// still tell a client's retry by deduplication id (within the backends'
+    /// `dedup_window_seconds`, which this should match) that it stored the message.
+    #[serde(default = "default_sealed_keep_ms")]
+    pub sealed_keep_ms: u64,
+}
+
+fn default_sealed_keep_ms() -> u64 {
+    5 * 60 * 1000
 }
 
 fn default_move_interval_ms() -> u64 {
@@ -71,6 +80,7 @@ impl Default for ManagerOpts {
             spread: SpreadOpts::default(),
             stale_report_ms: default_stale_report_ms(),
             move_interval_ms: default_move_interval_ms(),
+            sealed_keep_ms: default_sealed_keep_ms(),
         }
     }
 }
@@ -160,6 +170,7 @@ pub async fn start(opts: &ManagerOpts, shutdown: CancellationToken) -> anyhow::R
         rebalance: opts.rebalance.clone(),
         spread: opts.spread.clone(),
         stale_after: Duration::from_millis(opts.stale_report_ms),
+        sealed_keep_ms: opts.sealed_keep_ms,
         fleet,
         rebalancer: Default::default(),
         backends: Default::default(),

@@ -35,6 +35,8 @@ pub struct ManagerServiceImpl {
     pub(crate) spread: SpreadOpts,
     /// A load report older than this makes its cluster's load unknown.
     pub(crate) stale_after: Duration,
+    /// How long after its seal a drained partition is kept, ms.
+    pub(crate) sealed_keep_ms: u64,
     pub(crate) fleet: Fleet,
     pub(crate) rebalancer: Arc<Mutex<Rebalancer>>,
     pub(crate) backends: Backends,

@@ -40,7 +40,8 @@ pub enum AdminCommand {
         queue: String,
         #[arg(long)]
         cluster: String,
-        /// Wait until consumers have drained the sealed partition and it is removed.
+        /// Wait until consumers have drained the sealed partition (the manager removes it once
+        /// its deduplication ids have expired, sealed_keep_ms after the seal).
         #[arg(long)]
         wait: bool,
         /// Any manager's gRPC URL.
@@ -447,8 +448,13 @@ pub async fn run_admin(
                 .await
                 .map_err(|status| failed(&manager, status))?
                 .into_inner();
-            // The sealed partitions drain as consumers delete; the leader removes each once empty.
-            while wait && placement.partitions.iter().any(|p| p.sealed) {
+            // The sealed partitions drain as consumers delete.
+            let drained = |p: &pb::PartitionInfo| {
+                !p.sealed
+                    || p.counts
+                        .is_some_and(|c| c.visible + c.in_flight + c.delayed == 0)
+            };
+            while wait && !placement.partitions.iter().all(drained) {
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 placement = client
                     .get_placement(pb::GetPlacementRequest {
