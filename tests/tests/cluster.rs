@@ -801,3 +801,117 @@ async fn a_move_its_leader_left_halfway_is_finished_by_the_leader_loop() {
     let placed = cluster.admin(&["placement", "halfway"]);
     assert_eq!(placed["partitions"][0]["counts"]["visible"], 0, "{placed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fifo_queue_s_change_of_partitions_its_leader_left_halfway_is_finished_in_order() {
+    let cluster = Cluster::start().await;
+    cluster.settled().await;
+    let mut f1 = cluster.frontend(0).await;
+    f1.create_queue(pb::CreateQueueRequest {
+        name: "halfway.fifo".into(),
+        attributes: Some(pb::QueueAttributes {
+            fifo: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let in_group = |i: usize| pb::SendMessageRequest {
+        group_id: "g".into(),
+        deduplication_id: format!("h{i}"),
+        ..send("halfway.fifo", &format!("h{i}"))
+    };
+    for i in 0..20 {
+        f1.send_message(in_group(i)).await.unwrap();
+    }
+    let before = cluster.admin(&["placement", "halfway.fifo"]);
+    let from = before["partitions"][0]["cluster"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let to = if from == "a" { "b" } else { "a" };
+    let id = before["queue_id"].as_u64().unwrap();
+
+    // What a leader did before it died: it wrote its decision to spread the queue to the other
+    // cluster, and sealed the active partition, but opened nothing new.
+    let mut etcd = cluster.etcd.client().await;
+    let key = format!("/sluice/placements/{id:020}");
+    let got = etcd.get(key.as_str(), None).await.unwrap();
+    let mut placement: serde_json::Value = serde_json::from_slice(got.kvs()[0].value()).unwrap();
+    placement["resize"] = serde_json::json!({ "Add": to });
+    etcd.put(key.as_str(), placement.to_string(), None)
+        .await
+        .unwrap();
+    etcd.put(format!("/sluice/moves/{id:020}"), "", None)
+        .await
+        .unwrap();
+    let old_node = &cluster.backends[usize::from(from == "b")];
+    let mut old = BackendServiceClient::new(old_node.channel_as(sluice_tests::Kind::Manager));
+    old.seal_queue(pb::SealQueueRequest { queue_id: id })
+        .await
+        .unwrap();
+
+    // The leader's next pass finishes it: the sealed partition and a new set on both clusters.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let finished = loop {
+        let now = cluster.admin(&["placement", "halfway.fifo"]);
+        let active: Vec<&str> = now["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["sealed"] == false)
+            .map(|p| p["cluster"].as_str().unwrap())
+            .collect();
+        if active.len() == 2 {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the change was never finished: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("finished: {finished}");
+    let sealed: Vec<&serde_json::Value> = finished["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["sealed"] == true)
+        .collect();
+    assert_eq!(sealed.len(), 1, "{finished}");
+    assert_eq!(sealed[0]["cluster"], from.as_str(), "{finished}");
+
+    // Sends go on; the group comes back once, in order across the change.
+    let mut f2 = cluster.frontend(1).await;
+    for i in 20..30 {
+        f2.send_message(in_group(i)).await.unwrap();
+    }
+    let mut order = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while order.len() < 30 {
+        assert!(Instant::now() < deadline, "only {order:?} came back");
+        let got = f1
+            .receive_message(pb::ReceiveMessageRequest {
+                queue: "halfway.fifo".into(),
+                max_messages: 10,
+                wait_time_seconds: Some(1),
+                visibility_timeout_seconds: Some(60),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .messages;
+        for m in got {
+            order.push(String::from_utf8(m.body.to_vec()).unwrap());
+            f1.delete_message(pb::DeleteMessageRequest {
+                queue: "halfway.fifo".into(),
+                receipt_handle: m.receipt_handle,
+            })
+            .await
+            .unwrap();
+        }
+    }
+    let sent: Vec<String> = (0..30).map(|i| format!("h{i}")).collect();
+    assert_eq!(order, sent);
+}

@@ -162,96 +162,6 @@ struct Ledger {
     received: HashMap<String, u32>,
 }
 
-/// Sends batches of 10 to `queue` every 100 ms until `stop`.
-async fn produce(
-    mut client: QueueClient,
-    queue: String,
-    ledger: Arc<Mutex<Ledger>>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut n = 0u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    while !stop.load(Ordering::Relaxed) {
-        tick.tick().await;
-        let bodies: Vec<String> = (0..10).map(|i| format!("{queue}/{}", n + i)).collect();
-        let entries = bodies
-            .iter()
-            .enumerate()
-            .map(|(i, body)| pb::SendMessageBatchEntry {
-                id: i.to_string(),
-                body: body.as_bytes().to_vec().into(),
-                ..Default::default()
-            })
-            .collect();
-        let sent = client
-            .send_message_batch(pb::SendMessageBatchRequest {
-                queue: queue.clone(),
-                entries,
-            })
-            .await;
-        // A batch that failed as a whole was not acknowledged; it is not in the ledger.
-        if let Ok(sent) = sent {
-            let sent = sent.into_inner();
-            let mut ledger = ledger.lock().unwrap();
-            for ok in sent.successful {
-                let i: usize = ok.id.parse().unwrap();
-                ledger.acked.push(bodies[i].clone());
-            }
-        }
-        n += 10;
-    }
-}
-
-/// Receives and deletes from `queue` until `stop`, then until it has been empty for 3 s.
-async fn consume(
-    mut client: QueueClient,
-    queue: String,
-    ledger: Arc<Mutex<Ledger>>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut empty_since: Option<Instant> = None;
-    loop {
-        if stop.load(Ordering::Relaxed)
-            && empty_since.is_some_and(|at| at.elapsed() > Duration::from_secs(3))
-        {
-            return;
-        }
-        let got = client
-            .receive_message(pb::ReceiveMessageRequest {
-                queue: queue.clone(),
-                max_messages: 10,
-                wait_time_seconds: Some(1),
-                visibility_timeout_seconds: Some(60),
-            })
-            .await;
-        let Ok(got) = got else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let messages = got.into_inner().messages;
-        if messages.is_empty() {
-            empty_since.get_or_insert_with(Instant::now);
-            continue;
-        }
-        empty_since = None;
-        {
-            let mut ledger = ledger.lock().unwrap();
-            for m in &messages {
-                *ledger
-                    .received
-                    .entry(String::from_utf8(m.body.to_vec()).unwrap())
-                    .or_default() += 1;
-            }
-        }
-        let _ = client
-            .delete_message_batch(pb::DeleteMessageBatchRequest {
-                queue: queue.clone(),
-                entries: delete_entries(&messages),
-            })
-            .await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn load_skewed_onto_one_cluster_is_spread_by_moves_that_lose_and_duplicate_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -285,6 +195,8 @@ async fn load_skewed_onto_one_cluster_is_spread_by_moves_that_lose_and_duplicate
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let stop = Arc::new(AtomicBool::new(false));
+    let consuming = Arc::new(AtomicBool::new(true));
+    let out_of_order = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for (i, queue) in queues.iter().enumerate() {
         tasks.push(tokio::spawn(produce(
@@ -297,7 +209,9 @@ async fn load_skewed_onto_one_cluster_is_spread_by_moves_that_lose_and_duplicate
             cluster.client((i + 1) % 2).unwrap(),
             queue.clone(),
             ledger.clone(),
+            consuming.clone(),
             stop.clone(),
+            out_of_order.clone(),
         )));
     }
 
@@ -444,9 +358,10 @@ fn active_clusters(shown: &[(String, bool, u64)]) -> Vec<&str> {
     active
 }
 
-/// Sends batches of 10 to `queue` every 100 ms while `sending`, until `stop`. On a FIFO queue
-/// each message has one of 10 groups and a body `<group>/<n>`, n counting up in the group.
-async fn produce_spread(
+/// Sends batches of 10 to `queue` every 100 ms until `stop`, with bodies `<queue>/g<k>/<n>`:
+/// one for each k from 0 to 9, n counting the batches. On a FIFO queue `g<k>` is the message's
+/// group and its body its deduplication id.
+async fn produce(
     mut client: QueueClient,
     queue: String,
     ledger: Arc<Mutex<Ledger>>,
@@ -497,7 +412,7 @@ async fn produce_spread(
 /// Receives and deletes from `queue` while `consuming`, until `stop` and then until it has
 /// been empty for 3 s. Records each FIFO group's order breaks: a message of a group whose
 /// number is not above the last one received.
-async fn consume_spread(
+async fn consume(
     mut client: QueueClient,
     queue: String,
     ledger: Arc<Mutex<Ledger>>,
@@ -635,13 +550,13 @@ async fn a_hot_queue_spreads_to_the_other_cluster_and_back_losing_nothing_and_ke
     let consuming = Arc::new(AtomicBool::new(true));
     let mut tasks = Vec::new();
     for (i, queue) in queues.iter().enumerate() {
-        tasks.push(tokio::spawn(produce_spread(
+        tasks.push(tokio::spawn(produce(
             cluster.client(i % 2).unwrap(),
             queue.clone(),
             ledger.clone(),
             stop.clone(),
         )));
-        tasks.push(tokio::spawn(consume_spread(
+        tasks.push(tokio::spawn(consume(
             cluster.client((i + 1) % 2).unwrap(),
             queue.clone(),
             ledger.clone(),

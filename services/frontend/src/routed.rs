@@ -676,27 +676,47 @@ impl RoutedBackend {
                 .receive_fifo(id, placement, max, visibility, wait)
                 .await;
         }
+        let sealed: Vec<Route<'_>> = placement.sealed_routes(id).collect();
+        let got = self
+            .receive_each(id, &sealed, max, visibility, false)
+            .await?;
+        if !got.is_empty() {
+            return Ok(got);
+        }
+        self.receive_active(id, placement, max, visibility, wait)
+            .await
+    }
+
+    /// Receives from `routes` in turn without waiting, up to `max` in all. A sealed partition
+    /// gone since the placement was read gives nothing. Another error is the answer if
+    /// `strict` (a FIFO queue must not skip a partition, or its groups would go out of order);
+    /// otherwise it is logged and the partition passed over.
+    async fn receive_each(
+        &self,
+        id: QueueId,
+        routes: &[Route<'_>],
+        max: usize,
+        visibility: Duration,
+        strict: bool,
+    ) -> Result<Vec<ReceivedMessage>> {
         let mut got = Vec::new();
-        for sealed in placement.sealed_routes(id) {
+        for route in routes {
             match self
-                .receive_from(&sealed, max - got.len(), visibility, Duration::ZERO)
+                .receive_from(route, max - got.len(), visibility, Duration::ZERO)
                 .await
             {
                 Ok(messages) => got.extend(messages),
-                Err(Error::NotFound { .. }) => self.placements.expire(&id),
+                Err(Error::NotFound { .. }) if route.sealed => self.placements.expire(&id),
+                Err(err) if strict => return Err(err),
                 Err(err) => {
-                    tracing::warn!(queue_id = id, cluster = %sealed.cluster, error = %err, "cannot receive from a sealed partition; receiving from the active one")
+                    tracing::warn!(queue_id = id, cluster = %route.cluster, error = %err, "cannot receive from a sealed partition; receiving from the others")
                 }
             }
             if got.len() >= max {
                 break;
             }
         }
-        if !got.is_empty() {
-            return Ok(got);
-        }
-        self.receive_active(id, placement, max, visibility, wait)
-            .await
+        Ok(got)
     }
 
     /// Receives from a FIFO queue with sealed partitions. Partitions sealed together (by one
@@ -720,20 +740,7 @@ impl RoutedBackend {
                 .push(route);
         }
         for routes in generations.values() {
-            let mut got = Vec::new();
-            for route in routes {
-                match self
-                    .receive_from(route, max - got.len(), visibility, Duration::ZERO)
-                    .await
-                {
-                    Ok(messages) => got.extend(messages),
-                    Err(Error::NotFound { .. }) => self.placements.expire(&id),
-                    Err(err) => return Err(err),
-                }
-                if got.len() >= max {
-                    break;
-                }
-            }
+            let got = self.receive_each(id, routes, max, visibility, true).await?;
             if !got.is_empty() {
                 return Ok(got);
             }

@@ -321,14 +321,21 @@ pub fn choose<'a>(
     limits: &Limits,
     config: &ScoreConfig,
 ) -> Option<&'a ClusterState> {
-    clusters
+    let eligible: Vec<(&ClusterState, f64)> = clusters
         .iter()
         .filter(|c| refusal(c, limits).is_none())
+        .map(|c| (c, score(&c.load, config).total))
+        .collect();
+    // A band above the lowest score rather than steps of a grid: two scores a hair apart on
+    // either side of a step's edge would otherwise not count as equal.
+    let lowest = eligible.iter().map(|(_, s)| *s).reduce(f64::min)?;
+    eligible
+        .into_iter()
+        .filter(|(_, s)| *s <= lowest + SCORE_STEP)
+        .map(|(c, _)| c)
         .min_by(|a, b| {
-            let step = |c: &ClusterState| (score(&c.load, config).total / SCORE_STEP).floor();
-            step(a)
-                .total_cmp(&step(b))
-                .then(a.queue_count.cmp(&b.queue_count))
+            a.queue_count
+                .cmp(&b.queue_count)
                 .then(a.load.bytes_stored.cmp(&b.load.bytes_stored))
                 .then(a.name.cmp(&b.name))
         })
@@ -540,6 +547,13 @@ mod tests {
             choose(&clusters, &none, &config).unwrap().name,
             "a",
             "same step: fewer queues"
+        );
+        // Scores 0.0175 and 0.0225, either side of a multiple of the step: still equal.
+        let clusters = [cluster("a", 70.0, 9, 0), cluster("b", 90.0, 1, 0)];
+        assert_eq!(
+            choose(&clusters, &none, &config).unwrap().name,
+            "b",
+            "within a step of the lowest: fewer queues"
         );
         let clusters = [cluster("a", 0.0, 3, 0), cluster("b", 0.0, 3, 0)];
         assert_eq!(
