@@ -238,7 +238,7 @@ struct Flags {
     rebalance_interval_ms: Option<u64>,
     /// A queue gets another active partition on another cluster when its messages/s (in +
     /// out) per partition pass this share of capacity_messages_per_second; 0: never
-    /// [default: 0.25]
+    /// [default: 0.1]
     #[arg(long)]
     partition_share: Option<f64>,
     /// Active partitions one queue has at most [default: 8]
