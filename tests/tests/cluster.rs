@@ -803,7 +803,8 @@ async fn a_move_its_leader_left_halfway_is_finished_by_the_leader_loop() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_fifo_queue_s_change_of_partitions_its_leader_left_halfway_is_finished_in_order() {
+async fn a_fifo_queue_s_change_of_partitions_its_leader_left_halfway_is_finished_in_order_and_counts_and_purge_cover_both(
+) {
     let cluster = Cluster::start().await;
     cluster.settled().await;
     let mut f1 = cluster.frontend(0).await;
@@ -914,4 +915,31 @@ async fn a_fifo_queue_s_change_of_partitions_its_leader_left_halfway_is_finished
     }
     let sent: Vec<String> = (0..30).map(|i| format!("h{i}")).collect();
     assert_eq!(order, sent);
+
+    // Counts and purge cover both active partitions: twenty groups fall on both.
+    for g in 0..20 {
+        f2.send_message(pb::SendMessageRequest {
+            group_id: format!("p{g}"),
+            deduplication_id: format!("p{g}"),
+            ..send("halfway.fifo", "to purge")
+        })
+        .await
+        .unwrap();
+    }
+    let placed = cluster.admin(&["placement", "halfway.fifo"]);
+    let holding = placed["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["counts"]["visible"].as_u64().unwrap_or(0) > 0)
+        .count();
+    assert_eq!(holding, 2, "{placed}");
+    assert_eq!(queue_counts(&mut f1, "halfway.fifo").await.visible, 20);
+    f1.purge_queue(pb::PurgeQueueRequest {
+        name: "halfway.fifo".into(),
+    })
+    .await
+    .unwrap();
+    let counts = queue_counts(&mut f2, "halfway.fifo").await;
+    assert_eq!((counts.visible, counts.in_flight), (0, 0), "{counts:?}");
 }
