@@ -106,6 +106,12 @@ impl ManagerServiceImpl {
         let rest = self.rebalance.rebalance_queue_rest_ms;
         let refused = &state.refused;
         let movable = |on: &str, id: QueueId| -> std::result::Result<String, String> {
+            if cluster::queue_of_storage(id) != id {
+                return Err(format!(
+                    "partition of queue id {} is one of several; they retire as the queue cools",
+                    cluster::queue_of_storage(id)
+                ));
+            }
             let placement = self
                 .fleet
                 .placement(id)
@@ -117,7 +123,10 @@ impl ManagerServiceImpl {
                 ));
             }
             if placement.unsettled() {
-                return Err(format!("{} is moving or draining", placement.queue));
+                return Err(format!(
+                    "{} is moving, draining or spread over clusters",
+                    placement.queue
+                ));
             }
             if placement
                 .moved_at_ms
