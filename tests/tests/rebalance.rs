@@ -194,26 +194,7 @@ async fn load_skewed_onto_one_cluster_is_spread_by_moves_that_lose_and_duplicate
     assert_eq!(paused["paused"], true);
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let consuming = Arc::new(AtomicBool::new(true));
-    let out_of_order = Arc::new(Mutex::new(Vec::new()));
-    let mut tasks = Vec::new();
-    for (i, queue) in queues.iter().enumerate() {
-        tasks.push(tokio::spawn(produce(
-            cluster.client(i % 2).unwrap(),
-            queue.clone(),
-            ledger.clone(),
-            stop.clone(),
-        )));
-        tasks.push(tokio::spawn(consume(
-            cluster.client((i + 1) % 2).unwrap(),
-            queue.clone(),
-            ledger.clone(),
-            consuming.clone(),
-            stop.clone(),
-            out_of_order.clone(),
-        )));
-    }
+    let mut load = Load::start(&cluster, &queues, &ledger);
 
     // Paused, the rebalancer only plans: the dry run shows a hot and moves off it.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -270,13 +251,8 @@ async fn load_skewed_onto_one_cluster_is_spread_by_moves_that_lose_and_duplicate
     // The load goes on over the moved queues while their old partitions drain.
     tokio::time::sleep(Duration::from_secs(5)).await;
 
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        tokio::time::timeout(Duration::from_secs(120), task)
-            .await
-            .expect("the load stops")
-            .unwrap();
-    }
+    load.stop.store(true, Ordering::Relaxed);
+    load.join().await;
     let ledger = ledger.lock().unwrap();
     let lost: Vec<&String> = ledger
         .acked
@@ -356,6 +332,55 @@ fn active_clusters(shown: &[(String, bool, u64)]) -> Vec<&str> {
         .collect();
     active.sort_unstable();
     active
+}
+
+/// A producer and a consumer for each queue, on alternate frontends.
+struct Load {
+    /// Set: the producers stop, and the consumers once the queues have been empty for 3 s.
+    stop: Arc<AtomicBool>,
+    /// Cleared: the consumers hold off.
+    consuming: Arc<AtomicBool>,
+    /// FIFO messages received out of their group's order.
+    out_of_order: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(cluster: &DevCluster, queues: &[String], ledger: &Arc<Mutex<Ledger>>) -> Load {
+        let mut load = Load {
+            stop: Arc::default(),
+            consuming: Arc::new(AtomicBool::new(true)),
+            out_of_order: Arc::default(),
+            tasks: Vec::new(),
+        };
+        for (i, queue) in queues.iter().enumerate() {
+            load.tasks.push(tokio::spawn(produce(
+                cluster.client(i % 2).unwrap(),
+                queue.clone(),
+                ledger.clone(),
+                load.stop.clone(),
+            )));
+            load.tasks.push(tokio::spawn(consume(
+                cluster.client((i + 1) % 2).unwrap(),
+                queue.clone(),
+                ledger.clone(),
+                load.consuming.clone(),
+                load.stop.clone(),
+                load.out_of_order.clone(),
+            )));
+        }
+        load
+    }
+
+    /// Waits for every producer and consumer to end (after `stop`).
+    async fn join(&mut self) {
+        for task in self.tasks.drain(..) {
+            tokio::time::timeout(Duration::from_secs(120), task)
+                .await
+                .expect("the load stops")
+                .unwrap();
+        }
+    }
 }
 
 /// Sends batches of 10 to `queue` every 100 ms until `stop`, with bodies `<queue>/g<k>/<n>`:
@@ -545,26 +570,7 @@ async fn a_hot_queue_spreads_to_the_other_cluster_and_back_losing_nothing_and_ke
             first_ids.insert(format!("{queue}/{}", ok.id), ok.message_id);
         }
     }
-    let out_of_order = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let consuming = Arc::new(AtomicBool::new(true));
-    let mut tasks = Vec::new();
-    for (i, queue) in queues.iter().enumerate() {
-        tasks.push(tokio::spawn(produce(
-            cluster.client(i % 2).unwrap(),
-            queue.clone(),
-            ledger.clone(),
-            stop.clone(),
-        )));
-        tasks.push(tokio::spawn(consume(
-            cluster.client((i + 1) % 2).unwrap(),
-            queue.clone(),
-            ledger.clone(),
-            consuming.clone(),
-            stop.clone(),
-            out_of_order.clone(),
-        )));
-    }
+    let mut load = Load::start(&cluster, &queues, &ledger);
 
     for queue in &queues {
         let shown = until_partitions(
@@ -607,7 +613,7 @@ async fn a_hot_queue_spreads_to_the_other_cluster_and_back_losing_nothing_and_ke
     .await;
 
     // With the consumers held, what is sent piles up on both clusters.
-    consuming.store(false, Ordering::Relaxed);
+    load.consuming.store(false, Ordering::Relaxed);
     for queue in &queues {
         let shown = until_partitions(&cluster, queue, "messages on both partitions", |p| {
             p.iter()
@@ -622,7 +628,7 @@ async fn a_hot_queue_spreads_to_the_other_cluster_and_back_losing_nothing_and_ke
     // The sends stop with the consumers still held: the queues cool and retire a partition
     // that still holds messages. It is sealed and drained once the consumers go on, and then
     // removed.
-    stop.store(true, Ordering::Relaxed);
+    load.stop.store(true, Ordering::Relaxed);
     for queue in &queues {
         let shown = until_partitions(&cluster, queue, "a partition retired with messages", |p| {
             active_clusters(p).len() == 1 && p.iter().any(|(_, sealed, n)| *sealed && *n > 0)
@@ -630,18 +636,13 @@ async fn a_hot_queue_spreads_to_the_other_cluster_and_back_losing_nothing_and_ke
         .await;
         println!("{queue} retired a partition: {shown:?}");
     }
-    consuming.store(true, Ordering::Relaxed);
+    load.consuming.store(true, Ordering::Relaxed);
     for queue in &queues {
         let shown =
             until_partitions(&cluster, queue, "one partition again", |p| p.len() == 1).await;
         println!("{queue} shrank back: {shown:?}");
     }
-    for task in tasks {
-        tokio::time::timeout(Duration::from_secs(120), task)
-            .await
-            .expect("the load stops")
-            .unwrap();
-    }
+    load.join().await;
     let ledger = ledger.lock().unwrap();
     let lost: Vec<&String> = ledger
         .acked
@@ -649,7 +650,7 @@ async fn a_hot_queue_spreads_to_the_other_cluster_and_back_losing_nothing_and_ke
         .filter(|b| !ledger.received.contains_key(*b))
         .collect();
     let twice: Vec<(&String, &u32)> = ledger.received.iter().filter(|(_, n)| **n > 1).collect();
-    let out_of_order = out_of_order.lock().unwrap();
+    let out_of_order = load.out_of_order.lock().unwrap();
     println!(
         "{} acknowledged, {} received, {} lost, {} received twice, {} out of order",
         ledger.acked.len(),
