@@ -310,7 +310,9 @@ async fn until_partitions(
     what: &str,
     check: impl Fn(&[(String, bool, u64)]) -> bool,
 ) -> Vec<(String, bool, u64)> {
-    let deadline = Instant::now() + Duration::from_secs(90);
+    // Generous: a FIFO queue drains 10 messages (one per group) a round trip, on a machine
+    // running other tests' clusters at the same time.
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let shown = partitions(cluster, queue);
         if check(&shown) {

@@ -597,9 +597,7 @@ impl RoutedBackend {
     /// Receives from the active partitions of a spread queue: each in turn without waiting,
     /// starting from a different one each call so that no partition is drained before the
     /// others; then, if none had a message and the caller waits, a long poll on all of them at
-    /// once, answered by the first that gets a message. The polls left waiting are cancelled
-    /// before they take any message; in the rare case one took messages just as it was
-    /// cancelled, those become visible again when their visibility timeout ends.
+    /// once, answered by the first that gets a message.
     async fn receive_spread(
         &self,
         id: QueueId,
@@ -638,22 +636,50 @@ impl RoutedBackend {
         if !got.is_empty() || wait.is_zero() {
             return Ok(got);
         }
-        let mut polls: Vec<_> = routes
-            .iter()
-            .map(|route| Box::pin(self.receive_from(route, max, visibility, wait)))
-            .collect();
+        let mut polls = Vec::with_capacity(routes.len());
+        for route in routes {
+            let node = self.node(route.cluster).await?;
+            let (storage, partition) = (route.storage, route.partition);
+            polls.push(Box::pin(async move {
+                let got = node.receive(storage, max, visibility, wait).await;
+                (node, storage, partition, got)
+            }));
+        }
         let (mut failures, mut failed) = (0, None);
         while !polls.is_empty() {
-            let (answer, _, rest) = futures::future::select_all(polls).await;
-            match answer {
-                Ok(messages) if !messages.is_empty() => return Ok(messages),
+            let ((_, _, partition, got), _, rest) = futures::future::select_all(polls).await;
+            polls = rest;
+            match got {
+                Ok(messages) if !messages.is_empty() => {
+                    // The polls still waiting are not cancelled: one may have taken messages
+                    // and be writing that down, and cancelled then it would leave them in
+                    // flight until their visibility timeout, holding their FIFO groups. They
+                    // run to their end, and what they take is made visible again at once.
+                    if !polls.is_empty() {
+                        tokio::spawn(async move {
+                            for (node, storage, _, got) in futures::future::join_all(polls).await {
+                                let Ok(late) = got else { continue };
+                                if late.is_empty() {
+                                    continue;
+                                }
+                                let released = late
+                                    .into_iter()
+                                    .map(|m| (m.receipt_handle, Duration::ZERO))
+                                    .collect();
+                                if let Err(err) = node.change_visibility(storage, released).await {
+                                    tracing::warn!(queue_id = id, error = %err, "cannot make messages a late long poll took visible again; they return when their visibility timeout ends");
+                                }
+                            }
+                        });
+                    }
+                    return Ok(tagged(partition, messages));
+                }
                 Ok(_) => {}
                 Err(err) => {
                     failures += 1;
                     failed = Some(err);
                 }
             }
-            polls = rest;
         }
         match failed.filter(|_| failures == routes.len()) {
             Some(err) => Err(err),
