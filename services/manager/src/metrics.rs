@@ -90,7 +90,7 @@ pub(crate) static MOVES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub(crate) static SEALED_PARTITIONS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "sluice_manager_sealed_partitions",
-        "Sealed queue partitions still draining, as the leader last saw them"
+        "Sealed queue partitions still draining (or kept for their deduplication ids), as the leader last saw them; 0 on the other managers"
     )
     .expect("metric registers once")
 });
@@ -142,7 +142,7 @@ static CLUSTER_HOT_SECONDS: LazyLock<GaugeVec> = LazyLock::new(|| {
 static MEAN_SCORE: LazyLock<Gauge> = LazyLock::new(|| {
     register_gauge!(
         "sluice_manager_mean_score",
-        "The mean score of the backend clusters whose load is known"
+        "The mean score of the backend clusters whose load is known, as the leader last saw it; 0 on the other managers"
     )
     .expect("metric registers once")
 });
@@ -174,7 +174,7 @@ pub(crate) static SPREAD_CHANGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub(crate) static SPREAD_QUEUES: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "sluice_manager_spread_queues",
-        "Queues with more than one active partition, as the leader last saw them"
+        "Queues with more than one active partition, as the leader last saw them; 0 on the other managers"
     )
     .expect("metric registers once")
 });
@@ -182,7 +182,7 @@ pub(crate) static SPREAD_QUEUES: LazyLock<IntGauge> = LazyLock::new(|| {
 pub(crate) static REBALANCE_PAUSED: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "sluice_manager_rebalance_paused",
-        "1 while an operator has paused the rebalancer (sluice admin rebalance pause)"
+        "1 while an operator has paused the rebalancer (sluice admin rebalance pause), on the leader; 0 on the other managers"
     )
     .expect("metric registers once")
 });
@@ -262,11 +262,17 @@ pub(crate) fn export_clusters(clusters: &[ClusterState], limits: &Limits, config
     }
 }
 
-/// Drops the utilization series: a manager that is not the leader has no view to show, and a
-/// cluster that is gone must not linger.
-pub(crate) fn forget_clusters() {
+/// Drops the leader's series: a manager that is not the leader has no view to show, and a
+/// cluster that is gone must not linger. The leader's plain gauges go to zero, so a manager
+/// that lost the leadership does not go on showing what it last saw (dashboards take the
+/// maximum over the managers).
+pub(crate) fn forget_leader_view() {
     forget_utilization();
     CLUSTER_HOT_SECONDS.reset();
+    MEAN_SCORE.set(0.0);
+    REBALANCE_PAUSED.set(0);
+    SPREAD_QUEUES.set(0);
+    SEALED_PARTITIONS.set(0);
 }
 
 /// The series `export_clusters` makes; the rebalancer's own (`export_balance`) stay, so a

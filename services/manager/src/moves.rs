@@ -413,7 +413,7 @@ pub(crate) async fn run(
             _ = shutdown.cancelled() => return,
         }
         if service.leadership.fence().is_none() {
-            metrics::forget_clusters();
+            metrics::forget_leader_view();
             continue;
         }
         if let Err(err) = service.reconcile().await {
