@@ -14,6 +14,7 @@ pub mod disk;
 pub mod front;
 pub mod hostile;
 pub mod prometheus;
+pub mod sqs;
 pub mod trio;
 
 use anyhow::{anyhow, bail, Context};
@@ -107,6 +108,10 @@ fn server_command(
     command
         .args(args)
         .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"]);
+    // Standalone and frontends serve SQS too, on a port of its own.
+    if matches!(kind, None | Some(Kind::Frontend)) {
+        command.args(["--sqs-addr", "127.0.0.1:0"]);
+    }
     if let Some(kind) = kind {
         command.envs(tls_env(kind));
         if kind == Kind::Frontend {
@@ -133,6 +138,8 @@ pub struct ServerProcess {
     child: Child,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Its SQS endpoint, where it serves one.
+    pub sqs_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// Whether its gRPC port serves TLS.
     pub tls: bool,
@@ -366,6 +373,7 @@ impl ServerProcess {
         Ok(ServerProcess {
             grpc_addr: field("grpc")?,
             admin_addr: field("admin")?,
+            sqs_addr: field("sqs").ok(),
             child,
             data_dir: data_dir.to_owned(),
             tls,
@@ -377,6 +385,15 @@ impl ServerProcess {
     pub fn endpoint(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}", self.grpc_addr)
+    }
+
+    /// The URL of its SQS endpoint: `https://` when it serves TLS.
+    pub fn sqs_endpoint(&self) -> anyhow::Result<String> {
+        let scheme = if self.tls { "https" } else { "http" };
+        let addr = self
+            .sqs_addr
+            .ok_or_else(|| anyhow!("this process serves no SQS endpoint"))?;
+        Ok(format!("{scheme}://{addr}"))
     }
 
     /// A channel to its gRPC port, over TLS as an operator when it serves TLS.

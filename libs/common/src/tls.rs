@@ -121,6 +121,12 @@ fn alpn() -> Vec<Vec<u8>> {
     vec![b"h2".to_vec()]
 }
 
+/// What a server port offers: HTTP/2 first (gRPC), and HTTP/1.1 for the SQS endpoint's
+/// clients, which share the port's certificate. A gRPC client offers only h2 and gets it.
+fn server_alpn() -> Vec<Vec<u8>> {
+    vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+}
+
 /// The PEM certificates in `path`; an error names the file.
 pub fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)
@@ -296,7 +302,7 @@ impl ServerTls {
                         key.display()
                     )
                 })?;
-            config.alpn_protocols = alpn();
+            config.alpn_protocols = server_alpn();
             Ok(config)
         };
         Ok(ServerTls {

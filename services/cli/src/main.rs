@@ -51,7 +51,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run frontend, queue engine and metadata store in one process.
-    Standalone(StandaloneArgs),
+    // Boxed: its many settings would make every other command as large.
+    Standalone(Box<StandaloneArgs>),
     /// Operate the distributed deployment.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -123,6 +124,9 @@ struct StandaloneFlags {
     #[command(flatten)]
     #[serde(flatten)]
     auth: sluice_frontend::auth::AuthFlags,
+    #[command(flatten)]
+    #[serde(flatten)]
+    sqs: sluice_frontend::sqs::SqsFlags,
 }
 
 impl StandaloneArgs {
@@ -146,9 +150,10 @@ async fn run_standalone(args: StandaloneArgs) -> anyhow::Result<()> {
             let server = standalone::start(&opts, shutdown).await?;
             // A machine-readable line on stdout: scripts and tests wait for it to know the ports.
             println!(
-                "sluice standalone ready: grpc={} admin={} data_dir={}",
+                "sluice standalone ready: grpc={} admin={} sqs={} data_dir={}",
                 server.grpc_addr,
                 server.admin_addr,
+                server.sqs_addr,
                 opts.data_dir.display()
             );
             server.wait().await
@@ -169,7 +174,7 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let result = match cli.command {
-        Command::Standalone(args) => run_standalone(args).await,
+        Command::Standalone(args) => run_standalone(*args).await,
         Command::Admin(command) => client::run_admin(&cli.endpoint, cli.json, command).await,
         Command::Dev(command) => dev::run(command).await,
         Command::Monitoring(command) => monitoring::run(command),

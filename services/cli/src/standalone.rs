@@ -20,6 +20,7 @@ use sluice_common::keys::MasterKeys;
 use sluice_frontend::auth::{AuthOpts, Authenticator};
 use sluice_frontend::bulkhead::BulkheadOpts;
 use sluice_frontend::pressure::PressureOpts;
+use sluice_frontend::sqs::{SqsOpts, SqsServer};
 use sluice_frontend::sse::Encryption;
 use sluice_frontend::throttle::{RateLimitOpts, RateLimiter};
 use sluice_frontend::{Catalog, QueueServiceImpl, RoutedBackend};
@@ -57,6 +58,9 @@ pub struct StandaloneOpts {
     pub connections: ConnectionOpts,
     #[serde(flatten)]
     pub auth: AuthOpts,
+    /// The SQS endpoint.
+    #[serde(flatten)]
+    pub sqs: SqsOpts,
 }
 
 fn default_dedup_window() -> u64 {
@@ -79,6 +83,7 @@ impl Default for StandaloneOpts {
             backend_pressure: PressureOpts::default(),
             connections: ConnectionOpts::default(),
             auth: AuthOpts::default(),
+            sqs: SqsOpts::default(),
         }
     }
 }
@@ -142,13 +147,14 @@ fn authenticator(
     directory: Arc<StoreDirectory>,
 ) -> anyhow::Result<Authenticator> {
     let has_root = opts.auth.root_credentials_file.is_some();
-    let loopback = opts.service.grpc_addr.ip().is_loopback();
+    let loopback =
+        opts.service.grpc_addr.ip().is_loopback() && opts.sqs.sqs_addr.ip().is_loopback();
     let open = !has_root && (loopback || opts.service.insecure);
     if open && loopback {
         let notice = format!(
-            "sluice standalone lets in callers without credentials on {}: only this machine can \
-             reach it (give --root-credentials-file to require credentials)",
-            opts.service.grpc_addr
+            "sluice standalone lets in callers without credentials on {} and {}: only this \
+             machine can reach them (give --root-credentials-file to require credentials)",
+            opts.service.grpc_addr, opts.sqs.sqs_addr
         );
         eprintln!("{notice}");
         tracing::info!("{notice}");
@@ -161,9 +167,10 @@ fn authenticator(
     }
     anyhow::ensure!(
         open || has_root,
-        "sluice standalone listens on {}, which other machines can reach: give \
+        "sluice standalone listens on {} and {}, which other machines can reach: give \
          --root-credentials-file so that callers must authenticate, or --insecure",
-        opts.service.grpc_addr
+        opts.service.grpc_addr,
+        opts.sqs.sqs_addr
     );
     Authenticator::new(directory, Some(keys), &opts.auth, open)
 }
@@ -173,7 +180,9 @@ pub struct Standalone {
     drain: Drain,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    pub sqs_addr: SocketAddr,
     storage: sluice_backend::node::Storage,
+    sqs: SqsServer,
     readiness: Readiness,
     grpc: GrpcServer,
     admin: tokio::task::JoinHandle<()>,
@@ -190,6 +199,14 @@ pub async fn start(
     opts.rate_limits.check()?;
     opts.bulkheads.check()?;
     let tls = sluice_common::tls::standalone(&opts.service)?;
+    if matches!(tls, sluice_common::tls::PortTls::Plain) {
+        let sqs = opts.sqs.sqs_addr;
+        anyhow::ensure!(
+            sqs.ip().is_loopback() || opts.service.insecure,
+            "the SQS endpoint listens on {sqs}, which other machines can reach, in plain text: \
+             give --tls-cert and --tls-key, listen on 127.0.0.1, or run with --insecure"
+        );
+    }
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
     let node_opts = sluice_backend::node::NodeOpts {
@@ -253,6 +270,8 @@ pub async fn start(
         admin_shutdown.clone(),
     )
     .await?;
+    let sqs =
+        sluice_frontend::sqs::serve(&opts.sqs, service.clone(), &opts.connections, &tls).await?;
     let grpc = sluice_frontend::serve(
         opts.service.grpc_addr,
         service,
@@ -262,12 +281,14 @@ pub async fn start(
     )
     .await?;
     readiness.set(true);
-    tracing::info!(grpc = %grpc.local_addr, admin = %admin_addr, data_dir = %opts.data_dir.display(), "sluice standalone ready");
+    tracing::info!(grpc = %grpc.local_addr, admin = %admin_addr, sqs = %sqs.local_addr, data_dir = %opts.data_dir.display(), "sluice standalone ready");
     Ok(Standalone {
         drain: opts.service.drain(DRAIN_TIMEOUT),
         grpc_addr: grpc.local_addr,
         admin_addr,
+        sqs_addr: sqs.local_addr,
         storage,
+        sqs,
         readiness,
         grpc,
         admin,
@@ -283,6 +304,7 @@ impl Standalone {
         let readiness = self.readiness.clone();
         let leave = async move { readiness.set(false) };
         let served = self.grpc.run_until(&self.shutdown, self.drain, leave).await;
+        self.sqs.stop(self.drain.timeout).await;
         // Only now: the drain's requests still reach the engine.
         self.storage.close().await;
         self.admin_shutdown.cancel();

@@ -125,6 +125,46 @@ impl Identity {
     }
 }
 
+/// A caller another port of this frontend authenticated (the SQS endpoint, by its request's
+/// signature), carried in a request's extensions to the `QueueService`. Only this process can
+/// put it there: extensions never come off the wire.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Identity);
+
+/// Why credentials were refused; each is counted in `sluice_auth_failures_total` when made.
+#[derive(Debug)]
+pub enum Refusal {
+    /// No such key (or its principal is gone), or a malformed key id.
+    UnknownKey,
+    /// The key exists; the secret or signature does not match it.
+    WrongSecret,
+    Expired,
+    /// The source made too many failed attempts; it may try again after this long.
+    Blocked(Duration),
+    /// The key could not be looked up.
+    Failed(Error),
+}
+
+impl Refusal {
+    /// The error of the gRPC API, whose message never says which check failed.
+    pub fn into_error(self) -> Error {
+        match self {
+            Refusal::UnknownKey | Refusal::WrongSecret | Refusal::Expired => {
+                Error::Unauthenticated(
+                    "invalid credentials: the access key is unknown, revoked or expired, or the \
+                 secret does not match"
+                        .to_owned(),
+                )
+            }
+            Refusal::Blocked(retry_after) => Error::Throttled {
+                message: "too many failed authentication attempts from this address".into(),
+                retry_after,
+            },
+            Refusal::Failed(err) => err,
+        }
+    }
+}
+
 pub struct Authenticator {
     directory: Arc<dyn IdentityDirectory>,
     keys: Option<Arc<MasterKeys>>,
@@ -189,6 +229,11 @@ impl Authenticator {
                 .time_to_live(FAILURE_REFILL * FAILURE_BURST)
                 .build(),
         })
+    }
+
+    /// Whether callers without credentials are let in.
+    pub fn is_open(&self) -> bool {
+        self.open
     }
 
     pub fn master_keys(&self) -> Option<&Arc<MasterKeys>> {
@@ -260,37 +305,88 @@ impl Authenticator {
     }
 
     async fn verify(&self, id: &str, secret: &str) -> Result<Identity> {
+        let root = self.root.as_ref().is_some_and(|root| root.id == id);
+        if !root && identity::key_id("key id", id).is_err() {
+            return Err(unauthenticated("malformed"));
+        }
+        self.check_key(id, |stored| bool::from(secret.as_bytes().ct_eq(stored)))
+            .await
+            .map_err(Refusal::into_error)
+    }
+
+    /// The identity of a request signed with key `id` from `peer`, where `signed` says whether
+    /// the signature verifies under a secret (it must compare in constant time). Failures count
+    /// against the source as [`authenticate`](Self::authenticate)'s do. Where callers without
+    /// credentials are let in, a key this frontend does not know is let in as [`ANONYMOUS`]: the
+    /// SDKs always sign, with whatever keys their users configured.
+    pub async fn authenticate_signed(
+        &self,
+        id: &str,
+        peer: Option<SocketAddr>,
+        signed: impl FnOnce(&[u8]) -> bool,
+    ) -> std::result::Result<Identity, Refusal> {
+        let source = peer.map(|p| p.ip());
+        if let Some(until) = source.and_then(|ip| self.blocked.get(&ip)) {
+            let now = Instant::now();
+            if until > now {
+                metrics::AUTH_FAILURES.with_label_values(&["blocked"]).inc();
+                return Err(Refusal::Blocked(until - now));
+            }
+        }
+        match self.check_key(id, signed).await {
+            Err(Refusal::UnknownKey) if self.open => Ok(Identity::anonymous()),
+            Err(refusal @ (Refusal::UnknownKey | Refusal::WrongSecret | Refusal::Expired)) => {
+                if let Some(ip) = source {
+                    self.failed(ip);
+                }
+                Err(refusal)
+            }
+            other => other,
+        }
+    }
+
+    /// Looks key `id` up and asks `matches` whether the request proves its secret.
+    async fn check_key(
+        &self,
+        id: &str,
+        matches: impl FnOnce(&[u8]) -> bool,
+    ) -> std::result::Result<Identity, Refusal> {
         if let Some(root) = &self.root {
             if id == root.id {
-                return if bool::from(secret.as_bytes().ct_eq(root.secret.as_bytes())) {
+                return if matches(root.secret.as_bytes()) {
                     Ok(Identity {
                         principal: root.principal.clone(),
                         anonymous: false,
                     })
                 } else {
-                    Err(unauthenticated("wrong_secret"))
+                    unauthenticated("wrong_secret");
+                    Err(Refusal::WrongSecret)
                 };
             }
         }
         if identity::key_id("key id", id).is_err() {
-            return Err(unauthenticated("malformed"));
+            unauthenticated("malformed");
+            return Err(Refusal::UnknownKey);
         }
         let found = match self.cache.get(id) {
             Some(found) => found,
             None => {
-                let found = self.look_up(id).await?;
+                let found = self.look_up(id).await.map_err(Refusal::Failed)?;
                 self.cache.insert(id.to_owned(), found.clone());
                 found
             }
         };
         let Some(key) = found else {
-            return Err(unauthenticated("unknown_key"));
+            unauthenticated("unknown_key");
+            return Err(Refusal::UnknownKey);
         };
-        if !bool::from(secret.as_bytes().ct_eq(&key.secret)) {
-            return Err(unauthenticated("wrong_secret"));
+        if !matches(&key.secret) {
+            unauthenticated("wrong_secret");
+            return Err(Refusal::WrongSecret);
         }
         if key.expires_at_ms.is_some_and(|at| now_ms() >= at) {
-            return Err(unauthenticated("expired"));
+            unauthenticated("expired");
+            return Err(Refusal::Expired);
         }
         Ok(Identity {
             principal: key.principal.clone(),

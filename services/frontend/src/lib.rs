@@ -20,6 +20,7 @@ mod routed;
 mod server;
 mod service;
 mod spread;
+pub mod sqs;
 pub mod sse;
 pub mod throttle;
 pub mod validate;

@@ -53,6 +53,9 @@ struct Flags {
     #[command(flatten)]
     #[serde(flatten)]
     auth: sluice_frontend::auth::AuthFlags,
+    #[command(flatten)]
+    #[serde(flatten)]
+    sqs: sluice_frontend::sqs::SqsFlags,
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -70,8 +73,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let frontend = node::start(&opts, shutdown).await?;
             // A machine-readable line on stdout: scripts and tests wait for it to know the ports.
             println!(
-                "sluice-frontend ready: grpc={} admin={}",
-                frontend.grpc_addr, frontend.admin_addr
+                "sluice-frontend ready: grpc={} admin={} sqs={}",
+                frontend.grpc_addr, frontend.admin_addr, frontend.sqs_addr
             );
             frontend.wait().await
         },

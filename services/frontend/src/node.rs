@@ -19,6 +19,7 @@ use crate::auth::{AuthOpts, Authenticator};
 use crate::bulkhead::BulkheadOpts;
 use crate::pressure::PressureOpts;
 use crate::routed::RoutedBackend;
+use crate::sqs::{SqsOpts, SqsServer};
 use crate::sse::Encryption;
 use crate::throttle::{Frontends, RateLimitOpts, RateLimiter};
 use crate::{metrics, Catalog, QueueServiceImpl};
@@ -60,6 +61,9 @@ pub struct FrontendOpts {
     pub rate_limits: RateLimitOpts,
     #[serde(flatten)]
     pub auth: AuthOpts,
+    /// The SQS endpoint.
+    #[serde(flatten)]
+    pub sqs: SqsOpts,
 }
 
 fn default_metadata_cache_ttl_ms() -> u64 {
@@ -85,6 +89,7 @@ impl Default for FrontendOpts {
             connections: ConnectionOpts::default(),
             rate_limits: RateLimitOpts::default(),
             auth: AuthOpts::default(),
+            sqs: SqsOpts::default(),
         }
     }
 }
@@ -93,8 +98,10 @@ pub struct Frontend {
     drain: Drain,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    pub sqs_addr: SocketAddr,
     readiness: Readiness,
     grpc: GrpcServer,
+    sqs: SqsServer,
     admin: tokio::task::JoinHandle<()>,
     admin_shutdown: CancellationToken,
     shutdown: CancellationToken,
@@ -141,6 +148,7 @@ pub async fn start(opts: &FrontendOpts, shutdown: CancellationToken) -> anyhow::
         admin_shutdown.clone(),
     )
     .await?;
+    let sqs = crate::sqs::serve(&opts.sqs, service.clone(), &opts.connections, &tls).await?;
     let grpc = crate::serve(
         opts.service.grpc_addr,
         service,
@@ -153,13 +161,15 @@ pub async fn start(opts: &FrontendOpts, shutdown: CancellationToken) -> anyhow::
     tokio::spawn(follow_identity(metadata.clone(), auth, shutdown.clone()));
     tokio::spawn(register(metadata, url, frontends, shutdown.clone()));
     readiness.set(true);
-    tracing::info!(grpc = %grpc.local_addr, admin = %admin_addr, "frontend ready");
+    tracing::info!(grpc = %grpc.local_addr, admin = %admin_addr, sqs = %sqs.local_addr, "frontend ready");
     Ok(Frontend {
         drain: opts.service.drain(DRAIN_TIMEOUT),
         grpc_addr: grpc.local_addr,
         admin_addr,
+        sqs_addr: sqs.local_addr,
         readiness,
         grpc,
+        sqs,
         admin,
         admin_shutdown,
         shutdown,
@@ -275,6 +285,7 @@ impl Frontend {
         let readiness = self.readiness.clone();
         let leave = async move { readiness.set(false) };
         let served = self.grpc.run_until(&self.shutdown, self.drain, leave).await;
+        self.sqs.stop(self.drain.timeout).await;
         self.admin_shutdown.cancel();
         let _ = self.admin.await;
         tracing::info!("frontend stopped");

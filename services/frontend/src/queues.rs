@@ -3,6 +3,7 @@
 //! written with a compare-and-swap on the revision they were read at, so two frontends changing
 //! one queue at once cannot lose a change.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use sluice_api::identity::Principal;
@@ -257,6 +258,77 @@ impl QueueServiceImpl {
             "queue {:?} is being changed concurrently, retry",
             req.name
         )))
+    }
+
+    /// Adds `add` to the tags of queue `name` (a key it has takes the new value) and removes
+    /// the keys in `remove`; the tags it ends with are checked against the limits.
+    pub(crate) async fn retag_queue(
+        &self,
+        name: &str,
+        add: &HashMap<String, String>,
+        remove: &[String],
+    ) -> Result<HashMap<String, String>> {
+        validate::queue_name("name", name)?;
+        for _ in 0..CAS_ATTEMPTS {
+            let Stored {
+                mut record,
+                revision,
+            } = self.catalog.require(name).await?;
+            for key in remove {
+                record.tags.remove(key);
+            }
+            record
+                .tags
+                .extend(add.iter().map(|(k, v)| (k.clone(), v.clone())));
+            validate::tags(&record.tags)?;
+            if self.catalog.update(&record, revision).await? {
+                tracing::info!(queue = %record.name, "queue tags changed");
+                return Ok(record.tags);
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "queue {name:?} is being changed concurrently, retry"
+        )))
+    }
+
+    /// A page of the queues whose dead-letter queue is `dlq`, in name order after `after`, and
+    /// where the next page starts (empty at the end). It reads every queue record: a deployment
+    /// keeps no index of redrive policies.
+    pub(crate) async fn dead_letter_sources(
+        &self,
+        dlq: &str,
+        after: &str,
+        limit: usize,
+        principal: &Principal,
+    ) -> Result<(Vec<String>, String)> {
+        const PAGE: usize = 1000;
+        self.queue("queue", dlq).await?;
+        let mut found = Vec::new();
+        let mut start = after.to_owned();
+        loop {
+            let names = self.catalog.list("", &start, PAGE).await?;
+            for name in &names {
+                let Some(stored) = self.catalog.get(name).await? else {
+                    continue;
+                };
+                let feeds = stored
+                    .record
+                    .attributes
+                    .redrive_policy
+                    .as_ref()
+                    .is_some_and(|policy| policy.dead_letter_queue == dlq);
+                if feeds && principal.allows_any(name) {
+                    found.push(name.clone());
+                    if found.len() == limit {
+                        return Ok((found, name.clone()));
+                    }
+                }
+            }
+            match names.last() {
+                Some(last) if names.len() == PAGE => start = last.clone(),
+                _ => return Ok((found, String::new())),
+            }
+        }
     }
 
     pub(crate) async fn purge_queue(

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::audit;
-use crate::auth::Authenticator;
+use crate::auth::{Authenticated, Authenticator};
 use crate::bulkhead::{BulkheadOpts, Bulkheads};
 use crate::catalog::Catalog;
 use crate::consume::Consumer;
@@ -40,7 +40,7 @@ pub struct QueueServiceImpl {
 }
 
 /// The queue a request names, for the RPC span.
-trait QueueName {
+pub(crate) trait QueueName {
     fn queue_name(&self) -> &str;
 }
 
@@ -229,7 +229,7 @@ impl QueueServiceImpl {
     /// Runs one RPC inside a span that continues the caller's trace, counts it by gRPC code
     /// and times it. The caller is authenticated and its policy checked first; `work` gets the
     /// caller. Queue administration is written to the audit log with its outcome.
-    async fn observed<R, T, Fut>(
+    pub(crate) async fn observed<R, T, Fut>(
         &self,
         method: &'static str,
         request: Request<R>,
@@ -240,10 +240,14 @@ impl QueueServiceImpl {
         Fut: Future<Output = Result<T>>,
     {
         let peer = request.remote_addr();
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
         let queue = request.queue_name().to_owned();
         rpc::observe(SERVICE, method, &queue, &metadata, &metrics::RPC, async {
-            let identity = self.auth.authenticate(&metadata, peer).await?;
+            // The SQS endpoint authenticated the caller by its signature already.
+            let identity = match extensions.get::<Authenticated>() {
+                Some(Authenticated(identity)) => identity.clone(),
+                None => self.auth.authenticate(&metadata, peer).await?,
+            };
             let checked = authorize(&identity.principal, &request.needs());
             let outcome = match checked {
                 Ok(()) => {

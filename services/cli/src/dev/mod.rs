@@ -102,6 +102,11 @@ pub(crate) fn frontend_port(base: u16, f: u16) -> u16 {
     base + 10 + 2 * f
 }
 
+/// The SQS port of frontend `f` (0-based).
+pub(crate) fn frontend_sqs_port(base: u16, f: u16) -> u16 {
+    base + 14 + f
+}
+
 /// Where frontend `f` serves: loopback, or its namespace's address.
 pub(crate) fn frontend_host(netns: Option<&Netns>, f: u16) -> String {
     match netns {
@@ -410,12 +415,15 @@ pub(crate) fn up(
     }
     for i in 0..FRONTENDS {
         let host = frontend_host(parts.netns.as_ref(), i);
+        let mut args = frontend_args.clone();
+        args.push("--sqs-addr".into());
+        args.push(format!("{host}:{}", frontend_sqs_port(base, i)));
         let service = service(
             "sluice-frontend",
             Kind::Frontend,
             (&host, &host),
             frontend_port(base, i),
-            &frontend_args,
+            &args,
         );
         let command = match &parts.netns {
             Some(netns) => in_namespace(&netns.frontend_name(i.into()), service),
@@ -451,6 +459,11 @@ fn print_endpoints(base: u16, nodes: u16, dir: &Path, insecure: bool, prometheus
         "  frontends   {s}://{}  {s}://{}   (admin +1)",
         addr(base + 10),
         addr(base + 12)
+    );
+    println!(
+        "  sqs         {s}://{}  {s}://{}   (the frontends' SQS endpoints)",
+        addr(frontend_sqs_port(base, 0)),
+        addr(frontend_sqs_port(base, 1))
     );
     println!(
         "  metadata    {s}://{}  {s}://{}  {s}://{}",

@@ -1,0 +1,184 @@
+//! Clients of the SQS endpoint as SQS users have them: the AWS SDK for Rust, and raw requests of
+//! either protocol signed with AWS Signature Version 4 by AWS's own signer (`aws-sigv4`).
+
+use std::time::SystemTime;
+
+use anyhow::Context;
+use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::sign::v4;
+use md5::{Digest, Md5};
+
+/// The region the endpoint expects by default.
+pub const REGION: &str = "us-east-1";
+/// The account id in queue URLs by default.
+pub const ACCOUNT: &str = "000000000000";
+
+/// An SDK client of the SQS endpoint at `endpoint`, signing with `key` and `secret`. Retries are
+/// off, so a test sees each error the endpoint answers.
+pub fn client(endpoint: &str, key: &str, secret: &str) -> aws_sdk_sqs::Client {
+    let http = aws_smithy_http_client::Builder::new().build_http();
+    let config = aws_sdk_sqs::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new(REGION))
+        .credentials_provider(Credentials::new(key, secret, None, None, "sluice-tests"))
+        .http_client(http)
+        .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled())
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
+}
+
+/// The SDK's error code (the legacy code, which the SDK reads from `x-amzn-query-error`).
+pub fn code<E, R>(err: &aws_sdk_sqs::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_sqs::error::ProvideErrorMetadata,
+{
+    use aws_sdk_sqs::error::ProvideErrorMetadata;
+    err.code().unwrap_or("<no code>").to_owned()
+}
+
+/// Lower-case hex MD5.
+pub fn md5_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Md5::digest(bytes))
+}
+
+/// An answer to a raw request.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+/// A raw request to the endpoint: `body` posted to `path` with `headers`, signed with `key` and
+/// `secret` as of `time` when a key is given.
+pub async fn raw(
+    endpoint: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    key: Option<(&str, &str)>,
+    time: SystemTime,
+) -> anyhow::Result<Answer> {
+    let url = format!("{endpoint}{path}");
+    let host = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, host)| host)
+        .to_owned();
+    let mut all: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    all.push(("host".into(), host));
+    if let Some((key, secret)) = key {
+        let identity = Credentials::new(key, secret, None, None, "sluice-tests").into();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(REGION)
+            .name("sqs")
+            .time(time)
+            .settings(SigningSettings::default())
+            .build()
+            .context("signing parameters")?
+            .into();
+        let signable = SignableRequest::new(
+            "POST",
+            url.as_str(),
+            all.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            SignableBody::Bytes(body.as_bytes()),
+        )?;
+        let (instructions, _) = sign(signable, &params)?.into_parts();
+        let signed: Vec<(String, String)> = instructions
+            .headers()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        all.extend(signed);
+    }
+    let client = reqwest::Client::new();
+    let mut request = client.post(&url).body(body.to_owned());
+    for (k, v) in all.iter().filter(|(k, _)| k != "host") {
+        request = request.header(k.as_str(), v.as_str());
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.text().await?;
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// A query protocol request of `params`, form-encoded, posted to `path`.
+pub async fn query(
+    endpoint: &str,
+    path: &str,
+    params: &[(&str, &str)],
+    key: Option<(&str, &str)>,
+) -> anyhow::Result<Answer> {
+    let body = params
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    raw(
+        endpoint,
+        path,
+        &[("content-type", "application/x-www-form-urlencoded")],
+        &body,
+        key,
+        SystemTime::now(),
+    )
+    .await
+}
+
+/// Form encoding: every byte but the unreserved ones as `%XX`.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A message attribute as a test sends it: name, data type, and a string or binary value.
+pub struct TestAttribute<'a> {
+    pub name: &'a str,
+    pub data_type: &'a str,
+    pub string: Option<&'a str>,
+    pub binary: Option<&'a [u8]>,
+}
+
+/// MD5OfMessageAttributes by SQS's published algorithm, written out here apart from the
+/// endpoint's own code: names sorted; each name, data type and value length-prefixed (4 bytes,
+/// big-endian), with transport byte 1 before a string value and 2 before a binary one.
+pub fn attributes_md5(attributes: &[TestAttribute<'_>]) -> String {
+    fn prefixed(bytes: &mut Vec<u8>, value: &[u8]) {
+        bytes.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(value);
+    }
+    let mut sorted: Vec<&TestAttribute<'_>> = attributes.iter().collect();
+    sorted.sort_by_key(|a| a.name);
+    let mut bytes = Vec::new();
+    for a in sorted {
+        prefixed(&mut bytes, a.name.as_bytes());
+        prefixed(&mut bytes, a.data_type.as_bytes());
+        match (a.string, a.binary) {
+            (Some(s), _) => {
+                bytes.push(1);
+                prefixed(&mut bytes, s.as_bytes());
+            }
+            (None, Some(b)) => {
+                bytes.push(2);
+                prefixed(&mut bytes, b);
+            }
+            (None, None) => {}
+        }
+    }
+    md5_hex(&bytes)
+}
