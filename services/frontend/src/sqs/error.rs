@@ -124,7 +124,7 @@ impl fmt::Display for SqsError {
 /// The SQS error for an error of Sluice's own API: the codes SQS has for the same decision.
 impl From<Error> for SqsError {
     fn from(err: Error) -> Self {
-        let message = err.to_string();
+        let mut message = err.to_string();
         let code = match &err {
             Error::InvalidArgument { field, reason } => {
                 if field.contains("receipt_handle") {
@@ -135,7 +135,10 @@ impl From<Error> for SqsError {
                     Code::InvalidParameterValue
                 }
             }
-            Error::NotFound { what } if what.starts_with("queue") => Code::QueueDoesNotExist,
+            Error::NotFound { what } if what.starts_with("queue") => {
+                message = format!("The specified queue does not exist: {message}.");
+                Code::QueueDoesNotExist
+            }
             Error::NotFound { what } if what.starts_with("move task") => {
                 Code::ResourceNotFoundException
             }

@@ -89,6 +89,10 @@ fn attribute_error(err: Error) -> SqsError {
                 format!("Invalid value for the parameter {name}: {reason}"),
             )
         }
+        Error::NotFound { what } if what.starts_with("dead-letter queue") => SqsError::new(
+            Code::InvalidAttributeValue,
+            format!("Invalid value for the parameter {REDRIVE}: {what} does not exist"),
+        ),
         other => SqsError::from(other),
     }
 }
