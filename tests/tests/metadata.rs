@@ -49,6 +49,8 @@ fn record(id: u64, name: &str) -> QueueRecord {
         attributes: EffectiveAttributes::default(),
         tags: HashMap::from([("team".to_owned(), "payments".to_owned())]),
         created_at_ms: 1,
+        modified_at_ms: 0,
+        purged_at_ms: 0,
     }
 }
 

@@ -37,6 +37,8 @@ async fn fill(client: etcd_client::Client, from: u64, to: u64) {
             attributes: EffectiveAttributes::default(),
             tags: Default::default(),
             created_at_ms: sluice_api::now_ms(),
+            modified_at_ms: 0,
+            purged_at_ms: 0,
         };
         let placement = Placement::new(&name, if id % 2 == 0 { "a" } else { "b" });
         ops.push(TxnOp::put(

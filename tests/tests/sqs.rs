@@ -183,6 +183,10 @@ async fn queues_are_created_found_listed_described_changed_tagged_purged_and_del
         .unwrap();
     let described = attributes(&client, &url).await;
     assert_eq!(described[&QueueAttributeName::DelaySeconds], "5");
+    let modified: u64 = described[&QueueAttributeName::LastModifiedTimestamp]
+        .parse()
+        .unwrap();
+    assert!(modified >= created, "{modified} vs {created}");
     assert_eq!(
         described[&QueueAttributeName::from("SluiceReplication")],
         "ASYNC"
@@ -276,6 +280,15 @@ async fn queues_are_created_found_listed_described_changed_tagged_purged_and_del
         after[&QueueAttributeName::ApproximateNumberOfMessagesDelayed],
         "0"
     );
+    // One purge a minute.
+    let err = client
+        .purge_queue()
+        .queue_url(&url)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "AWS.SimpleQueueService.PurgeQueueInProgress");
+    assert!(err.into_service_error().is_purge_queue_in_progress());
 
     client.delete_queue().queue_url(&url).send().await.unwrap();
     let err = client

@@ -17,6 +17,12 @@ pub struct QueueRecord {
     #[serde(default)]
     pub tags: HashMap<String, String>,
     pub created_at_ms: u64,
+    /// When its attributes or tags last changed; records from before it was kept have 0.
+    #[serde(default)]
+    pub modified_at_ms: u64,
+    /// When it was last purged, 0 if never: SQS allows one purge a minute.
+    #[serde(default)]
+    pub purged_at_ms: u64,
 }
 
 impl QueueRecord {

@@ -287,6 +287,8 @@ pub fn record_to_pb(record: &QueueRecord) -> pb::MetaQueueRecord {
         attributes: Some(record.attributes.to_proto()),
         tags: record.tags.clone(),
         created_at_ms: record.created_at_ms,
+        modified_at_ms: record.modified_at_ms,
+        purged_at_ms: record.purged_at_ms,
     }
 }
 
@@ -314,6 +316,8 @@ pub fn record_from_pb(record: Option<pb::MetaQueueRecord>) -> Result<QueueRecord
         attributes,
         tags: record.tags,
         created_at_ms: record.created_at_ms,
+        modified_at_ms: record.modified_at_ms,
+        purged_at_ms: record.purged_at_ms,
     })
 }
 
@@ -496,6 +500,8 @@ mod tests {
             },
             tags: [("team".to_owned(), "payments".to_owned())].into(),
             created_at_ms: 17,
+            modified_at_ms: 18,
+            purged_at_ms: 19,
         };
         record.attributes.redrive_policy = Some(crate::RedrivePolicy {
             dead_letter_queue: "orders-dead.fifo".into(),

@@ -107,6 +107,7 @@ pub(crate) fn to_proto_queue(
             delayed: counts.delayed,
         }),
         created_at_ms: record.created_at_ms,
+        modified_at_ms: record.modified_at_ms.max(record.created_at_ms),
         tags: record.tags.clone(),
         rate_limits: Some(limits.to_proto()),
     }

@@ -115,12 +115,15 @@ impl QueueServiceImpl {
                     )),
                 });
             }
+            let now = sluice_api::now_ms();
             let record = QueueRecord {
                 id: self.catalog.allocate_id().await?,
                 name: req.name.clone(),
                 attributes: attributes.clone(),
                 tags: req.tags.clone(),
-                created_at_ms: sluice_api::now_ms(),
+                created_at_ms: now,
+                modified_at_ms: now,
+                purged_at_ms: 0,
             };
             // The data key and the engine's queue first: a record in the catalog always has
             // both behind it.
@@ -236,6 +239,7 @@ impl QueueServiceImpl {
             } = self.catalog.require(&req.name).await?;
             record.attributes =
                 validate::apply_attributes(&record.attributes, &record.name, &update, false)?;
+            record.modified_at_ms = sluice_api::now_ms();
             if update.server_side_encryption == Some(true) {
                 self.can_encrypt(&record.attributes)?;
             }
@@ -281,6 +285,7 @@ impl QueueServiceImpl {
                 .tags
                 .extend(add.iter().map(|(k, v)| (k.clone(), v.clone())));
             validate::tags(&record.tags)?;
+            record.modified_at_ms = sluice_api::now_ms();
             if self.catalog.update(&record, revision).await? {
                 tracing::info!(queue = %record.name, "queue tags changed");
                 return Ok(record.tags);
@@ -339,6 +344,36 @@ impl QueueServiceImpl {
         let removed = self.backend.purge_queue(record.id).await?;
         tracing::info!(queue = %record.name, removed, "queue purged");
         Ok(pb::PurgeQueueResponse {})
+    }
+
+    /// Purges queue `name` as SQS does: refused while its last purge is less than `rest` ago,
+    /// and the time of this one written down once it is done, so every frontend sees it.
+    pub(crate) async fn purge_queue_rested(&self, name: &str, rest: Duration) -> Result<()> {
+        let Stored { record, .. } = self.catalog.require(name).await?;
+        let since = Duration::from_millis(sluice_api::now_ms().saturating_sub(record.purged_at_ms));
+        if record.purged_at_ms > 0 && since < rest {
+            return Err(Error::FailedPrecondition(format!(
+                "queue {name:?} was purged {} s ago; it can be purged again in {} s",
+                since.as_secs(),
+                (rest - since).as_secs().max(1)
+            )));
+        }
+        let removed = self.backend.purge_queue(record.id).await?;
+        tracing::info!(queue = %record.name, removed, "queue purged");
+        for _ in 0..CAS_ATTEMPTS {
+            let Stored {
+                mut record,
+                revision,
+            } = self.catalog.require(name).await?;
+            record.purged_at_ms = sluice_api::now_ms();
+            if self.catalog.update(&record, revision).await? {
+                return Ok(());
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "queue {name:?} was purged but is being changed concurrently: the time of the purge \
+             was not written"
+        )))
     }
 
     pub(crate) async fn start_message_move_task(

@@ -302,6 +302,8 @@ mod tests {
             },
             tags: Default::default(),
             created_at_ms: 0,
+            modified_at_ms: 0,
+            purged_at_ms: 0,
         }
     }
 

@@ -464,6 +464,8 @@ mod tests {
             attributes: Default::default(),
             tags: Default::default(),
             created_at_ms: 0,
+            modified_at_ms: 0,
+            purged_at_ms: 0,
         };
         record.attributes.rate_limits = limits;
         record

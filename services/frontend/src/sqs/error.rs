@@ -49,6 +49,7 @@ macro_rules! codes {
 codes! {
     QueueDoesNotExist => "AWS.SimpleQueueService.NonExistentQueue", 400, true;
     QueueNameExists => "QueueAlreadyExists", 400, true;
+    PurgeQueueInProgress => "AWS.SimpleQueueService.PurgeQueueInProgress", 403, true;
     BatchEntryIdsNotDistinct => "AWS.SimpleQueueService.BatchEntryIdsNotDistinct", 400, true;
     BatchRequestTooLong => "AWS.SimpleQueueService.BatchRequestTooLong", 400, true;
     EmptyBatchRequest => "AWS.SimpleQueueService.EmptyBatchRequest", 400, true;
@@ -146,6 +147,9 @@ impl From<Error> for SqsError {
             Error::AlreadyExists { .. } => Code::QueueNameExists,
             Error::FailedPrecondition(reason) if reason.contains("not in flight") => {
                 Code::MessageNotInflight
+            }
+            Error::FailedPrecondition(reason) if reason.contains("was purged") => {
+                Code::PurgeQueueInProgress
             }
             Error::FailedPrecondition(reason) if reason.contains("receipt handle") => {
                 Code::ReceiptHandleIsInvalid

@@ -15,6 +15,9 @@ use super::error::{Code, SqsError};
 use super::{ranged, required, Ctx, Sqs};
 use crate::service::{Guarded, Needs, QueueName};
 
+/// SQS allows one purge of a queue a minute.
+const PURGE_REST: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Queue attributes by their SQS names. `Sluice*` are Sluice's own, for what SQS has no
 /// attribute for.
 const DELAY: &str = "DelaySeconds";
@@ -41,6 +44,7 @@ const READABLE: &[&str] = &[
     "ApproximateNumberOfMessagesNotVisible",
     "ApproximateNumberOfMessagesDelayed",
     "CreatedTimestamp",
+    "LastModifiedTimestamp",
     "QueueArn",
     DELAY,
     MAX_SIZE,
@@ -359,6 +363,10 @@ impl Sqs {
             counts.delayed.to_string(),
         );
         out.insert("CreatedTimestamp", (queue.created_at_ms / 1000).to_string());
+        out.insert(
+            "LastModifiedTimestamp",
+            (queue.modified_at_ms / 1000).to_string(),
+        );
         out.insert("QueueArn", self.queue_arn(&queue.name));
         let numbers = [
             (DELAY, attributes.delay_seconds),
@@ -566,7 +574,12 @@ impl Sqs {
         input: QueueUrlInput,
     ) -> Result<Map<String, Value>, SqsError> {
         let name = self.url_queue(input.queue_url)?;
-        QueueService::purge_queue(&self.service, ctx.request(pb::PurgeQueueRequest { name }))
+        self.service
+            .observed(
+                "PurgeQueue",
+                ctx.request(pb::PurgeQueueRequest { name }),
+                |_, req| async move { self.service.purge_queue_rested(&req.name, PURGE_REST).await },
+            )
             .await?;
         Ok(Map::new())
     }
