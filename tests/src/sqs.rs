@@ -182,3 +182,54 @@ pub fn attributes_md5(attributes: &[TestAttribute<'_>]) -> String {
     }
     md5_hex(&bytes)
 }
+
+/// The AWS CLI: `SLUICE_AWS_CLI`, else the one `scripts/test.sh` installs in its virtualenv.
+pub fn aws_cli() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("SLUICE_AWS_CLI") {
+        return path.into();
+    }
+    let venv = std::env::var_os("SLUICE_VENV").map_or_else(
+        || {
+            let home = std::env::var_os("HOME").expect("HOME is set");
+            std::path::Path::new(&home).join(".cache/sluice-venv")
+        },
+        std::path::PathBuf::from,
+    );
+    let aws = venv.join("bin/aws");
+    assert!(
+        aws.exists(),
+        "{} is missing: run scripts/test.sh, which installs the AWS CLI from PyPI \
+         (tests/requirements.txt), or set SLUICE_AWS_CLI",
+        aws.display()
+    );
+    aws
+}
+
+/// The AWS CLI against `endpoint` with the key `key`/`secret`, reading no configuration of
+/// the machine's (its home is `home`); returns its exit code, stdout and stderr.
+pub fn run_aws(
+    home: &std::path::Path,
+    endpoint: &str,
+    (key, secret): (&str, &str),
+    args: &[&str],
+) -> (i32, String, String) {
+    let output = std::process::Command::new(aws_cli())
+        .arg("--endpoint-url")
+        .arg(endpoint)
+        .args(args)
+        .env_clear()
+        .env("HOME", home)
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("AWS_ACCESS_KEY_ID", key)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_DEFAULT_REGION", REGION)
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("the AWS CLI runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
