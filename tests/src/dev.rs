@@ -73,12 +73,24 @@ impl DevCluster {
 
     /// The root access key the cluster made.
     pub fn root(&self) -> anyhow::Result<Credentials> {
+        let (id, secret) = self.root_key()?;
+        Credentials::new(&id, &secret)
+    }
+
+    /// The root access key the cluster made: its id and secret.
+    pub fn root_key(&self) -> anyhow::Result<(String, String)> {
         let text = std::fs::read_to_string(self.certs().join("root.credentials"))?;
         let (id, secret) = text
             .trim()
             .split_once(':')
             .context("malformed root.credentials")?;
-        Credentials::new(id, secret)
+        Ok((id.to_owned(), secret.to_owned()))
+    }
+
+    /// The SQS endpoint of frontend `i` (each serves one on the port after the two frontends'
+    /// admin ports, `base + 14 + i`).
+    pub fn sqs_endpoint(&self, i: u16) -> String {
+        format!("https://127.0.0.1:{}", self.base + 14 + i)
     }
 
     /// A client of frontend `i`, trusting the cluster's CA, as its root key.

@@ -18,6 +18,35 @@ pub const ACCOUNT: &str = "000000000000";
 /// off, so a test sees each error the endpoint answers.
 pub fn client(endpoint: &str, key: &str, secret: &str) -> aws_sdk_sqs::Client {
     let http = aws_smithy_http_client::Builder::new().build_http();
+    client_over(http, endpoint, key, secret)
+}
+
+/// [`client`] over HTTPS, trusting only the CA in the PEM file `ca`.
+pub fn client_trusting(
+    ca: &std::path::Path,
+    endpoint: &str,
+    key: &str,
+    secret: &str,
+) -> anyhow::Result<aws_sdk_sqs::Client> {
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+    let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+    let context = TlsContext::builder()
+        .with_trust_store(TrustStore::empty().with_pem_certificate(pem))
+        .build()
+        .context("TLS context")?;
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .tls_context(context)
+        .build_https();
+    Ok(client_over(http, endpoint, key, secret))
+}
+
+fn client_over(
+    http: aws_smithy_runtime_api::client::http::SharedHttpClient,
+    endpoint: &str,
+    key: &str,
+    secret: &str,
+) -> aws_sdk_sqs::Client {
     let config = aws_sdk_sqs::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .endpoint_url(endpoint)
@@ -210,10 +239,25 @@ pub fn aws_cli() -> std::path::PathBuf {
 pub fn run_aws(
     home: &std::path::Path,
     endpoint: &str,
+    key: (&str, &str),
+    args: &[&str],
+) -> (i32, String, String) {
+    run_aws_trusting(None, home, endpoint, key, args)
+}
+
+/// [`run_aws`] over HTTPS, trusting the CA in the PEM file `ca`.
+pub fn run_aws_trusting(
+    ca: Option<&std::path::Path>,
+    home: &std::path::Path,
+    endpoint: &str,
     (key, secret): (&str, &str),
     args: &[&str],
 ) -> (i32, String, String) {
-    let output = std::process::Command::new(aws_cli())
+    let mut command = std::process::Command::new(aws_cli());
+    if let Some(ca) = ca {
+        command.arg("--ca-bundle").arg(ca);
+    }
+    let output = command
         .arg("--endpoint-url")
         .arg(endpoint)
         .args(args)
