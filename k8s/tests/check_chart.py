@@ -188,6 +188,16 @@ def check_wiring(objects: list[dict], label: str) -> None:
             owners = {p["owner"]["metadata"]["name"] for p in selected}
             if len(owners) != 1:
                 fail(f"{where} selects pods of {sorted(owners)}, not of one workload")
+            # Every port it serves is one the pods open, by name.
+            named = {
+                port["name"]
+                for c in selected[0]["owner"]["spec"]["template"]["spec"]["containers"]
+                for port in c.get("ports", [])
+            }
+            for port in obj["spec"]["ports"]:
+                target = port.get("targetPort")
+                if isinstance(target, str) and target not in named:
+                    fail(f"{where}: port {port['name']} targets {target!r}, which no container opens")
             if obj["spec"].get("clusterIP") == "None" and not obj["spec"].get("publishNotReadyAddresses"):
                 fail(f"{where}: a headless Service of peers must list pods before they are ready")
         if kind == "PodDisruptionBudget":
@@ -316,6 +326,7 @@ def check_refusals() -> None:
         {"backend": {"clusters": "a"}},
         {"backend": {"antiAffinity": "sometimes"}},
         {"frontend": {"service": {"port": "grpc"}}},
+        {"frontend": {"sqs": {"accountId": "12345"}}},
         {"tls": {"enabled": "yes"}},
         {"backend": {"replica": 3}},
         {"etcd": {"enabled": False}},
