@@ -6,7 +6,8 @@
 #   deploy/bench/compare.sh                      # every system
 #   deploy/bench/compare.sh sluice rabbitmq-1    # some of them
 #
-# Systems: sluice (standalone), sluice-3 (the dev cluster, SYNC and ASYNC queues),
+# Systems: sluice (standalone), sluice-sqs (standalone, workload (a) over gRPC and over its SQS
+# endpoint with the AWS SDK, one after the other), sluice-3 (the dev cluster, SYNC and ASYNC queues),
 # rabbitmq-1 (quorum and classic queues), rabbitmq-3 (quorum), nats-1-always, nats-1-default,
 # nats-3-always, nats-3-default (JetStream R1/R3, fsync on every write or the default sync).
 #
@@ -16,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-ALL=(sluice sluice-3 rabbitmq-1 rabbitmq-3 nats-1-always nats-1-default nats-3-always nats-3-default)
+ALL=(sluice sluice-sqs sluice-3 rabbitmq-1 rabbitmq-3 nats-1-always nats-1-default nats-3-always nats-3-default)
 if [ $# -gt 0 ]; then SYSTEMS=("$@"); else SYSTEMS=("${ALL[@]}"); fi
 for s in "${SYSTEMS[@]}"; do
     case " ${ALL[*]} " in *" $s "*) ;; *) echo "unknown system $s; known: ${ALL[*]}" >&2; exit 2 ;; esac
@@ -36,7 +37,7 @@ WORK=$(mktemp -d)
 current=
 stop_current() {
     case $current in
-    sluice | sluice-3) sluice_stop "$dir" ;;
+    sluice | sluice-sqs | sluice-3) sluice_stop "$dir" ;;
     rabbitmq-1) rabbit_stop "$dir" 1 ;;
     rabbitmq-3) rabbit_stop "$dir" 3 ;;
     nats-*) nats_stop "$dir" "$nodes" ;;
@@ -82,6 +83,17 @@ for system in "${SYSTEMS[@]}"; do
     sluice)
         sluice_standalone_start "$dir"
         workloads "Sluice standalone" --driver sluice --url "$SLUICE_URLS"
+        ;;
+    sluice-sqs)
+        # The same server and workload through both ports: what the SQS path costs.
+        sluice_standalone_start "$dir"
+        for driver in sluice sqs; do
+            [ $driver = sluice ] && label="Sluice standalone, gRPC" url=$SLUICE_URLS
+            [ $driver = sqs ] && label="Sluice standalone, SQS (AWS SDK)" url=$SLUICE_SQS_URLS
+            id=$(echo "$label" | tr -c 'a-zA-Z0-9\n' - | tr A-Z a-z)
+            bench -w "$WORKLOADS/a-max-throughput.toml" --system "$label" "${timing[@]}" \
+                --driver $driver --url "$url" --json >"$RUNS/a-$id.json"
+        done
         ;;
     sluice-3)
         sluice_cluster_start "$dir"

@@ -2,7 +2,7 @@
 # deploy/bench/compare.sh; every function takes the folder that holds the system's data, logs
 # and pids, so a run leaves nothing outside it.
 #
-# Ports: Sluice standalone 27070; the Sluice dev cluster 27100-27159; RabbitMQ nodes 25672+i
+# Ports: Sluice standalone 27070 (gRPC), 27071 (admin), 27072 (SQS); the Sluice dev cluster 27100-27159; RabbitMQ nodes 25672+i
 # (AMQP) and 26000+i (Erlang distribution); NATS nodes 24222+i (clients) and 26222+i (routes).
 
 RABBIT_SBIN=${RABBIT_SBIN:-$(ls -d /usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin 2>/dev/null | tail -1)}
@@ -29,11 +29,11 @@ sluice_standalone_start() { # dir
     # a key left by a cluster run would ask for TLS, or for a key it does not know.
     unset SLUICE_CA_CERT SLUICE_ACCESS_KEY_ID SLUICE_SECRET_ACCESS_KEY
     "$RELEASE/sluice" standalone --data-dir "$1/data" --grpc-addr 127.0.0.1:27070 \
-        --sqs-addr 127.0.0.1:27072 \
-        --admin-addr 127.0.0.1:27071 >"$1/sluice.log" 2>&1 &
+        --admin-addr 127.0.0.1:27071 --sqs-addr 127.0.0.1:27072 >"$1/sluice.log" 2>&1 &
     echo $! >"$1/pid"
     wait_for "'$RELEASE/sluice' --endpoint http://127.0.0.1:27070 queue list" 30
     SLUICE_URLS=http://127.0.0.1:27070
+    SLUICE_SQS_URLS=http://127.0.0.1:27072
 }
 
 sluice_cluster_start() { # dir

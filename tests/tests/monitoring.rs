@@ -129,6 +129,22 @@ async fn load(mut client: sluice_client::QueueClient, stop: Arc<AtomicBool>) {
     }
 }
 
+/// SQS clients of the frontend's SQS endpoint, until `stop`: a send and a receive of `orders`
+/// through the AWS SDK, and a call for a queue that does not exist.
+async fn sqs_load(client: aws_sdk_sqs::Client, url: String, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let _ = client
+            .send_message()
+            .queue_url(&url)
+            .message_body("over sqs")
+            .send()
+            .await;
+        let _ = client.receive_message().queue_url(&url).send().await;
+        let _ = client.get_queue_url().queue_name("missing").send().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn batch(queue: &str, count: usize, delay_seconds: Option<u32>) -> pb::SendMessageBatchRequest {
     pb::SendMessageBatchRequest {
         queue: queue.into(),
@@ -279,9 +295,17 @@ async fn dashboards_and_alerts_answer_against_a_live_prometheus_under_load_and_f
     .await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let loads: Vec<_> = (0..2)
+    let mut loads: Vec<_> = (0..2)
         .map(|i| tokio::spawn(load(cluster.client(i).unwrap(), stop.clone())))
         .collect();
+    let (id, secret) = cluster.root_key().unwrap();
+    let ca = cluster.certs().join("ca.pem");
+    for i in 0..2 {
+        let endpoint = cluster.sqs_endpoint(i);
+        let sqs = sluice_tests::sqs::client_trusting(&ca, &endpoint, &id, &secret).unwrap();
+        let url = format!("{endpoint}/{}/orders", sluice_tests::sqs::ACCOUNT);
+        loads.push(tokio::spawn(sqs_load(sqs, url, stop.clone())));
+    }
 
     // A backlog past the threshold, some of it delayed.
     for _ in 0..40 {

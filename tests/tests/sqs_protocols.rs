@@ -206,7 +206,7 @@ async fn sigv4_refusals_say_why_and_write_nothing_and_permissions_map_to_sqs_act
     assert_eq!(code(&err), "AccessDenied");
     // It lists only what it may touch.
     let listed = reader.list_queues().send().await.unwrap();
-    assert_eq!(listed.queue_urls(), [url.clone()]);
+    assert_eq!(listed.queue_urls(), std::slice::from_ref(&url));
 }
 
 /// The text of element `name` in `xml`, the first one.

@@ -415,6 +415,18 @@ pub fn frontend() -> Dashboard {
                 p99_and_p50("sluice_rpc_duration_seconds", "method, ", NS, "p99 {{method}}", "p50 {{method}}"),
             ),
             ts(
+                "SQS requests per second by action",
+                "Requests to the frontends' SQS endpoints, by action and SQS code (OK when served).",
+                "reqps",
+                vec![q(format!("sum by (action, code) (rate(sluice_sqs_requests_total{{{NS}}}[{RATE}]))"), "{{action}} {{code}}")],
+            ),
+            ts(
+                "SQS latency by action",
+                "p99 and p50 of each SQS action, long polls included.",
+                "s",
+                p99_and_p50("sluice_sqs_duration_seconds", "action, ", NS, "p99 {{action}}", "p50 {{action}}"),
+            ),
+            ts(
                 "In flight per bulkhead",
                 "Requests (and Consume streams) held by each bulkhead, over every frontend.",
                 "short",

@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sluice_bench::driver::nats::NatsDriver;
 use sluice_bench::driver::rabbitmq::{QueueType, RabbitDriver};
 use sluice_bench::driver::sluice::SluiceDriver;
+use sluice_bench::driver::sqs::SqsDriver;
 use sluice_bench::driver::Driver;
 use sluice_bench::noisy;
 use sluice_bench::runner::{self, Report};
@@ -61,6 +62,8 @@ enum Command {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum DriverKind {
     Sluice,
+    /// Sluice through its SQS endpoint, with the AWS SDK for Rust.
+    Sqs,
     Rabbitmq,
     Nats,
 }
@@ -79,13 +82,16 @@ struct RunArgs {
     #[arg(long, value_enum, default_value = "sluice")]
     driver: DriverKind,
     /// Server addresses, comma-separated; clients are spread over them. Defaults:
-    /// http://127.0.0.1:7070 (sluice), amqp://guest:guest@127.0.0.1:5672/%2f (rabbitmq),
-    /// nats://127.0.0.1:4222 (nats).
+    /// http://127.0.0.1:7070 (sluice), http://127.0.0.1:9324 (sqs),
+    /// amqp://guest:guest@127.0.0.1:5672/%2f (rabbitmq), nats://127.0.0.1:4222 (nats).
     #[arg(long = "url", alias = "endpoint", value_delimiter = ',')]
     urls: Vec<String>,
     /// Sluice: how queues replicate in a cluster.
     #[arg(long, value_enum, default_value = "sync")]
     replication: Replication,
+    /// SQS: the region requests are signed for (the endpoint's `sqs_region`).
+    #[arg(long, default_value = "us-east-1")]
+    sqs_region: String,
     /// Sluice: FIFO queues with this many message groups, sends spread over them in turn.
     #[arg(long)]
     groups: Option<usize>,
@@ -234,6 +240,29 @@ impl RunArgs {
                 let driver =
                     SluiceDriver::new(urls, replication, groups).with_encryption(self.encrypt);
                 (Box::new(driver), name)
+            }
+            DriverKind::Sqs => {
+                anyhow::ensure!(
+                    self.replication == Replication::Sync && self.encrypt.is_none(),
+                    "the sqs driver makes queues with the server's defaults: leave out \
+                     --replication and --encrypt"
+                );
+                let urls = self.urls("http://127.0.0.1:9324");
+                // An endpoint that lets callers in without credentials takes any key.
+                let key = match (
+                    &self.credentials.access_key_id,
+                    &self.credentials.secret_access_key,
+                ) {
+                    (Some(id), Some(secret)) => (id.clone(), secret.clone()),
+                    _ => ("sluice-bench".to_owned(), "sluice-bench".to_owned()),
+                };
+                let driver = SqsDriver::new(
+                    &urls,
+                    (&key.0, &key.1),
+                    &self.sqs_region,
+                    self.tls.ca_cert.clone(),
+                )?;
+                (Box::new(driver), "Sluice over SQS".to_owned())
             }
             DriverKind::Rabbitmq => {
                 let urls = self.urls("amqp://guest:guest@127.0.0.1:5672/%2f");

@@ -10,6 +10,7 @@ use bytes::Bytes;
 pub mod nats;
 pub mod rabbitmq;
 pub mod sluice;
+pub mod sqs;
 
 #[async_trait]
 pub trait Driver: Send + Sync {

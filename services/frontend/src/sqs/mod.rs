@@ -258,7 +258,7 @@ impl Sqs {
                 Code::UnsupportedOperation,
                 format!(
                     "{action}: Sluice grants rights to its own principals, not to AWS accounts; \
-                     use `sluice auth grant` (README, \"Authentication\")"
+                     use `sluice admin grant` (README, \"Security\")"
                 ),
             )),
             other => Err(SqsError::new(

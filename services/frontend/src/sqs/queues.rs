@@ -294,7 +294,7 @@ impl Sqs {
                     return Err(SqsError::new(
                         Code::InvalidAttributeName,
                         "Policy: Sluice grants rights to its own principals, not by IAM \
-                         policies; use `sluice auth grant` (README, \"Authentication\").",
+                         policies; use `sluice admin grant` (README, \"Security\").",
                     ))
                 }
                 "KmsMasterKeyId" | "KmsDataKeyReusePeriodSeconds" => {
