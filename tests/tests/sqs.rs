@@ -929,3 +929,41 @@ async fn dead_letters_are_moved_listed_by_source_and_moved_back_by_a_task() {
         .unwrap_err();
     assert_eq!(code(&err), "ResourceNotFoundException");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queue_over_its_rate_limit_answers_request_throttled_and_stores_nothing_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, client, _) = open_standalone(dir.path());
+    let url = create(
+        &client,
+        "limited",
+        &[(QueueAttributeName::from("SluiceSendMessagesPerSecond"), "1")],
+    )
+    .await;
+    assert_eq!(
+        attributes(&client, &url).await[&QueueAttributeName::from("SluiceSendMessagesPerSecond")],
+        "1"
+    );
+    // One message a second: sending faster is refused, with the code the SDKs retry on.
+    let mut stored = 0;
+    let err = loop {
+        match client
+            .send_message()
+            .queue_url(&url)
+            .message_body("x")
+            .send()
+            .await
+        {
+            Ok(_) => stored += 1,
+            Err(err) => break err,
+        }
+        assert!(stored < 100, "never throttled");
+    };
+    assert_eq!(code(&err), "RequestThrottled");
+    assert!(err.into_service_error().is_request_throttled());
+    let counts = attributes(&client, &url).await;
+    let held: u32 = counts[&QueueAttributeName::ApproximateNumberOfMessages]
+        .parse()
+        .unwrap();
+    assert_eq!(held, stored, "the refused send stored nothing");
+}
