@@ -672,7 +672,7 @@ async fn drain(client: &Client, url: &str, count: usize) -> Vec<(String, String)
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn long_polls_wake_on_a_send_fifo_groups_keep_order_and_duplicates_are_dropped() {
+async fn long_polls_wake_on_a_send_fifo_groups_keep_order_duplicates_drop_and_attempts_repeat() {
     let dir = tempfile::tempdir().unwrap();
     let (server, client, _) = open_standalone(dir.path());
     let url = create(&client, "waiting", &[]).await;
@@ -788,6 +788,32 @@ async fn long_polls_wake_on_a_send_fifo_groups_keep_order_and_duplicates_are_dro
         ["a", "b", "c", "b, sent again under another body"]
     );
     assert_eq!(in_group("g2"), ["x", "y"]);
+
+    // A receive retried with its attempt id gets the same messages and handles; another
+    // attempt finds the group still in flight.
+    client
+        .send_message()
+        .queue_url(&fifo)
+        .message_body("retried")
+        .message_group_id("g3")
+        .send()
+        .await
+        .unwrap();
+    let receive = |attempt: &'static str| {
+        client
+            .receive_message()
+            .queue_url(&fifo)
+            .receive_request_attempt_id(attempt)
+            .send()
+    };
+    let first = receive("attempt-1").await.unwrap();
+    let [message] = first.messages() else {
+        panic!("one message: {first:?}");
+    };
+    assert_eq!(message.body(), Some("retried"));
+    let retried = receive("attempt-1").await.unwrap();
+    assert_eq!(retried.messages(), first.messages());
+    assert!(receive("attempt-2").await.unwrap().messages().is_empty());
 
     let err = client
         .send_message()

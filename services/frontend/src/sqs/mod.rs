@@ -11,8 +11,8 @@ mod sigv4;
 mod wire;
 
 use std::net::SocketAddr;
-use std::sync::LazyLock;
-use std::time::Instant;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use prometheus::{register_histogram_vec, register_int_counter_vec, HistogramVec, IntCounterVec};
 use serde::de::DeserializeOwned;
@@ -169,6 +169,14 @@ fn action_label(action: &str) -> &'static str {
         .unwrap_or("unknown")
 }
 
+/// How long a FIFO receive's answer is kept for a retry with its `ReceiveRequestAttemptId`,
+/// as SQS keeps it.
+const ATTEMPT_TTL: Duration = Duration::from_secs(5 * 60);
+const ATTEMPT_CAPACITY: u64 = 100_000;
+
+/// A receive attempt: the caller, the queue and the attempt id.
+type Attempt = (String, String, String);
+
 /// The SQS endpoint's state: the service it translates to, and how it names queues.
 #[derive(Clone)]
 pub struct Sqs {
@@ -176,6 +184,8 @@ pub struct Sqs {
     opts: SqsOpts,
     /// The scheme of this port's URLs.
     scheme: &'static str,
+    /// Answers of FIFO receives that named an attempt id, for their retries.
+    attempts: moka::sync::Cache<Attempt, Arc<Map<String, Value>>>,
 }
 
 /// Who sent a request, and from where.
@@ -216,6 +226,10 @@ impl Sqs {
             service,
             opts,
             scheme: if tls { "https" } else { "http" },
+            attempts: moka::sync::Cache::builder()
+                .max_capacity(ATTEMPT_CAPACITY)
+                .time_to_live(ATTEMPT_TTL)
+                .build(),
         }
     }
 
