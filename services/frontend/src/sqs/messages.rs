@@ -545,34 +545,23 @@ impl Sqs {
         input: HandleBatchInput,
     ) -> Result<Map<String, Value>, SqsError> {
         let queue = self.queue_name(&required(input.queue_url, "QueueUrl")?)?;
-        let entries = input.entries.unwrap_or_default();
-        check_batch(entries.iter().map(|e| e.id.as_deref()))?;
-        let mut failed = Vec::new();
-        let mut good = Vec::new();
-        for entry in entries {
-            let id = entry.id.unwrap_or_default();
-            match entry.receipt_handle {
-                Some(receipt_handle) => {
-                    good.push(pb::DeleteMessageBatchEntry { id, receipt_handle })
-                }
-                None => failed.push(failure(id, &SqsError::missing("ReceiptHandle"))),
-            }
+        let (good, refused) = handle_entries(input.entries, |id, entry| {
+            let receipt_handle = required(entry.receipt_handle, "ReceiptHandle")?;
+            Ok(pb::DeleteMessageBatchEntry { id, receipt_handle })
+        })?;
+        if good.is_empty() {
+            return Ok(handles_output(Vec::new(), Vec::new(), refused));
         }
-        let mut successful = Vec::new();
-        if !good.is_empty() {
-            let deleted = QueueService::delete_message_batch(
-                &self.service,
-                ctx.request(pb::DeleteMessageBatchRequest {
-                    queue,
-                    entries: good,
-                }),
-            )
-            .await?
-            .into_inner();
-            successful.extend(deleted.successful.into_iter().map(|id| json!({"Id": id})));
-            failed.extend(deleted.failed.into_iter().map(from_batch_error));
-        }
-        Ok(output(json!({"Successful": successful, "Failed": failed})))
+        let deleted = QueueService::delete_message_batch(
+            &self.service,
+            ctx.request(pb::DeleteMessageBatchRequest {
+                queue,
+                entries: good,
+            }),
+        )
+        .await?
+        .into_inner();
+        Ok(handles_output(deleted.successful, deleted.failed, refused))
     }
 
     pub(crate) async fn change_message_visibility(
@@ -582,18 +571,13 @@ impl Sqs {
     ) -> Result<Map<String, Value>, SqsError> {
         let queue = self.queue_name(&required(input.queue_url, "QueueUrl")?)?;
         let receipt_handle = required(input.receipt_handle, "ReceiptHandle")?;
-        let timeout = ranged(
-            Some(required(input.visibility_timeout, "VisibilityTimeout")?),
-            "VisibilityTimeout",
-            0..=43_200,
-        )?
-        .unwrap_or_default();
+        let visibility_timeout_seconds = visibility_timeout(input.visibility_timeout)?;
         QueueService::change_message_visibility(
             &self.service,
             ctx.request(pb::ChangeMessageVisibilityRequest {
                 queue,
                 receipt_handle,
-                visibility_timeout_seconds: timeout,
+                visibility_timeout_seconds,
             }),
         )
         .await?;
@@ -606,48 +590,66 @@ impl Sqs {
         input: HandleBatchInput,
     ) -> Result<Map<String, Value>, SqsError> {
         let queue = self.queue_name(&required(input.queue_url, "QueueUrl")?)?;
-        let entries = input.entries.unwrap_or_default();
-        check_batch(entries.iter().map(|e| e.id.as_deref()))?;
-        let mut failed = Vec::new();
-        let mut good = Vec::new();
-        for entry in entries {
-            let id = entry.id.unwrap_or_default();
-            let checked = required(entry.receipt_handle, "ReceiptHandle").and_then(|handle| {
-                let timeout = ranged(
-                    Some(required(entry.visibility_timeout, "VisibilityTimeout")?),
-                    "VisibilityTimeout",
-                    0..=43_200,
-                )?
-                .unwrap_or_default();
-                Ok((handle, timeout))
-            });
-            match checked {
-                Ok((receipt_handle, visibility_timeout_seconds)) => {
-                    good.push(pb::ChangeMessageVisibilityBatchEntry {
-                        id,
-                        receipt_handle,
-                        visibility_timeout_seconds,
-                    })
-                }
-                Err(err) => failed.push(failure(id, &err)),
-            }
+        let (good, refused) = handle_entries(input.entries, |id, entry| {
+            Ok(pb::ChangeMessageVisibilityBatchEntry {
+                id,
+                receipt_handle: required(entry.receipt_handle, "ReceiptHandle")?,
+                visibility_timeout_seconds: visibility_timeout(entry.visibility_timeout)?,
+            })
+        })?;
+        if good.is_empty() {
+            return Ok(handles_output(Vec::new(), Vec::new(), refused));
         }
-        let mut successful = Vec::new();
-        if !good.is_empty() {
-            let changed = QueueService::change_message_visibility_batch(
-                &self.service,
-                ctx.request(pb::ChangeMessageVisibilityBatchRequest {
-                    queue,
-                    entries: good,
-                }),
-            )
-            .await?
-            .into_inner();
-            successful.extend(changed.successful.into_iter().map(|id| json!({"Id": id})));
-            failed.extend(changed.failed.into_iter().map(from_batch_error));
-        }
-        Ok(output(json!({"Successful": successful, "Failed": failed})))
+        let changed = QueueService::change_message_visibility_batch(
+            &self.service,
+            ctx.request(pb::ChangeMessageVisibilityBatchRequest {
+                queue,
+                entries: good,
+            }),
+        )
+        .await?
+        .into_inner();
+        Ok(handles_output(changed.successful, changed.failed, refused))
     }
+}
+
+/// A required `VisibilityTimeout`, 0 to 12 hours.
+fn visibility_timeout(value: Option<i64>) -> Result<u32, SqsError> {
+    let timeout = required(value, "VisibilityTimeout")?;
+    Ok(ranged(Some(timeout), "VisibilityTimeout", 0..=43_200)?.unwrap_or_default())
+}
+
+/// A batch of receipt handles checked as SQS checks it: as a whole first (refused whole), then
+/// each entry alone with `check`. Returns the entries that passed, and the failure of each
+/// that did not.
+fn handle_entries<T>(
+    entries: Option<Vec<HandleEntry>>,
+    check: impl Fn(String, HandleEntry) -> Result<T, SqsError>,
+) -> Result<(Vec<T>, Vec<Value>), SqsError> {
+    let entries = entries.unwrap_or_default();
+    check_batch(entries.iter().map(|e| e.id.as_deref()))?;
+    let mut good = Vec::with_capacity(entries.len());
+    let mut refused = Vec::new();
+    for mut entry in entries {
+        let id = entry.id.take().unwrap_or_default();
+        match check(id.clone(), entry) {
+            Ok(checked) => good.push(checked),
+            Err(err) => refused.push(failure(id, &err)),
+        }
+    }
+    Ok((good, refused))
+}
+
+/// The answer to a batch of handles: Sluice's results in SQS's shape, after the entries
+/// refused before they were sent.
+fn handles_output(
+    successful: Vec<String>,
+    failed: Vec<pb::BatchResultError>,
+    mut refused: Vec<Value>,
+) -> Map<String, Value> {
+    let successful: Vec<Value> = successful.into_iter().map(|id| json!({"Id": id})).collect();
+    refused.extend(failed.into_iter().map(from_batch_error));
+    output(json!({"Successful": successful, "Failed": refused}))
 }
 
 /// A send's answer as SQS gives it; attributes' MD5 and sequence number only when there are.
