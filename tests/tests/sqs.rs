@@ -826,7 +826,7 @@ async fn long_polls_wake_on_a_send_fifo_groups_keep_order_duplicates_drop_and_at
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn dead_letters_are_moved_listed_by_source_and_moved_back_by_a_task() {
+async fn dead_letters_move_are_listed_by_source_move_back_by_task_and_obey_the_allow_policy() {
     let dir = tempfile::tempdir().unwrap();
     let (_server, client, endpoint) = open_standalone(dir.path());
     let dlq = create(&client, "dead", &[]).await;
@@ -939,6 +939,84 @@ async fn dead_letters_are_moved_listed_by_source_and_moved_back_by_a_task() {
         counts[&QueueAttributeName::ApproximateNumberOfMessages],
         "3"
     );
+
+    // A dead-letter queue's redrive allow policy decides who may name it.
+    let allow = format!(
+        r#"{{"redrivePermission":"byQueue","sourceQueueArns":["{}"]}}"#,
+        arn("src")
+    );
+    client
+        .set_queue_attributes()
+        .queue_url(&dlq)
+        .attributes(QueueAttributeName::RedriveAllowPolicy, &allow)
+        .send()
+        .await
+        .unwrap();
+    let stored: serde_json::Value = serde_json::from_str(
+        &attributes(&client, &dlq).await[&QueueAttributeName::RedriveAllowPolicy],
+    )
+    .unwrap();
+    assert_eq!(stored["redrivePermission"], "byQueue");
+    assert_eq!(stored["sourceQueueArns"][0], arn("src"));
+    let err = client
+        .create_queue()
+        .queue_name("other")
+        .attributes(QueueAttributeName::RedrivePolicy, &policy)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "InvalidAttributeValue");
+    let err = client
+        .get_queue_url()
+        .queue_name("other")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code(&err),
+        "AWS.SimpleQueueService.NonExistentQueue",
+        "nothing made"
+    );
+    // The source it allows may name it again; a malformed policy is refused by name.
+    client
+        .set_queue_attributes()
+        .queue_url(&src)
+        .attributes(QueueAttributeName::RedrivePolicy, &policy)
+        .send()
+        .await
+        .unwrap();
+    for bad in [
+        r#"{"redrivePermission":"sometimes"}"#,
+        r#"{"redrivePermission":"byQueue","sourceQueueArns":[]}"#,
+        r#"{"redrivePermission":"denyAll","sourceQueueArns":["arn:aws:sqs:us-east-1:000000000000:src"]}"#,
+    ] {
+        let err = client
+            .set_queue_attributes()
+            .queue_url(&dlq)
+            .attributes(QueueAttributeName::RedriveAllowPolicy, bad)
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(code(&err), "InvalidAttributeValue", "{bad}");
+    }
+    client
+        .set_queue_attributes()
+        .queue_url(&dlq)
+        .attributes(
+            QueueAttributeName::RedriveAllowPolicy,
+            r#"{"redrivePermission":"denyAll"}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    let err = client
+        .set_queue_attributes()
+        .queue_url(&src)
+        .attributes(QueueAttributeName::RedrivePolicy, &policy)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "InvalidAttributeValue");
 
     let err = client
         .start_message_move_task()

@@ -26,7 +26,9 @@ pub use message::{
     md5_of_body, AttributeValue, DeadLetter, FirstSend, MoveTask, MoveTaskStatus, NewMessage,
     QueueConfig, QueueCounts, QueueId, ReceivedMessage, Replication, SentMessage,
 };
-pub use queue::{EffectiveAttributes, QueueRecord, RateLimits, RedrivePolicy, Stored, Versioned};
+pub use queue::{
+    EffectiveAttributes, QueueRecord, RateLimits, RedriveAllow, RedrivePolicy, Stored, Versioned,
+};
 
 /// Milliseconds since the Unix epoch; 0 if the clock is before it.
 pub fn now_ms() -> u64 {

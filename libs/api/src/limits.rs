@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use sluice_proto::v1 as pb;
 
-use crate::{EffectiveAttributes, Error, RateLimits, RedrivePolicy, Result};
+use crate::{EffectiveAttributes, Error, RateLimits, RedriveAllow, RedrivePolicy, Result};
 
 pub const MAX_QUEUE_NAME_LEN: usize = 80;
 pub const FIFO_SUFFIX: &str = ".fifo";
@@ -37,6 +37,8 @@ pub const MIN_MAX_RECEIVE_COUNT: u32 = 1;
 pub const MAX_MAX_RECEIVE_COUNT: u32 = 1000;
 pub const MAX_MOVE_RATE: u32 = 1000;
 pub const MAX_TAGS: usize = 50;
+/// Queues a redrive allow policy may name.
+pub const MAX_REDRIVE_SOURCES: usize = 10;
 pub const MAX_TAG_KEY_LEN: usize = 128;
 pub const MAX_TAG_VALUE_LEN: usize = 256;
 pub const DEFAULT_PREFETCH: u32 = 100;
@@ -201,6 +203,11 @@ pub fn apply_attributes(
     if let Some(limits) = &update.rate_limits {
         next.rate_limits = rate_limits("attributes.rate_limits", &next.rate_limits, limits, true)?;
     }
+    if let Some(allow) = &update.redrive_allow_policy {
+        if let Some(allow) = redrive_allow(allow)? {
+            next.redrive_allow = allow;
+        }
+    }
     if let Some(encrypted) = update.server_side_encryption {
         next.server_side_encryption = encrypted;
     }
@@ -284,6 +291,44 @@ fn redrive_policy(name: &str, policy: &pb::RedrivePolicy) -> Result<Option<Redri
         dead_letter_queue: policy.dead_letter_queue.clone(),
         max_receive_count,
     }))
+}
+
+/// The redrive allow policy `allow` asks for; `None` leaves the current one.
+fn redrive_allow(allow: &pb::RedriveAllowPolicy) -> Result<Option<RedriveAllow>> {
+    let field = "attributes.redrive_allow_policy";
+    let sources = &allow.source_queues;
+    let permission = pb::RedrivePermission::try_from(allow.permission).map_err(|_| {
+        Error::invalid(
+            format!("{field}.permission"),
+            format!("{} is not a redrive permission", allow.permission),
+        )
+    })?;
+    if permission != pb::RedrivePermission::ByQueue && !sources.is_empty() {
+        return Err(Error::invalid(
+            format!("{field}.source_queues"),
+            "names queues only with the permission BY_QUEUE",
+        ));
+    }
+    Ok(match permission {
+        pb::RedrivePermission::Unspecified => None,
+        pb::RedrivePermission::AllowAll => Some(RedriveAllow::AllowAll),
+        pb::RedrivePermission::DenyAll => Some(RedriveAllow::DenyAll),
+        pb::RedrivePermission::ByQueue => {
+            if sources.is_empty() || sources.len() > MAX_REDRIVE_SOURCES {
+                return Err(Error::invalid(
+                    format!("{field}.source_queues"),
+                    format!(
+                        "BY_QUEUE names 1 to {MAX_REDRIVE_SOURCES} queues, not {}",
+                        sources.len()
+                    ),
+                ));
+            }
+            for source in sources {
+                queue_name(&format!("{field}.source_queues"), source)?;
+            }
+            Some(RedriveAllow::ByQueue(sources.clone()))
+        }
+    })
 }
 
 /// Checks a queue's tags.

@@ -83,6 +83,9 @@ pub struct EffectiveAttributes {
     /// existed have none.
     #[serde(default)]
     pub server_side_encryption: bool,
+    /// Which queues may name this one as their dead-letter queue.
+    #[serde(default, skip_serializing_if = "RedriveAllow::is_allow_all")]
+    pub redrive_allow: RedriveAllow,
 }
 
 /// Rate limits, each per second; `None` sets no limit of its own. A queue's bound all its
@@ -130,6 +133,44 @@ impl RateLimits {
     }
 }
 
+/// Which queues may name a queue as their dead-letter queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedriveAllow {
+    #[default]
+    AllowAll,
+    DenyAll,
+    /// Only the queues named.
+    ByQueue(Vec<String>),
+}
+
+impl RedriveAllow {
+    /// Whether queue `source` may name this queue as its dead-letter queue.
+    pub fn allows(&self, source: &str) -> bool {
+        match self {
+            RedriveAllow::AllowAll => true,
+            RedriveAllow::DenyAll => false,
+            RedriveAllow::ByQueue(sources) => sources.iter().any(|s| s == source),
+        }
+    }
+
+    fn is_allow_all(&self) -> bool {
+        *self == RedriveAllow::AllowAll
+    }
+
+    pub fn to_proto(&self) -> pb::RedriveAllowPolicy {
+        let (permission, source_queues) = match self {
+            RedriveAllow::AllowAll => (pb::RedrivePermission::AllowAll, Vec::new()),
+            RedriveAllow::DenyAll => (pb::RedrivePermission::DenyAll, Vec::new()),
+            RedriveAllow::ByQueue(sources) => (pb::RedrivePermission::ByQueue, sources.clone()),
+        };
+        pb::RedriveAllowPolicy {
+            permission: permission as i32,
+            source_queues,
+        }
+    }
+}
+
 /// Where a queue's messages go after too many receives.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RedrivePolicy {
@@ -152,6 +193,7 @@ impl Default for EffectiveAttributes {
             replication: pb::Replication::Sync as i32,
             redrive_policy: None,
             rate_limits: RateLimits::default(),
+            redrive_allow: RedriveAllow::AllowAll,
         }
     }
 }
@@ -176,6 +218,7 @@ impl EffectiveAttributes {
             server_side_encryption: Some(self.server_side_encryption),
             replication: self.replication,
             rate_limits: (!self.rate_limits.is_empty()).then(|| self.rate_limits.to_proto()),
+            redrive_allow_policy: Some(self.redrive_allow.to_proto()),
         }
     }
 }

@@ -507,6 +507,7 @@ mod tests {
             dead_letter_queue: "orders-dead.fifo".into(),
             max_receive_count: 4,
         });
+        record.attributes.redrive_allow = crate::RedriveAllow::ByQueue(vec!["returns.fifo".into()]);
         assert_eq!(record_from_pb(Some(record_to_pb(&record))).unwrap(), record);
         let err = record_from_pb(None).unwrap_err();
         assert_eq!(err, Error::invalid("record", "is required"));

@@ -80,6 +80,33 @@ impl QueueServiceImpl {
         })
     }
 
+    /// Refuses a redrive policy that `update` sets for queue `name` if its dead-letter queue's
+    /// redrive allow policy does not let `name` use it. Checked only when the policy is set:
+    /// a queue that named the dead-letter queue before keeps it.
+    async fn redrive_allowed(&self, name: &str, update: &pb::QueueAttributes) -> Result<()> {
+        let Some(policy) = &update.redrive_policy else {
+            return Ok(());
+        };
+        if policy.dead_letter_queue.is_empty() {
+            return Ok(());
+        }
+        let Some(dlq) = self.catalog.get(&policy.dead_letter_queue).await? else {
+            // engine_config says that it does not exist.
+            return Ok(());
+        };
+        if dlq.record.attributes.redrive_allow.allows(name) {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            "attributes.redrive_policy.dead_letter_queue",
+            format!(
+                "the redrive allow policy of {:?} does not let {name:?} use it as its dead-letter \
+                 queue",
+                dlq.record.name
+            ),
+        ))
+    }
+
     pub(crate) async fn create_queue(
         &self,
         req: pb::CreateQueueRequest,
@@ -98,6 +125,7 @@ impl QueueServiceImpl {
             true,
         )?;
         self.can_encrypt(&attributes)?;
+        self.redrive_allowed(&req.name, &requested).await?;
         let config = self.engine_config(&req.name, &attributes).await?;
         for _ in 0..CAS_ATTEMPTS {
             if let Some(existing) = self.catalog.get(&req.name).await? {
@@ -232,6 +260,7 @@ impl QueueServiceImpl {
     ) -> Result<pb::SetQueueAttributesResponse> {
         validate::queue_name("name", &req.name)?;
         let update = req.attributes.unwrap_or_default();
+        self.redrive_allowed(&req.name, &update).await?;
         for _ in 0..CAS_ATTEMPTS {
             let Stored {
                 mut record,

@@ -179,6 +179,7 @@ impl AttributeArgs {
                 receives_per_second: self.receive_rate,
                 deletes_per_second: self.delete_rate,
             }),
+            redrive_allow_policy: None,
         }
     }
 }

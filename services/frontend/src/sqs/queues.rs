@@ -26,6 +26,7 @@ const RETENTION: &str = "MessageRetentionPeriod";
 const WAIT: &str = "ReceiveMessageWaitTimeSeconds";
 const VISIBILITY: &str = "VisibilityTimeout";
 const REDRIVE: &str = "RedrivePolicy";
+const REDRIVE_ALLOW: &str = "RedriveAllowPolicy";
 const FIFO: &str = "FifoQueue";
 const CONTENT_DEDUP: &str = "ContentBasedDeduplication";
 const SSE: &str = "SqsManagedSseEnabled";
@@ -52,6 +53,7 @@ const READABLE: &[&str] = &[
     WAIT,
     VISIBILITY,
     REDRIVE,
+    REDRIVE_ALLOW,
     FIFO,
     CONTENT_DEDUP,
     SSE,
@@ -74,6 +76,7 @@ const FIELDS: &[(&str, &str)] = &[
     ("attributes.redrive_policy.dead_letter_queue", REDRIVE),
     ("attributes.redrive_policy.max_receive_count", REDRIVE),
     ("attributes.redrive_policy", REDRIVE),
+    ("attributes.redrive_allow_policy", REDRIVE_ALLOW),
     ("attributes.content_based_deduplication", CONTENT_DEDUP),
     ("attributes.fifo", FIFO),
     ("attributes.rate_limits", "Sluice*PerSecond"),
@@ -257,6 +260,7 @@ impl Sqs {
                 WAIT => out.receive_wait_time_seconds = Some(number(name, value)?),
                 VISIBILITY => out.visibility_timeout_seconds = Some(number(name, value)?),
                 REDRIVE => out.redrive_policy = Some(self.redrive_policy(value)?),
+                REDRIVE_ALLOW => out.redrive_allow_policy = Some(self.redrive_allow(value)?),
                 FIFO if creating => out.fifo = boolean(name, value)?,
                 FIFO => {
                     return Err(SqsError::new(
@@ -348,6 +352,46 @@ impl Sqs {
         })
     }
 
+    /// `RedriveAllowPolicy`'s JSON: `{"redrivePermission": "allowAll" | "denyAll" | "byQueue",
+    /// "sourceQueueArns": [...]}`.
+    fn redrive_allow(&self, value: &str) -> Result<pb::RedriveAllowPolicy, SqsError> {
+        let policy: Value = serde_json::from_str(value)
+            .map_err(|err| invalid_value(REDRIVE_ALLOW, format!("not valid JSON: {err}")))?;
+        let permission = match policy.get("redrivePermission").and_then(Value::as_str) {
+            Some("allowAll") => pb::RedrivePermission::AllowAll,
+            Some("denyAll") => pb::RedrivePermission::DenyAll,
+            Some("byQueue") => pb::RedrivePermission::ByQueue,
+            _ => {
+                return Err(invalid_value(
+                    REDRIVE_ALLOW,
+                    "redrivePermission must be allowAll, denyAll or byQueue",
+                ))
+            }
+        };
+        let arns = match policy.get("sourceQueueArns") {
+            None => Vec::new(),
+            Some(Value::Array(arns)) => arns.clone(),
+            Some(_) => {
+                return Err(invalid_value(
+                    REDRIVE_ALLOW,
+                    "sourceQueueArns must be a list of queue ARNs",
+                ))
+            }
+        };
+        let source_queues = arns
+            .iter()
+            .map(|arn| {
+                let arn = arn.as_str().unwrap_or_default();
+                self.arn_queue("sourceQueueArns", arn)
+                    .map_err(|err| invalid_value(REDRIVE_ALLOW, err.message))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(pb::RedriveAllowPolicy {
+            permission: permission as i32,
+            source_queues,
+        })
+    }
+
     /// A queue's attributes by their SQS names, every one it has.
     fn queue_attributes(&self, queue: &pb::Queue) -> BTreeMap<&'static str, String> {
         let mut out = BTreeMap::new();
@@ -391,6 +435,26 @@ impl Sqs {
                 })
                 .to_string(),
             );
+        }
+        if let Some(allow) = attributes
+            .redrive_allow_policy
+            .as_ref()
+            .filter(|a| a.permission() != pb::RedrivePermission::AllowAll)
+        {
+            let permission = match allow.permission() {
+                pb::RedrivePermission::DenyAll => "denyAll",
+                _ => "byQueue",
+            };
+            let arns: Vec<String> = allow
+                .source_queues
+                .iter()
+                .map(|q| self.queue_arn(q))
+                .collect();
+            let mut policy = json!({ "redrivePermission": permission });
+            if !arns.is_empty() {
+                policy["sourceQueueArns"] = json!(arns);
+            }
+            out.insert(REDRIVE_ALLOW, policy.to_string());
         }
         out.insert(
             SSE,
