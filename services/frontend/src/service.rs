@@ -192,7 +192,7 @@ fn audited(method: &str) -> Option<Action> {
         "CreateQueue" => Some(Action::CreateQueue),
         "DeleteQueue" => Some(Action::DeleteQueue),
         "PurgeQueue" => Some(Action::Purge),
-        "SetQueueAttributes" => Some(Action::SetAttributes),
+        "SetQueueAttributes" | "TagQueue" | "UntagQueue" => Some(Action::SetAttributes),
         "StartMessageMoveTask" => Some(Action::StartMoveTask),
         _ => None,
     }
