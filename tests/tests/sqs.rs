@@ -463,6 +463,64 @@ async fn messages_round_trip_with_sqs_md5s_batches_partial_failures_and_visibili
         .await
         .unwrap_err();
     assert_eq!(code(&err), "InvalidParameterValue");
+    let err = client
+        .change_message_visibility()
+        .queue_url(&url)
+        .receipt_handle(&handle)
+        .visibility_timeout(10)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code(&err),
+        "ReceiptHandleIsInvalid",
+        "the message was deleted"
+    );
+    // A message made visible again is no longer in flight under its handle.
+    client
+        .send_message()
+        .queue_url(&url)
+        .message_body("let go")
+        .send()
+        .await
+        .unwrap();
+    let let_go = client
+        .receive_message()
+        .queue_url(&url)
+        .send()
+        .await
+        .unwrap();
+    let let_go = let_go.messages()[0].receipt_handle().unwrap().to_owned();
+    for timeout in [0, 10] {
+        let changed = client
+            .change_message_visibility()
+            .queue_url(&url)
+            .receipt_handle(&let_go)
+            .visibility_timeout(timeout)
+            .send()
+            .await;
+        if timeout == 0 {
+            changed.unwrap();
+        } else {
+            assert_eq!(
+                code(&changed.unwrap_err()),
+                "AWS.SimpleQueueService.MessageNotInflight"
+            );
+        }
+    }
+    let again = client
+        .receive_message()
+        .queue_url(&url)
+        .send()
+        .await
+        .unwrap();
+    client
+        .delete_message()
+        .queue_url(&url)
+        .receipt_handle(again.messages()[0].receipt_handle().unwrap())
+        .send()
+        .await
+        .unwrap();
 
     // A batch: the entry SQS would refuse alone fails alone.
     let entry = |id: &str, body: &str| {

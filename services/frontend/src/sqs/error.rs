@@ -140,6 +140,8 @@ impl From<Error> for SqsError {
                 message = format!("The specified queue does not exist: {message}.");
                 Code::QueueDoesNotExist
             }
+            // A receipt handle of a message deleted since, or expired.
+            Error::NotFound { what } if what.starts_with("message") => Code::ReceiptHandleIsInvalid,
             Error::NotFound { what } if what.starts_with("move task") => {
                 Code::ResourceNotFoundException
             }
