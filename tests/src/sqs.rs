@@ -3,11 +3,17 @@
 
 use std::time::SystemTime;
 
+use std::collections::HashMap;
+
 use anyhow::Context;
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
+use aws_sdk_sqs::Client;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
 use md5::{Digest, Md5};
+
+use crate::ServerProcess;
 
 /// The region the endpoint expects by default.
 pub const REGION: &str = "us-east-1";
@@ -276,4 +282,49 @@ pub fn run_aws_trusting(
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// Standalone on loopback, which lets in callers whose keys it does not know (the SDKs always
+/// sign), and an SDK client of its SQS endpoint.
+pub fn open_standalone(dir: &std::path::Path) -> (ServerProcess, Client, String) {
+    let server = ServerProcess::start(dir).unwrap();
+    let endpoint = server.sqs_endpoint().unwrap();
+    let client = client(&endpoint, "AKIDANYTHING", "any-secret-will-do");
+    (server, client, endpoint)
+}
+
+pub fn arn(name: &str) -> String {
+    format!("arn:aws:sqs:us-east-1:{ACCOUNT}:{name}")
+}
+
+pub async fn create(
+    client: &Client,
+    name: &str,
+    attributes: &[(QueueAttributeName, &str)],
+) -> String {
+    let mut request = client.create_queue().queue_name(name);
+    for (k, v) in attributes {
+        request = request.attributes(k.clone(), *v);
+    }
+    request.send().await.unwrap().queue_url.unwrap()
+}
+
+pub async fn attributes(client: &Client, url: &str) -> HashMap<QueueAttributeName, String> {
+    client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::All)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap_or_default()
+}
+
+pub fn string_attribute(value: &str) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .unwrap()
 }

@@ -3,6 +3,7 @@
 //! authenticated with AWS Signature Version 4 under Sluice's access keys, then served by the same
 //! `QueueService` as gRPC calls, with the same permissions, limits, throttling and metrics.
 
+mod attributes;
 mod error;
 mod messages;
 mod queues;
