@@ -260,15 +260,8 @@ impl Authenticator {
         peer: Option<SocketAddr>,
     ) -> Result<Identity> {
         let source = peer.map(|p| p.ip());
-        if let Some(until) = source.and_then(|ip| self.blocked.get(&ip)) {
-            let now = Instant::now();
-            if until > now {
-                metrics::AUTH_FAILURES.with_label_values(&["blocked"]).inc();
-                return Err(Error::Throttled {
-                    message: "too many failed authentication attempts from this address".into(),
-                    retry_after: until - now,
-                });
-            }
+        if let Some(wait) = self.blocked_for(source) {
+            return Err(Refusal::Blocked(wait).into_error());
         }
         let Some(value) = metadata.get(credentials::AUTHORIZATION) else {
             if self.open {
@@ -289,6 +282,16 @@ impl Authenticator {
             }
             other => other,
         }
+    }
+
+    /// How long `source` is still refused for its failed attempts, if it is (counted).
+    fn blocked_for(&self, source: Option<IpAddr>) -> Option<Duration> {
+        let until = self.blocked.get(&source?)?;
+        let now = Instant::now();
+        (until > now).then(|| {
+            metrics::AUTH_FAILURES.with_label_values(&["blocked"]).inc();
+            until - now
+        })
     }
 
     /// Counts a failure against `ip`; past the budget, blocks it until it refills.
@@ -326,12 +329,8 @@ impl Authenticator {
         signed: impl FnOnce(&[u8]) -> bool,
     ) -> std::result::Result<Identity, Refusal> {
         let source = peer.map(|p| p.ip());
-        if let Some(until) = source.and_then(|ip| self.blocked.get(&ip)) {
-            let now = Instant::now();
-            if until > now {
-                metrics::AUTH_FAILURES.with_label_values(&["blocked"]).inc();
-                return Err(Refusal::Blocked(until - now));
-            }
+        if let Some(wait) = self.blocked_for(source) {
+            return Err(Refusal::Blocked(wait));
         }
         match self.check_key(id, signed).await {
             Err(Refusal::UnknownKey) if self.open => Ok(Identity::anonymous()),

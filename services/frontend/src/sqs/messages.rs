@@ -6,7 +6,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use base64::Engine;
-use md5::{Digest, Md5};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sluice_api::limits::{MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, MAX_BATCH_ENTRY_ID_LEN};
@@ -186,10 +185,6 @@ fn from_attribute(value: &pb::MessageAttributeValue) -> Value {
     } else {
         json!({"DataType": value.data_type, "StringValue": value.string_value})
     }
-}
-
-fn md5_hex(bytes: &[u8]) -> String {
-    format!("{:x}", Md5::digest(bytes))
 }
 
 /// Checks what SQS checks of a batch as a whole: some entries, at most ten, each id well formed
@@ -461,7 +456,7 @@ impl Sqs {
         let mut out = output(json!({
             "MessageId": message.message_id,
             "ReceiptHandle": message.receipt_handle,
-            "MD5OfBody": md5_hex(body.as_bytes()),
+            "MD5OfBody": sluice_api::md5_of_body(body.as_bytes()),
             "Body": body,
         }));
         let mut attributes = Map::new();
