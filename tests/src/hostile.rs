@@ -64,6 +64,7 @@ pub struct Message {
     pub delay: Option<u32>,
     pub group: Id,
     pub dedup: Id,
+    pub trace: Id,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -179,13 +180,15 @@ fn message() -> impl Strategy<Value = Message> {
         delay(),
         id(),
         id(),
+        id(),
     )
-        .prop_map(|(body, attributes, delay, group, dedup)| Message {
+        .prop_map(|(body, attributes, delay, group, dedup, trace)| Message {
             body,
             attributes,
             delay,
             group,
             dedup,
+            trace,
         })
 }
 
@@ -281,6 +284,16 @@ pub fn id_string(id: Id, counter: u64, group: bool) -> String {
     }
 }
 
+/// A send's trace header: valid ones are X-Ray's, with a space as W3C's `tracestate` may hold.
+pub fn trace_string(id: Id, counter: u64) -> String {
+    match id {
+        Id::Empty => String::new(),
+        Id::Valid => format!("Root=1-5759e988-{counter:024x};Sampled=1, vendor=x"),
+        Id::TooLong => "t".repeat(1025),
+        Id::NotAscii => "tr\u{e4}ce".to_owned(),
+    }
+}
+
 pub fn attributes_pb(attributes: &[Attribute]) -> HashMap<String, pb::MessageAttributeValue> {
     attributes
         .iter()
@@ -307,6 +320,7 @@ pub fn message_valid(
     m: &Message,
     group: &str,
     dedup: &str,
+    trace: &str,
 ) -> bool {
     let fifo = target == Target::Fifo;
     let attributes_ok = attributes.len() <= 10 && attributes.iter().all(attribute_valid);
@@ -323,6 +337,8 @@ pub fn message_valid(
         && delay_ok
         && id_ok(group)
         && id_ok(dedup)
+        && trace.len() <= 1024
+        && trace.bytes().all(|b| (b' '..=b'~').contains(&b))
         && (!fifo || (!group.is_empty() && !dedup.is_empty()))
 }
 

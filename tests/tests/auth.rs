@@ -90,11 +90,13 @@ async fn bodies(client: &mut QueueClient, queue: &str) -> Vec<String> {
         if received.is_empty() {
             break;
         }
-        bodies.extend(
-            received
-                .into_iter()
-                .map(|m| String::from_utf8(m.body.to_vec()).unwrap()),
-        );
+        bodies.extend(received.into_iter().map(|m| {
+            format!(
+                "{} by {}",
+                String::from_utf8(m.body.to_vec()).unwrap(),
+                m.sender_id
+            )
+        }));
     }
     bodies.sort();
     bodies
@@ -289,17 +291,18 @@ async fn credentials_and_policies_decide_every_call_and_a_refused_call_changes_n
     // Counts and contents: exactly what the allowed calls sent.
     let counts = queue_counts(&mut admin, "billing").await;
     assert_eq!(counts.visible, 1);
-    assert_eq!(bodies(&mut admin, "billing").await, ["before"]);
+    assert_eq!(bodies(&mut admin, "billing").await, ["before by root"]);
+    // Each message names the principal whose key sent it.
     assert_eq!(
         bodies(&mut admin, "orders-1").await,
         [
-            "before",
-            "graced",
-            "graced",
-            "rotated via 0",
-            "rotated via 1",
-            "svc via 0",
-            "svc via 1"
+            "before by root",
+            "graced by svc",
+            "graced by svc",
+            "rotated via 0 by svc",
+            "rotated via 1 by svc",
+            "svc via 0 by svc",
+            "svc via 1 by svc"
         ]
     );
 

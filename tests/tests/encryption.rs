@@ -63,6 +63,10 @@ fn attribute(queue: &str, i: usize) -> String {
     format!("{queue}-attribute-{i:04}-another-known-value")
 }
 
+fn trace(queue: &str, i: usize) -> String {
+    format!("Root=1-{queue}-trace-{i:04};Sampled=1")
+}
+
 async fn send_all(client: &mut sluice_client::QueueClient, queue: &str) {
     for i in 0..MESSAGES {
         let attributes = HashMap::from([(
@@ -78,6 +82,7 @@ async fn send_all(client: &mut sluice_client::QueueClient, queue: &str) {
                 queue: queue.into(),
                 body: body(queue, i).into_bytes().into(),
                 attributes,
+                trace_header: trace(queue, i),
                 ..Default::default()
             })
             .await
@@ -115,7 +120,10 @@ async fn read_back(client: &mut sluice_client::QueueClient, queue: &str) {
                 sluice_api::md5_of_body(text.as_bytes())
             );
             assert_eq!(message.attributes["note"].string_value, attribute(queue, i));
+            // The system attributes travel sealed with the rest and come out of the map.
             assert_eq!(message.attributes.len(), 1, "{:?}", message.attributes);
+            assert_eq!(message.trace_header, trace(queue, i));
+            assert_eq!(message.sender_id, "root");
             seen.push(i);
         }
     }
@@ -124,7 +132,8 @@ async fn read_back(client: &mut sluice_client::QueueClient, queue: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn encrypted_bodies_reach_no_backend_file_and_read_back_after_a_master_key_rotation() {
+async fn encrypted_bodies_and_attributes_reach_no_backend_file_and_read_back_after_a_master_key_rotation(
+) {
     let etcd = EtcdProcess::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let backends = dir.path().join("backends");
@@ -166,16 +175,18 @@ async fn encrypted_bodies_reach_no_backend_file_and_read_back_after_a_master_key
     send_all(&mut client, "sealed").await;
     send_all(&mut client, "plain").await;
 
-    // The nodes' files: the plain queue's bodies and attributes are there, the sealed
-    // queue's are not, on any node.
+    // The nodes' files: the plain queue's bodies, attributes and trace headers are there, the
+    // sealed queue's are not, on any node.
     let on_disk = files(&backends);
     assert!(on_disk.len() > 10, "the nodes wrote their files");
     for i in 0..MESSAGES {
         for (needle, sealed) in [
             (body("plain", i), false),
             (attribute("plain", i), false),
+            (trace("plain", i), false),
             (body("sealed", i), true),
             (attribute("sealed", i), true),
+            (trace("sealed", i), true),
         ] {
             let holders: Vec<&str> = on_disk
                 .iter()

@@ -103,7 +103,8 @@ impl Run {
         let attributes = attributes_pb(&m.attributes);
         let group = id_string(m.group, self.counter, true);
         let dedup = id_string(m.dedup, self.counter, false);
-        let valid = message_valid(target, &body, &attributes, m, &group, &dedup);
+        let trace = trace_string(m.trace, self.counter);
+        let valid = message_valid(target, &body, &attributes, m, &group, &dedup, &trace);
         let entry = pb::SendMessageBatchEntry {
             id: String::new(),
             body: body.into(),
@@ -111,6 +112,7 @@ impl Run {
             delay_seconds: m.delay,
             deduplication_id: dedup,
             group_id: group,
+            trace_header: trace,
         };
         (entry, valid)
     }
@@ -130,6 +132,7 @@ impl Run {
                     delay_seconds: entry.delay_seconds,
                     deduplication_id: entry.deduplication_id,
                     group_id: entry.group_id,
+                    trace_header: entry.trace_header,
                 };
                 let result = self.client.send_message(request).await;
                 let expected = queue_error(target).unwrap_or(if valid {

@@ -1,6 +1,6 @@
 //! Queue semantics over the real `sluice standalone` process: dead-letter queues and redrive
 //! (including a redrive task that survives SIGKILL), FIFO ordering under concurrent consumers,
-//! and deduplication windows.
+//! deduplication windows, and the system attributes a message carries.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -485,4 +485,104 @@ async fn retried_send_is_deduplicated_within_the_window_and_accepted_after_it() 
     assert_eq!(retry.message_id, first.message_id);
     let c = counts(&mut client, "events.fifo").await;
     assert_eq!(c.visible, 1);
+}
+
+#[tokio::test]
+async fn system_attributes_name_sender_deduplication_id_and_trace_and_follow_a_dead_letter_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = StandaloneProcess::start(dir.path()).unwrap();
+    let mut client = server.client().await.unwrap();
+    create(&mut client, "traced-dead", Default::default()).await;
+    create(
+        &mut client,
+        "traced",
+        pb::QueueAttributes {
+            redrive_policy: Some(pb::RedrivePolicy {
+                dead_letter_queue: "traced-dead".into(),
+                max_receive_count: 1,
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let trace = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+    let note = HashMap::from([(
+        "note".to_owned(),
+        pb::MessageAttributeValue {
+            data_type: "String".into(),
+            string_value: "kept".into(),
+            ..Default::default()
+        },
+    )]);
+    let sent = client
+        .send_message(pb::SendMessageRequest {
+            queue: "traced".into(),
+            body: b"traced 1".to_vec().into(),
+            attributes: note.clone(),
+            deduplication_id: "order-1".into(),
+            trace_header: trace.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // The first receive, then the second one moves it: in the dead-letter queue it still
+    // carries what the send gave, and the reserved attribute never shows.
+    let first = receive(&mut client, "traced", 1, 0).await;
+    assert_eq!(first.len(), 1);
+    assert!(receive(&mut client, "traced", 1, 0).await.is_empty());
+    let moved = receive(&mut client, "traced-dead", 1, 60).await;
+    assert_eq!(moved.len(), 1);
+    for m in [&first[0], &moved[0]] {
+        assert_eq!(m.message_id, sent.message_id);
+        assert_eq!(m.trace_header, trace);
+        assert_eq!(m.deduplication_id, "order-1");
+        // Standalone on loopback lets callers in without credentials: the sender is the
+        // caller's address.
+        assert_eq!(m.sender_id, "127.0.0.1");
+        assert_eq!(m.attributes, note, "only the client's attributes");
+        assert_eq!(m.md5_of_message_attributes, sent.md5_of_message_attributes);
+    }
+    assert_eq!(moved[0].dead_letter_source_queue, "traced");
+
+    // A FIFO queue's content-based id is the body's SHA-256, as SQS shows it.
+    create(
+        &mut client,
+        "traced.fifo",
+        pb::QueueAttributes {
+            fifo: true,
+            content_based_deduplication: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let fifo = |trace_header: String| pb::SendMessageRequest {
+        queue: "traced.fifo".into(),
+        body: b"traced 1".to_vec().into(),
+        group_id: "g".into(),
+        trace_header,
+        ..Default::default()
+    };
+    client.send_message(fifo(String::new())).await.unwrap();
+    let got = receive(&mut client, "traced.fifo", 1, 60).await;
+    assert_eq!(
+        got[0].deduplication_id,
+        "2d619cf69e623dbd1a9215f773e2d2ef5f64188afcc8bae61e7c918b7af7876f"
+    );
+    assert_eq!(got[0].trace_header, "");
+
+    // A trace header past its limit or outside printable ASCII is refused, naming the field,
+    // and nothing is stored.
+    for bad in [
+        "t".repeat(1025),
+        "tr\u{e4}ce".to_owned(),
+        "line\nbreak".to_owned(),
+    ] {
+        let refused = client.send_message(fifo(bad)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(refused.message().contains("trace_header"), "{refused:?}");
+    }
+    let c = counts(&mut client, "traced.fifo").await;
+    assert_eq!((c.visible, c.in_flight), (0, 1));
 }

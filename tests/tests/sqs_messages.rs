@@ -9,8 +9,8 @@ use std::time::Duration;
 use aws_sdk_sqs::primitives::Blob;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
-    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
-    SendMessageBatchRequestEntry,
+    MessageAttributeValue, MessageSystemAttributeName, MessageSystemAttributeNameForSends,
+    MessageSystemAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use aws_sdk_sqs::Client;
 use sluice_tests::sqs::{
@@ -581,4 +581,168 @@ async fn long_polls_wake_on_a_send_fifo_groups_keep_order_duplicates_drop_and_at
         .await
         .unwrap_err();
     assert_eq!(code(&err), "InvalidParameterValue");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn system_attributes_carry_the_trace_header_sender_and_deduplication_id_with_their_md5() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, client, _) = open_standalone(dir.path());
+    let url = create(
+        &client,
+        "traced.fifo",
+        &[
+            (QueueAttributeName::FifoQueue, "true"),
+            (QueueAttributeName::ContentBasedDeduplication, "true"),
+        ],
+    )
+    .await;
+    let trace = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+    let traced = |value: &str| {
+        MessageSystemAttributeValue::builder()
+            .data_type("String")
+            .string_value(value)
+            .build()
+            .unwrap()
+    };
+    let expected_md5 = attributes_md5(&[TestAttribute {
+        name: "AWSTraceHeader",
+        data_type: "String",
+        string: Some(trace),
+        binary: None,
+    }]);
+    let sent = client
+        .send_message()
+        .queue_url(&url)
+        .message_body("traced")
+        .message_group_id("g")
+        .message_deduplication_id("order-1")
+        .message_system_attributes(
+            MessageSystemAttributeNameForSends::AwsTraceHeader,
+            traced(trace),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        sent.md5_of_message_system_attributes(),
+        Some(expected_md5.as_str())
+    );
+    assert_eq!(sent.md5_of_message_attributes(), None);
+
+    let entry = |id: &str, trace: Option<&str>| {
+        let mut entry = SendMessageBatchRequestEntry::builder()
+            .id(id)
+            .message_body(if trace.is_some() {
+                "traced too"
+            } else {
+                "untraced"
+            })
+            .message_group_id(id);
+        if let Some(trace) = trace {
+            entry = entry.message_system_attributes(
+                MessageSystemAttributeNameForSends::AwsTraceHeader,
+                traced(trace),
+            );
+        }
+        entry.build().unwrap()
+    };
+    let batch = client
+        .send_message_batch()
+        .queue_url(&url)
+        .entries(entry("t", Some(trace)))
+        .entries(entry("n", None))
+        .entries(entry("long", Some(&"t".repeat(1025))))
+        .send()
+        .await
+        .unwrap();
+    let md5s: HashMap<&str, Option<&str>> = batch
+        .successful()
+        .iter()
+        .map(|e| (e.id(), e.md5_of_message_system_attributes()))
+        .collect();
+    assert_eq!(
+        md5s,
+        HashMap::from([("t", Some(expected_md5.as_str())), ("n", None)])
+    );
+    let [failed] = batch.failed() else {
+        panic!("one failure: {batch:?}");
+    };
+    assert_eq!(
+        (failed.id(), failed.code()),
+        ("long", "InvalidParameterValue")
+    );
+    assert!(
+        failed.message().unwrap().contains("AWSTraceHeader"),
+        "{failed:?}"
+    );
+
+    // SQS takes AWSTraceHeader alone, as a String; anything else is refused, naming it.
+    for (name, value, named) in [
+        ("SenderId", traced("me"), "SenderId"),
+        (
+            "AWSTraceHeader",
+            MessageSystemAttributeValue::builder()
+                .data_type("Number")
+                .string_value("1")
+                .build()
+                .unwrap(),
+            "DataType",
+        ),
+    ] {
+        let err = client
+            .send_message()
+            .queue_url(&url)
+            .message_body("refused")
+            .message_group_id("g")
+            .message_system_attributes(MessageSystemAttributeNameForSends::from(name), value)
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(code(&err), "InvalidParameterValue");
+        assert!(format!("{err:?}").contains(named), "{err:?}");
+    }
+
+    // All three are received with what they were sent with (three groups: one receive may
+    // not hand out all of them).
+    let mut system: HashMap<String, HashMap<MessageSystemAttributeName, String>> = HashMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while system.len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "received {system:?}");
+        let received = client
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        for m in received.messages() {
+            system.insert(m.body().unwrap().into(), m.attributes().unwrap().clone());
+        }
+    }
+    use MessageSystemAttributeName::{AwsTraceHeader, MessageDeduplicationId, SenderId};
+    for (attributes, dedup, traced) in [
+        (&system["traced"], "order-1", true),
+        // Content-based: the body's SHA-256.
+        (
+            &system["traced too"],
+            "f372aa842ba521a9d17141ec643a0a9938854898ff2afbbc561b0fcbacd80f15",
+            true,
+        ),
+        (
+            &system["untraced"],
+            "35027e5db28fec4b7e77a719e21b43a41286e9edfeae56f725f43b0b0b7cd559",
+            false,
+        ),
+    ] {
+        // Standalone on loopback lets callers in without credentials: the sender is the
+        // caller's address.
+        assert_eq!(attributes[&SenderId], "127.0.0.1");
+        assert_eq!(attributes[&MessageDeduplicationId], dedup);
+        assert_eq!(
+            attributes.get(&AwsTraceHeader).map(String::as_str),
+            traced.then_some(trace)
+        );
+    }
 }

@@ -4,10 +4,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_sqs::types::QueueAttributeName;
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use sluice_proto::v1 as pb;
 use sluice_tests::auth::{auth_env, root_credentials, root_key};
-use sluice_tests::sqs::{self, code, md5_hex, query, raw, ACCOUNT};
+use sluice_tests::sqs::{self, attributes_md5, code, md5_hex, query, raw, TestAttribute, ACCOUNT};
 use sluice_tests::ServerProcess;
 
 const XMLNS: &str = "http://queue.amazonaws.com/doc/2012-11-05/";
@@ -193,10 +193,16 @@ async fn sigv4_refusals_say_why_and_write_nothing_and_permissions_map_to_sqs_act
     let received = reader
         .receive_message()
         .queue_url(&url)
+        .message_system_attribute_names(MessageSystemAttributeName::SenderId)
         .send()
         .await
         .unwrap();
     assert_eq!(received.messages().len(), 1);
+    // The root key's send: its sender is the principal that signed it.
+    assert_eq!(
+        received.messages()[0].attributes().unwrap()[&MessageSystemAttributeName::SenderId],
+        "root"
+    );
     let err = reader
         .create_queue()
         .queue_name("mine")
@@ -267,12 +273,24 @@ async fn the_query_protocol_answers_in_sqs_xml_and_takes_the_queue_from_the_path
             ("MessageAttribute.1.Name", "colour"),
             ("MessageAttribute.1.Value.DataType", "String"),
             ("MessageAttribute.1.Value.StringValue", "red"),
+            ("MessageSystemAttribute.1.Name", "AWSTraceHeader"),
+            ("MessageSystemAttribute.1.Value.DataType", "String"),
+            ("MessageSystemAttribute.1.Value.StringValue", "Root=1-abc"),
         ],
         key,
     )
     .await
     .unwrap();
     assert_eq!(sent.status, 200, "{sent:?}");
+    assert_eq!(
+        element(&sent.body, "MD5OfMessageSystemAttributes"),
+        attributes_md5(&[TestAttribute {
+            name: "AWSTraceHeader",
+            data_type: "String",
+            string: Some("Root=1-abc"),
+            binary: None,
+        }])
+    );
     assert_eq!(
         element(&sent.body, "MD5OfMessageBody"),
         md5_hex("a <b> & \"c\"\r\n".as_bytes())
@@ -302,6 +320,17 @@ async fn the_query_protocol_answers_in_sqs_xml_and_takes_the_queue_from_the_path
         body.contains(
             "<Attribute><Name>ApproximateReceiveCount</Name><Value>1</Value></Attribute>"
         ),
+        "{body}"
+    );
+    assert!(
+        body.contains(
+            "<Attribute><Name>AWSTraceHeader</Name><Value>Root=1-abc</Value></Attribute>"
+        ),
+        "{body}"
+    );
+    // Let in without credentials (any key, on an open standalone): the sender is the address.
+    assert!(
+        body.contains("<Attribute><Name>SenderId</Name><Value>127.0.0.1</Value></Attribute>"),
         "{body}"
     );
     assert!(body.contains("<MessageAttribute><Name>colour</Name><Value><DataType>String</DataType><StringValue>red</StringValue></Value></MessageAttribute>"), "{body}");

@@ -10,16 +10,19 @@ use sluice_proto::v1 as pb;
 use crate::limits::{
     MAX_ATTRIBUTE_NAME_LEN, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, MAX_DEDUPLICATION_ID_LEN,
     MAX_DELAY_SECS, MAX_GROUP_ID_LEN, MAX_MAX_MESSAGE_BYTES, MAX_MESSAGE_ATTRIBUTES,
+    MAX_TRACE_HEADER_LEN,
 };
 use crate::{Error, Result};
 
-/// What a frontend may add to a message it checked before it forwards it: the encryption
-/// envelope (nonce, tag, the protobuf framing of body and attributes, and the attribute naming
-/// the queue whose key sealed it). A backend allows this much over the public limits.
+/// What a frontend may add to a message it checked before it forwards it: the system attributes
+/// (sender, deduplication id and trace header, under 1.5 KiB) and the encryption envelope
+/// (nonce, tag, the protobuf framing of body and attributes, and the attribute naming the queue
+/// whose key sealed it). A backend allows this much over the public limits.
 pub const FORWARDING_OVERHEAD_BYTES: usize = 4 * 1024;
 
-/// Who wrote the attributes: a client may not use the reserved prefixes, a frontend adds
-/// attributes under them (the encryption envelope), one beyond the client's limit.
+/// Who wrote the attributes: a client may not use the reserved prefixes, a frontend adds one
+/// attribute under them beyond the client's limit (the system attributes; a sealed message
+/// has the encryption envelope alone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     Client,
@@ -162,6 +165,20 @@ pub fn group_id(field: &str, value: &str) -> Result<()> {
 
 pub fn deduplication_id(field: &str, value: &str) -> Result<()> {
     client_id(field, value, MAX_DEDUPLICATION_ID_LEN)
+}
+
+/// A send's trace header: printable ASCII and spaces (W3C's `tracestate` has them).
+pub fn trace_header(field: &str, value: &str) -> Result<()> {
+    if value.len() > MAX_TRACE_HEADER_LEN || !value.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "must be at most {MAX_TRACE_HEADER_LEN} printable ASCII characters, got {} characters",
+                value.chars().count()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The deduplication ids one internal lookup asks about: 1 to 10 (a send's messages), each one

@@ -23,8 +23,9 @@ pub use error::{Error, Result};
 pub use idempotency::IdempotencyKey;
 pub use identity::{AccessKey, Action, IdentityDirectory, Principal};
 pub use message::{
-    md5_of_body, AttributeValue, DeadLetter, FirstSend, MoveTask, MoveTaskStatus, NewMessage,
-    QueueConfig, QueueCounts, QueueId, ReceivedMessage, Replication, SentMessage,
+    attach_system, md5_of_body, take_system, AttributeValue, DeadLetter, FirstSend, MoveTask,
+    MoveTaskStatus, NewMessage, QueueConfig, QueueCounts, QueueId, ReceivedMessage, Replication,
+    SentMessage, SystemAttributes, SYSTEM_ATTRIBUTE,
 };
 pub use queue::{
     EffectiveAttributes, QueueRecord, RateLimits, RedriveAllow, RedrivePolicy, Stored, Versioned,

@@ -33,6 +33,8 @@ pub const MAX_ATTRIBUTE_NAME_LEN: usize = 256;
 pub const MAX_BATCH_ENTRY_ID_LEN: usize = 80;
 pub const MAX_GROUP_ID_LEN: usize = 128;
 pub const MAX_DEDUPLICATION_ID_LEN: usize = 128;
+/// A send's trace header: X-Ray's and W3C's fit in a tenth of it.
+pub const MAX_TRACE_HEADER_LEN: usize = 1024;
 pub const MIN_MAX_RECEIVE_COUNT: u32 = 1;
 pub const MAX_MAX_RECEIVE_COUNT: u32 = 1000;
 pub const MAX_MOVE_RATE: u32 = 1000;

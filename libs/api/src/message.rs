@@ -162,6 +162,38 @@ pub struct ReceivedMessage {
     pub md5_of_body: String,
 }
 
+/// The reserved attribute that carries a message's [`SystemAttributes`].
+pub const SYSTEM_ATTRIBUTE: &str = "Sluice.System";
+
+/// What a frontend keeps with a message for its receivers beyond body and attributes (see
+/// `SystemAttributes` in the internal API).
+pub use sluice_proto::v1::SystemAttributes;
+
+/// Adds `system` to a message's `attributes`, unless it holds nothing.
+pub fn attach_system(attributes: &mut BTreeMap<String, AttributeValue>, system: &SystemAttributes) {
+    if *system == SystemAttributes::default() {
+        return;
+    }
+    attributes.insert(
+        SYSTEM_ATTRIBUTE.to_owned(),
+        AttributeValue {
+            data_type: "Binary".into(),
+            string_value: String::new(),
+            binary_value: prost::Message::encode_to_vec(system).into(),
+        },
+    );
+}
+
+/// Takes a received message's system attributes out of its `attributes`. A message stored
+/// before Sluice kept them has none; one whose attribute does not decode (only a faulty
+/// frontend could write it) is delivered without them rather than not at all.
+pub fn take_system(attributes: &mut BTreeMap<String, AttributeValue>) -> SystemAttributes {
+    attributes
+        .remove(SYSTEM_ATTRIBUTE)
+        .and_then(|value| prost::Message::decode(value.binary_value).ok())
+        .unwrap_or_default()
+}
+
 /// Hex MD5 of a message body, as SQS clients check it.
 pub fn md5_of_body(body: &[u8]) -> String {
     use md5::{Digest, Md5};
@@ -186,5 +218,33 @@ mod tests {
             super::md5_of_body(b"message digest"),
             "f96b697d7cb7938d525a2f31aaf161d0"
         );
+    }
+
+    #[test]
+    fn system_attributes_ride_in_their_reserved_attribute_and_come_out_of_it() {
+        use super::*;
+        let mut attributes = BTreeMap::new();
+        attach_system(&mut attributes, &SystemAttributes::default());
+        assert!(attributes.is_empty(), "nothing to keep, nothing added");
+        let system = SystemAttributes {
+            sender_id: "svc".into(),
+            deduplication_id: "d-1".into(),
+            trace_header: "Root=1-a".into(),
+        };
+        attach_system(&mut attributes, &system);
+        assert_eq!(attributes[SYSTEM_ATTRIBUTE].data_type, "Binary");
+        assert_eq!(take_system(&mut attributes), system);
+        assert!(attributes.is_empty());
+        // Not decodable: the message is delivered without them, and without the attribute.
+        attributes.insert(
+            SYSTEM_ATTRIBUTE.to_owned(),
+            AttributeValue {
+                data_type: "Binary".into(),
+                string_value: String::new(),
+                binary_value: Bytes::from_static(&[0xff]),
+            },
+        );
+        assert_eq!(take_system(&mut attributes), SystemAttributes::default());
+        assert!(attributes.is_empty());
     }
 }

@@ -61,7 +61,8 @@ pub(crate) fn to_proto_task(source: &str, task: MoveTask) -> pb::MessageMoveTask
 }
 
 /// A received message as the API returns it.
-pub(crate) fn to_proto_message(m: ReceivedMessage) -> pb::Message {
+pub(crate) fn to_proto_message(mut m: ReceivedMessage) -> pb::Message {
+    let system = sluice_api::take_system(&mut m.attributes);
     let attributes: HashMap<String, pb::MessageAttributeValue> = m
         .attributes
         .into_iter()
@@ -89,6 +90,9 @@ pub(crate) fn to_proto_message(m: ReceivedMessage) -> pb::Message {
         group_id: m.group_id,
         sequence_number: m.sequence.to_string(),
         dead_letter_source_queue: m.dead_letter_source,
+        sender_id: system.sender_id,
+        deduplication_id: system.deduplication_id,
+        trace_header: system.trace_header,
     }
 }
 

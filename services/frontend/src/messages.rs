@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use sluice_api::identity::{Action, Principal};
 use sluice_api::{
-    AttributeValue, Error, NewMessage, QueueBackend, QueueRecord, ReceivedMessage, Result,
+    attach_system, AttributeValue, Error, NewMessage, QueueBackend, QueueRecord, ReceivedMessage,
+    Result, SystemAttributes,
 };
 use sluice_proto::v1 as pb;
 
@@ -22,6 +23,9 @@ pub(crate) struct SendFields<'a> {
     delay_seconds: Option<u32>,
     deduplication_id: &'a str,
     group_id: &'a str,
+    trace_header: &'a str,
+    /// Who sends it, as receivers see it (`Caller::as_str`).
+    sender: &'a str,
 }
 
 impl QueueServiceImpl {
@@ -74,7 +78,8 @@ impl QueueServiceImpl {
         } else {
             String::new()
         };
-        let message = NewMessage {
+        sluice_api::content::trace_header("trace_header", fields.trace_header)?;
+        let mut message = NewMessage {
             body: fields.body.clone(),
             attributes: fields
                 .attributes
@@ -98,6 +103,12 @@ impl QueueServiceImpl {
             message_id: String::new(),
             md5_of_body: String::new(),
         };
+        let system = SystemAttributes {
+            sender_id: fields.sender.to_owned(),
+            deduplication_id: message.deduplication_id.clone(),
+            trace_header: fields.trace_header.to_owned(),
+        };
+        attach_system(&mut message.attributes, &system);
         Ok((message, size))
     }
 
@@ -115,6 +126,8 @@ impl QueueServiceImpl {
                 delay_seconds: req.delay_seconds,
                 deduplication_id: &req.deduplication_id,
                 group_id: &req.group_id,
+                trace_header: &req.trace_header,
+                sender: caller.as_str(),
             },
         )?;
         let _pass = self.bulkheads.send(&queue.name, size)?;
@@ -157,6 +170,8 @@ impl QueueServiceImpl {
                 delay_seconds: entry.delay_seconds,
                 deduplication_id: &entry.deduplication_id,
                 group_id: &entry.group_id,
+                trace_header: &entry.trace_header,
+                sender: caller.as_str(),
             };
             match self.message(&queue, fields) {
                 Ok((message, size)) => {

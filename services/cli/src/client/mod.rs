@@ -203,6 +203,9 @@ pub struct SendArgs {
     /// nothing and returns the first message's id.
     #[arg(long)]
     dedup_id: Option<String>,
+    /// A trace context handed to the message's receivers (an X-Ray or W3C traceparent header).
+    #[arg(long)]
+    trace_header: Option<String>,
 }
 
 #[derive(Args)]
@@ -426,6 +429,7 @@ pub async fn run(endpoint: String, json_out: bool, command: ClientCommand) -> an
                 delay_seconds: send.delay,
                 deduplication_id: send.dedup_id.unwrap_or_default(),
                 group_id: send.group.unwrap_or_default(),
+                trace_header: send.trace_header.unwrap_or_default(),
             };
             let sent = retry_throttled(|| {
                 let (mut client, request) = (client.clone(), request.clone());

@@ -182,6 +182,9 @@ pub(crate) fn message_json(m: &pb::Message) -> serde_json::Value {
         "group_id": m.group_id,
         "sequence_number": m.sequence_number,
         "dead_letter_source_queue": m.dead_letter_source_queue,
+        "sender_id": m.sender_id,
+        "deduplication_id": m.deduplication_id,
+        "trace_header": m.trace_header,
     })
 }
 
@@ -202,6 +205,12 @@ pub(crate) fn print_message(json_out: bool, m: &pb::Message, receipt: bool) {
     }
     if !m.dead_letter_source_queue.is_empty() {
         println!("  dead-lettered from {}", m.dead_letter_source_queue);
+    }
+    if !m.sender_id.is_empty() {
+        println!("  sent by {}", m.sender_id);
+    }
+    if !m.trace_header.is_empty() {
+        println!("  trace {}", m.trace_header);
     }
     let mut names: Vec<_> = m.attributes.keys().collect();
     names.sort();

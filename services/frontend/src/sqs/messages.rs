@@ -114,9 +114,12 @@ const SYSTEM_ATTRIBUTES: &[&str] = &[
     "SequenceNumber",
     "MessageDeduplicationId",
     "MessageGroupId",
-    "AWSTraceHeader",
+    TRACE_HEADER,
     "DeadLetterQueueSourceArn",
 ];
+
+/// The one message system attribute a send may set.
+const TRACE_HEADER: &str = "AWSTraceHeader";
 
 /// Whether SQS allows `c` in a message: XML's characters, #x9, #xA, #xD, #x20 to #xD7FF,
 /// #xE000 to #xFFFD and #x10000 to #x10FFFF (Rust strings hold no surrogates).
@@ -142,10 +145,11 @@ fn check_text(parameter: &str, text: &str) -> Result<(), SqsError> {
 /// SQS's message attributes as Sluice's.
 fn to_attributes(
     attributes: HashMap<String, AttributeValue>,
+    parameter: &str,
 ) -> Result<HashMap<String, pb::MessageAttributeValue>, SqsError> {
     let mut out = HashMap::with_capacity(attributes.len());
     for (name, value) in attributes {
-        let field = |member: &str| format!("MessageAttribute {name:?} {member}");
+        let field = |member: &str| format!("{parameter} {name:?} {member}");
         let data_type = required(value.data_type, &field("DataType"))?;
         if !value.string_list_values.is_empty() || !value.binary_list_values.is_empty() {
             return Err(SqsError::invalid(
@@ -258,27 +262,55 @@ fn from_batch_error(err: pb::BatchResultError) -> Value {
     failure(err.id, &sqs)
 }
 
+/// A send's message system attributes: SQS takes only `AWSTraceHeader`, a String. Returns the
+/// trace header and the MD5 of the attributes (empty without them), which the answer carries.
+fn to_trace_header(
+    attributes: HashMap<String, AttributeValue>,
+) -> Result<(String, String), SqsError> {
+    let attributes = to_attributes(attributes, "MessageSystemAttribute")?;
+    if let Some((name, _)) = attributes.iter().find(|(name, _)| *name != TRACE_HEADER) {
+        return Err(SqsError::invalid(
+            &format!("MessageSystemAttribute {name:?}"),
+            format!("the only message system attribute a send may set is {TRACE_HEADER}"),
+        ));
+    }
+    let Some(trace) = attributes.get(TRACE_HEADER) else {
+        return Ok((String::new(), String::new()));
+    };
+    if trace.data_type != "String" {
+        return Err(SqsError::invalid(
+            &format!("MessageSystemAttribute {TRACE_HEADER:?} DataType"),
+            format!("must be String, got {:?}", trace.data_type),
+        ));
+    }
+    sluice_api::content::trace_header(
+        &format!("MessageSystemAttribute {TRACE_HEADER:?} StringValue"),
+        &trace.string_value,
+    )?;
+    Ok((
+        trace.string_value.clone(),
+        digest::md5_of_attributes(&attributes),
+    ))
+}
+
 impl Sqs {
-    /// One SQS send entry as Sluice's, with what its answer needs.
-    fn to_entry(entry: SendEntry) -> Result<pb::SendMessageBatchEntry, SqsError> {
+    /// One SQS send entry as Sluice's, with the MD5 of its system attributes for the answer.
+    fn to_entry(entry: SendEntry) -> Result<(pb::SendMessageBatchEntry, String), SqsError> {
         let body = required(entry.message_body, "MessageBody")?;
         check_text("MessageBody", &body)?;
-        if !entry.message_system_attributes.is_empty() {
-            return Err(SqsError::invalid(
-                "MessageSystemAttributes",
-                "Sluice does not keep message system attributes (AWSTraceHeader) yet",
-            ));
-        }
-        let attributes = to_attributes(entry.message_attributes)?;
+        let (trace_header, md5_of_system) = to_trace_header(entry.message_system_attributes)?;
+        let attributes = to_attributes(entry.message_attributes, "MessageAttribute")?;
         let delay = ranged(entry.delay_seconds, "DelaySeconds", 0..=900)?;
-        Ok(pb::SendMessageBatchEntry {
+        let entry = pb::SendMessageBatchEntry {
             id: entry.id.unwrap_or_default(),
             body: body.into_bytes().into(),
             attributes,
             delay_seconds: delay,
             deduplication_id: entry.message_deduplication_id.unwrap_or_default(),
             group_id: entry.message_group_id.unwrap_or_default(),
-        })
+            trace_header,
+        };
+        Ok((entry, md5_of_system))
     }
 
     pub(crate) async fn send_message(
@@ -287,7 +319,7 @@ impl Sqs {
         input: SendInput,
     ) -> Result<Map<String, Value>, SqsError> {
         let queue = self.queue_name(&required(input.queue_url, "QueueUrl")?)?;
-        let entry = Self::to_entry(input.entry)?;
+        let (entry, md5_of_system) = Self::to_entry(input.entry)?;
         let sent = QueueService::send_message(
             &self.service,
             ctx.request(pb::SendMessageRequest {
@@ -297,6 +329,7 @@ impl Sqs {
                 delay_seconds: entry.delay_seconds,
                 deduplication_id: entry.deduplication_id,
                 group_id: entry.group_id,
+                trace_header: entry.trace_header,
             }),
         )
         .await?
@@ -305,6 +338,7 @@ impl Sqs {
             sent.message_id,
             sent.md5_of_body,
             sent.md5_of_message_attributes,
+            md5_of_system,
             sent.sequence_number,
         ))
     }
@@ -343,10 +377,14 @@ impl Sqs {
         }
         let mut failed = Vec::new();
         let mut good = Vec::with_capacity(entries.len());
+        let mut md5s_of_system = HashMap::new();
         for entry in entries {
             let id = entry.id.clone().unwrap_or_default();
             match Self::to_entry(entry) {
-                Ok(entry) => good.push(entry),
+                Ok((entry, md5_of_system)) => {
+                    md5s_of_system.insert(id, md5_of_system);
+                    good.push(entry);
+                }
                 Err(err) => failed.push(failure(id, &err)),
             }
         }
@@ -366,6 +404,7 @@ impl Sqs {
                     entry.message_id,
                     entry.md5_of_body,
                     entry.md5_of_message_attributes,
+                    md5s_of_system.remove(&entry.id).unwrap_or_default(),
                     entry.sequence_number,
                 );
                 out.insert("Id".into(), json!(entry.id));
@@ -465,6 +504,9 @@ impl Sqs {
                 attributes.insert(name.to_owned(), Value::String(value));
             }
         };
+        put("SenderId", message.sender_id.clone());
+        put("MessageDeduplicationId", message.deduplication_id.clone());
+        put(TRACE_HEADER, message.trace_header.clone());
         put("SentTimestamp", message.sent_timestamp_ms.to_string());
         put(
             "ApproximateReceiveCount",
@@ -647,16 +689,23 @@ fn handles_output(
     output(json!({"Successful": successful, "Failed": refused}))
 }
 
-/// A send's answer as SQS gives it; attributes' MD5 and sequence number only when there are.
+/// A send's answer as SQS gives it; attributes' MD5s and sequence number only when there are.
 fn sent_output(
     message_id: String,
     md5_of_body: String,
     md5_of_attributes: String,
+    md5_of_system_attributes: String,
     sequence_number: String,
 ) -> Map<String, Value> {
     let mut out = output(json!({"MessageId": message_id, "MD5OfMessageBody": md5_of_body}));
     if !md5_of_attributes.is_empty() {
         out.insert("MD5OfMessageAttributes".into(), json!(md5_of_attributes));
+    }
+    if !md5_of_system_attributes.is_empty() {
+        out.insert(
+            "MD5OfMessageSystemAttributes".into(),
+            json!(md5_of_system_attributes),
+        );
     }
     if !sequence_number.is_empty() {
         out.insert("SequenceNumber".into(), json!(sequence_number));
