@@ -17,8 +17,13 @@ VENV="${SLUICE_VENV:-$HOME/.cache/sluice-venv}"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r k8s/tests/requirements.txt \
     -r tests/requirements.txt
 "$VENV/bin/python" k8s/tests/check_chart.py
-# The SQS tests run the AWS CLI from the same virtualenv.
+# The SQS tests run the AWS CLI from the same virtualenv, and boto3 of the query protocol from
+# one of its own.
 export SLUICE_AWS_CLI="$VENV/bin/aws"
+QUERY_VENV="${SLUICE_QUERY_VENV:-$HOME/.cache/sluice-venv-sqs-query}"
+[ -x "$QUERY_VENV/bin/python" ] || python3 -m venv "$QUERY_VENV"
+"$QUERY_VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements-legacy.txt
+export SLUICE_QUERY_PYTHON="$QUERY_VENV/bin/python"
 
 cargo fmt --all -- --check
 # One feature set for every step (--workspace --all-targets), so RocksDB is built once.

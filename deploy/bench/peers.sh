@@ -5,7 +5,9 @@
 # Ports: Sluice standalone 27070 (gRPC), 27071 (admin), 27072 (SQS); the Sluice dev cluster 27100-27159; RabbitMQ nodes 25672+i
 # (AMQP) and 26000+i (Erlang distribution); NATS nodes 24222+i (clients) and 26222+i (routes).
 
-RABBIT_SBIN=${RABBIT_SBIN:-$(ls -d /usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin 2>/dev/null | tail -1)}
+# Empty where RabbitMQ is not installed (SKIP_INSTALL=1 for Sluice's rows alone): only its own
+# functions use it.
+RABBIT_SBIN=${RABBIT_SBIN:-$(ls -d /usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin 2>/dev/null | tail -1 || true)}
 RELEASE=${RELEASE:-target/release}
 
 # Waits up to $2 seconds for "$1" (a command) to succeed.

@@ -240,6 +240,25 @@ pub fn aws_cli() -> std::path::PathBuf {
     aws
 }
 
+/// The Python of the virtualenv holding boto3 of SQS's query protocol: `SLUICE_QUERY_PYTHON`,
+/// else the one `scripts/test.sh` makes.
+pub fn query_python() -> std::path::PathBuf {
+    let python = std::env::var_os("SLUICE_QUERY_PYTHON").map_or_else(
+        || {
+            let home = std::env::var_os("HOME").expect("HOME is set");
+            std::path::Path::new(&home).join(".cache/sluice-venv-sqs-query/bin/python")
+        },
+        std::path::PathBuf::from,
+    );
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/test.sh, which installs boto3 1.26 from PyPI \
+         (tests/requirements-legacy.txt), or set SLUICE_QUERY_PYTHON",
+        python.display()
+    );
+    python
+}
+
 /// The AWS CLI against `endpoint` with the key `key`/`secret`, reading no configuration of
 /// the machine's (its home is `home`); returns its exit code, stdout and stderr.
 pub fn run_aws(

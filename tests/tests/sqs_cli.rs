@@ -1,10 +1,10 @@
-//! The AWS CLI (from PyPI, installed by `scripts/test.sh`) against the SQS endpoint of
-//! `sluice standalone`: a queue made, a message sent, received and deleted, and errors as the
-//! CLI reports them.
+//! Python's SQS clients (from PyPI, installed by `scripts/test.sh`) against the SQS endpoint of
+//! `sluice standalone`: the AWS CLI (JSON protocol) makes a queue, sends, receives and deletes
+//! a message and reports errors; boto3 1.26 does the same and more over the query protocol.
 
 use serde_json::Value;
 use sluice_tests::auth::{auth_env, root_key};
-use sluice_tests::sqs::{md5_hex, run_aws, ACCOUNT};
+use sluice_tests::sqs::{md5_hex, query_python, run_aws, ACCOUNT};
 use sluice_tests::ServerProcess;
 
 fn json(stdout: &str) -> Value {
@@ -117,4 +117,28 @@ fn the_aws_cli_creates_sends_receives_and_deletes_and_reports_errors() {
     ]);
     assert_ne!(status, 0);
     assert!(err.contains("(InvalidParameterValue)"), "{err}");
+}
+
+#[test]
+fn boto3_of_the_query_protocol_manages_queues_and_messages_with_sqs_md5s_and_error_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with(dir.path(), |command| {
+        command.envs(auth_env());
+    })
+    .unwrap();
+    let endpoint = server.sqs_endpoint().unwrap();
+    let (id, secret) = root_key();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/boto3_query.py");
+    let output = std::process::Command::new(query_python())
+        .arg(script)
+        .args([&endpoint, &id, &secret])
+        .env_clear()
+        .env("HOME", dir.path())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .expect("the script runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("(query): every check passed"), "{stdout}");
 }

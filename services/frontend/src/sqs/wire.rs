@@ -71,6 +71,30 @@ fn is_envelope(name: &str) -> bool {
 }
 
 /// Members whose values are integers in the JSON protocol.
+/// The actions whose answers have no output shape, and so no result element.
+const NO_OUTPUT: &[&str] = &[
+    "DeleteQueue",
+    "SetQueueAttributes",
+    "PurgeQueue",
+    "DeleteMessage",
+    "ChangeMessageVisibility",
+    "TagQueue",
+    "UntagQueue",
+    "AddPermission",
+    "RemovePermission",
+];
+
+/// The list members of SQS's requests, by their JSON names.
+const LISTS: &[&str] = &[
+    "Entries",
+    "AttributeNames",
+    "MessageAttributeNames",
+    "MessageSystemAttributeNames",
+    "TagKeys",
+    "AWSAccountIds",
+    "Actions",
+];
+
 const INTEGERS: &[&str] = &[
     "DelaySeconds",
     "MaxNumberOfMessages",
@@ -219,6 +243,10 @@ fn members(tree: &Tree, action: &str) -> Result<Map<String, Value>, SqsError> {
                     .collect::<Result<_, _>>()?;
                 ("Entries", Value::Array(entries))
             }
+            // botocore sends an empty list as its member's name with an empty value.
+            member if LISTS.contains(&member) && child.leaf(name)?.is_empty() => {
+                (member, Value::Array(Vec::new()))
+            }
             member => {
                 let value = child.leaf(name)?;
                 let value = if INTEGERS.contains(&member) {
@@ -277,9 +305,9 @@ pub fn xml_reply(action: &str, output: &Map<String, Value>, request_id: &str) ->
     let mut xml = String::with_capacity(512);
     xml.push_str(r#"<?xml version="1.0" encoding="UTF-8"?>"#);
     xml.push_str(&format!("<{action}Response xmlns=\"{XMLNS}\">"));
-    if output.is_empty() {
-        // Actions without output have no result element.
-    } else {
+    // An action with an output shape has its result element even when it is empty (a
+    // ReceiveMessage of no message, a ListQueues of no queue): botocore's parser requires it.
+    if !NO_OUTPUT.contains(&action) {
         xml.push_str(&format!("<{action}Result>"));
         xml_members(&mut xml, action, output);
         xml.push_str(&format!("</{action}Result>"));
@@ -488,6 +516,24 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_list_as_botocore_sends_it_is_an_empty_list() {
+        let decoded = decode_query(
+            &params(&[
+                ("Action", "SendMessageBatch"),
+                ("QueueUrl", "http://h/000000000000/q"),
+                ("Entries", ""),
+                ("AttributeNames", ""),
+            ]),
+            "/",
+        )
+        .unwrap();
+        assert_eq!(
+            Value::Object(decoded.input),
+            json!({"QueueUrl": "http://h/000000000000/q", "Entries": [], "AttributeNames": []})
+        );
+    }
+
+    #[test]
     fn query_attributes_tags_and_names_are_read_and_the_path_names_the_queue() {
         let decoded = decode_query(
             &params(&[
@@ -559,6 +605,18 @@ mod tests {
         assert!(xml.ends_with(
             "<ResponseMetadata><RequestId>rid</RequestId></ResponseMetadata></ReceiveMessageResponse>"
         ));
+        // No message, no queue: the result element is there, empty.
+        for action in ["ReceiveMessage", "ListQueues"] {
+            let xml = xml_reply(action, &Map::new(), "rid");
+            assert!(
+                xml.contains(&format!(
+                    "<{action}Result></{action}Result><ResponseMetadata>"
+                )),
+                "{xml}"
+            );
+        }
+        let xml = xml_reply("DeleteQueue", &Map::new(), "rid");
+        assert!(!xml.contains("Result"), "{xml}");
         let output =
             json!({"Successful": [{"Id": "a"}], "Failed": [{"Id": "b", "SenderFault": true}]});
         let xml = xml_reply("DeleteMessageBatch", output.as_object().unwrap(), "rid");
