@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use aws_sdk_sqs::config::retry::RetryConfig;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use sluice_proto::v1 as pb;
 use sluice_tests::auth::{auth_env, root_credentials, root_key};
@@ -489,4 +490,54 @@ async fn json_protocol_errors_carry_the_shape_the_legacy_code_and_a_request_id()
     let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
     assert_eq!(body["QueueUrl"], format!("{endpoint}/{ACCOUNT}/ok"));
     assert!(!answer.headers["x-amzn-requestid"].is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_bad_signatures_from_one_address_get_throttling_exception_which_sdks_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = guarded_standalone(dir.path());
+    let endpoint = server.sqs_endpoint().unwrap();
+    let (root_id, root_secret) = root_key();
+    let wrong = sqs::client(&endpoint, &root_id, "not-the-secret-of-this-key-at-all");
+    // The budget is 20 failures per address, one earned back every 3 s: the first refusals
+    // say why, then the address is told to slow down.
+    let mut codes = Vec::new();
+    while codes.last().map(String::as_str) != Some("ThrottlingException") {
+        assert!(codes.len() < 40, "never throttled: {codes:?}");
+        let err = wrong.list_queues().send().await.unwrap_err();
+        codes.push(code(&err));
+    }
+    let refusals = codes.len() - 1;
+    assert!((20..=25).contains(&refusals), "{codes:?}");
+    assert!(
+        codes[..refusals]
+            .iter()
+            .all(|c| c == "SignatureDoesNotMatch"),
+        "{codes:?}"
+    );
+    // While it is blocked, the right key from the same address is throttled too, and the SDK's
+    // standard retry strategy takes the answer for throttling: it tries again, here twice (the
+    // server counts three requests).
+    let root = sqs::client(&endpoint, &root_id, &root_secret);
+    let retrying = aws_sdk_sqs::Client::from_conf(
+        root.config()
+            .to_builder()
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(3)
+                    .with_initial_backoff(Duration::from_millis(10)),
+            )
+            .build(),
+    );
+    let requests = || server.metric_sum("sluice_sqs_requests_total").unwrap();
+    let before = requests();
+    let err = retrying.list_queues().send().await.unwrap_err();
+    assert_eq!(code(&err), "ThrottlingException");
+    assert_eq!(requests() - before, 3.0);
+    let raw = err.raw_response().unwrap();
+    assert_eq!(raw.status().as_u16(), 400);
+    assert_eq!(
+        raw.headers().get("x-amzn-query-error"),
+        Some("ThrottlingException;Sender")
+    );
 }
