@@ -411,7 +411,7 @@ async fn measure(
     timeline.progress.set_prefix(system.to_owned());
     let pace = match workload.send_interval() {
         Some(interval) => Pace::Fixed(interval),
-        None if workload.consumers_per_queue == 0 => Pace::Unlimited,
+        None if !workload.adaptive() => Pace::Unlimited,
         None => {
             let control = Arc::new(RateControl::new(workload.producers(), workload.batch_size));
             timeline.control = Some(control.clone());

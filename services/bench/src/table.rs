@@ -65,9 +65,12 @@ pub fn markdown(reports: &[Report]) -> String {
                 );
             }
         } else {
-            out.push_str(
-                "| System | Publish msgs/s | Consume msgs/s | Publish p50 / p99 ms | \
-                 End-to-end p50 / p99 / p99.9 / max ms | Errors |\n",
+            // Plainly marked where the latencies are not corrected for coordinated omission.
+            let mark = if w.adaptive() { " †" } else { "" };
+            let _ = writeln!(
+                out,
+                "| System | Publish msgs/s | Consume msgs/s | Publish p50 / p99 ms{mark} | \
+                 End-to-end p50 / p99 / p99.9 / max ms{mark} | Errors |"
             );
             out.push_str("|---|---:|---:|---:|---:|---:|\n");
             for r in runs {
@@ -86,6 +89,14 @@ pub fn markdown(reports: &[Report]) -> String {
                     e.p999,
                     e.max,
                     r.publish_errors + r.consume_errors
+                );
+            }
+            if w.adaptive() {
+                out.push_str(
+                    "\n† Not corrected for coordinated omission: the rate follows the consumers, \
+                     and a producer that falls far behind its schedule starts again from the \
+                     present, so a stall shows in the requests that waited, not in every one \
+                     that was due. The fixed-rate workloads' latencies are corrected.\n",
                 );
             }
         }
@@ -125,4 +136,47 @@ pub fn bars(reports: &[Report]) -> Vec<(String, Vec<(String, f64)>)> {
             (name.to_owned(), bars)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::workload::Workload;
+
+    fn report(workload: &str) -> Report {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("workloads")
+            .join(workload);
+        Report {
+            system: "S".into(),
+            workload: Workload::load(&path).unwrap(),
+            seconds: 1.0,
+            published: 0,
+            consumed: 0,
+            publish_rate: 0.0,
+            consume_rate: 0.0,
+            publish_errors: 0,
+            consume_errors: 0,
+            backlog: 0,
+            publish_latency_ms: Default::default(),
+            end_to_end_latency_ms: Default::default(),
+            first_error: None,
+            fill: None,
+            series: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn latencies_of_an_adaptive_rate_are_marked_uncorrected_and_a_fixed_rates_are_not() {
+        let adaptive = markdown(&[report("a-max-throughput.toml")]);
+        assert!(adaptive.contains("Publish p50 / p99 ms † |"), "{adaptive}");
+        assert!(
+            adaptive.contains("† Not corrected for coordinated omission"),
+            "{adaptive}"
+        );
+        let fixed = markdown(&[report("b-half-rate-latency.toml")]);
+        assert!(!fixed.contains('†'), "{fixed}");
+    }
 }

@@ -152,6 +152,13 @@ impl Workload {
 
     /// The time between two send requests of one producer at the workload's rate; `None` at
     /// maximum rate.
+    /// Whether producers follow the rate consumers keep up with (no fixed rate, no backlog to
+    /// fill): the latencies of such a run are not corrected for coordinated omission, since a
+    /// producer far behind its schedule starts again from the present.
+    pub fn adaptive(&self) -> bool {
+        self.rate == 0 && self.backlog == 0 && self.consumers_per_queue > 0
+    }
+
     pub fn send_interval(&self) -> Option<Duration> {
         (self.rate > 0).then(|| {
             crate::stats::request_interval(self.rate as f64, self.producers(), self.batch_size)
