@@ -11,9 +11,11 @@
 # rabbitmq-1 (quorum and classic queues), rabbitmq-3 (quorum), nats-1-always, nats-1-default,
 # nats-3-always, nats-3-default (JetStream R1/R3, fsync on every write or the default sync).
 #
-# Environment: OUT (output folder, default bench-results/<time>), WARMUP and DURATION (override
-# the workloads' 10s and 60s), BACKLOG (workload (c), default 1000000), FILL_TIMEOUT (skip (c)
-# for a system that cannot fill the backlog in this time, default 15m), SKIP_INSTALL=1.
+# Environment: OUT (output folder, default bench-results/<time>), REPEATS (how many times the
+# whole list of systems runs, one after the other, default 3; results.md shows each figure's
+# median and range), WARMUP and DURATION (override the workloads' 10s and 60s), BACKLOG
+# (workload (c), default 1000000), FILL_TIMEOUT (skip (c) for a system that cannot fill the
+# backlog in this time, default 15m), SKIP_INSTALL=1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -28,8 +30,8 @@ RELEASE=${CARGO_TARGET_DIR:-target}/release
 source deploy/bench/peers.sh
 
 OUT=${OUT:-bench-results/$(date +%Y%m%d-%H%M%S)}
-RUNS=$OUT/runs
-mkdir -p "$RUNS"
+REPEATS=${REPEATS:-3}
+mkdir -p "$OUT"
 WORK=$(mktemp -d)
 # The system started last, stopped on the way out too: a run that fails half-way, even while
 # the system starts, does not leave it behind, holding its ports and its data. A system that
@@ -50,8 +52,9 @@ timing=()
 [ -n "${WARMUP:-}" ] && timing+=(--warmup "$WARMUP")
 [ -n "${DURATION:-}" ] && timing+=(--duration "$DURATION")
 
+# Each repeat writes into its own folder, $OUT/run<N>, which `sluice-bench report` reads.
 bench() {
-    "$RELEASE/sluice-bench" run --out "$OUT" "$@"
+    "$RELEASE/sluice-bench" run --out "$RUN_OUT" "$@"
 }
 
 # Runs the four workloads against one system: $1 is its name in the tables, the rest are
@@ -71,58 +74,69 @@ workloads() {
         >/dev/null 2>"$WORK/c.err"; then
         # The error's own line, without any backtrace after it.
         reason=$(grep -m1 '^Error:' "$WORK/c.err" | sed 's/^Error: //')
-        echo "- c-backlog-drain, $system: ${reason:-$(tail -1 "$WORK/c.err")}" >>"$OUT/skipped.md"
+        echo "- c-backlog-drain, $system, run $repeat: ${reason:-$(tail -1 "$WORK/c.err")}" \
+            >>"$OUT/skipped.md"
     fi
     bench -w "$WORKLOADS/d-many-queues.toml" --system "$system" "${timing[@]}" "$@" >/dev/null
 }
 
-for system in "${SYSTEMS[@]}"; do
-    dir=$WORK/$system
-    current=$system
-    case $system in
-    sluice)
-        sluice_standalone_start "$dir"
-        workloads "Sluice standalone" --driver sluice --url "$SLUICE_URLS"
-        ;;
-    sluice-sqs)
-        # The same server and workload through both ports: what the SQS path costs.
-        sluice_standalone_start "$dir"
-        for driver in sluice sqs; do
-            [ $driver = sluice ] && label="Sluice standalone, gRPC" url=$SLUICE_URLS
-            [ $driver = sqs ] && label="Sluice standalone, SQS (AWS SDK)" url=$SLUICE_SQS_URLS
-            id=$(echo "$label" | tr -c 'a-zA-Z0-9\n' - | tr A-Z a-z)
-            bench -w "$WORKLOADS/a-max-throughput.toml" --system "$label" "${timing[@]}" \
-                --driver $driver --url "$url" --json >"$RUNS/a-$id.json"
-        done
-        ;;
-    sluice-3)
-        sluice_cluster_start "$dir"
-        workloads "Sluice 3 nodes SYNC" --driver sluice --url "$SLUICE_URLS" --replication sync
-        workloads "Sluice 3 nodes ASYNC" --driver sluice --url "$SLUICE_URLS" --replication async
-        ;;
-    rabbitmq-1)
-        rabbit_start "$dir" 1
-        workloads "RabbitMQ quorum, 1 node" --driver rabbitmq --url "$RABBIT_URLS" --queue-type quorum
-        workloads "RabbitMQ classic, 1 node" --driver rabbitmq --url "$RABBIT_URLS" --queue-type classic
-        ;;
-    rabbitmq-3)
-        rabbit_start "$dir" 3
-        workloads "RabbitMQ quorum, 3 nodes" --driver rabbitmq --url "$RABBIT_URLS" --queue-type quorum
-        ;;
-    nats-*)
-        nodes=${system#nats-}
-        nodes=${nodes%%-*}
-        sync=${system##*-}
-        nats_start "$dir" "$nodes" "$sync"
-        if [ "$sync" = always ]; then
-            label="NATS JetStream R$nodes, sync always"
-        else
-            label="NATS JetStream R$nodes, default sync (acks before fsync)"
-        fi
-        workloads "$label" --driver nats --url "$NATS_URLS" --replicas "$nodes"
-        ;;
-    esac
-    stop_current
+# The systems one after the other, then again: a slow spell of the machine falls on one run of
+# several systems rather than on every run of one.
+for repeat in $(seq 1 "$REPEATS"); do
+    RUN_OUT=$OUT/run$repeat
+    RUNS=$RUN_OUT/runs
+    mkdir -p "$RUNS"
+    for system in "${SYSTEMS[@]}"; do
+        echo "== run $repeat of $REPEATS: $system" >&2
+        dir=$WORK/$system
+        # Each run starts from empty data directories.
+        rm -rf "$dir"
+        current=$system
+        case $system in
+        sluice)
+            sluice_standalone_start "$dir"
+            workloads "Sluice standalone" --driver sluice --url "$SLUICE_URLS"
+            ;;
+        sluice-sqs)
+            # The same server and workload through both ports: what the SQS path costs.
+            sluice_standalone_start "$dir"
+            for driver in sluice sqs; do
+                [ $driver = sluice ] && label="Sluice standalone, gRPC" url=$SLUICE_URLS
+                [ $driver = sqs ] && label="Sluice standalone, SQS (AWS SDK)" url=$SLUICE_SQS_URLS
+                id=$(echo "$label" | tr -c 'a-zA-Z0-9\n' - | tr A-Z a-z)
+                bench -w "$WORKLOADS/a-max-throughput.toml" --system "$label" "${timing[@]}" \
+                    --driver $driver --url "$url" --json >"$RUNS/a-$id.json"
+            done
+            ;;
+        sluice-3)
+            sluice_cluster_start "$dir"
+            workloads "Sluice 3 nodes SYNC" --driver sluice --url "$SLUICE_URLS" --replication sync
+            workloads "Sluice 3 nodes ASYNC" --driver sluice --url "$SLUICE_URLS" --replication async
+            ;;
+        rabbitmq-1)
+            rabbit_start "$dir" 1
+            workloads "RabbitMQ quorum, 1 node" --driver rabbitmq --url "$RABBIT_URLS" --queue-type quorum
+            workloads "RabbitMQ classic, 1 node" --driver rabbitmq --url "$RABBIT_URLS" --queue-type classic
+            ;;
+        rabbitmq-3)
+            rabbit_start "$dir" 3
+            workloads "RabbitMQ quorum, 3 nodes" --driver rabbitmq --url "$RABBIT_URLS" --queue-type quorum
+            ;;
+        nats-*)
+            nodes=${system#nats-}
+            nodes=${nodes%%-*}
+            sync=${system##*-}
+            nats_start "$dir" "$nodes" "$sync"
+            if [ "$sync" = always ]; then
+                label="NATS JetStream R$nodes, sync always"
+            else
+                label="NATS JetStream R$nodes, default sync (acks before fsync)"
+            fi
+            workloads "$label" --driver nats --url "$NATS_URLS" --replicas "$nodes"
+            ;;
+        esac
+        stop_current
+    done
 done
 
 {

@@ -8,13 +8,30 @@ use anyhow::Context;
 
 use crate::runner::Report;
 
-/// Every `*.json` result in `dir`, in file name order.
+/// Every `*.json` result in `dir` and in its `run<N>` folders (the repeats `compare.sh`
+/// makes), in path order.
 pub fn load(dir: &Path) -> anyhow::Result<Vec<Report>> {
-    let mut paths: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read {}", dir.display()))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
-    paths.retain(|p| p.extension().is_some_and(|e| e == "json"));
+    let entries = |dir: &Path| -> anyhow::Result<Vec<std::path::PathBuf>> {
+        std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .map(|e| Ok(e?.path()))
+            .collect()
+    };
+    let mut paths = Vec::new();
+    for path in entries(dir)? {
+        let repeat = path.is_dir()
+            && path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("run"))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if repeat {
+            paths.extend(entries(&path)?);
+        } else {
+            paths.push(path);
+        }
+    }
+    paths.retain(|p| p.is_file() && p.extension().is_some_and(|e| e == "json"));
     paths.sort();
     paths
         .iter()
@@ -34,7 +51,49 @@ fn by_workload(reports: &[Report]) -> BTreeMap<&str, Vec<&Report>> {
     groups
 }
 
-/// One table per workload: rates, latency percentiles, errors.
+/// The runs of each system, in the order the systems first appear.
+fn by_system<'a>(runs: &[&'a Report]) -> Vec<(&'a str, Vec<&'a Report>)> {
+    let mut systems: Vec<(&str, Vec<&Report>)> = Vec::new();
+    for r in runs {
+        match systems.iter_mut().find(|(name, _)| *name == r.system) {
+            Some((_, group)) => group.push(r),
+            None => systems.push((&r.system, vec![r])),
+        }
+    }
+    systems
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// One figure of a system's runs: their median, and with `range` and more than one run the
+/// lowest and highest in parentheses.
+fn figure(
+    runs: &[&Report],
+    value: impl Fn(&Report) -> f64,
+    decimals: usize,
+    range: bool,
+) -> String {
+    let mut values: Vec<f64> = runs.iter().map(|r| value(r)).collect();
+    let mid = median(&mut values);
+    let (low, high) = (values[0], values[values.len() - 1]);
+    if range && values.len() > 1 {
+        format!("{mid:.decimals$} ({low:.decimals$}–{high:.decimals$})")
+    } else {
+        format!("{mid:.decimals$}")
+    }
+}
+
+/// One table per workload: rates, latency percentiles, errors. A system run more than once
+/// (`compare.sh` repeats every run) shows the median of its runs, with the range of the
+/// figures that compare systems.
 pub fn markdown(reports: &[Report]) -> String {
     let mut out = String::new();
     for (name, runs) in by_workload(reports) {
@@ -43,25 +102,33 @@ pub fn markdown(reports: &[Report]) -> String {
         if !w.description.is_empty() {
             let _ = writeln!(out, "{}\n", w.description);
         }
+        let systems = by_system(&runs);
         if w.backlog > 0 {
             out.push_str(
                 "| System | Fill msgs/s | Drain msgs/s | Drained | Drain / empty-queue rate | Errors |\n",
             );
             out.push_str("|---|---:|---:|---:|---:|---:|\n");
-            for r in runs {
-                let fill = r.fill.map(|f| f.rate).unwrap_or_default();
-                let versus = empty_queue_rate(reports, r)
-                    .map(|rate| format!("{:.0}%", 100.0 * r.consume_rate / rate))
+            for (system, runs) in &systems {
+                let drain = median(&mut runs.iter().map(|r| r.consume_rate).collect::<Vec<_>>());
+                let versus = empty_queue_rate(reports, runs[0])
+                    .map(|rate| format!("{:.0}%", 100.0 * drain / rate))
                     .unwrap_or_else(|| "-".to_owned());
+                let errors: u64 = runs
+                    .iter()
+                    .map(|r| r.publish_errors + r.consume_errors)
+                    .sum();
                 let _ = writeln!(
                     out,
-                    "| {} | {:.0} | {:.0} | {} in {:.1} s | {versus} | {} |",
-                    r.system,
-                    fill,
-                    r.consume_rate,
-                    r.consumed,
-                    r.seconds,
-                    r.publish_errors + r.consume_errors
+                    "| {system} | {} | {} | {} in {} s | {versus} | {errors} |",
+                    figure(
+                        runs,
+                        |r| r.fill.map(|f| f.rate).unwrap_or_default(),
+                        0,
+                        true
+                    ),
+                    figure(runs, |r| r.consume_rate, 0, true),
+                    figure(runs, |r| r.consumed as f64, 0, false),
+                    figure(runs, |r| r.seconds, 1, false),
                 );
             }
         } else {
@@ -73,22 +140,22 @@ pub fn markdown(reports: &[Report]) -> String {
                  End-to-end p50 / p99 / p99.9 / max ms{mark} | Errors |"
             );
             out.push_str("|---|---:|---:|---:|---:|---:|\n");
-            for r in runs {
-                let p = &r.publish_latency_ms;
-                let e = &r.end_to_end_latency_ms;
+            for (system, runs) in &systems {
+                let errors: u64 = runs
+                    .iter()
+                    .map(|r| r.publish_errors + r.consume_errors)
+                    .sum();
                 let _ = writeln!(
                     out,
-                    "| {} | {:.0} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} / {:.2} / {:.2} | {} |",
-                    r.system,
-                    r.publish_rate,
-                    r.consume_rate,
-                    p.p50,
-                    p.p99,
-                    e.p50,
-                    e.p99,
-                    e.p999,
-                    e.max,
-                    r.publish_errors + r.consume_errors
+                    "| {system} | {} | {} | {} / {} | {} / {} / {} / {} | {errors} |",
+                    figure(runs, |r| r.publish_rate, 0, false),
+                    figure(runs, |r| r.consume_rate, 0, true),
+                    figure(runs, |r| r.publish_latency_ms.p50, 2, false),
+                    figure(runs, |r| r.publish_latency_ms.p99, 2, false),
+                    figure(runs, |r| r.end_to_end_latency_ms.p50, 2, false),
+                    figure(runs, |r| r.end_to_end_latency_ms.p99, 2, true),
+                    figure(runs, |r| r.end_to_end_latency_ms.p999, 2, false),
+                    figure(runs, |r| r.end_to_end_latency_ms.max, 2, false),
                 );
             }
             if w.adaptive() {
@@ -100,18 +167,30 @@ pub fn markdown(reports: &[Report]) -> String {
                 );
             }
         }
+        let most = systems
+            .iter()
+            .map(|(_, runs)| runs.len())
+            .max()
+            .unwrap_or(0);
+        if most > 1 {
+            let _ = writeln!(
+                out,
+                "\nMedians of each system's runs (up to {most}); in parentheses the lowest and \
+                 highest run. Errors are all runs' together."
+            );
+        }
         out.push('\n');
     }
     out
 }
 
 /// The consume rate the same system reached with the same clients and messages on an empty
-/// queue at maximum rate: what draining a backlog is compared with.
+/// queue at maximum rate (the median of its runs): what draining a backlog is compared with.
 fn empty_queue_rate(reports: &[Report], drain: &Report) -> Option<f64> {
     let d = &drain.workload;
-    reports
+    let mut rates: Vec<f64> = reports
         .iter()
-        .find(|r| {
+        .filter(|r| {
             let w = &r.workload;
             r.system == drain.system
                 && w.backlog == 0
@@ -122,16 +201,22 @@ fn empty_queue_rate(reports: &[Report], drain: &Report) -> Option<f64> {
         })
         .map(|r| r.consume_rate)
         .filter(|rate| *rate > 0.0)
+        .collect();
+    (!rates.is_empty()).then(|| median(&mut rates))
 }
 
-/// Consumed msgs/s per system, per workload, for the comparison charts.
+/// Consumed msgs/s per system (the median of its runs), per workload, for the comparison
+/// charts.
 pub fn bars(reports: &[Report]) -> Vec<(String, Vec<(String, f64)>)> {
     by_workload(reports)
         .into_iter()
         .map(|(name, runs)| {
-            let bars = runs
-                .iter()
-                .map(|r| (r.system.clone(), r.consume_rate))
+            let bars = by_system(&runs)
+                .into_iter()
+                .map(|(system, runs)| {
+                    let mut rates: Vec<f64> = runs.iter().map(|r| r.consume_rate).collect();
+                    (system.to_owned(), median(&mut rates))
+                })
                 .collect();
             (name.to_owned(), bars)
         })
@@ -166,6 +251,50 @@ mod tests {
             fill: None,
             series: Vec::new(),
         }
+    }
+
+    #[test]
+    fn repeated_runs_show_the_median_with_the_range_and_load_from_run_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, rate) in [300.0, 100.0, 200.0].into_iter().enumerate() {
+            let mut r = report("a-max-throughput.toml");
+            r.consume_rate = rate;
+            r.publish_rate = rate;
+            r.end_to_end_latency_ms.p99 = rate / 100.0;
+            r.consume_errors = 1;
+            let run = dir.path().join(format!("run{}", i + 1));
+            std::fs::create_dir_all(run.join("runs")).unwrap();
+            std::fs::write(run.join("a.json"), serde_json::to_vec(&r).unwrap()).unwrap();
+            // What compare.sh keeps beside them is not a result.
+            std::fs::write(run.join("runs/a.json"), b"{}").unwrap();
+        }
+        let mut other = report("a-max-throughput.toml");
+        other.system = "T".into();
+        other.consume_rate = 50.0;
+        std::fs::write(
+            dir.path().join("t.json"),
+            serde_json::to_vec(&other).unwrap(),
+        )
+        .unwrap();
+        let reports = load(dir.path()).unwrap();
+        assert_eq!(reports.len(), 4);
+        let table = markdown(&reports);
+        assert!(
+            table.contains("| S | 200 | 200 (100–300) | 0.00 / 0.00 | 0.00 / 2.00 (1.00–3.00) / 0.00 / 0.00 | 3 |"),
+            "{table}"
+        );
+        assert!(table.contains("| T | 0 | 50 |"), "{table}");
+        assert!(
+            table.contains("Medians of each system's runs (up to 3)"),
+            "{table}"
+        );
+        assert_eq!(
+            bars(&reports),
+            [(
+                "a-max-throughput".to_owned(),
+                vec![("S".to_owned(), 200.0), ("T".to_owned(), 50.0)]
+            )]
+        );
     }
 
     #[test]
