@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole comparison in one command: installs what is missing, then for each system starts
-# it on loopback, runs workloads (a) to (d) from services/bench/workloads/, stops it, and
-# finally writes results.md (one table per workload) and PNG charts into the output folder.
+# it on loopback, runs workloads (a) to (d) from services/bench/workloads/, and stops it; then
+# runs every system again at rates common to all ((b'), see equal_rates); finally writes
+# results.md (one table per workload) and PNG charts into the output folder.
 #
 #   deploy/bench/compare.sh                      # every system
 #   deploy/bench/compare.sh sluice rabbitmq-1    # some of them
@@ -57,11 +58,15 @@ bench() {
     "$RELEASE/sluice-bench" run --out "$RUN_OUT" "$@"
 }
 
-# Runs the four workloads against one system: $1 is its name in the tables, the rest are
-# sluice-bench driver flags.
+# Runs the four workloads against one system (in the equal-rate pass, (b') alone): $1 is its
+# name in the tables, the rest are sluice-bench driver flags.
 workloads() {
     local system=$1 id
     shift
+    if [ "$PHASE" = equal ]; then
+        equal_rates "$system" "$@"
+        return
+    fi
     id=$(echo "$system" | tr -c 'a-zA-Z0-9\n' - | tr A-Z a-z)
     echo "== $system" >&2
     bench -w "$WORKLOADS/a-max-throughput.toml" --system "$system" "${timing[@]}" "$@" \
@@ -80,64 +85,103 @@ workloads() {
     bench -w "$WORKLOADS/d-many-queues.toml" --system "$system" "${timing[@]}" "$@" >/dev/null
 }
 
+# (b'): one system at each common rate its maximum on (a) reaches, so p99s compare at one load.
+equal_rates() {
+    local system=$1 max rate
+    shift
+    max=$(awk -F'\t' -v s="$system" '$2 == s {print $1}' "$OUT/maxima.tsv")
+    for rate in "${COMMON_RATES[@]}"; do
+        if [ "${max:-0}" -lt "$rate" ]; then
+            echo "- b-equal-rate-$rate, $system, run $repeat: its maximum on (a), ${max:-0} msgs/s, is below this rate" \
+                >>"$OUT/skipped.md"
+            continue
+        fi
+        echo "== $system at $rate msgs/s" >&2
+        bench -w "$WORKLOADS/b-equal-rate.toml" --name "b-equal-rate-$rate" --rate "$rate" \
+            --system "$system" "${timing[@]}" "$@" >/dev/null
+    done
+}
+
 # The systems one after the other, then again: a slow spell of the machine falls on one run of
 # several systems rather than on every run of one.
-for repeat in $(seq 1 "$REPEATS"); do
-    RUN_OUT=$OUT/run$repeat
-    RUNS=$RUN_OUT/runs
-    mkdir -p "$RUNS"
-    for system in "${SYSTEMS[@]}"; do
-        echo "== run $repeat of $REPEATS: $system" >&2
-        dir=$WORK/$system
-        # Each run starts from empty data directories.
-        rm -rf "$dir"
-        current=$system
-        case $system in
-        sluice)
-            sluice_standalone_start "$dir"
-            workloads "Sluice standalone" --driver sluice --url "$SLUICE_URLS"
-            ;;
-        sluice-sqs)
-            # The same server and workload through both ports: what the SQS path costs.
-            sluice_standalone_start "$dir"
-            for driver in sluice sqs; do
-                [ $driver = sluice ] && label="Sluice standalone, gRPC" url=$SLUICE_URLS
-                [ $driver = sqs ] && label="Sluice standalone, SQS (AWS SDK)" url=$SLUICE_SQS_URLS
-                id=$(echo "$label" | tr -c 'a-zA-Z0-9\n' - | tr A-Z a-z)
-                bench -w "$WORKLOADS/a-max-throughput.toml" --system "$label" "${timing[@]}" \
-                    --driver $driver --url "$url" --json >"$RUNS/a-$id.json"
-            done
-            ;;
-        sluice-3)
-            sluice_cluster_start "$dir"
-            workloads "Sluice 3 nodes SYNC" --driver sluice --url "$SLUICE_URLS" --replication sync
-            workloads "Sluice 3 nodes ASYNC" --driver sluice --url "$SLUICE_URLS" --replication async
-            ;;
-        rabbitmq-1)
-            rabbit_start "$dir" 1
-            workloads "RabbitMQ quorum, 1 node" --driver rabbitmq --url "$RABBIT_URLS" --queue-type quorum
-            workloads "RabbitMQ classic, 1 node" --driver rabbitmq --url "$RABBIT_URLS" --queue-type classic
-            ;;
-        rabbitmq-3)
-            rabbit_start "$dir" 3
-            workloads "RabbitMQ quorum, 3 nodes" --driver rabbitmq --url "$RABBIT_URLS" --queue-type quorum
-            ;;
-        nats-*)
-            nodes=${system#nats-}
-            nodes=${nodes%%-*}
-            sync=${system##*-}
-            nats_start "$dir" "$nodes" "$sync"
-            if [ "$sync" = always ]; then
-                label="NATS JetStream R$nodes, sync always"
-            else
-                label="NATS JetStream R$nodes, default sync (acks before fsync)"
-            fi
-            workloads "$label" --driver nats --url "$NATS_URLS" --replicas "$nodes"
-            ;;
-        esac
-        stop_current
+run_systems() {
+    for repeat in $(seq 1 "$REPEATS"); do
+        RUN_OUT=$OUT/run$repeat
+        RUNS=$RUN_OUT/runs
+        mkdir -p "$RUNS"
+        for system in "${SYSTEMS[@]}"; do
+            echo "== run $repeat of $REPEATS: $system" >&2
+            dir=$WORK/$system
+            # Each run starts from empty data directories.
+            rm -rf "$dir"
+            current=$system
+            case $system in
+            sluice)
+                sluice_standalone_start "$dir"
+                workloads "Sluice standalone" --driver sluice --url "$SLUICE_URLS"
+                ;;
+            sluice-sqs)
+                # The same server and workload through both ports: what the SQS path costs.
+                sluice_standalone_start "$dir"
+                for driver in sluice sqs; do
+                    [ $driver = sluice ] && label="Sluice standalone, gRPC" url=$SLUICE_URLS
+                    [ $driver = sqs ] && label="Sluice standalone, SQS (AWS SDK)" url=$SLUICE_SQS_URLS
+                    if [ "$PHASE" = equal ]; then
+                        equal_rates "$label" --driver $driver --url "$url"
+                        continue
+                    fi
+                    id=$(echo "$label" | tr -c 'a-zA-Z0-9\n' - | tr A-Z a-z)
+                    bench -w "$WORKLOADS/a-max-throughput.toml" --system "$label" "${timing[@]}" \
+                        --driver $driver --url "$url" --json >"$RUNS/a-$id.json"
+                done
+                ;;
+            sluice-3)
+                sluice_cluster_start "$dir"
+                workloads "Sluice 3 nodes SYNC" --driver sluice --url "$SLUICE_URLS" --replication sync
+                workloads "Sluice 3 nodes ASYNC" --driver sluice --url "$SLUICE_URLS" --replication async
+                ;;
+            rabbitmq-1)
+                rabbit_start "$dir" 1
+                workloads "RabbitMQ quorum, 1 node" --driver rabbitmq --url "$RABBIT_URLS" --queue-type quorum
+                workloads "RabbitMQ classic, 1 node" --driver rabbitmq --url "$RABBIT_URLS" --queue-type classic
+                ;;
+            rabbitmq-3)
+                rabbit_start "$dir" 3
+                workloads "RabbitMQ quorum, 3 nodes" --driver rabbitmq --url "$RABBIT_URLS" --queue-type quorum
+                ;;
+            nats-*)
+                nodes=${system#nats-}
+                nodes=${nodes%%-*}
+                sync=${system##*-}
+                nats_start "$dir" "$nodes" "$sync"
+                if [ "$sync" = always ]; then
+                    label="NATS JetStream R$nodes, sync always"
+                else
+                    label="NATS JetStream R$nodes, default sync (acks before fsync)"
+                fi
+                workloads "$label" --driver nats --url "$NATS_URLS" --replicas "$nodes"
+                ;;
+            esac
+            stop_current
+        done
     done
-done
+}
+
+PHASE=main run_systems
+# The common rates of (b'), from every system's maximum on (a) (the median of its runs): the
+# lowest half-maximum, which every system takes, and the median of the half-maximums.
+python3 - "$OUT" >"$OUT/maxima.tsv" <<'EOF'
+import glob, json, statistics, sys
+rates = {}
+for path in glob.glob(f"{sys.argv[1]}/run*/runs/a-*.json"):
+    result = json.load(open(path))
+    rates.setdefault(result["system"], []).append(result["consume_rate"])
+for system, values in sorted(rates.items()):
+    print(f"{round(statistics.median(values))}\t{system}")
+EOF
+mapfile -t COMMON_RATES < <(awk -F'\t' '{print int($1 / 2)}' "$OUT/maxima.tsv" | sort -n |
+    awk '{h[NR] = $1} END {if (NR) {print h[1]; m = h[int((NR + 1) / 2)]; if (m != h[1]) print m}}')
+[ ${#COMMON_RATES[@]} -eq 0 ] || PHASE=equal run_systems
 
 {
     echo "# sluice-bench results"
