@@ -21,19 +21,6 @@ fn guarded_standalone(dir: &std::path::Path) -> ServerProcess {
     .unwrap()
 }
 
-async fn visible(client: &aws_sdk_sqs::Client, url: &str) -> String {
-    client
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&QueueAttributeName::ApproximateNumberOfMessages]
-        .clone()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sigv4_refusals_say_why_and_write_nothing_and_permissions_map_to_sqs_actions() {
     let dir = tempfile::tempdir().unwrap();
@@ -155,7 +142,10 @@ async fn sigv4_refusals_say_why_and_write_nothing_and_permissions_map_to_sqs_act
     assert_eq!(answer.status, 403, "{answer:?}");
 
     // Only the one signed send was stored.
-    assert_eq!(visible(&root, &url).await, "1");
+    assert_eq!(
+        sqs::attributes(&root, &url).await[&QueueAttributeName::ApproximateNumberOfMessages],
+        "1"
+    );
 
     // A principal allowed to receive only: SQS's AccessDenied for a send, and nothing stored.
     let channel = server.channel();

@@ -78,7 +78,7 @@ impl QueueServiceImpl {
         } else {
             String::new()
         };
-        sluice_api::content::trace_header("trace_header", fields.trace_header)?;
+        validate::trace_header(fields.trace_header)?;
         let mut message = NewMessage {
             body: fields.body.clone(),
             attributes: fields

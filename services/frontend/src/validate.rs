@@ -116,6 +116,10 @@ pub fn deduplication_id(value: &str) -> Result<()> {
     content::deduplication_id("deduplication_id", value)
 }
 
+pub fn trace_header(value: &str) -> Result<()> {
+    content::trace_header("trace_header", value)
+}
+
 pub fn move_rate(value: Option<u32>) -> Result<Option<std::num::NonZeroU32>> {
     value
         .map(|rate| {
