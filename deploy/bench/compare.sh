@@ -16,7 +16,8 @@
 # whole list of systems runs, one after the other, default 3; results.md shows each figure's
 # median and range), WARMUP and DURATION (override the workloads' 10s and 60s), BACKLOG
 # (workload (c), default 1000000), FILL_TIMEOUT (skip (c) for a system that cannot fill the
-# backlog in this time, default 15m), SKIP_INSTALL=1.
+# backlog in this time, default 15m), SCALE=0 (leave out (f) to (i) on the standalone),
+# SKIP_INSTALL=1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -85,6 +86,19 @@ workloads() {
     bench -w "$WORKLOADS/d-many-queues.toml" --system "$system" "${timing[@]}" "$@" >/dev/null
 }
 
+# (f) to (i): what more queues, more clients and larger messages cost. Sluice's own goals (issue
+# 31 compares (f) with (d)), so they run on the standalone only; SCALE=0 leaves them out.
+scale_workloads() {
+    local system=$1 w
+    shift
+    [ "${SCALE:-1}" = 1 ] || return 0
+    for w in f-10000-queues g-1000-clients h-64kib-messages i-1mib-messages; do
+        echo "== $system: $w" >&2
+        bench -w "$WORKLOADS/$w.toml" --system "$system" "${timing[@]}" "$@" >/dev/null ||
+            echo "- $w, $system, run $repeat: failed (see the output above)" >>"$OUT/skipped.md"
+    done
+}
+
 # (b'): one system at each common rate its maximum on (a) reaches, so p99s compare at one load.
 equal_rates() {
     local system=$1 max rate
@@ -119,6 +133,8 @@ run_systems() {
             sluice)
                 sluice_standalone_start "$dir"
                 workloads "Sluice standalone" --driver sluice --url "$SLUICE_URLS"
+                [ "$PHASE" = equal ] ||
+                    scale_workloads "Sluice standalone" --driver sluice --url "$SLUICE_URLS"
                 ;;
             sluice-sqs)
                 # The same server and workload through both ports: what the SQS path costs.

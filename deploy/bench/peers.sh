@@ -33,7 +33,8 @@ sluice_standalone_start() { # dir
     # a key left by a cluster run would ask for TLS, or for a key it does not know.
     unset SLUICE_CA_CERT SLUICE_ACCESS_KEY_ID SLUICE_SECRET_ACCESS_KEY
     "$RELEASE/sluice" standalone --data-dir "$1/data" --grpc-addr 127.0.0.1:27070 \
-        --admin-addr 127.0.0.1:27071 --sqs-addr 127.0.0.1:27072 >"$1/sluice.log" 2>&1 &
+        --admin-addr 127.0.0.1:27071 --sqs-addr 127.0.0.1:27072 \
+        --config deploy/bench/standalone.toml >"$1/sluice.log" 2>&1 &
     echo $! >"$1/pid"
     wait_for "'$RELEASE/sluice' --endpoint http://127.0.0.1:27070 queue list" 30
     SLUICE_URLS=http://127.0.0.1:27070

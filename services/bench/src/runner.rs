@@ -26,6 +26,9 @@ const ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Windows shorter than this are counted but neither charted nor used to set the rate.
 const MIN_SAMPLE: Duration = Duration::from_millis(250);
 
+/// The longest a producer sleeps before it asks again when its next send is due.
+const RECHECK_DUE: Duration = Duration::from_millis(500);
+
 /// How often the runner checks whether a phase is over.
 const TICK: Duration = Duration::from_millis(20);
 
@@ -107,18 +110,24 @@ async fn produce(
         while in_flight.len() >= work.max_in_flight {
             in_flight.next().await;
         }
-        let due = pacer.next(Instant::now());
-        // Wait for the send to fall due, taking answers meanwhile.
-        while Instant::now() < due {
+        // Wait for the send to fall due, taking answers meanwhile. An adaptive schedule moves
+        // with the rate, so a long wait is cut into steps that each ask for it again.
+        let due = loop {
+            let now = Instant::now();
+            let due = pacer.due(now);
+            if now >= due {
+                break due;
+            }
             tokio::select! {
-                _ = tokio::time::sleep_until(due.into()) => break,
+                _ = tokio::time::sleep_until(due.min(now + RECHECK_DUE).into()) => {}
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
                 () = stop.cancelled() => break 'sending,
             }
-        }
+        };
         if stop.is_cancelled() {
             break;
         }
+        pacer.take(due);
         let due_micros = shared.clock.micros(due);
         // The messages of one request share their send time, so they can share one buffer.
         let bodies = vec![body(work.message_size, due_micros); work.batch_size];
@@ -203,10 +212,12 @@ async fn start_producers(
     }
     // Every producer starts its schedule at the same moment, after all have connected.
     let start = Instant::now();
+    let count = producers.len();
     let tasks = producers
         .into_iter()
-        .map(|producer| {
-            let pacer = Pacer::new(start, pace.clone());
+        .enumerate()
+        .map(|(i, producer)| {
+            let pacer = Pacer::new(start, pace.clone()).with_phase(i as f64 / count as f64);
             tokio::spawn(produce(shared.clone(), producer, pacer, stop.clone()))
         })
         .collect();

@@ -45,6 +45,8 @@ pub struct Pacer {
     pace: Pace,
     sent: u32,
     last_due: Option<Instant>,
+    /// Where in its first interval an adaptive producer's first request falls, 0 to 1.
+    phase: f64,
 }
 
 impl Pacer {
@@ -54,35 +56,57 @@ impl Pacer {
             pace,
             sent: 0,
             last_due: None,
+            phase: 0.0,
         }
+    }
+
+    /// Spreads the first requests of many adaptive producers over one interval instead of
+    /// sending them all at the start: with 10,000 producers an interval is seconds long, and
+    /// requests that all fall in one second would read to the rate control as a burst followed
+    /// by silence.
+    pub fn with_phase(mut self, phase: f64) -> Pacer {
+        self.phase = phase.clamp(0.0, 1.0);
+        self
     }
 
     /// The intended time of the next request. On a fixed schedule it does not move when the
     /// producer falls behind, so the lag is counted; unlimited, it is `now`.
     pub fn next(&mut self, now: Instant) -> Instant {
+        let due = self.due(now);
+        self.take(due);
+        due
+    }
+
+    /// When the next request is due, as things stand at `now`; an adaptive schedule moves
+    /// with the rate, so a producer waiting long asks again (see [`Pacer::take`]).
+    pub fn due(&self, now: Instant) -> Instant {
         match &self.pace {
             Pace::Unlimited => now,
-            Pace::Fixed(interval) => {
-                let due = self.start + *interval * self.sent;
-                self.sent += 1;
-                due
-            }
+            Pace::Fixed(interval) => self.start + *interval * self.sent,
             Pace::Adaptive(control) => {
                 let interval = control.interval();
-                let due = self.last_due.map_or(now, |last| last + interval);
+                let due = self
+                    .last_due
+                    .map_or(self.start + interval.mul_f64(self.phase), |last| {
+                        last + interval
+                    });
                 // A little behind is the timer's doing: it wakes on millisecond ticks, later
                 // than asked, and a producer sending more often than that catches up at once.
                 // Further behind, the rate is above what the system takes and the controller
                 // is about to lower it; owing those sends would only flood the system then.
-                let due = if due + interval.max(MAX_OWED) < now {
+                if due + interval.max(MAX_OWED) < now {
                     now
                 } else {
                     due
-                };
-                self.last_due = Some(due);
-                due
+                }
             }
         }
+    }
+
+    /// Records that the request due at `due` (from [`Pacer::due`]) is being sent.
+    pub fn take(&mut self, due: Instant) {
+        self.sent += 1;
+        self.last_due = Some(due);
     }
 }
 
@@ -507,6 +531,22 @@ mod tests {
         // requests ago.
         let later = start + Duration::from_secs(1);
         assert_eq!(pacer.next(later), later);
+    }
+
+    #[test]
+    fn adaptive_producers_spread_their_first_requests_and_follow_a_new_rate() {
+        let start = Instant::now();
+        // 10,000 producers of 10-message batches at 5,000 msgs/s: a request every 20 s each.
+        let control = Arc::new(RateControl::new(10_000, 10));
+        let last = Pacer::new(start, Pace::Adaptive(control.clone())).with_phase(0.75);
+        assert_eq!(last.due(start), start + Duration::from_secs(15));
+        // The rate goes up while the producer waits: its request falls due sooner.
+        control.rate.store(50_000, Ordering::Relaxed);
+        assert_eq!(last.due(start), start + Duration::from_millis(1500));
+        let mut pacer = last;
+        let first = pacer.due(start);
+        pacer.take(first);
+        assert_eq!(pacer.due(start), first + Duration::from_secs(2));
     }
 
     #[test]

@@ -86,8 +86,9 @@ fn default_duration() -> Duration {
     Duration::from_secs(30)
 }
 
-/// Largest message a workload may ask for: the smallest limit among the systems compared.
-pub const MAX_MESSAGE_SIZE: usize = 256 * 1024;
+/// Largest message a workload may ask for: the smallest limit among the systems compared
+/// (Sluice's and NATS's default, 1 MiB).
+pub const MAX_MESSAGE_SIZE: usize = 1024 * 1024;
 
 impl Workload {
     pub fn load(path: &Path) -> anyhow::Result<Workload> {

@@ -126,6 +126,34 @@ fn workloads_run_against_standalone_and_are_reported() {
     assert!(results.join("a-max-throughput-comparison.png").exists());
 }
 
+/// (f) with 300 queues (600 clients, more than the driver's connections, so some share one)
+/// and (i)'s 1 MiB messages, the largest a queue takes, move messages without an error.
+#[test]
+fn many_queues_and_largest_messages_run_against_standalone() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = StandaloneProcess::start(dir.path()).unwrap();
+    let results = dir.path().join("results");
+    let timing = ["--warmup", "1s", "--duration", "2s"];
+
+    let f = workload("f-10000-queues.toml");
+    let mut args = vec!["-w", &f, "--queues", "300"];
+    args.extend(timing);
+    let report = run(&server, &results, &args);
+    assert_eq!(report["workload"]["queues"], 300, "{report}");
+    let i = workload("i-1mib-messages.toml");
+    let mut args = vec!["-w", &i];
+    args.extend(timing);
+    let large = run(&server, &results, &args);
+    assert_eq!(large["workload"]["message_size"], 1 << 20, "{large}");
+
+    for report in [report, large] {
+        assert!(report["consumed"].as_u64().unwrap() > 0, "{report}");
+        assert_eq!(report["publish_errors"], 0, "{report}");
+        assert_eq!(report["consume_errors"], 0, "{report}");
+    }
+    assert_eq!(queues(&server)["names"], serde_json::json!([]));
+}
+
 #[test]
 fn bad_workloads_are_refused_by_field() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,11 +1,13 @@
 //! Sluice over its public gRPC API, standalone or through a cluster's frontends.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use sluice_client::retry_throttled;
 use sluice_client::QueueClient;
 use sluice_proto::v1 as pb;
@@ -24,6 +26,15 @@ const PREFETCH: u32 = 200;
 /// How long `receive` waits for a push before it returns empty-handed.
 const RECEIVE_WAIT: Duration = Duration::from_secs(1);
 
+/// Connections the bench opens to Sluice at most; producers and consumers beyond this share
+/// them (gRPC multiplexes their calls). A client per connection would take 20,000 connections,
+/// and twice as many descriptors on one machine, for 10,000 queues. Workloads with fewer clients
+/// (all of (a) to (e)) keep one connection each.
+const MAX_CONNECTIONS: usize = 256;
+
+/// Queues created or deleted at once when a run sets up or cleans up.
+const ADMIN_CONCURRENCY: usize = 32;
+
 pub struct SluiceDriver {
     endpoints: Vec<String>,
     replication: pb::Replication,
@@ -35,6 +46,10 @@ pub struct SluiceDriver {
     throttled: Arc<AtomicU64>,
     /// The queues' `server_side_encryption`; `None`: the server's default.
     encrypt: Option<bool>,
+    /// The connections opened so far, by slot; see [`MAX_CONNECTIONS`].
+    connections: parking_lot::Mutex<HashMap<usize, QueueClient>>,
+    /// The slot the next client takes.
+    next_slot: AtomicUsize,
 }
 
 impl SluiceDriver {
@@ -46,6 +61,8 @@ impl SluiceDriver {
             client_id: None,
             throttled: Arc::default(),
             encrypt: None,
+            connections: parking_lot::Mutex::default(),
+            next_slot: AtomicUsize::new(0),
         }
     }
 
@@ -69,8 +86,29 @@ impl SluiceDriver {
         self.throttled.load(Ordering::Relaxed)
     }
 
-    async fn client(&self, index: usize) -> anyhow::Result<QueueClient> {
-        connect(pick(&self.endpoints, index)).await
+    /// A client on the next connection slot: a connection of its own for the first
+    /// [`MAX_CONNECTIONS`] clients, a shared one after them. Slots take the endpoints in turn.
+    async fn client(&self) -> anyhow::Result<QueueClient> {
+        let slot = self.next_slot.fetch_add(1, Ordering::Relaxed) % MAX_CONNECTIONS;
+        if let Some(client) = self.connections.lock().get(&slot) {
+            return Ok(client.clone());
+        }
+        let client = connect(pick(&self.endpoints, slot)).await?;
+        self.connections.lock().insert(slot, client.clone());
+        Ok(client)
+    }
+
+    fn create_request(&self, name: String) -> pb::CreateQueueRequest {
+        pb::CreateQueueRequest {
+            name,
+            attributes: Some(pb::QueueAttributes {
+                fifo: self.groups > 0,
+                replication: self.replication as i32,
+                server_side_encryption: self.encrypt,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
     }
 
     /// FIFO queue names must end in `.fifo`.
@@ -94,58 +132,64 @@ async fn connect(endpoint: &str) -> anyhow::Result<QueueClient> {
     )
 }
 
+async fn create_queue(
+    mut admin: QueueClient,
+    request: pb::CreateQueueRequest,
+) -> anyhow::Result<()> {
+    let name = request.name.clone();
+    match admin.create_queue(request.clone()).await {
+        Ok(_) => Ok(()),
+        // A queue left by an earlier run may have other attributes: start afresh.
+        Err(status) if status.code() == tonic::Code::AlreadyExists => {
+            delete_queue(admin.clone(), name.clone())
+                .await
+                .with_context(|| format!("cannot replace the old queue {name}"))?;
+            admin
+                .create_queue(request)
+                .await
+                .with_context(|| format!("cannot create queue {name}"))?;
+            Ok(())
+        }
+        Err(status) => anyhow::bail!("cannot create queue {name}: {}", status.message()),
+    }
+}
+
+async fn delete_queue(mut admin: QueueClient, name: String) -> anyhow::Result<()> {
+    admin
+        .delete_queue(pb::DeleteQueueRequest { name: name.clone() })
+        .await
+        .with_context(|| format!("cannot delete queue {name}"))?;
+    Ok(())
+}
+
 #[async_trait]
 impl Driver for SluiceDriver {
     async fn create_queues(&self, queues: &[String]) -> anyhow::Result<()> {
-        let mut admin = self.client(0).await?;
-        for queue in queues {
-            let name = self.queue_name(queue);
-            let request = pb::CreateQueueRequest {
-                name: name.clone(),
-                attributes: Some(pb::QueueAttributes {
-                    fifo: self.groups > 0,
-                    replication: self.replication as i32,
-                    server_side_encryption: self.encrypt,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
-            match admin.create_queue(request.clone()).await {
-                Ok(_) => {}
-                // A queue left by an earlier run may have other attributes: start afresh.
-                Err(status) if status.code() == tonic::Code::AlreadyExists => {
-                    admin
-                        .delete_queue(pb::DeleteQueueRequest { name: name.clone() })
-                        .await
-                        .with_context(|| format!("cannot delete the old queue {name}"))?;
-                    admin
-                        .create_queue(request)
-                        .await
-                        .with_context(|| format!("cannot create queue {name}"))?;
-                }
-                Err(status) => {
-                    anyhow::bail!("cannot create queue {name}: {}", status.message())
-                }
-            }
-        }
-        Ok(())
+        let admin = self.client().await?;
+        let requests: Vec<_> = queues
+            .iter()
+            .map(|queue| self.create_request(self.queue_name(queue)))
+            .collect();
+        futures::stream::iter(requests)
+            .map(|request| create_queue(admin.clone(), request))
+            .buffer_unordered(ADMIN_CONCURRENCY)
+            .try_collect()
+            .await
     }
 
     async fn delete_queues(&self, queues: &[String]) -> anyhow::Result<()> {
-        let mut admin = self.client(0).await?;
-        for queue in queues {
-            let name = self.queue_name(queue);
-            admin
-                .delete_queue(pb::DeleteQueueRequest { name: name.clone() })
-                .await
-                .with_context(|| format!("cannot delete queue {name}"))?;
-        }
-        Ok(())
+        let admin = self.client().await?;
+        let names: Vec<_> = queues.iter().map(|queue| self.queue_name(queue)).collect();
+        futures::stream::iter(names)
+            .map(|name| delete_queue(admin.clone(), name))
+            .buffer_unordered(ADMIN_CONCURRENCY)
+            .try_collect()
+            .await
     }
 
     async fn producer(&self, queue: &str, index: usize) -> anyhow::Result<Arc<dyn Producer>> {
         Ok(Arc::new(SluiceProducer {
-            client: self.client(index).await?,
+            client: self.client().await?,
             queue: self.queue_name(queue),
             index,
             groups: self.groups,
@@ -155,9 +199,9 @@ impl Driver for SluiceDriver {
         }))
     }
 
-    async fn consumer(&self, queue: &str, index: usize) -> anyhow::Result<Box<dyn Consumer>> {
+    async fn consumer(&self, queue: &str, _index: usize) -> anyhow::Result<Box<dyn Consumer>> {
         let mut consumer = SluiceConsumer {
-            client: self.client(index).await?,
+            client: self.client().await?,
             client_id: self.client_id.clone(),
             queue: self.queue_name(queue),
             stream: None,
