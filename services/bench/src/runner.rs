@@ -210,7 +210,8 @@ async fn start_producers(
             producers.push(driver.producer(queue, index).await?);
         }
     }
-    // Every producer starts its schedule at the same moment, after all have connected.
+    // Every producer's schedule starts from the same moment, after all have connected; an
+    // adaptive one's first send falls at its own point of the first interval (its phase).
     let start = Instant::now();
     let count = producers.len();
     let tasks = producers
