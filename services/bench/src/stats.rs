@@ -69,9 +69,12 @@ impl Pacer {
         self
     }
 
-    /// The intended time of the next request. On a fixed schedule it does not move when the
-    /// producer falls behind, so the lag is counted; unlimited, it is `now`.
-    pub fn next(&mut self, now: Instant) -> Instant {
+    /// The intended time of the next request, taken at once: the tests' shorthand for
+    /// [`Pacer::due`] and [`Pacer::take`], which producers call apart so a long wait can ask
+    /// again. On a fixed schedule it does not move when the producer falls behind, so the lag
+    /// is counted; unlimited, it is `now`.
+    #[cfg(test)]
+    fn next(&mut self, now: Instant) -> Instant {
         let due = self.due(now);
         self.take(due);
         due
