@@ -160,35 +160,14 @@ async fn a_slow_backend_cluster_is_refused_early_while_a_queue_on_another_is_ser
     const RUN: Duration = Duration::from_secs(6);
     let etcd = EtcdProcess::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // Cluster a answers every write a second late, as a failing disk would make it.
-    let _slow = ServerProcess::start_backend_from(
-        &sluice_tests::backend_failpoints_bin(),
-        &dir.path().join("a1"),
-        &etcd.endpoint,
-        "a",
-        "a1",
-        &[("FAILPOINTS", "backend::commit_delay_ms=return(1000)")],
-    )
-    .unwrap();
+    let _slow = slow_cluster_a(&etcd, &dir);
     let _fast =
         ServerProcess::start_backend(&dir.path().join("b1"), &etcd.endpoint, "b", "b1").unwrap();
     let metadata = ServerProcess::start_metadata(&etcd.endpoint, "m1").unwrap();
     let manager = ServerProcess::start_manager(&etcd.endpoint, &[]).unwrap();
     let frontend = ServerProcess::start_frontend(&[metadata.endpoint()], 500).unwrap();
     let mut managers = ManagerServiceClient::new(manager.channel());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while managers
-        .list_clusters(pb::ListClustersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .clusters
-        .len()
-        < 2
-    {
-        assert!(Instant::now() < deadline, "the clusters never registered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    clusters_registered(&manager, 2).await;
 
     // Queues go to the clusters in turn: find one on each.
     let mut client = frontend.client().await.unwrap();
@@ -306,6 +285,144 @@ async fn a_slow_backend_cluster_is_refused_early_while_a_queue_on_another_is_ser
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_consume_stream_waits_out_a_slow_clusters_refusals_and_every_ack_is_answered() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    /// Messages the consumer receives and acks one by one.
+    const ACKS: usize = 10;
+    let etcd = EtcdProcess::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Every write (a send, a delete) takes a second: past the 500 ms target, so the frontend's
+    // cap on calls to the cluster falls to its floor of two and stays there.
+    let _slow = slow_cluster_a(&etcd, &dir);
+    let metadata = ServerProcess::start_metadata(&etcd.endpoint, "m1").unwrap();
+    let manager = ServerProcess::start_manager(&etcd.endpoint, &[]).unwrap();
+    let config = dir.path().join("frontend.toml");
+    std::fs::write(&config, "[backend_pressure]\nmin_calls = 2\n").unwrap();
+    let frontend = ServerProcess::start_frontend_with(
+        &[metadata.endpoint()],
+        500,
+        &["--config", config.to_str().unwrap()],
+    )
+    .unwrap();
+    clusters_registered(&manager, 1).await;
+    let mut client = frontend.client().await.unwrap();
+    create_queue(&mut client, "orders").await;
+
+    // Three senders keep the cluster's two places busy most of the time: a send holds one for a
+    // second, then its sender pauses a little, and a refused sender waits as it is told.
+    let stop = Arc::new(AtomicBool::new(false));
+    let refused = Arc::new(AtomicU64::new(0));
+    let mut senders = Vec::new();
+    for _ in 0..3 {
+        let (mut client, stop, refused) = (client.clone(), stop.clone(), refused.clone());
+        senders.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match send_one(&mut client, "orders", "busy").await {
+                    Ok(()) => tokio::time::sleep(Duration::from_millis(300)).await,
+                    Err(status) => {
+                        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(retry_after(&status)).await;
+                    }
+                }
+            }
+        }));
+    }
+
+    sluice_tests::wait_for(
+        "the cap on cluster a to fall to its floor",
+        Duration::from_secs(60),
+        || Ok(frontend.metric_sample("sluice_frontend_backend_limit{cluster=\"a\"}")? <= 2.0),
+    )
+    .await
+    .unwrap();
+
+    // A consumer with room for one message acks each as it comes: every ack is a
+    // delete on the busy cluster, refused by the cap when it finds both places taken.
+    let (requests, rx) = tokio::sync::mpsc::unbounded_channel();
+    requests
+        .send(pb::ConsumeRequest {
+            request: Some(pb::consume_request::Request::Start(pb::ConsumeStart {
+                queue: "orders".into(),
+                prefetch: 1,
+                ..Default::default()
+            })),
+        })
+        .unwrap();
+    let mut stream = client
+        .consume(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut acked, mut deleted) = (0, 0);
+    while deleted < ACKS {
+        let response = tokio::time::timeout(Duration::from_secs(60), stream.message())
+            .await
+            .expect("the stream answers within a minute")
+            .expect("the stream goes on instead of failing on a refusal")
+            .expect("the stream stays open");
+        match response.response {
+            Some(pb::consume_response::Response::Messages(batch)) => {
+                // An ack waiting on the cluster keeps its place in the window.
+                assert!(
+                    acked - deleted + batch.messages.len() <= 1,
+                    "{acked} acked, {deleted} deleted, {} more pushed",
+                    batch.messages.len()
+                );
+                for message in batch.messages {
+                    // Acked while both places are taken, so the ack is refused at first.
+                    sluice_tests::wait_for(
+                        "the senders to take both places",
+                        Duration::from_secs(30),
+                        || {
+                            Ok(frontend.metric_sample(
+                                "sluice_frontend_backend_in_flight{cluster=\"a\"}",
+                            )? >= 2.0)
+                        },
+                    )
+                    .await
+                    .unwrap();
+                    requests
+                        .send(pb::ConsumeRequest {
+                            request: Some(pb::consume_request::Request::Ack(pb::ConsumeAck {
+                                receipt_handles: vec![message.receipt_handle],
+                            })),
+                        })
+                        .unwrap();
+                    acked += 1;
+                }
+            }
+            Some(pb::consume_response::Response::Acked(answer)) => {
+                assert!(answer.failed.is_empty(), "{:?}", answer.failed);
+                deleted += answer.deleted as usize;
+            }
+            None => panic!("an empty consume response"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    assert!(acked >= ACKS);
+    // The cap refused more calls than the senders saw: the rest were the stream's own, which
+    // it waited out instead of failing.
+    let senders_refused = refused.load(Ordering::Relaxed) as f64;
+    let all_refused = frontend
+        .metric_sample("sluice_frontend_throttled_total{queue=\"\",reason=\"backend_pressure\"}")
+        .unwrap();
+    println!("the cap refused {all_refused} calls, {senders_refused} of them the senders'");
+    assert!(
+        senders_refused > 0.0,
+        "the senders never found the cap full"
+    );
+    assert!(
+        all_refused > senders_refused,
+        "no call of the stream was refused: {all_refused} refusals, all the senders'"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn connections_over_the_cap_are_refused_and_idle_ones_closed_while_streams_stay() {
     let dir = tempfile::tempdir().unwrap();
     let server = standalone_with_config(
@@ -361,4 +478,37 @@ async fn connections_over_the_cap_are_refused_and_idle_ones_closed_while_streams
     };
     assert_eq!(delivered[0].body.as_ref(), b"still here");
     drop(requests);
+}
+
+/// Waits until `count` backend clusters have registered with `manager`.
+async fn clusters_registered(manager: &ServerProcess, count: usize) {
+    use sluice_proto::v1::manager_service_client::ManagerServiceClient;
+    let mut managers = ManagerServiceClient::new(manager.channel());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while managers
+        .list_clusters(pb::ListClustersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .clusters
+        .len()
+        < count
+    {
+        assert!(Instant::now() < deadline, "the clusters never registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Cluster a's one node, which answers every write a second late, as a failing disk would
+/// make it.
+fn slow_cluster_a(etcd: &EtcdProcess, dir: &tempfile::TempDir) -> ServerProcess {
+    ServerProcess::start_backend_from(
+        &sluice_tests::backend_failpoints_bin(),
+        &dir.path().join("a1"),
+        &etcd.endpoint,
+        "a",
+        "a1",
+        &[("FAILPOINTS", "backend::commit_delay_ms=return(1000)")],
+    )
+    .unwrap()
 }

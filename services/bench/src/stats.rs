@@ -8,6 +8,7 @@
 //! OpenMessaging Benchmark and HdrHistogram's authors describe it). Messages carry the same
 //! intended time, so end-to-end latency is corrected the same way.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -130,6 +131,8 @@ pub struct RateControl {
     backed_off: AtomicBool,
     /// The backlog at the last adjustment, to tell a growing backlog from one draining.
     last_backlog: AtomicI64,
+    /// The publish and consume rates of the last [`MAX_HORIZON`] seconds, newest last.
+    history: Mutex<VecDeque<(f64, f64)>>,
 }
 
 /// Where the search starts.
@@ -138,15 +141,28 @@ const START_RATE: f64 = 5_000.0;
 const MIN_RATE: f64 = 100.0;
 /// More than this many seconds of messages waiting means the consumers are falling behind.
 const BACKLOG_SECONDS: f64 = 0.25;
+/// The longest a producer waits between two requests, however low the rate falls: below it
+/// a producer that waits out one interval sees none of what the rate control does meanwhile,
+/// and with 10,000 producers at 100 msgs/s an interval would be a quarter of an hour.
+const MAX_INTERVAL: Duration = Duration::from_secs(10);
+/// The most seconds of rates the control looks back over (see [`RateControl::adjust`]).
+const MAX_HORIZON: usize = 10;
+
+/// The lowest rate of `producers` sending batches of `batch`: [`MIN_RATE`], or more if that
+/// would keep a producer waiting longer than [`MAX_INTERVAL`].
+fn floor(producers: usize, batch: usize) -> f64 {
+    MIN_RATE.max((producers * batch) as f64 / MAX_INTERVAL.as_secs_f64())
+}
 
 impl RateControl {
     pub fn new(producers: usize, batch: usize) -> RateControl {
         RateControl {
-            rate: AtomicU64::new(START_RATE as u64),
+            rate: AtomicU64::new(START_RATE.max(floor(producers, batch)) as u64),
             producers,
             batch,
             backed_off: AtomicBool::new(false),
             last_backlog: AtomicI64::new(0),
+            history: Mutex::new(VecDeque::with_capacity(MAX_HORIZON)),
         }
     }
 
@@ -158,10 +174,26 @@ impl RateControl {
         request_interval(self.rate() as f64, self.producers, self.batch)
     }
 
-    /// Sets the next second's rate from the last second's publish and consume rates and the
-    /// backlog now.
+    /// Sets the next second's rate from the last seconds' publish and consume rates and the
+    /// backlog now. It looks back over one interval between a producer's requests (at least a
+    /// second, at most [`MAX_HORIZON`]): with many producers each sends only every few seconds,
+    /// so one second can hold a burst or a silence, and a single silent second (every producer
+    /// waiting out a refusal's backoff) read as "the producers cannot send" would halve the rate
+    /// every second until it reached the floor.
     pub fn adjust(&self, published: f64, consumed: f64, backlog: i64) {
         let rate = self.rate() as f64;
+        let horizon = (self.interval().as_secs_f64().ceil() as usize).clamp(1, MAX_HORIZON);
+        let (published, consumed) = {
+            let mut history = self.history.lock();
+            if history.len() == MAX_HORIZON {
+                history.pop_front();
+            }
+            history.push_back((published, consumed));
+            let recent = history.iter().rev().take(horizon);
+            let n = recent.len() as f64;
+            let (p, c) = recent.fold((0.0, 0.0), |(p, c), (dp, dc)| (p + dp, c + dc));
+            (p / n, c / n)
+        };
         let previous = self.last_backlog.swap(backlog, Ordering::Relaxed);
         let behind = backlog as f64 > (rate * BACKLOG_SECONDS).max(1_000.0);
         let next = if behind && backlog > previous {
@@ -184,8 +216,10 @@ impl RateControl {
             // above what they manage instead of letting the target run away.
             (published * 1.1).max(rate * 0.5)
         };
-        self.rate
-            .store(next.max(MIN_RATE) as u64, Ordering::Relaxed);
+        self.rate.store(
+            next.max(floor(self.producers, self.batch)) as u64,
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -519,6 +553,34 @@ mod tests {
     }
 
     #[test]
+    fn a_silent_second_does_not_halve_the_rate_of_many_producers() {
+        // 10,000 producers of 10-message batches, a system that takes 20,000 msgs/s: each
+        // producer sends every few seconds.
+        let control = RateControl::new(10_000, 10);
+        for _ in 0..30 {
+            let published = (control.rate() as f64).min(20_000.0);
+            control.adjust(published, published, 0);
+        }
+        let before = control.rate();
+        assert!(before >= 18_000, "{before}");
+        // One second in which every producer waited out a refusal: nothing was published. The
+        // rate stays above three quarters of what the system takes (halving it would not).
+        control.adjust(0.0, 0.0, 0);
+        assert!(
+            control.rate() >= 15_000,
+            "{} after {before}",
+            control.rate()
+        );
+        // However long the silence, each producer still sends every 10 s, so it sees the
+        // system come back.
+        for _ in 0..60 {
+            control.adjust(0.0, 0.0, 0);
+        }
+        assert_eq!(control.rate(), 10_000);
+        assert_eq!(control.interval(), MAX_INTERVAL);
+    }
+
+    #[test]
     fn an_adaptive_pacer_catches_up_a_tick_but_owes_nothing_once_far_behind() {
         let start = Instant::now();
         let control = Arc::new(RateControl::new(1, 1));
@@ -539,10 +601,11 @@ mod tests {
     #[test]
     fn adaptive_producers_spread_their_first_requests_and_follow_a_new_rate() {
         let start = Instant::now();
-        // 10,000 producers of 10-message batches at 5,000 msgs/s: a request every 20 s each.
+        // 10,000 producers of 10-message batches start at 10,000 msgs/s, their floor: a
+        // request every 10 s each.
         let control = Arc::new(RateControl::new(10_000, 10));
         let last = Pacer::new(start, Pace::Adaptive(control.clone())).with_phase(0.75);
-        assert_eq!(last.due(start), start + Duration::from_secs(15));
+        assert_eq!(last.due(start), start + Duration::from_millis(7500));
         // The rate goes up while the producer waits: its request falls due sooner.
         control.rate.store(50_000, Ordering::Relaxed);
         assert_eq!(last.due(start), start + Duration::from_millis(1500));

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
@@ -34,6 +35,9 @@ const MAX_PER_RECEIVE: usize = sluice_api::limits::MAX_FORWARDED_RECEIVE as usiz
 const LONG_POLL: Duration = Duration::from_secs(sluice_api::limits::MAX_WAIT_TIME_SECS as u64);
 /// Responses queued for a client that reads slowly; the window bounds what can pile up anyway.
 const RESPONSE_BUFFER: usize = 16;
+/// How long a stream's own backend call waits out a busy cluster's refusals before the refusal
+/// stands: as long as the client library waits for a throttled call.
+const PRESSURE_WAIT: Duration = Duration::from_secs(30);
 
 pub(crate) type Responses = mpsc::Receiver<Result<pb::ConsumeResponse, Status>>;
 
@@ -56,13 +60,16 @@ pub(crate) struct Consumer {
     closing: CancellationToken,
     /// Receipt handles delivered on this stream and not yet acknowledged; they are made visible
     /// again when the stream ends, as AMQP returns a closed channel's unacknowledged messages.
+    /// An acked handle stays here until its delete is answered, so acks waiting on a busy
+    /// cluster hold their places in the window and the stream takes no more meanwhile.
     outstanding: HashSet<String>,
 }
 
 /// The outcome of one ack: the positions in the ack (as entry ids) of the handles that went to
-/// the backend, its results for them, and the failures found before it.
+/// the backend, the handles, its results for them, and the failures found before it.
 struct AckDone {
     ids: Vec<String>,
+    handles: Vec<String>,
     results: Result<Vec<Result<()>>>,
     failed: Vec<pb::BatchResultError>,
 }
@@ -132,9 +139,8 @@ impl Consumer {
         let visibility = self.visibility;
         async move {
             rates.wait(&caller, &queue, Kind::Receives, 1).await;
-            let received = backend
-                .receive(queue.id, max, visibility, LONG_POLL)
-                .await?;
+            let received =
+                patiently(|| backend.receive(queue.id, max, visibility, LONG_POLL)).await?;
             let received = sse::opened(encryption.as_ref(), received).await?;
             // A message the caller may not read ends the stream, which would otherwise meet it
             // again at once.
@@ -149,7 +155,7 @@ impl Consumer {
         .boxed()
     }
 
-    /// Frees the window's places of the ack's handles and starts deleting them.
+    /// Starts deleting the ack's handles; their places in the window are freed when it is done.
     fn ack(&mut self, ack: pb::ConsumeAck) -> Result<BoxFuture<'static, AckDone>> {
         validate::ack_handles(ack.receipt_handles.len())?;
         let mut ids = Vec::with_capacity(ack.receipt_handles.len());
@@ -160,7 +166,6 @@ impl Consumer {
                 failed.push(batch_error(position.to_string(), &err));
                 continue;
             }
-            self.outstanding.remove(&handle);
             ids.push(position.to_string());
             handles.push(handle);
         }
@@ -173,10 +178,11 @@ impl Consumer {
                 rates
                     .wait(&caller, &queue, Kind::Deletes, handles.len())
                     .await;
-                backend.delete(queue.id, handles).await
+                patiently(|| backend.delete(queue.id, handles.clone())).await
             };
             AckDone {
                 ids,
+                handles,
                 results,
                 failed,
             }
@@ -263,8 +269,15 @@ impl Consumer {
         }
     }
 
-    /// Turns the backend's results for an ack into its response.
-    fn acked(&self, done: AckDone) -> Result<pb::ConsumeAcked> {
+    /// Turns the backend's results for an ack into its response, and frees the places of its
+    /// handles: deleted, or refused one by one (expired, or received by another since). If the
+    /// whole call failed the stream ends, and its handles are released with the rest.
+    fn acked(&mut self, done: AckDone) -> Result<pb::ConsumeAcked> {
+        if done.results.is_ok() {
+            for handle in &done.handles {
+                self.outstanding.remove(handle);
+            }
+        }
         let mut failed = done.failed;
         let deleted = split_results(done.ids, done.results?, &mut failed).len();
         // Refused before the backend and refused by it, in the ack's order.
@@ -290,10 +303,39 @@ impl Consumer {
         let count = changes.len();
         // A message already received again elsewhere refuses its old handle; that is fine, it
         // is someone else's now. A failed call leaves the rest to their visibility timeout.
-        if let Err(err) = self.backend.change_visibility(self.queue.id, changes).await {
+        let backend = &self.backend;
+        let released =
+            patiently(|| backend.change_visibility(self.queue.id, changes.clone())).await;
+        if let Err(err) = released {
             tracing::warn!(target: rpc::TARGET, error = %err, count, "could not release unacknowledged messages");
         }
     }
+}
+
+/// Runs a stream's own backend call again while a busy cluster refuses it (the frontend's
+/// backend-pressure cap), after the pause the refusal asks for, with jitter, for up to
+/// [`PRESSURE_WAIT`]. A unary call hands that refusal to its client, which retries; a stream
+/// has no request to refuse, and an ack or a release refused at once would leave its messages
+/// in flight until their visibility timeout, to be delivered again: more work for a cluster
+/// that already has too much.
+async fn patiently<T, F, Fut>(call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let backoff = ExponentialBuilder::default()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_secs(2))
+        .without_max_times()
+        .with_total_delay(Some(PRESSURE_WAIT));
+    call.retry(backoff)
+        .when(|err| matches!(err, Error::Throttled { .. }))
+        .adjust(|err, pause| match err {
+            Error::Throttled { retry_after, .. } => pause.map(|pause| pause.max(*retry_after)),
+            _ => pause,
+        })
+        .await
 }
 
 /// Sends one response; false once the client has gone.

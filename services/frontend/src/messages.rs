@@ -201,6 +201,10 @@ impl QueueServiceImpl {
                         });
                     }
                 }
+                // A refusal to come back later is the whole call's, as the rate limits' are
+                // above: clients and SDKs retry a throttled call by themselves, but not the
+                // failed entries of a batch that went through.
+                Err(err @ Error::Throttled { .. }) => return Err(err),
                 Err(err) => {
                     // Nothing of the batch was stored: every entry fails with the same cause.
                     failed.extend(
